@@ -1,0 +1,174 @@
+//! The configuration file and how its values combine with flags and environment.
+//!
+//! Precedence, highest first: command-line flag > `SHOAL_*` environment variable >
+//! TOML file (`--config` / `SHOAL_CONFIG`) > built-in default. clap resolves the first
+//! two (every flag declares its `SHOAL_*` variable); [`pick`] layers the file and the
+//! default under them. Each section here is the raw, optional form; the crate that owns
+//! a server turns it into a validated runtime config once, at start-up.
+//!
+//! Every option and its default is documented in `docs/configuration.md`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::size::ByteSize;
+
+/// The whole TOML file. Unknown keys are errors, so a typo never silently falls back
+/// to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub master: MasterToml,
+    #[serde(default)]
+    pub worker: WorkerToml,
+    #[serde(default)]
+    pub client: ClientToml,
+    #[serde(default)]
+    pub runner: RunnerToml,
+    #[serde(default)]
+    pub mount: MountToml,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterToml {
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub data_dir: Option<String>,
+    /// A worker that misses heartbeats for this long leaves the placement set.
+    #[serde(default, with = "opt_duration")]
+    pub worker_expiry: Option<std::time::Duration>,
+    pub block_size: Option<ByteSize>,
+    pub segment_blocks: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierToml {
+    pub name: String,
+    pub path: String,
+    pub quota: ByteSize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerToml {
+    pub master: Option<String>,
+    pub node: Option<String>,
+    pub listen: Option<String>,
+    pub data_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub tiers: Option<Vec<TierToml>>,
+    pub high_watermark: Option<f64>,
+    pub low_watermark: Option<f64>,
+    #[serde(default, with = "opt_duration")]
+    pub heartbeat_interval: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientToml {
+    pub master: Option<String>,
+    pub runner: Option<String>,
+    /// The node this client runs on, for short-circuit reads of local blocks.
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerToml {
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub master: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountToml {
+    #[serde(default, with = "opt_duration")]
+    pub attr_ttl: Option<std::time::Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub entry_ttl: Option<std::time::Duration>,
+}
+
+impl ConfigFile {
+    /// Reads the file at `path`, or the empty config when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(ConfigFile::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(format!(
+                "cannot read config file {}: {e}; fix --config/SHOAL_CONFIG",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text).map_err(|e| e.context(format!("config file {}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::invalid(e.to_string().replace('\n', " ")))
+    }
+}
+
+/// flag-or-env (already merged by clap) > file > default.
+pub fn pick<T>(flag_or_env: Option<T>, file: Option<T>, default: T) -> T {
+    flag_or_env.or(file).unwrap_or(default)
+}
+
+/// Durations in TOML are humantime strings: `"30s"`, `"5m"`, `"1h 30m"`.
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| crate::time::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = ConfigFile::parse(
+            r#"
+            [master]
+            listen = "0.0.0.0:7700"
+            worker_expiry = "20s"
+            block_size = "4MiB"
+            [worker]
+            tiers = [{ name = "mem", path = "/dev/shm/shoal", quota = "2GiB" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.master.listen.as_deref(), Some("0.0.0.0:7700"));
+        assert_eq!(
+            c.master.worker_expiry,
+            Some(std::time::Duration::from_secs(20))
+        );
+        assert_eq!(c.worker.tiers.unwrap()[0].quota.0, 2 << 30);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = ConfigFile::parse("[master]\nlistn = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn precedence() {
+        assert_eq!(pick(Some(1), Some(2), 3), 1);
+        assert_eq!(pick(None, Some(2), 3), 2);
+        assert_eq!(pick(None::<i32>, None, 3), 3);
+    }
+}

@@ -1,0 +1,16 @@
+//! shoal's wire contract: the control-plane services generated from `proto/shoal/v1`.
+//!
+//! - [`v1::master_service_client`]/[`v1::master_service_server`]: the dataset catalogue,
+//!   file metadata, worker membership with its placement epoch, and prewarm (load) jobs.
+//! - [`v1::worker_service_client`]/[`v1::worker_service_server`]: segment loads driven by
+//!   the master, and the gRPC variant of the block read path.
+//! - [`v1::runner_service_client`]/[`v1::runner_service_server`]: jobs, tasks and instances.
+//!
+//! This crate holds no logic. Field numbers are never renumbered or reused; a removed
+//! field becomes `reserved`.
+
+/// Version 1 of the shoal API (`package shoal.v1`).
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("shoal.v1");
+}
