@@ -1,1 +1,34 @@
-//! placeholder
+//! The shoal master: the dataset catalogue and its file metadata, worker membership and
+//! the placement epoch, prewarm (load) jobs, and the gRPC admin API.
+//!
+//! - [`server::MasterServer::start`] opens the catalogue in the data dir and serves
+//!   `MasterService`; it returns a [`server::RunningMaster`] with the bound addresses.
+//! - [`catalog::Catalog`] creates, syncs and deletes datasets; file metadata is synced
+//!   from the UFS page by page into the [`store::CatalogStore`] (SQLite by default).
+//! - [`membership::Membership`] keeps the live worker set and its epoch, and sums the
+//!   workers' cache reports into each dataset's status.
+//! - [`handler`] maps RPCs onto those, one module per RPC family.
+//!
+//! ```no_run
+//! # async fn run() -> shoal_common::Result<()> {
+//! use shoal_master::{MasterConfig, MasterServer};
+//! let mut cfg = MasterConfig::new("/var/lib/shoal/master".into());
+//! cfg.listen = "127.0.0.1:0".into();
+//! let master = MasterServer::start(cfg).await?;
+//! println!("master on {}", master.grpc_addr);
+//! master.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Invariant: the master never carries block bytes, and never returns or logs dataset
+//! credentials except through `GetDatasetAccess`, the internal grant workers use.
+
+pub mod catalog;
+pub mod config;
+pub mod handler;
+pub mod membership;
+pub mod server;
+pub mod store;
+
+pub use config::MasterConfig;
+pub use server::{MasterServer, RunningMaster};

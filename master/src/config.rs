@@ -1,0 +1,51 @@
+//! The master's validated runtime configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_common::block::BlockLayout;
+use shoal_common::ufs::UfsTuning;
+use shoal_common::{Error, Result};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// gRPC listen address (`HOST:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// `/metrics` listen address; `None` disables the endpoint.
+    pub metrics_listen: Option<String>,
+    /// Where `catalog.db` lives.
+    pub data_dir: PathBuf,
+    /// A worker silent for this long leaves the placement set.
+    pub worker_expiry: Duration,
+    /// How often workers heartbeat (must be well under `worker_expiry`).
+    pub heartbeat_interval: Duration,
+    pub layout: BlockLayout,
+    pub ufs: UfsTuning,
+}
+
+impl MasterConfig {
+    /// A config for `data_dir` with every other value at its default.
+    pub fn new(data_dir: PathBuf) -> Self {
+        MasterConfig {
+            listen: DEFAULT_LISTEN.into(),
+            metrics_listen: None,
+            data_dir,
+            worker_expiry: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(3),
+            layout: BlockLayout::default(),
+            ufs: UfsTuning::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval.is_zero() || self.worker_expiry < self.heartbeat_interval * 2 {
+            return Err(Error::invalid(format!(
+                "worker expiry ({:?}) must be at least twice the heartbeat interval ({:?})",
+                self.worker_expiry, self.heartbeat_interval
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Starting and stopping a master: open the catalogue, recover interrupted work, serve
+//! gRPC and `/metrics`, and expire silent workers in the background.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::{Error, Result};
+use shoal_proto::v1::master_service_server::MasterServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::catalog::Catalog;
+use crate::config::MasterConfig;
+use crate::handler::{MasterRpc, MasterState};
+use crate::membership::Membership;
+use crate::store::CatalogStore;
+use crate::store::sqlite::SqliteCatalog;
+
+pub struct MasterServer;
+
+/// A master that is serving. Dropping it does not stop it; call [`RunningMaster::shutdown`].
+pub struct RunningMaster {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<MasterState>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
+}
+
+impl MasterServer {
+    pub async fn start(cfg: MasterConfig) -> Result<RunningMaster> {
+        cfg.validate()?;
+        let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(&cfg.data_dir)?);
+        let catalog = Catalog::new(store.clone(), cfg.ufs.clone());
+        catalog.recover().await?;
+        let members = Membership::open(store, cfg.worker_expiry, cfg.layout).await?;
+        let state = Arc::new(MasterState {
+            catalog,
+            members,
+            heartbeat_interval: cfg.heartbeat_interval,
+        });
+
+        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
+            Error::io(
+                format!(
+                    "bind master gRPC listener {} (is another master running? use --listen)",
+                    cfg.listen
+                ),
+                e,
+            )
+        })?;
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("read listener address", e))?;
+        let metrics = match &cfg.metrics_listen {
+            Some(a) => Some(serve_metrics(a).await?),
+            None => None,
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let svc = MasterServiceServer::new(MasterRpc {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, c.cancelled())
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "master gRPC server stopped with an error");
+            }
+        }));
+
+        let (s, c) = (state.clone(), cancel.clone());
+        let tick = (cfg.worker_expiry / 4).max(std::time::Duration::from_millis(50));
+        tasks.push(tokio::spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => break,
+                    _ = iv.tick() => {
+                        if let Err(e) = s.members.expire().await {
+                            warn!(error = %e, "worker expiry pass failed");
+                        }
+                    }
+                }
+            }
+        }));
+
+        info!(grpc = %grpc_addr, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %cfg.data_dir.display(), "master started");
+        Ok(RunningMaster {
+            grpc_addr,
+            metrics_addr: metrics.as_ref().map(|m| m.local_addr),
+            state,
+            cancel,
+            tasks,
+            metrics,
+        })
+    }
+}
+
+impl RunningMaster {
+    /// Stops serving and waits for in-flight work to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(m) = self.metrics {
+            m.shutdown().await;
+        }
+        info!("master stopped");
+    }
+}

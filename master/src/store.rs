@@ -1,0 +1,128 @@
+//! The master's durable state behind one small trait, [`CatalogStore`].
+//!
+//! The embedded default is SQLite in WAL mode ([`sqlite::SqliteCatalog`]). The trait
+//! speaks in whole operations (create a dataset, apply a batch of listed files, finish
+//! a sync) rather than SQL, so a PostgreSQL implementation for HA masters can be added
+//! without touching callers.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use shoal_common::Result;
+use shoal_common::ids::DatasetId;
+
+/// Where a dataset's metadata sync stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Syncing,
+    Ready,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Phase::Syncing => 1,
+            Phase::Ready => 2,
+            Phase::Failed => 3,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Phase {
+        match v {
+            2 => Phase::Ready,
+            3 => Phase::Failed,
+            _ => Phase::Syncing,
+        }
+    }
+}
+
+/// A dataset as stored, credentials included. Never sent to users as is: see
+/// `handler::dataset::to_proto`, which drops secret options.
+#[derive(Clone, Debug)]
+pub struct DatasetRecord {
+    pub id: DatasetId,
+    pub name: String,
+    pub uri: String,
+    pub options: BTreeMap<String, String>,
+    pub read_write: bool,
+    pub phase: Phase,
+    pub message: String,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    pub created_at_ms: i64,
+    /// 0 until the first sync completes.
+    pub refreshed_at_ms: i64,
+    /// Generation of the last completed sync; file rows of older generations are gone.
+    pub sync_gen: i64,
+}
+
+/// What a new dataset is created from.
+#[derive(Clone, Debug)]
+pub struct NewDataset {
+    pub name: String,
+    pub uri: String,
+    pub options: BTreeMap<String, String>,
+    pub read_write: bool,
+}
+
+/// One entry of a dataset's namespace: a file, or a directory (explicit in the UFS or
+/// implied by a file's path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Normalised path relative to the dataset root ("" is the root).
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime_ms: i64,
+    pub etag: String,
+}
+
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Inserts a dataset in phase `Syncing`. Fails with `AlreadyExists` on a duplicate name.
+    async fn create_dataset(&self, d: NewDataset, now_ms: i64) -> Result<DatasetRecord>;
+    async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>>;
+    async fn get_dataset_by_id(&self, id: DatasetId) -> Result<Option<DatasetRecord>>;
+    async fn list_datasets(&self) -> Result<Vec<DatasetRecord>>;
+    /// Removes the dataset and all its file metadata. Returns false if it did not exist.
+    async fn delete_dataset(&self, id: DatasetId) -> Result<bool>;
+    async fn set_phase(&self, id: DatasetId, phase: Phase, message: &str) -> Result<()>;
+
+    /// Upserts one page of listed entries, tagged with sync generation `gen`.
+    async fn apply_sync_batch(
+        &self,
+        id: DatasetId,
+        sync_gen: i64,
+        batch: Vec<FileRecord>,
+    ) -> Result<()>;
+    /// Ends a sync: drops entries not seen in generation `gen`, recomputes the counts and
+    /// marks the dataset ready. Returns the updated record.
+    async fn finish_sync(&self, id: DatasetId, sync_gen: i64, now_ms: i64)
+    -> Result<DatasetRecord>;
+
+    async fn lookup(&self, id: DatasetId, path: &str) -> Result<Option<FileRecord>>;
+    /// Entries directly under `dir`, sorted by name, strictly after `start_after`.
+    async fn list_dir(
+        &self,
+        id: DatasetId,
+        dir: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>>;
+    /// Files (not directories) under a path prefix, in path order, after `start_after`.
+    /// Used to page through a dataset without holding it in memory.
+    async fn list_files_under(
+        &self,
+        id: DatasetId,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>>;
+
+    /// The placement epoch, persisted so it only ever grows across restarts.
+    async fn load_epoch(&self) -> Result<u64>;
+    async fn store_epoch(&self, epoch: u64) -> Result<()>;
+}

@@ -1,0 +1,642 @@
+//! SQLite implementation of [`CatalogStore`]: one file (`catalog.db`) in the master's
+//! data dir, WAL mode, created with 0600 permissions because it holds credentials.
+//!
+//! One writer connection and a small pool of readers; every call runs on the blocking
+//! thread pool so the async runtime never waits on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use shoal_common::ids::{DatasetId, split_parent};
+use shoal_common::{Error, Result};
+
+use super::{CatalogStore, DatasetRecord, FileRecord, NewDataset, Phase};
+
+const READERS: usize = 4;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    name            TEXT NOT NULL UNIQUE,
+    uri             TEXT NOT NULL,
+    options         TEXT NOT NULL,
+    read_write      INTEGER NOT NULL,
+    phase           INTEGER NOT NULL,
+    message         TEXT NOT NULL DEFAULT '',
+    file_count      INTEGER NOT NULL DEFAULT 0,
+    total_bytes     INTEGER NOT NULL DEFAULT 0,
+    created_at_ms   INTEGER NOT NULL,
+    refreshed_at_ms INTEGER NOT NULL DEFAULT 0,
+    sync_gen        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS files (
+    dataset_id INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    parent     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    is_dir     INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ms   INTEGER NOT NULL,
+    etag       TEXT NOT NULL,
+    gen        INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_by_parent ON files (dataset_id, parent, name);
+"#;
+
+/// The embedded catalogue store.
+pub struct SqliteCatalog {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+fn db_err(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |e| Error::internal(format!("catalog: {context}: {e}"))
+}
+
+impl SqliteCatalog {
+    /// Opens (or creates) `catalog.db` under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
+        let path = data_dir.join("catalog.db");
+        create_private(&path)?;
+        let writer = open_conn(&path, false)?;
+        writer
+            .execute_batch(SCHEMA)
+            .map_err(db_err("create schema"))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_conn(&path, true)?);
+        }
+        Ok(SqliteCatalog {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Mutex::new(readers)),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = w
+                .lock()
+                .map_err(|_| Error::internal("catalog writer lock poisoned"))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .lock()
+                .map_err(|_| Error::internal("catalog reader pool poisoned"))?
+                .pop();
+            let conn = match conn {
+                Some(c) => c,
+                // Pool exhausted under load: open a short-lived extra reader.
+                None => open_conn(&path, true)?,
+            };
+            let r = f(&conn);
+            if let Ok(mut p) = pool.lock()
+                && p.len() < READERS
+            {
+                p.push(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so credentials are
+/// never readable by other users even for an instant.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}
+
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::internal(format!("open catalog {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err("set busy timeout"))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err("enable WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err("set synchronous"))?;
+    }
+    Ok(conn)
+}
+
+const DATASET_COLS: &str = "id, name, uri, options, read_write, phase, message, file_count, total_bytes, created_at_ms, refreshed_at_ms, sync_gen";
+
+fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    let options: String = r.get(3)?;
+    let options: BTreeMap<String, String> = serde_json::from_str(&options).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(DatasetRecord {
+        id: DatasetId(r.get::<_, i64>(0)? as u64),
+        name: r.get(1)?,
+        uri: r.get(2)?,
+        options,
+        read_write: r.get::<_, i64>(4)? != 0,
+        phase: Phase::from_i64(r.get(5)?),
+        message: r.get(6)?,
+        file_count: r.get::<_, i64>(7)? as u64,
+        total_bytes: r.get::<_, i64>(8)? as u64,
+        created_at_ms: r.get(9)?,
+        refreshed_at_ms: r.get(10)?,
+        sync_gen: r.get(11)?,
+    })
+}
+
+fn row_to_file(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        path: r.get(0)?,
+        is_dir: r.get::<_, i64>(1)? != 0,
+        size: r.get::<_, i64>(2)? as u64,
+        mtime_ms: r.get(3)?,
+        etag: r.get(4)?,
+    })
+}
+
+const FILE_COLS: &str = "path, is_dir, size, mtime_ms, etag";
+
+fn get_dataset_where(
+    conn: &Connection,
+    clause: &str,
+    p: &dyn rusqlite::ToSql,
+) -> Result<Option<DatasetRecord>> {
+    conn.query_row(
+        &format!("SELECT {DATASET_COLS} FROM datasets WHERE {clause}"),
+        [p],
+        row_to_dataset,
+    )
+    .optional()
+    .map_err(db_err("read dataset"))
+}
+
+/// The smallest string greater than every path under `prefix/`: `/` + 1 is `0`.
+fn prefix_upper_bound(prefix: &str) -> String {
+    format!("{prefix}0")
+}
+
+#[async_trait]
+impl CatalogStore for SqliteCatalog {
+    async fn create_dataset(&self, d: NewDataset, now_ms: i64) -> Result<DatasetRecord> {
+        self.write(move |conn| {
+            let options = serde_json::to_string(&d.options)
+                .map_err(|e| Error::internal(format!("encode options: {e}")))?;
+            let r = conn.execute(
+                "INSERT INTO datasets (name, uri, options, read_write, phase, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.name, d.uri, options, d.read_write as i64, Phase::Syncing.as_i64(), now_ms],
+            );
+            match r {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(Error::AlreadyExists(format!(
+                        "dataset `{}` already exists; pick another name or delete it first",
+                        d.name
+                    )));
+                }
+                Err(e) => return Err(db_err("insert dataset")(e)),
+            }
+            let id = conn.last_insert_rowid();
+            get_dataset_where(conn, "id = ?1", &id)?
+                .ok_or_else(|| Error::internal("dataset vanished right after insert"))
+        })
+        .await
+    }
+
+    async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>> {
+        let name = name.to_owned();
+        self.read(move |conn| get_dataset_where(conn, "name = ?1", &name))
+            .await
+    }
+
+    async fn get_dataset_by_id(&self, id: DatasetId) -> Result<Option<DatasetRecord>> {
+        self.read(move |conn| get_dataset_where(conn, "id = ?1", &(id.0 as i64)))
+            .await
+    }
+
+    async fn list_datasets(&self) -> Result<Vec<DatasetRecord>> {
+        self.read(|conn| {
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT {DATASET_COLS} FROM datasets ORDER BY name"
+                ))
+                .map_err(db_err("list datasets"))?;
+            let rows = st
+                .query_map([], row_to_dataset)
+                .map_err(db_err("list datasets"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list datasets"))
+        })
+        .await
+    }
+
+    async fn delete_dataset(&self, id: DatasetId) -> Result<bool> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db_err("begin delete"))?;
+            tx.execute("DELETE FROM files WHERE dataset_id = ?1", [id.0 as i64])
+                .map_err(db_err("delete files"))?;
+            let n = tx
+                .execute("DELETE FROM datasets WHERE id = ?1", [id.0 as i64])
+                .map_err(db_err("delete dataset"))?;
+            tx.commit().map_err(db_err("commit delete"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn set_phase(&self, id: DatasetId, phase: Phase, message: &str) -> Result<()> {
+        let message = message.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE datasets SET phase = ?1, message = ?2 WHERE id = ?3",
+                params![phase.as_i64(), message, id.0 as i64],
+            )
+            .map_err(db_err("update phase"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn apply_sync_batch(
+        &self,
+        id: DatasetId,
+        sync_gen: i64,
+        batch: Vec<FileRecord>,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db_err("begin sync batch"))?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         ON CONFLICT (dataset_id, path) DO UPDATE SET
+                           is_dir = excluded.is_dir, size = excluded.size, mtime_ms = excluded.mtime_ms,
+                           etag = excluded.etag, gen = excluded.gen",
+                    )
+                    .map_err(db_err("prepare upsert"))?;
+                for f in &batch {
+                    let (parent, name) = split_parent(&f.path);
+                    st.execute(params![
+                        id.0 as i64,
+                        f.path,
+                        parent,
+                        name,
+                        f.is_dir as i64,
+                        f.size as i64,
+                        f.mtime_ms,
+                        f.etag,
+                        sync_gen
+                    ])
+                    .map_err(db_err("upsert file"))?;
+                }
+            }
+            tx.commit().map_err(db_err("commit sync batch"))
+        })
+        .await
+    }
+
+    async fn finish_sync(
+        &self,
+        id: DatasetId,
+        sync_gen: i64,
+        now_ms: i64,
+    ) -> Result<DatasetRecord> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db_err("begin finish sync"))?;
+            tx.execute(
+                "DELETE FROM files WHERE dataset_id = ?1 AND gen < ?2",
+                params![id.0 as i64, sync_gen],
+            )
+            .map_err(db_err("drop vanished files"))?;
+            let (count, bytes): (i64, i64) = tx
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE dataset_id = ?1 AND is_dir = 0",
+                    [id.0 as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db_err("count files"))?;
+            tx.execute(
+                "UPDATE datasets SET phase = ?1, message = '', file_count = ?2, total_bytes = ?3,
+                 refreshed_at_ms = ?4, sync_gen = ?5 WHERE id = ?6",
+                params![Phase::Ready.as_i64(), count, bytes, now_ms, sync_gen, id.0 as i64],
+            )
+            .map_err(db_err("update dataset after sync"))?;
+            let d = get_dataset_where(&tx, "id = ?1", &(id.0 as i64))?
+                .ok_or_else(|| Error::not_found("dataset was deleted during its sync"))?;
+            tx.commit().map_err(db_err("commit finish sync"))?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn lookup(&self, id: DatasetId, path: &str) -> Result<Option<FileRecord>> {
+        let path = path.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {FILE_COLS} FROM files WHERE dataset_id = ?1 AND path = ?2"),
+                params![id.0 as i64, path],
+                row_to_file,
+            )
+            .optional()
+            .map_err(db_err("lookup file"))
+        })
+        .await
+    }
+
+    async fn list_dir(
+        &self,
+        id: DatasetId,
+        dir: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>> {
+        let (dir, start_after) = (dir.to_owned(), start_after.to_owned());
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {FILE_COLS} FROM files WHERE dataset_id = ?1 AND parent = ?2 AND name > ?3
+                     AND path != '' ORDER BY name LIMIT ?4"
+                ))
+                .map_err(db_err("list dir"))?;
+            let rows = st
+                .query_map(params![id.0 as i64, dir, start_after, limit as i64], row_to_file)
+                .map_err(db_err("list dir"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("list dir"))
+        })
+        .await
+    }
+
+    async fn list_files_under(
+        &self,
+        id: DatasetId,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>> {
+        let (prefix, start_after) = (prefix.to_owned(), start_after.to_owned());
+        self.read(move |conn| {
+            let mut st;
+            let rows = if prefix.is_empty() {
+                st = conn
+                    .prepare_cached(&format!(
+                        "SELECT {FILE_COLS} FROM files WHERE dataset_id = ?1 AND is_dir = 0 AND path > ?2
+                         ORDER BY path LIMIT ?3"
+                    ))
+                    .map_err(db_err("list files"))?;
+                st.query_map(params![id.0 as i64, start_after, limit as i64], row_to_file)
+            } else {
+                // The prefix itself (a file) or anything below `prefix/`.
+                let lo = format!("{prefix}/");
+                let lo = if start_after.as_str() > lo.as_str() { start_after.clone() } else { lo };
+                st = conn
+                    .prepare_cached(&format!(
+                        "SELECT {FILE_COLS} FROM files WHERE dataset_id = ?1 AND is_dir = 0
+                         AND ((path = ?2 AND ?2 > ?5) OR (path > ?3 AND path < ?4))
+                         ORDER BY path LIMIT ?6"
+                    ))
+                    .map_err(db_err("list files"))?;
+                st.query_map(
+                    params![id.0 as i64, prefix, lo, prefix_upper_bound(&prefix), start_after, limit as i64],
+                    row_to_file,
+                )
+            }
+            .map_err(db_err("list files"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("list files"))
+        })
+        .await
+    }
+
+    async fn load_epoch(&self) -> Result<u64> {
+        self.read(|conn| {
+            let v: Option<String> = conn
+                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db_err("read epoch"))?;
+            Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn store_epoch(&self, epoch: u64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [epoch.to_string()],
+            )
+            .map_err(db_err("store epoch"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> FileRecord {
+        FileRecord {
+            path: path.into(),
+            is_dir: false,
+            size,
+            mtime_ms: 1,
+            etag: "e".into(),
+        }
+    }
+
+    fn dir(path: &str) -> FileRecord {
+        FileRecord {
+            path: path.into(),
+            is_dir: true,
+            size: 0,
+            mtime_ms: 0,
+            etag: String::new(),
+        }
+    }
+
+    fn new_ds(name: &str) -> NewDataset {
+        let mut options = BTreeMap::new();
+        options.insert("secret_access_key".into(), "s".into());
+        NewDataset {
+            name: name.into(),
+            uri: "memory://".into(),
+            options,
+            read_write: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_generations_replace_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        let d = s.create_dataset(new_ds("a"), 1).await.unwrap();
+        s.apply_sync_batch(
+            d.id,
+            1,
+            vec![
+                dir(""),
+                dir("x"),
+                file("x/1", 10),
+                file("x/2", 5),
+                file("y", 1),
+            ],
+        )
+        .await
+        .unwrap();
+        let d1 = s.finish_sync(d.id, 1, 2).await.unwrap();
+        assert_eq!(
+            (d1.file_count, d1.total_bytes, d1.phase),
+            (3, 16, Phase::Ready)
+        );
+        // Second sync: x/2 vanished, z appeared.
+        s.apply_sync_batch(
+            d.id,
+            2,
+            vec![dir(""), dir("x"), file("x/1", 10), file("z", 7)],
+        )
+        .await
+        .unwrap();
+        let d2 = s.finish_sync(d.id, 2, 3).await.unwrap();
+        assert_eq!((d2.file_count, d2.total_bytes), (2, 17));
+        assert!(s.lookup(d.id, "x/2").await.unwrap().is_none());
+        let names: Vec<_> = s
+            .list_dir(d.id, "", "", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(names, ["x", "z"]);
+        let page: Vec<_> = s
+            .list_dir(d.id, "", "x", 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(page, ["z"]);
+    }
+
+    #[tokio::test]
+    async fn files_under_prefix_page_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        let d = s.create_dataset(new_ds("a"), 1).await.unwrap();
+        s.apply_sync_batch(
+            d.id,
+            1,
+            vec![
+                file("a", 1),
+                file("a/b", 1),
+                file("a/c/d", 1),
+                file("a-b", 1),
+                file("a0", 1),
+                file("b", 1),
+            ],
+        )
+        .await
+        .unwrap();
+        let under = |p: &'static str, after: &'static str| {
+            let s = &s;
+            async move {
+                s.list_files_under(d.id, p, after, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|f| f.path)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(under("a", "").await, ["a", "a/b", "a/c/d"]);
+        assert_eq!(under("a", "a").await, ["a/b", "a/c/d"]);
+        assert_eq!(under("a", "a/b").await, ["a/c/d"]);
+        assert_eq!(under("", "a0").await, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_and_permissions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        s.create_dataset(new_ds("a"), 1).await.unwrap();
+        let e = s.create_dataset(new_ds("a"), 1).await.unwrap_err();
+        assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = {
+            let s = SqliteCatalog::open(tmp.path()).unwrap();
+            let d = s.create_dataset(new_ds("keep"), 1).await.unwrap();
+            s.apply_sync_batch(d.id, 1, vec![file("f", 3)])
+                .await
+                .unwrap();
+            s.finish_sync(d.id, 1, 2).await.unwrap();
+            s.store_epoch(9).await.unwrap();
+            d.id
+        };
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        let d = s.get_dataset("keep").await.unwrap().unwrap();
+        assert_eq!((d.id, d.file_count, d.options.len()), (id, 1, 1));
+        assert_eq!(s.load_epoch().await.unwrap(), 9);
+        assert!(s.delete_dataset(id).await.unwrap());
+        assert!(s.lookup(id, "f").await.unwrap().is_none());
+    }
+}
