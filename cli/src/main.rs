@@ -1,1 +1,136 @@
-fn main() {}
+//! The `shoal` binary: parses the command line and dispatches to one subcommand module.
+//! Server subcommands (`master`, `worker`, `runner`, `mount`, `up`) run until signalled;
+//! user subcommands talk to a running cluster. Errors end as one line on stderr with a
+//! hint, and a non-zero exit code; never a backtrace.
+
+mod cmd;
+mod connect;
+mod output;
+mod signal;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::OutputFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "shoal: a distributed cache and job runner for datasets in object storage",
+    long_about = None,
+    propagate_version = true,
+)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, global = true, env = "SHOAL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Output format for user commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master: dataset catalogue, worker membership, prewarm jobs (server).
+    Master(cmd::master::MasterArgs),
+    /// Run a cache worker (server), or `shoal worker list` to show the workers.
+    Worker(cmd::planned::PlannedArgs),
+    /// Run the job runner (server).
+    Runner(cmd::planned::PlannedArgs),
+    /// Mount datasets as a POSIX directory with FUSE (server).
+    Mount(cmd::planned::PlannedArgs),
+    /// Unmount a shoal FUSE mount.
+    Umount(cmd::planned::PlannedArgs),
+    /// Run master, workers, runner and optionally a mount in one process (single machine).
+    Up(cmd::planned::PlannedArgs),
+    /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
+    Demo(cmd::planned::PlannedArgs),
+    /// Manage datasets: named views of object-store prefixes.
+    #[command(subcommand)]
+    Dataset(cmd::dataset::DatasetCommand),
+    /// Prewarm a dataset into the cache, and manage prewarm jobs.
+    Prewarm(cmd::planned::PlannedArgs),
+    /// Submit and manage jobs.
+    Job(cmd::planned::PlannedArgs),
+    /// Print a dataset file to stdout, read through the cache (no FUSE needed).
+    Cat(cmd::planned::PlannedArgs),
+    /// Copy a dataset file to a local path, read through the cache (no FUSE needed).
+    Cp(cmd::planned::PlannedArgs),
+    /// Manage access tokens.
+    Token(cmd::planned::PlannedArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed stdout (`shoal cat x | head`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Joins the error chain into one line, without repeating text a cause already carries.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = shoal_common::config::ConfigFile::load(cli.config.as_deref())?;
+    let ctx = cmd::Context {
+        file,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Master(a) => cmd::master::run(&ctx, a).await,
+        Command::Dataset(c) => cmd::dataset::run(&ctx, c).await,
+        Command::Worker(a) => cmd::planned::run("worker", "issue 3 (cache worker)", a),
+        Command::Runner(a) => cmd::planned::run("runner", "issue 6 (job runner)", a),
+        Command::Mount(a) => cmd::planned::run("mount", "issue 4 (FUSE client)", a),
+        Command::Umount(a) => cmd::planned::run("umount", "issue 4 (FUSE client)", a),
+        Command::Up(a) => cmd::planned::run("up", "issue 7 (single-machine default)", a),
+        Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
+        Command::Prewarm(a) => cmd::planned::run("prewarm", "issue 5 (prewarm)", a),
+        Command::Job(a) => cmd::planned::run("job", "issue 6 (job runner)", a),
+        Command::Cat(a) => cmd::planned::run("cat", "issue 3 (cache worker)", a),
+        Command::Cp(a) => cmd::planned::run("cp", "issue 3 (cache worker)", a),
+        Command::Token(a) => cmd::planned::run("token", "issue 9 (security)", a),
+    }
+}

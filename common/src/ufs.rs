@@ -244,11 +244,15 @@ pub async fn check_reachable(
     uri: &str,
     options: &BTreeMap<String, String>,
 ) -> Result<()> {
+    let ctx = match options.get("endpoint") {
+        Some(ep) => format!("list {uri} at {ep}"),
+        None => format!("list {uri}"),
+    };
     op.list_with("/")
         .limit(1)
         .await
         .map(|_| ())
-        .map_err(|e| ufs_error(&e, &format!("list {uri}"), options))
+        .map_err(|e| ufs_error(&e, &ctx, options))
 }
 
 /// Converts an opendal error into a one-line shoal [`Error`] with a hint, with every

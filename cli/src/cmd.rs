@@ -1,0 +1,15 @@
+//! One module per subcommand family. Each exposes clap argument types and a `run`.
+
+pub mod dataset;
+pub mod master;
+pub mod planned;
+
+use shoal_common::config::ConfigFile;
+
+use crate::output::OutputFormat;
+
+/// What every subcommand gets besides its own arguments.
+pub struct Context {
+    pub file: ConfigFile,
+    pub output: OutputFormat,
+}
