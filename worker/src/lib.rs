@@ -1,1 +1,40 @@
-//! placeholder
+//! The shoal cache worker (DESIGN.md §3-§4).
+//!
+//! - [`store::BlockStore`]: the tiered block cache (tiers of sparse data files plus
+//!   marker files, a moka index per tier, demotion/promotion, hard quotas, crc32c on
+//!   every read, coalesced read-through from the UFS, restart from markers).
+//! - [`WorkerServer`] starts a worker: the `WorkerService` gRPC API
+//!   (`LoadSegment`, `ReadRange`), the framed-TCP data plane ([`wire`]), `/metrics`, and
+//!   registration plus heartbeats with the master. It returns a [`RunningWorker`].
+//! - [`layout`] and [`store::block_file::BlockFile`] are public because same-node
+//!   short-circuit readers in `shoal-client` read tier files directly.
+//!
+//! ```no_run
+//! # async fn run() -> shoal_common::Result<()> {
+//! use shoal_worker::{WorkerConfig, WorkerServer};
+//! let mut cfg = WorkerConfig::for_tiers("node-1", &[("mem", "/dev/shm/shoal".into(), 2 << 30)]);
+//! cfg.master = Some("127.0.0.1:7700".into());
+//! let worker = WorkerServer::start(cfg).await?;
+//! println!("data plane on {}", worker.data_addr());
+//! worker.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Invariant: the worker keeps no state the cluster cannot rebuild; its tiers are a
+//! cache and its index is rebuilt from the tier directories.
+
+pub mod config;
+pub mod data_plane;
+pub mod datasets;
+pub mod file;
+pub mod grpc;
+pub mod layout;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod wire;
+
+pub use config::{TierConfig, WorkerArgs, WorkerConfig};
+pub use file::FileRef;
+pub use server::{RunningWorker, WorkerServer};
+pub use store::BlockStore;

@@ -1,0 +1,374 @@
+//! The worker's validated runtime configuration ([`WorkerConfig`]) and how it is built
+//! from flags/environment ([`WorkerArgs`], already merged by clap) over the TOML
+//! `[worker]` section over defaults, including the `--tier NAME:PATH:QUOTA` format.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use shoal_common::block::BlockLayout;
+use shoal_common::config::{WorkerToml, pick};
+use shoal_common::size::ByteSize;
+use shoal_common::{Error, Result};
+
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
+pub const DEFAULT_LOW_WATERMARK: f64 = 0.7;
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+pub const DEFAULT_PROMOTE_AFTER_READS: u32 = 2;
+pub const DEFAULT_VERIFIED_BUFFER_BYTES: u64 = 64 << 20;
+pub const DEFAULT_UFS_PARALLELISM: usize = 8;
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One cache tier, fastest first in [`WorkerConfig::tiers`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TierConfig {
+    /// `mem`, `ssd`, `hdd`, ...: the `tier` label of metrics.
+    pub name: String,
+    pub path: PathBuf,
+    /// Hard limit on bytes on disk in this tier.
+    pub quota_bytes: u64,
+    /// Passing this fraction of the quota starts eviction...
+    pub high_watermark: f64,
+    /// ...down to this fraction.
+    pub low_watermark: f64,
+}
+
+/// `NAME:PATH:QUOTA` as given to `--tier`, e.g. `mem:/dev/shm/shoal:2GiB`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub quota_bytes: u64,
+}
+
+impl FromStr for TierSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<TierSpec> {
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "invalid --tier `{s}`: {why}; write NAME:PATH:QUOTA, e.g. mem:/dev/shm/shoal:2GiB"
+            ))
+        };
+        let (name, rest) = s.split_once(':').ok_or_else(|| bad("missing `:`"))?;
+        let (path, quota) = rest.rsplit_once(':').ok_or_else(|| bad("missing quota"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad("the name must be letters, digits, `-` or `_`"));
+        }
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        let quota: ByteSize = quota.parse().map_err(|e: Error| bad(e.message()))?;
+        Ok(TierSpec {
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            quota_bytes: quota.0,
+        })
+    }
+}
+
+/// Raw worker options from flags or `SHOAL_*` variables (clap merges those two); every
+/// field is optional so the TOML file and defaults can fill the rest.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerArgs {
+    pub master: Option<String>,
+    pub node: Option<String>,
+    pub listen: Option<String>,
+    pub data_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    /// `NAME:PATH:QUOTA` strings; when non-empty they replace the file's tiers.
+    pub tiers: Vec<String>,
+    pub high_watermark: Option<f64>,
+    pub low_watermark: Option<f64>,
+    pub heartbeat_interval: Option<Duration>,
+}
+
+/// The validated configuration a worker runs with.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Master gRPC address. `None` runs the worker standalone (tests, benchmarks):
+    /// it then serves only datasets registered with `RunningWorker::add_dataset`.
+    pub master: Option<String>,
+    /// Node name: the worker's identity in placement and the `worker` metrics label.
+    pub node: String,
+    /// gRPC listen address (`WorkerService`).
+    pub listen: String,
+    /// Framed-TCP data-plane listen address.
+    pub data_listen: String,
+    pub metrics_listen: String,
+    pub tiers: Vec<TierConfig>,
+    pub heartbeat_interval: Duration,
+    /// A block read this many times from a lower tier is promoted to the top tier.
+    pub promote_after_reads: u32,
+    /// Process memory holding recently verified blocks, so consecutive small reads of
+    /// one block do not re-read and re-checksum it. 0 disables it.
+    pub verified_buffer_bytes: u64,
+    /// Parallel UFS range reads per segment load.
+    pub ufs_parallelism: usize,
+    /// Deadline of every call to the master.
+    pub rpc_timeout: Duration,
+    /// Block geometry used standalone; with a master, the master's layout wins.
+    pub layout: BlockLayout,
+}
+
+impl WorkerConfig {
+    /// A standalone config with one tier per `(name, path, quota)`, all other options at
+    /// their defaults and every listener on `127.0.0.1:0`.
+    pub fn for_tiers(node: &str, tiers: &[(&str, PathBuf, u64)]) -> WorkerConfig {
+        WorkerConfig {
+            master: None,
+            node: node.to_owned(),
+            listen: "127.0.0.1:0".into(),
+            data_listen: "127.0.0.1:0".into(),
+            metrics_listen: "127.0.0.1:0".into(),
+            tiers: tiers
+                .iter()
+                .map(|(name, path, quota)| TierConfig {
+                    name: (*name).to_owned(),
+                    path: path.clone(),
+                    quota_bytes: *quota,
+                    high_watermark: DEFAULT_HIGH_WATERMARK,
+                    low_watermark: DEFAULT_LOW_WATERMARK,
+                })
+                .collect(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            promote_after_reads: DEFAULT_PROMOTE_AFTER_READS,
+            verified_buffer_bytes: DEFAULT_VERIFIED_BUFFER_BYTES,
+            ufs_parallelism: DEFAULT_UFS_PARALLELISM,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            layout: BlockLayout::default(),
+        }
+    }
+
+    /// flag/env > file > default, then [`WorkerConfig::validate`].
+    pub fn resolve(args: WorkerArgs, file: &WorkerToml) -> Result<WorkerConfig> {
+        let WorkerArgs {
+            master,
+            node,
+            listen,
+            data_listen,
+            metrics_listen,
+            tiers,
+            high_watermark,
+            low_watermark,
+            heartbeat_interval,
+        } = args;
+        let high = pick(high_watermark, file.high_watermark, DEFAULT_HIGH_WATERMARK);
+        let low = pick(low_watermark, file.low_watermark, DEFAULT_LOW_WATERMARK);
+        let specs: Vec<TierSpec> = if !tiers.is_empty() {
+            tiers.iter().map(|t| t.parse()).collect::<Result<_>>()?
+        } else {
+            file.tiers
+                .iter()
+                .flatten()
+                .map(|t| TierSpec {
+                    name: t.name.clone(),
+                    path: PathBuf::from(&t.path),
+                    quota_bytes: t.quota.0,
+                })
+                .collect()
+        };
+        let master = master.or_else(|| file.master.clone()).ok_or_else(|| {
+            Error::invalid("no master address: pass --master HOST:PORT or set SHOAL_MASTER")
+        })?;
+        let node = match node.or_else(|| file.node.clone()) {
+            Some(n) => n,
+            None => hostname()?,
+        };
+        let cfg = WorkerConfig {
+            master: Some(master),
+            node,
+            listen: pick(listen, file.listen.clone(), "127.0.0.1:7710".into()),
+            data_listen: pick(
+                data_listen,
+                file.data_listen.clone(),
+                "127.0.0.1:7711".into(),
+            ),
+            metrics_listen: pick(
+                metrics_listen,
+                file.metrics_listen.clone(),
+                "127.0.0.1:7712".into(),
+            ),
+            tiers: specs
+                .into_iter()
+                .map(|s| TierConfig {
+                    name: s.name,
+                    path: s.path,
+                    quota_bytes: s.quota_bytes,
+                    high_watermark: high,
+                    low_watermark: low,
+                })
+                .collect(),
+            heartbeat_interval: pick(
+                heartbeat_interval,
+                file.heartbeat_interval,
+                DEFAULT_HEARTBEAT_INTERVAL,
+            ),
+            ..WorkerConfig::for_tiers("", &[])
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that can be checked without touching the disk.
+    pub fn validate(&self) -> Result<()> {
+        if self.node.is_empty() {
+            return Err(Error::invalid("the node name is empty; pass --node NAME"));
+        }
+        if self.tiers.is_empty() {
+            return Err(Error::invalid(
+                "no cache tier configured; pass at least one --tier NAME:PATH:QUOTA, e.g. --tier mem:/dev/shm/shoal:2GiB",
+            ));
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            if t.quota_bytes < 4096 {
+                return Err(Error::invalid(format!(
+                    "tier `{}` has quota {} bytes; give it at least one block (e.g. 64MiB)",
+                    t.name, t.quota_bytes
+                )));
+            }
+            let (h, l) = (t.high_watermark, t.low_watermark);
+            if !(0.0 < l && l < h && h <= 1.0) {
+                return Err(Error::invalid(format!(
+                    "watermarks high={h} low={l} are invalid; need 0 < low < high <= 1 (defaults 0.95 and 0.7)"
+                )));
+            }
+            for u in &self.tiers[..i] {
+                if u.name == t.name {
+                    return Err(Error::invalid(format!(
+                        "tier name `{}` is used twice",
+                        t.name
+                    )));
+                }
+                if u.path.starts_with(&t.path) || t.path.starts_with(&u.path) {
+                    return Err(Error::invalid(format!(
+                        "tiers `{}` and `{}` share the directory {}; give each tier its own directory",
+                        u.name,
+                        t.name,
+                        t.path.display()
+                    )));
+                }
+            }
+        }
+        if self.ufs_parallelism == 0 {
+            return Err(Error::invalid("ufs_parallelism must be at least 1"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::invalid("heartbeat interval must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Sum of the tier quotas: the worker's placement weight.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.tiers.iter().map(|t| t.quota_bytes).sum()
+    }
+}
+
+fn hostname() -> Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::invalid("cannot determine the host name; pass --node NAME"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tier_flags() {
+        let t: TierSpec = "mem:/dev/shm/shoal:2GiB".parse().unwrap();
+        assert_eq!(
+            t,
+            TierSpec {
+                name: "mem".into(),
+                path: "/dev/shm/shoal".into(),
+                quota_bytes: 2 << 30
+            }
+        );
+        let t: TierSpec = "ssd:/mnt/a:b:50GiB".parse().unwrap();
+        assert_eq!(t.path, PathBuf::from("/mnt/a:b"));
+        for bad in [
+            "mem",
+            "mem:/x",
+            ":/x:1GiB",
+            "mem::1GiB",
+            "mem:/x:lots",
+            "m m:/x:1GiB",
+        ] {
+            let e = bad.parse::<TierSpec>().unwrap_err().to_string();
+            assert!(e.contains("NAME:PATH:QUOTA"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn resolves_flags_over_file() {
+        let file: WorkerToml = toml_worker(
+            r#"master = "m:1"
+            node = "n-file"
+            high_watermark = 0.9
+            tiers = [{ name = "ssd", path = "/tmp/ssd", quota = "1GiB" }]"#,
+        );
+        let c = WorkerConfig::resolve(
+            WorkerArgs {
+                node: Some("n-flag".into()),
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.node, "n-flag");
+        assert_eq!(c.master.as_deref(), Some("m:1"));
+        assert_eq!(c.tiers[0].high_watermark, 0.9);
+        assert_eq!(c.tiers[0].low_watermark, DEFAULT_LOW_WATERMARK);
+        let c = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["mem:/dev/shm/x:1GiB".into(), "ssd:/tmp/y:2GiB".into()],
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.tiers.len(), 2);
+        assert_eq!(c.capacity_bytes(), 3 << 30);
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let file = toml_worker(r#"master = "m:1""#);
+        let e = WorkerConfig::resolve(WorkerArgs::default(), &file).unwrap_err();
+        assert!(e.to_string().contains("--tier"), "{e}");
+        let e = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["mem:/x:1GiB".into()],
+                high_watermark: Some(0.5),
+                low_watermark: Some(0.6),
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("low < high"), "{e}");
+        let e = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["a:/x:1GiB".into(), "b:/x/y:1GiB".into()],
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("share the directory"), "{e}");
+    }
+
+    fn toml_worker(body: &str) -> WorkerToml {
+        shoal_common::config::ConfigFile::parse(&format!("[worker]\n{body}\n"))
+            .unwrap()
+            .worker
+    }
+}

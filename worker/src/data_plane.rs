@@ -1,0 +1,92 @@
+//! The framed-TCP data-plane server ([`crate::wire`] protocol): one task per
+//! connection, requests served one after another, block slices written straight from
+//! the cache's buffers.
+
+use std::net::SocketAddr;
+
+use shoal_common::{Error, Result};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::BlockStore;
+use crate::wire::{self, MAX_READ_LEN};
+
+/// Accepts connections until `cancel` fires, then drops every connection.
+pub async fn serve(listener: TcpListener, store: BlockStore, cancel: CancellationToken) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let store = store.clone();
+                    let c = cancel.clone();
+                    conns.spawn(async move {
+                        tokio::select! {
+                            _ = c.cancelled() => {}
+                            r = serve_connection(sock, &store) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(%peer, error = %e, "data-plane connection closed");
+                                }
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "data-plane accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn serve_connection(sock: TcpStream, store: &BlockStore) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = BufReader::new(rd);
+    while let Some(req) = wire::read_request(&mut rd).await? {
+        match serve_one(req, store).await {
+            Ok(slices) => {
+                let total: u64 = slices.iter().map(|b| b.len() as u64).sum();
+                wire::write_ok_header(&mut wr, total).await?;
+                for s in &slices {
+                    wr.write_all(s).await?;
+                }
+                wr.flush().await?;
+                store.metrics().served_bytes_tcp.increment(total);
+            }
+            Err(e) => wire::write_error(&mut wr, &e).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn serve_one(
+    req: std::result::Result<wire::ReadRequest, Error>,
+    store: &BlockStore,
+) -> Result<Vec<bytes::Bytes>> {
+    let req = req?;
+    if req.length > MAX_READ_LEN {
+        return Err(Error::invalid(format!(
+            "read of {} bytes is larger than the data-plane limit of {MAX_READ_LEN}; split it",
+            req.length
+        )));
+    }
+    store.read_range(&req.file, req.offset, req.length).await
+}
+
+/// Binds the data-plane listener.
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("bind data-plane listener {addr}"), e))?;
+    let a = l
+        .local_addr()
+        .map_err(|e| Error::io("read data-plane listener address", e))?;
+    Ok((l, a))
+}

@@ -1,0 +1,77 @@
+//! The worker's Prometheus series. Every series carries `worker="<node>"` (in-process
+//! clusters share one registry) and, where it is about a tier, `tier="<name>"`.
+//! Handles are created once per worker/tier so the hot path only bumps atomics.
+
+use metrics::{Counter, Gauge, counter, gauge};
+
+/// Series about one tier.
+#[derive(Clone)]
+pub struct TierMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub evictions: Counter,
+    /// Blocks copied from this tier into the next one on eviction.
+    pub demotions: Counter,
+    /// Blocks moved from this tier to the top tier because they got hot.
+    pub promotions: Counter,
+    pub checksum_failures: Counter,
+    /// Evictions skipped because a same-node reader pinned the data file.
+    pub pinned_skips: Counter,
+    pub used_bytes: Gauge,
+    pub quota_bytes: Gauge,
+}
+
+impl TierMetrics {
+    pub fn new(worker: &str, tier: &str) -> TierMetrics {
+        let l = [("worker", worker.to_owned()), ("tier", tier.to_owned())];
+        TierMetrics {
+            hits: counter!("shoal_worker_cache_hits_total", &l),
+            misses: counter!("shoal_worker_cache_misses_total", &l),
+            evictions: counter!("shoal_worker_evictions_total", &l),
+            demotions: counter!("shoal_worker_demotions_total", &l),
+            promotions: counter!("shoal_worker_promotions_total", &l),
+            checksum_failures: counter!("shoal_worker_checksum_failures_total", &l),
+            pinned_skips: counter!("shoal_worker_eviction_pinned_skips_total", &l),
+            used_bytes: gauge!("shoal_worker_tier_used_bytes", &l),
+            quota_bytes: gauge!("shoal_worker_tier_quota_bytes", &l),
+        }
+    }
+}
+
+/// Series about the worker as a whole.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub ufs_read_bytes: Counter,
+    pub ufs_read_requests: Counter,
+    pub ufs_read_errors: Counter,
+    /// Readers that joined a UFS read already in flight for the same block.
+    pub coalesced_reads: Counter,
+    /// Blocks read from the UFS that no tier had room for (served, not cached).
+    pub uncached_fills: Counter,
+    /// Hits in the in-memory buffer of recently verified blocks.
+    pub buffer_hits: Counter,
+    pub served_bytes_tcp: Counter,
+    pub served_bytes_grpc: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: &str) -> WorkerMetrics {
+        let l = [("worker", worker.to_owned())];
+        let plane = |p: &str| {
+            counter!(
+                "shoal_worker_served_bytes_total",
+                &[("worker", worker.to_owned()), ("plane", p.to_owned())]
+            )
+        };
+        WorkerMetrics {
+            ufs_read_bytes: counter!("shoal_worker_ufs_read_bytes_total", &l),
+            ufs_read_requests: counter!("shoal_worker_ufs_read_requests_total", &l),
+            ufs_read_errors: counter!("shoal_worker_ufs_read_errors_total", &l),
+            coalesced_reads: counter!("shoal_worker_coalesced_reads_total", &l),
+            uncached_fills: counter!("shoal_worker_uncached_fills_total", &l),
+            buffer_hits: counter!("shoal_worker_buffer_hits_total", &l),
+            served_bytes_tcp: plane("tcp"),
+            served_bytes_grpc: plane("grpc"),
+        }
+    }
+}

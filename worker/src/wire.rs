@@ -1,0 +1,227 @@
+//! The lean framed-TCP data-plane protocol, shared by the worker's server
+//! ([`crate::data_plane`]) and `shoal-client`.
+//!
+//! One connection carries any number of request/response pairs, one at a time, so
+//! clients pool and reuse connections. All integers are big-endian.
+//!
+//! ```text
+//! request:  magic "SHL1" | op u8 (1 = read) | dataset_id u64 | version u64 | size u64
+//!           | offset u64 | length u64 | name_len u16 | name | path_len u16 | path
+//! response: status u8 = 0 | length u64 | payload (exactly `length` bytes)
+//!         | status u8 = code (see `error_code`) | msg_len u32 | msg (UTF-8)
+//! ```
+//!
+//! A read is clipped to the file size, so `length` may be less than asked.
+
+use std::io;
+
+use shoal_common::Error;
+use shoal_common::ids::{DatasetId, FileVersion};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::file::FileRef;
+
+pub const MAGIC: [u8; 4] = *b"SHL1";
+pub const OP_READ: u8 = 1;
+pub const STATUS_OK: u8 = 0;
+/// Largest read one request may ask for (a segment at the default layout).
+pub const MAX_READ_LEN: u64 = 64 << 20;
+const MAX_ERROR_LEN: u32 = 64 << 10;
+
+/// One read request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub file: FileRef,
+    pub offset: u64,
+    pub length: u64,
+}
+
+pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, r: &ReadRequest) -> io::Result<()> {
+    let name = r.file.dataset_name.as_bytes();
+    let path = r.file.path.as_bytes();
+    let (Ok(nl), Ok(pl)) = (u16::try_from(name.len()), u16::try_from(path.len())) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "dataset name or path longer than 65535 bytes",
+        ));
+    };
+    let mut buf = Vec::with_capacity(49 + name.len() + path.len());
+    buf.extend_from_slice(&MAGIC);
+    buf.push(OP_READ);
+    for v in [
+        r.file.dataset.0,
+        r.file.version.0,
+        r.file.size,
+        r.offset,
+        r.length,
+    ] {
+        buf.extend_from_slice(&v.to_be_bytes());
+    }
+    buf.extend_from_slice(&nl.to_be_bytes());
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(&pl.to_be_bytes());
+    buf.extend_from_slice(path);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads the next request; `Ok(None)` when the peer closed the connection between
+/// requests. A malformed frame is an `InvalidData` error (the connection is dropped).
+pub async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> io::Result<Option<Result<ReadRequest, Error>>> {
+    let mut magic = [0u8; 4];
+    match r.read_exact(&mut magic).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if magic != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad frame magic",
+        ));
+    }
+    let op = r.read_u8().await?;
+    if op != OP_READ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unknown op {op}"),
+        ));
+    }
+    let dataset = r.read_u64().await?;
+    let version = r.read_u64().await?;
+    let size = r.read_u64().await?;
+    let offset = r.read_u64().await?;
+    let length = r.read_u64().await?;
+    let name = read_str16(r).await?;
+    let path = read_str16(r).await?;
+    let parsed =
+        FileRef::new(DatasetId(dataset), &name, &path, FileVersion(version), size).map(|file| {
+            ReadRequest {
+                file,
+                offset,
+                length,
+            }
+        });
+    Ok(Some(parsed))
+}
+
+async fn read_str16<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<String> {
+    let n = r.read_u16().await? as usize;
+    let mut b = vec![0u8; n];
+    r.read_exact(&mut b).await?;
+    String::from_utf8(b)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "string is not UTF-8"))
+}
+
+pub async fn write_ok_header<W: AsyncWrite + Unpin>(w: &mut W, length: u64) -> io::Result<()> {
+    let mut h = [0u8; 9];
+    h[0] = STATUS_OK;
+    h[1..].copy_from_slice(&length.to_be_bytes());
+    w.write_all(&h).await
+}
+
+pub async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, e: &Error) -> io::Result<()> {
+    let msg = e.message().as_bytes();
+    let msg = &msg[..msg.len().min(MAX_ERROR_LEN as usize)];
+    let mut buf = Vec::with_capacity(5 + msg.len());
+    buf.push(error_code(e));
+    buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    buf.extend_from_slice(msg);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads a response head: `Ok(Ok(length))` before a payload of `length` bytes, or the
+/// worker's error. Transport failures are the outer `io::Error`.
+pub async fn read_response_head<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Result<u64, Error>> {
+    let status = r.read_u8().await?;
+    if status == STATUS_OK {
+        return Ok(Ok(r.read_u64().await?));
+    }
+    let n = r.read_u32().await?;
+    if n > MAX_ERROR_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "error message too long",
+        ));
+    }
+    let mut b = vec![0u8; n as usize];
+    r.read_exact(&mut b).await?;
+    let msg = String::from_utf8_lossy(&b).into_owned();
+    Ok(Err(error_from_code(status, msg)))
+}
+
+pub fn error_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidArgument(_) => 1,
+        Error::NotFound(_) => 2,
+        Error::AlreadyExists(_) => 3,
+        Error::FailedPrecondition(_) => 4,
+        Error::Unavailable(_) => 5,
+        Error::PermissionDenied(_) => 6,
+        Error::Unauthenticated(_) => 7,
+        Error::Cancelled(_) => 8,
+        Error::Internal(_) => 9,
+    }
+}
+
+pub fn error_from_code(code: u8, msg: String) -> Error {
+    match code {
+        1 => Error::InvalidArgument(msg),
+        2 => Error::NotFound(msg),
+        3 => Error::AlreadyExists(msg),
+        4 => Error::FailedPrecondition(msg),
+        5 => Error::Unavailable(msg),
+        6 => Error::PermissionDenied(msg),
+        7 => Error::Unauthenticated(msg),
+        8 => Error::Cancelled(msg),
+        _ => Error::Internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_and_responses_round_trip() {
+        let req = ReadRequest {
+            file: FileRef::new(DatasetId(3), "ds", "a/b.bin", FileVersion(9), 100).unwrap(),
+            offset: 5,
+            length: 50,
+        };
+        let mut buf = Vec::new();
+        write_request(&mut buf, &req).await.unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_request(&mut r).await.unwrap().unwrap().unwrap(), req);
+        assert!(read_request(&mut r).await.unwrap().is_none(), "clean EOF");
+
+        let mut buf = Vec::new();
+        write_ok_header(&mut buf, 42).await.unwrap();
+        write_error(&mut buf, &Error::not_found("gone"))
+            .await
+            .unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_response_head(&mut r).await.unwrap().unwrap(), 42);
+        let e = read_response_head(&mut r).await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::NotFound(m) if m == "gone"));
+    }
+
+    #[tokio::test]
+    async fn rejects_garbage_and_escaping_paths() {
+        let mut r = &b"HTTP/1.1 GET"[..];
+        assert!(read_request(&mut r).await.is_err());
+        let mut buf = Vec::new();
+        let mut req = ReadRequest {
+            file: FileRef::new(DatasetId(3), "ds", "x", FileVersion(9), 100).unwrap(),
+            offset: 0,
+            length: 1,
+        };
+        req.file.path = "../etc/passwd".into();
+        write_request(&mut buf, &req).await.unwrap();
+        let mut r = &buf[..];
+        assert!(read_request(&mut r).await.unwrap().unwrap().is_err());
+    }
+}

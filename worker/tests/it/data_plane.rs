@@ -1,0 +1,137 @@
+//! The framed-TCP data plane and the gRPC `WorkerService` over real sockets.
+
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::worker_service_client::WorkerServiceClient;
+use shoal_worker::wire::{self, ReadRequest};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
+    let ufs = Ufs::with_files(&[("f", 9 * MIB + 7)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("tcp");
+    let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
+    let f = ufs.file("f");
+    let want = &ufs.files["f"];
+    let mut sock = TcpStream::connect(w.data_addr()).await.unwrap();
+    for (offset, length) in [
+        (0, 9 * MIB + 7),
+        (4 * MIB - 3, 10),
+        (9 * MIB, 1000),
+        (20 * MIB, 5),
+    ] {
+        let req = ReadRequest {
+            file: f.clone(),
+            offset,
+            length,
+        };
+        wire::write_request(&mut sock, &req).await.unwrap();
+        let n = wire::read_response_head(&mut sock).await.unwrap().unwrap();
+        let mut got = vec![0u8; n as usize];
+        sock.read_exact(&mut got).await.unwrap();
+        let end = (offset + length).min(want.len() as u64) as usize;
+        let start = (offset as usize).min(end);
+        assert_eq!(got, want[start..end], "{offset}+{length}");
+    }
+    // An unknown dataset is an error frame; the connection stays usable.
+    let mut bad = f.clone();
+    bad.dataset = shoal_common::ids::DatasetId(99);
+    wire::write_request(
+        &mut sock,
+        &ReadRequest {
+            file: bad,
+            offset: 0,
+            length: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let e = wire::read_response_head(&mut sock)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, shoal_common::Error::NotFound(_)), "{e}");
+    wire::write_request(
+        &mut sock,
+        &ReadRequest {
+            file: f.clone(),
+            offset: 0,
+            length: 3,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wire::read_response_head(&mut sock).await.unwrap().unwrap(),
+        3
+    );
+    let mut three = [0u8; 3];
+    sock.read_exact(&mut three).await.unwrap();
+    assert_eq!(three, want[..3]);
+    assert!(metric("shoal_worker_served_bytes_total", &node, None) > (9 * MIB) as f64);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_read_range_and_load_segment() {
+    let ufs = Ufs::with_files(&[("seg", 70 * MIB + 1)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("grpc");
+    let w = start(tiers.config(&node, 256 * MIB, 64 * MIB), &ufs).await;
+    let f = ufs.file("seg");
+    let mut c = WorkerServiceClient::connect(format!("http://{}", w.grpc_addr()))
+        .await
+        .unwrap();
+    let load = |seg: u64| pb::LoadSegmentRequest {
+        file: Some(f.to_proto()),
+        segment_index: seg,
+        epoch: 1,
+    };
+    let r = c.load_segment(load(0)).await.unwrap().into_inner();
+    assert_eq!((r.cached_bytes, r.loaded_bytes), (0, 64 * MIB));
+    let r = c.load_segment(load(0)).await.unwrap().into_inner();
+    assert_eq!((r.cached_bytes, r.loaded_bytes), (64 * MIB, 0));
+    let r = c.load_segment(load(1)).await.unwrap().into_inner();
+    assert_eq!(r.loaded_bytes, 6 * MIB + 1);
+    let e = c.load_segment(load(2)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(ufs_requests(&node), 18.0);
+
+    let mut s = c
+        .read_range(pb::ReadRangeRequest {
+            file: Some(f.to_proto()),
+            offset: 3 * MIB,
+            length: 10 * MIB,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = s.message().await.unwrap() {
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(
+        got,
+        ufs.files["seg"][(3 * MIB) as usize..(13 * MIB) as usize]
+    );
+    assert_eq!(
+        ufs_requests(&node),
+        18.0,
+        "prewarmed blocks were read again"
+    );
+    let mut bad = f.to_proto();
+    bad.path = "../x".into();
+    let e = c
+        .read_range(pb::ReadRangeRequest {
+            file: Some(bad),
+            offset: 0,
+            length: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    w.shutdown().await;
+}

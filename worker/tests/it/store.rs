@@ -1,0 +1,266 @@
+//! The tiered block store: read-through, coalescing, quotas with demotion and
+//! promotion, restart from markers, checksum failures, pinning.
+
+use std::os::unix::fs::FileExt;
+
+use shoal_worker::layout;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_read_makes_no_ufs_request() {
+    let ufs = Ufs::with_files(&[
+        ("a/big.bin", 10 * MIB + 123),
+        ("small", 17),
+        ("exact", 4 * MIB),
+    ]);
+    let tiers = TierDirs::new();
+    let node = unique_node("reread");
+    let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
+    for path in ["a/big.bin", "small", "exact"] {
+        let f = ufs.file(path);
+        assert_eq!(read_all(&w, &f).await, ufs.files[path], "{path}");
+    }
+    // 3 blocks + 1 + 1, each read once as its exact range.
+    assert_eq!(ufs_requests(&node), 5.0);
+    assert_eq!(
+        metric("shoal_worker_ufs_read_bytes_total", &node, None),
+        (10 * MIB + 123 + 17 + 4 * MIB) as f64
+    );
+    w.store().clear_verified_buffer();
+    for path in ["a/big.bin", "small", "exact"] {
+        assert_eq!(read_all(&w, &ufs.file(path)).await, ufs.files[path]);
+    }
+    assert_eq!(ufs_requests(&node), 5.0, "second read went to the UFS");
+    assert!(metric("shoal_worker_cache_hits_total", &node, Some("mem")) >= 5.0);
+    // A range in the middle of a block, and one crossing blocks.
+    let f = ufs.file("a/big.bin");
+    let parts = w.store().read_range(&f, 4 * MIB - 10, 20).await.unwrap();
+    let got: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+    assert_eq!(
+        got,
+        ufs.files["a/big.bin"][(4 * MIB - 10) as usize..(4 * MIB + 10) as usize]
+    );
+    let report = w.store().dataset_reports();
+    assert_eq!(report[0].cached_bytes, 10 * MIB + 123 + 17 + 4 * MIB);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_readers_share_one_ufs_read() {
+    let ufs = Ufs::with_files(&[("cold", 4 * MIB)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("coalesce");
+    let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
+    let f = ufs.file("cold");
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let store = w.store().clone();
+            let f = f.clone();
+            tokio::spawn(async move { store.read_block(&f, 0).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(&r.await.unwrap()[..], &ufs.files["cold"][..]);
+    }
+    assert_eq!(ufs_requests(&node), 1.0);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiers_stay_under_quota_and_demoted_blocks_come_from_disk() {
+    let ufs = Ufs::with_files(&[("huge", 256 * MIB)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("quota");
+    let mut cfg = tiers.config(&node, 16 * MIB, 64 * MIB);
+    cfg.verified_buffer_bytes = 0;
+    cfg.promote_after_reads = 2;
+    let w = start(cfg, &ufs).await;
+    let f = ufs.file("huge");
+    let want = &ufs.files["huge"];
+    let bs = 4 * MIB;
+    for i in 0..64u64 {
+        let b = w.store().read_block(&f, i).await.unwrap();
+        assert_eq!(
+            &b[..],
+            &want[(i * bs) as usize..((i + 1) * bs) as usize],
+            "block {i}"
+        );
+        let (mem, disk) = (
+            allocated_bytes(tiers.mem.path()),
+            allocated_bytes(tiers.disk.path()),
+        );
+        assert!(
+            mem <= 16 * MIB,
+            "mem tier holds {mem} bytes after block {i}"
+        );
+        assert!(
+            disk <= 64 * MIB,
+            "disk tier holds {disk} bytes after block {i}"
+        );
+        for t in w.store().tier_usage() {
+            assert!(t.used_bytes <= t.quota_bytes, "{t:?}");
+        }
+    }
+    assert!(metric("shoal_worker_demotions_total", &node, Some("mem")) > 0.0);
+    assert!(metric("shoal_worker_evictions_total", &node, Some("disk")) > 0.0);
+    let requests = ufs_requests(&node);
+    assert_eq!(requests, 64.0);
+
+    // A block that was demoted is served from disk, without the UFS.
+    let on_disk = (0..64)
+        .find(|i| w.store().tier_of(&f.block(*i)) == Some("disk"))
+        .expect("some block lives on the disk tier");
+    let disk_hits = metric("shoal_worker_cache_hits_total", &node, Some("disk"));
+    let b = w.store().read_block(&f, on_disk).await.unwrap();
+    assert_eq!(
+        &b[..],
+        &want[(on_disk * bs) as usize..((on_disk + 1) * bs) as usize]
+    );
+    assert_eq!(
+        metric("shoal_worker_cache_hits_total", &node, Some("disk")),
+        disk_hits + 1.0
+    );
+    assert_eq!(ufs_requests(&node), requests);
+
+    // Read again, it got hot: promoted back to the top tier.
+    w.store().read_block(&f, on_disk).await.unwrap();
+    assert_eq!(w.store().tier_of(&f.block(on_disk)), Some("mem"));
+    assert!(metric("shoal_worker_promotions_total", &node, Some("disk")) >= 1.0);
+    assert!(allocated_bytes(tiers.mem.path()) <= 16 * MIB);
+    assert_eq!(ufs_requests(&node), requests);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_after_crash_serves_cached_blocks() {
+    let ufs = Ufs::with_files(&[("f", 20 * MIB + 5)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("restart");
+    let f = ufs.file("f");
+    let w = start(tiers.config(&node, 8 * MIB, 64 * MIB), &ufs).await;
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    let before = ufs_requests(&node);
+    assert_eq!(before, 6.0);
+    w.crash().await;
+
+    // Leave a half-written block behind, as a crash between pwrite and marker would.
+    let vdir = layout::version_dir(tiers.disk.path(), f.dataset, f.version);
+    let orphan = vdir.join("data");
+    if orphan.exists() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&orphan)
+            .unwrap();
+        file.write_all_at(&[9u8; 4096], 60 * MIB).unwrap();
+    }
+
+    let w = start(tiers.config(&node, 8 * MIB, 64 * MIB), &ufs).await;
+    let used: u64 = w.store().tier_usage().iter().map(|t| t.used_bytes).sum();
+    assert!(used >= 20 * MIB, "rebuilt index holds {used} bytes");
+    w.store().clear_verified_buffer();
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(ufs_requests(&node), before, "restart went back to the UFS");
+    assert!(allocated_bytes(tiers.disk.path()) <= 64 * MIB);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flipped_byte_is_detected_and_refetched() {
+    let ufs = Ufs::with_files(&[("f", 6 * MIB)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("flip");
+    let mut cfg = tiers.config(&node, 64 * MIB, 64 * MIB);
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let f = ufs.file("f");
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    let data = layout::version_dir(tiers.mem.path(), f.dataset, f.version).join("data");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, 4 * MIB + 77).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], 4 * MIB + 77).unwrap();
+
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(
+        metric("shoal_worker_checksum_failures_total", &node, Some("mem")),
+        1.0
+    );
+    assert_eq!(
+        ufs_requests(&node),
+        3.0,
+        "the bad block was read again from the UFS"
+    );
+    // The re-fetched copy is good.
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(
+        metric("shoal_worker_checksum_failures_total", &node, Some("mem")),
+        1.0
+    );
+
+    // A truncated data file is caught the same way.
+    file.set_len(4 * MIB + 10).unwrap();
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(
+        metric("shoal_worker_checksum_failures_total", &node, Some("mem")),
+        2.0
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pinned_data_file_is_not_evicted() {
+    let ufs = Ufs::with_files(&[("pinned", 4 * MIB), ("other", 40 * MIB)]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = unique_node("pin");
+    let mut cfg = shoal_worker::WorkerConfig::for_tiers(
+        &node,
+        &[("mem", dir.path().to_path_buf(), 16 * MIB)],
+    );
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let pinned = ufs.file("pinned");
+    w.store().read_block(&pinned, 0).await.unwrap();
+    let vdir = layout::version_dir(dir.path(), pinned.dataset, pinned.version);
+    let reader = shoal_worker::store::block_file::BlockFile::open_read(&vdir).unwrap();
+    assert!(reader.try_lock_shared().unwrap());
+
+    let other = ufs.file("other");
+    for i in 0..10 {
+        w.store().read_block(&other, i).await.unwrap();
+        w.store().run_maintenance();
+    }
+    assert!(
+        metric(
+            "shoal_worker_eviction_pinned_skips_total",
+            &node,
+            Some("mem")
+        ) >= 1.0
+    );
+    assert!(w.store().is_resident(&pinned.block(0)));
+    assert!(allocated_bytes(dir.path()) <= 16 * MIB);
+    let before = ufs_requests(&node);
+    assert_eq!(
+        &w.store().read_block(&pinned, 0).await.unwrap()[..],
+        &ufs.files["pinned"][..]
+    );
+    assert_eq!(ufs_requests(&node), before);
+    drop(reader);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tier_and_config_errors_are_clear() {
+    let cfg = shoal_worker::WorkerConfig::for_tiers("n", &[]);
+    let e = shoal_worker::WorkerServer::start(cfg).await.err().unwrap();
+    assert!(e.to_string().contains("--tier"), "{e}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let cfg =
+        shoal_worker::WorkerConfig::for_tiers("n", &[("mem", file.path().join("x"), 64 * MIB)]);
+    let e = shoal_worker::WorkerServer::start(cfg).await.err().unwrap();
+    assert!(e.to_string().contains("tier `mem`"), "{e}");
+}
