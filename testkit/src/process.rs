@@ -33,12 +33,14 @@ impl TestProcess {
             .suffix(".log")
             .tempfile()
             .map_err(|e| Error::io(format!("create log file for {name}"), e))?;
-        let out = log
-            .reopen()
-            .map_err(|e| Error::io(format!("open log file for {name}"), e))?;
-        let err = log
-            .reopen()
-            .map_err(|e| Error::io(format!("open log file for {name}"), e))?;
+        // Append mode: stdout and stderr interleave instead of overwriting each other.
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(log.path())
+                .map_err(|e| Error::io(format!("open log file for {name}"), e))
+        };
+        let (out, err) = (open_log()?, open_log()?);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

@@ -10,6 +10,7 @@ mod moto;
 mod sigv4;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -29,6 +30,9 @@ pub struct S3FixtureConfig {
     pub region: String,
     /// Deadline for the whole start: process launch, readiness, IAM setup, bucket.
     pub startup_timeout: Duration,
+    /// The `moto_server` to run; `None` searches `$SHOAL_MOTO_SERVER`, the workspace's
+    /// `.venv`, then `PATH`.
+    pub moto_server: Option<PathBuf>,
 }
 
 impl Default for S3FixtureConfig {
@@ -37,6 +41,7 @@ impl Default for S3FixtureConfig {
             bucket: "shoal-test".into(),
             region: "us-east-1".into(),
             startup_timeout: Duration::from_secs(60),
+            moto_server: None,
         }
     }
 }
@@ -119,7 +124,8 @@ impl S3Fixture {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::internal(format!("build HTTP client: {e}")))?;
-        let moto::Started { mut process, port } = moto::start(&http, deadline).await?;
+        let moto::Started { mut process, port } =
+            moto::start(&http, config.moto_server.as_deref(), deadline).await?;
         let key = match moto::bootstrap_iam(&http, port).await {
             Ok(k) => k,
             Err(e) => return Err(moto::failure(&mut process, &e.to_string())),

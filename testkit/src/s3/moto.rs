@@ -2,7 +2,7 @@
 //! is, which port it bound, when it answers, and the IAM user whose key every later
 //! request must be signed with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,18 @@ const IAM_USER: &str = "shoal-test";
 
 /// Finds `moto_server`: `$SHOAL_MOTO_SERVER`, then `<workspace>/.venv/bin/moto_server`,
 /// then `PATH`.
-pub(crate) fn locate() -> Result<PathBuf> {
+pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_owned())
+        } else {
+            Err(Error::unavailable(format!(
+                "moto_server `{}` is not an executable file; {}",
+                p.display(),
+                install_hint()
+            )))
+        };
+    }
     if let Some(p) = std::env::var_os(MOTO_SERVER_ENV) {
         let p = PathBuf::from(p);
         return if is_executable(&p) {
@@ -66,6 +77,33 @@ fn install_hint() -> String {
     )
 }
 
+/// Runs moto's server with its signature check corrected to canonicalise the query
+/// string the way AWS does; see the script's header.
+const LAUNCHER: &str = include_str!("moto_launch.py");
+
+/// The Python interpreter (and its arguments) from `moto_server`'s `#!` line: the
+/// launcher must run in the same environment to import moto.
+fn interpreter(moto_server: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let text = std::fs::read(moto_server)
+        .map_err(|e| Error::io(format!("read {}", moto_server.display()), e))?;
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(first);
+    let mut words = line
+        .strip_prefix("#!")
+        .map(|l| l.split_whitespace())
+        .into_iter()
+        .flatten();
+    match words.next() {
+        Some(python) => Ok((PathBuf::from(python), words.map(str::to_owned).collect())),
+        None => Err(Error::unavailable(format!(
+            "{} is not a Python console script (no #! line), so its interpreter is \
+             unknown; point ${MOTO_SERVER_ENV} at a venv's bin/moto_server ({})",
+            moto_server.display(),
+            install_hint()
+        ))),
+    }
+}
+
 /// A moto process that answers on `port`, before any IAM setup.
 pub(crate) struct Started {
     pub process: TestProcess,
@@ -74,10 +112,16 @@ pub(crate) struct Started {
 
 /// Starts `moto_server -H 127.0.0.1 -p 0` (the kernel picks a free port, so two
 /// fixtures never race for one) and waits until it answers `GET /moto-api/`.
-pub(crate) async fn start(http: &reqwest::Client, deadline: Instant) -> Result<Started> {
-    let exe = locate()?;
-    let mut cmd = Command::new(&exe);
-    cmd.args(["-H", "127.0.0.1", "-p", "0"])
+pub(crate) async fn start(
+    http: &reqwest::Client,
+    moto_server: Option<&Path>,
+    deadline: Instant,
+) -> Result<Started> {
+    let exe = locate(moto_server)?;
+    let (python, python_args) = interpreter(&exe)?;
+    let mut cmd = Command::new(&python);
+    cmd.args(python_args)
+        .args(["-c", LAUNCHER, "-H", "127.0.0.1", "-p", "0"])
         .env("INITIAL_NO_AUTH_ACTION_COUNT", NO_AUTH_ACTIONS.to_string())
         .env("PYTHONUNBUFFERED", "1");
     let mut process = TestProcess::spawn("moto_server", cmd)?;
@@ -246,6 +290,24 @@ pub(crate) fn xml_value(xml: &str, tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_interpreter_of_a_console_script() {
+        let dir = crate::temp_dir("shebang");
+        let venv = dir.path().join("moto_server");
+        std::fs::write(&venv, "#!/venv/bin/python3\nimport sys\n").unwrap();
+        assert_eq!(
+            interpreter(&venv).unwrap(),
+            (PathBuf::from("/venv/bin/python3"), vec![])
+        );
+        std::fs::write(&venv, "#!/usr/bin/env python3\n").unwrap();
+        assert_eq!(
+            interpreter(&venv).unwrap(),
+            (PathBuf::from("/usr/bin/env"), vec!["python3".to_owned()])
+        );
+        std::fs::write(&venv, "\x7fELF").unwrap();
+        assert!(interpreter(&venv).is_err());
+    }
 
     #[test]
     fn parses_werkzeug_banner() {
