@@ -29,7 +29,7 @@ impl Default for BlockLayout {
 impl BlockLayout {
     pub fn new(block_size: u64, segment_blocks: u64) -> Result<Self> {
         // 4 KiB keeps blocks page-aligned, which FUSE passthrough and hole punching need.
-        if block_size < 4096 || block_size % 4096 != 0 || block_size > 1 << 30 {
+        if block_size < 4096 || !block_size.is_multiple_of(4096) || block_size > 1 << 30 {
             return Err(Error::invalid(format!(
                 "block size {block_size} must be a multiple of 4096 between 4 KiB and 1 GiB"
             )));

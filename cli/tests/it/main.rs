@@ -1,0 +1,6 @@
+//! Integration tests of the `shoal` binary against real servers and a real S3 endpoint.
+// Tests unwrap: a panic is the failure report we want.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod dataset;
+mod support;
