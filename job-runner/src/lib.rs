@@ -1,1 +1,2 @@
-//! placeholder
+//! placeholder while building
+pub mod spec;

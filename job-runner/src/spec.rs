@@ -1,0 +1,546 @@
+//! The job spec: what a user submits (YAML or JSON), its typed form, and validation
+//! that reports every problem with its place in the file.
+//!
+//! [`JobSpec::parse`] reads the text into a located tree ([`node`]), walks it once
+//! against the schema ([`check`]) collecting every problem (unknown fields, wrong
+//! types, bad values), then checks the task graph ([`graph`]): unknown tasks and
+//! datasets, `n_to_n` between tasks of different sizes, and cycles. Nothing comes out
+//! unless there are no problems at all. `docs/job-spec.md` documents every field.
+
+pub mod check;
+pub mod graph;
+pub mod node;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use node::Loc;
+
+/// Which syntax the text is in. JSON is parsed as YAML first (it is a subset), so the
+/// distinction only matters for the fallback parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
+}
+
+impl SpecFormat {
+    /// Guesses from a file name: `.json` is JSON, anything else YAML.
+    pub fn from_path(name: &str) -> SpecFormat {
+        if name.to_ascii_lowercase().ends_with(".json") {
+            SpecFormat::Json
+        } else {
+            SpecFormat::Yaml
+        }
+    }
+}
+
+/// A validated job spec. Built only by [`JobSpec::parse`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub datasets: Vec<DatasetMount>,
+    pub tasks: Vec<TaskSpec>,
+    pub debug: DebugSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetMount {
+    pub name: String,
+    /// A relative path under the instance's working dir where the dataset also
+    /// appears; `None` means only `SHOAL_DATA_<NAME>` points at it.
+    pub mount: Option<String>,
+}
+
+impl DatasetMount {
+    /// `SHOAL_DATA_<NAME>`: the name upper-cased, anything not a letter or digit `_`.
+    pub fn env_name(&self) -> String {
+        data_env_name(&self.name)
+    }
+}
+
+pub fn data_env_name(dataset: &str) -> String {
+    let mut s = String::from("SHOAL_DATA_");
+    s.extend(dataset.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    s
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    /// An argv array, executed directly (never through a shell).
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub instances: u32,
+    pub resources: Resources,
+    pub depends_on: Vec<Dependency>,
+    pub inputs: Vec<InputSpec>,
+    pub retry: RetrySpec,
+    #[serde(with = "opt_duration_ms")]
+    pub timeout: Option<Duration>,
+}
+
+/// What one instance asks for. CPU in thousandths of a core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+pub const DEFAULT_CPU_MILLIS: u64 = 1000;
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        TaskSpec {
+            name: String::new(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            instances: 1,
+            resources: Resources {
+                cpu_millis: DEFAULT_CPU_MILLIS,
+                memory_bytes: DEFAULT_MEMORY_BYTES,
+            },
+            depends_on: Vec::new(),
+            inputs: Vec::new(),
+            retry: RetrySpec::default(),
+            timeout: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DepType {
+    /// Every instance of the upstream task has succeeded.
+    All,
+    /// Instance i waits only for upstream instance i.
+    NToN,
+}
+
+impl DepType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DepType::All => "all",
+            DepType::NToN => "n_to_n",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub task: String,
+    #[serde(rename = "type")]
+    pub kind: DepType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shard {
+    /// Every instance sees the whole input.
+    Whole,
+    /// Instance i of N gets a deterministic 1/N share of the input's files.
+    ByFile,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub dataset: String,
+    /// Path inside the dataset ("" is the whole dataset).
+    pub path: String,
+    pub shard: Shard,
+    pub prewarm: Option<PrewarmSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Fail,
+    Proceed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrewarmSpec {
+    pub min_cached_percent: f64,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetrySpec {
+    /// Total tries, the first included (1 = no retry).
+    pub attempts: u32,
+    pub backoff: Backoff,
+    /// Retry only on these exit codes; empty means any non-zero exit.
+    pub on_exit_codes: Vec<i32>,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            attempts: 1,
+            backoff: Backoff::default(),
+            on_exit_codes: Vec::new(),
+        }
+    }
+}
+
+impl RetrySpec {
+    /// Whether an attempt that ended with `exit_code` may be retried by the policy
+    /// (the attempt budget is checked separately).
+    pub fn retries_exit_code(&self, exit_code: i32) -> bool {
+        self.on_exit_codes.is_empty() || self.on_exit_codes.contains(&exit_code)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    #[serde(with = "duration_ms")]
+    pub initial: Duration,
+    pub factor: f64,
+    #[serde(with = "duration_ms")]
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before try number `next_attempt` (2 = the first retry).
+    pub fn delay(&self, next_attempt: u32) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(64) as i32;
+        let secs = self.initial.as_secs_f64() * self.factor.powi(exp);
+        let capped = secs.min(self.cap.as_secs_f64());
+        if capped.is_finite() && capped >= 0.0 {
+            Duration::from_secs_f64(capped)
+        } else {
+            self.cap
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugSpec {
+    /// Keep a failed instance's working dir and logs (until the job is deleted).
+    pub keep_failed: bool,
+}
+
+/// One thing wrong with a spec: where (path and line:column) and what.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub loc: Loc,
+    /// The YAML path, e.g. `tasks[1].depends_on[0].task`; empty for the document.
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn render(&self, source: &str) -> String {
+        let mut s = String::new();
+        if !source.is_empty() {
+            s.push_str(source);
+            s.push(':');
+        }
+        if self.loc.is_known() {
+            s.push_str(&format!("{}:", self.loc));
+        }
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        s
+    }
+}
+
+/// Every problem found in a spec, in file order.
+#[derive(Clone, Debug)]
+pub struct SpecErrors {
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.source.is_empty() {
+            "job spec"
+        } else {
+            &self.source
+        };
+        let n = self.problems.len();
+        write!(
+            f,
+            "{name} is invalid ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}", p.render(&self.source))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+impl From<SpecErrors> for shoal_common::Error {
+    fn from(e: SpecErrors) -> Self {
+        shoal_common::Error::invalid(e.to_string())
+    }
+}
+
+/// What the runner can offer, so a request that can never be met is rejected at submit.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// The largest node: (name, cpu_millis, memory_bytes) per node.
+    pub nodes: Vec<(String, u64, u64)>,
+    /// The owner's quota, if it caps CPU or memory.
+    pub quota_cpu_millis: Option<u64>,
+    pub quota_memory_bytes: Option<u64>,
+}
+
+/// How to read a spec.
+#[derive(Clone, Debug)]
+pub struct ParseOptions<'a> {
+    pub format: SpecFormat,
+    /// File name used in messages (`job.yaml`).
+    pub source_name: &'a str,
+    /// Resource limits to check requests against; `None` skips that check.
+    pub limits: Option<&'a Limits>,
+}
+
+impl JobSpec {
+    /// Parses and validates `text`. On any problem, returns all of them.
+    pub fn parse(text: &str, opts: &ParseOptions<'_>) -> Result<JobSpec, SpecErrors> {
+        let errors = |problems: Vec<Problem>| SpecErrors {
+            source: opts.source_name.to_owned(),
+            problems,
+        };
+        let parsed = match opts.format {
+            SpecFormat::Yaml => node::parse_yaml(text),
+            SpecFormat::Json => node::parse_json(text),
+        };
+        let root = parsed.map_err(|e| {
+            errors(vec![Problem {
+                loc: e.loc,
+                path: String::new(),
+                message: format!("not valid YAML/JSON: {}", e.message),
+            }])
+        })?;
+        let mut c = check::Checker::default();
+        let spec = c.job(&root);
+        if let Some(spec) = &spec {
+            graph::check(spec, &SpecLocs { root: &root }, &mut c);
+            if let Some(limits) = opts.limits {
+                check_limits(spec, limits, &root, &mut c);
+            }
+        }
+        let mut problems = c.into_problems();
+        if !problems.is_empty() {
+            problems.sort();
+            problems.dedup();
+            return Err(errors(problems));
+        }
+        spec.ok_or_else(|| {
+            errors(vec![Problem {
+                loc: root.loc,
+                path: String::new(),
+                message: "empty job spec".into(),
+            }])
+        })
+    }
+}
+
+/// Locations of the parts graph checks point at, looked up from the tree by path.
+pub struct SpecLocs<'a> {
+    pub root: &'a node::Node,
+}
+
+impl SpecLocs<'_> {
+    /// The location of the value at a path of map keys and list indices.
+    pub fn at(&self, path: &[PathSeg<'_>]) -> Loc {
+        let mut cur = self.root;
+        let mut best = cur.loc;
+        for seg in path {
+            let next = match (seg, &cur.value) {
+                (PathSeg::Key(k), node::Value::Map(m)) => m
+                    .iter()
+                    .find(|(key, _)| key.as_str() == Some(k))
+                    .map(|(_, v)| v),
+                (PathSeg::Index(i), node::Value::Seq(s)) => s.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => {
+                    cur = n;
+                    if n.loc.is_known() {
+                        best = n.loc;
+                    }
+                }
+                None => break,
+            }
+        }
+        best
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum PathSeg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn check_limits(spec: &JobSpec, limits: &Limits, root: &node::Node, c: &mut check::Checker) {
+    let locs = SpecLocs { root };
+    for (ti, t) in spec.tasks.iter().enumerate() {
+        let r = t.resources;
+        let path = format!("tasks[{ti}].resources");
+        let loc = locs.at(&[
+            PathSeg::Key("tasks"),
+            PathSeg::Index(ti),
+            PathSeg::Key("resources"),
+        ]);
+        if let Some(q) = limits.quota_cpu_millis
+            && r.cpu_millis > q
+        {
+            c.push(
+                loc,
+                &path,
+                format!(
+                    "asks for {} CPU per instance but owner `{}` may use at most {} CPU at once (runner quota); ask for less or raise the owner's quota",
+                    fmt_cpu(r.cpu_millis),
+                    spec.owner,
+                    fmt_cpu(q)
+                ),
+            );
+        }
+        if let Some(q) = limits.quota_memory_bytes
+            && r.memory_bytes > q
+        {
+            c.push(
+                loc,
+                &path,
+                format!(
+                    "asks for {} memory per instance but owner `{}` may use at most {} at once (runner quota); ask for less or raise the owner's quota",
+                    shoal_common::size::human_bytes(r.memory_bytes),
+                    spec.owner,
+                    shoal_common::size::human_bytes(q)
+                ),
+            );
+        }
+        let fits_some_node = limits
+            .nodes
+            .iter()
+            .any(|(_, cpu, mem)| r.cpu_millis <= *cpu && r.memory_bytes <= *mem);
+        if !fits_some_node {
+            let nodes: Vec<String> = limits
+                .nodes
+                .iter()
+                .map(|(n, cpu, mem)| {
+                    format!(
+                        "{n} ({} CPU, {})",
+                        fmt_cpu(*cpu),
+                        shoal_common::size::human_bytes(*mem)
+                    )
+                })
+                .collect();
+            c.push(
+                loc,
+                &path,
+                format!(
+                    "an instance asks for {} CPU and {} but no node can ever hold it; nodes: {}",
+                    fmt_cpu(r.cpu_millis),
+                    shoal_common::size::human_bytes(r.memory_bytes),
+                    if nodes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        nodes.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// `1.5` for 1500 millicores.
+pub fn fmt_cpu(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        format!("{}", millis / 1000)
+    } else {
+        let s = format!("{:.3}", millis as f64 / 1000.0);
+        s.trim_end_matches('0').to_owned()
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            factor: 2.0,
+            cap: Duration::from_millis(300),
+        };
+        assert_eq!(b.delay(2), Duration::from_millis(100));
+        assert_eq!(b.delay(3), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(300));
+        assert_eq!(b.delay(40), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(data_env_name("image-net.v2"), "SHOAL_DATA_IMAGE_NET_V2");
+        assert_eq!(fmt_cpu(1500), "1.5");
+        assert_eq!(fmt_cpu(2000), "2");
+    }
+}
