@@ -75,9 +75,19 @@ mod tests {
 
     #[test]
     fn any_range_matches_the_whole_stream() {
-        let mut whole = vec![0u8; 1000];
+        let mut whole = vec![0u8; 100_000];
         fill(42, 0, &mut whole);
-        for (off, len) in [(0, 0), (0, 1), (3, 5), (7, 9), (8, 8), (13, 200), (993, 7)] {
+        for (off, len) in [
+            (0, 0),
+            (0, 1),
+            (3, 5),
+            (7, 9),
+            (8, 8),
+            (13, 200),
+            (65_533, 7),
+            (99_993, 7),
+            (0, 100_000),
+        ] {
             let mut part = vec![0u8; len];
             fill(42, off as u64, &mut part);
             assert_eq!(part, whole[off..off + len], "offset {off} len {len}");
