@@ -7,6 +7,8 @@ use shoal_common::block::BlockLayout;
 use shoal_common::ufs::UfsTuning;
 use shoal_common::{Error, Result};
 
+use crate::load::LoadLimits;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 
 #[derive(Clone, Debug)]
@@ -23,6 +25,8 @@ pub struct MasterConfig {
     pub heartbeat_interval: Duration,
     pub layout: BlockLayout,
     pub ufs: UfsTuning,
+    /// Concurrency bounds of prewarm jobs.
+    pub load: LoadLimits,
 }
 
 impl MasterConfig {
@@ -36,6 +40,7 @@ impl MasterConfig {
             heartbeat_interval: Duration::from_secs(3),
             layout: BlockLayout::default(),
             ufs: UfsTuning::default(),
+            load: LoadLimits::default(),
         }
     }
 

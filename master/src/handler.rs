@@ -21,6 +21,7 @@ use crate::membership::Membership;
 pub struct MasterState {
     pub catalog: Catalog,
     pub members: Membership,
+    pub loads: crate::load::LoadJobs,
     /// How often workers are told to heartbeat.
     pub heartbeat_interval: std::time::Duration,
 }

@@ -7,6 +7,8 @@
 //!   from the UFS page by page into the [`store::CatalogStore`] (SQLite by default).
 //! - [`membership::Membership`] keeps the live worker set and its epoch, and sums the
 //!   workers' cache reports into each dataset's status.
+//! - [`load::LoadJobs`] runs prewarm jobs: each target segment is sent to its owning
+//!   worker(s), with progress streamed and persisted, cancellation, and resumption.
 //! - [`handler`] maps RPCs onto those, one module per RPC family.
 //!
 //! ```no_run
@@ -26,6 +28,7 @@
 pub mod catalog;
 pub mod config;
 pub mod handler;
+pub mod load;
 pub mod membership;
 pub mod server;
 pub mod store;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::DatasetId;
+use shoal_common::placement::{Placement, PlacementNode};
 use shoal_common::time::now_ms;
 use shoal_common::{Error, Result};
 use shoal_proto::v1::{
@@ -40,6 +41,13 @@ pub struct DatasetCache {
     pub cached_bytes: u64,
     pub hits: u64,
     pub misses: u64,
+}
+
+/// A consistent snapshot of placement plus the addresses needed to act on it.
+pub struct PlacementView {
+    pub placement: Placement,
+    /// Worker id -> gRPC address.
+    pub addrs: HashMap<String, String>,
 }
 
 pub struct Membership {
@@ -237,6 +245,28 @@ impl Membership {
             workers,
             layout: Some(self.pb_layout()),
         })
+    }
+
+    /// The placement function for the current live set, with each worker's gRPC
+    /// address, as one consistent snapshot.
+    pub fn placement(&self) -> Result<PlacementView> {
+        let g = self.lock()?;
+        let live = g
+            .workers
+            .values()
+            .filter(|m| m.info.state == WorkerState::Live as i32);
+        let addrs = live
+            .clone()
+            .map(|m| (m.info.id.clone(), m.info.grpc_addr.clone()))
+            .collect();
+        let placement = Placement::new(
+            g.epoch,
+            live.map(|m| PlacementNode {
+                id: m.info.id.clone(),
+                weight: m.info.capacity_bytes,
+            }),
+        );
+        Ok(PlacementView { placement, addrs })
     }
 
     pub fn epoch(&self) -> Result<u64> {

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::catalog::Catalog;
 use crate::config::MasterConfig;
 use crate::handler::{MasterRpc, MasterState};
+use crate::load::LoadJobs;
 use crate::membership::Membership;
 use crate::store::CatalogStore;
 use crate::store::sqlite::SqliteCatalog;
@@ -38,11 +39,14 @@ impl MasterServer {
         let catalog = Catalog::new(store.clone(), cfg.ufs.clone());
         catalog.recover().await?;
         let members = Membership::open(store, cfg.worker_expiry, cfg.layout).await?;
+        let cancel = CancellationToken::new();
         let state = Arc::new(MasterState {
             catalog,
             members,
+            loads: LoadJobs::new(cfg.load, cancel.clone()),
             heartbeat_interval: cfg.heartbeat_interval,
         });
+        state.loads.resume(&state).await?;
 
         let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
             Error::io(
@@ -60,7 +64,6 @@ impl MasterServer {
             Some(a) => Some(serve_metrics(a).await?),
             None => None,
         };
-        let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
         let svc = MasterServiceServer::new(MasterRpc {

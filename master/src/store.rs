@@ -80,6 +80,20 @@ pub struct FileRecord {
     pub etag: String,
 }
 
+/// A prewarm (load) job as persisted: what was asked and how far it got. Both are kept
+/// as their protobuf encodings (`StartLoadRequest`, `LoadJob`), so the stored form and
+/// the wire form cannot drift apart.
+#[derive(Clone, Debug)]
+pub struct LoadRecord {
+    pub id: String,
+    pub dataset: String,
+    /// `LoadState` as its protobuf number; indexed so unfinished jobs are found at start.
+    pub state: i32,
+    pub created_at_ms: i64,
+    pub request: Vec<u8>,
+    pub job: Vec<u8>,
+}
+
 #[async_trait]
 pub trait CatalogStore: Send + Sync + 'static {
     /// Inserts a dataset in phase `Syncing`. Fails with `AlreadyExists` on a duplicate name.
@@ -121,6 +135,12 @@ pub trait CatalogStore: Send + Sync + 'static {
         start_after: &str,
         limit: usize,
     ) -> Result<Vec<FileRecord>>;
+
+    /// Inserts or replaces a load job (its request and its latest progress).
+    async fn save_load(&self, load: LoadRecord) -> Result<()>;
+    async fn get_load(&self, id: &str) -> Result<Option<LoadRecord>>;
+    /// Load jobs, newest first, optionally only those of one dataset.
+    async fn list_loads(&self, dataset: Option<&str>) -> Result<Vec<LoadRecord>>;
 
     /// The placement epoch, persisted so it only ever grows across restarts.
     async fn load_epoch(&self) -> Result<u64>;

@@ -1,7 +1,7 @@
-//! Prewarm (load) job RPCs. Not built yet: prewarm is tracked in issue 5, and every
-//! call says so instead of pretending.
+//! Prewarm (load) job RPCs: start, get, watch (server stream), list, cancel.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use shoal_proto::v1::{
@@ -12,29 +12,27 @@ use tonic::Status;
 
 use super::MasterState;
 
-fn not_yet() -> Status {
-    Status::unimplemented("prewarm (load jobs) is not implemented yet in this master (issue 5)")
+pub async fn start(s: &Arc<MasterState>, r: StartLoadRequest) -> Result<LoadJob, Status> {
+    Ok(s.loads.start(s, r).await?)
 }
 
-pub async fn start(_s: &MasterState, _r: StartLoadRequest) -> Result<LoadJob, Status> {
-    Err(not_yet())
-}
-
-pub async fn get(_s: &MasterState, _r: GetLoadRequest) -> Result<LoadJob, Status> {
-    Err(not_yet())
+pub async fn get(s: &MasterState, r: GetLoadRequest) -> Result<LoadJob, Status> {
+    Ok(s.loads.get(s, &r.id).await?)
 }
 
 pub async fn watch(
-    _s: &MasterState,
-    _r: GetLoadRequest,
+    s: &MasterState,
+    r: GetLoadRequest,
 ) -> Result<Pin<Box<dyn Stream<Item = Result<LoadJob, Status>> + Send + 'static>>, Status> {
-    Err(not_yet())
+    Ok(s.loads.watch(s, &r.id).await?)
 }
 
-pub async fn list(_s: &MasterState, _r: ListLoadsRequest) -> Result<ListLoadsResponse, Status> {
-    Err(not_yet())
+pub async fn list(s: &MasterState, r: ListLoadsRequest) -> Result<ListLoadsResponse, Status> {
+    Ok(ListLoadsResponse {
+        jobs: s.loads.list(s, &r.dataset).await?,
+    })
 }
 
-pub async fn cancel(_s: &MasterState, _r: CancelLoadRequest) -> Result<LoadJob, Status> {
-    Err(not_yet())
+pub async fn cancel(s: &MasterState, r: CancelLoadRequest) -> Result<LoadJob, Status> {
+    Ok(s.loads.cancel(s, &r.id).await?)
 }

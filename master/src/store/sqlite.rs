@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use shoal_common::ids::{DatasetId, split_parent};
 use shoal_common::{Error, Result};
 
-use super::{CatalogStore, DatasetRecord, FileRecord, NewDataset, Phase};
+use super::{CatalogStore, DatasetRecord, FileRecord, LoadRecord, NewDataset, Phase};
 
 const READERS: usize = 4;
 
@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (dataset_id, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_parent ON files (dataset_id, parent, name);
+CREATE TABLE IF NOT EXISTS load_jobs (
+    id            TEXT PRIMARY KEY,
+    dataset       TEXT NOT NULL,
+    state         INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    request       BLOB NOT NULL,
+    job           BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS load_jobs_by_dataset ON load_jobs (dataset, created_at_ms);
 "#;
 
 /// The embedded catalogue store.
@@ -200,6 +209,17 @@ fn row_to_file(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
         size: r.get::<_, i64>(2)? as u64,
         mtime_ms: r.get(3)?,
         etag: r.get(4)?,
+    })
+}
+
+fn row_to_load(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoadRecord> {
+    Ok(LoadRecord {
+        id: r.get(0)?,
+        dataset: r.get(1)?,
+        state: r.get(2)?,
+        created_at_ms: r.get(3)?,
+        request: r.get(4)?,
+        job: r.get(5)?,
     })
 }
 
@@ -453,6 +473,52 @@ impl CatalogStore for SqliteCatalog {
             }
             .map_err(db_err("list files"))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("list files"))
+        })
+        .await
+    }
+
+    async fn save_load(&self, l: LoadRecord) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO load_jobs (id, dataset, state, created_at_ms, request, job)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, job = excluded.job",
+                params![l.id, l.dataset, l.state, l.created_at_ms, l.request, l.job],
+            )
+            .map_err(db_err("save load job"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_load(&self, id: &str) -> Result<Option<LoadRecord>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT id, dataset, state, created_at_ms, request, job FROM load_jobs WHERE id = ?1",
+                [id],
+                row_to_load,
+            )
+            .optional()
+            .map_err(db_err("read load job"))
+        })
+        .await
+    }
+
+    async fn list_loads(&self, dataset: Option<&str>) -> Result<Vec<LoadRecord>> {
+        let dataset = dataset.map(str::to_owned);
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, dataset, state, created_at_ms, request, job FROM load_jobs
+                     WHERE ?1 IS NULL OR dataset = ?1 ORDER BY created_at_ms DESC, id DESC",
+                )
+                .map_err(db_err("list load jobs"))?;
+            let rows = st
+                .query_map([dataset], row_to_load)
+                .map_err(db_err("list load jobs"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list load jobs"))
         })
         .await
     }

@@ -1,0 +1,287 @@
+//! Prewarm (load) jobs: the registry of jobs, their persistence, cancellation, progress
+//! streaming and resumption after a master restart. How one job runs is in
+//! [`run`]; how the master talks to workers is in [`dispatch`].
+//!
+//! A job's state is persisted when it starts, about once a second while it runs, and when
+//! it ends. A master that restarts finds unfinished jobs in the store and runs them again:
+//! segments that were already loaded are cached, so the rerun skips them cheaply.
+
+mod dispatch;
+mod run;
+mod target;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use shoal_common::ids::normalize_dataset_path;
+use shoal_common::time::now_ms;
+use shoal_common::{Error, Result};
+use shoal_proto::v1::{LoadJob, LoadState, StartLoadRequest};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::handler::MasterState;
+use crate::store::LoadRecord;
+pub use dispatch::{LoadLimits, WorkerClients};
+
+/// A job that is running in this process.
+struct Active {
+    cancel: CancellationToken,
+    updates: watch::Receiver<LoadJob>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+pub struct LoadJobs {
+    active: Mutex<HashMap<String, Active>>,
+    seq: AtomicU64,
+    pub(crate) workers: WorkerClients,
+    /// Stops every job when the master shuts down (they resume on the next start).
+    shutdown: CancellationToken,
+}
+
+pub fn is_final(state: i32) -> bool {
+    state == LoadState::Succeeded as i32
+        || state == LoadState::Failed as i32
+        || state == LoadState::Cancelled as i32
+}
+
+impl LoadJobs {
+    pub fn new(limits: LoadLimits, shutdown: CancellationToken) -> Self {
+        LoadJobs {
+            active: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            workers: WorkerClients::new(limits),
+            shutdown,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Active>>> {
+        self.active
+            .lock()
+            .map_err(|_| Error::internal("load registry poisoned"))
+    }
+
+    /// Validates and persists a new job, then starts it in the background.
+    pub async fn start(
+        &self,
+        state: &Arc<MasterState>,
+        mut req: StartLoadRequest,
+    ) -> Result<LoadJob> {
+        let d = state.catalog.get(&req.dataset).await?;
+        for p in req.paths.iter_mut().chain(req.files.iter_mut()) {
+            *p = normalize_dataset_path(p)?;
+        }
+        if req.replicas == 0 {
+            req.replicas = 1;
+        }
+        let live = state.members.placement()?.placement.len();
+        if live == 0 {
+            return Err(Error::FailedPrecondition(
+                "no live cache workers to prewarm into; start one with `shoal worker` and retry"
+                    .into(),
+            ));
+        }
+        if req.replicas as usize > live {
+            return Err(Error::invalid(format!(
+                "--replicas {} is more than the {live} live worker(s)",
+                req.replicas
+            )));
+        }
+        let id = format!(
+            "ld-{:x}{:03x}",
+            now_ms(),
+            self.seq.fetch_add(1, Ordering::Relaxed) % 4096
+        );
+        let job = LoadJob {
+            id: id.clone(),
+            dataset: d.name.clone(),
+            state: LoadState::Pending as i32,
+            created_at_ms: now_ms(),
+            paths: req.paths.clone(),
+            replicas: req.replicas,
+            ..Default::default()
+        };
+        persist(state, &req, &job).await?;
+        info!(load = %id, dataset = %d.name, "load job created");
+        self.launch(state.clone(), req, job.clone())?;
+        Ok(job)
+    }
+
+    fn launch(&self, state: Arc<MasterState>, req: StartLoadRequest, job: LoadJob) -> Result<()> {
+        let cancel = self.shutdown.child_token();
+        let (tx, rx) = watch::channel(job.clone());
+        let (done_tx, done_rx) = watch::channel(false);
+        self.lock()?.insert(
+            job.id.clone(),
+            Active {
+                cancel: cancel.clone(),
+                updates: rx,
+                done: done_rx,
+            },
+        );
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let shutting_down = state.loads.shutdown.clone();
+            let req = Arc::new(req);
+            let final_job = run::run(state.clone(), req.clone(), job, cancel, tx).await;
+            // A job stopped by master shutdown stays unfinished in the store and resumes
+            // on the next start; every other ending is final.
+            if !shutting_down.is_cancelled()
+                && let Err(e) = persist(&state, &req, &final_job).await
+            {
+                warn!(load = %id, error = %e, "could not persist final load state");
+            }
+            if let Ok(mut a) = state.loads.active.lock() {
+                a.remove(&id);
+            }
+            let _ = done_tx.send(true);
+        });
+        Ok(())
+    }
+
+    /// Runs again every job a previous master process left unfinished.
+    pub async fn resume(&self, state: &Arc<MasterState>) -> Result<()> {
+        for rec in state.catalog.store().list_loads(None).await? {
+            if is_final(rec.state) {
+                continue;
+            }
+            let (req, mut job) = decode(&rec)?;
+            job.message = "resumed after a master restart".into();
+            info!(load = %job.id, "resuming load job");
+            if state
+                .catalog
+                .store()
+                .get_dataset(&req.dataset)
+                .await?
+                .is_none()
+            {
+                job.state = LoadState::Failed as i32;
+                job.message = format!(
+                    "dataset `{}` was deleted while the master was down",
+                    req.dataset
+                );
+                job.finished_at_ms = now_ms();
+                persist(state, &req, &job).await?;
+                continue;
+            }
+            self.launch(state.clone(), req, job)?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, state: &MasterState, id: &str) -> Result<LoadJob> {
+        if let Some(a) = self.lock()?.get(id) {
+            return Ok(a.updates.borrow().clone());
+        }
+        let rec = state
+            .catalog
+            .store()
+            .get_load(id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        Ok(decode(&rec)?.1)
+    }
+
+    pub async fn list(&self, state: &MasterState, dataset: &str) -> Result<Vec<LoadJob>> {
+        let filter = (!dataset.is_empty()).then_some(dataset);
+        let mut out = vec![];
+        for rec in state.catalog.store().list_loads(filter).await? {
+            let live = self
+                .lock()?
+                .get(&rec.id)
+                .map(|a| a.updates.borrow().clone());
+            out.push(match live {
+                Some(j) => j,
+                None => decode(&rec)?.1,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Cancels a running job and waits (briefly) until it has stopped.
+    pub async fn cancel(&self, state: &MasterState, id: &str) -> Result<LoadJob> {
+        let active = self
+            .lock()?
+            .get(id)
+            .map(|a| (a.cancel.clone(), a.done.clone()));
+        if let Some((cancel, mut done)) = active {
+            cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
+        }
+        self.get(state, id).await
+    }
+
+    /// The job's state now and at every change, ending after its final state.
+    pub async fn watch(
+        &self,
+        state: &MasterState,
+        id: &str,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<LoadJob, tonic::Status>> + Send + 'static>>> {
+        let rx = self.lock()?.get(id).map(|a| a.updates.clone());
+        let Some(mut rx) = rx else {
+            let job = self.get(state, id).await?;
+            return Ok(Box::pin(futures::stream::once(async move { Ok(job) })));
+        };
+        let stream = async_stream(move |yield_| async move {
+            loop {
+                let job = rx.borrow_and_update().clone();
+                let fin = is_final(job.state);
+                if yield_.send(Ok(job)).await.is_err() || fin {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(stream)
+    }
+}
+
+/// A stream fed by a task through a small channel; the task ends when the consumer goes.
+fn async_stream<F, Fut>(
+    f: F,
+) -> Pin<Box<dyn Stream<Item = Result<LoadJob, tonic::Status>> + Send + 'static>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<LoadJob, tonic::Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!(
+        "load job `{id}` not found; `shoal prewarm list` shows the existing ones"
+    ))
+}
+
+async fn persist(state: &MasterState, req: &StartLoadRequest, job: &LoadJob) -> Result<()> {
+    state
+        .catalog
+        .store()
+        .save_load(LoadRecord {
+            id: job.id.clone(),
+            dataset: job.dataset.clone(),
+            state: job.state,
+            created_at_ms: job.created_at_ms,
+            request: req.encode_to_vec(),
+            job: job.encode_to_vec(),
+        })
+        .await
+}
+
+fn decode(rec: &LoadRecord) -> Result<(StartLoadRequest, LoadJob)> {
+    let req = StartLoadRequest::decode(rec.request.as_slice())
+        .map_err(|e| Error::internal(format!("decode stored load request {}: {e}", rec.id)))?;
+    let job = LoadJob::decode(rec.job.as_slice())
+        .map_err(|e| Error::internal(format!("decode stored load job {}: {e}", rec.id)))?;
+    Ok((req, job))
+}
