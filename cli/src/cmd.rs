@@ -3,6 +3,7 @@
 pub mod dataset;
 pub mod master;
 pub mod planned;
+pub mod prewarm;
 
 use shoal_common::config::ConfigFile;
 

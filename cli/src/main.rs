@@ -56,7 +56,7 @@ enum Command {
     #[command(subcommand)]
     Dataset(cmd::dataset::DatasetCommand),
     /// Prewarm a dataset into the cache, and manage prewarm jobs.
-    Prewarm(cmd::planned::PlannedArgs),
+    Prewarm(cmd::prewarm::PrewarmArgs),
     /// Submit and manage jobs.
     Job(cmd::planned::PlannedArgs),
     /// Print a dataset file to stdout, read through the cache (no FUSE needed).
@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Umount(a) => cmd::planned::run("umount", "issue 4 (FUSE client)", a),
         Command::Up(a) => cmd::planned::run("up", "issue 7 (single-machine default)", a),
         Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
-        Command::Prewarm(a) => cmd::planned::run("prewarm", "issue 5 (prewarm)", a),
+        Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,
         Command::Job(a) => cmd::planned::run("job", "issue 6 (job runner)", a),
         Command::Cat(a) => cmd::planned::run("cat", "issue 3 (cache worker)", a),
         Command::Cp(a) => cmd::planned::run("cp", "issue 3 (cache worker)", a),
