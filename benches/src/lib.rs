@@ -1,1 +1,10 @@
-//! placeholder
+//! Reproducible benchmarks that compare shoal's read paths with a native read of the
+//! same bytes, measured in the same process and run (DESIGN.md §2, `benches/`).
+//!
+//! - [`dataplane`]: single-reader warm throughput of one file through the worker's
+//!   gRPC `ReadRange`, the framed-TCP data plane, a same-node short-circuit read, and a
+//!   direct pread of the same bytes from tmpfs (the baseline). Run it with
+//!   `cargo bench -p shoal-benches --bench dataplane`; every benchmark also runs as a
+//!   tiny test (`cargo test -p shoal-benches`) so it cannot rot.
+
+pub mod dataplane;

@@ -1,1 +1,32 @@
-//! placeholder
+//! shoal's read path, shared by `shoal cat`/`cp` and the FUSE client.
+//!
+//! - [`ShoalClient`] connects to the master, keeps the worker set and its placement
+//!   ([`worker_set::WorkerSetView`]) fresh, caches file attributes, and reads bytes with
+//!   [`ShoalClient::read`] / [`ShoalClient::read_to`]: owner by placement, by
+//!   short-circuit ([`short_circuit::ShortCircuit`]) when the owner runs on this node,
+//!   else over the framed-TCP data plane ([`data_plane::DataPlaneClient`]); then the
+//!   next replica; then the UFS. Metrics: `shoal_client_reads_total{client,path}`.
+//! - [`ClientConfig`] holds the master address, this node's name and every deadline.
+//!
+//! ```no_run
+//! # async fn demo() -> shoal_common::Result<()> {
+//! use shoal_client::{ClientConfig, ShoalClient};
+//! let client = ShoalClient::connect(ClientConfig::new("127.0.0.1:7700")).await?;
+//! let entry = client.lookup("imagenet", "train/0001.jpg").await?;
+//! let bytes = client.read("imagenet", &entry, 0, entry.size).await?;
+//! # let _ = bytes; Ok(()) }
+//! ```
+//!
+//! Invariant: never decides placement on its own; it calls `shoal_common::placement`.
+
+pub mod client;
+pub mod config;
+pub mod data_plane;
+pub mod metrics;
+pub mod short_circuit;
+pub mod worker_set;
+
+pub use client::{DatasetHandle, ShoalClient};
+pub use config::ClientConfig;
+pub use metrics::ReadPath;
+pub use worker_set::{WorkerEntry, WorkerSetView};

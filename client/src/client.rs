@@ -1,0 +1,475 @@
+//! [`ShoalClient`]: reads dataset files through the cache.
+//!
+//! A read is cut into per-segment pieces; each piece goes to the segment's owner for
+//! the current epoch (placement in `shoal_common`), by short-circuit when the owner is
+//! on this node, else over the framed-TCP data plane. When the owner fails the next
+//! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
+//! piece records its path in `shoal_client_reads_total{path}`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use opendal::Operator;
+use parking_lot::{Mutex, RwLock};
+use shoal_common::ids::{DatasetId, FileVersion};
+use shoal_common::ufs::{UfsTuning, build_operator, ufs_error};
+use shoal_common::{Error, Result};
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_worker::FileRef;
+use shoal_worker::wire::ReadRequest;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tonic::transport::Channel;
+
+use crate::config::ClientConfig;
+use crate::data_plane::DataPlaneClient;
+use crate::metrics::{ClientMetrics, ReadPath};
+use crate::short_circuit::ShortCircuit;
+use crate::worker_set::{WorkerEntry, WorkerSetView};
+
+/// Largest piece sent in one data-plane request.
+const MAX_PIECE: u64 = 16 << 20;
+/// A failed worker makes the next read re-fetch the worker set, at most this often.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
+
+/// A dataset as a reader needs it: its id (which keys cached blocks) and its UFS.
+#[derive(Clone)]
+pub struct DatasetHandle {
+    pub id: DatasetId,
+    pub name: String,
+    pub operator: Operator,
+}
+
+/// Reads dataset files through the shoal cache. Cheap to clone.
+#[derive(Clone)]
+pub struct ShoalClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    master: MasterServiceClient<Channel>,
+    set: RwLock<Arc<WorkerSetView>>,
+    refresh: tokio::sync::Mutex<()>,
+    stale: Mutex<bool>,
+    attrs: moka::sync::Cache<(String, String), pb::FileEntry>,
+    datasets: Mutex<HashMap<String, DatasetHandle>>,
+    data: DataPlaneClient,
+    local: ShortCircuit,
+    m: ClientMetrics,
+}
+
+impl ShoalClient {
+    /// Connects to the master and fetches the worker set.
+    pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
+        let master = shoal_worker::server::master_client(&cfg.master, cfg.rpc_timeout)?;
+        let set = fetch_worker_set(&master, cfg.rpc_timeout)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "contact master {} (is it running? check --master / SHOAL_MASTER)",
+                    cfg.master
+                ))
+            })?;
+        let inner = Inner {
+            master,
+            set: RwLock::new(Arc::new(set)),
+            refresh: tokio::sync::Mutex::new(()),
+            stale: Mutex::new(false),
+            attrs: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cfg.attr_ttl.max(Duration::from_millis(1)))
+                .build(),
+            datasets: Mutex::new(HashMap::new()),
+            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout),
+            local: ShortCircuit::new(if cfg.short_circuit {
+                cfg.local_buffer_bytes
+            } else {
+                0
+            }),
+            m: ClientMetrics::new(&cfg.name),
+            cfg,
+        };
+        Ok(ShoalClient {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The master client, for calls this library does not wrap.
+    pub fn master(&self) -> MasterServiceClient<Channel> {
+        self.inner.master.clone()
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    /// The worker set in use, refreshed from the master when it is older than
+    /// `worker_set_ttl`, or (at most every 200 ms) after a worker failed.
+    pub async fn worker_set(&self) -> Result<Arc<WorkerSetView>> {
+        let cur = self.inner.set.read().clone();
+        let age = cur.fetched_at.elapsed();
+        let stale = *self.inner.stale.lock() && age >= MIN_REFRESH_GAP;
+        if !stale && age < self.inner.cfg.worker_set_ttl {
+            return Ok(cur);
+        }
+        let _g = self.inner.refresh.lock().await;
+        let cur = self.inner.set.read().clone();
+        if cur.fetched_at.elapsed() < age {
+            // Someone else refreshed while we waited.
+            return Ok(cur);
+        }
+        match self.fetch_and_store().await {
+            Ok(set) => Ok(set),
+            Err(e) => {
+                // Keep reading with the set we have (owners, replicas, UFS still work).
+                tracing::warn!(error = %e, "cannot refresh the worker set; using epoch {}", cur.epoch);
+                Ok(cur)
+            }
+        }
+    }
+
+    /// Fetches the worker set from the master now.
+    pub async fn refresh_worker_set(&self) -> Result<Arc<WorkerSetView>> {
+        let _g = self.inner.refresh.lock().await;
+        self.fetch_and_store().await
+    }
+
+    async fn fetch_and_store(&self) -> Result<Arc<WorkerSetView>> {
+        let cur = self.inner.set.read().clone();
+        let set = Arc::new(fetch_worker_set(&self.inner.master, self.inner.cfg.rpc_timeout).await?);
+        if set.epoch != cur.epoch {
+            tracing::debug!(
+                from = cur.epoch,
+                to = set.epoch,
+                workers = set.workers.len(),
+                "worker set changed"
+            );
+        }
+        *self.inner.set.write() = set.clone();
+        *self.inner.stale.lock() = false;
+        Ok(set)
+    }
+
+    /// File metadata, cached for `attr_ttl`.
+    pub async fn lookup(&self, dataset: &str, path: &str) -> Result<pb::FileEntry> {
+        let path = shoal_common::ids::normalize_dataset_path(path)?;
+        let key = (dataset.to_owned(), path.clone());
+        if let Some(e) = self.inner.attrs.get(&key) {
+            return Ok(e);
+        }
+        let req = pb::LookupFileRequest {
+            dataset: dataset.to_owned(),
+            path,
+        };
+        let e = self
+            .rpc("LookupFile", self.inner.master.clone().lookup_file(req))
+            .await?;
+        self.inner.attrs.insert(key, e.clone());
+        Ok(e)
+    }
+
+    /// Every entry of a directory (all pages); entries are cached as attributes.
+    pub async fn list_dir(&self, dataset: &str, path: &str) -> Result<Vec<pb::FileEntry>> {
+        let path = shoal_common::ids::normalize_dataset_path(path)?;
+        let mut out = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let req = pb::ListDirectoryRequest {
+                dataset: dataset.to_owned(),
+                path: path.clone(),
+                start_after: start_after.clone(),
+                limit: 1000,
+            };
+            let page = self
+                .rpc(
+                    "ListDirectory",
+                    self.inner.master.clone().list_directory(req),
+                )
+                .await?;
+            for e in &page.entries {
+                self.inner
+                    .attrs
+                    .insert((dataset.to_owned(), e.path.clone()), e.clone());
+            }
+            let last = page
+                .entries
+                .last()
+                .map(|e| e.path.rsplit('/').next().unwrap_or(&e.path).to_owned());
+            out.extend(page.entries);
+            match (page.truncated, last) {
+                (true, Some(l)) => start_after = l,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dataset's id and UFS operator (for direct reads), cached per name.
+    pub async fn dataset(&self, name: &str) -> Result<DatasetHandle> {
+        if let Some(h) = self.inner.datasets.lock().get(name) {
+            return Ok(h.clone());
+        }
+        let req = pb::GetDatasetAccessRequest {
+            name: name.to_owned(),
+        };
+        let a = self
+            .rpc(
+                "GetDatasetAccess",
+                self.inner.master.clone().get_dataset_access(req),
+            )
+            .await?;
+        let options: BTreeMap<String, String> = a.options.into_iter().collect();
+        let operator = build_operator(&a.uri, &options, &UfsTuning::default())?;
+        let h = DatasetHandle {
+            id: DatasetId(a.id),
+            name: name.to_owned(),
+            operator,
+        };
+        self.inner
+            .datasets
+            .lock()
+            .insert(name.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// Bytes `offset..offset+len` of `entry` (clipped to its size).
+    #[tracing::instrument(level = "debug", skip_all, fields(dataset, path = %entry.path, offset, len))]
+    pub async fn read(
+        &self,
+        dataset: &str,
+        entry: &pb::FileEntry,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        if entry.is_dir {
+            return Err(Error::invalid(format!("`{}` is a directory", entry.path)));
+        }
+        let end = offset.saturating_add(len).min(entry.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let ds = self.dataset(dataset).await?;
+        let file = FileRef::new(
+            ds.id,
+            dataset,
+            &entry.path,
+            FileVersion(entry.version),
+            entry.size,
+        )?;
+        let set = self.worker_set().await?;
+        let pieces = split(&set, offset, end);
+        let parts: Vec<Bytes> = futures::stream::iter(pieces)
+            .map(|(seg, a, b)| {
+                let (ds, file, set) = (&ds, &file, set.clone());
+                async move { self.read_piece(ds, file, &set, seg, a, b).await }
+            })
+            .buffered(self.inner.cfg.read_parallelism.max(1))
+            .try_collect()
+            .await?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Streams the whole file into `w` with readahead; returns the bytes written.
+    pub async fn read_to<W: AsyncWrite + Unpin>(
+        &self,
+        dataset: &str,
+        entry: &pb::FileEntry,
+        w: &mut W,
+    ) -> Result<u64> {
+        let chunk = MAX_PIECE;
+        let chunks = (0..entry.size.div_ceil(chunk)).map(|i| i * chunk);
+        let mut s = futures::stream::iter(chunks)
+            .map(|off| self.read(dataset, entry, off, chunk))
+            .buffered(self.inner.cfg.read_parallelism.max(1));
+        let mut total = 0u64;
+        while let Some(b) = s.try_next().await? {
+            w.write_all(&b)
+                .await
+                .map_err(|e| Error::io("write output", e))?;
+            total += b.len() as u64;
+        }
+        w.flush().await.map_err(|e| Error::io("write output", e))?;
+        Ok(total)
+    }
+
+    /// One piece (inside one segment): local, owner, replicas, then the UFS.
+    async fn read_piece(
+        &self,
+        ds: &DatasetHandle,
+        file: &FileRef,
+        set: &WorkerSetView,
+        segment: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<Bytes> {
+        let owners = set.owners(&file.segment(segment), self.inner.cfg.replicas.max(1));
+        for (rank, w) in owners.iter().enumerate() {
+            if rank == 0
+                && self.is_local(w)
+                && let Some(bytes) = self.read_local(set, w, file, a, b).await
+            {
+                self.inner.m.record(ReadPath::Local, bytes.len() as u64);
+                return Ok(bytes);
+            }
+            let req = ReadRequest {
+                file: file.clone(),
+                offset: a,
+                length: b - a,
+            };
+            match self.inner.data.read(&w.data_addr, &req).await {
+                Ok(bytes) if bytes.len() as u64 == b - a => {
+                    let path = if rank == 0 {
+                        ReadPath::Owner
+                    } else {
+                        ReadPath::Replica
+                    };
+                    self.inner.m.record(path, bytes.len() as u64);
+                    return Ok(bytes);
+                }
+                Ok(bytes) => {
+                    tracing::warn!(worker = %w.id, got = bytes.len(), want = b - a, "worker returned a short read; trying the next path");
+                }
+                Err(e @ (Error::InvalidArgument(_) | Error::FailedPrecondition(_))) => {
+                    // The request itself is wrong (e.g. the object changed): another worker
+                    // would say the same, and the UFS read below decides.
+                    tracing::warn!(worker = %w.id, error = %e, "worker refused the read");
+                    break;
+                }
+                Err(e) => {
+                    self.inner.m.worker_failures.increment(1);
+                    self.inner.data.forget(&w.data_addr);
+                    *self.inner.stale.lock() = true;
+                    tracing::warn!(worker = %w.id, dataset = %file.dataset, path = %file.path, segment,
+                        error = %e, "worker read failed; falling back");
+                }
+            }
+        }
+        let bytes = self.read_ufs(ds, file, a, b).await?;
+        self.inner.m.record(ReadPath::Ufs, bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    fn is_local(&self, w: &WorkerEntry) -> bool {
+        self.inner.cfg.short_circuit
+            && self.inner.cfg.node.as_deref() == Some(w.node.as_str())
+            && !w.tier_paths.is_empty()
+    }
+
+    async fn read_local(
+        &self,
+        set: &WorkerSetView,
+        w: &WorkerEntry,
+        file: &FileRef,
+        a: u64,
+        b: u64,
+    ) -> Option<Bytes> {
+        let inner = self.inner.clone();
+        let tiers = w.tier_paths.clone();
+        let layout = set.layout;
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            let bs = layout.block_size();
+            let mut parts = Vec::new();
+            for i in layout.blocks_for_range(file.size, a, b - a) {
+                let block = inner.local.read_block(&tiers, &layout, &file, i)?;
+                let start = i * bs;
+                let x = a.saturating_sub(start) as usize;
+                let y = (b - start).min(block.len() as u64) as usize;
+                parts.push(block.slice(x..y));
+            }
+            if parts.len() == 1 {
+                return parts.pop();
+            }
+            let mut out = BytesMut::with_capacity((b - a) as usize);
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            Some(out.freeze())
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn read_ufs(&self, ds: &DatasetHandle, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
+        let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
+        let fut = ds.operator.read_with(&file.path).range(a..b);
+        let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
+            .await
+            .map_err(|_| Error::unavailable(format!("{ctx}: timed out")))?
+            .map_err(|e| ufs_error(&e, &ctx, &BTreeMap::new()))?;
+        let bytes = buf.to_bytes();
+        if bytes.len() as u64 != b - a {
+            return Err(Error::FailedPrecondition(format!(
+                "{ctx}: got {} bytes; the object changed, run `shoal dataset refresh {}`",
+                bytes.len(),
+                ds.name
+            )));
+        }
+        Ok(bytes)
+    }
+
+    async fn rpc<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.inner.cfg.rpc_timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(Error::from(s)),
+            Err(_) => Err(Error::unavailable(format!(
+                "master {} did not answer {what} within {:?}",
+                self.inner.cfg.master, self.inner.cfg.rpc_timeout
+            ))),
+        }
+    }
+}
+
+async fn fetch_worker_set(
+    master: &MasterServiceClient<Channel>,
+    timeout: Duration,
+) -> Result<WorkerSetView> {
+    let started = Instant::now();
+    let set = tokio::time::timeout(
+        timeout,
+        master.clone().get_worker_set(pb::GetWorkerSetRequest {
+            include_inactive: false,
+        }),
+    )
+    .await
+    .map_err(|_| {
+        Error::unavailable(format!(
+            "master did not answer GetWorkerSet within {:?}",
+            started.elapsed()
+        ))
+    })?
+    .map_err(Error::from)?
+    .into_inner();
+    WorkerSetView::from_proto(set)
+}
+
+/// Cuts `offset..end` at segment boundaries and at `MAX_PIECE`.
+fn split(set: &WorkerSetView, offset: u64, end: u64) -> Vec<(u64, u64, u64)> {
+    let seg_size = set.layout.segment_size();
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let seg = pos / seg_size;
+        let seg_end = ((seg + 1) * seg_size).min(end);
+        let piece_end = seg_end.min(pos + MAX_PIECE);
+        out.push((seg, pos, piece_end));
+        pos = piece_end;
+    }
+    out
+}

@@ -1,0 +1,53 @@
+//! [`ClientConfig`]: how a client finds the master, who it is (for short-circuit
+//! reads), and the deadlines of every remote call.
+
+use std::time::Duration;
+
+/// Options of a [`crate::ShoalClient`]. `ClientConfig::new(master)` gives defaults.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Master gRPC address, `HOST:PORT`.
+    pub master: String,
+    /// The node this client runs on. When it equals the owning worker's node and the
+    /// worker's tier directories are readable, blocks are read straight from them.
+    pub node: Option<String>,
+    /// The `client` label of this client's metrics.
+    pub name: String,
+    /// Deadline of each master call (metadata, worker set, dataset access).
+    pub rpc_timeout: Duration,
+    /// Deadline of one data-plane request (connect included).
+    pub data_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long file attributes are cached.
+    pub attr_ttl: Duration,
+    /// How long a worker set is used before it is fetched again.
+    pub worker_set_ttl: Duration,
+    /// Workers tried per segment (owner first, then replicas) before the UFS.
+    pub replicas: usize,
+    pub short_circuit: bool,
+    /// Memory for verified blocks read by short-circuit, so consecutive small reads
+    /// of one block pay for one pread and one checksum. 0 disables it.
+    pub local_buffer_bytes: u64,
+    /// Data-plane requests in flight for one large read (readahead across blocks and
+    /// workers).
+    pub read_parallelism: usize,
+}
+
+impl ClientConfig {
+    pub fn new(master: &str) -> ClientConfig {
+        ClientConfig {
+            master: master.to_owned(),
+            node: None,
+            name: "client".into(),
+            rpc_timeout: Duration::from_secs(10),
+            data_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            attr_ttl: Duration::from_secs(2),
+            worker_set_ttl: Duration::from_secs(5),
+            replicas: 2,
+            short_circuit: true,
+            local_buffer_bytes: 64 << 20,
+            read_parallelism: 4,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! [`DataPlaneClient`]: the client side of the framed-TCP data plane
+//! (`shoal_worker::wire`), with a small pool of reusable connections per worker and a
+//! deadline on every request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use shoal_common::{Error, Result};
+use shoal_worker::wire::{self, ReadRequest};
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Idle connections kept per worker address.
+const POOL_PER_WORKER: usize = 8;
+
+type Conn = BufReader<TcpStream>;
+
+pub struct DataPlaneClient {
+    pool: Mutex<HashMap<String, Vec<Conn>>>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl DataPlaneClient {
+    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> DataPlaneClient {
+        DataPlaneClient {
+            pool: Mutex::new(HashMap::new()),
+            connect_timeout,
+            request_timeout,
+        }
+    }
+
+    /// Reads `req` from the worker at `addr`. Transport failures are `Unavailable`;
+    /// the worker's own errors keep their kind.
+    pub async fn read(&self, addr: &str, req: &ReadRequest) -> Result<Bytes> {
+        // A pooled connection may have been closed by a restarted worker: one retry on
+        // a fresh connection tells that apart from a dead worker.
+        if let Some(conn) = self.take(addr) {
+            match self.exchange(conn, req).await {
+                Ok((bytes, conn)) => {
+                    self.put(addr, conn);
+                    return bytes;
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "pooled connection failed; reconnecting")
+                }
+            }
+        }
+        let conn = self.connect(addr).await?;
+        let (bytes, conn) = self
+            .exchange(conn, req)
+            .await
+            .map_err(|e| Error::unavailable(format!("data plane {addr}: {e}")))?;
+        self.put(addr, conn);
+        bytes
+    }
+
+    /// Drops the idle connections to `addr` (after it failed).
+    pub fn forget(&self, addr: &str) {
+        self.pool.lock().remove(addr);
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn> {
+        let sock = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::unavailable(format!("connect to worker {addr} timed out")))?
+            .map_err(|e| Error::unavailable(format!("connect to worker {addr}: {e}")))?;
+        sock.set_nodelay(true)
+            .map_err(|e| Error::unavailable(format!("configure socket to {addr}: {e}")))?;
+        Ok(BufReader::with_capacity(64 << 10, sock))
+    }
+
+    /// One request/response under the deadline. The outer error means the connection
+    /// is unusable; the inner result is the worker's answer.
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        req: &ReadRequest,
+    ) -> std::io::Result<(Result<Bytes>, Conn)> {
+        let fut = async {
+            wire::write_request(conn.get_mut(), req).await?;
+            match wire::read_response_head(&mut conn).await? {
+                Ok(n) => {
+                    if n > req.length {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("worker sent {n} bytes for a {}-byte read", req.length),
+                        ));
+                    }
+                    let mut buf = BytesMut::zeroed(n as usize);
+                    conn.read_exact(&mut buf).await?;
+                    Ok(Ok(buf.freeze()))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(r)) => Ok((r, conn)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "data-plane request timed out",
+            )),
+        }
+    }
+
+    fn take(&self, addr: &str) -> Option<Conn> {
+        self.pool.lock().get_mut(addr).and_then(|v| v.pop())
+    }
+
+    fn put(&self, addr: &str, conn: Conn) {
+        let mut pool = self.pool.lock();
+        let v = pool.entry(addr.to_owned()).or_default();
+        if v.len() < POOL_PER_WORKER {
+            v.push(conn);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The client's Prometheus series: which path served each read (`local` short-circuit,
+//! `owner`, `replica`, `ufs`), labelled `client="<name>"`.
+
+use metrics::{Counter, counter};
+
+/// Which path served a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadPath {
+    Local,
+    Owner,
+    Replica,
+    Ufs,
+}
+
+impl ReadPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadPath::Local => "local",
+            ReadPath::Owner => "owner",
+            ReadPath::Replica => "replica",
+            ReadPath::Ufs => "ufs",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientMetrics {
+    reads: [Counter; 4],
+    bytes: [Counter; 4],
+    pub worker_failures: Counter,
+}
+
+impl ClientMetrics {
+    pub fn new(client: &str) -> ClientMetrics {
+        shoal_common::telemetry::metrics_handle();
+        let mk = |name: &'static str, p: ReadPath| {
+            counter!(
+                name,
+                &[
+                    ("client", client.to_owned()),
+                    ("path", p.as_str().to_owned())
+                ]
+            )
+        };
+        let paths = [
+            ReadPath::Local,
+            ReadPath::Owner,
+            ReadPath::Replica,
+            ReadPath::Ufs,
+        ];
+        ClientMetrics {
+            reads: paths.map(|p| mk("shoal_client_reads_total", p)),
+            bytes: paths.map(|p| mk("shoal_client_read_bytes_total", p)),
+            worker_failures: counter!(
+                "shoal_client_worker_failures_total",
+                &[("client", client.to_owned())]
+            ),
+        }
+    }
+
+    pub fn record(&self, path: ReadPath, bytes: u64) {
+        let i = path as usize;
+        self.reads[i].increment(1);
+        self.bytes[i].increment(bytes);
+    }
+}
