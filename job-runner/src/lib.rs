@@ -1,2 +1,35 @@
-//! placeholder while building
+//! The shoal job runner: Job → Task → TaskInstance DAGs (DESIGN.md §3), scheduled per
+//! owner by priority onto executor nodes, with every state change persisted.
+//!
+//! - [`spec`]: the job spec ([`spec::JobSpec`]) and its validation.
+//! - [`engine`]: the single-threaded [`engine::Engine`] that owns all job state, runs
+//!   the scheduling passes ([`engine::schedule`]) and drives the executor.
+//! - [`store`]: durable state behind [`store::JobStore`] (SQLite by default).
+//! - [`executor`]: the [`executor::Executor`] boundary and the local executor.
+//! - [`locality`]: the locality and prewarm inputs to scheduling.
+//! - [`server`]: [`server::RunnerServer::start`], the gRPC `RunnerService` and metrics.
+//!
+//! ```no_run
+//! # async fn demo() -> shoal_common::Result<()> {
+//! use shoal_job_runner::{RunnerConfig, RunnerServer};
+//! let mut cfg = RunnerConfig::new("/var/lib/shoal/runner".into());
+//! cfg.listen = "127.0.0.1:0".into();
+//! let runner = RunnerServer::start(cfg).await?;
+//! println!("runner on {}", runner.grpc_addr);
+//! runner.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Invariant: the runner never reads dataset bytes itself.
+
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod locality;
+pub mod model;
+pub mod server;
 pub mod spec;
+pub mod store;
+
+pub use config::{ExecutorKind, NodeConfig, Quota, RunnerConfig};
+pub use server::{RunnerServer, RunningRunner};

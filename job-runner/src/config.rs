@@ -1,0 +1,223 @@
+//! The runner's validated runtime configuration: where it listens and keeps state, the
+//! executor nodes it places instances on, and the owners' quotas.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_common::{Error, Result};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
+
+/// One executor node and what it can hold at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl NodeConfig {
+    /// This machine: its name, its CPUs and its memory.
+    pub fn local() -> NodeConfig {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        NodeConfig {
+            name: local_node_name(),
+            cpu_millis: cpus * 1000,
+            memory_bytes: total_memory_bytes().unwrap_or(4 << 30),
+        }
+    }
+
+    /// Parses `NAME=CPU,MEMORY`, e.g. `node-1=4,8GiB` or `n2=500m,512MiB`.
+    pub fn parse(s: &str) -> Result<NodeConfig> {
+        let bad = || {
+            Error::invalid(format!(
+                "invalid node `{s}`: write NAME=CPU,MEMORY, e.g. node-1=4,8GiB"
+            ))
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (cpu, mem) = rest.split_once(',').ok_or_else(bad)?;
+        let name = name.trim();
+        if !crate::spec::check::is_valid_name(name) {
+            return Err(bad());
+        }
+        Ok(NodeConfig {
+            name: name.to_owned(),
+            cpu_millis: parse_cpu(cpu).ok_or_else(bad)?,
+            memory_bytes: mem.trim().parse::<shoal_common::size::ByteSize>()?.0,
+        })
+    }
+}
+
+/// `2`, `0.5` (cores) or `500m` (millicores).
+pub fn parse_cpu(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let millis = match s.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => s.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis >= 0.0).then(|| millis.round() as u64)
+}
+
+fn local_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| crate::spec::check::is_valid_name(h))
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What one owner may use at once. `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub max_instances: Option<u32>,
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl Quota {
+    /// Parses `instances=2,cpu=4,memory=8GiB` (any subset; `unlimited` for none).
+    pub fn parse(s: &str) -> Result<Quota> {
+        let mut q = Quota::default();
+        let s = s.trim();
+        if s == "unlimited" || s.is_empty() {
+            return Ok(q);
+        }
+        for part in s.split(',') {
+            let bad = || {
+                Error::invalid(format!(
+                    "invalid quota `{s}`: write instances=N,cpu=CORES,memory=SIZE (any of them), e.g. instances=2,cpu=4"
+                ))
+            };
+            let (k, v) = part.split_once('=').ok_or_else(bad)?;
+            match k.trim() {
+                "instances" => q.max_instances = Some(v.trim().parse().map_err(|_| bad())?),
+                "cpu" => q.cpu_millis = Some(parse_cpu(v).ok_or_else(bad)?),
+                "memory" => {
+                    q.memory_bytes = Some(v.trim().parse::<shoal_common::size::ByteSize>()?.0)
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// How the runner executes instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Child processes on this machine (the default).
+    Local,
+    /// Nothing runs: every instance succeeds at once. For scheduling benchmarks.
+    Noop,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// gRPC listen address (`HOST:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// `/metrics` listen address; `None` disables the endpoint.
+    pub metrics_listen: Option<String>,
+    /// Holds `runner.db`, instance working dirs (`work/`) and logs (`logs/`).
+    pub data_dir: PathBuf,
+    /// The master, for listing `by_file` inputs and (later) locality and prewarm.
+    pub master: Option<String>,
+    /// Label on this runner's metrics series.
+    pub name: String,
+    pub nodes: Vec<NodeConfig>,
+    pub default_quota: Quota,
+    pub quotas: BTreeMap<String, Quota>,
+    pub executor: ExecutorKind,
+    /// Where each node's FUSE mount of all datasets lives: dataset `d` is at
+    /// `<mount_root>/d`. See [`crate::executor::DatasetMounts`] for the hook that
+    /// will start the mount.
+    pub mount_root: PathBuf,
+    /// SIGTERM, then SIGKILL after this long (timeouts and cancels).
+    pub kill_grace: Duration,
+    /// A scheduling pass runs on every event and at least this often.
+    pub schedule_interval: Duration,
+    /// How long an instance may wait for the node holding most of its input.
+    pub locality_wait: Duration,
+}
+
+impl RunnerConfig {
+    /// A config for `data_dir` with one local node and every other value at its default.
+    pub fn new(data_dir: PathBuf) -> Self {
+        RunnerConfig {
+            listen: DEFAULT_LISTEN.into(),
+            metrics_listen: None,
+            mount_root: data_dir.join("mnt"),
+            data_dir,
+            master: None,
+            name: "runner".into(),
+            nodes: vec![NodeConfig::local()],
+            default_quota: Quota::default(),
+            quotas: BTreeMap::new(),
+            executor: ExecutorKind::Local,
+            kill_grace: Duration::from_secs(10),
+            schedule_interval: Duration::from_secs(1),
+            locality_wait: Duration::from_secs(3),
+        }
+    }
+
+    pub fn quota_for(&self, owner: &str) -> Quota {
+        self.quotas
+            .get(owner)
+            .copied()
+            .unwrap_or(self.default_quota)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(Error::invalid(
+                "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !names.insert(n.name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "node `{}` is configured twice",
+                    n.name
+                )));
+            }
+            if n.cpu_millis == 0 || n.memory_bytes == 0 {
+                return Err(Error::invalid(format!(
+                    "node `{}` has no CPU or no memory; give it capacity (NAME=CPU,MEMORY)",
+                    n.name
+                )));
+            }
+        }
+        if self.schedule_interval.is_zero() {
+            return Err(Error::invalid("schedule interval must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nodes_and_quotas() {
+        let n = NodeConfig::parse("node-1=500m,2GiB").unwrap();
+        assert_eq!((n.cpu_millis, n.memory_bytes), (500, 2 << 30));
+        assert!(NodeConfig::parse("node-1=4").is_err());
+        let q = Quota::parse("instances=2,cpu=1.5").unwrap();
+        assert_eq!(q.max_instances, Some(2));
+        assert_eq!(q.cpu_millis, Some(1500));
+        assert_eq!(q.memory_bytes, None);
+        assert!(Quota::parse("gpus=1").is_err());
+        assert_eq!(Quota::parse("unlimited").unwrap(), Quota::default());
+    }
+}

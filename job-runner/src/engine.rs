@@ -1,0 +1,413 @@
+//! The engine: the single owner of all job state, running on its own thread.
+//!
+//! Everything that changes state arrives as a [`Command`] on one channel: RPCs
+//! (submit, cancel, retry), attempt ends reported by the executor, and queries. The
+//! loop takes a batch of commands, applies them, runs a scheduling pass if anything
+//! changed (an instance ended, quota or capacity was freed, something became ready) or
+//! the timer fired, and then:
+//! 1. persists every change of the batch in one store transaction;
+//! 2. only then starts the attempts the pass chose (so STARTING is durable before a
+//!    process exists, which is what makes recovery exact);
+//! 3. persists what the starts reported (RUNNING with the pid).
+//!
+//! Submodules: [`state`] (the in-memory model), [`schedule`] (the pass),
+//! [`lifecycle`] (transitions, dependencies, retries, cancel), [`recover`] (loading
+//! and re-adopting after a restart), [`render`] (the proto view).
+
+pub mod lifecycle;
+pub mod recover;
+pub mod render;
+pub mod schedule;
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use shoal_common::{Error, Result};
+use shoal_proto::v1 as pb;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info};
+
+use crate::config::RunnerConfig;
+use crate::executor::{AttemptExit, AttemptFiles, DatasetMounts, Executor, Layout};
+use crate::locality::{LocalityScorer, PrewarmGate};
+use crate::model::{InstanceState, StateCounts};
+use crate::spec::SpecFormat;
+use crate::store::{JobStore, Write};
+use schedule::{PassInputs, Sched};
+use state::{InstKey, Job, NodeUse};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Where to read one attempt's logs.
+#[derive(Clone, Debug)]
+pub struct LogTarget {
+    pub attempt: u32,
+    pub files: AttemptFiles,
+    /// The attempt is still running (more output may come).
+    pub live: bool,
+}
+
+pub enum Command {
+    Submit {
+        text: String,
+        format: SpecFormat,
+        source: String,
+        reply: Reply<pb::Job>,
+    },
+    Get {
+        id: String,
+        include_instances: bool,
+        reply: Reply<pb::Job>,
+    },
+    List {
+        owner: String,
+        reply: Reply<Vec<pb::Job>>,
+    },
+    Cancel {
+        id: String,
+        task: Option<String>,
+        index: Option<u32>,
+        reply: Reply<pb::Job>,
+    },
+    Retry {
+        id: String,
+        reply: Reply<pb::Job>,
+    },
+    Nodes {
+        reply: Reply<Vec<pb::NodeInfo>>,
+    },
+    Logs {
+        id: String,
+        task: String,
+        index: u32,
+        attempt: u32,
+        reply: Reply<LogTarget>,
+    },
+    /// Reported by the executor.
+    Exited {
+        key: InstKey,
+        attempt: u32,
+        exit: AttemptExit,
+    },
+    Shutdown,
+}
+
+/// A cheap, cloneable way to talk to the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Command>,
+    generation: watch::Receiver<u64>,
+}
+
+impl EngineHandle {
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| Error::unavailable("the runner is shutting down"))?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .map_err(|_| Error::unavailable("the runner engine did not answer within 60s"))?
+            .map_err(|_| Error::unavailable("the runner is shutting down"))?
+    }
+
+    /// Changes every time the engine finishes a batch that changed something.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// Pluggable parts the engine drives.
+pub struct Parts {
+    pub store: Box<dyn JobStore>,
+    pub executor: Arc<dyn Executor>,
+    pub mounts: Arc<dyn DatasetMounts>,
+    pub locality: Option<Arc<dyn LocalityScorer>>,
+    pub prewarm: Option<Arc<dyn PrewarmGate>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    BackoffDone,
+    Timeout,
+}
+
+pub struct Engine {
+    cfg: RunnerConfig,
+    layout: Layout,
+    parts: Parts,
+    tx: Sender<Command>,
+    jobs: BTreeMap<u64, Job>,
+    by_id: HashMap<String, u64>,
+    next_seq: u64,
+    sched: Sched,
+    nodes: Vec<NodeUse>,
+    writes: Vec<Write>,
+    timers: BTreeSet<(Instant, InstKey, u32, TimerKind)>,
+    counts: StateCounts,
+    generation: watch::Sender<u64>,
+    /// Something changed that a scheduling pass could act on.
+    dirty: bool,
+    changed: bool,
+}
+
+const BATCH: usize = 4096;
+
+impl Engine {
+    /// Loads the store, re-adopts running attempts, and starts the engine thread.
+    pub fn spawn(
+        cfg: RunnerConfig,
+        parts: Parts,
+    ) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (gen_tx, gen_rx) = watch::channel(0u64);
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| NodeUse {
+                cfg: n.clone(),
+                used: Default::default(),
+            })
+            .collect();
+        let mut engine = Engine {
+            layout: Layout {
+                data_dir: cfg.data_dir.clone(),
+            },
+            cfg,
+            parts,
+            tx: tx.clone(),
+            jobs: BTreeMap::new(),
+            by_id: HashMap::new(),
+            next_seq: 1,
+            sched: Sched::default(),
+            nodes,
+            writes: Vec::new(),
+            timers: BTreeSet::new(),
+            counts: StateCounts::default(),
+            generation: gen_tx,
+            dirty: true,
+            changed: true,
+        };
+        engine.recover()?;
+        engine.flush()?;
+        let thread = std::thread::Builder::new()
+            .name("shoal-runner-engine".into())
+            .spawn(move || engine.run(rx))
+            .map_err(|e| Error::internal(format!("start engine thread: {e}")))?;
+        Ok((
+            EngineHandle {
+                tx,
+                generation: gen_rx,
+            },
+            thread,
+        ))
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut next_tick = Instant::now() + self.cfg.schedule_interval;
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .timers
+                .first()
+                .map(|t| t.0)
+                .unwrap_or(next_tick)
+                .min(next_tick);
+            let first = match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut stop = false;
+            if let Some(c) = first {
+                stop |= self.handle(c);
+                for _ in 0..BATCH {
+                    match rx.try_recv() {
+                        Ok(c) => stop |= self.handle(c),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.fire_timers();
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + self.cfg.schedule_interval;
+                self.dirty = true;
+            }
+            if self.dirty {
+                self.dirty = false;
+                self.schedule();
+            }
+            if let Err(e) = self.flush() {
+                error!("persist runner state: {e}; stopping the engine so nothing runs unrecorded");
+                break;
+            }
+            if stop {
+                break;
+            }
+        }
+        self.parts.executor.shutdown();
+        info!("runner engine stopped");
+    }
+
+    /// Applies one command; returns true on shutdown.
+    fn handle(&mut self, c: Command) -> bool {
+        match c {
+            Command::Submit {
+                text,
+                format,
+                source,
+                reply,
+            } => {
+                let r = self.submit(&text, format, &source);
+                // Persist before answering: an acknowledged job survives a crash.
+                let r = r.and_then(|seq| {
+                    self.flush()?;
+                    Ok(self.render(seq, false))
+                });
+                let _ = reply.send(r);
+            }
+            Command::Get {
+                id,
+                include_instances,
+                reply,
+            } => {
+                let r = self
+                    .seq_of(&id)
+                    .map(|seq| self.render(seq, include_instances));
+                let _ = reply.send(r);
+            }
+            Command::List { owner, reply } => {
+                let jobs = self
+                    .jobs
+                    .values()
+                    .filter(|j| owner.is_empty() || j.spec.owner == owner)
+                    .map(|j| self.render(j.seq, false))
+                    .collect();
+                let _ = reply.send(Ok(jobs));
+            }
+            Command::Cancel {
+                id,
+                task,
+                index,
+                reply,
+            } => {
+                let r = self.seq_of(&id).and_then(|seq| {
+                    self.cancel(seq, task.as_deref(), index)?;
+                    self.flush()?;
+                    Ok(self.render(seq, false))
+                });
+                let _ = reply.send(r);
+            }
+            Command::Retry { id, reply } => {
+                let r = self.seq_of(&id).and_then(|seq| {
+                    self.retry(seq)?;
+                    self.flush()?;
+                    Ok(self.render(seq, false))
+                });
+                let _ = reply.send(r);
+            }
+            Command::Nodes { reply } => {
+                let _ = reply.send(Ok(self.render_nodes()));
+            }
+            Command::Logs {
+                id,
+                task,
+                index,
+                attempt,
+                reply,
+            } => {
+                let r = self
+                    .seq_of(&id)
+                    .and_then(|seq| self.log_target(seq, &task, index, attempt));
+                let _ = reply.send(r);
+            }
+            Command::Exited { key, attempt, exit } => self.on_exit(key, attempt, exit),
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    fn seq_of(&self, id: &str) -> Result<u64> {
+        self.by_id.get(id).copied().ok_or_else(|| {
+            Error::not_found(format!(
+                "no job `{id}` on this runner; list jobs with `shoal job list`"
+            ))
+        })
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, key, attempt, kind)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match kind {
+                TimerKind::BackoffDone => self.backoff_done(key, attempt),
+                TimerKind::Timeout => self.timed_out(key, attempt),
+            }
+        }
+    }
+
+    fn schedule(&mut self) {
+        let inputs = PassInputs {
+            locality: self.parts.locality.as_deref(),
+            prewarm: self.parts.prewarm.as_deref(),
+            locality_wait: self.cfg.locality_wait,
+            now: Instant::now(),
+        };
+        let out = self.sched.pass(&mut self.jobs, &mut self.nodes, &inputs);
+        let runner = self.cfg.name.clone();
+        for r in &out.skipped {
+            metrics::counter!("shoal_runner_scheduling_decisions_total", "runner" => runner.clone(), "decision" => "skip", "reason" => *r).increment(1);
+        }
+        if !out.start.is_empty() {
+            metrics::counter!("shoal_runner_scheduling_decisions_total", "runner" => runner, "decision" => "start", "reason" => "fits").increment(out.start.len() as u64);
+        }
+        for f in out.fail {
+            self.fail_unstarted(f.key, &f.reason);
+        }
+        if out.start.is_empty() {
+            return;
+        }
+        for p in &out.start {
+            self.mark_starting(p);
+        }
+        // STARTING must be durable before any process exists.
+        if let Err(e) = self.flush() {
+            error!("persist STARTING: {e}; not starting instances");
+            for p in &out.start {
+                self.start_failed(p.key, &format!("could not persist its start: {e}"));
+            }
+            return;
+        }
+        for p in out.start {
+            self.launch(p.key);
+        }
+    }
+
+    /// Writes pending changes in one transaction and tells watchers.
+    fn flush(&mut self) -> Result<()> {
+        if !self.writes.is_empty() {
+            let writes = std::mem::take(&mut self.writes);
+            self.parts.store.apply(&writes)?;
+        }
+        if self.changed {
+            self.changed = false;
+            self.generation.send_modify(|g| *g += 1);
+            let runner = self.cfg.name.clone();
+            for s in InstanceState::ALL {
+                metrics::gauge!("shoal_runner_instances", "runner" => runner.clone(), "state" => s.as_str())
+                    .set(self.counts.get(s) as f64);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,380 @@
+//! The scheduling pass: per owner, ready instances in priority then submission order,
+//! started when they fit the owner's quota and a node's capacity, skipped with a
+//! machine-readable reason when they do not.
+//!
+//! Ready instances are grouped by task: every instance of a task asks for the same
+//! resources and shares its prewarm gate, so when the head of a task does not fit,
+//! none of that task does, and the pass skips the whole group with one reason and
+//! goes on to the next task. A pass therefore costs O(started + tasks) rather than
+//! O(queued instances), and a large request at the head never blocks smaller ones
+//! behind it. When the owner's instance quota is full, nothing else of that owner can
+//! start, so the pass stops there for the owner; the waiting instances report
+//! `quota:instances` from the owner's state without being visited.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::state::{InstKey, Job, NodeUse, Usage, quota_refuses};
+use crate::config::Quota;
+use crate::locality::{GateState, InstanceInput, LocalityScorer, PrewarmGate};
+use crate::spec::{OnTimeout, Resources};
+
+/// A task's ready instances within its owner's queue: higher priority first, then
+/// submission order, then task order.
+pub type GroupKey = (Reverse<i32>, u64, u32);
+
+#[derive(Default)]
+pub struct OwnerQueue {
+    pub quota: Quota,
+    pub used: Usage,
+    pub groups: BTreeMap<GroupKey, BTreeSet<u32>>,
+    /// The last pass that visited this owner.
+    pub pass: u64,
+    /// Set when that pass stopped early for the whole owner.
+    pub break_reason: Option<&'static str>,
+}
+
+#[derive(Default)]
+pub struct Sched {
+    pub owners: BTreeMap<String, OwnerQueue>,
+    pub pass: u64,
+    /// Owners take turns at going first, since they share nodes.
+    rotate: usize,
+}
+
+/// One decision to start an instance.
+pub struct Placement {
+    pub key: InstKey,
+    pub node: usize,
+    pub local_bytes: u64,
+}
+
+/// Instances a pass gave up on (prewarm timed out with `on_timeout: fail`).
+pub struct GateFailure {
+    pub key: InstKey,
+    pub reason: String,
+}
+
+#[derive(Default)]
+pub struct PassOutcome {
+    pub start: Vec<Placement>,
+    pub fail: Vec<GateFailure>,
+    /// Groups skipped, by reason (for metrics).
+    pub skipped: Vec<&'static str>,
+}
+
+pub struct PassInputs<'a> {
+    pub locality: Option<&'a dyn LocalityScorer>,
+    pub prewarm: Option<&'a dyn PrewarmGate>,
+    pub locality_wait: Duration,
+    pub now: Instant,
+}
+
+impl Sched {
+    pub fn owner_mut(&mut self, owner: &str, quota: Quota) -> &mut OwnerQueue {
+        self.owners
+            .entry(owner.to_owned())
+            .or_insert_with(|| OwnerQueue {
+                quota,
+                ..OwnerQueue::default()
+            })
+    }
+
+    pub fn enqueue(&mut self, job: &Job, task: u32, index: u32, quota: Quota) {
+        let key = (Reverse(job.spec.priority), job.seq, task);
+        self.owner_mut(&job.spec.owner, quota)
+            .groups
+            .entry(key)
+            .or_default()
+            .insert(index);
+    }
+
+    pub fn dequeue(&mut self, job: &Job, task: u32, index: u32) {
+        let key = (Reverse(job.spec.priority), job.seq, task);
+        if let Some(o) = self.owners.get_mut(&job.spec.owner)
+            && let Some(g) = o.groups.get_mut(&key)
+        {
+            g.remove(&index);
+            if g.is_empty() {
+                o.groups.remove(&key);
+            }
+        }
+    }
+
+    /// The reason a queued RUNNABLE instance shows, from the last pass.
+    pub fn queued_reason<'a>(&self, job: &'a Job, task: u32, index: u32) -> &'a str {
+        let Some(o) = self.owners.get(&job.spec.owner) else {
+            return "queued";
+        };
+        let t = &job.tasks[task as usize];
+        let i = &t.insts[index as usize];
+        if i.reason_pass == o.pass && i.reason_pass != 0 && !i.reason.is_empty() {
+            return &i.reason;
+        }
+        if t.group_pass == o.pass && t.group_pass != 0 {
+            return &t.group_reason;
+        }
+        match o.break_reason {
+            Some(r) => r,
+            None => "queued",
+        }
+    }
+
+    /// Runs one pass over every owner.
+    pub fn pass(
+        &mut self,
+        jobs: &mut BTreeMap<u64, Job>,
+        nodes: &mut [NodeUse],
+        inp: &PassInputs<'_>,
+    ) -> PassOutcome {
+        self.pass += 1;
+        let pass = self.pass;
+        let mut out = PassOutcome::default();
+        let names: Vec<String> = self.owners.keys().cloned().collect();
+        if names.is_empty() {
+            return out;
+        }
+        self.rotate = (self.rotate + 1) % names.len();
+        for oi in 0..names.len() {
+            let name = &names[(oi + self.rotate) % names.len()];
+            let Some(owner) = self.owners.get_mut(name) else {
+                continue;
+            };
+            owner.pass = pass;
+            owner.break_reason = None;
+            let keys: Vec<GroupKey> = owner.groups.keys().copied().collect();
+            'groups: for gk in keys {
+                let (_, job_seq, ti) = gk;
+                let Some(job) = jobs.get_mut(&job_seq) else {
+                    owner.groups.remove(&gk);
+                    continue;
+                };
+                let req = job.tasks[ti as usize].spec.resources;
+                if let Some(reason) = gate(job, ti, inp, &mut out, owner) {
+                    let t = &mut job.tasks[ti as usize];
+                    t.group_reason = reason;
+                    t.group_pass = pass;
+                    continue;
+                }
+                if let Some(r) = quota_refuses(&owner.quota, &owner.used, req) {
+                    let t = &mut job.tasks[ti as usize];
+                    t.group_reason = r.to_owned();
+                    t.group_pass = pass;
+                    out.skipped.push(r);
+                    if r == "quota:instances" {
+                        owner.break_reason = Some(r);
+                        break 'groups;
+                    }
+                    continue;
+                }
+                if !nodes.iter().any(|n| n.fits(req)) {
+                    let t = &mut job.tasks[ti as usize];
+                    t.group_reason = "capacity".to_owned();
+                    t.group_pass = pass;
+                    out.skipped.push("capacity");
+                    continue;
+                }
+                let Some(ready) = owner.groups.get(&gk) else {
+                    continue;
+                };
+                let mut started = Vec::new();
+                let mut blocked: Option<&'static str> = None;
+                for &idx in ready {
+                    if let Some(r) = quota_refuses(&owner.quota, &owner.used, req) {
+                        blocked = Some(r);
+                        break;
+                    }
+                    let choice = choose_node(job, ti, idx, nodes, req, inp);
+                    match choice {
+                        Choice::Node(n, bytes) => {
+                            nodes[n].used.add(req);
+                            owner.used.add(req);
+                            started.push(idx);
+                            out.start.push(Placement {
+                                key: (job_seq, ti, idx),
+                                node: n,
+                                local_bytes: bytes,
+                            });
+                        }
+                        Choice::Wait => {
+                            let i = &mut job.tasks[ti as usize].insts[idx as usize];
+                            i.reason = "locality-wait".into();
+                            i.reason_pass = pass;
+                            out.skipped.push("locality-wait");
+                        }
+                        Choice::Full => {
+                            blocked = Some("capacity");
+                            break;
+                        }
+                    }
+                }
+                if let Some(g) = owner.groups.get_mut(&gk) {
+                    for idx in &started {
+                        g.remove(idx);
+                    }
+                    if g.is_empty() {
+                        owner.groups.remove(&gk);
+                    }
+                }
+                if let Some(r) = blocked {
+                    let t = &mut job.tasks[ti as usize];
+                    t.group_reason = r.to_owned();
+                    t.group_pass = pass;
+                    out.skipped.push(r);
+                    if r == "quota:instances" {
+                        owner.break_reason = Some(r);
+                        break 'groups;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Consults the prewarm gate of every prewarmed input of the task. Returns the reason
+/// to wait, or `None` when the group may start.
+fn gate(
+    job: &mut Job,
+    ti: u32,
+    inp: &PassInputs<'_>,
+    out: &mut PassOutcome,
+    owner: &mut OwnerQueue,
+) -> Option<String> {
+    let gate = inp.prewarm?;
+    let task = &job.tasks[ti as usize];
+    let gated: Vec<_> = task
+        .spec
+        .inputs
+        .iter()
+        .filter_map(|i| i.prewarm.clone().map(|p| (i.clone(), p)))
+        .collect();
+    if gated.is_empty() {
+        return None;
+    }
+    let since = *job.tasks[ti as usize].gate_since.get_or_insert(inp.now);
+    let waited = inp.now.saturating_duration_since(since);
+    let task = &job.tasks[ti as usize];
+    for (input, pw) in gated {
+        let state = gate.check(&job.id, &task.spec, &input, waited);
+        let fail = |why: String, out: &mut PassOutcome, owner: &mut OwnerQueue| {
+            let key = (Reverse(job.spec.priority), job.seq, ti);
+            if let Some(g) = owner.groups.remove(&key) {
+                for idx in g {
+                    out.fail.push(GateFailure {
+                        key: (job.seq, ti, idx),
+                        reason: why.clone(),
+                    });
+                }
+            }
+        };
+        match state {
+            GateState::Open => continue,
+            GateState::Failed(why) => {
+                fail(
+                    format!("prewarm of `{}` failed: {why}", input.dataset),
+                    out,
+                    owner,
+                );
+                return Some("prewarm-failed".into());
+            }
+            GateState::Waiting { cached_percent } => {
+                if waited >= pw.timeout {
+                    match pw.on_timeout {
+                        OnTimeout::Proceed => continue,
+                        OnTimeout::Fail => {
+                            fail(
+                                format!(
+                                    "prewarm of `{}` reached only {cached_percent:.0}% of {}% within {:?}",
+                                    input.dataset, pw.min_cached_percent, pw.timeout
+                                ),
+                                out,
+                                owner,
+                            );
+                            return Some("prewarm-timeout".into());
+                        }
+                    }
+                }
+                out.skipped.push("waiting-prewarm");
+                return Some(format!(
+                    "waiting-prewarm:{} {cached_percent:.0}%",
+                    input.dataset
+                ));
+            }
+        }
+    }
+    None
+}
+
+enum Choice {
+    Node(usize, u64),
+    /// The preferred node is full and the locality wait has not passed.
+    Wait,
+    /// No node has room.
+    Full,
+}
+
+fn choose_node(
+    job: &mut Job,
+    ti: u32,
+    idx: u32,
+    nodes: &[NodeUse],
+    req: Resources,
+    inp: &PassInputs<'_>,
+) -> Choice {
+    let prefs = match inp.locality {
+        Some(scorer) if !job.tasks[ti as usize].spec.inputs.is_empty() => {
+            if job.tasks[ti as usize].insts[idx as usize].prefs.is_none() {
+                let scored = scorer.local_bytes(&InstanceInput {
+                    job_id: &job.id,
+                    job: &job.spec,
+                    task: &job.tasks[ti as usize].spec,
+                    index: idx,
+                });
+                let mut p: Vec<(usize, u64)> = scored
+                    .into_iter()
+                    .filter_map(|(name, b)| {
+                        nodes
+                            .iter()
+                            .position(|n| n.cfg.name == name)
+                            .map(|i| (i, b))
+                    })
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
+                p.sort_by_key(|(i, b)| (Reverse(*b), *i));
+                job.tasks[ti as usize].insts[idx as usize].prefs = Some(p);
+            }
+            job.tasks[ti as usize].insts[idx as usize]
+                .prefs
+                .clone()
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let bytes_on = |n: usize| prefs.iter().find(|(i, _)| *i == n).map_or(0, |(_, b)| *b);
+    if let Some(&(best, bytes)) = prefs.first() {
+        if nodes[best].fits(req) {
+            return Choice::Node(best, bytes);
+        }
+        let inst = &job.tasks[ti as usize].insts[idx as usize];
+        let waited = inst
+            .ready_since
+            .map(|s| inp.now.saturating_duration_since(s))
+            .unwrap_or_default();
+        if waited < inp.locality_wait && nodes.iter().any(|n| n.fits(req)) {
+            return Choice::Wait;
+        }
+    }
+    // Spread: the fitting node with the most free CPU (first on ties).
+    let mut best: Option<usize> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if n.fits(req) && best.is_none_or(|b| n.free_share() > nodes[b].free_share()) {
+            best = Some(i);
+        }
+    }
+    match best {
+        Some(n) => Choice::Node(n, bytes_on(n)),
+        None => Choice::Full,
+    }
+}

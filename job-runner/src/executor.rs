@@ -1,0 +1,163 @@
+//! The executor boundary: how an attempt of a TaskInstance is started, stopped and,
+//! after a runner restart, re-adopted. The engine decides *what* runs *where*; an
+//! [`Executor`] only runs it and reports how it ended.
+//!
+//! - [`local::LocalExecutor`]: child processes on this machine (the default).
+//! - [`noop::NoopExecutor`]: every attempt succeeds at once (scheduling benchmarks).
+//! - The Kubernetes executor (deploy issue) implements the same trait with Pods.
+//!
+//! Contract:
+//! - `start` returns quickly; the end of the attempt is reported exactly once through
+//!   the [`ExitSink`] it was given, from any thread;
+//! - `stop` asks the attempt to end (SIGTERM to its process group) and forces it after
+//!   `grace` (SIGKILL); the end is still reported through the sink;
+//! - `adopt` re-attaches to an attempt that a previous runner process started, so an
+//!   instance is never lost nor run twice.
+
+pub mod local;
+pub mod noop;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_common::Result;
+
+/// Everything needed to start one attempt.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub job_id: String,
+    pub task: String,
+    pub index: u32,
+    pub count: u32,
+    pub attempt: u32,
+    pub node: String,
+    /// The argv, executed directly (never re-parsed by a shell).
+    pub command: Vec<String>,
+    /// The task's env plus the `SHOAL_*` variables.
+    pub env: Vec<(String, String)>,
+    /// Per-instance working dir (kept across attempts).
+    pub work_dir: PathBuf,
+    pub files: AttemptFiles,
+    /// Symlinks to create under the working dir: (relative link, target).
+    pub links: Vec<(String, PathBuf)>,
+}
+
+/// Where one attempt's output and control files live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptFiles {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// The wrapper writes its pid here first thing.
+    pub pid_file: PathBuf,
+    /// The wrapper writes the command's exit code here when it ends.
+    pub exit_file: PathBuf,
+}
+
+/// The on-disk layout under the runner's data dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub data_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn job_work_dir(&self, job_id: &str) -> PathBuf {
+        self.data_dir.join("work").join(job_id)
+    }
+    pub fn work_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
+        self.job_work_dir(job_id).join(task).join(index.to_string())
+    }
+    pub fn log_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
+        self.data_dir
+            .join("logs")
+            .join(job_id)
+            .join(task)
+            .join(index.to_string())
+    }
+    pub fn attempt_files(
+        &self,
+        job_id: &str,
+        task: &str,
+        index: u32,
+        attempt: u32,
+    ) -> AttemptFiles {
+        let d = self.log_dir(job_id, task, index);
+        let f = |ext: &str| d.join(format!("attempt-{attempt}.{ext}"));
+        AttemptFiles {
+            stdout: f("stdout"),
+            stderr: f("stderr"),
+            pid_file: f("pid"),
+            exit_file: f("exit"),
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptExit {
+    /// The command's exit code; 128 + N when signal N ended it.
+    Exited(i32),
+    /// It is gone and how it ended is unknown (or it never started).
+    Lost(String),
+}
+
+/// Receives an attempt's end, once.
+pub type ExitSink = Box<dyn FnOnce(AttemptExit) + Send + 'static>;
+
+/// What `start` learnt about the attempt, persisted for `adopt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Started {
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+}
+
+/// An attempt as the engine remembers it.
+#[derive(Clone, Debug)]
+pub struct AttemptRef {
+    pub job_id: String,
+    pub task: String,
+    pub index: u32,
+    pub attempt: u32,
+    pub work_dir: PathBuf,
+    pub files: AttemptFiles,
+    pub started: Started,
+}
+
+/// What `adopt` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// Still running; its end will come through the sink.
+    Running(Started),
+    /// It ended while nobody watched.
+    Ended(AttemptExit),
+    /// There is no trace it was ever started: start it again as the same attempt.
+    NeverStarted,
+}
+
+pub trait Executor: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn start(&self, launch: Launch, on_exit: ExitSink) -> Result<Started>;
+    fn stop(&self, attempt: &AttemptRef, grace: Duration);
+    fn adopt(&self, attempt: &AttemptRef, on_exit: ExitSink) -> Adoption;
+    /// Removes an instance's working dir (after success, or failure without keep_failed).
+    fn remove_work_dir(&self, work_dir: &Path);
+    /// Stops watching attempts (they keep running, to be adopted by the next runner).
+    fn shutdown(&self);
+}
+
+/// The hook that makes a dataset visible on a node. The runner keeps one FUSE mount
+/// per node with every dataset under `<mount root>/<dataset>`; starting,
+/// health-checking and restarting that mount belongs to the FUSE issue and plugs in
+/// here. Until then, [`MountRoot`] only computes the path.
+pub trait DatasetMounts: Send + Sync + 'static {
+    /// The path where `dataset` is visible on `node`, making sure it is mounted.
+    fn dataset_path(&self, node: &str, dataset: &str) -> Result<PathBuf>;
+}
+
+/// `<root>/<dataset>` on every node, with nothing started.
+pub struct MountRoot(pub PathBuf);
+
+impl DatasetMounts for MountRoot {
+    fn dataset_path(&self, _node: &str, dataset: &str) -> Result<PathBuf> {
+        Ok(self.0.join(dataset))
+    }
+}

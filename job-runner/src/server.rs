@@ -1,0 +1,154 @@
+//! Starting and stopping a runner: open the job store, recover and re-adopt, start the
+//! engine thread, serve gRPC `RunnerService` and `/metrics`.
+
+pub mod handler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::{Error, Result};
+use shoal_proto::v1::runner_service_server::RunnerServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ExecutorKind, RunnerConfig};
+use crate::engine::{Engine, EngineHandle, Parts};
+use crate::executor::local::LocalExecutor;
+use crate::executor::noop::NoopExecutor;
+use crate::executor::{DatasetMounts, Executor, MountRoot};
+use crate::locality::{LocalityScorer, PrewarmGate};
+use crate::store::JobStore;
+use crate::store::sqlite::SqliteJobStore;
+
+pub struct RunnerServer;
+
+/// Parts a caller may supply instead of the defaults (tests, `shoal up`, the
+/// Kubernetes deployment). `None` means the default from the config.
+#[derive(Default)]
+pub struct Plugins {
+    pub executor: Option<Arc<dyn Executor>>,
+    pub store: Option<Box<dyn JobStore>>,
+    pub mounts: Option<Arc<dyn DatasetMounts>>,
+    pub locality: Option<Arc<dyn LocalityScorer>>,
+    pub prewarm: Option<Arc<dyn PrewarmGate>>,
+}
+
+/// A runner that is serving. Dropping it does not stop it; call
+/// [`RunningRunner::shutdown`]. Instances keep running across a shutdown and are
+/// re-adopted by the next runner on the same data dir.
+pub struct RunningRunner {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: EngineHandle,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
+    engine_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunnerServer {
+    pub async fn start(cfg: RunnerConfig) -> Result<RunningRunner> {
+        Self::start_with(cfg, Plugins::default()).await
+    }
+
+    pub async fn start_with(cfg: RunnerConfig, plugins: Plugins) -> Result<RunningRunner> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| Error::io(format!("create data dir {}", cfg.data_dir.display()), e))?;
+        let store = match plugins.store {
+            Some(s) => s,
+            None => Box::new(SqliteJobStore::open(&cfg.data_dir)?),
+        };
+        let executor: Arc<dyn Executor> = match plugins.executor {
+            Some(e) => e,
+            None => match cfg.executor {
+                ExecutorKind::Local => {
+                    Arc::new(LocalExecutor::new(tokio::runtime::Handle::current()))
+                }
+                ExecutorKind::Noop => Arc::new(NoopExecutor),
+            },
+        };
+        let mounts = plugins
+            .mounts
+            .unwrap_or_else(|| Arc::new(MountRoot(cfg.mount_root.clone())));
+        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
+            Error::io(
+                format!(
+                    "bind runner gRPC listener {} (is another runner running? use --listen)",
+                    cfg.listen
+                ),
+                e,
+            )
+        })?;
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("read listener address", e))?;
+        let metrics = match &cfg.metrics_listen {
+            Some(a) => Some(serve_metrics(a).await?),
+            None => None,
+        };
+        let data_dir = cfg.data_dir.clone();
+        let executor_name = executor.name();
+        let nodes = cfg.nodes.len();
+        let (engine, engine_thread) = {
+            let cfg = cfg.clone();
+            let parts = Parts {
+                store,
+                executor,
+                mounts,
+                locality: plugins.locality,
+                prewarm: plugins.prewarm,
+            };
+            // Recovery reads the store and may poll processes: keep it off the runtime.
+            tokio::task::spawn_blocking(move || Engine::spawn(cfg, parts))
+                .await
+                .map_err(|e| Error::internal(format!("engine start task failed: {e}")))??
+        };
+        let cancel = CancellationToken::new();
+        let svc = RunnerServiceServer::new(handler::RunnerRpc::new(engine.clone(), cancel.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20);
+        let c = cancel.clone();
+        let grpc = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, c.cancelled())
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "runner gRPC server stopped with an error");
+            }
+        });
+        info!(grpc = %grpc_addr, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %data_dir.display(), executor = executor_name, nodes, "runner started");
+        Ok(RunningRunner {
+            grpc_addr,
+            metrics_addr: metrics.as_ref().map(|m| m.local_addr),
+            engine,
+            cancel,
+            tasks: vec![grpc],
+            metrics,
+            engine_thread: Some(engine_thread),
+        })
+    }
+}
+
+impl RunningRunner {
+    /// Stops serving and stops the engine (after it persisted its last batch).
+    /// Running instances are left running for the next runner to re-adopt.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.engine.shutdown();
+        if let Some(t) = self.engine_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(m) = self.metrics.take() {
+            m.shutdown().await;
+        }
+    }
+}

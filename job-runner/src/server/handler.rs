@@ -1,0 +1,322 @@
+//! gRPC `RunnerService`: each call becomes an engine command; watches and log
+//! streams poll the engine and the log files.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use shoal_common::Error;
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::runner_service_server::RunnerService;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Command, EngineHandle, LogTarget};
+use crate::spec::SpecFormat;
+
+const LOG_POLL: Duration = Duration::from_millis(100);
+const LOG_CHUNK: usize = 64 << 10;
+
+pub struct RunnerRpc {
+    engine: EngineHandle,
+    cancel: CancellationToken,
+}
+
+impl RunnerRpc {
+    pub fn new(engine: EngineHandle, cancel: CancellationToken) -> Self {
+        RunnerRpc { engine, cancel }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn is_final(job: &pb::Job) -> bool {
+    matches!(
+        pb::InstanceState::try_from(job.state),
+        Ok(pb::InstanceState::Succeeded | pb::InstanceState::Failed | pb::InstanceState::Cancelled)
+    )
+}
+
+#[tonic::async_trait]
+impl RunnerService for RunnerRpc {
+    async fn submit_job(
+        &self,
+        r: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = r.into_inner();
+        let format = match pb::SpecFormat::try_from(r.format).unwrap_or(pb::SpecFormat::Unspecified)
+        {
+            pb::SpecFormat::Json => SpecFormat::Json,
+            pb::SpecFormat::Yaml => SpecFormat::Yaml,
+            pb::SpecFormat::Unspecified => SpecFormat::from_path(&r.source_name),
+        };
+        if r.spec.len() > 16 << 20 {
+            return Err(Error::invalid("the job spec is larger than 16 MiB").into());
+        }
+        let job = self
+            .engine
+            .call(|reply| Command::Submit {
+                text: r.spec,
+                format,
+                source: r.source_name,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, r: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = r.into_inner();
+        let job = self
+            .engine
+            .call(|reply| Command::Get {
+                id: r.id,
+                include_instances: r.include_instances,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(job))
+    }
+
+    type WatchJobStream = BoxStream<pb::Job>;
+
+    async fn watch_job(
+        &self,
+        r: Request<pb::GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let r = r.into_inner();
+        let engine = self.engine.clone();
+        let get = {
+            let engine = engine.clone();
+            let id = r.id.clone();
+            let include = r.include_instances;
+            move || {
+                let engine = engine.clone();
+                let id = id.clone();
+                async move {
+                    engine
+                        .call(|reply| Command::Get {
+                            id,
+                            include_instances: include,
+                            reply,
+                        })
+                        .await
+                }
+            }
+        };
+        // Fail fast on an unknown job.
+        let first = get().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut changes = engine.changes();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let mut job = first;
+            loop {
+                let done = is_final(&job);
+                if tx.send(Ok(job)).await.is_err() || done {
+                    return;
+                }
+                tokio::select! {
+                    c = changes.changed() => if c.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = cancel.cancelled() => return,
+                }
+                // Coalesce bursts of changes into one update.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                changes.borrow_and_update();
+                job = match get().await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_jobs(
+        &self,
+        r: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let owner = r.into_inner().owner;
+        let jobs = self
+            .engine
+            .call(|reply| Command::List { owner, reply })
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        r: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = r.into_inner();
+        let job = self
+            .engine
+            .call(|reply| Command::Cancel {
+                id: r.id,
+                task: Some(r.task).filter(|t| !t.is_empty()),
+                index: r.index,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(job))
+    }
+
+    async fn retry_job(
+        &self,
+        r: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = r.into_inner().id;
+        let job = self
+            .engine
+            .call(|reply| Command::Retry { id, reply })
+            .await?;
+        Ok(Response::new(job))
+    }
+
+    type GetLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn get_logs(
+        &self,
+        r: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        let r = r.into_inner();
+        let streams: Vec<&'static str> = match r.stream.as_str() {
+            "" => vec!["stdout", "stderr"],
+            "stdout" => vec!["stdout"],
+            "stderr" => vec!["stderr"],
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown log stream `{other}`: use stdout or stderr"
+                ))
+                .into());
+            }
+        };
+        let target = self.logs(&r, r.attempt).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let engine = self.engine.clone();
+        let cancel = self.cancel.clone();
+        let follow = r.follow;
+        tokio::spawn(async move {
+            let rpc = RunnerRpc {
+                engine,
+                cancel: cancel.clone(),
+            };
+            let send = |data: Vec<u8>| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(pb::LogChunk { data })).await.is_ok() }
+            };
+            if !follow {
+                for s in &streams {
+                    let path = if *s == "stdout" {
+                        &target.files.stdout
+                    } else {
+                        &target.files.stderr
+                    };
+                    let mut off = 0;
+                    loop {
+                        match read_from(path, off).await {
+                            Ok(buf) if buf.is_empty() => break,
+                            Ok(buf) => {
+                                off += buf.len() as u64;
+                                if !send(buf).await {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::from(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            // Follow: tail every stream until the attempt has ended and all is read.
+            let mut offs = vec![0u64; streams.len()];
+            let mut live = target.live;
+            loop {
+                let mut got = false;
+                for (i, s) in streams.iter().enumerate() {
+                    let path = if *s == "stdout" {
+                        &target.files.stdout
+                    } else {
+                        &target.files.stderr
+                    };
+                    if let Ok(buf) = read_from(path, offs[i]).await
+                        && !buf.is_empty()
+                    {
+                        got = true;
+                        offs[i] += buf.len() as u64;
+                        if !send(buf).await {
+                            return;
+                        }
+                    }
+                }
+                if got {
+                    continue;
+                }
+                if !live {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(LOG_POLL) => {}
+                    _ = tx.closed() => return,
+                    _ = cancel.cancelled() => return,
+                }
+                live = match rpc.logs(&r, target.attempt).await {
+                    Ok(t) => t.live,
+                    Err(_) => false,
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_nodes(
+        &self,
+        _r: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self.engine.call(|reply| Command::Nodes { reply }).await?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}
+
+impl RunnerRpc {
+    async fn logs(&self, r: &pb::GetLogsRequest, attempt: u32) -> Result<LogTarget, Error> {
+        let (id, task, index) = (r.job_id.clone(), r.task.clone(), r.index);
+        self.engine
+            .call(|reply| Command::Logs {
+                id,
+                task,
+                index,
+                attempt,
+                reply,
+            })
+            .await
+    }
+}
+
+/// Up to one chunk of `path` from `off`; empty at the end (or if it does not exist yet).
+async fn read_from(path: &std::path::Path, off: u64) -> Result<Vec<u8>, Error> {
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+    };
+    f.seek(std::io::SeekFrom::Start(off))
+        .await
+        .map_err(|e| Error::io(format!("seek {}", path.display()), e))?;
+    let mut buf = vec![0u8; LOG_CHUNK];
+    let n = f
+        .read(&mut buf)
+        .await
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    buf.truncate(n);
+    Ok(buf)
+}
