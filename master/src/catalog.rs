@@ -51,6 +51,10 @@ impl Catalog {
         }
     }
 
+    pub fn tuning(&self) -> UfsTuning {
+        self.tuning.clone()
+    }
+
     pub fn store(&self) -> &Arc<dyn CatalogStore> {
         &self.store
     }

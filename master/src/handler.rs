@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod file;
 pub mod load;
+pub mod namespace;
 pub mod worker;
 
 use std::pin::Pin;
@@ -79,6 +80,27 @@ impl MasterService for MasterRpc {
     }
     async fn get_dataset_access(&self, r: Request<GetDatasetAccessRequest>) -> Resp<DatasetAccess> {
         file::access(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn commit_file(&self, r: Request<CommitFileRequest>) -> Resp<FileEntry> {
+        namespace::commit(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn remove_path(&self, r: Request<RemovePathRequest>) -> Resp<RemovePathResponse> {
+        namespace::remove(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn make_directory(&self, r: Request<MakeDirectoryRequest>) -> Resp<FileEntry> {
+        namespace::mkdir(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn rename_file(&self, r: Request<RenameFileRequest>) -> Resp<FileEntry> {
+        namespace::rename(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }

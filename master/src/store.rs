@@ -117,6 +117,12 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn finish_sync(&self, id: DatasetId, sync_gen: i64, now_ms: i64)
     -> Result<DatasetRecord>;
 
+    /// Inserts or replaces one entry (with its missing ancestor directories) outside a
+    /// sync, adjusting the dataset's file count and byte total in the same transaction.
+    async fn upsert_entry(&self, id: DatasetId, rec: FileRecord) -> Result<()>;
+    /// Removes one entry, adjusting the counts. Returns false if it did not exist.
+    async fn remove_entry(&self, id: DatasetId, path: &str) -> Result<bool>;
+
     async fn lookup(&self, id: DatasetId, path: &str) -> Result<Option<FileRecord>>;
     /// Entries directly under `dir`, sorted by name, strictly after `start_after`.
     async fn list_dir(

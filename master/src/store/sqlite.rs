@@ -400,6 +400,92 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    async fn upsert_entry(&self, id: DatasetId, rec: FileRecord) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db_err("begin upsert"))?;
+            let gen_: i64 = tx
+                .query_row("SELECT sync_gen FROM datasets WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+                .optional()
+                .map_err(db_err("read dataset generation"))?
+                .ok_or_else(|| Error::not_found(format!("dataset #{id} not found")))?;
+            let old: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT is_dir, size FROM files WHERE dataset_id = ?1 AND path = ?2",
+                    params![id.0 as i64, rec.path],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err("read old entry"))?;
+            let mut entries = vec![];
+            let mut end = 0;
+            while let Some(i) = rec.path[end..].find('/') {
+                entries.push(FileRecord { path: rec.path[..end + i].to_owned(), is_dir: true, size: 0, mtime_ms: 0, etag: String::new() });
+                end += i + 1;
+            }
+            for anc in &entries {
+                let (parent, name) = split_parent(&anc.path);
+                tx.execute(
+                    "INSERT OR IGNORE INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
+                     VALUES (?1, ?2, ?3, ?4, 1, 0, 0, '', ?5)",
+                    params![id.0 as i64, anc.path, parent, name, gen_],
+                )
+                .map_err(db_err("insert ancestor"))?;
+            }
+            let (parent, name) = split_parent(&rec.path);
+            tx.execute(
+                "INSERT INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (dataset_id, path) DO UPDATE SET
+                   is_dir = excluded.is_dir, size = excluded.size, mtime_ms = excluded.mtime_ms,
+                   etag = excluded.etag, gen = excluded.gen",
+                params![id.0 as i64, rec.path, parent, name, rec.is_dir as i64, rec.size as i64, rec.mtime_ms, rec.etag, gen_],
+            )
+            .map_err(db_err("upsert entry"))?;
+            let (old_files, old_bytes) = match old {
+                Some((0, size)) => (1, size),
+                _ => (0, 0),
+            };
+            let (new_files, new_bytes) = if rec.is_dir { (0, 0) } else { (1, rec.size as i64) };
+            tx.execute(
+                "UPDATE datasets SET file_count = file_count + ?1, total_bytes = total_bytes + ?2 WHERE id = ?3",
+                params![new_files - old_files, new_bytes - old_bytes, id.0 as i64],
+            )
+            .map_err(db_err("adjust counts"))?;
+            tx.commit().map_err(db_err("commit upsert"))
+        })
+        .await
+    }
+
+    async fn remove_entry(&self, id: DatasetId, path: &str) -> Result<bool> {
+        let path = path.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db_err("begin remove"))?;
+            let old: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT is_dir, size FROM files WHERE dataset_id = ?1 AND path = ?2",
+                    params![id.0 as i64, path],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err("read entry"))?;
+            let Some((is_dir, size)) = old else {
+                return Ok(false);
+            };
+            tx.execute("DELETE FROM files WHERE dataset_id = ?1 AND path = ?2", params![id.0 as i64, path])
+                .map_err(db_err("delete entry"))?;
+            if is_dir == 0 {
+                tx.execute(
+                    "UPDATE datasets SET file_count = file_count - 1, total_bytes = total_bytes - ?1 WHERE id = ?2",
+                    params![size, id.0 as i64],
+                )
+                .map_err(db_err("adjust counts"))?;
+            }
+            tx.commit().map_err(db_err("commit remove"))?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn lookup(&self, id: DatasetId, path: &str) -> Result<Option<FileRecord>> {
         let path = path.to_owned();
         self.read(move |conn| {

@@ -4,4 +4,5 @@
 
 mod large_sync;
 mod membership;
+mod namespace;
 mod support;

@@ -1,0 +1,169 @@
+//! Namespace changes on read-write datasets: commit a written file, remove, mkdir,
+//! rename. The master performs the UFS metadata operation and updates the catalogue in
+//! one request, so every client sees the same namespace; file bytes never pass here.
+
+use shoal_common::Error;
+use shoal_common::ids::normalize_dataset_path;
+use shoal_common::ufs::{build_operator, ufs_error};
+use shoal_proto::v1::{
+    CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
+    RenameFileRequest,
+};
+use tonic::Status;
+use tracing::info;
+
+use super::MasterState;
+use super::file::to_entry;
+use crate::store::{DatasetRecord, FileRecord};
+
+/// The dataset, if it accepts writes, with its operator.
+async fn writable(
+    s: &MasterState,
+    name: &str,
+) -> Result<(DatasetRecord, opendal::Operator), Error> {
+    let d = s.catalog.get(name).await?;
+    if !d.read_write {
+        return Err(Error::FailedPrecondition(format!(
+            "dataset `{name}` is read-only; create it with --read-write to allow changes"
+        )));
+    }
+    let op = build_operator(&d.uri, &d.options, &s.catalog.tuning())?;
+    Ok((d, op))
+}
+
+fn non_root(path: &str) -> Result<String, Error> {
+    let p = normalize_dataset_path(path)?;
+    if p.is_empty() {
+        return Err(Error::invalid("the dataset root cannot be changed"));
+    }
+    Ok(p)
+}
+
+async fn stat_into_record(
+    op: &opendal::Operator,
+    d: &DatasetRecord,
+    path: &str,
+) -> Result<FileRecord, Error> {
+    let meta = op
+        .stat(path)
+        .await
+        .map_err(|e| ufs_error(&e, &format!("stat {path}"), &d.options))?;
+    Ok(FileRecord {
+        path: path.to_owned(),
+        is_dir: meta.is_dir(),
+        size: meta.content_length(),
+        mtime_ms: meta
+            .last_modified()
+            .map(|t| t.into_inner().as_millisecond())
+            .unwrap_or(0),
+        etag: meta.etag().unwrap_or("").trim_matches('"').to_owned(),
+    })
+}
+
+pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, Status> {
+    let (d, op) = writable(s, &r.dataset).await?;
+    let path = non_root(&r.path)?;
+    let rec = stat_into_record(&op, &d, &path).await?;
+    s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
+    info!(dataset = %d.name, path = %path, size = rec.size, "file committed");
+    Ok(to_entry(rec))
+}
+
+pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathResponse, Status> {
+    let (d, op) = writable(s, &r.dataset).await?;
+    let path = non_root(&r.path)?;
+    let store = s.catalog.store();
+    let Some(rec) = store.lookup(d.id, &path).await? else {
+        return Err(Error::not_found(format!("`{}/{path}` not found", d.name)).into());
+    };
+    if rec.is_dir != r.directory {
+        return Err(if rec.is_dir {
+            Error::FailedPrecondition(format!("`{path}` is a directory"))
+        } else {
+            Error::FailedPrecondition(format!("`{path}` is not a directory"))
+        }
+        .into());
+    }
+    let ctx = format!("delete {path}");
+    if rec.is_dir {
+        if !store.list_dir(d.id, &path, "", 1).await?.is_empty() {
+            return Err(
+                Error::FailedPrecondition(format!("directory `{path}` is not empty")).into(),
+            );
+        }
+        op.delete(&format!("{path}/"))
+            .await
+            .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
+    } else {
+        op.delete(&path)
+            .await
+            .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
+    }
+    store.remove_entry(d.id, &path).await?;
+    info!(dataset = %d.name, path = %path, "path removed");
+    Ok(RemovePathResponse {})
+}
+
+pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry, Status> {
+    let (d, op) = writable(s, &r.dataset).await?;
+    let path = non_root(&r.path)?;
+    if let Some(existing) = s.catalog.store().lookup(d.id, &path).await? {
+        return Err(Error::AlreadyExists(format!(
+            "`{path}` already exists as a {}",
+            if existing.is_dir { "directory" } else { "file" }
+        ))
+        .into());
+    }
+    op.create_dir(&format!("{path}/"))
+        .await
+        .map_err(|e| ufs_error(&e, &format!("mkdir {path}"), &d.options))?;
+    let rec = FileRecord {
+        path: path.clone(),
+        is_dir: true,
+        size: 0,
+        mtime_ms: shoal_common::time::now_ms(),
+        etag: String::new(),
+    };
+    s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
+    Ok(to_entry(rec))
+}
+
+pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, Status> {
+    let (d, op) = writable(s, &r.dataset).await?;
+    let from = non_root(&r.from)?;
+    let to = non_root(&r.to)?;
+    let store = s.catalog.store();
+    match store.lookup(d.id, &from).await? {
+        None => return Err(Error::not_found(format!("`{}/{from}` not found", d.name)).into()),
+        Some(f) if f.is_dir => {
+            return Err(Error::FailedPrecondition(format!(
+                "renaming directories is not supported (`{from}`): object stores have no directory rename"
+            ))
+            .into());
+        }
+        Some(_) => {}
+    }
+    if let Some(t) = store.lookup(d.id, &to).await?
+        && t.is_dir
+    {
+        return Err(Error::FailedPrecondition(format!("`{to}` is a directory")).into());
+    }
+    let ctx = format!("rename {from} to {to}");
+    if op.info().capability().rename {
+        op.rename(&from, &to)
+            .await
+            .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
+    } else {
+        op.copy(&from, &to)
+            .await
+            .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
+        op.delete(&from)
+            .await
+            .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
+    }
+    let rec = stat_into_record(&op, &d, &to).await?;
+    store.upsert_entry(d.id, rec.clone()).await?;
+    store.remove_entry(d.id, &from).await?;
+    info!(dataset = %d.name, from = %from, to = %to, "file renamed");
+    Ok(to_entry(rec))
+}
