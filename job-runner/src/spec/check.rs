@@ -517,7 +517,14 @@ impl Checker {
         };
         for (k, v) in m {
             let Some(key) = k.as_str() else {
-                self.push(k.loc, path, "environment variable names must be strings");
+                self.push(
+                    k.loc,
+                    path,
+                    format!(
+                        "environment variable names must be strings, found {}; quote it (YAML reads y, n, on, off as booleans)",
+                        k.kind()
+                    ),
+                );
                 continue;
             };
             let p = sub(path, key);

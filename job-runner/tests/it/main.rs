@@ -1,5 +1,13 @@
-//! The job runner's integration tests: one binary, one module per concern.
+//! The job runner's integration tests: one binary, one module per concern. Instances
+//! are real child processes; runners listen on 127.0.0.1:0.
 // Test helpers unwrap freely: a failure there is a test failure with a backtrace.
 #![allow(clippy::unwrap_used)]
 
+mod cancel;
+mod dag;
+mod recovery;
+mod retry;
+mod scheduling;
 mod spec_validation;
+mod submit;
+mod support;

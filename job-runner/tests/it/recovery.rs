@@ -1,0 +1,109 @@
+//! Crash recovery: the runner process is killed with SIGKILL mid-job and a new one
+//! started on the same data dir finishes the job; every instance runs exactly once.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_proto::v1::InstanceState as S;
+use shoal_testkit::TestProcess;
+
+use crate::support::{Client, connect, count, describe, get, state, submit, task, wait_final};
+
+async fn start_fixture(data: &Path, addr_file: &Path) -> (TestProcess, Client) {
+    let _ = std::fs::remove_file(addr_file);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal-runner-fixture"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--addr-file")
+        .arg(addr_file)
+        .args(["--node", "node-1=3,4GiB", "--kill-grace", "1s"]);
+    let mut p = TestProcess::spawn("shoal-runner-fixture", cmd).unwrap();
+    let addr = shoal_testkit::wait_for(
+        Duration::from_secs(30),
+        "the runner to write its address",
+        || {
+            let running = p.is_running();
+            let a = std::fs::read_to_string(addr_file).ok();
+            async move {
+                assert!(running, "the runner exited early");
+                a
+            }
+        },
+    )
+    .await;
+    if !p.is_running() {
+        panic!("runner died: {}", p.log_tail(4096));
+    }
+    let c = connect(&addr).await;
+    (p, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_job_then_restart_completes_every_instance_exactly_once() {
+    let dir = shoal_testkit::temp_dir("recovery");
+    let data = dir.path().join("runner");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let addr_file = dir.path().join("addr");
+    let (mut runner, mut c) = start_fixture(&data, &addr_file).await;
+    // 3 CPUs and 1 CPU each: 3 run at a time, the rest queue. Each instance appends a
+    // marker line when it starts and writes `done` when it ends.
+    let spec = format!(
+        r#"
+name: crash
+tasks:
+  - name: t
+    instances: 8
+    resources: {{cpu: 1, memory: 64MiB}}
+    command: [sh, -c, 'echo $SHOAL_ATTEMPT >> {o}/runs.$SHOAL_INSTANCE_INDEX; sleep 1.5; touch {o}/done.$SHOAL_INSTANCE_INDEX']
+  - name: after
+    depends_on: [t]
+    command: [sh, -c, 'echo once >> {o}/after']
+"#,
+        o = out.display()
+    );
+    let job = submit(&mut c, &spec).await;
+    shoal_testkit::wait_until(Duration::from_secs(20), "3 instances running", || {
+        let mut c = c.clone();
+        let id = job.id.clone();
+        async move { count(&get(&mut c, &id).await, S::Running) == 3 }
+    })
+    .await;
+    // SIGKILL: no chance to persist anything more or to stop its children.
+    runner.kill();
+    let running_then: Vec<u32> = (0..8)
+        .filter(|i| out.join(format!("runs.{i}")).exists())
+        .collect();
+    assert_eq!(running_then.len(), 3, "{running_then:?}");
+    let (mut runner2, mut c2) = start_fixture(&data, &addr_file).await;
+    let j = wait_final(&mut c2, &job.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        state(j.state),
+        S::Succeeded,
+        "{}\n{}",
+        describe(&j),
+        runner2.log_tail(4096)
+    );
+    for i in 0..8 {
+        let runs = std::fs::read_to_string(out.join(format!("runs.{i}"))).unwrap();
+        assert_eq!(runs, "1\n", "instance {i} ran {:?}", runs);
+        assert!(out.join(format!("done.{i}")).exists());
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("after")).unwrap(),
+        "once\n"
+    );
+    // The ones running during the crash were re-adopted, not restarted.
+    let t = task(&j, "t");
+    for i in &t.instance_list {
+        assert_eq!(i.attempt, 1);
+        let startings = i
+            .history
+            .iter()
+            .filter(|h| h.state == S::Starting as i32)
+            .count();
+        assert_eq!(startings, 1, "{:?}", i.history);
+    }
+    runner2.terminate(Duration::from_secs(10)).await;
+}
