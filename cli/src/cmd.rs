@@ -1,9 +1,11 @@
 //! One module per subcommand family. Each exposes clap argument types and a `run`.
 
 pub mod dataset;
+pub mod job;
 pub mod master;
 pub mod planned;
 pub mod prewarm;
+pub mod runner;
 
 use shoal_common::config::ConfigFile;
 

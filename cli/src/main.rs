@@ -43,7 +43,7 @@ enum Command {
     /// Run a cache worker (server), or `shoal worker list` to show the workers.
     Worker(cmd::planned::PlannedArgs),
     /// Run the job runner (server).
-    Runner(cmd::planned::PlannedArgs),
+    Runner(cmd::runner::RunnerArgs),
     /// Mount datasets as a POSIX directory with FUSE (server).
     Mount(cmd::planned::PlannedArgs),
     /// Unmount a shoal FUSE mount.
@@ -58,7 +58,8 @@ enum Command {
     /// Prewarm a dataset into the cache, and manage prewarm jobs.
     Prewarm(cmd::prewarm::PrewarmArgs),
     /// Submit and manage jobs.
-    Job(cmd::planned::PlannedArgs),
+    #[command(subcommand)]
+    Job(cmd::job::JobCommand),
     /// Print a dataset file to stdout, read through the cache (no FUSE needed).
     Cat(cmd::planned::PlannedArgs),
     /// Copy a dataset file to a local path, read through the cache (no FUSE needed).
@@ -122,13 +123,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master(a) => cmd::master::run(&ctx, a).await,
         Command::Dataset(c) => cmd::dataset::run(&ctx, c).await,
         Command::Worker(a) => cmd::planned::run("worker", "issue 3 (cache worker)", a),
-        Command::Runner(a) => cmd::planned::run("runner", "issue 6 (job runner)", a),
+        Command::Runner(a) => cmd::runner::run(&ctx, a).await,
         Command::Mount(a) => cmd::planned::run("mount", "issue 4 (FUSE client)", a),
         Command::Umount(a) => cmd::planned::run("umount", "issue 4 (FUSE client)", a),
         Command::Up(a) => cmd::planned::run("up", "issue 7 (single-machine default)", a),
         Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,
-        Command::Job(a) => cmd::planned::run("job", "issue 6 (job runner)", a),
+        Command::Job(c) => cmd::job::run(&ctx, c).await,
         Command::Cat(a) => cmd::planned::run("cat", "issue 3 (cache worker)", a),
         Command::Cp(a) => cmd::planned::run("cp", "issue 3 (cache worker)", a),
         Command::Token(a) => cmd::planned::run("token", "issue 9 (security)", a),

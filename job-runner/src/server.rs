@@ -54,10 +54,17 @@ impl RunnerServer {
         Self::start_with(cfg, Plugins::default()).await
     }
 
-    pub async fn start_with(cfg: RunnerConfig, plugins: Plugins) -> Result<RunningRunner> {
+    pub async fn start_with(mut cfg: RunnerConfig, plugins: Plugins) -> Result<RunningRunner> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::io(format!("create data dir {}", cfg.data_dir.display()), e))?;
+        // Instances run in their own working dirs: every path handed to them (logs,
+        // control files, dataset mounts) must be absolute.
+        let absolute = |p: &std::path::Path| {
+            std::path::absolute(p).map_err(|e| Error::io(format!("resolve {}", p.display()), e))
+        };
+        cfg.data_dir = absolute(&cfg.data_dir)?;
+        cfg.mount_root = absolute(&cfg.mount_root)?;
         let store = match plugins.store {
             Some(s) => s,
             None => Box::new(SqliteJobStore::open(&cfg.data_dir)?),
