@@ -22,6 +22,7 @@
 //!
 //! Invariant: the runner never reads dataset bytes itself.
 
+pub mod benchmark;
 pub mod config;
 pub mod engine;
 pub mod executor;

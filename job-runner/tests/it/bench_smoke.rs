@@ -1,0 +1,16 @@
+//! The benchmark scenarios at a tiny size, so they keep working.
+
+use shoal_job_runner::benchmark;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_benchmark_runs() {
+    let m = benchmark::scheduling(2_000, 10).await.unwrap();
+    assert_eq!(m.instances, 2_000);
+    assert!(m.per_second() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_benchmark_runs() {
+    let (runner, base) = benchmark::end_to_end(20, 4).await.unwrap();
+    assert_eq!((runner.instances, base.instances), (20, 20));
+}
