@@ -1,11 +1,13 @@
 //! One module per subcommand family. Each exposes clap argument types and a `run`.
 
+pub mod cat;
 pub mod dataset;
 pub mod job;
 pub mod master;
 pub mod planned;
 pub mod prewarm;
 pub mod runner;
+pub mod worker;
 
 use shoal_common::config::ConfigFile;
 

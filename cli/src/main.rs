@@ -41,7 +41,7 @@ enum Command {
     /// Run the master: dataset catalogue, worker membership, prewarm jobs (server).
     Master(cmd::master::MasterArgs),
     /// Run a cache worker (server), or `shoal worker list` to show the workers.
-    Worker(cmd::planned::PlannedArgs),
+    Worker(cmd::worker::WorkerCmd),
     /// Run the job runner (server).
     Runner(cmd::runner::RunnerArgs),
     /// Mount datasets as a POSIX directory with FUSE (server).
@@ -61,9 +61,9 @@ enum Command {
     #[command(subcommand)]
     Job(cmd::job::JobCommand),
     /// Print a dataset file to stdout, read through the cache (no FUSE needed).
-    Cat(cmd::planned::PlannedArgs),
+    Cat(cmd::cat::CatArgs),
     /// Copy a dataset file to a local path, read through the cache (no FUSE needed).
-    Cp(cmd::planned::PlannedArgs),
+    Cp(cmd::cat::CpArgs),
     /// Manage access tokens.
     Token(cmd::planned::PlannedArgs),
 }
@@ -122,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Master(a) => cmd::master::run(&ctx, a).await,
         Command::Dataset(c) => cmd::dataset::run(&ctx, c).await,
-        Command::Worker(a) => cmd::planned::run("worker", "issue 3 (cache worker)", a),
+        Command::Worker(a) => cmd::worker::run(&ctx, a).await,
         Command::Runner(a) => cmd::runner::run(&ctx, a).await,
         Command::Mount(a) => cmd::planned::run("mount", "issue 4 (FUSE client)", a),
         Command::Umount(a) => cmd::planned::run("umount", "issue 4 (FUSE client)", a),
@@ -130,8 +130,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,
         Command::Job(c) => cmd::job::run(&ctx, c).await,
-        Command::Cat(a) => cmd::planned::run("cat", "issue 3 (cache worker)", a),
-        Command::Cp(a) => cmd::planned::run("cp", "issue 3 (cache worker)", a),
+        Command::Cat(a) => cmd::cat::cat(&ctx, a).await,
+        Command::Cp(a) => cmd::cat::cp(&ctx, a).await,
         Command::Token(a) => cmd::planned::run("token", "issue 9 (security)", a),
     }
 }

@@ -1,0 +1,126 @@
+//! `shoal cat DATASET/PATH` and `shoal cp DATASET/PATH LOCAL`: read a file through the
+//! cache without FUSE, using the same client library as the mount.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use shoal_client::{ClientConfig, ShoalClient};
+use tokio::io::AsyncWriteExt;
+
+use super::Context;
+use super::dataset::MasterFlag;
+use crate::connect;
+
+#[derive(Args)]
+pub struct CatArgs {
+    /// DATASET/PATH inside the dataset.
+    #[arg(value_name = "DATASET/PATH")]
+    source: String,
+    #[command(flatten)]
+    client: ClientFlags,
+}
+
+#[derive(Args)]
+pub struct CpArgs {
+    /// DATASET/PATH inside the dataset.
+    #[arg(value_name = "DATASET/PATH")]
+    source: String,
+    /// Local destination file (or directory, to keep the file name).
+    #[arg(value_name = "LOCAL")]
+    dest: PathBuf,
+    #[command(flatten)]
+    client: ClientFlags,
+}
+
+#[derive(Args)]
+pub struct ClientFlags {
+    #[command(flatten)]
+    m: MasterFlag,
+    /// The node this client runs on, for short-circuit reads of blocks cached by a
+    /// worker on the same node [default: host name].
+    #[arg(long, env = "SHOAL_NODE")]
+    node: Option<String>,
+}
+
+fn split_source(s: &str) -> anyhow::Result<(&str, &str)> {
+    let s = s.trim_start_matches('/');
+    match s.split_once('/') {
+        Some((d, p)) if !d.is_empty() && !p.is_empty() => Ok((d, p)),
+        _ => anyhow::bail!("`{s}` is not DATASET/PATH, e.g. imagenet/train/0001.jpg"),
+    }
+}
+
+async fn client(ctx: &Context, f: &ClientFlags) -> anyhow::Result<ShoalClient> {
+    let mut cfg = ClientConfig::new(&connect::master_addr(ctx, f.m.master.as_deref()));
+    cfg.node = f
+        .node
+        .clone()
+        .or_else(|| ctx.file.client.node.clone())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        });
+    cfg.name = "cli".into();
+    ShoalClient::connect(cfg).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; start a master with `shoal master` or `shoal up`, or set --master/SHOAL_MASTER"
+        )
+    })
+}
+
+pub async fn cat(ctx: &Context, a: CatArgs) -> anyhow::Result<ExitCode> {
+    let (dataset, path) = split_source(&a.source)?;
+    let c = client(ctx, &a.client).await?;
+    let entry = c.lookup(dataset, path).await?;
+    if entry.is_dir {
+        anyhow::bail!("`{}` is a directory", a.source);
+    }
+    let mut out = tokio::io::stdout();
+    c.read_to(dataset, &entry, &mut out).await?;
+    out.flush().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cp(ctx: &Context, a: CpArgs) -> anyhow::Result<ExitCode> {
+    let (dataset, path) = split_source(&a.source)?;
+    let c = client(ctx, &a.client).await?;
+    let entry = c.lookup(dataset, path).await?;
+    if entry.is_dir {
+        anyhow::bail!(
+            "`{}` is a directory; shoal cp copies single files",
+            a.source
+        );
+    }
+    let dest = if a.dest.is_dir() {
+        a.dest.join(path.rsplit('/').next().unwrap_or(path))
+    } else {
+        a.dest.clone()
+    };
+    // Write to a temporary name and rename, so an interrupted copy never leaves a
+    // truncated file under the final name.
+    let tmp = dest.with_extension(format!(
+        "{}shoal-partial",
+        dest.extension()
+            .map(|e| format!("{}.", e.to_string_lossy()))
+            .unwrap_or_default()
+    ));
+    let mut f = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("create {}", tmp.display()))?;
+    let r = c.read_to(dataset, &entry, &mut f).await;
+    if let Err(e) = r {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e.into());
+    }
+    f.sync_all()
+        .await
+        .with_context(|| format!("sync {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

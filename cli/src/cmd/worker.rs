@@ -1,0 +1,180 @@
+//! `shoal worker` (the cache worker server) and `shoal worker list`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use shoal_common::size::human_bytes;
+use shoal_proto::v1::{GetWorkerSetRequest, WorkerState};
+use shoal_worker::{WorkerArgs, WorkerConfig, WorkerServer};
+
+use super::Context;
+use super::dataset::MasterFlag;
+use crate::connect;
+use crate::output::{OutputFormat, Table, print_json};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCmd {
+    #[command(subcommand)]
+    command: Option<WorkerSub>,
+    #[command(flatten)]
+    server: WorkerServerArgs,
+}
+
+#[derive(Subcommand)]
+enum WorkerSub {
+    /// Show each worker: node, addresses, tiers, usage and state.
+    List {
+        /// Include expired and departed workers.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        m: MasterFlag,
+    },
+}
+
+#[derive(Args)]
+struct WorkerServerArgs {
+    /// Master address [default: 127.0.0.1:7700].
+    #[arg(long, env = "SHOAL_MASTER", value_name = "HOST:PORT")]
+    master: Option<String>,
+    /// Node name: the worker's identity in placement [default: host name].
+    #[arg(long, env = "SHOAL_NODE")]
+    node: Option<String>,
+    /// A cache tier, fastest first: NAME:PATH:QUOTA, e.g. mem:/dev/shm/shoal:2GiB. Repeatable.
+    #[arg(long = "tier", value_name = "NAME:PATH:QUOTA")]
+    tiers: Vec<String>,
+    /// Fraction of a tier's quota that starts eviction [default: 0.95].
+    #[arg(long = "high", env = "SHOAL_WORKER_HIGH_WATERMARK")]
+    high: Option<f64>,
+    /// Fraction eviction brings a tier down to [default: 0.7].
+    #[arg(long = "low", env = "SHOAL_WORKER_LOW_WATERMARK")]
+    low: Option<f64>,
+    /// gRPC listen address [default: 127.0.0.1:7710].
+    #[arg(long, env = "SHOAL_WORKER_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Data-plane (framed TCP) listen address [default: 127.0.0.1:7711].
+    #[arg(long, env = "SHOAL_WORKER_DATA_LISTEN", value_name = "HOST:PORT")]
+    data_listen: Option<String>,
+    /// Prometheus /metrics listen address [default: 127.0.0.1:7712].
+    #[arg(long, env = "SHOAL_WORKER_METRICS_LISTEN", value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// Heartbeat interval [default: 3s, or what the master asks for].
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat_interval: Option<Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    shoal_common::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+pub async fn run(ctx: &Context, c: WorkerCmd) -> anyhow::Result<ExitCode> {
+    match c.command {
+        Some(WorkerSub::List { all, m }) => list(ctx, all, m).await,
+        None => serve(ctx, c.server).await,
+    }
+}
+
+async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
+    shoal_common::telemetry::init_tracing();
+    let master = a
+        .master
+        .or_else(|| ctx.file.worker.master.clone())
+        .or_else(|| ctx.file.client.master.clone())
+        .or_else(|| Some(connect::DEFAULT_MASTER.to_owned()));
+    let cfg = WorkerConfig::resolve(
+        WorkerArgs {
+            master,
+            node: a.node,
+            listen: a.listen,
+            data_listen: a.data_listen,
+            metrics_listen: a.metrics_listen,
+            tiers: a.tiers,
+            high_watermark: a.high,
+            low_watermark: a.low,
+            heartbeat_interval: a.heartbeat_interval,
+        },
+        &ctx.file.worker,
+    )?;
+    let w = WorkerServer::start(cfg).await?;
+    eprintln!(
+        "shoal worker `{}` serving data on {} (gRPC {}, metrics {})",
+        w.node(),
+        w.data_addr(),
+        w.grpc_addr(),
+        w.metrics_addr()
+    );
+    crate::signal::shutdown_signal().await?;
+    w.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match WorkerState::try_from(s).unwrap_or(WorkerState::Unspecified) {
+        WorkerState::Live => "live",
+        WorkerState::Expired => "expired",
+        WorkerState::Left => "left",
+        WorkerState::Unspecified => "unknown",
+    }
+}
+
+async fn list(ctx: &Context, all: bool, m: MasterFlag) -> anyhow::Result<ExitCode> {
+    let mut c = connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+    let set = c
+        .get_worker_set(GetWorkerSetRequest {
+            include_inactive: all,
+        })
+        .await
+        .map_err(connect::status)?
+        .into_inner();
+    match ctx.output {
+        OutputFormat::Json => print_json(&json!({
+            "epoch": set.epoch,
+            "workers": set.workers.iter().map(|w| json!({
+                "id": w.id,
+                "node": w.node,
+                "grpc_addr": w.grpc_addr,
+                "data_addr": w.data_addr,
+                "metrics_addr": w.metrics_addr,
+                "state": state_name(w.state),
+                "capacity_bytes": w.capacity_bytes,
+                "used_bytes": w.used_bytes,
+                "last_heartbeat_ms": w.last_heartbeat_ms,
+                "tiers": w.tiers.iter().map(|t| json!({
+                    "name": t.name, "path": t.path, "quota_bytes": t.quota_bytes, "used_bytes": t.used_bytes,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }))?,
+        OutputFormat::Table => {
+            println!("epoch {}", set.epoch);
+            let mut t = Table::new(["NODE", "DATA ADDR", "STATE", "TIERS", "USED", "CAPACITY"]);
+            for w in &set.workers {
+                let tiers = w
+                    .tiers
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{}:{}/{}",
+                            t.name,
+                            human_bytes(t.used_bytes),
+                            human_bytes(t.quota_bytes)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                t.row(vec![
+                    w.node.clone(),
+                    w.data_addr.clone(),
+                    state_name(w.state).into(),
+                    tiers,
+                    human_bytes(w.used_bytes),
+                    human_bytes(w.capacity_bytes),
+                ]);
+            }
+            t.print()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
