@@ -7,6 +7,8 @@
 //! - [`GeneratedDataset`]: a seeded tree of files (many small, a few large, empty ones)
 //!   whose bytes and sha256 are known; [`GeneratedDataset::upload`] puts it in S3,
 //!   [`GeneratedDataset::write_to_dir`] on a local disk.
+//! - [`LinkProxy`]: a latency- and bandwidth-limited TCP proxy that makes the fixture
+//!   behave like a far-away store.
 //! - [`TestProcess`]: a child process (a `shoal` binary, moto) that dies with its test.
 //! - [`wait_until`] / [`wait_for`]: poll a real condition with a deadline instead of
 //!   sleeping; [`sha256_hex`]; [`temp_dir`].
@@ -28,11 +30,13 @@
 //! `PATH`; `scripts/test` creates the venv.
 
 pub mod dataset;
+pub mod link;
 pub mod process;
 pub mod s3;
 pub mod wait;
 
 pub use dataset::{DatasetBuilder, DatasetFile, DirListing, GeneratedDataset};
+pub use link::{LinkProfile, LinkProxy};
 pub use process::TestProcess;
 pub use s3::{S3Fixture, S3FixtureConfig, S3Response};
 pub use wait::{try_wait_for, wait_for, wait_until};

@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod dataset;
+mod link;
 mod process;
 mod s3;

@@ -1,0 +1,192 @@
+//! [`LinkProxy`]: a TCP proxy that makes a loopback endpoint behave like a far-away one,
+//! with a first-byte latency on every connection and one shared bandwidth cap on the
+//! bytes flowing back to clients. Put it in front of the S3 fixture to measure what
+//! shoal does against a "remote" store (prewarm at a fraction of the cap, cold vs warm
+//! reads) and to make long operations slow enough to interrupt.
+//!
+//! The cap is a token bucket shared by all connections, like one network link. Uploads
+//! (client to store) are not limited: the tests and benchmarks measure reads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shoal_common::{Error, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// The link's shape.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkProfile {
+    /// Delay before the first byte of each connection's response.
+    pub first_byte: Duration,
+    /// Bytes per second back to clients, over all connections. 0 = unlimited.
+    pub bandwidth: u64,
+}
+
+impl LinkProfile {
+    /// DESIGN.md's "far away" store: 20 ms to first byte, 400 Mbit/s.
+    pub fn remote() -> Self {
+        LinkProfile {
+            first_byte: Duration::from_millis(20),
+            bandwidth: 400_000_000 / 8,
+        }
+    }
+}
+
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// A running proxy; stops when dropped.
+pub struct LinkProxy {
+    addr: SocketAddr,
+    profile: LinkProfile,
+    down_bytes: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+impl LinkProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr, profile: LinkProfile) -> Result<LinkProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("bind link proxy", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("link proxy address", e))?;
+        let bucket = Arc::new(Mutex::new(Bucket {
+            rate: profile.bandwidth as f64,
+            // A small burst allowance keeps short transfers from paying a full tick.
+            tokens: 0.0,
+            last: Instant::now(),
+        }));
+        let cancel = CancellationToken::new();
+        let down_bytes = Arc::new(AtomicU64::new(0));
+        let (c, counter) = (cancel.clone(), down_bytes.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    _ = c.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "link proxy accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let (bucket, c2, counter) = (bucket.clone(), c.clone(), counter.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = c2.cancelled() => {}
+                        r = relay(client, upstream, profile, bucket, counter) => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "link proxy connection ended");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(LinkProxy {
+            addr,
+            profile,
+            down_bytes,
+            cancel,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as an S3 `endpoint` option.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn profile(&self) -> LinkProfile {
+        self.profile
+    }
+
+    /// Bytes sent back to clients so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.down_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    profile: LinkProfile,
+    bucket: Arc<Mutex<Bucket>>,
+    counter: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let server = TcpStream::connect(upstream).await?;
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let r = tokio::io::copy(&mut cr, &mut sw).await;
+        let _ = sw.shutdown().await;
+        r
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut first = true;
+        loop {
+            let n = sr.read(&mut buf).await?;
+            if n == 0 {
+                let _ = cw.shutdown().await;
+                return Ok::<u64, std::io::Error>(0);
+            }
+            if first {
+                first = false;
+                tokio::time::sleep(profile.first_byte).await;
+            }
+            if profile.bandwidth > 0 {
+                take(&bucket, n as f64).await;
+            }
+            cw.write_all(&buf[..n]).await?;
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    let (a, b) = tokio::join!(up, down);
+    a?;
+    b?;
+    Ok(())
+}
+
+/// Waits until `n` bytes may pass the shared cap.
+async fn take(bucket: &Mutex<Bucket>, n: f64) {
+    let wait = {
+        let mut b = bucket.lock().await;
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * b.rate;
+        // Idle time earns at most 50 ms worth of burst.
+        b.tokens = (b.tokens + refill).min(b.rate * 0.05);
+        b.last = now;
+        b.tokens -= n;
+        if b.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-b.tokens / b.rate)
+        }
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
