@@ -15,7 +15,10 @@
 use shoal_job_runner::benchmark;
 
 fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -23,7 +26,10 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let instances = env_u32("SHOAL_BENCH_INSTANCES", if quick { 2_000 } else { 100_000 });
     let e2e = env_u32("SHOAL_BENCH_E2E", if quick { 50 } else { 2_000 });
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start a runtime: {e}");

@@ -14,8 +14,8 @@ use shoal_common::{Error, Result};
 
 use crate::config::{ExecutorKind, NodeConfig, Quota, RunnerConfig};
 use crate::engine::{Command, Engine, EngineHandle, Parts};
-use crate::executor::noop::NoopExecutor;
 use crate::executor::MountRoot;
+use crate::executor::noop::NoopExecutor;
 use crate::spec::SpecFormat;
 use crate::store::NullStore;
 
@@ -67,9 +67,8 @@ async fn wait_all(h: &EngineHandle, ids: &[String], timeout: Duration) -> Result
             })
             .await?;
         let done = ids.iter().all(|id| {
-            jobs.iter().any(|j| {
-                &j.id == id && j.state == shoal_proto::v1::InstanceState::Succeeded as i32
-            })
+            jobs.iter()
+                .any(|j| &j.id == id && j.state == shoal_proto::v1::InstanceState::Succeeded as i32)
         });
         if done {
             return Ok(());
@@ -79,7 +78,10 @@ async fn wait_all(h: &EngineHandle, ids: &[String], timeout: Duration) -> Result
                 && (j.state == shoal_proto::v1::InstanceState::Failed as i32
                     || j.state == shoal_proto::v1::InstanceState::Cancelled as i32)
         }) {
-            return Err(Error::internal(format!("bench job {} did not succeed", bad.id)));
+            return Err(Error::internal(format!(
+                "bench job {} did not succeed",
+                bad.id
+            )));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -120,7 +122,12 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
     for o in 0..owners {
         let owner = format!("owner-{o}");
         texts.push(spec(&owner, "low", 0, &[(half, None)]));
-        texts.push(spec(&owner, "high", 10, &[(quarter, None), (quarter, Some("t0"))]));
+        texts.push(spec(
+            &owner,
+            "high",
+            10,
+            &[(quarter, None), (quarter, Some("t0"))],
+        ));
     }
     let total = u64::from(owners) * u64::from(half + 2 * quarter);
     let start = Instant::now();

@@ -33,7 +33,6 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(label: &str, tweak: impl FnOnce(&mut RunnerConfig)) -> Harness {
-        shoal_common::telemetry::init_tracing();
         let dir = shoal_testkit::temp_dir(label);
         let mut cfg = config(dir.path());
         tweak(&mut cfg);
