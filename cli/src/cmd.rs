@@ -4,6 +4,7 @@ pub mod cat;
 pub mod dataset;
 pub mod job;
 pub mod master;
+pub mod mount;
 pub mod planned;
 pub mod prewarm;
 pub mod runner;

@@ -45,9 +45,9 @@ enum Command {
     /// Run the job runner (server).
     Runner(cmd::runner::RunnerArgs),
     /// Mount datasets as a POSIX directory with FUSE (server).
-    Mount(cmd::planned::PlannedArgs),
+    Mount(cmd::mount::MountArgs),
     /// Unmount a shoal FUSE mount.
-    Umount(cmd::planned::PlannedArgs),
+    Umount(cmd::mount::UmountArgs),
     /// Run master, workers, runner and optionally a mount in one process (single machine).
     Up(cmd::planned::PlannedArgs),
     /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
@@ -124,8 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dataset(c) => cmd::dataset::run(&ctx, c).await,
         Command::Worker(a) => cmd::worker::run(&ctx, a).await,
         Command::Runner(a) => cmd::runner::run(&ctx, a).await,
-        Command::Mount(a) => cmd::planned::run("mount", "issue 4 (FUSE client)", a),
-        Command::Umount(a) => cmd::planned::run("umount", "issue 4 (FUSE client)", a),
+        Command::Mount(a) => cmd::mount::run(&ctx, a).await,
+        Command::Umount(a) => cmd::mount::umount(a),
         Command::Up(a) => cmd::planned::run("up", "issue 7 (single-machine default)", a),
         Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,

@@ -22,11 +22,13 @@
 pub mod client;
 pub mod config;
 pub mod data_plane;
+pub mod local_file;
 pub mod metrics;
 pub mod short_circuit;
 pub mod worker_set;
 
 pub use client::{DatasetHandle, ShoalClient};
 pub use config::ClientConfig;
+pub use local_file::LocalFile;
 pub use metrics::ReadPath;
 pub use worker_set::{WorkerEntry, WorkerSetView};

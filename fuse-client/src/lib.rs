@@ -1,1 +1,45 @@
-//! placeholder
+//! `shoal mount`: datasets as a POSIX directory, over FUSE (fuser, no libfuse).
+//!
+//! - [`mount`] takes a [`MountConfig`] and returns a [`RunningMount`] once the mount
+//!   answers; [`RunningMount::unmount`] (or [`unmount_path`], which is `shoal umount`)
+//!   ends it. A stale mount left by a crashed daemon is cleaned up at start.
+//! - The filesystem ([`fs::ShoalFs`]) shows every dataset as a top-level directory, or
+//!   one dataset at the root. Metadata comes from the master, cached in
+//!   [`meta::Metadata`] and in the kernel (long TTLs on read-only datasets), and
+//!   directories are fetched page by page.
+//! - Reads go through `shoal-client` (short-circuit from a local worker tier, the
+//!   owning worker, a replica, then the UFS) in whole blocks, kept in a small
+//!   [`block_cache::BlockCache`] and fetched ahead for sequential readers. A file whose
+//!   every block sits in a local worker tier is handed to the kernel as a FUSE
+//!   passthrough backing file, so its reads never reach this process.
+//! - Read-write datasets accept new files written front to back (uploaded as they are
+//!   written, committed at close), unlink, mkdir/rmdir and file rename. Everything an
+//!   object store cannot do gets a clean errno; see `docs/posix.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> shoal_common::Result<()> {
+//! use shoal_fuse::{MountConfig, mount};
+//! let mut cfg = MountConfig::new("127.0.0.1:7700", "/mnt/shoal");
+//! cfg.node = Some("node-1".into());
+//! let m = mount(cfg).await?;
+//! // ... read /mnt/shoal/<dataset>/... ...
+//! m.unmount().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Invariant: never decides placement itself; `shoal-client` does, with the function
+//! in `shoal_common`.
+
+pub mod block_cache;
+pub mod config;
+pub mod daemon;
+pub mod errno;
+pub mod fs;
+pub mod inode;
+pub mod meta;
+pub mod metrics;
+pub mod mount;
+pub mod mountinfo;
+
+pub use config::MountConfig;
+pub use mount::{RunningMount, mount, unmount_path};

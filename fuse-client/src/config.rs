@@ -1,0 +1,150 @@
+//! [`MountConfig`]: everything a mount needs, with the defaults documented on each
+//! field, validated once by [`MountConfig::validate`] before anything is mounted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_common::{Error, Result};
+
+/// Attribute and entry TTLs for read-only datasets: their files change only when an
+/// operator runs `shoal dataset refresh`, so the kernel may keep them for long.
+pub const DEFAULT_RO_TTL: Duration = Duration::from_secs(300);
+/// TTLs for read-write datasets, whose files other clients may change at any time.
+pub const DEFAULT_RW_TTL: Duration = Duration::from_secs(1);
+
+/// How a mount behaves. Build one with [`MountConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Master gRPC address, `HOST:PORT`.
+    pub master: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Mount just this dataset at the mountpoint; `None` shows every dataset as a
+    /// top-level directory.
+    pub dataset: Option<String>,
+    /// This node's name: blocks cached by a worker of the same node are read from its
+    /// tier files (short-circuit) or handed to the kernel (passthrough). Default: none.
+    pub node: Option<String>,
+    /// Attribute TTL for read-only datasets (default 300 s).
+    pub ro_attr_ttl: Duration,
+    /// Entry (name to inode) TTL for read-only datasets (default 300 s).
+    pub ro_entry_ttl: Duration,
+    /// Attribute TTL for read-write datasets (default 1 s).
+    pub rw_attr_ttl: Duration,
+    /// Entry TTL for read-write datasets (default 1 s).
+    pub rw_entry_ttl: Duration,
+    /// FUSE request loops, each on its own cloned `/dev/fuse` descriptor (default 4).
+    pub threads: usize,
+    /// Largest read request the kernel sends (default 1 MiB, the kernel's limit with
+    /// the default `max_pages_limit`).
+    pub max_read: u32,
+    /// The mount's bdi `read_ahead_kb` (default 16384 = 16 MiB; 0 leaves the
+    /// kernel's 128 KiB).
+    pub read_ahead_kb: u32,
+    /// Blocks fetched ahead of a sequential reader, across workers (default 4).
+    pub readahead_blocks: u32,
+    /// Memory for recently read blocks in this process (default 256 MiB; 0 disables).
+    pub block_cache_bytes: u64,
+    /// Hand files whose every block sits in one local worker tier to the kernel as
+    /// passthrough backing files (default on; needs Linux >= 6.9 and root).
+    pub passthrough: bool,
+    /// Open files with `FOPEN_DIRECT_IO`: no kernel page cache (default off).
+    pub direct_io: bool,
+    /// Let users other than the mounting one use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Deadline of each master call.
+    pub rpc_timeout: Duration,
+    /// Deadline of each data-plane or UFS read.
+    pub data_timeout: Duration,
+    /// Part size of uploads of written files (default 8 MiB; S3 needs >= 5 MiB).
+    pub write_chunk_bytes: usize,
+    /// Parts uploaded concurrently per written file (default 4).
+    pub write_concurrency: usize,
+    /// The `mount` label of this mount's metrics.
+    pub name: String,
+}
+
+impl MountConfig {
+    pub fn new(master: &str, mountpoint: impl Into<PathBuf>) -> MountConfig {
+        let mountpoint = mountpoint.into();
+        MountConfig {
+            master: master.to_owned(),
+            name: mountpoint.display().to_string(),
+            mountpoint,
+            dataset: None,
+            node: None,
+            ro_attr_ttl: DEFAULT_RO_TTL,
+            ro_entry_ttl: DEFAULT_RO_TTL,
+            rw_attr_ttl: DEFAULT_RW_TTL,
+            rw_entry_ttl: DEFAULT_RW_TTL,
+            threads: 4,
+            max_read: 1 << 20,
+            read_ahead_kb: 16 << 10,
+            readahead_blocks: 4,
+            block_cache_bytes: 256 << 20,
+            passthrough: true,
+            direct_io: false,
+            allow_other: false,
+            rpc_timeout: Duration::from_secs(10),
+            data_timeout: Duration::from_secs(30),
+            write_chunk_bytes: 8 << 20,
+            write_concurrency: 4,
+        }
+    }
+
+    /// Sets both TTLs of both kinds of dataset (a `--attr-ttl`/`--entry-ttl` override).
+    pub fn set_ttls(&mut self, attr: Option<Duration>, entry: Option<Duration>) {
+        if let Some(a) = attr {
+            self.ro_attr_ttl = a;
+            self.rw_attr_ttl = a;
+        }
+        if let Some(e) = entry {
+            self.ro_entry_ttl = e;
+            self.rw_entry_ttl = e;
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.master.trim().is_empty() {
+            return Err(Error::invalid(
+                "no master address; pass --master HOST:PORT or set SHOAL_MASTER",
+            ));
+        }
+        if self.threads == 0 || self.threads > 64 {
+            return Err(Error::invalid(format!(
+                "--threads {} is out of range; use 1 to 64",
+                self.threads
+            )));
+        }
+        if !(4096..=(16 << 20)).contains(&self.max_read) {
+            return Err(Error::invalid(format!(
+                "max read {} is out of range; use 4 KiB to 16 MiB",
+                self.max_read
+            )));
+        }
+        if self.write_chunk_bytes < (5 << 20) {
+            return Err(Error::invalid(
+                "write chunk must be at least 5 MiB (the S3 multipart minimum)",
+            ));
+        }
+        if self.write_concurrency == 0 {
+            return Err(Error::invalid("write concurrency must be at least 1"));
+        }
+        if self.rpc_timeout.is_zero() || self.data_timeout.is_zero() {
+            return Err(Error::invalid("timeouts must be greater than zero"));
+        }
+        if let Some(d) = &self.dataset {
+            shoal_common::ids::validate_dataset_name(d)?;
+        }
+        Ok(())
+    }
+
+    /// (attribute TTL, entry TTL) for a dataset of this kind.
+    pub fn ttls(&self, read_write: bool) -> (Duration, Duration) {
+        if read_write {
+            (self.rw_attr_ttl, self.rw_entry_ttl)
+        } else {
+            (self.ro_attr_ttl, self.ro_entry_ttl)
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Opening and reading files: `open`, `read`, `release`.
+//!
+//! `open` picks the cheapest way to serve the file:
+//! 1. **passthrough** when the kernel offers it and every block of this version sits
+//!    in one tier of a worker on this node: the kernel reads the worker's data file
+//!    itself and no read request reaches us;
+//! 2. otherwise reads come here and are served in whole blocks from the in-process
+//!    [`BlockCache`](crate::block_cache::BlockCache), fetched through `shoal-client`
+//!    (short-circuit from a local tier, the owning worker, a replica, then the UFS).
+//!    A sequential reader gets the next `readahead_blocks` blocks fetched ahead,
+//!    concurrently and possibly from different workers; a small random read fetches
+//!    just its range.
+//!
+//! The kernel page cache is kept across opens (`FOPEN_KEEP_CACHE`) while the file's
+//! version is the one the kernel last saw.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fuser::{Errno, FileHandle, FopenFlags, OpenAccMode, OpenFlags, ReplyData, ReplyEmpty, ReplyOpen};
+use parking_lot::Mutex;
+use shoal_common::block::BlockLayout;
+use shoal_proto::v1 as pb;
+
+use super::passthrough::{self, Decision, Passthrough};
+use super::{Fs, Handle, keep_cache};
+use crate::block_cache::BlockKey;
+use crate::inode::NodeKey;
+use crate::meta::DatasetInfo;
+use crate::metrics::Op;
+
+/// How far from the furthest byte read so far a read still counts as sequential
+/// (the kernel's readahead requests arrive out of order).
+const SEQ_WINDOW: u64 = 8 << 20;
+
+pub struct ReadHandle {
+    pub key: NodeKey,
+    pub dataset: DatasetInfo,
+    pub entry: Arc<pb::FileEntry>,
+    seq: Mutex<Seq>,
+}
+
+#[derive(Default)]
+struct Seq {
+    /// Furthest byte requested so far.
+    end: u64,
+    /// First block not yet prefetched.
+    ahead: u64,
+}
+
+impl ReadHandle {
+    /// Records the read and says whether it continues a sequential stream.
+    fn note(&self, offset: u64, end: u64) -> bool {
+        let mut s = self.seq.lock();
+        let sequential =
+            offset == 0 || (offset + SEQ_WINDOW >= s.end && offset <= s.end + SEQ_WINDOW);
+        s.end = s.end.max(end);
+        sequential
+    }
+
+    fn key_of(&self, block: u64) -> BlockKey {
+        (self.dataset.id.0, self.entry.version, block)
+    }
+}
+
+pub fn open(fs: &Arc<Fs>, ino: u64, flags: OpenFlags, reply: ReplyOpen) {
+    fs.m.request(Op::Open);
+    let node = match fs.node(ino) {
+        Ok(n) => n,
+        Err(e) => return reply.error(e),
+    };
+    if node.is_dir {
+        return reply.error(Errno::EISDIR);
+    }
+    if flags.acc_mode() != OpenAccMode::O_RDONLY {
+        return super::write::open_for_write(fs, ino, node.key, flags, reply);
+    }
+    let fs2 = fs.clone();
+    fs.spawn(async move {
+        match open_read(&fs2, ino, &node.key, reply).await {
+            Ok(()) => {}
+            Err((reply, e)) => reply.error(e),
+        }
+    });
+}
+
+async fn open_read(
+    fs: &Arc<Fs>,
+    ino: u64,
+    key: &NodeKey,
+    reply: ReplyOpen,
+) -> Result<(), (ReplyOpen, Errno)> {
+    let info = match fs.dataset_of(key).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return Err((reply, Errno::EISDIR)),
+        Err(e) => return Err((reply, e)),
+    };
+    let entry = match fs.meta.entry_for_open(&info.name, &key.path).await {
+        Ok(e) => e,
+        Err(e) => return Err((reply, fs.fail(Op::Open, key, &e))),
+    };
+    if entry.is_dir {
+        return Err((reply, Errno::EISDIR));
+    }
+    let keep = fs.inodes.open_version(ino, entry.version);
+    let h = Arc::new(ReadHandle {
+        key: key.clone(),
+        dataset: info.clone(),
+        entry: entry.clone(),
+        seq: Mutex::new(Seq::default()),
+    });
+    let mut flags = keep_cache(keep, fs.cfg.direct_io) | FopenFlags::FOPEN_NOFLUSH;
+    if !fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed) || fs.cfg.direct_io {
+        let fh = fs.add_handle(Handle::Read(h));
+        reply.opened(FileHandle(fh), flags);
+        return Ok(());
+    }
+    let slot = fs.passthrough.slot(ino);
+    let mut mode = slot.lock().await;
+    let backing = match Passthrough::decide(&mode, entry.version) {
+        Decision::Reuse(b) => Some((b, None)),
+        Decision::Cached => None,
+        Decision::Free => match fs.client.local_file(info.id, &entry).await {
+            Some(local) => match reply.open_backing(local.file()) {
+                Ok(b) => Some((Arc::new(b), Some(Arc::new(local)))),
+                Err(e) => {
+                    tracing::warn!(dataset = %info.name, path = %key.path, error = %e,
+                        "kernel refused the passthrough backing file; serving reads through the mount from now on");
+                    fs.passthrough_ok
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+            },
+            None => None,
+        },
+    };
+    let fh = fs.add_handle(Handle::Read(h));
+    match backing {
+        Some((b, local)) => {
+            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), local);
+            fs.m.passthrough_opens.increment(1);
+            flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
+            tracing::debug!(dataset = %info.name, path = %key.path, "opened with passthrough");
+            reply.opened_passthrough(FileHandle(fh), flags, &b);
+        }
+        None => {
+            passthrough::record_cached(&mut mode);
+            reply.opened(FileHandle(fh), flags);
+        }
+    }
+    Ok(())
+}
+
+pub fn release(fs: &Arc<Fs>, ino: u64, fh: u64, reply: ReplyEmpty) {
+    match fs.take_handle(fh) {
+        Some(Handle::Write(w)) => {
+            let fs2 = fs.clone();
+            fs.spawn(async move {
+                super::write::release(&fs2, &w).await;
+                reply.ok();
+            });
+        }
+        Some(Handle::Read(_)) if fs.passthrough.has(ino) => {
+            let fs2 = fs.clone();
+            fs.spawn(async move {
+                fs2.passthrough.release(ino).await;
+                reply.ok();
+            });
+        }
+        _ => reply.ok(),
+    }
+}
+
+pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+    fs.m.request(Op::Read);
+    let h = match fs.handle(fh) {
+        Some(Handle::Read(h)) => h,
+        Some(Handle::Write(_)) => return reply.error(Errno::EOPNOTSUPP),
+        _ => return reply.error(Errno::EBADF),
+    };
+    let end = offset.saturating_add(u64::from(size)).min(h.entry.size);
+    if offset >= end {
+        return reply.data(&[]);
+    }
+    let layout = fs.layout();
+    let sequential = h.note(offset, end);
+    // Inline when every block is cached: no task, no allocation for a one-block read.
+    if let Some(bytes) = from_cache(fs, &h, &layout, offset, end) {
+        fs.m.read_cache_bytes.increment(bytes.len() as u64);
+        fs.m.cache_hits.increment(1);
+        reply.data(&bytes);
+        if sequential {
+            prefetch(fs, &h, &layout, end);
+        }
+        return;
+    }
+    fs.m.cache_misses.increment(1);
+    let fs2 = fs.clone();
+    fs.spawn(async move {
+        let layout = fs2.fresh_layout().await;
+        if sequential {
+            prefetch(&fs2, &h, &layout, end);
+        }
+        match fetch_range(&fs2, &h, &layout, offset, end, sequential).await {
+            Ok(b) => {
+                fs2.m.read_fetch_bytes.increment(b.len() as u64);
+                reply.data(&b)
+            }
+            Err(e) => {
+                tracing::error!(dataset = %h.dataset.name, path = %h.key.path, offset, len = end - offset,
+                    error = %e, "read failed after every worker and the UFS; returning EIO");
+                fs2.m.error(Op::Read);
+                reply.error(Errno::EIO)
+            }
+        }
+    });
+}
+
+fn from_cache(fs: &Fs, h: &ReadHandle, layout: &BlockLayout, offset: u64, end: u64) -> Option<Bytes> {
+    let bs = layout.block_size();
+    let blocks = layout.blocks_for_range(h.entry.size, offset, end - offset);
+    if blocks.end - blocks.start == 1 {
+        let b = fs.blocks.get(&h.key_of(blocks.start))?;
+        let start = blocks.start * bs;
+        return slice(&b, offset - start, end - start);
+    }
+    let mut out = BytesMut::with_capacity((end - offset) as usize);
+    for i in blocks {
+        let b = fs.blocks.get(&h.key_of(i))?;
+        let start = i * bs;
+        out.extend_from_slice(&slice(&b, offset.max(start) - start, end.min(start + bs) - start)?);
+    }
+    Some(out.freeze())
+}
+
+fn slice(b: &Bytes, from: u64, to: u64) -> Option<Bytes> {
+    let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?);
+    (to <= b.len() && from <= to).then(|| b.slice(from..to))
+}
+
+/// Bytes `offset..end`: whole blocks through the cache for sequential readers, just the
+/// range for small random reads.
+async fn fetch_range(
+    fs: &Arc<Fs>,
+    h: &Arc<ReadHandle>,
+    layout: &BlockLayout,
+    offset: u64,
+    end: u64,
+    sequential: bool,
+) -> Result<Bytes, shoal_common::Error> {
+    let bs = layout.block_size();
+    if !sequential && end - offset < bs / 2 {
+        return fs
+            .client
+            .read(&h.dataset.name, &h.entry, offset, end - offset)
+            .await;
+    }
+    let blocks = layout.blocks_for_range(h.entry.size, offset, end - offset);
+    let fetches = blocks.clone().map(|i| block(fs, h, layout, i));
+    let parts = futures::future::join_all(fetches).await;
+    let mut out = BytesMut::new();
+    let single = parts.len() == 1;
+    for (i, p) in blocks.zip(parts) {
+        let b = p.map_err(|e| shoal_common::Error::unavailable(e.to_string()))?;
+        let start = i * bs;
+        let part = slice(&b, offset.max(start) - start, end.min(start + bs) - start).ok_or_else(
+            || shoal_common::Error::internal(format!("block {i} is shorter than expected")),
+        )?;
+        if single {
+            return Ok(part);
+        }
+        out.extend_from_slice(&part);
+    }
+    Ok(out.freeze())
+}
+
+fn block(
+    fs: &Arc<Fs>,
+    h: &Arc<ReadHandle>,
+    layout: &BlockLayout,
+    index: u64,
+) -> impl std::future::Future<Output = crate::block_cache::Fetched> + use<> {
+    let range = layout.block_range(h.entry.size, index);
+    let (client, h2) = (fs.client.clone(), h.clone());
+    fs.blocks.fetch(h.key_of(index), async move {
+        client
+            .read(&h2.dataset.name, &h2.entry, range.start, range.end - range.start)
+            .await
+    })
+}
+
+/// Starts fetching the blocks after `end` that are not cached or on their way.
+fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
+    let n = u64::from(fs.cfg.readahead_blocks);
+    // Without a cache the blocks fetched ahead would have nowhere to wait.
+    if n == 0 || h.entry.size == 0 || fs.cfg.block_cache_bytes == 0 {
+        return;
+    }
+    let count = layout.block_count(h.entry.size);
+    let next = end.div_ceil(layout.block_size());
+    let (from, to) = {
+        let mut s = h.seq.lock();
+        let from = s.ahead.max(next);
+        let to = (next + n).min(count);
+        if from >= to {
+            return;
+        }
+        s.ahead = to;
+        (from, to)
+    };
+    for i in from..to {
+        if fs.blocks.is_cached_or_inflight(&h.key_of(i)) {
+            continue;
+        }
+        fs.m.readahead_blocks.increment(1);
+        let f = block(fs, h, layout, i);
+        let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
+        fs.spawn(async move {
+            if let Err(e) = f.await {
+                tracing::debug!(dataset = %name, path = %path, block = i, error = %e, "readahead failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! [`InodeTable`]: the mount's inode numbers, keyed by (dataset, path).
+//!
+//! The kernel holds a lookup count on every inode we hand out (in `lookup`, `create`,
+//! `mkdir` and each `readdirplus` entry) and returns it with `forget`; a node is dropped
+//! when its count reaches zero, so walking a huge dataset does not grow the table
+//! without bound. Inode numbers are never reused within a mount.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// The root inode (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT: u64 = 1;
+
+/// Where a node lives: a dataset and a normalised path inside it (`""` is the dataset
+/// root). `dataset == None` is the mount root when every dataset is shown.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    pub dataset: Option<Arc<str>>,
+    pub path: String,
+}
+
+impl NodeKey {
+    pub fn mount_root() -> NodeKey {
+        NodeKey {
+            dataset: None,
+            path: String::new(),
+        }
+    }
+
+    pub fn dataset_root(name: &str) -> NodeKey {
+        NodeKey {
+            dataset: Some(Arc::from(name)),
+            path: String::new(),
+        }
+    }
+
+    /// The child `name` of this directory.
+    pub fn child(&self, name: &str) -> NodeKey {
+        match &self.dataset {
+            None => NodeKey::dataset_root(name),
+            Some(d) => NodeKey {
+                dataset: Some(d.clone()),
+                path: if self.path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{}/{name}", self.path)
+                },
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub key: NodeKey,
+    pub is_dir: bool,
+    nlookup: u64,
+    /// The file version whose pages the kernel may hold (last opened version).
+    cached_version: Option<u64>,
+}
+
+struct Table {
+    by_ino: HashMap<u64, Node>,
+    by_key: HashMap<NodeKey, u64>,
+    next: u64,
+}
+
+pub struct InodeTable {
+    t: Mutex<Table>,
+}
+
+impl InodeTable {
+    pub fn new(root: NodeKey) -> InodeTable {
+        let mut by_ino = HashMap::new();
+        let mut by_key = HashMap::new();
+        by_key.insert(root.clone(), ROOT);
+        by_ino.insert(
+            ROOT,
+            Node {
+                key: root,
+                is_dir: true,
+                nlookup: 1,
+                cached_version: None,
+            },
+        );
+        InodeTable {
+            t: Mutex::new(Table {
+                by_ino,
+                by_key,
+                next: ROOT + 1,
+            }),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.t.lock().by_ino.get(&ino).cloned()
+    }
+
+    /// The inode of `key` if the kernel knows it (no lookup count taken).
+    pub fn peek(&self, key: &NodeKey) -> Option<u64> {
+        self.t.lock().by_key.get(key).copied()
+    }
+
+    /// The inode for `key`, created if needed, with one more lookup count. A path that
+    /// changed kind (file replaced by a directory) gets a fresh inode.
+    pub fn lookup(&self, key: &NodeKey, is_dir: bool) -> u64 {
+        let mut t = self.t.lock();
+        if let Some(&ino) = t.by_key.get(key)
+            && let Some(n) = t.by_ino.get_mut(&ino)
+            && (n.is_dir == is_dir || ino == ROOT)
+        {
+            n.nlookup += 1;
+            return ino;
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_key.insert(key.clone(), ino);
+        t.by_ino.insert(
+            ino,
+            Node {
+                key: key.clone(),
+                is_dir,
+                nlookup: 1,
+                cached_version: None,
+            },
+        );
+        ino
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.t.lock();
+        let Some(node) = t.by_ino.get_mut(&ino) else {
+            return;
+        };
+        node.nlookup = node.nlookup.saturating_sub(n);
+        if node.nlookup == 0 {
+            let key = node.key.clone();
+            t.by_ino.remove(&ino);
+            if t.by_key.get(&key) == Some(&ino) {
+                t.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// `from` was renamed to `to`: the kernel keeps the inode under its new name.
+    pub fn rename(&self, from: &NodeKey, to: &NodeKey) {
+        let mut t = self.t.lock();
+        t.by_key.remove(to);
+        if let Some(ino) = t.by_key.remove(from) {
+            if let Some(n) = t.by_ino.get_mut(&ino) {
+                n.key = to.clone();
+            }
+            t.by_key.insert(to.clone(), ino);
+        }
+    }
+
+    /// `key` was removed: a new file at the same path gets a new inode, while the old
+    /// one lives until the kernel forgets it.
+    pub fn unlink(&self, key: &NodeKey) {
+        self.t.lock().by_key.remove(key);
+    }
+
+    /// Records that the kernel's pages of `ino` now belong to `version`; returns whether
+    /// they already did (so the page cache may be kept across this open).
+    pub fn open_version(&self, ino: u64, version: u64) -> bool {
+        let mut t = self.t.lock();
+        match t.by_ino.get_mut(&ino) {
+            Some(n) => n.cached_version.replace(version) == Some(version),
+            None => false,
+        }
+    }
+
+    /// Live inodes (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.t.lock().by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_counts_and_forget() {
+        let t = InodeTable::new(NodeKey::mount_root());
+        let ds = NodeKey::mount_root().child("ds");
+        let f = ds.child("a").child("b.bin");
+        assert_eq!(f.path, "a/b.bin");
+        let ino = t.lookup(&f, false);
+        assert_eq!(t.lookup(&f, false), ino);
+        t.forget(ino, 1);
+        assert!(t.get(ino).is_some());
+        t.forget(ino, 1);
+        assert!(t.get(ino).is_none());
+        assert_ne!(t.lookup(&f, false), ino, "inode numbers are not reused");
+        t.forget(ROOT, 100);
+        assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn rename_keeps_inode_and_kind_change_gets_new_one() {
+        let t = InodeTable::new(NodeKey::dataset_root("ds"));
+        let a = NodeKey::dataset_root("ds").child("a");
+        let b = NodeKey::dataset_root("ds").child("b");
+        let ino = t.lookup(&a, false);
+        t.rename(&a, &b);
+        assert_eq!(t.peek(&b), Some(ino));
+        assert_eq!(t.peek(&a), None);
+        assert_eq!(t.get(ino).unwrap().key, b);
+        let dir = t.lookup(&b, true);
+        assert_ne!(dir, ino);
+        assert!(!t.open_version(dir, 7));
+        assert!(t.open_version(dir, 7));
+        assert!(!t.open_version(dir, 8));
+    }
+}

@@ -1,0 +1,89 @@
+//! The mount's Prometheus series, labelled `mount="<name>"` (several mounts may share
+//! a process in tests):
+//!
+//! - `shoal_fuse_requests_total{op}` and `shoal_fuse_errors_total{op}`;
+//! - `shoal_fuse_read_bytes_total{path="cache"|"fetch"}`: bytes answered from the
+//!   block cache or after a fetch through `shoal-client`;
+//! - `shoal_fuse_passthrough_opens_total`, `shoal_fuse_readahead_blocks_total`,
+//!   `shoal_fuse_block_cache_hits_total`, `shoal_fuse_block_cache_misses_total`;
+//! - `shoal_fuse_write_bytes_total`, `shoal_fuse_commits_total`.
+
+use metrics::{Counter, counter};
+
+/// The operations counted per kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Readdir,
+    Open,
+    Read,
+    Write,
+    Create,
+    Mutate,
+    Other,
+}
+
+const OPS: [(Op, &str); 9] = [
+    (Op::Lookup, "lookup"),
+    (Op::Getattr, "getattr"),
+    (Op::Readdir, "readdir"),
+    (Op::Open, "open"),
+    (Op::Read, "read"),
+    (Op::Write, "write"),
+    (Op::Create, "create"),
+    (Op::Mutate, "mutate"),
+    (Op::Other, "other"),
+];
+
+pub struct FuseMetrics {
+    requests: Vec<Counter>,
+    errors: Vec<Counter>,
+    pub read_cache_bytes: Counter,
+    pub read_fetch_bytes: Counter,
+    pub passthrough_opens: Counter,
+    pub readahead_blocks: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub write_bytes: Counter,
+    pub commits: Counter,
+}
+
+impl FuseMetrics {
+    pub fn new(mount: &str) -> FuseMetrics {
+        shoal_common::telemetry::metrics_handle();
+        let m = mount.to_owned();
+        let per_op = |name: &'static str| -> Vec<Counter> {
+            OPS.iter()
+                .map(|(_, op)| counter!(name, &[("mount", m.clone()), ("op", (*op).to_owned())]))
+                .collect()
+        };
+        let one = |name: &'static str| counter!(name, &[("mount", m.clone())]);
+        let read = |path: &'static str| {
+            counter!(
+                "shoal_fuse_read_bytes_total",
+                &[("mount", m.clone()), ("path", path.to_owned())]
+            )
+        };
+        FuseMetrics {
+            requests: per_op("shoal_fuse_requests_total"),
+            errors: per_op("shoal_fuse_errors_total"),
+            read_cache_bytes: read("cache"),
+            read_fetch_bytes: read("fetch"),
+            passthrough_opens: one("shoal_fuse_passthrough_opens_total"),
+            readahead_blocks: one("shoal_fuse_readahead_blocks_total"),
+            cache_hits: one("shoal_fuse_block_cache_hits_total"),
+            cache_misses: one("shoal_fuse_block_cache_misses_total"),
+            write_bytes: one("shoal_fuse_write_bytes_total"),
+            commits: one("shoal_fuse_commits_total"),
+        }
+    }
+
+    pub fn request(&self, op: Op) {
+        self.requests[op as usize].increment(1);
+    }
+
+    pub fn error(&self, op: Op) {
+        self.errors[op as usize].increment(1);
+    }
+}

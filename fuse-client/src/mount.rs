@@ -1,0 +1,425 @@
+//! The life of a mount: [`mount`] checks the mountpoint (cleaning up a stale mount left
+//! by a crashed daemon), connects to the master, mounts, starts the FUSE session on its
+//! own threads, waits until the mount answers, and raises the bdi readahead.
+//! [`RunningMount::unmount`] unmounts (detaching lazily when files are still open) and
+//! waits for the session to end. [`unmount_path`] is `shoal umount`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+use shoal_client::{ClientConfig, ShoalClient};
+use shoal_common::{Error, Result};
+
+use crate::config::MountConfig;
+use crate::fs::{Fs, ShoalFs};
+use crate::meta::Metadata;
+use crate::mountinfo;
+
+/// How long the new mount may take to answer its first `stat`.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an unmount waits for the FUSE session to end.
+const END_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live mount. Unmount it with [`RunningMount::unmount`]; dropping it detaches the
+/// mount lazily so that no stale mount is ever left behind.
+pub struct RunningMount {
+    mountpoint: PathBuf,
+    fs: Arc<Fs>,
+    ended: tokio::sync::watch::Receiver<bool>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    unmounted: bool,
+}
+
+/// Mounts `cfg.mountpoint` and returns once the mount answers.
+pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
+    cfg.validate()?;
+    let mountpoint = prepare_mountpoint(&cfg.mountpoint)?;
+    let mut ccfg = ClientConfig::new(&cfg.master);
+    ccfg.node = cfg.node.clone();
+    ccfg.name = format!("fuse:{}", cfg.name);
+    ccfg.rpc_timeout = cfg.rpc_timeout;
+    ccfg.data_timeout = cfg.data_timeout;
+    let client = ShoalClient::connect(ccfg).await?;
+    let meta = Metadata::new(
+        client.master(),
+        &cfg.master,
+        cfg.rpc_timeout,
+        cfg.dataset.clone(),
+        cfg.ro_attr_ttl,
+        cfg.rw_attr_ttl,
+    );
+    meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
+        (Some(d), Error::NotFound(_)) => Error::not_found(format!(
+            "dataset `{d}` not found; see `shoal dataset list`"
+        )),
+        (_, e) => e,
+    })?;
+    let layout = client.worker_set().await?.layout;
+    let fs = Arc::new(Fs::new(
+        cfg.clone(),
+        client,
+        meta,
+        layout,
+        tokio::runtime::Handle::current(),
+    ));
+
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        MountOption::FSName("shoal".into()),
+        MountOption::Subtype("shoal".into()),
+        MountOption::NoAtime,
+        MountOption::CUSTOM(format!("max_read={}", cfg.max_read)),
+    ];
+    options.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    options.n_threads = Some(cfg.threads);
+    options.clone_fd = cfg.threads > 1;
+    let (mp, shoal_fs) = (mountpoint.clone(), ShoalFs { fs: fs.clone() });
+    let session = tokio::task::spawn_blocking(move || fuser::Session::new(shoal_fs, &mp, &options))
+        .await
+        .map_err(|e| Error::internal(format!("mount task failed: {e}")))?
+        .map_err(|e| mount_error(&mountpoint, &e))?;
+
+    let (tx, ended) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("shoal-fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx.send(true);
+            r
+        })
+        .map_err(|e| Error::io("start the FUSE session thread", e))?;
+    let mut running = RunningMount {
+        mountpoint: mountpoint.clone(),
+        fs,
+        ended,
+        thread: Some(thread),
+        unmounted: false,
+    };
+    if let Err(e) = wait_live(&mountpoint).await {
+        let _ = running.stop().await;
+        return Err(e);
+    }
+    if cfg.read_ahead_kb > 0 {
+        set_read_ahead(&mountpoint, cfg.read_ahead_kb);
+    }
+    tracing::info!(mountpoint = %mountpoint.display(), dataset = cfg.dataset.as_deref().unwrap_or("*"),
+        master = %cfg.master, threads = cfg.threads, passthrough = running.fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed),
+        "mounted");
+    Ok(running)
+}
+
+impl RunningMount {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Whether the kernel granted FUSE passthrough to this mount.
+    pub fn passthrough(&self) -> bool {
+        self.fs
+            .passthrough_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves when the FUSE session ends by itself (someone ran `shoal umount` or
+    /// `fusermount3 -u`).
+    pub async fn ended(&mut self) {
+        let _ = self.ended.wait_for(|e| *e).await;
+    }
+
+    /// Unmounts, detaching lazily if files are still open, and waits for the session.
+    pub async fn unmount(mut self) -> Result<()> {
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        if !self.unmounted {
+            self.unmounted = true;
+            if !*self.ended.borrow() {
+                match unmount_path(&self.mountpoint, false) {
+                    Ok(()) => {}
+                    Err(Error::FailedPrecondition(_)) => {
+                        tracing::warn!(mountpoint = %self.mountpoint.display(),
+                            "mount is busy (files are open); detaching it lazily");
+                        unmount_path(&self.mountpoint, true)?;
+                    }
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let ended = tokio::time::timeout(END_TIMEOUT, self.ended.wait_for(|e| *e))
+            .await
+            .is_ok();
+        self.fs.shutdown().await;
+        if !ended {
+            return Err(Error::FailedPrecondition(format!(
+                "{} was detached but files on it are still open; its FUSE session ends when they are closed",
+                self.mountpoint.display()
+            )));
+        }
+        if let Some(t) = self.thread.take() {
+            let r = tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| Error::internal(format!("join FUSE session: {e}")))?;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+                Err(_) => return Err(Error::internal("the FUSE session thread panicked")),
+            }
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        Ok(())
+    }
+}
+
+impl Drop for RunningMount {
+    fn drop(&mut self) {
+        if !self.unmounted && !*self.ended.borrow() {
+            // Never leave a mount behind, even when the owner forgot to unmount.
+            let _ = unmount_path(&self.mountpoint, true);
+        }
+    }
+}
+
+/// Unmounts whatever FUSE filesystem is mounted at `path`. A dead mount ("Transport
+/// endpoint is not connected") is always detached. A busy one fails with
+/// `FailedPrecondition` unless `lazy`, which detaches it now (it goes away when the
+/// last file on it is closed). Nothing mounted there is `NotFound`.
+pub fn unmount_path(path: &Path, lazy: bool) -> Result<()> {
+    let abs = absolute(path)?;
+    let Some(entry) = mountinfo::find(&abs) else {
+        return Err(Error::not_found(format!(
+            "nothing is mounted at {}",
+            abs.display()
+        )));
+    };
+    if !entry.is_fuse() {
+        return Err(Error::invalid(format!(
+            "{} is a {} mount, not a shoal (FUSE) mount; leaving it alone",
+            abs.display(),
+            entry.fstype
+        )));
+    }
+    let stale = liveness(&abs) != Liveness::Live;
+    match umount(&abs, lazy || stale) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::FailedPrecondition(format!(
+            "{} is busy: files are open on it; close them, or run `shoal umount --lazy {}` to detach it now",
+            abs.display(),
+            abs.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(Error::io(format!("unmount {}", abs.display()), e)),
+    }
+}
+
+/// `umount2`, or `fusermount3 -u` when we are not allowed to (non-root).
+fn umount(path: &Path, lazy: bool) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg("--").arg(path).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        if msg.contains("busy") {
+            Err(io::Error::from_raw_os_error(libc::EBUSY))
+        } else {
+            Err(io::Error::other(format!("fusermount3 -u: {}", msg.trim())))
+        }
+    }
+}
+
+/// How a FUSE mount answers `statfs`, which the kernel never answers from a cache.
+#[derive(Debug, PartialEq, Eq)]
+enum Liveness {
+    Live,
+    /// Its daemon is gone: "Transport endpoint is not connected".
+    Stale,
+    /// Its daemon did not answer in time.
+    Hung,
+}
+
+fn liveness(path: &Path) -> Liveness {
+    let p = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A hung daemon blocks statfs forever: ask from a thread we can walk away from.
+    std::thread::spawn(move || {
+        let _ = tx.send(statfs_errno(&p));
+    });
+    match rx.recv_timeout(Duration::from_secs(3)) {
+        Ok(Some(libc::ENOTCONN | libc::ECONNABORTED)) => Liveness::Stale,
+        Ok(_) => Liveness::Live,
+        Err(_) => Liveness::Hung,
+    }
+}
+
+fn statfs_errno(path: &Path) -> Option<i32> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a valid path and `st` is large enough for the kernel's answer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    (rc != 0).then(|| io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+/// An absolute path without `..`, resolved without stat-ing `path` itself (which may
+/// be a dead mount).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("read the current directory", e))?
+            .join(path)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolve {}", parent.display()), e))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// Checks the mountpoint, cleaning up a stale FUSE mount on it, and returns it
+/// canonical.
+fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
+    let abs = absolute(path).map_err(|e| {
+        Error::invalid(format!(
+            "mountpoint {}: {e}; create it with `mkdir -p {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    if let Some(m) = mountinfo::find(&abs) {
+        if !m.is_fuse() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is already a mount point ({}); choose an empty directory",
+                abs.display(),
+                m.fstype
+            )));
+        }
+        match liveness(&abs) {
+            Liveness::Live => {
+                return Err(Error::FailedPrecondition(if m.is_shoal() {
+                    format!(
+                        "{} is already a shoal mount; unmount it first with `shoal umount {}`",
+                        abs.display(),
+                        abs.display()
+                    )
+                } else {
+                    format!(
+                        "{} is already a FUSE mount ({}); choose an empty directory",
+                        abs.display(),
+                        m.source
+                    )
+                }));
+            }
+            Liveness::Hung => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is a FUSE mount whose daemon does not answer; detach it with `shoal umount --lazy {}` and retry",
+                    abs.display(),
+                    abs.display()
+                )));
+            }
+            Liveness::Stale => {
+                tracing::warn!(mountpoint = %abs.display(), "found a stale FUSE mount (its daemon died); detaching it");
+                let cleaned = umount(&abs, true).is_ok() && mountinfo::find(&abs).is_none();
+                if !cleaned {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} is a stale FUSE mount (Transport endpoint is not connected) that could not be cleaned up; run `fusermount3 -u -z {}` (or `umount -l` as root) and retry",
+                        abs.display(),
+                        abs.display()
+                    )));
+                }
+            }
+        }
+    }
+    match std::fs::metadata(&abs) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::invalid(format!(
+                "mountpoint {} does not exist; create it with `mkdir -p {}`",
+                abs.display(),
+                abs.display()
+            )));
+        }
+        Err(e) => return Err(Error::io(format!("check mountpoint {}", abs.display()), e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::invalid(format!(
+                "mountpoint {} is not a directory",
+                abs.display()
+            )));
+        }
+        Ok(_) => {}
+    }
+    Ok(abs)
+}
+
+fn mount_error(path: &Path, e: &io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "; mounting needs root or a working fusermount3 (install fuse3)"
+        }
+        Some(libc::ENODEV) | Some(libc::ENOENT) => "; is the fuse module loaded (/dev/fuse)?",
+        _ => "",
+    };
+    Error::unavailable(format!("mount {}: {e}{hint}", path.display()))
+}
+
+/// Polls until the mountpoint is our filesystem and answers a `stat`.
+async fn wait_live(path: &Path) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + LIVE_TIMEOUT;
+    loop {
+        let p = path.to_path_buf();
+        let stat = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || std::fs::metadata(&p)),
+        )
+        .await;
+        let mounted = mountinfo::find(path).is_some_and(|m| m.is_shoal());
+        if mounted && matches!(stat, Ok(Ok(Ok(ref m))) if m.is_dir()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::unavailable(format!(
+                "{} was mounted but does not answer; see the log above",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Raises the mount's bdi readahead so the kernel asks for large sequential ranges.
+fn set_read_ahead(path: &Path, kb: u32) {
+    let Some(m) = mountinfo::find(path) else {
+        return;
+    };
+    let file = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
+    match std::fs::write(&file, kb.to_string()) {
+        Ok(()) => tracing::debug!(%file, kb, "raised readahead"),
+        Err(e) => tracing::warn!(%file, error = %e, "cannot raise readahead (needs root); sequential reads will be slower"),
+    }
+}
