@@ -69,10 +69,10 @@ pub async fn run(opts: &Options) -> Result<Vec<Row>> {
     std::fs::write(&baseline, &data).map_err(|e| Error::io("write tmpfs file", e))?;
     drop(data);
 
-    let mut cfg = WorkerConfig::for_tiers(
-        "bench",
-        &[("mem", tier_dir.path().to_path_buf(), size + (256 << 20))],
-    );
+    // Room for the whole file under the low watermark (0.7), so nothing is evicted.
+    let quota = size * 2 + (64 << 20);
+    let mut cfg =
+        WorkerConfig::for_tiers("bench", &[("mem", tier_dir.path().to_path_buf(), quota)]);
     cfg.verified_buffer_bytes = 64 << 20;
     let worker = WorkerServer::start(cfg).await?;
     let op = build_operator(
@@ -91,6 +91,21 @@ pub async fn run(opts: &Options) -> Result<Vec<Row>> {
     let layout = worker.store().layout();
     for s in 0..layout.segment_count(size) {
         worker.store().load_segment(&file, s).await?;
+    }
+    worker.store().run_maintenance();
+    if let Some(i) =
+        (0..layout.block_count(size)).find(|i| !worker.store().is_resident(&file.block(*i)))
+    {
+        let resident = (0..layout.block_count(size))
+            .filter(|i| worker.store().is_resident(&file.block(*i)))
+            .count();
+        let text = shoal_common::telemetry::metrics_handle().render();
+        return Err(Error::internal(format!(
+            "block {i} was evicted while warming ({resident} resident, {:?}, {} uncached fills, {} evictions); the tier is too small",
+            worker.store().tier_usage(),
+            shoal_common::telemetry::sample(&text, "shoal_worker_uncached_fills_total", &[]),
+            shoal_common::telemetry::sample(&text, "shoal_worker_evictions_total", &[]),
+        )));
     }
 
     let tcp = DataPlaneClient::new(Duration::from_secs(3), Duration::from_secs(30));

@@ -74,6 +74,31 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
     assert_eq!(client_reads(&client, "ufs"), 0.0);
     assert_eq!(client_reads(&client, "replica"), 0.0);
 
+    // Heartbeats carry per-dataset cached bytes: the master's status shows them.
+    let addr = c.master_addr();
+    let total = ds.total_bytes();
+    shoal_testkit::wait_until(
+        std::time::Duration::from_secs(10),
+        "cached_bytes reported",
+        || {
+            let addr = addr.clone();
+            async move {
+                let mut m =
+                    shoal_worker::server::master_client(&addr, std::time::Duration::from_secs(5))
+                        .unwrap();
+                let d = m
+                    .get_dataset(shoal_proto::v1::GetDatasetRequest {
+                        name: "small".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                d.status.is_some_and(|s| s.cached_bytes == total)
+            }
+        },
+    )
+    .await;
+
     // Bad input is a clear error, not a panic.
     let e = client.lookup("small", "no/such/file").await.unwrap_err();
     assert!(matches!(e, shoal_common::Error::NotFound(_)), "{e}");
