@@ -15,6 +15,8 @@ pub struct TierMetrics {
     /// Blocks moved from this tier to the top tier because they got hot.
     pub promotions: Counter,
     pub checksum_failures: Counter,
+    /// Reads of cached blocks the disk failed (the block is dropped and re-fetched).
+    pub disk_errors: Counter,
     /// Evictions skipped because a same-node reader pinned the data file.
     pub pinned_skips: Counter,
     pub used_bytes: Gauge,
@@ -31,6 +33,7 @@ impl TierMetrics {
             demotions: counter!("shoal_worker_demotions_total", &l),
             promotions: counter!("shoal_worker_promotions_total", &l),
             checksum_failures: counter!("shoal_worker_checksum_failures_total", &l),
+            disk_errors: counter!("shoal_worker_disk_errors_total", &l),
             pinned_skips: counter!("shoal_worker_eviction_pinned_skips_total", &l),
             used_bytes: gauge!("shoal_worker_tier_used_bytes", &l),
             quota_bytes: gauge!("shoal_worker_tier_quota_bytes", &l),

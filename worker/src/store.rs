@@ -142,7 +142,10 @@ struct Inner {
 /// Why a block could not be read from a tier.
 enum TierRead {
     Hit(Bytes),
+    /// Wrong bytes: checksum mismatch, short read, missing data file.
     Bad(String),
+    /// The disk failed the read (EIO and the like).
+    DiskError(String),
 }
 
 impl BlockStore {
@@ -438,6 +441,12 @@ impl Inner {
                         "cached block failed verification; dropping it and reading it again");
                     self.drop_block(ti, id, &e);
                 }
+                TierRead::DiskError(why) => {
+                    tier.m.disk_errors.increment(1);
+                    tracing::warn!(worker = %self.node, tier = %tier.name, block = %id, %why,
+                        "cannot read cached block; dropping it and reading it again");
+                    self.drop_block(ti, id, &e);
+                }
             }
         }
         self.stats_of(id.dataset)
@@ -456,7 +465,7 @@ impl Inner {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return TierRead::Bad(format!("data file missing: {err}"));
             }
-            Err(err) => return TierRead::Bad(format!("open data file: {err}")),
+            Err(err) => return TierRead::DiskError(format!("open data file: {err}")),
         };
         match f.read_block(id.index * self.layout.block_size(), e.len) {
             Ok(buf) => {
@@ -470,7 +479,7 @@ impl Inner {
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
                 TierRead::Bad("short read: the data file was truncated".into())
             }
-            Err(err) => TierRead::Bad(format!("read: {err}")),
+            Err(err) => TierRead::DiskError(format!("read: {err}")),
         }
     }
 

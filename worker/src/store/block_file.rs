@@ -2,6 +2,9 @@
 //! (data-file pread/pwrite, hole punching, flock pinning, marker files, directory
 //! scans), so disk I/O can be measured and faults injected in one place.
 //!
+//! Faults: [`set_fault_hook`] installs a process-wide hook that may fail any operation
+//! on a directory (tests scope it to their own tier directories).
+//!
 //! Pinning: a same-node reader (a short-circuit or, later, FUSE passthrough client)
 //! takes a shared `flock` on a version's data file while it reads from it. Eviction
 //! takes `flock(LOCK_EX | LOCK_NB)` on its own open file description first and skips
@@ -12,7 +15,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
 
 use crate::layout::{DATA_FILE, Marker};
 
@@ -20,6 +26,31 @@ use crate::layout::{DATA_FILE, Marker};
 /// process). The per-tier Prometheus series are recorded by the callers.
 pub static DISK_READ_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static DISK_WRITE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A disk operation a fault hook can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    Read,
+    Write,
+    Punch,
+}
+
+/// Decides whether an operation on a version directory fails, and with what.
+pub type FaultHook = Arc<dyn Fn(DiskOp, &Path) -> Option<io::Error> + Send + Sync>;
+
+static FAULTS: RwLock<Option<FaultHook>> = RwLock::new(None);
+
+/// Installs (or with `None` removes) the process-wide fault hook.
+pub fn set_fault_hook(hook: Option<FaultHook>) {
+    *FAULTS.write() = hook;
+}
+
+fn inject(op: DiskOp, dir: &Path) -> io::Result<()> {
+    match FAULTS.read().as_ref().and_then(|h| h(op, dir)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
 
 /// An open data file of one file version in one tier.
 #[derive(Debug)]
@@ -71,6 +102,7 @@ impl BlockFile {
 
     /// Writes a whole block at its file offset.
     pub fn write_block(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        inject(DiskOp::Write, &self.dir)?;
         self.file.write_all_at(data, offset)?;
         DISK_WRITE_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -79,6 +111,7 @@ impl BlockFile {
     /// Reads exactly `len` bytes at `offset`. A short file (truncated by someone) is
     /// `UnexpectedEof`, which callers treat like a checksum failure.
     pub fn read_block(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        inject(DiskOp::Read, &self.dir)?;
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block length too big"))?;
         let mut buf = vec![0u8; len];
@@ -89,6 +122,7 @@ impl BlockFile {
 
     /// Frees the disk space of `offset..offset+len` while keeping the file size.
     pub fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
+        inject(DiskOp::Punch, &self.dir)?;
         punch_hole(&self.file, offset, len)
     }
 

@@ -2,8 +2,10 @@
 //! promotion, restart from markers, checksum failures, pinning.
 
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use shoal_worker::layout;
+use shoal_worker::store::block_file::{self, DiskOp};
 
 use crate::support::*;
 
@@ -263,4 +265,66 @@ async fn bad_tier_and_config_errors_are_clear() {
         shoal_worker::WorkerConfig::for_tiers("n", &[("mem", file.path().join("x"), 64 * MIB)]);
     let e = shoal_worker::WorkerServer::start(cfg).await.err().unwrap();
     assert!(e.to_string().contains("tier `mem`"), "{e}");
+}
+
+/// Removes the process-wide fault hook even when the test fails.
+struct FaultGuard;
+
+impl Drop for FaultGuard {
+    fn drop(&mut self) {
+        block_file::set_fault_hook(None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_faults_never_serve_bad_bytes() {
+    let ufs = Ufs::with_files(&[("f", 8 * MIB)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("faults");
+    let mut cfg = tiers.config(&node, 64 * MIB, 64 * MIB);
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let f = ufs.file("f");
+    let ours = [
+        tiers.mem.path().to_path_buf(),
+        tiers.disk.path().to_path_buf(),
+    ];
+    let _guard = FaultGuard;
+    let fail = |what: DiskOp, roots: Vec<std::path::PathBuf>| -> block_file::FaultHook {
+        Arc::new(move |op, dir| {
+            (op == what && roots.iter().any(|r| dir.starts_with(r)))
+                .then(|| std::io::Error::other("injected EIO"))
+        })
+    };
+
+    // Every write fails: the bytes are still served, just not cached.
+    block_file::set_fault_hook(Some(fail(DiskOp::Write, ours.to_vec())));
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert!(!w.store().is_resident(&f.block(0)));
+    assert_eq!(
+        metric("shoal_worker_uncached_fills_total", &node, None),
+        2.0
+    );
+    assert!(w.store().tier_usage().iter().all(|t| t.used_bytes == 0));
+
+    // Writes work again: cached in the top tier.
+    block_file::set_fault_hook(None);
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(w.store().tier_of(&f.block(1)), Some("mem"));
+    assert_eq!(ufs_requests(&node), 4.0);
+
+    // Reads of the mem tier fail: dropped, counted, re-fetched, correct bytes.
+    block_file::set_fault_hook(Some(fail(DiskOp::Read, vec![ours[0].clone()])));
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(
+        metric("shoal_worker_disk_errors_total", &node, Some("mem")),
+        2.0
+    );
+    assert_eq!(
+        metric("shoal_worker_checksum_failures_total", &node, Some("mem")),
+        0.0
+    );
+    assert_eq!(ufs_requests(&node), 6.0);
+    block_file::set_fault_hook(None);
+    w.shutdown().await;
 }
