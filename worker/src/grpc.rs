@@ -1,6 +1,9 @@
 //! The `WorkerService` gRPC handlers: `LoadSegment` (driven by the master's prewarm
 //! jobs) and `ReadRange`, the gRPC variant of the read path kept for comparison with
-//! the framed-TCP data plane.
+//! the framed-TCP data plane; `SegmentResidency` ([`residency`]) for the runner's
+//! locality scores.
+
+mod residency;
 
 use std::pin::Pin;
 
@@ -35,6 +38,13 @@ impl WorkerService for WorkerGrpc {
             cached_bytes: stats.cached_bytes,
             loaded_bytes: stats.loaded_bytes,
         }))
+    }
+
+    async fn segment_residency(
+        &self,
+        req: Request<pb::SegmentResidencyRequest>,
+    ) -> Result<Response<pb::SegmentResidencyResponse>, Status> {
+        residency::segment_residency(&self.store, req.into_inner()).map(Response::new)
     }
 
     type ReadRangeStream = ChunkStream;

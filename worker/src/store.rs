@@ -155,6 +155,17 @@ impl BlockStore {
         shoal_common::telemetry::metrics_handle();
         let mut tiers = Vec::with_capacity(cfg.tiers.len());
         for t in &cfg.tiers {
+            let low = (t.quota_bytes as f64 * t.low_watermark) as u64;
+            if low < cfg.layout.block_size() {
+                let need = (cfg.layout.block_size() as f64 / t.low_watermark).ceil() as u64;
+                return Err(Error::invalid(format!(
+                    "tier `{}`: a quota of {} keeps less than one {} block under the low watermark; give it at least {}",
+                    t.name,
+                    shoal_common::size::human_bytes(t.quota_bytes),
+                    shoal_common::size::human_bytes(cfg.layout.block_size()),
+                    shoal_common::size::human_bytes(need.div_ceil(1 << 20) << 20),
+                )));
+            }
             block_file::probe_tier_dir(&t.path)
                 .map_err(|e| Error::invalid(format!("tier `{}`: {e}", t.name)))?;
             index::check_layout(&t.path, &cfg.layout)?;

@@ -265,6 +265,11 @@ async fn bad_tier_and_config_errors_are_clear() {
         shoal_worker::WorkerConfig::for_tiers("n", &[("mem", file.path().join("x"), 64 * MIB)]);
     let e = shoal_worker::WorkerServer::start(cfg).await.err().unwrap();
     assert!(e.to_string().contains("tier `mem`"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        shoal_worker::WorkerConfig::for_tiers("n", &[("mem", dir.path().to_path_buf(), 5 * MIB)]);
+    let e = shoal_worker::WorkerServer::start(cfg).await.err().unwrap();
+    assert!(e.to_string().contains("at least 6.0 MiB"), "{e}");
 }
 
 /// Removes the process-wide fault hook even when the test fails.
