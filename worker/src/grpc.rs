@@ -1,6 +1,6 @@
 //! The `WorkerService` gRPC handlers: `LoadSegment` (driven by the master's prewarm
 //! jobs) and `ReadRange`, the gRPC variant of the read path kept for comparison with
-//! the framed-TCP data plane; `SegmentResidency` ([`residency`]) for the runner's
+//! the framed-TCP data plane; `SegmentResidency` (in `grpc/residency.rs`) for the runner's
 //! locality scores.
 
 mod residency;
