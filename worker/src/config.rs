@@ -101,6 +101,8 @@ pub struct WorkerConfig {
     pub data_listen: String,
     pub metrics_listen: String,
     pub tiers: Vec<TierConfig>,
+    /// Heartbeat period when standalone or when the master does not say; a master's
+    /// `RegisterWorkerResponse.heartbeat_interval_ms` wins (it sets the expiry).
     pub heartbeat_interval: Duration,
     /// A block read this many times from a lower tier is promoted to the top tier.
     pub promote_after_reads: u32,

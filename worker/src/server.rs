@@ -151,12 +151,15 @@ impl WorkerServer {
             metrics_addr: advertised(metrics.local_addr, &cfg.node),
         };
         if let Some(m) = &master {
-            register(m, &info, &store, cfg.rpc_timeout).await?;
+            // The master decides when a silent worker expires, so its interval wins.
+            let interval = register(m, &info, &store, cfg.rpc_timeout)
+                .await?
+                .unwrap_or(cfg.heartbeat_interval);
             tasks.push(tokio::spawn(heartbeat_loop(
                 m.clone(),
                 info,
                 store.clone(),
-                cfg.heartbeat_interval,
+                interval,
                 cfg.rpc_timeout,
                 cancel.clone(),
             )));
@@ -280,7 +283,7 @@ async fn register(
     id: &WorkerIdentity,
     store: &BlockStore,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let tiers = tier_status(store);
     let worker = pb::WorkerInfo {
         id: id.node.clone(),
@@ -304,7 +307,7 @@ async fn register(
     .map_err(|s| Error::from(s).context("register with the master"))?
     .into_inner();
     tracing::info!(worker = %id.node, epoch = r.epoch, "registered with the master");
-    Ok(())
+    Ok((r.heartbeat_interval_ms > 0).then(|| Duration::from_millis(r.heartbeat_interval_ms)))
 }
 
 async fn heartbeat_loop(

@@ -73,7 +73,6 @@ impl Cluster {
     pub fn worker_config(&self, node: &str, dir: PathBuf, quota: u64) -> WorkerConfig {
         let mut cfg = WorkerConfig::for_tiers(node, &[("mem", dir, quota)]);
         cfg.master = Some(self.master_addr());
-        cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.rpc_timeout = Duration::from_secs(5);
         cfg
     }
