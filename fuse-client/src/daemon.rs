@@ -86,7 +86,9 @@ pub fn spawn_and_wait(
         Ok(Ok(line)) if line.trim() == "ready" => Ok(bg),
         Ok(Ok(line)) if line.starts_with("error: ") => {
             reap(&mut child);
-            Err(Error::unavailable(line["error: ".len()..].trim().to_owned()))
+            Err(Error::unavailable(
+                line["error: ".len()..].trim().to_owned(),
+            ))
         }
         Ok(_) => {
             let status = reap(&mut child);

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 use shoal_client::ShoalClient;
@@ -219,7 +219,11 @@ impl Fs {
     }
 
     pub fn dir_attr(&self, ino: u64, read_write: bool, mtime: SystemTime) -> FileAttr {
-        let mtime = if mtime == UNIX_EPOCH { self.started } else { mtime };
+        let mtime = if mtime == UNIX_EPOCH {
+            self.started
+        } else {
+            mtime
+        };
         FileAttr {
             ino: INodeNo(ino),
             size: 4096,

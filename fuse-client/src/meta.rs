@@ -117,9 +117,9 @@ impl Metadata {
                 let d = self
                     .rpc(
                         "GetDataset",
-                        self.master.clone().get_dataset(pb::GetDatasetRequest {
-                            name: name.clone(),
-                        }),
+                        self.master
+                            .clone()
+                            .get_dataset(pb::GetDatasetRequest { name: name.clone() }),
                     )
                     .await?;
                 vec![DatasetInfo::from_proto(&d)]

@@ -53,9 +53,9 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         cfg.rw_attr_ttl,
     );
     meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
-        (Some(d), Error::NotFound(_)) => Error::not_found(format!(
-            "dataset `{d}` not found; see `shoal dataset list`"
-        )),
+        (Some(d), Error::NotFound(_)) => {
+            Error::not_found(format!("dataset `{d}` not found; see `shoal dataset list`"))
+        }
         (_, e) => e,
     })?;
     let layout = client.worker_set().await?.layout;
@@ -420,6 +420,8 @@ fn set_read_ahead(path: &Path, kb: u32) {
     let file = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     match std::fs::write(&file, kb.to_string()) {
         Ok(()) => tracing::debug!(%file, kb, "raised readahead"),
-        Err(e) => tracing::warn!(%file, error = %e, "cannot raise readahead (needs root); sequential reads will be slower"),
+        Err(e) => {
+            tracing::warn!(%file, error = %e, "cannot raise readahead (needs root); sequential reads will be slower")
+        }
     }
 }

@@ -204,7 +204,10 @@ async fn serve(
 fn background(a: &MountArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("find the shoal executable")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let log = a.log_file.clone().unwrap_or_else(|| default_log(&a.mountpoint));
+    let log = a
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log(&a.mountpoint));
     let bg = daemon::spawn_and_wait(&exe, &args, &log, BACKGROUND_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(

@@ -98,7 +98,11 @@ pub fn readdirplus(fs: &Arc<Fs>, fh: u64, offset: u64, mut reply: ReplyDirectory
         let mut pos = offset;
         loop {
             if pos < 2 {
-                let attr = fs2.dir_attr(h.ino, info.as_ref().is_some_and(|i| i.read_write), UNIX_EPOCH);
+                let attr = fs2.dir_attr(
+                    h.ino,
+                    info.as_ref().is_some_and(|i| i.read_write),
+                    UNIX_EPOCH,
+                );
                 let name = if pos == 0 { "." } else { ".." };
                 if reply.add(INodeNo(h.ino), pos + 1, name, &ttl, &attr, GENERATION) {
                     break;
@@ -208,11 +212,7 @@ impl DirState {
                     return Ok(None);
                 }
             }
-            let page = self
-                .pages
-                .iter()
-                .rposition(|(s, _)| *s <= i)
-                .unwrap_or(0);
+            let page = self.pages.iter().rposition(|(s, _)| *s <= i).unwrap_or(0);
             if self.loaded.as_ref().is_some_and(|l| l.page == page) {
                 // Loaded, `i` is past it, and it was the last page.
                 return Ok(None);
@@ -253,12 +253,15 @@ impl DirState {
             self.datasets = Some(list);
         }
         let list = self.datasets.as_ref().map(|l| l.as_slice()).unwrap_or(&[]);
-        Ok(usize::try_from(i).ok().and_then(|i| list.get(i)).map(|d| Item {
-            name: d.name.to_string(),
-            key: NodeKey::dataset_root(&d.name),
-            is_dir: true,
-            entry: None,
-            dataset: Some(d.clone()),
-        }))
+        Ok(usize::try_from(i)
+            .ok()
+            .and_then(|i| list.get(i))
+            .map(|d| Item {
+                name: d.name.to_string(),
+                key: NodeKey::dataset_root(&d.name),
+                is_dir: true,
+                entry: None,
+                dataset: Some(d.clone()),
+            }))
     }
 }

@@ -5,7 +5,9 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fuser::{AccessFlags, Errno, FileAttr, INodeNo, ReplyAttr, ReplyEmpty, ReplyEntry, ReplyStatfs};
+use fuser::{
+    AccessFlags, Errno, FileAttr, INodeNo, ReplyAttr, ReplyEmpty, ReplyEntry, ReplyStatfs,
+};
 use shoal_common::Error;
 
 use super::{Fs, GENERATION, Handle, component};
@@ -52,13 +54,7 @@ pub fn child_key(fs: &Fs, parent: u64, name: &OsStr) -> Result<NodeKey, Errno> {
     if !p.is_dir {
         return Err(Errno::ENOTDIR);
     }
-    let name = component(name).map_err(|e| {
-        if e == Errno::EINVAL {
-            Errno::ENOENT
-        } else {
-            e
-        }
-    })?;
+    let name = component(name).map_err(|e| if e == Errno::EINVAL { Errno::ENOENT } else { e })?;
     Ok(p.key.child(name))
 }
 

@@ -22,8 +22,12 @@ use crate::metrics::Op;
 /// The read-write dataset `key` is in, for a change to `key` (which must not be a
 /// dataset root).
 async fn writable_child(fs: &Fs, key: &NodeKey) -> Result<DatasetInfo, Errno> {
+    if key.path.is_empty() {
+        // The mount root (datasets are not created through the mount) or a dataset root.
+        return Err(Errno::EROFS);
+    }
     match fs.dataset_of(key).await? {
-        Some(info) if info.read_write && !key.path.is_empty() => Ok(info),
+        Some(info) if info.read_write => Ok(info),
         _ => Err(Errno::EROFS),
     }
 }

@@ -17,7 +17,9 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use fuser::{Errno, FileHandle, FopenFlags, OpenAccMode, OpenFlags, ReplyData, ReplyEmpty, ReplyOpen};
+use fuser::{
+    Errno, FileHandle, FopenFlags, OpenAccMode, OpenFlags, ReplyData, ReplyEmpty, ReplyOpen,
+};
 use parking_lot::Mutex;
 use shoal_common::block::BlockLayout;
 use shoal_proto::v1 as pb;
@@ -216,7 +218,13 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
     });
 }
 
-fn from_cache(fs: &Fs, h: &ReadHandle, layout: &BlockLayout, offset: u64, end: u64) -> Option<Bytes> {
+fn from_cache(
+    fs: &Fs,
+    h: &ReadHandle,
+    layout: &BlockLayout,
+    offset: u64,
+    end: u64,
+) -> Option<Bytes> {
     let bs = layout.block_size();
     let blocks = layout.blocks_for_range(h.entry.size, offset, end - offset);
     if blocks.end - blocks.start == 1 {
@@ -228,7 +236,11 @@ fn from_cache(fs: &Fs, h: &ReadHandle, layout: &BlockLayout, offset: u64, end: u
     for i in blocks {
         let b = fs.blocks.get(&h.key_of(i))?;
         let start = i * bs;
-        out.extend_from_slice(&slice(&b, offset.max(start) - start, end.min(start + bs) - start)?);
+        out.extend_from_slice(&slice(
+            &b,
+            offset.max(start) - start,
+            end.min(start + bs) - start,
+        )?);
     }
     Some(out.freeze())
 }
@@ -263,9 +275,10 @@ async fn fetch_range(
     for (i, p) in blocks.zip(parts) {
         let b = p.map_err(|e| shoal_common::Error::unavailable(e.to_string()))?;
         let start = i * bs;
-        let part = slice(&b, offset.max(start) - start, end.min(start + bs) - start).ok_or_else(
-            || shoal_common::Error::internal(format!("block {i} is shorter than expected")),
-        )?;
+        let part =
+            slice(&b, offset.max(start) - start, end.min(start + bs) - start).ok_or_else(|| {
+                shoal_common::Error::internal(format!("block {i} is shorter than expected"))
+            })?;
         if single {
             return Ok(part);
         }
@@ -284,7 +297,12 @@ fn block(
     let (client, h2) = (fs.client.clone(), h.clone());
     fs.blocks.fetch(h.key_of(index), async move {
         client
-            .read(&h2.dataset.name, &h2.entry, range.start, range.end - range.start)
+            .read(
+                &h2.dataset.name,
+                &h2.entry,
+                range.start,
+                range.end - range.start,
+            )
             .await
     })
 }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use fuser::{Errno, FileHandle, FopenFlags, OpenFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyOpen, ReplyWrite};
+use fuser::{
+    Errno, FileHandle, FopenFlags, OpenFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyOpen,
+    ReplyWrite,
+};
 use shoal_common::Error;
 use shoal_proto::v1 as pb;
 
@@ -83,13 +86,14 @@ pub fn create(fs: &Arc<Fs>, parent: u64, name: &OsStr, _flags: i32, reply: Reply
     };
     let fs2 = fs.clone();
     fs.spawn(async move {
+        if key.path.is_empty() {
+            // A new top-level name of an all-datasets mount: datasets are not files.
+            return reply.error(Errno::EROFS);
+        }
         let info = match writable(&fs2, &key).await {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        if key.path.is_empty() {
-            return reply.error(Errno::EROFS);
-        }
         let h = new_handle(&fs2, &key, info);
         let ino = fs2.inodes.lookup(&key, false);
         fs2.inodes.open_version(ino, 0);
@@ -165,7 +169,8 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
         // Only an empty object was committed: start over (it is replaced at the next
         // commit), and show the file as being written again.
         st.committed = false;
-        fs.meta.add_pending_existing(&h.dataset.name, &h.key.path, &h.pending);
+        fs.meta
+            .add_pending_existing(&h.dataset.name, &h.key.path, &h.pending);
     }
     let len = data.len();
     if st.writer.is_none() {
@@ -184,7 +189,11 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let e = shoal_common::ufs::ufs_error(&e, &format!("upload {}", h.key.path), &Default::default());
+            let e = shoal_common::ufs::ufs_error(
+                &e,
+                &format!("upload {}", h.key.path),
+                &Default::default(),
+            );
             st.failed = Some(fs.fail(Op::Write, &h.key, &e));
             return Err(Errno::EIO);
         }
@@ -249,11 +258,12 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
             .await
             .map(|r| r.map(drop)),
         None => match fs.client.dataset(ds).await {
-            Ok(d) => {
-                tokio::time::timeout(fs.cfg.data_timeout, d.operator.write(&h.key.path, Vec::<u8>::new()))
-                    .await
-                    .map(|r| r.map(drop))
-            }
+            Ok(d) => tokio::time::timeout(
+                fs.cfg.data_timeout,
+                d.operator.write(&h.key.path, Vec::<u8>::new()),
+            )
+            .await
+            .map(|r| r.map(drop)),
             Err(e) => {
                 st.failed = Some(fs.fail(Op::Write, &h.key, &e));
                 return Err(Errno::EIO);
@@ -280,7 +290,11 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
         dataset: ds.to_string(),
         path: h.key.path.clone(),
     };
-    match fs.meta.rpc("CommitFile", fs.meta.master().commit_file(req)).await {
+    match fs
+        .meta
+        .rpc("CommitFile", fs.meta.master().commit_file(req))
+        .await
+    {
         Ok(entry) => {
             fs.meta.remove_pending(ds, &h.key.path, &h.pending);
             fs.meta.put(ds, entry);

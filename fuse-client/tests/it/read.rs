@@ -1,0 +1,286 @@
+//! Reading through real mounts: every file's bytes and sizes against the dataset's
+//! known sha256s and the catalogue, directory listing across pages, passthrough of
+//! files cached on this node, and EIO (not a hang) when the UFS is truly gone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_common::block::BlockLayout;
+use shoal_proto::v1 as pb;
+use shoal_testkit::GeneratedDataset;
+
+use crate::cluster::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_file_read_through_the_mount_matches_the_source() {
+    let ds = GeneratedDataset::small();
+    let c = Cluster::start("fuseread", BlockLayout::new(MIB, 4).unwrap(), 2)
+        .await
+        .with_s3(&ds)
+        .await;
+    c.create_s3_dataset("small", "", false).await;
+    // No node: every block comes over the data plane from the owning worker.
+    let m = MountGuard::new(&c, |_| {}).await;
+    let root = m.path().to_path_buf();
+
+    // The root lists the datasets.
+    let names: Vec<String> = blocking({
+        let root = root.clone();
+        move || {
+            std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+    })
+    .await;
+    assert_eq!(names, vec!["small".to_string()]);
+
+    // `find MOUNT -type f | wc -l` and every size equal the catalogue.
+    let dsroot = root.join("small");
+    let out = blocking({
+        let dsroot = dsroot.clone();
+        move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("find '{}' -type f | wc -l", dsroot.display()))
+                .output()
+                .unwrap()
+        }
+    })
+    .await;
+    let count: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(count, ds.file_count());
+    let listed = blocking({
+        let dsroot = dsroot.clone();
+        move || walk_files(&dsroot)
+    })
+    .await;
+    let expected: Vec<(String, u64)> = ds
+        .files()
+        .iter()
+        .map(|f| (f.path().to_owned(), f.size()))
+        .collect();
+    assert_eq!(listed, expected);
+    let d = c
+        .master_client()
+        .await
+        .get_dataset(pb::GetDatasetRequest {
+            name: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let st = d.status.unwrap();
+    assert_eq!(st.file_count as usize, count);
+    assert_eq!(
+        st.ufs_total_bytes,
+        listed.iter().map(|(_, s)| s).sum::<u64>()
+    );
+
+    // Bytes: whole files with large reads, and again with odd-sized small reads.
+    for chunk in [1 << 20, 3001] {
+        let sums: BTreeMap<String, String> = blocking({
+            let (dsroot, ds) = (dsroot.clone(), ds.clone());
+            move || {
+                ds.files()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.path().to_owned(),
+                            sha256_file(&dsroot.join(f.path()), chunk),
+                        )
+                    })
+                    .collect()
+            }
+        })
+        .await;
+        for f in ds.files() {
+            assert_eq!(
+                sums[f.path()],
+                f.sha256(),
+                "{} (reads of {chunk})",
+                f.path()
+            );
+        }
+    }
+
+    // Reads at arbitrary offsets (pread) across block and segment boundaries.
+    let big = ds.files().iter().max_by_key(|f| f.size()).unwrap().clone();
+    let p = dsroot.join(big.path());
+    blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&p).unwrap();
+        for (off, len) in [
+            (0, 10),
+            (MIB - 5, 10),
+            (4 * MIB - 1, 2 * MIB + 3),
+            (big.size() - 7, 100),
+        ] {
+            let mut buf = vec![0u8; len as usize];
+            let n = f.read_at(&mut buf, off).unwrap();
+            let want = big.range(off, len);
+            assert_eq!(&buf[..n], &want[..], "pread at {off}");
+        }
+    })
+    .await;
+
+    // Missing names are ENOENT; xattrs are absent.
+    let (missing, xattr) = blocking({
+        let dsroot = dsroot.clone();
+        move || {
+            let missing = std::fs::metadata(dsroot.join("no/such/file")).unwrap_err();
+            let path = std::ffi::CString::new(dsroot.join("large").as_os_str().as_encoded_bytes())
+                .unwrap();
+            let name = std::ffi::CString::new("user.x").unwrap();
+            // SAFETY: valid C strings; a zero-size probe writes nothing.
+            let rc =
+                unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+            (
+                missing,
+                (rc, std::io::Error::last_os_error().raw_os_error()),
+            )
+        }
+    })
+    .await;
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(xattr, (-1, Some(libc::ENODATA)));
+
+    m.unmount().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_dataset_mount_lists_a_directory_across_many_pages() {
+    // 2,500 entries: three pages of the master's listing, fetched as the kernel asks.
+    let ufs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ufs.path().join("many")).unwrap();
+    for i in 0..2500 {
+        std::fs::write(ufs.path().join(format!("many/f{i:05}")), i.to_string()).unwrap();
+    }
+    std::fs::write(ufs.path().join("top.txt"), b"top").unwrap();
+    let c = Cluster::start("fusedir", BlockLayout::default(), 0).await;
+    c.create_dir_dataset("local", ufs.path(), false).await;
+    let m = MountGuard::new(&c, |cfg| cfg.dataset = Some("local".into())).await;
+    let root = m.path().to_path_buf();
+    let (top, names, content) = blocking(move || {
+        let top = std::fs::read_to_string(root.join("top.txt")).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(root.join("many"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let content = std::fs::read_to_string(root.join("many/f01234")).unwrap();
+        (top, names, content)
+    })
+    .await;
+    assert_eq!(top, "top");
+    let want: Vec<String> = (0..2500).map(|i| format!("f{i:05}")).collect();
+    assert_eq!(names, want);
+    assert_eq!(content, "1234");
+    // Read-only dataset: no writes of any kind.
+    let m_path = m.path().to_path_buf();
+    let err = blocking(move || std::fs::write(m_path.join("x"), b"x").unwrap_err()).await;
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    m.unmount().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_cached_on_this_node_are_served_by_passthrough() {
+    let ds = GeneratedDataset::builder(0x9a55)
+        .small_files(20, 1, 300 << 10)
+        .tree(2, 1)
+        .empty_files(1)
+        .large_file(9 * MIB + 77)
+        .build();
+    let c = Cluster::start("fusepass", BlockLayout::default(), 1)
+        .await
+        .with_s3(&ds)
+        .await;
+    c.create_s3_dataset("pt", "", false).await;
+    let node = c.node(0);
+    let m = MountGuard::new(&c, |cfg| {
+        cfg.node = Some(node);
+        cfg.dataset = Some("pt".into());
+    })
+    .await;
+    if !m.running().passthrough() {
+        eprintln!("skipping: this kernel does not offer FUSE passthrough");
+        return;
+    }
+    let name = format!("{}-{}", c.prefix, m.path().display());
+    let opens = || metric("shoal_fuse_passthrough_opens_total", &[("mount", &name)]);
+    let root = m.path().to_path_buf();
+    // First pass: cold, blocks go through the worker into its tier; no passthrough.
+    let check = |root: std::path::PathBuf, ds: GeneratedDataset| async move {
+        blocking(move || {
+            for f in ds.files() {
+                assert_eq!(
+                    sha256_file(&root.join(f.path()), 1 << 20),
+                    f.sha256(),
+                    "{}",
+                    f.path()
+                );
+            }
+        })
+        .await
+    };
+    check(root.clone(), ds.clone()).await;
+    let first = opens();
+    // The worker fills its tier as it answers: wait until every file is complete there.
+    let mut ccfg = shoal_client::ClientConfig::new(&c.master_addr());
+    ccfg.node = Some(c.node(0));
+    let client = shoal_client::ShoalClient::connect(ccfg).await.unwrap();
+    let id = client.dataset("pt").await.unwrap().id;
+    for f in ds.files().iter().filter(|f| f.size() > 0) {
+        let entry = client.lookup("pt", f.path()).await.unwrap();
+        shoal_testkit::wait_until(Duration::from_secs(10), f.path(), || {
+            let (client, entry) = (client.clone(), entry.clone());
+            async move { client.local_file(id, &entry).await.is_some() }
+        })
+        .await;
+    }
+    // Second pass: every block of every non-empty file sits in the local worker's tier.
+    check(root.clone(), ds.clone()).await;
+    let nonempty = ds.files().iter().filter(|f| f.size() > 0).count() as f64;
+    assert!(
+        opens() - first >= nonempty,
+        "{} passthrough opens for {nonempty} cached files",
+        opens() - first
+    );
+    m.unmount().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_ufs_gives_eio_not_a_hang() {
+    let ds = GeneratedDataset::builder(0xdead)
+        .small_files(3, 1000, 2000)
+        .build();
+    let mut c = Cluster::start("fuseeio", BlockLayout::default(), 0)
+        .await
+        .with_s3(&ds)
+        .await;
+    c.create_s3_dataset("gone", "", false).await;
+    let m = MountGuard::new(&c, |cfg| cfg.data_timeout = Duration::from_secs(3)).await;
+    let f = m.path().join("gone").join(ds.files()[0].path());
+    // Metadata is the master's: the file is visible before the store goes away.
+    let size = blocking({
+        let f = f.clone();
+        move || std::fs::metadata(&f).unwrap().len()
+    })
+    .await;
+    assert_eq!(size, ds.files()[0].size());
+    c.s3.as_mut().unwrap().stop();
+    let started = Instant::now();
+    let err = blocking(move || std::fs::read(&f).unwrap_err()).await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "EIO took {:?}",
+        started.elapsed()
+    );
+    m.unmount().await;
+    c.shutdown().await;
+}
