@@ -111,7 +111,7 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
         store: Box::new(NullStore::default()),
         executor: std::sync::Arc::new(NoopExecutor),
         mounts: std::sync::Arc::new(MountRoot(cfg.mount_root.clone())),
-        locality: None,
+        inputs: None,
         prewarm: None,
     };
     let (h, thread) = Engine::spawn(cfg, parts)?;

@@ -129,8 +129,11 @@ pub struct RunnerConfig {
     pub metrics_listen: Option<String>,
     /// Holds `runner.db`, instance working dirs (`work/`) and logs (`logs/`).
     pub data_dir: PathBuf,
-    /// The master, for listing `by_file` inputs and (later) locality and prewarm.
+    /// The master (`HOST:PORT`): inputs are listed, scored for locality and prewarmed
+    /// through it. Without one, specs with `shard: by_file` or `prewarm` are refused.
     pub master: Option<String>,
+    /// Deadline of every call to the master and the workers.
+    pub master_timeout: Duration,
     /// Label on this runner's metrics series.
     pub name: String,
     pub nodes: Vec<NodeConfig>,
@@ -158,6 +161,7 @@ impl RunnerConfig {
             mount_root: data_dir.join("mnt"),
             data_dir,
             master: None,
+            master_timeout: Duration::from_secs(10),
             name: "runner".into(),
             nodes: vec![NodeConfig::local()],
             default_quota: Quota::default(),
@@ -196,6 +200,9 @@ impl RunnerConfig {
                     n.name
                 )));
             }
+        }
+        if self.master_timeout.is_zero() {
+            return Err(Error::invalid("master timeout must be more than 0"));
         }
         if self.schedule_interval.is_zero() {
             return Err(Error::invalid("schedule interval must be more than 0"));

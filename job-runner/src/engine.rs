@@ -32,7 +32,7 @@ use tracing::{error, info};
 
 use crate::config::RunnerConfig;
 use crate::executor::{AttemptExit, AttemptFiles, DatasetMounts, Executor, Layout};
-use crate::locality::{LocalityScorer, PrewarmGate};
+use crate::locality::{InputResolver, PrewarmGate, Wake};
 use crate::model::{InstanceState, StateCounts};
 use crate::spec::SpecFormat;
 use crate::store::{JobStore, Write};
@@ -92,6 +92,9 @@ pub enum Command {
         attempt: u32,
         exit: AttemptExit,
     },
+    /// Something a scheduling pass could act on changed outside the engine (inputs
+    /// resolved, prewarm progress).
+    Wake,
     Shutdown,
 }
 
@@ -129,7 +132,10 @@ pub struct Parts {
     pub store: Box<dyn JobStore>,
     pub executor: Arc<dyn Executor>,
     pub mounts: Arc<dyn DatasetMounts>,
-    pub locality: Option<Arc<dyn LocalityScorer>>,
+    /// Lists and scores tasks' inputs (locality, `by_file` shares); `None` without a
+    /// master: no locality, and specs needing a listing are refused.
+    pub inputs: Option<Arc<dyn InputResolver>>,
+    /// Gates prewarmed inputs; `None` without a master (such specs are refused).
     pub prewarm: Option<Arc<dyn PrewarmGate>>,
 }
 
@@ -156,6 +162,8 @@ pub struct Engine {
     /// Something changed that a scheduling pass could act on.
     dirty: bool,
     changed: bool,
+    /// Jobs that became final in this batch (their inputs and prewarms are let go).
+    ended_jobs: Vec<String>,
 }
 
 const BATCH: usize = 4096;
@@ -194,7 +202,20 @@ impl Engine {
             generation: gen_tx,
             dirty: true,
             changed: true,
+            ended_jobs: Vec::new(),
         };
+        let wake = {
+            let tx = tx.clone();
+            Wake::new(move || {
+                let _ = tx.send(Command::Wake);
+            })
+        };
+        if let Some(r) = &engine.parts.inputs {
+            r.attach(wake.clone());
+        }
+        if let Some(g) = &engine.parts.prewarm {
+            g.attach(wake);
+        }
         engine.recover()?;
         engine.flush()?;
         let thread = std::thread::Builder::new()
@@ -248,11 +269,18 @@ impl Engine {
                 error!("persist runner state: {e}; stopping the engine so nothing runs unrecorded");
                 break;
             }
+            self.let_go_of_ended_jobs();
             if stop {
                 break;
             }
         }
         self.parts.executor.shutdown();
+        if let Some(r) = &self.parts.inputs {
+            r.shutdown();
+        }
+        if let Some(g) = &self.parts.prewarm {
+            g.shutdown();
+        }
         info!("runner engine stopped");
     }
 
@@ -329,6 +357,7 @@ impl Engine {
                 let _ = reply.send(r);
             }
             Command::Exited { key, attempt, exit } => self.on_exit(key, attempt, exit),
+            Command::Wake => self.dirty = true,
             Command::Shutdown => return true,
         }
         false
@@ -358,7 +387,7 @@ impl Engine {
 
     fn schedule(&mut self) {
         let inputs = PassInputs {
-            locality: self.parts.locality.as_deref(),
+            inputs: self.parts.inputs.as_deref(),
             prewarm: self.parts.prewarm.as_deref(),
             locality_wait: self.cfg.locality_wait,
             now: Instant::now(),
@@ -390,6 +419,29 @@ impl Engine {
         }
         for p in out.start {
             self.launch(p.key);
+        }
+    }
+
+    /// Tells the input resolver and the prewarm gate about jobs that became final, and
+    /// drops the listings those jobs held. A `retry` makes the job active again and
+    /// its tasks resolve afresh.
+    fn let_go_of_ended_jobs(&mut self) {
+        for id in std::mem::take(&mut self.ended_jobs) {
+            let Some(job) = self.by_id.get(&id).and_then(|s| self.jobs.get_mut(s)) else {
+                continue;
+            };
+            if !job.state.is_final() {
+                continue;
+            }
+            for t in &mut job.tasks {
+                t.forget_inputs();
+            }
+            if let Some(r) = &self.parts.inputs {
+                r.forget_job(&id);
+            }
+            if let Some(g) = &self.parts.prewarm {
+                g.job_ended(&id);
+            }
         }
     }
 

@@ -40,6 +40,16 @@ pub struct Launch {
     pub files: AttemptFiles,
     /// Symlinks to create under the working dir: (relative link, target).
     pub links: Vec<(String, PathBuf)>,
+    /// The instance's `by_file` input share, to write before it starts; its path is
+    /// in the `SHOAL_INPUT_LIST` variable of `env`.
+    pub input_list: Option<InputList>,
+}
+
+/// A file listing an instance's share of its inputs, one path per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputList {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// Where one attempt's output and control files live.
@@ -65,6 +75,11 @@ impl Layout {
     }
     pub fn work_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
         self.job_work_dir(job_id).join(task).join(index.to_string())
+    }
+    /// The instance's `SHOAL_INPUT_LIST` file, beside its logs (kept after it ends, so
+    /// what it was given can be checked).
+    pub fn input_list(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
+        self.log_dir(job_id, task, index).join("input-list")
     }
     pub fn log_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
         self.data_dir

@@ -1,33 +1,134 @@
-//! The two inputs that make placement data-aware, as traits the scheduler consults:
+//! What makes scheduling data-aware (DESIGN.md §4, Job steps 4-5), as two traits the
+//! engine consults without ever blocking on the network:
 //!
-//! - [`LocalityScorer`]: bytes of an instance's input held by each node. The scheduler
-//!   places the instance on the node with the most, waiting at most
-//!   `RunnerConfig::locality_wait` for it to have room (delay scheduling), and records
-//!   the node and its score on the instance.
+//! - [`InputResolver`]: lists a task's inputs and scores them. For each instance it
+//!   gives the bytes of its input cached on each node (the scheduler places the
+//!   instance on the node with the most, waiting at most `RunnerConfig::locality_wait`
+//!   for it to have room, and records node and score on the instance), and for
+//!   `shard: by_file` inputs its deterministic 1/N share of the files, which the
+//!   instance finds listed in the file named by `SHOAL_INPUT_LIST`.
 //! - [`PrewarmGate`]: how much of a prewarmed input is cached. A task's instances stay
-//!   RUNNABLE with reason `waiting-prewarm:DS NN%` until the gate opens or the
-//!   input's `prewarm.timeout` passes.
+//!   RUNNABLE with reason `waiting-prewarm:DS NN%` until the gate opens or the input's
+//!   `prewarm.timeout` passes.
 //!
-//! Both need the cache workers and the master's prewarm jobs. Until a runner is given
-//! implementations ([`crate::server::RunnerServer::start_with`]), instances have no
-//! locality preference and prewarm gates are open.
+//! The implementations against a real cluster are [`inputs::MasterInputs`] and
+//! [`prewarm::MasterPrewarm`]; both talk to the master (and, for residency, to the
+//! workers) through [`master::ClusterLink`] on the runtime, keep their answers in
+//! memory, and [`Wake`] the engine when an answer changes. A runner without a master
+//! has neither: it rejects specs that need them and schedules without locality.
 
+pub mod inputs;
+pub mod master;
+pub mod prewarm;
+pub mod score;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spec::{InputSpec, JobSpec, TaskSpec};
+use crate::spec::{InputSpec, JobSpec, Shard, TaskSpec};
 
-/// What the scheduler asks about one instance.
-pub struct InstanceInput<'a> {
-    pub job_id: &'a str,
-    pub job: &'a JobSpec,
-    pub task: &'a TaskSpec,
-    pub index: u32,
+/// Asks the engine for a scheduling pass: something a pass could act on changed
+/// (inputs resolved, prewarm progress). Cheap, callable from any thread.
+#[derive(Clone)]
+pub struct Wake(Arc<dyn Fn() + Send + Sync>);
+
+impl Wake {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Wake {
+        Wake(Arc::new(f))
+    }
+
+    pub fn wake(&self) {
+        (self.0)()
+    }
 }
 
-pub trait LocalityScorer: Send + Sync + 'static {
-    /// Bytes of the instance's input cached on each node (by node name). Nodes not
-    /// listed hold none. Called once per instance, when it is first considered.
-    fn local_bytes(&self, input: &InstanceInput<'_>) -> Vec<(String, u64)>;
+/// One file of a listed input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    /// Path relative to the dataset root.
+    pub path: String,
+    pub size: u64,
+    /// `FileEntry.version`: keys the file's cached blocks and its segments' placement.
+    pub version: u64,
+}
+
+/// One input of a task, listed from the master.
+#[derive(Clone, Debug)]
+pub struct ListedInput {
+    pub dataset: String,
+    pub dataset_id: u64,
+    /// The input's path inside the dataset, normalised ("" is the whole dataset).
+    pub path: String,
+    pub shard: Shard,
+    /// Sorted by path.
+    pub files: Vec<InputFile>,
+}
+
+/// A task's inputs, listed and scored once when the task first becomes ready.
+#[derive(Debug, Default)]
+pub struct ResolvedInputs {
+    pub inputs: Vec<ListedInput>,
+    /// Node names that `local_bytes` indexes.
+    pub nodes: Vec<String>,
+    /// Per instance: (index into `nodes`, cached bytes of its input there), nodes
+    /// without any bytes left out.
+    pub local_bytes: Vec<Vec<(usize, u64)>>,
+    /// The worker-set epoch the scores were computed for.
+    pub epoch: u64,
+}
+
+impl ResolvedInputs {
+    /// Whether instances get an input list (`SHOAL_INPUT_LIST`).
+    pub fn has_by_file(&self) -> bool {
+        self.inputs.iter().any(|i| i.shard == Shard::ByFile)
+    }
+
+    /// The files instance `index` of `count` reads from its `by_file` inputs, as
+    /// (dataset, path in the dataset).
+    pub fn share(&self, index: u32, count: u32) -> impl Iterator<Item = (&str, &str)> {
+        self.inputs
+            .iter()
+            .filter(|i| i.shard == Shard::ByFile)
+            .flat_map(move |i| {
+                shard_by_file(&i.files, index, count).map(|f| (i.dataset.as_str(), f.path.as_str()))
+            })
+    }
+
+    /// Cached bytes of instance `index`'s input per node name.
+    pub fn local_bytes(&self, index: u32) -> impl Iterator<Item = (&str, u64)> {
+        self.local_bytes
+            .get(index as usize)
+            .into_iter()
+            .flatten()
+            .filter_map(|&(n, b)| self.nodes.get(n).map(|name| (name.as_str(), b)))
+    }
+}
+
+/// Where a task's inputs stand.
+#[derive(Clone, Debug)]
+pub enum InputsState {
+    /// Being listed and scored; ask again on a later pass.
+    Pending,
+    Ready(Arc<ResolvedInputs>),
+    /// Could not be listed (the message says why and what to do).
+    Failed(String),
+}
+
+pub trait InputResolver: Send + Sync + 'static {
+    /// Gives the resolver the way to ask for a scheduling pass. Called once, before
+    /// any other method.
+    fn attach(&self, _wake: Wake) {}
+
+    /// Called on scheduling passes while task `task` of job `job_id` has ready
+    /// instances and no answer yet. Must not block: the first call starts the work
+    /// and answers `Pending`; the resolver wakes the engine when it has the answer.
+    fn resolve(&self, job_id: &str, task: &TaskSpec) -> InputsState;
+
+    /// The job is final: forget what was resolved for it (a `retry` resolves again).
+    fn forget_job(&self, _job_id: &str) {}
+
+    /// The runner is stopping: end the work in flight.
+    fn shutdown(&self) {}
 }
 
 /// Where a prewarmed input stands.
@@ -43,10 +144,16 @@ pub enum GateState {
 }
 
 pub trait PrewarmGate: Send + Sync + 'static {
+    /// Gives the gate the way to ask for a scheduling pass on prewarm progress.
+    fn attach(&self, _wake: Wake) {}
+
+    /// A job was accepted (or resumed after a restart): the gate may start the
+    /// prewarms of every task now, while upstream tasks still run.
+    fn watch_job(&self, _job_id: &str, _spec: &JobSpec) {}
+
     /// Called on every scheduling pass while a task with a prewarmed input has ready
     /// instances; must answer from cached progress without blocking. `waited` is how
-    /// long the task has been gated. Starting the load job (when the task becomes
-    /// runnable, or earlier) is the implementation's business.
+    /// long the task has been gated. Starts the prewarm if nothing started it yet.
     fn check(
         &self,
         job_id: &str,
@@ -54,19 +161,21 @@ pub trait PrewarmGate: Send + Sync + 'static {
         input: &InputSpec,
         waited: Duration,
     ) -> GateState;
+
+    /// The job is final: stop following (and cancel) its prewarms.
+    fn job_ended(&self, _job_id: &str) {}
+
+    /// The runner is stopping: stop following prewarms (they go on on the master).
+    fn shutdown(&self) {}
 }
 
 /// Instance `index` of `count` takes every file whose position in the sorted listing
 /// is congruent to `index` modulo `count`: a deterministic 1/N share that stays
-/// balanced in count whatever the file sizes.
-pub fn shard_by_file(sorted_files: &[String], index: u32, count: u32) -> Vec<&str> {
+/// balanced in count whatever the file sizes, and that together with the other
+/// instances' shares covers the listing exactly once.
+pub fn shard_by_file<T>(sorted_files: &[T], index: u32, count: u32) -> impl Iterator<Item = &T> {
     let count = count.max(1) as usize;
-    sorted_files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % count == index as usize)
-        .map(|(_, f)| f.as_str())
-        .collect()
+    sorted_files.iter().skip(index as usize).step_by(count)
 }
 
 #[cfg(test)]
@@ -76,9 +185,13 @@ mod tests {
     #[test]
     fn shards_cover_everything_once() {
         let files: Vec<String> = (0..10).map(|i| format!("f{i:02}")).collect();
-        let mut all: Vec<&str> = (0..3).flat_map(|i| shard_by_file(&files, i, 3)).collect();
+        let mut all: Vec<&String> = (0..3).flat_map(|i| shard_by_file(&files, i, 3)).collect();
         all.sort();
+        all.dedup();
         assert_eq!(all.len(), 10);
-        assert_eq!(shard_by_file(&files, 1, 3), ["f01", "f04", "f07"]);
+        let one: Vec<&String> = shard_by_file(&files, 1, 3).collect();
+        assert_eq!(one, ["f01", "f04", "f07"]);
+        // More instances than files: the extra ones get nothing.
+        assert_eq!(shard_by_file(&files, 12, 20).count(), 0);
     }
 }

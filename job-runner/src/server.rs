@@ -19,7 +19,10 @@ use crate::engine::{Engine, EngineHandle, Parts};
 use crate::executor::local::LocalExecutor;
 use crate::executor::noop::NoopExecutor;
 use crate::executor::{DatasetMounts, Executor, MountRoot};
-use crate::locality::{LocalityScorer, PrewarmGate};
+use crate::locality::inputs::MasterInputs;
+use crate::locality::master::ClusterLink;
+use crate::locality::prewarm::MasterPrewarm;
+use crate::locality::{InputResolver, PrewarmGate};
 use crate::store::JobStore;
 use crate::store::sqlite::SqliteJobStore;
 
@@ -32,7 +35,9 @@ pub struct Plugins {
     pub executor: Option<Arc<dyn Executor>>,
     pub store: Option<Box<dyn JobStore>>,
     pub mounts: Option<Arc<dyn DatasetMounts>>,
-    pub locality: Option<Arc<dyn LocalityScorer>>,
+    /// Default with a master: [`MasterInputs`]; without one: none.
+    pub inputs: Option<Arc<dyn InputResolver>>,
+    /// Default with a master: [`MasterPrewarm`]; without one: none.
     pub prewarm: Option<Arc<dyn PrewarmGate>>,
 }
 
@@ -81,6 +86,23 @@ impl RunnerServer {
         let mounts = plugins
             .mounts
             .unwrap_or_else(|| Arc::new(MountRoot(cfg.mount_root.clone())));
+        let link = match &cfg.master {
+            Some(addr) => Some(Arc::new(ClusterLink::new(addr, cfg.master_timeout)?)),
+            None => None,
+        };
+        let rt = tokio::runtime::Handle::current();
+        let inputs = plugins.inputs.or_else(|| {
+            link.as_ref().map(|l| {
+                Arc::new(MasterInputs::new(l.clone(), rt.clone(), &cfg.name))
+                    as Arc<dyn InputResolver>
+            })
+        });
+        let prewarm = plugins.prewarm.or_else(|| {
+            link.as_ref().map(|l| {
+                Arc::new(MasterPrewarm::new(l.clone(), rt.clone(), &cfg.name))
+                    as Arc<dyn PrewarmGate>
+            })
+        });
         let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
             Error::io(
                 format!(
@@ -106,8 +128,8 @@ impl RunnerServer {
                 store,
                 executor,
                 mounts,
-                locality: plugins.locality,
-                prewarm: plugins.prewarm,
+                inputs,
+                prewarm,
             };
             // Recovery reads the store and may poll processes: keep it off the runtime.
             tokio::task::spawn_blocking(move || Engine::spawn(cfg, parts))
@@ -129,7 +151,7 @@ impl RunnerServer {
                 warn!(error = %e, "runner gRPC server stopped with an error");
             }
         });
-        info!(grpc = %grpc_addr, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %data_dir.display(), executor = executor_name, nodes, "runner started");
+        info!(grpc = %grpc_addr, master = ?cfg.master, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %data_dir.display(), executor = executor_name, nodes, "runner started");
         Ok(RunningRunner {
             grpc_addr,
             metrics_addr: metrics.as_ref().map(|m| m.local_addr),

@@ -65,6 +65,7 @@ impl Engine {
             });
             if derived.is_final() {
                 info!(job = %job.id, state = derived.as_str(), "job finished");
+                self.ended_jobs.push(job.id.clone());
             }
         }
         self.changed = true;
@@ -104,6 +105,7 @@ impl Engine {
         let inst = &mut job.tasks[k.1 as usize].insts[k.2 as usize];
         inst.ready_since = Some(Instant::now());
         inst.in_backoff = false;
+        inst.placeable_since = None;
         let quota = self.cfg.quota_for(&job.spec.owner);
         self.sched.enqueue(job, k.1, k.2, quota);
         self.dirty = true;
@@ -135,6 +137,7 @@ impl Engine {
                 ..opts
             },
         )?;
+        self.check_cluster_needs(&spec, source)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = format!("job-{seq}");
@@ -193,6 +196,9 @@ impl Engine {
                 (0..t.spec.instances).map(move |i| (ti as u32, i, ups.clone()))
             })
             .collect();
+        if let Some(g) = &self.parts.prewarm {
+            g.watch_job(&id, &job.spec);
+        }
         self.by_id.insert(id, seq);
         self.jobs.insert(seq, job);
         for (ti, idx, ups) in plan {
@@ -208,6 +214,35 @@ impl Engine {
         }
         self.changed = true;
         Ok(seq)
+    }
+
+    /// `shard: by_file` and `prewarm` need the cache cluster: without it the job could
+    /// only run wrong (no shares, no gate), so it is refused.
+    fn check_cluster_needs(&self, spec: &JobSpec, source: &str) -> Result<()> {
+        let mut problems = Vec::new();
+        for (ti, t) in spec.tasks.iter().enumerate() {
+            for (ii, i) in t.inputs.iter().enumerate() {
+                let at = format!("tasks[{ti}].inputs[{ii}]");
+                if i.shard == crate::spec::Shard::ByFile && self.parts.inputs.is_none() {
+                    problems.push(format!("{at}.shard: `by_file` needs the input listed by the master, but this runner has no master; start it with --master HOST:PORT"));
+                }
+                if i.prewarm.is_some() && self.parts.prewarm.is_none() {
+                    problems.push(format!("{at}.prewarm: prewarm needs the master's load jobs, but this runner has no master; start it with --master HOST:PORT"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let name = if source.is_empty() {
+            "job spec"
+        } else {
+            source
+        };
+        Err(Error::FailedPrecondition(format!(
+            "{name} cannot run on this runner:\n  {}",
+            problems.join("\n  ")
+        )))
     }
 
     pub(super) fn mark_starting(&mut self, p: &super::schedule::Placement) {
@@ -324,13 +359,39 @@ impl Engine {
         ));
         env.push(("SHOAL_ATTEMPT".into(), inst.attempt.to_string()));
         let mut links = Vec::new();
+        let mut roots = std::collections::HashMap::new();
         for d in &job.spec.datasets {
             let path = self.parts.mounts.dataset_path(&node, &d.name)?;
             env.push((data_env_name(&d.name), path.to_string_lossy().into_owned()));
             if let Some(m) = &d.mount {
-                links.push((m.clone(), path));
+                links.push((m.clone(), path.clone()));
             }
+            roots.insert(d.name.as_str(), path);
         }
+        let input_list = if task.needs_listing() {
+            let resolved = task.inputs.as_ref().ok_or_else(|| {
+                Error::internal("its by_file inputs were not listed before it was placed")
+            })?;
+            // Paths as the instance sees them: under its node's dataset mounts.
+            let mut text = String::new();
+            for (dataset, path) in resolved.share(k.2, task.spec.instances) {
+                let root = roots.get(dataset).ok_or_else(|| {
+                    Error::internal(format!(
+                        "input dataset `{dataset}` is not among the job's datasets"
+                    ))
+                })?;
+                text.push_str(&root.join(path).to_string_lossy());
+                text.push('\n');
+            }
+            let path = self.layout.input_list(&job.id, &task.spec.name, k.2);
+            env.push((
+                "SHOAL_INPUT_LIST".into(),
+                path.to_string_lossy().into_owned(),
+            ));
+            Some(crate::executor::InputList { path, text })
+        } else {
+            None
+        };
         Ok(Launch {
             job_id: job.id.clone(),
             task: task.spec.name.clone(),
@@ -345,6 +406,7 @@ impl Engine {
                 .layout
                 .attempt_files(&job.id, &task.spec.name, k.2, inst.attempt),
             links,
+            input_list,
         })
     }
 

@@ -101,6 +101,9 @@ impl Engine {
             return;
         };
         info!(job = %job.id, "resuming job after runner restart");
+        if let Some(g) = &self.parts.prewarm {
+            g.watch_job(&job.id, &job.spec);
+        }
         let keys: Vec<(InstKey, InstanceState)> = job
             .tasks
             .iter()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::state::{InstKey, Job, NodeUse, Usage, quota_refuses};
 use crate::config::Quota;
-use crate::locality::{GateState, InstanceInput, LocalityScorer, PrewarmGate};
+use crate::locality::{GateState, InputResolver, InputsState, PrewarmGate};
 use crate::spec::{OnTimeout, Resources};
 
 /// A task's ready instances within its owner's queue: higher priority first, then
@@ -50,7 +50,8 @@ pub struct Placement {
     pub local_bytes: u64,
 }
 
-/// Instances a pass gave up on (prewarm timed out with `on_timeout: fail`).
+/// Instances a pass gave up on (prewarm failed or timed out with `on_timeout: fail`,
+/// a `by_file` input could not be listed).
 pub struct GateFailure {
     pub key: InstKey,
     pub reason: String,
@@ -65,7 +66,7 @@ pub struct PassOutcome {
 }
 
 pub struct PassInputs<'a> {
-    pub locality: Option<&'a dyn LocalityScorer>,
+    pub inputs: Option<&'a dyn InputResolver>,
     pub prewarm: Option<&'a dyn PrewarmGate>,
     pub locality_wait: Duration,
     pub now: Instant,
@@ -151,7 +152,9 @@ impl Sched {
                     continue;
                 };
                 let req = job.tasks[ti as usize].spec.resources;
-                if let Some(reason) = gate(job, ti, inp, &mut out, owner) {
+                let waiting = gate(job, ti, inp, &mut out, owner)
+                    .or_else(|| resolve_inputs(job, ti, inp, &mut out, owner));
+                if let Some(reason) = waiting {
                     let t = &mut job.tasks[ti as usize];
                     t.group_reason = reason;
                     t.group_pass = pass;
@@ -259,15 +262,7 @@ fn gate(
     for (input, pw) in gated {
         let state = gate.check(&job.id, &task.spec, &input, waited);
         let fail = |why: String, out: &mut PassOutcome, owner: &mut OwnerQueue| {
-            let key = (Reverse(job.spec.priority), job.seq, ti);
-            if let Some(g) = owner.groups.remove(&key) {
-                for idx in g {
-                    out.fail.push(GateFailure {
-                        key: (job.seq, ti, idx),
-                        reason: why.clone(),
-                    });
-                }
-            }
+            fail_group(job, ti, &why, out, owner)
         };
         match state {
             GateState::Open => continue,
@@ -297,14 +292,76 @@ fn gate(
                     }
                 }
                 out.skipped.push("waiting-prewarm");
+                // Floored, so a gate short of 100% never shows "100%".
                 return Some(format!(
-                    "waiting-prewarm:{} {cached_percent:.0}%",
-                    input.dataset
+                    "waiting-prewarm:{} {}%",
+                    input.dataset,
+                    cached_percent.clamp(0.0, 100.0).floor() as u32
                 ));
             }
         }
     }
     None
+}
+
+/// Takes every queued instance of task `ti` out of the queue to fail it.
+fn fail_group(job: &Job, ti: u32, why: &str, out: &mut PassOutcome, owner: &mut OwnerQueue) {
+    let key = (Reverse(job.spec.priority), job.seq, ti);
+    if let Some(g) = owner.groups.remove(&key) {
+        for idx in g {
+            out.fail.push(GateFailure {
+                key: (job.seq, ti, idx),
+                reason: why.to_owned(),
+            });
+        }
+    }
+}
+
+/// Makes sure the task's inputs are listed and scored before its instances start.
+/// Returns the reason to wait, or `None` when the group may start.
+///
+/// A `by_file` input must be listed (the instances need their shares); a failure
+/// fails the queued instances. `whole` inputs only feed locality: when their
+/// resolution fails or takes longer than the locality wait, the task is scheduled
+/// without locality.
+fn resolve_inputs(
+    job: &mut Job,
+    ti: u32,
+    inp: &PassInputs<'_>,
+    out: &mut PassOutcome,
+    owner: &mut OwnerQueue,
+) -> Option<String> {
+    let resolver = inp.inputs?;
+    let task = &mut job.tasks[ti as usize];
+    if task.spec.inputs.is_empty() || task.inputs.is_some() || task.inputs_skipped {
+        return None;
+    }
+    let since = *task.inputs_since.get_or_insert(inp.now);
+    let must = task.needs_listing();
+    match resolver.resolve(&job.id, &task.spec) {
+        InputsState::Ready(r) => {
+            task.inputs = Some(r);
+            None
+        }
+        InputsState::Pending => {
+            if !must && inp.now.saturating_duration_since(since) >= inp.locality_wait {
+                task.inputs_skipped = true;
+                return None;
+            }
+            out.skipped.push("listing-inputs");
+            Some("listing-inputs".into())
+        }
+        InputsState::Failed(why) if must => {
+            let why = format!("could not list its inputs: {why}");
+            fail_group(job, ti, &why, out, owner);
+            Some("inputs-failed".into())
+        }
+        InputsState::Failed(why) => {
+            tracing::warn!(job = %job.id, task = %task.spec.name, "scheduling without locality: {why}");
+            task.inputs_skipped = true;
+            None
+        }
+    }
 }
 
 enum Choice {
@@ -323,45 +380,41 @@ fn choose_node(
     req: Resources,
     inp: &PassInputs<'_>,
 ) -> Choice {
-    let prefs = match inp.locality {
-        Some(scorer) if !job.tasks[ti as usize].spec.inputs.is_empty() => {
-            if job.tasks[ti as usize].insts[idx as usize].prefs.is_none() {
-                let scored = scorer.local_bytes(&InstanceInput {
-                    job_id: &job.id,
-                    job: &job.spec,
-                    task: &job.tasks[ti as usize].spec,
-                    index: idx,
-                });
-                let mut p: Vec<(usize, u64)> = scored
-                    .into_iter()
-                    .filter_map(|(name, b)| {
-                        nodes
-                            .iter()
-                            .position(|n| n.cfg.name == name)
-                            .map(|i| (i, b))
-                    })
-                    .filter(|(_, b)| *b > 0)
-                    .collect();
-                p.sort_by_key(|(i, b)| (Reverse(*b), *i));
-                job.tasks[ti as usize].insts[idx as usize].prefs = Some(p);
-            }
-            job.tasks[ti as usize].insts[idx as usize]
-                .prefs
+    let task = &mut job.tasks[ti as usize];
+    let prefs = match &task.inputs {
+        Some(resolved) => {
+            let inst = &mut task.insts[idx as usize];
+            inst.prefs
+                .get_or_insert_with(|| {
+                    // Executor nodes map to worker nodes by name; bytes on a node
+                    // without an executor cannot attract the instance.
+                    let mut p: Vec<(usize, u64)> = resolved
+                        .local_bytes(idx)
+                        .filter_map(|(name, b)| {
+                            nodes
+                                .iter()
+                                .position(|n| n.cfg.name == name)
+                                .map(|i| (i, b))
+                        })
+                        .filter(|(_, b)| *b > 0)
+                        .collect();
+                    p.sort_by_key(|(i, b)| (Reverse(*b), *i));
+                    p
+                })
                 .clone()
-                .unwrap_or_default()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let bytes_on = |n: usize| prefs.iter().find(|(i, _)| *i == n).map_or(0, |(_, b)| *b);
     if let Some(&(best, bytes)) = prefs.first() {
         if nodes[best].fits(req) {
             return Choice::Node(best, bytes);
         }
-        let inst = &job.tasks[ti as usize].insts[idx as usize];
-        let waited = inst
-            .ready_since
-            .map(|s| inp.now.saturating_duration_since(s))
-            .unwrap_or_default();
+        // The wait counts from the first pass that could place the instance, not from
+        // when it became RUNNABLE: time spent behind a prewarm gate is no locality wait.
+        let inst = &mut job.tasks[ti as usize].insts[idx as usize];
+        let since = *inst.placeable_since.get_or_insert(inp.now);
+        let waited = inp.now.saturating_duration_since(since);
         if waited < inp.locality_wait && nodes.iter().any(|n| n.fits(req)) {
             return Choice::Wait;
         }

@@ -2,10 +2,12 @@
 //! the per-owner and per-node resource use. Only the engine thread touches it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{NodeConfig, Quota};
 use crate::executor::Started;
+use crate::locality::ResolvedInputs;
 use crate::model::{InstanceState, StateCounts, Transition, derive_state};
 use crate::spec::{DepType, JobSpec, Resources, TaskSpec};
 use crate::store::InstanceRecord;
@@ -40,6 +42,9 @@ pub struct Inst {
     pub ready_since: Option<Instant>,
     /// RUNNABLE but waiting out a retry backoff (not in the scheduling queue).
     pub in_backoff: bool,
+    /// The first pass that could have placed it on its preferred node but found the
+    /// node full: the start of its bounded locality wait.
+    pub placeable_since: Option<Instant>,
     /// Per-node bytes of its input, best first; computed when first scheduled.
     pub prefs: Option<Vec<(usize, u64)>>,
     pub history: Vec<Transition>,
@@ -63,6 +68,7 @@ impl Inst {
             stop: None,
             ready_since: None,
             in_backoff: false,
+            placeable_since: None,
             prefs: None,
             history: Vec::new(),
         }
@@ -120,6 +126,34 @@ pub struct Task {
     pub group_pass: u64,
     /// When a prewarm gate was first consulted for it.
     pub gate_since: Option<Instant>,
+    /// Its inputs, listed and scored (see [`crate::locality::InputResolver`]).
+    pub inputs: Option<Arc<ResolvedInputs>>,
+    /// When the resolver was first asked about it.
+    pub inputs_since: Option<Instant>,
+    /// Scheduling without locality: the resolution of `whole`-only inputs failed or
+    /// outlasted the locality wait.
+    pub inputs_skipped: bool,
+}
+
+impl Task {
+    /// Whether an instance cannot start before its inputs are listed.
+    pub fn needs_listing(&self) -> bool {
+        self.spec
+            .inputs
+            .iter()
+            .any(|i| i.shard == crate::spec::Shard::ByFile)
+    }
+
+    /// Drops what was learnt about its inputs (the job ended; a retry starts over).
+    pub fn forget_inputs(&mut self) {
+        self.inputs = None;
+        self.inputs_since = None;
+        self.inputs_skipped = false;
+        self.gate_since = None;
+        for i in &mut self.insts {
+            i.prefs = None;
+        }
+    }
 }
 
 pub struct Job {
@@ -159,6 +193,9 @@ impl Job {
                 group_reason: String::new(),
                 group_pass: 0,
                 gate_since: None,
+                inputs: None,
+                inputs_since: None,
+                inputs_skipped: false,
             })
             .collect();
         for ti in 0..tasks.len() {

@@ -128,6 +128,12 @@ impl Executor for LocalExecutor {
         // the runner never confirmed) must not be mistaken for this one.
         let _ = std::fs::remove_file(&l.files.pid_file);
         let _ = std::fs::remove_file(&l.files.exit_file);
+        if let Some(list) = &l.input_list {
+            use std::io::Write as _;
+            private_file(&list.path)?
+                .write_all(list.text.as_bytes())
+                .map_err(|e| Error::io(format!("write {}", list.path.display()), e))?;
+        }
         let stdout = private_file(&l.files.stdout)?;
         let stderr = private_file(&l.files.stderr)?;
         let prefix = l.files.exit_file.with_extension("");
