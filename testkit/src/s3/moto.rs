@@ -38,9 +38,15 @@ pub(crate) fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
         return if is_executable(&p) {
             Ok(p)
         } else {
+            let relative = if p.is_relative() {
+                " (a relative path is resolved from the test's working directory, the \
+                 crate's own directory: use an absolute path)"
+            } else {
+                ""
+            };
             Err(Error::unavailable(format!(
-                "${MOTO_SERVER_ENV} is `{}`, which is not an executable file; point it at \
-                 a venv's bin/moto_server or unset it ({})",
+                "${MOTO_SERVER_ENV} is `{}`, which is not an executable file{relative}; point \
+                 it at a venv's bin/moto_server or unset it ({})",
                 p.display(),
                 install_hint()
             )))
