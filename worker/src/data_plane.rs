@@ -49,10 +49,24 @@ async fn serve_connection(sock: TcpStream, store: &BlockStore) -> std::io::Resul
     sock.set_nodelay(true)?;
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::new(rd);
+    let mut readahead = Readahead::default();
+    let mut prev_end = None;
     while let Some(req) = wire::read_request(&mut rd).await? {
+        let next = req
+            .as_ref()
+            .ok()
+            .map(|r| (r.file.clone(), r.offset, r.length));
         match serve_one(req, store).await {
             Ok(slices) => {
                 let total: u64 = slices.iter().map(|b| b.len() as u64).sum();
+                // Sequential reader: verify the next block while this one is on the wire.
+                if let Some((file, offset, _)) = &next {
+                    let end = offset + total;
+                    if prev_end == Some(*offset) {
+                        readahead.start(store, file, *offset, end);
+                    }
+                    prev_end = Some(end);
+                }
                 wire::write_ok_header(&mut wr, total).await?;
                 for s in &slices {
                     wr.write_all(s).await?;
@@ -64,6 +78,43 @@ async fn serve_connection(sock: TcpStream, store: &BlockStore) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// At most one block read ahead per connection, into the store's buffer of verified
+/// blocks; aborted when the connection ends.
+#[derive(Default)]
+struct Readahead(Option<tokio::task::JoinHandle<()>>);
+
+impl Readahead {
+    /// After serving `offset..end` of `file`, reads the following block if it belongs to
+    /// the same segment (another segment may have another owner).
+    fn start(&mut self, store: &BlockStore, file: &crate::FileRef, offset: u64, end: u64) {
+        if !store.has_verified_buffer() || self.0.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let layout = store.layout();
+        let next = end.div_ceil(layout.block_size());
+        let last = end.saturating_sub(1).max(offset) / layout.block_size();
+        if next >= layout.block_count(file.size)
+            || layout.segment_of_block(next) != layout.segment_of_block(last)
+        {
+            return;
+        }
+        let (store, file) = (store.clone(), file.clone());
+        self.0 = Some(tokio::spawn(async move {
+            if let Err(e) = store.read_block(&file, next).await {
+                tracing::debug!(block = next, error = %e, "readahead failed");
+            }
+        }));
+    }
+}
+
+impl Drop for Readahead {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 async fn serve_one(

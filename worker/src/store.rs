@@ -117,6 +117,7 @@ impl SharedError {
 }
 
 type SharedFetch = Shared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
+type WeakFetch = futures::future::WeakShared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
 
 /// The tiered block cache. Cheap to clone.
 #[derive(Clone)]
@@ -133,7 +134,11 @@ struct Inner {
     /// Recently verified blocks, so small consecutive reads of one block cost one pread
     /// and one checksum.
     verified: Option<moka::sync::Cache<BlockId, Bytes>>,
-    inflight: Mutex<HashMap<BlockId, SharedFetch>>,
+    /// UFS reads in flight, held weakly: a fetch lives only as long as someone waits
+    /// for it. opendal runs range reads as spawned tasks that stop when their handle is
+    /// dropped, so a cancelled prewarm or a vanished reader stops its store traffic
+    /// instead of finishing reads nobody wants.
+    inflight: Mutex<HashMap<BlockId, WeakFetch>>,
     datasets: Arc<Datasets>,
     stats: Mutex<HashMap<DatasetId, Arc<DatasetStats>>>,
     m: WorkerMetrics,
@@ -373,6 +378,11 @@ impl BlockStore {
         }
     }
 
+    /// Whether recently verified blocks are kept in memory (readahead needs it).
+    pub fn has_verified_buffer(&self) -> bool {
+        self.inner.verified.is_some()
+    }
+
     /// Forgets the in-memory copy of recently verified blocks (tests use it to force
     /// the next read to go to the tiers).
     pub fn clear_verified_buffer(&self) {
@@ -385,9 +395,9 @@ impl BlockStore {
     /// turned out to be resident already.
     fn join_or_start_fetch(&self, file: &FileRef, id: BlockId, len: u64) -> Option<SharedFetch> {
         let mut map = self.inner.inflight.lock();
-        if let Some(f) = map.get(&id) {
+        if let Some(f) = map.get(&id).and_then(|w| w.upgrade()) {
             self.inner.m.coalesced_reads.increment(1);
-            return Some(f.clone());
+            return Some(f);
         }
         // A fetch inserts into the index before leaving the map, so this check under
         // the map lock cannot miss a fetch that just finished.
@@ -403,7 +413,10 @@ impl BlockStore {
         }
         .boxed()
         .shared();
-        map.insert(id, fut.clone());
+        // `downgrade` is `None` only for a finished future, which this one cannot be yet.
+        if let Some(weak) = fut.downgrade() {
+            map.insert(id, weak);
+        }
         Some(fut)
     }
 }

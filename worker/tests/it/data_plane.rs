@@ -135,3 +135,46 @@ async fn grpc_read_range_and_load_segment() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     w.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_tcp_reads_read_ahead_within_the_segment() {
+    let ufs = Ufs::with_files(&[("seq", 12 * MIB)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("ahead");
+    let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
+    let f = ufs.file("seq");
+    let mut sock = TcpStream::connect(w.data_addr()).await.unwrap();
+    for (offset, length) in [(0, MIB), (MIB, 3 * MIB)] {
+        let req = ReadRequest {
+            file: f.clone(),
+            offset,
+            length,
+        };
+        wire::write_request(&mut sock, &req).await.unwrap();
+        let n = wire::read_response_head(&mut sock).await.unwrap().unwrap();
+        let mut got = vec![0u8; n as usize];
+        sock.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            ufs.files["seq"][offset as usize..(offset + length) as usize]
+        );
+    }
+    // The second request continued the first: block 1 is fetched before it is asked for.
+    let store = w.store().clone();
+    shoal_testkit::wait_until(
+        std::time::Duration::from_secs(10),
+        "block 1 read ahead",
+        || {
+            let store = store.clone();
+            let b = f.block(1);
+            async move { store.is_resident(&b) }
+        },
+    )
+    .await;
+    assert!(
+        !w.store().is_resident(&f.block(2)),
+        "read ahead more than one block"
+    );
+    assert_eq!(ufs_requests(&node), 2.0);
+    w.shutdown().await;
+}
