@@ -230,3 +230,65 @@ async fn same_node_reads_short_circuit_the_network() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prewarmed_dataset_reads_without_the_ufs() {
+    use shoal_proto::v1 as pb;
+    let ds = GeneratedDataset::builder(10)
+        .small_files(20, 1, 300 * 1024)
+        .large_file(70 * MIB + 1234)
+        .build();
+    let c = Cluster::start("prewarm", &ds, BlockLayout::default(), 3).await;
+    c.create_dataset("warm").await;
+    c.wait_workers(3).await;
+    let mut m =
+        shoal_worker::server::master_client(&c.master_addr(), std::time::Duration::from_secs(10))
+            .unwrap();
+    let job = m
+        .start_load(pb::StartLoadRequest {
+            dataset: "warm".into(),
+            replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = job.id.clone();
+    let done = shoal_testkit::wait_for(
+        std::time::Duration::from_secs(60),
+        "prewarm to finish",
+        || {
+            let (mut m, id) = (m.clone(), id.clone());
+            async move {
+                let j = m
+                    .get_load(pb::GetLoadRequest { id })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (j.state != pb::LoadState::Pending as i32
+                    && j.state != pb::LoadState::Running as i32)
+                    .then_some(j)
+            }
+        },
+    )
+    .await;
+    assert_eq!(done.state, pb::LoadState::Succeeded as i32, "{done:?}");
+    let loaded = ufs_requests(&c).await;
+    assert!(loaded > 0.0);
+
+    // Master and client place segments with the same function and weights, so every
+    // read finds its blocks already on the owner.
+    let client = c.client(None).await;
+    for f in ds.files() {
+        let entry = client.lookup("warm", f.path()).await.unwrap();
+        let mut out = Vec::new();
+        client.read_to("warm", &entry, &mut out).await.unwrap();
+        assert_eq!(sha256_hex(&out), f.sha256(), "{}", f.path());
+    }
+    assert_eq!(
+        ufs_requests(&c).await,
+        loaded,
+        "a prewarmed read went to the UFS"
+    );
+    c.shutdown().await;
+}
