@@ -2,6 +2,8 @@
 // Tests unwrap: a panic is the failure report we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod dataset;
 mod mount;
+mod prewarm;
 mod support;
