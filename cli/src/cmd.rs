@@ -8,6 +8,7 @@ pub mod mount;
 pub mod planned;
 pub mod prewarm;
 pub mod runner;
+pub mod up;
 pub mod worker;
 
 use shoal_common::config::ConfigFile;

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod connect;
+mod embedded;
 mod output;
 mod signal;
 
@@ -49,7 +50,7 @@ enum Command {
     /// Unmount a shoal FUSE mount.
     Umount(cmd::mount::UmountArgs),
     /// Run master, workers, runner and optionally a mount in one process (single machine).
-    Up(cmd::planned::PlannedArgs),
+    Up(cmd::up::UpArgs),
     /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
     Demo(cmd::planned::PlannedArgs),
     /// Manage datasets: named views of object-store prefixes.
@@ -126,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runner(a) => cmd::runner::run(&ctx, a).await,
         Command::Mount(a) => cmd::mount::run(&ctx, a).await,
         Command::Umount(a) => cmd::mount::umount(a),
-        Command::Up(a) => cmd::planned::run("up", "issue 7 (single-machine default)", a),
+        Command::Up(a) => cmd::up::run(&ctx, a).await,
         Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,
         Command::Job(c) => cmd::job::run(&ctx, c).await,

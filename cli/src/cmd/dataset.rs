@@ -66,7 +66,7 @@ pub enum DatasetCommand {
     },
 }
 
-fn parse_options(raw: &[String]) -> anyhow::Result<HashMap<String, String>> {
+pub fn parse_options(raw: &[String]) -> anyhow::Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for kv in raw {
         let Some((k, v)) = kv.split_once('=') else {

@@ -1,0 +1,139 @@
+//! `shoal up`: the whole system on one machine, in one process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use shoal_common::size::ByteSize;
+use shoal_proto::v1::CreateDatasetRequest;
+
+use super::Context;
+use crate::connect;
+use crate::embedded::{Embedded, EmbeddedOptions};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where state and the disk tiers live [default: ~/.local/share/shoal/up].
+    #[arg(long, env = "SHOAL_UP_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Register this store as a dataset at start (s3://bucket/prefix, file:///path).
+    #[arg(long, value_name = "URI")]
+    ufs: Option<String>,
+    /// Name of the --ufs dataset [default: the URI's last path component].
+    #[arg(long, value_name = "NAME", requires = "ufs")]
+    dataset: Option<String>,
+    /// Store option for --ufs, key=value (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE", requires = "ufs")]
+    options: Vec<String>,
+    /// Cache workers to run, each a simulated node with its own tiers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Mem tier quota per worker [default: a quarter of free memory over the workers, <= 2GiB].
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<ByteSize>,
+    /// Disk tier quota per worker [default: half the free disk over the workers, <= 20GiB].
+    #[arg(long, value_name = "SIZE")]
+    disk: Option<ByteSize>,
+    /// Also mount every dataset here with FUSE.
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
+    /// Master gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7700", value_name = "HOST:PORT")]
+    master_listen: String,
+    /// Runner gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7701", value_name = "HOST:PORT")]
+    runner_listen: String,
+}
+
+fn dataset_name_from(uri: &str) -> String {
+    let tail = uri
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("data");
+    let clean: String = tail
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches(['-', '.', '_']).to_owned();
+    if clean.is_empty() {
+        "data".into()
+    } else {
+        clean
+    }
+}
+
+pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
+    shoal_common::telemetry::init_tracing();
+    let data_dir = a
+        .data_dir
+        .unwrap_or_else(|| super::master::default_data_dir("up"));
+    let up = Embedded::start(EmbeddedOptions {
+        data_dir: data_dir.clone(),
+        workers: a.workers,
+        mem_quota: a.mem.map(|b| b.0),
+        disk_quota: a.disk.map(|b| b.0),
+        master_listen: a.master_listen,
+        runner_listen: a.runner_listen,
+        mount: a.mount,
+        heartbeat: Duration::from_secs(1),
+    })
+    .await?;
+    if let Some(uri) = &a.ufs {
+        let name = a.dataset.clone().unwrap_or_else(|| dataset_name_from(uri));
+        let options = super::dataset::parse_options(&a.options)?;
+        let mut m = connect::master(&up.master_addr()).await?;
+        let exists = m
+            .get_dataset(shoal_proto::v1::GetDatasetRequest { name: name.clone() })
+            .await
+            .is_ok();
+        if !exists {
+            let r = m
+                .create_dataset(CreateDatasetRequest {
+                    name: name.clone(),
+                    uri: uri.clone(),
+                    options,
+                    read_write: false,
+                })
+                .await;
+            if let Err(s) = r {
+                up.shutdown().await;
+                return Err(
+                    connect::status(s).context(format!("create dataset `{name}` from --ufs"))
+                );
+            }
+            eprintln!("created dataset `{name}` from {uri}");
+        }
+    }
+    eprintln!(
+        "shoal is up (state in {})\n{}",
+        data_dir.display(),
+        up.describe()
+    );
+    eprintln!(
+        "Next, in another terminal:\n  shoal dataset create mydata file:///path/to/data\n  shoal prewarm mydata\n  shoal job submit docs/examples/fanout.yaml --wait\n  shoal worker list\nCtrl-C stops everything."
+    );
+    crate::signal::shutdown_signal().await?;
+    eprintln!("stopping…");
+    up.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_names_from_uris() {
+        assert_eq!(dataset_name_from("s3://bkt/models/llama/"), "llama");
+        assert_eq!(dataset_name_from("file:///data/imagenet-1k"), "imagenet-1k");
+        assert_eq!(dataset_name_from("memory://"), "data");
+    }
+}

@@ -1,0 +1,226 @@
+//! An embedded single-machine cluster: master, N workers ("simulated nodes", each with
+//! its own tiers), the runner, and optionally a FUSE mount, all in this process. Used by
+//! `shoal up` and `shoal demo`; this module only wires the parts' own `start` functions
+//! together and picks defaults for one machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shoal_common::size::human_bytes;
+use shoal_fuse::{MountConfig, RunningMount};
+use shoal_job_runner::config::NodeConfig;
+use shoal_job_runner::{RunnerConfig, RunnerServer, RunningRunner};
+use shoal_master::{MasterConfig, MasterServer, RunningMaster};
+use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    /// Per-worker mem tier quota; default from free memory (a quarter, split over the
+    /// workers, at most 2 GiB each).
+    pub mem_quota: Option<u64>,
+    /// Per-worker disk tier quota; default from free disk (half, split over the workers,
+    /// at most 20 GiB each).
+    pub disk_quota: Option<u64>,
+    pub master_listen: String,
+    pub runner_listen: String,
+    pub mount: Option<PathBuf>,
+    /// How often workers report (and so how fresh `dataset show` is).
+    pub heartbeat: Duration,
+}
+
+pub struct Embedded {
+    pub master: RunningMaster,
+    pub workers: Vec<RunningWorker>,
+    pub runner: RunningRunner,
+    pub mount: Option<RunningMount>,
+    /// The mem tier root under /dev/shm, removed at shutdown (it holds only cache).
+    mem_root: PathBuf,
+    pub tiers: Vec<Vec<(String, PathBuf, u64)>>,
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn free_disk(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a plain out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn node_name(i: usize) -> String {
+    format!("up-{i}")
+}
+
+impl Embedded {
+    pub async fn start(o: EmbeddedOptions) -> anyhow::Result<Embedded> {
+        anyhow::ensure!(o.workers >= 1, "--workers must be at least 1");
+        std::fs::create_dir_all(&o.data_dir)
+            .with_context(|| format!("create data dir {}", o.data_dir.display()))?;
+        let data_dir = std::path::absolute(&o.data_dir)?;
+        let n = o.workers as u64;
+        let mem_quota = o.mem_quota.unwrap_or_else(|| {
+            let avail = meminfo("MemAvailable:").unwrap_or(4 * GIB);
+            (avail / 4 / n).clamp(64 * MIB, 2 * GIB)
+        });
+        let disk_quota = o.disk_quota.unwrap_or_else(|| {
+            let free = free_disk(&data_dir).unwrap_or(10 * GIB);
+            (free / 2 / n).clamp(256 * MIB, 20 * GIB)
+        });
+        // One /dev/shm directory per data dir, so two `shoal up`s never share tiers.
+        let tag = format!(
+            "{:x}",
+            xxhash_rust::xxh3::xxh3_64(data_dir.as_os_str().as_encoded_bytes())
+        );
+        let mem_root = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from(format!("/dev/shm/shoal-up-{tag}"))
+        } else {
+            data_dir.join("mem")
+        };
+
+        let mut mcfg = MasterConfig::new(data_dir.join("master"));
+        mcfg.listen = o.master_listen.clone();
+        mcfg.metrics_listen = Some("127.0.0.1:0".into());
+        mcfg.heartbeat_interval = o.heartbeat;
+        mcfg.worker_expiry = (o.heartbeat * 10).max(Duration::from_secs(5));
+        let master = MasterServer::start(mcfg)
+            .await
+            .with_context(|| format!("start the master on {}", o.master_listen))?;
+        let master_addr = master.grpc_addr.to_string();
+
+        let mut workers = Vec::new();
+        let mut tiers = Vec::new();
+        for i in 0..o.workers {
+            let node = node_name(i);
+            let t = vec![
+                ("mem".to_owned(), mem_root.join(&node), mem_quota),
+                (
+                    "disk".to_owned(),
+                    data_dir.join("workers").join(&node).join("disk"),
+                    disk_quota,
+                ),
+            ];
+            let refs: Vec<(&str, PathBuf, u64)> = t
+                .iter()
+                .map(|(a, b, c)| (a.as_str(), b.clone(), *c))
+                .collect();
+            let mut wcfg = WorkerConfig::for_tiers(&node, &refs);
+            wcfg.master = Some(master_addr.clone());
+            wcfg.heartbeat_interval = o.heartbeat;
+            let w = WorkerServer::start(wcfg)
+                .await
+                .with_context(|| format!("start worker {node}"))?;
+            workers.push(w);
+            tiers.push(t);
+        }
+
+        let mut rcfg = RunnerConfig::new(data_dir.join("runner"));
+        rcfg.listen = o.runner_listen.clone();
+        rcfg.metrics_listen = Some("127.0.0.1:0".into());
+        rcfg.master = Some(master_addr.clone());
+        // Simulated nodes share this machine's CPUs; memory is split between them.
+        let local = NodeConfig::local();
+        rcfg.nodes = (0..o.workers)
+            .map(|i| NodeConfig {
+                name: node_name(i),
+                cpu_millis: local.cpu_millis,
+                memory_bytes: local.memory_bytes / n,
+            })
+            .collect();
+        if let Some(m) = &o.mount {
+            rcfg.mount_root = std::path::absolute(m)?;
+        }
+        let runner = RunnerServer::start(rcfg)
+            .await
+            .with_context(|| format!("start the runner on {}", o.runner_listen))?;
+
+        let mount = match &o.mount {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create mountpoint {}", dir.display()))?;
+                let mut cfg = MountConfig::new(&master_addr, dir.clone());
+                cfg.node = Some(node_name(0));
+                Some(
+                    shoal_fuse::mount(cfg)
+                        .await
+                        .with_context(|| format!("mount {}", dir.display()))?,
+                )
+            }
+        };
+        Ok(Embedded {
+            master,
+            workers,
+            runner,
+            mount,
+            mem_root,
+            tiers,
+        })
+    }
+
+    pub fn master_addr(&self) -> String {
+        self.master.grpc_addr.to_string()
+    }
+
+    /// A human summary of what runs where.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let metrics = |a: Option<std::net::SocketAddr>| {
+            a.map(|a| format!("http://{a}/metrics"))
+                .unwrap_or_else(|| "-".into())
+        };
+        s.push_str(&format!(
+            "  master  {}   metrics {}\n",
+            self.master.grpc_addr,
+            metrics(self.master.metrics_addr)
+        ));
+        for (w, t) in self.workers.iter().zip(&self.tiers) {
+            let tiers: Vec<String> = t
+                .iter()
+                .map(|(name, path, q)| format!("{name}:{}:{}", path.display(), human_bytes(*q)))
+                .collect();
+            s.push_str(&format!(
+                "  worker  {}  data {}   metrics http://{}/metrics\n          tiers {}\n",
+                w.node(),
+                w.data_addr(),
+                w.metrics_addr(),
+                tiers.join("  ")
+            ));
+        }
+        s.push_str(&format!(
+            "  runner  {}   metrics {}\n",
+            self.runner.grpc_addr,
+            metrics(self.runner.metrics_addr)
+        ));
+        if let Some(m) = &self.mount {
+            s.push_str(&format!("  mount   {}\n", m.mountpoint().display()));
+        }
+        s
+    }
+
+    /// Stops everything, unmounting first, and removes the mem tiers (cache only).
+    pub async fn shutdown(self) {
+        if let Some(m) = self.mount
+            && let Err(e) = m.unmount().await
+        {
+            eprintln!("warning: unmount failed: {e}");
+        }
+        self.runner.shutdown().await;
+        for w in self.workers {
+            w.shutdown().await;
+        }
+        self.master.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.mem_root);
+    }
+}
