@@ -5,7 +5,9 @@
 
 mod bench_smoke;
 mod cancel;
+mod cluster;
 mod dag;
+mod locality;
 mod recovery;
 mod retry;
 mod scheduling;
