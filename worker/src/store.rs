@@ -117,7 +117,8 @@ impl SharedError {
 }
 
 type SharedFetch = Shared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
-type WeakFetch = futures::future::WeakShared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
+type WeakFetch =
+    futures::future::WeakShared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
 
 /// The tiered block cache. Cheap to clone.
 #[derive(Clone)]
