@@ -9,9 +9,10 @@
 //! whole percentage changes or the load ends. When the job ends, its loads that are
 //! still running are cancelled.
 //!
-//! While the master cannot be reached the follower retries; the input then stays at
-//! its last percentage and the spec's `prewarm.timeout` decides. A load the master
-//! refuses (unknown dataset or path) fails the gate with the master's message.
+//! While the master cannot be reached (or has no live worker) the follower retries;
+//! the input then stays at its last percentage and the spec's `prewarm.timeout`
+//! decides. A load the master refuses (unknown dataset, bad path) fails the gate with
+//! the master's message.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -278,9 +279,10 @@ async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str,
         let job = match master.start_load(req).await {
             Ok(j) => j.into_inner(),
             Err(s) => match Error::from(s) {
-                Error::Unavailable(m) | Error::Cancelled(m) => {
+                // Unreachable, or no live workers yet: both may pass before the timeout.
+                Error::Unavailable(m) | Error::Cancelled(m) | Error::FailedPrecondition(m) => {
                     warn!(
-                        "start prewarm: master {} unreachable ({m}); retrying",
+                        "start prewarm: {m} (master {}); retrying",
                         link.master_addr()
                     );
                     tokio::time::sleep(delay).await;

@@ -145,3 +145,46 @@ tasks:
     runner.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_master_by_file_and_prewarm_are_refused_at_submit() {
+    let mut h = crate::support::Harness::start("no-master", |_| {}).await;
+    let e = h
+        .client
+        .submit_job(shoal_proto::v1::SubmitJobRequest {
+            spec: r#"
+name: needs-master
+datasets: [{name: d}]
+tasks:
+  - name: a
+    command: ["true"]
+    inputs:
+      - {dataset: d, shard: by_file}
+      - {dataset: d, path: x, prewarm: {min_cached_percent: 50}}
+"#
+            .into(),
+            format: shoal_proto::v1::SpecFormat::Yaml as i32,
+            source_name: "nm.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    let m = e.message();
+    assert!(
+        m.contains("nm.yaml cannot run on this runner")
+            && m.contains(
+                "tasks[0].inputs[0].shard: `by_file` needs the input listed by the master"
+            )
+            && m.contains("tasks[0].inputs[1].prewarm: prewarm needs the master's load jobs")
+            && m.contains("--master HOST:PORT"),
+        "{m}"
+    );
+    let jobs = h
+        .client
+        .list_jobs(shoal_proto::v1::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.jobs.is_empty(), "nothing is stored");
+    h.stop().await;
+}

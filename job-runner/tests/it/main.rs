@@ -8,6 +8,7 @@ mod cancel;
 mod cluster;
 mod dag;
 mod locality;
+mod prewarm;
 mod recovery;
 mod retry;
 mod scheduling;
