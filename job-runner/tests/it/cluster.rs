@@ -22,7 +22,8 @@ pub struct Cluster {
     pub master: Option<RunningMaster>,
     pub master_addr: String,
     pub workers: Vec<RunningWorker>,
-    pub dirs: tempfile::TempDir,
+    /// Master and worker directories, removed when the cluster drops.
+    _dirs: tempfile::TempDir,
     pub s3: S3Fixture,
     /// In front of `s3` when the cluster was started with a slow link.
     pub link: Option<LinkProxy>,
@@ -71,7 +72,7 @@ impl Cluster {
             master: Some(master),
             master_addr,
             workers: ws,
-            dirs,
+            _dirs: dirs,
             s3,
             link,
         };
