@@ -84,6 +84,50 @@ pub struct RunnerToml {
     pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
     pub master: Option<String>,
+    /// Deadline of each call to the master and the workers.
+    #[serde(default, with = "opt_duration")]
+    pub master_timeout: Option<std::time::Duration>,
+    /// Executor nodes and their capacity; none means this machine.
+    pub nodes: Option<Vec<RunnerNodeToml>>,
+    /// The quota of every owner without its own.
+    pub default_quota: Option<QuotaToml>,
+    /// Per-owner quotas, by owner name.
+    #[serde(default)]
+    pub quotas: std::collections::BTreeMap<String, QuotaToml>,
+    /// Where each node's datasets are mounted (dataset `d` at `<mount_root>/d`).
+    pub mount_root: Option<String>,
+    /// SIGTERM, then SIGKILL this much later (timeouts, cancels).
+    #[serde(default, with = "opt_duration")]
+    pub kill_grace: Option<std::time::Duration>,
+    /// Longest wait for the node holding most of an instance's input.
+    #[serde(default, with = "opt_duration")]
+    pub locality_wait: Option<std::time::Duration>,
+}
+
+/// One executor node of the runner.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerNodeToml {
+    pub name: String,
+    pub cpu: CpuToml,
+    pub memory: ByteSize,
+}
+
+/// CPU as cores (`4`, `0.5`) or text (`"500m"` millicores, `"2"`); the runner parses it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CpuToml {
+    Cores(f64),
+    Text(String),
+}
+
+/// What one owner may use at once; a missing key is unlimited.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaToml {
+    pub instances: Option<u32>,
+    pub cpu: Option<CpuToml>,
+    pub memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +199,41 @@ mod tests {
             Some(std::time::Duration::from_secs(20))
         );
         assert_eq!(c.worker.tiers.unwrap()[0].quota.0, 2 << 30);
+    }
+
+    #[test]
+    fn parses_the_runner_section() {
+        let c = ConfigFile::parse(
+            r#"
+            [runner]
+            master = "10.0.0.5:7700"
+            nodes = [
+              { name = "node-1", cpu = 8, memory = "16GiB" },
+              { name = "node-2", cpu = "500m", memory = 1073741824 },
+            ]
+            default_quota = { instances = 4 }
+            kill_grace = "5s"
+            locality_wait = "2s"
+            [runner.quotas.team-a]
+            instances = 2
+            cpu = 1.5
+            memory = "8GiB"
+            "#,
+        )
+        .unwrap();
+        let r = c.runner;
+        let nodes = r.nodes.unwrap();
+        assert_eq!(nodes[0].cpu, CpuToml::Cores(8.0));
+        assert_eq!(nodes[1].cpu, CpuToml::Text("500m".into()));
+        assert_eq!(nodes[1].memory.0, 1 << 30);
+        assert_eq!(r.default_quota.unwrap().instances, Some(4));
+        let a = &r.quotas["team-a"];
+        assert_eq!(
+            (a.instances, a.cpu.clone()),
+            (Some(2), Some(CpuToml::Cores(1.5)))
+        );
+        assert_eq!(r.kill_grace, Some(std::time::Duration::from_secs(5)));
+        assert!(ConfigFile::parse("[runner.quotas.x]\ngpus = 1\n").is_err());
     }
 
     #[test]
