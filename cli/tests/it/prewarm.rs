@@ -304,3 +304,72 @@ async fn a_worker_added_mid_load_leaves_no_segment_uncached() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_without_a_terminal_detaches_and_prints_the_job_id() {
+    let s3 = S3Fixture::start().await;
+    let ds = GeneratedDataset::builder(13)
+        .small_files(2, 1, 1024)
+        .large_file(48 * MIB)
+        .build();
+    ds.upload(s3.operator(), "pi").await.unwrap();
+    let upstream = s3.endpoint().trim_start_matches("http://").parse().unwrap();
+    let link = LinkProxy::start(
+        upstream,
+        LinkProfile {
+            first_byte: Duration::from_millis(5),
+            bandwidth: 8 * MIB,
+        },
+    )
+    .await
+    .unwrap();
+    let mut opts = s3.options();
+    opts.insert("endpoint".into(), link.endpoint());
+    let c = Cluster::start(ClusterSpec::default()).await;
+    c.create_dataset("pi", &s3.uri("pi"), opts).await;
+
+    let child = std::process::Command::new(crate::support::SHOAL)
+        .args(["prewarm", "pi", "--wait"])
+        .env("SHOAL_MASTER", &c.master_addr)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the prewarm to be under way",
+        || async { link.bytes_down() > 2 * MIB },
+    )
+    .await;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.starts_with("ld-"),
+        "expected the job id on stdout: {out:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detached"));
+    // The job goes on without the client and finishes.
+    let r = wait_for(
+        Duration::from_secs(60),
+        "the detached job to finish",
+        || async {
+            let j = shoal(
+                &c.master_addr,
+                &["-o", "json", "prewarm", "status", &stdout],
+            )
+            .ok()
+            .json();
+            (j["state"] != "running" && j["state"] != "pending").then_some(j)
+        },
+    )
+    .await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    c.shutdown().await;
+}
