@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shoal_common::config::{CpuToml, QuotaToml, RunnerNodeToml};
 use shoal_common::{Error, Result};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
@@ -51,6 +52,36 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// A node from the config file's `[[runner.nodes]]`.
+    pub fn from_toml(t: &RunnerNodeToml) -> Result<NodeConfig> {
+        let n = NodeConfig {
+            name: t.name.trim().to_owned(),
+            cpu_millis: cpu_from_toml(&t.cpu).ok_or_else(|| {
+                Error::invalid(format!(
+                    "runner node `{}`: invalid cpu {:?}; write cores (4, 0.5) or millicores (\"500m\")",
+                    t.name, t.cpu
+                ))
+            })?,
+            memory_bytes: t.memory.0,
+        };
+        if !crate::spec::check::is_valid_name(&n.name) {
+            return Err(Error::invalid(format!(
+                "runner node name `{}` is invalid: use letters, digits, `-`, `_` and `.`",
+                t.name
+            )));
+        }
+        Ok(n)
+    }
+}
+
+fn cpu_from_toml(c: &CpuToml) -> Option<u64> {
+    match c {
+        CpuToml::Cores(c) => (c.is_finite() && *c >= 0.0).then(|| (c * 1000.0).round() as u64),
+        CpuToml::Text(s) => parse_cpu(s),
+    }
+}
+
 /// `2`, `0.5` (cores) or `500m` (millicores).
 pub fn parse_cpu(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -85,6 +116,23 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// A quota from the config file (`[runner.default_quota]`, `[runner.quotas.OWNER]`).
+    pub fn from_toml(t: &QuotaToml) -> Result<Quota> {
+        let cpu_millis = match &t.cpu {
+            Some(c) => Some(cpu_from_toml(c).ok_or_else(|| {
+                Error::invalid(format!(
+                    "invalid quota cpu {c:?}; write cores (4, 0.5) or millicores (\"500m\")"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Quota {
+            max_instances: t.instances,
+            cpu_millis,
+            memory_bytes: t.memory.map(|m| m.0),
+        })
+    }
+
     /// Parses `instances=2,cpu=4,memory=8GiB` (any subset; `unlimited` for none).
     pub fn parse(s: &str) -> Result<Quota> {
         let mut q = Quota::default();

@@ -31,9 +31,13 @@ pub struct RunnerArgs {
     /// [default: ~/.local/share/shoal/runner].
     #[arg(long, env = "SHOAL_RUNNER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Master address, for dataset listings (locality and prewarm come later).
+    /// Master address: inputs are listed, scored for locality and prewarmed through
+    /// it. Without one, specs with `shard: by_file` or `prewarm` are refused.
     #[arg(long, env = "SHOAL_MASTER", value_name = "HOST:PORT")]
     master: Option<String>,
+    /// Deadline of each call to the master and the workers [default: 10s].
+    #[arg(long, env = "SHOAL_RUNNER_MASTER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    master_timeout: Option<Duration>,
     /// An executor node and its capacity, NAME=CPU,MEMORY (e.g. node-1=8,16GiB).
     /// Repeatable [default: this machine with all its CPUs and memory].
     #[arg(long = "node", value_name = "NAME=CPU,MEMORY")]
@@ -50,10 +54,10 @@ pub struct RunnerArgs {
     #[arg(long, env = "SHOAL_RUNNER_MOUNT_ROOT", value_name = "DIR")]
     mount_root: Option<PathBuf>,
     /// After SIGTERM (timeout, cancel), SIGKILL an instance this much later [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "SHOAL_RUNNER_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     kill_grace: Option<Duration>,
-    /// Longest wait for the node holding an instance's input [default: 3s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Longest wait for the node holding most of an instance's input [default: 3s].
+    #[arg(long, env = "SHOAL_RUNNER_LOCALITY_WAIT", value_name = "DURATION", value_parser = parse_duration)]
     locality_wait: Option<Duration>,
     /// How instances run [default: local].
     #[arg(long, value_enum, value_name = "KIND")]
@@ -75,6 +79,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         metrics_listen,
         data_dir,
         master,
+        master_timeout,
         nodes,
         default_quota,
         quotas,
@@ -101,14 +106,32 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         "127.0.0.1:9701".into(),
     ));
     cfg.master = master.or_else(|| f.master.clone());
+    if let Some(t) = master_timeout.or(f.master_timeout) {
+        cfg.master_timeout = t;
+    }
     if !nodes.is_empty() {
         cfg.nodes = nodes
             .iter()
             .map(|n| NodeConfig::parse(n))
             .collect::<Result<_, _>>()?;
+    } else if let Some(ns) = &f.nodes {
+        cfg.nodes = ns
+            .iter()
+            .map(NodeConfig::from_toml)
+            .collect::<Result<_, _>>()
+            .context("[runner] nodes")?;
     }
     if let Some(q) = default_quota {
         cfg.default_quota = Quota::parse(&q).context("--default-quota")?;
+    } else if let Some(q) = &f.default_quota {
+        cfg.default_quota = Quota::from_toml(q).context("[runner] default_quota")?;
+    }
+    // Per-owner quotas: the file's first, then flags override owner by owner.
+    for (owner, q) in &f.quotas {
+        cfg.quotas.insert(
+            owner.clone(),
+            Quota::from_toml(q).with_context(|| format!("[runner.quotas.{owner}]"))?,
+        );
     }
     for q in quotas {
         let (owner, spec) = q.split_once('=').with_context(|| {
@@ -117,13 +140,13 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.quotas
             .insert(owner.to_owned(), Quota::parse(spec).context("--quota")?);
     }
-    if let Some(m) = mount_root {
+    if let Some(m) = mount_root.or_else(|| f.mount_root.as_ref().map(PathBuf::from)) {
         cfg.mount_root = m;
     }
-    if let Some(g) = kill_grace {
+    if let Some(g) = kill_grace.or(f.kill_grace) {
         cfg.kill_grace = g;
     }
-    if let Some(w) = locality_wait {
+    if let Some(w) = locality_wait.or(f.locality_wait) {
         cfg.locality_wait = w;
     }
     cfg.executor = match executor {
@@ -165,4 +188,94 @@ pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
     crate::signal::shutdown_signal().await?;
     runner.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use shoal_common::config::ConfigFile;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RunnerArgs,
+    }
+
+    fn resolve(file: &str, flags: &[&str]) -> anyhow::Result<RunnerConfig> {
+        let ctx = Context {
+            file: ConfigFile::parse(file)?,
+            output: crate::output::OutputFormat::Table,
+        };
+        let cli =
+            Cli::try_parse_from(std::iter::once("shoal-runner").chain(flags.iter().copied()))?;
+        config(&ctx, cli.args)
+    }
+
+    const FILE: &str = r#"
+        [runner]
+        data_dir = "/tmp/shoal-runner-config-test"
+        master = "10.0.0.5:7700"
+        master_timeout = "3s"
+        nodes = [{ name = "n1", cpu = 8, memory = "16GiB" }, { name = "n2", cpu = "500m", memory = "1GiB" }]
+        default_quota = { instances = 4 }
+        mount_root = "/mnt/shoal"
+        kill_grace = "5s"
+        locality_wait = "2s"
+        [runner.quotas.team-a]
+        cpu = 1.5
+    "#;
+
+    #[test]
+    fn the_file_fills_what_flags_leave_out() {
+        let c = resolve(FILE, &[]).unwrap();
+        assert_eq!(c.master.as_deref(), Some("10.0.0.5:7700"));
+        assert_eq!(c.master_timeout, Duration::from_secs(3));
+        let nodes: Vec<(&str, u64, u64)> = c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.cpu_millis, n.memory_bytes))
+            .collect();
+        assert_eq!(nodes, [("n1", 8000, 16 << 30), ("n2", 500, 1 << 30)]);
+        assert_eq!(c.default_quota.max_instances, Some(4));
+        assert_eq!(c.quota_for("team-a").cpu_millis, Some(1500));
+        assert_eq!(c.mount_root, PathBuf::from("/mnt/shoal"));
+        assert_eq!(c.kill_grace, Duration::from_secs(5));
+        assert_eq!(c.locality_wait, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let c = resolve(
+            FILE,
+            &[
+                "--node",
+                "x=2,4GiB",
+                "--locality-wait",
+                "9s",
+                "--quota",
+                "team-a=instances=1",
+                "--kill-grace",
+                "1s",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(c.nodes[0].name, "x");
+        assert_eq!(c.locality_wait, Duration::from_secs(9));
+        assert_eq!(c.quota_for("team-a").max_instances, Some(1));
+        assert_eq!(c.quota_for("team-a").cpu_millis, None);
+        assert_eq!(c.kill_grace, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_file_values_say_where() {
+        let e = resolve(
+            "[runner]\nnodes = [{ name = \"n1\", cpu = \"lots\", memory = \"1GiB\" }]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("[runner] nodes"), "{e:#}");
+        assert!(format!("{e:#}").contains("invalid cpu"), "{e:#}");
+    }
 }
