@@ -6,7 +6,10 @@
 //!   the scheduling passes ([`engine::schedule`]) and drives the executor.
 //! - [`store`]: durable state behind [`store::JobStore`] (SQLite by default).
 //! - [`executor`]: the [`executor::Executor`] boundary and the local executor.
-//! - [`locality`]: the locality and prewarm inputs to scheduling.
+//! - [`locality`]: what makes scheduling data-aware: [`locality::InputResolver`] (input
+//!   listings, `by_file` shares, per-node cached bytes) and [`locality::PrewarmGate`],
+//!   implemented against the cache cluster by [`locality::inputs::MasterInputs`] and
+//!   [`locality::prewarm::MasterPrewarm`] when the runner has a master.
 //! - [`server`]: [`server::RunnerServer::start`], the gRPC `RunnerService` and metrics.
 //!
 //! ```no_run
