@@ -4,6 +4,7 @@
 //! - [`S3Fixture`]: a real S3 endpoint (`moto_server`) on 127.0.0.1 with one bucket and
 //!   an access key it enforces; killed when dropped, [`S3Fixture::stop`] to make the
 //!   store unreachable on purpose.
+//! - [`Cluster`]: a master and N workers in this process on `127.0.0.1:0`.
 //! - [`GeneratedDataset`]: a seeded tree of files (many small, a few large, empty ones)
 //!   whose bytes and sha256 are known; [`GeneratedDataset::upload`] puts it in S3,
 //!   [`GeneratedDataset::write_to_dir`] on a local disk.
@@ -29,12 +30,14 @@
 //! `moto_server` is found through `$SHOAL_MOTO_SERVER`, then `<workspace>/.venv`, then
 //! `PATH`; `scripts/test` creates the venv.
 
+pub mod cluster;
 pub mod dataset;
 pub mod link;
 pub mod process;
 pub mod s3;
 pub mod wait;
 
+pub use cluster::{Cluster, ClusterSpec};
 pub use dataset::{DatasetBuilder, DatasetFile, DirListing, GeneratedDataset};
 pub use link::{LinkProfile, LinkProxy};
 pub use process::TestProcess;

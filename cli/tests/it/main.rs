@@ -2,7 +2,6 @@
 // Tests unwrap: a panic is the failure report we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod cluster;
 mod dataset;
 mod mount;
 mod prewarm;

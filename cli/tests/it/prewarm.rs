@@ -7,7 +7,9 @@ use shoal_testkit::{
     GeneratedDataset, LinkProfile, LinkProxy, S3Fixture, sha256_hex, wait_for, wait_until,
 };
 
-use crate::cluster::{Cluster, ClusterSpec, MIB};
+use shoal_testkit::{Cluster, ClusterSpec};
+
+const MIB: u64 = 1 << 20;
 use crate::support::shoal;
 
 async fn dataset_status(c: &Cluster, name: &str) -> serde_json::Value {
