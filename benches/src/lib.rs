@@ -6,5 +6,9 @@
 //!   direct pread of the same bytes from tmpfs (the baseline). Run it with
 //!   `cargo bench -p shoal-benches --bench dataplane`; every benchmark also runs as a
 //!   tiny test (`cargo test -p shoal-benches`) so it cannot rot.
+//! - [`prewarm`]: prewarm throughput uncapped and against a capped link, time to first
+//!   segment, and a cold vs post-prewarm read through the mount
+//!   (`cargo bench -p shoal-benches --bench prewarm`).
 
 pub mod dataplane;
+pub mod prewarm;

@@ -1,0 +1,237 @@
+//! Prewarm throughput and what it buys (issue 5; a scenario of the full suite).
+//!
+//! In one run, against the real S3 endpoint of the test kit:
+//! 1. **Uncapped**: prewarm a dataset straight from the local S3 endpoint; report bytes
+//!    per second per worker.
+//! 2. **Capped**: the same data behind a [`LinkProxy`] (default 20 ms first byte,
+//!    400 Mbit/s); report throughput as a fraction of the cap and the time to the first
+//!    loaded segment.
+//! 3. **Cold vs warm through the mount**: a fresh dataset behind the same link; read the
+//!    "model" file through a FUSE mount cold (every byte crosses the link), prewarm, drop
+//!    the page cache, read it again. The ratio is what a prewarmed job gains.
+//!
+//! Every figure is measured in this run; nothing is compared with numbers from elsewhere.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_common::{Error, Result};
+use shoal_proto::v1::{GetLoadRequest, LoadJob, LoadState, StartLoadRequest};
+use shoal_testkit::{Cluster, ClusterSpec, GeneratedDataset, LinkProfile, LinkProxy, S3Fixture};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Size of the "model" file (default 1 GiB).
+    pub model_bytes: u64,
+    /// Workers in the cluster (default 2).
+    pub workers: usize,
+    pub link: LinkProfile,
+    /// Skip the FUSE part (it needs root and /dev/fuse).
+    pub with_mount: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            model_bytes: 1 << 30,
+            workers: 2,
+            link: LinkProfile::remote(),
+            with_mount: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub bytes: u64,
+    pub workers: usize,
+    pub uncapped_secs: f64,
+    pub uncapped_bytes_per_sec_per_worker: f64,
+    pub cap_bytes_per_sec: u64,
+    pub capped_secs: f64,
+    pub capped_fraction_of_cap: f64,
+    pub capped_first_byte_ms: i64,
+    /// Cold read of the model through the mount, behind the link.
+    pub cold_read_secs: Option<f64>,
+    /// The same read after a prewarm, page cache dropped.
+    pub warm_read_secs: Option<f64>,
+}
+
+impl Report {
+    pub fn speedup(&self) -> Option<f64> {
+        Some(self.cold_read_secs? / self.warm_read_secs?)
+    }
+}
+
+async fn prewarm(c: &Cluster, dataset: &str) -> Result<(LoadJob, f64)> {
+    let mut m = c.master_client().await;
+    let t = Instant::now();
+    let job = m
+        .start_load(StartLoadRequest {
+            dataset: dataset.into(),
+            replicas: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut stream = m
+        .watch_load(GetLoadRequest { id: job.id.clone() })
+        .await?
+        .into_inner();
+    let mut last = job;
+    while let Some(j) = stream.message().await? {
+        last = j;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if last.state != LoadState::Succeeded as i32 {
+        return Err(Error::internal(format!(
+            "prewarm of {dataset} ended {:?}: {}",
+            last.state, last.message
+        )));
+    }
+    Ok((last, secs))
+}
+
+fn drop_page_cache() {
+    // Needs root; without it the warm figure includes the page cache, which the report says.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+}
+
+fn read_file(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        if k == 0 {
+            return Ok(n);
+        }
+        n += k as u64;
+    }
+}
+
+pub async fn run(o: &Options) -> Result<Report> {
+    let s3 = S3Fixture::start().await;
+    let ds = GeneratedDataset::builder(0x9e11)
+        .small_files(16, 1, 256 * 1024)
+        .large_file(o.model_bytes)
+        .build();
+    for prefix in ["uncapped", "capped", "model"] {
+        ds.upload(s3.operator(), prefix).await?;
+    }
+    let model_path = ds
+        .files()
+        .iter()
+        .max_by_key(|f| f.size())
+        .map(|f| f.path().to_owned())
+        .ok_or_else(|| Error::internal("empty dataset"))?;
+    let upstream = s3
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| Error::internal(format!("S3 endpoint address: {e}")))?;
+    let link = LinkProxy::start(upstream, o.link).await?;
+    let mut linked = s3.options();
+    linked.insert("endpoint".into(), link.endpoint());
+
+    // Tiers large enough that nothing is evicted: this measures loading, not eviction.
+    let per_worker = (ds.total_bytes() * 3 / o.workers as u64).max(256 * MIB);
+    let c = Cluster::start(ClusterSpec {
+        workers: o.workers,
+        mem_quota: 64 * MIB,
+        disk_quota: per_worker,
+    })
+    .await;
+    c.create_dataset("uncapped", &s3.uri("uncapped"), s3.options())
+        .await;
+    c.create_dataset("capped", &s3.uri("capped"), linked.clone())
+        .await;
+    c.create_dataset("model", &s3.uri("model"), linked).await;
+
+    let mut r = Report {
+        bytes: ds.total_bytes(),
+        workers: o.workers,
+        cap_bytes_per_sec: o.link.bandwidth,
+        ..Default::default()
+    };
+    let (_, secs) = prewarm(&c, "uncapped").await?;
+    r.uncapped_secs = secs;
+    r.uncapped_bytes_per_sec_per_worker = ds.total_bytes() as f64 / secs / o.workers as f64;
+
+    let (job, secs) = prewarm(&c, "capped").await?;
+    r.capped_secs = secs;
+    r.capped_fraction_of_cap = ds.total_bytes() as f64 / secs / o.link.bandwidth.max(1) as f64;
+    r.capped_first_byte_ms = (job.first_byte_at_ms - job.created_at_ms).max(0);
+
+    if o.with_mount {
+        let mnt = tempfile::tempdir().map_err(|e| Error::io("mountpoint", e))?;
+        let mut cfg = shoal_fuse::MountConfig::new(&c.master_addr, mnt.path());
+        cfg.node = Some(c.nodes[0].clone());
+        let mount = shoal_fuse::mount(cfg).await?;
+        let file = mnt.path().join("model").join(&model_path);
+        drop_page_cache();
+        let f2 = file.clone();
+        let t = Instant::now();
+        let n = tokio::task::spawn_blocking(move || read_file(&f2))
+            .await
+            .map_err(|e| Error::internal(format!("cold read task: {e}")))??;
+        r.cold_read_secs = Some(t.elapsed().as_secs_f64());
+        if n != o.model_bytes {
+            let _ = mount.unmount().await;
+            return Err(Error::internal(format!(
+                "cold read returned {n} bytes, expected {}",
+                o.model_bytes
+            )));
+        }
+        prewarm(&c, "model").await?;
+        // Reports arrive every 200 ms; the read below must see the warm cache, not a race.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop_page_cache();
+        let t = Instant::now();
+        let f2 = file.clone();
+        let n = tokio::task::spawn_blocking(move || read_file(&f2))
+            .await
+            .map_err(|e| Error::internal(format!("warm read task: {e}")))??;
+        r.warm_read_secs = Some(t.elapsed().as_secs_f64());
+        mount.unmount().await?;
+        if n != o.model_bytes {
+            return Err(Error::internal(format!("warm read returned {n} bytes")));
+        }
+    }
+    c.shutdown().await;
+    Ok(r)
+}
+
+pub fn render(r: &Report) -> String {
+    let mbs = |b: f64| b / 1e6;
+    let mut s = String::new();
+    s.push_str(&format!(
+        "prewarm of {:.1} MiB with {} worker(s)\n",
+        r.bytes as f64 / MIB as f64,
+        r.workers
+    ));
+    s.push_str(&format!(
+        "  uncapped local S3:  {:.2} s, {:.1} MB/s per worker\n",
+        r.uncapped_secs,
+        mbs(r.uncapped_bytes_per_sec_per_worker)
+    ));
+    s.push_str(&format!(
+        "  capped at {:.1} MB/s: {:.2} s, {:.2}x of the cap, first segment after {} ms\n",
+        mbs(r.cap_bytes_per_sec as f64),
+        r.capped_secs,
+        r.capped_fraction_of_cap,
+        r.capped_first_byte_ms
+    ));
+    if let (Some(c), Some(w), Some(x)) = (r.cold_read_secs, r.warm_read_secs, r.speedup()) {
+        s.push_str(&format!(
+            "  model through the mount: cold {c:.2} s, after prewarm {w:.2} s, {x:.1}x faster\n"
+        ));
+    }
+    s
+}
