@@ -167,6 +167,9 @@ pub enum ExecutorKind {
     Local,
     /// Nothing runs: every instance succeeds at once. For scheduling benchmarks.
     Noop,
+    /// Each attempt is a Pod with a FUSE sidecar ([`crate::executor::kubernetes`]);
+    /// needs the `kubernetes` cargo feature.
+    Kubernetes,
 }
 
 #[derive(Clone, Debug)]
@@ -198,6 +201,8 @@ pub struct RunnerConfig {
     pub schedule_interval: Duration,
     /// How long an instance may wait for the node holding most of its input.
     pub locality_wait: Duration,
+    /// Options of the Kubernetes executor (used with [`ExecutorKind::Kubernetes`]).
+    pub kubernetes: crate::executor::kubernetes::KubernetesConfig,
 }
 
 impl RunnerConfig {
@@ -218,6 +223,7 @@ impl RunnerConfig {
             kill_grace: Duration::from_secs(10),
             schedule_interval: Duration::from_secs(1),
             locality_wait: Duration::from_secs(3),
+            kubernetes: Default::default(),
         }
     }
 

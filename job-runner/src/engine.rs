@@ -398,7 +398,13 @@ impl Engine {
             metrics::counter!("shoal_runner_scheduling_decisions_total", "runner" => runner.clone(), "decision" => "skip", "reason" => *r).increment(1);
         }
         if !out.start.is_empty() {
-            metrics::counter!("shoal_runner_scheduling_decisions_total", "runner" => runner, "decision" => "start", "reason" => "fits").increment(out.start.len() as u64);
+            metrics::counter!("shoal_runner_scheduling_decisions_total", "runner" => runner.clone(), "decision" => "start", "reason" => "fits").increment(out.start.len() as u64);
+            for label in ["best", "other", "none"] {
+                let n = out.start.iter().filter(|p| p.locality == label).count();
+                if n > 0 {
+                    metrics::counter!("shoal_runner_placements_total", "runner" => runner.clone(), "locality" => label).increment(n as u64);
+                }
+            }
         }
         for f in out.fail {
             self.fail_unstarted(f.key, &f.reason);

@@ -4,7 +4,7 @@
 //!
 //! - [`local::LocalExecutor`]: child processes on this machine (the default).
 //! - [`noop::NoopExecutor`]: every attempt succeeds at once (scheduling benchmarks).
-//! - The Kubernetes executor (deploy issue) implements the same trait with Pods.
+//! - [`kubernetes`]: each attempt is a Pod with a FUSE sidecar (`kubernetes` feature).
 //!
 //! Contract:
 //! - `start` returns quickly; the end of the attempt is reported exactly once through
@@ -14,6 +14,7 @@
 //! - `adopt` re-attaches to an attempt that a previous runner process started, so an
 //!   instance is never lost nor run twice.
 
+pub mod kubernetes;
 pub mod local;
 pub mod noop;
 
@@ -43,6 +44,8 @@ pub struct Launch {
     /// The instance's `by_file` input share, to write before it starts; its path is
     /// in the `SHOAL_INPUT_LIST` variable of `env`.
     pub input_list: Option<InputList>,
+    /// What the task asks for (container executors turn it into resource requests).
+    pub resources: crate::spec::Resources,
 }
 
 /// A file listing an instance's share of its inputs, one path per line.

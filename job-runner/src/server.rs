@@ -81,6 +81,7 @@ impl RunnerServer {
                     Arc::new(LocalExecutor::new(tokio::runtime::Handle::current()))
                 }
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
+                ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
             },
         };
         let mounts = plugins

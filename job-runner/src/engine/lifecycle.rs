@@ -407,6 +407,7 @@ impl Engine {
                 .attempt_files(&job.id, &task.spec.name, k.2, inst.attempt),
             links,
             input_list,
+            resources: task.spec.resources,
         })
     }
 

@@ -48,6 +48,9 @@ pub struct Placement {
     pub key: InstKey,
     pub node: usize,
     pub local_bytes: u64,
+    /// `best` (the node holding most of its input), `other`, or `none` (no input
+    /// bytes cached anywhere, or no locality).
+    pub locality: &'static str,
 }
 
 /// Instances a pass gave up on (prewarm failed or timed out with `on_timeout: fail`,
@@ -190,7 +193,7 @@ impl Sched {
                     }
                     let choice = choose_node(job, ti, idx, nodes, req, inp);
                     match choice {
-                        Choice::Node(n, bytes) => {
+                        Choice::Node(n, bytes, locality) => {
                             nodes[n].used.add(req);
                             owner.used.add(req);
                             started.push(idx);
@@ -198,6 +201,7 @@ impl Sched {
                                 key: (job_seq, ti, idx),
                                 node: n,
                                 local_bytes: bytes,
+                                locality,
                             });
                         }
                         Choice::Wait => {
@@ -365,7 +369,8 @@ fn resolve_inputs(
 }
 
 enum Choice {
-    Node(usize, u64),
+    /// The node, the instance's cached bytes there, and the locality label.
+    Node(usize, u64, &'static str),
     /// The preferred node is full and the locality wait has not passed.
     Wait,
     /// No node has room.
@@ -408,7 +413,7 @@ fn choose_node(
     let bytes_on = |n: usize| prefs.iter().find(|(i, _)| *i == n).map_or(0, |(_, b)| *b);
     if let Some(&(best, bytes)) = prefs.first() {
         if nodes[best].fits(req) {
-            return Choice::Node(best, bytes);
+            return Choice::Node(best, bytes, "best");
         }
         // The wait counts from the first pass that could place the instance, not from
         // when it became RUNNABLE: time spent behind a prewarm gate is no locality wait.
@@ -427,7 +432,8 @@ fn choose_node(
         }
     }
     match best {
-        Some(n) => Choice::Node(n, bytes_on(n)),
+        Some(n) if prefs.is_empty() => Choice::Node(n, 0, "none"),
+        Some(n) => Choice::Node(n, bytes_on(n), "other"),
         None => Choice::Full,
     }
 }
