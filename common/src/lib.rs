@@ -11,6 +11,7 @@
 //! - [`config`]: the TOML file and the flag > env > file > default precedence.
 //! - [`error`]: [`Error`], aligned with gRPC codes.
 //! - [`telemetry`]: tracing and the Prometheus `/metrics` endpoint.
+//! - [`auth`]: tokens (stored hashed), identities, the cluster secret.
 //!
 //! ```
 //! use shoal_common::block::BlockLayout;
@@ -28,6 +29,7 @@
 //! Invariant: this crate depends on no other shoal crate and does no I/O except in
 //! [`ufs`] (through opendal) and [`telemetry`] (the metrics listener).
 
+pub mod auth;
 pub mod block;
 pub mod config;
 pub mod error;

@@ -1,0 +1,322 @@
+//! Credentials and identities shared by every server and client (issue 9).
+//!
+//! A **token** is `shoal_<id>_<secret>`: the id names the token (it can be listed and
+//! revoked), the secret proves possession. Servers store only the SHA-256 of the secret
+//! and compare hashes in constant time. Tokens travel in the gRPC `authorization`
+//! metadata as `Bearer <token>`, and in the data plane's opening frame.
+//!
+//! An **identity** is what a verified token stands for: an owner (a tenant, optionally
+//! an admin), or the cluster itself (workers, mounts and the runner talking to each other
+//! with the shared cluster token).
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// gRPC metadata key carrying `Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
+const PREFIX: &str = "shoal_";
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// A cluster member (worker, mount, runner) holding the cluster token.
+    Cluster,
+    /// A tenant. Admins may act on every owner's resources.
+    Owner { name: String, admin: bool },
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Identity::Owner { admin: true, .. })
+    }
+
+    /// True for the cluster and for admins: they see every owner's resources.
+    pub fn sees_everything(&self) -> bool {
+        matches!(self, Identity::Cluster) || self.is_admin()
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Identity::Owner { name, .. } => Some(name),
+            Identity::Cluster => None,
+        }
+    }
+
+    /// May this identity act on a resource owned by `owner`?
+    pub fn may_act_for(&self, owner: &str) -> bool {
+        self.sees_everything() || self.owner() == Some(owner)
+    }
+
+    /// Refuses anything but the cluster (internal RPCs: worker membership, UFS access).
+    pub fn require_cluster(&self, what: &str) -> Result<()> {
+        match self {
+            Identity::Cluster => Ok(()),
+            Identity::Owner { admin: true, .. } => Ok(()),
+            Identity::Owner { name, .. } => Err(Error::PermissionDenied(format!(
+                "{what} is for cluster members and admins; owner `{name}` may not call it"
+            ))),
+        }
+    }
+
+    pub fn require_admin(&self, what: &str) -> Result<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{what} needs an admin token"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Cluster => f.write_str("cluster"),
+            Identity::Owner { name, admin: true } => write!(f, "{name} (admin)"),
+            Identity::Owner { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+/// A parsed token. Its `Debug`/`Display` never show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    id: String,
+    secret: String,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({})", self.id)
+    }
+}
+
+impl Token {
+    /// A fresh random token (64 bits of id, 256 bits of secret).
+    pub fn generate() -> Token {
+        let id: [u8; 8] = rand::random();
+        let secret: [u8; 32] = rand::random();
+        Token {
+            id: hex(&id),
+            secret: hex(&secret),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Token> {
+        let bad = || {
+            Error::Unauthenticated(
+                "malformed token: expected shoal_<id>_<secret> (check SHOAL_TOKEN or your token file)"
+                    .into(),
+            )
+        };
+        let rest = s.trim().strip_prefix(PREFIX).ok_or_else(bad)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
+        let ok = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok(id, 16) || !ok(secret, 64) {
+            return Err(bad());
+        }
+        Ok(Token {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The stored form: hex SHA-256 of the secret.
+    pub fn secret_hash(&self) -> String {
+        hash_secret(&self.secret)
+    }
+
+    /// The full token text, to hand to the user once.
+    pub fn reveal(&self) -> String {
+        format!("{PREFIX}{}_{}", self.id, self.secret)
+    }
+
+    /// `Bearer <token>` for the `authorization` metadata.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.reveal())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two hashes without leaking where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token in gRPC metadata, if any.
+pub fn token_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Option<Token>> {
+    let Some(v) = md.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
+    Token::parse(t).map(Some)
+}
+
+/// The cluster's shared secret, held by every member, compared by hash.
+#[derive(Clone)]
+pub struct ClusterSecret {
+    token: Token,
+    hash: String,
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterSecret({})", self.token.id)
+    }
+}
+
+impl ClusterSecret {
+    pub fn new(token: Token) -> Self {
+        let hash = token.secret_hash();
+        ClusterSecret { token, hash }
+    }
+
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    pub fn matches(&self, t: &Token) -> bool {
+        t.id == self.token.id && constant_time_eq(&t.secret_hash(), &self.hash)
+    }
+}
+
+/// Reads a token from a file that only its owner may read (mode 0600 or stricter).
+/// A file readable by group or others is refused: it would leak the credential.
+pub fn read_token_file(path: &std::path::Path) -> Result<Token> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::PermissionDenied(format!(
+            "token file {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
+    Token::parse(&text)
+}
+
+/// Writes a token to `path` with mode 0600 (created that way, never widened).
+pub fn write_token_file(path: &std::path::Path, token: &Token) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("create token file {}", path.display()), e))?;
+    f.write_all(format!("{}\n", token.reveal()).as_bytes())
+        .map_err(|e| Error::io(format!("write token file {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_hide_their_secret() {
+        let t = Token::generate();
+        let p = Token::parse(&t.reveal()).unwrap();
+        assert_eq!(p, t);
+        assert!(!format!("{t:?}").contains(&t.secret));
+        assert_eq!(p.secret_hash(), t.secret_hash());
+        assert_ne!(Token::generate().reveal(), t.reveal());
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        for bad in [
+            "",
+            "shoal_",
+            "shoal_abc_def",
+            "nope_0123456789abcdef_x",
+            &format!("shoal_{}_{}", "g".repeat(16), "0".repeat(64)),
+        ] {
+            assert!(
+                matches!(Token::parse(bad), Err(Error::Unauthenticated(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_secret_matches_only_itself() {
+        let c = ClusterSecret::new(Token::generate());
+        assert!(c.matches(c.token()));
+        assert!(!c.matches(&Token::generate()));
+    }
+
+    #[test]
+    fn token_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let p = dir.join("t");
+        let t = Token::generate();
+        write_token_file(&p, &t).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read_token_file(&p).unwrap(), t);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token_file(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("shoal-auth-test-{}", Token::generate().id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn identities() {
+        let a = Identity::Owner {
+            name: "a".into(),
+            admin: false,
+        };
+        assert!(a.may_act_for("a") && !a.may_act_for("b"));
+        assert!(a.require_cluster("x").is_err());
+        assert!(Identity::Cluster.may_act_for("b"));
+        assert!(
+            Identity::Owner {
+                name: "r".into(),
+                admin: true
+            }
+            .may_act_for("b")
+        );
+    }
+}
