@@ -337,18 +337,24 @@ fn resolve_inputs(
 ) -> Option<String> {
     let resolver = inp.inputs?;
     let task = &mut job.tasks[ti as usize];
-    if task.spec.inputs.is_empty() || task.inputs.is_some() || task.inputs_skipped {
+    if task.spec.inputs.is_empty() || task.inputs.is_some() {
         return None;
     }
     let since = *task.inputs_since.get_or_insert(inp.now);
     let must = task.needs_listing();
+    // A task that went ahead without locality still picks up a late answer.
     match resolver.resolve(&job.id, &task.spec) {
         InputsState::Ready(r) => {
             task.inputs = Some(r);
             None
         }
+        InputsState::Pending if must => {
+            out.skipped.push("listing-inputs");
+            Some("listing-inputs".into())
+        }
         InputsState::Pending => {
-            if !must && inp.now.saturating_duration_since(since) >= inp.locality_wait {
+            if task.inputs_skipped || inp.now.saturating_duration_since(since) >= inp.locality_wait
+            {
                 task.inputs_skipped = true;
                 return None;
             }
@@ -361,8 +367,10 @@ fn resolve_inputs(
             Some("inputs-failed".into())
         }
         InputsState::Failed(why) => {
-            tracing::warn!(job = %job.id, task = %task.spec.name, "scheduling without locality: {why}");
-            task.inputs_skipped = true;
+            if !task.inputs_skipped {
+                tracing::warn!(job = %job.id, task = %task.spec.name, "scheduling without locality: {why}");
+                task.inputs_skipped = true;
+            }
             None
         }
     }

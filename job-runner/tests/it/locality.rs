@@ -188,3 +188,58 @@ tasks:
     assert!(jobs.jobs.is_empty(), "nothing is stored");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_master_delays_whole_inputs_only_boundedly_and_fails_by_file_ones() {
+    // Accepts connections and never answers: every call runs into its deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut h = crate::support::Harness::start("silent-master", |c| {
+        c.master = Some(addr.to_string());
+        c.master_timeout = Duration::from_millis(300);
+        c.locality_wait = Duration::from_millis(500);
+    })
+    .await;
+    let job = h
+        .submit(
+            r#"
+name: silent
+datasets: [{name: d}]
+tasks:
+  - name: whole
+    command: ["true"]
+    inputs: [{dataset: d}]
+  - name: shards
+    instances: 2
+    command: ["true"]
+    inputs: [{dataset: d, shard: by_file}]
+"#,
+        )
+        .await;
+    let j = h.wait_final(&job.id, Duration::from_secs(30)).await;
+    let w = &task(&j, "whole").instance_list[0];
+    assert_eq!(
+        state(w.state),
+        S::Succeeded,
+        "{}",
+        crate::support::describe(&j)
+    );
+    assert_eq!(w.local_bytes, 0);
+    for i in &task(&j, "shards").instance_list {
+        assert_eq!(state(i.state), S::Failed);
+        assert!(
+            i.reason.starts_with("could not list its inputs:")
+                && i.reason.contains("did not answer"),
+            "{}",
+            i.reason
+        );
+    }
+    h.stop().await;
+    hold.abort();
+}

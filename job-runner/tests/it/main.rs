@@ -7,6 +7,8 @@ mod bench_smoke;
 mod cancel;
 mod cluster;
 mod dag;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod locality;
 mod prewarm;
 mod recovery;
