@@ -120,7 +120,9 @@ fn quantity(c: &Container, what: &str, key: &str) -> String {
     } else {
         r.limits.as_ref()
     };
-    m.and_then(|m| m.get(key)).map(|q| q.0.clone()).unwrap_or_default()
+    m.and_then(|m| m.get(key))
+        .map(|q| q.0.clone())
+        .unwrap_or_default()
 }
 
 fn annotation(p: &Pod, key: &str) -> Option<String> {
@@ -184,12 +186,10 @@ tasks:
         assert_eq!(labels["shoal.io/runner"], "runner");
         assert_eq!(labels["shoal.io/job"], job.id);
         assert_eq!(labels["shoal.io/attempt"], inst.attempt.to_string());
-        assert!(
-            md.name
-                .as_deref()
-                .unwrap()
-                .starts_with(&format!("runner-{}-{task}-{index}-{}-", job.id, inst.attempt))
-        );
+        assert!(md.name.as_deref().unwrap().starts_with(&format!(
+            "runner-{}-{task}-{index}-{}-",
+            job.id, inst.attempt
+        )));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.service_account_name.as_deref(), Some("shoal-job"));
         assert_eq!(spec.automount_service_account_token, Some(false));
@@ -216,7 +216,10 @@ tasks:
         want.insert("SHOAL_INSTANCE_INDEX".into(), index.to_string());
         want.insert("SHOAL_ATTEMPT".into(), inst.attempt.to_string());
         if task == "extract" {
-            assert_eq!(c.command.as_deref().unwrap(), ["python3", "extract.py", "--fast"]);
+            assert_eq!(
+                c.command.as_deref().unwrap(),
+                ["python3", "extract.py", "--fast"]
+            );
             want.insert("MODE".into(), "fast".into());
             want.insert("LEVEL".into(), "3".into());
             assert_eq!(quantity(c, "requests", "cpu"), "1500m");
@@ -225,7 +228,10 @@ tasks:
         } else {
             assert_eq!(c.command.as_deref().unwrap(), ["load", "--all"]);
             assert_eq!(quantity(c, "requests", "cpu"), "250m");
-            assert_eq!(quantity(c, "requests", "memory"), (256u64 << 20).to_string());
+            assert_eq!(
+                quantity(c, "requests", "memory"),
+                (256u64 << 20).to_string()
+            );
             assert_eq!(quantity(c, "limits", "memory"), (256u64 << 20).to_string());
         }
         assert_eq!(env, want, "{task}[{index}] env");
@@ -238,15 +244,25 @@ tasks:
         assert_eq!(m.read_only, None);
         assert_eq!(mount(c, "work").mount_path, "/work");
         assert!(
-            c.volume_mounts.as_ref().unwrap().iter().all(|m| m.name != "meta"),
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.name != "meta"),
             "no input list, no meta volume"
         );
-        assert!(c.security_context.is_none(), "the job container gets no privilege");
+        assert!(
+            c.security_context.is_none(),
+            "the job container gets no privilege"
+        );
 
         // The FUSE sidecar: a native sidecar, privileged, Bidirectional.
         let fuse = init(p, "shoal-fuse");
         assert_eq!(fuse.restart_policy.as_deref(), Some("Always"));
-        assert_eq!(fuse.image.as_deref(), Some("registry.example.com/shoal:0.1.0"));
+        assert_eq!(
+            fuse.image.as_deref(),
+            Some("registry.example.com/shoal:0.1.0")
+        );
         assert_eq!(
             fuse.command.as_deref().unwrap(),
             ["shoal", "mount", "--allow-other", "/shoal"]
@@ -256,7 +272,14 @@ tasks:
         assert_eq!(fenv[0].value.as_deref(), Some("shoal-master:7700"));
         assert_eq!(fenv[1].name, "SHOAL_NODE");
         assert_eq!(
-            fenv[1].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            fenv[1]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
             "spec.nodeName"
         );
         let sc = fuse.security_context.as_ref().unwrap();
@@ -269,9 +292,15 @@ tasks:
         assert_eq!(cache.mount_path, "/var/lib/shoal/cache");
         assert_eq!(cache.read_only, Some(true));
         let probe = fuse.startup_probe.as_ref().unwrap().exec.as_ref().unwrap();
-        assert_eq!(probe.command.as_ref().unwrap().last().map(String::as_str), Some("/shoal"));
+        assert_eq!(
+            probe.command.as_ref().unwrap().last().map(String::as_str),
+            Some("/shoal")
+        );
         assert_eq!(quantity(fuse, "requests", "cpu"), "250m");
-        assert_eq!(quantity(fuse, "requests", "memory"), (512u64 << 20).to_string());
+        assert_eq!(
+            quantity(fuse, "requests", "memory"),
+            (512u64 << 20).to_string()
+        );
 
         // The dataset's `mount: data/images`: a symlink made before the job starts,
         // by an init container that comes before the sidecar.
@@ -298,7 +327,10 @@ tasks:
             .iter()
             .map(|v| (v.name.as_str(), v))
             .collect();
-        assert_eq!(vols.keys().copied().collect::<Vec<_>>(), ["mnt", "work", "worker-cache"]);
+        assert_eq!(
+            vols.keys().copied().collect::<Vec<_>>(),
+            ["mnt", "work", "worker-cache"]
+        );
         assert!(vols["mnt"].empty_dir.is_some());
         assert!(vols["work"].empty_dir.is_some());
         let hp = vols["worker-cache"].host_path.as_ref().unwrap();
@@ -307,9 +339,21 @@ tasks:
 
         // Affinity: preferred, weighted, toward the node the runner placed it on.
         assert!(!inst.node.is_empty());
-        let na = spec.affinity.as_ref().unwrap().node_affinity.as_ref().unwrap();
-        assert!(na.required_during_scheduling_ignored_during_execution.is_none());
-        let pref = na.preferred_during_scheduling_ignored_during_execution.as_ref().unwrap();
+        let na = spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap();
+        assert!(
+            na.required_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        let pref = na
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap();
         assert_eq!(pref.len(), 1);
         assert_eq!(pref[0].weight, 100);
         let exprs = pref[0].preference.match_expressions.as_ref().unwrap();
@@ -382,7 +426,11 @@ tasks:
             .parse()
             .unwrap();
         let inst = &t.instance_list[index];
-        assert!(workers.contains(&inst.node), "placed on a worker's node: {}", inst.node);
+        assert!(
+            workers.contains(&inst.node),
+            "placed on a worker's node: {}",
+            inst.node
+        );
         assert!(inst.local_bytes > 0, "locality scored its node: {inst:?}");
         let pref = &spec
             .affinity
@@ -443,7 +491,10 @@ tasks:
     listed.sort();
     let mut files: Vec<String> = ds.files().iter().map(|f| f.path().to_owned()).collect();
     files.sort();
-    assert_eq!(listed, files, "the Pods' shares partition the input exactly");
+    assert_eq!(
+        listed, files,
+        "the Pods' shares partition the input exactly"
+    );
     c.shutdown().await;
 }
 
@@ -473,7 +524,10 @@ async fn kubernetes_executor_outside_a_cluster_says_what_is_missing() {
     };
     let msg = err.to_string();
     assert!(msg.contains("Kubernetes API"), "{msg}");
-    assert!(msg.contains("KUBECONFIG") || msg.contains("service account"), "{msg}");
+    assert!(
+        msg.contains("KUBECONFIG") || msg.contains("service account"),
+        "{msg}"
+    );
 }
 
 /// Sets (or removes) an environment variable for a scope.

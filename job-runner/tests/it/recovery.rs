@@ -64,10 +64,17 @@ tasks:
         o = out.display()
     );
     let job = submit(&mut c, &spec).await;
+    // RUNNING is recorded when the process is spawned; its marker comes a moment later.
+    let markers = |out: &Path| {
+        (0..8)
+            .filter(|i| out.join(format!("runs.{i}")).exists())
+            .count()
+    };
     shoal_testkit::wait_until(Duration::from_secs(20), "3 instances running", || {
         let mut c = c.clone();
         let id = job.id.clone();
-        async move { count(&get(&mut c, &id).await, S::Running) == 3 }
+        let m = markers(&out);
+        async move { count(&get(&mut c, &id).await, S::Running) == 3 && m == 3 }
     })
     .await;
     // SIGKILL: no chance to persist anything more or to stop its children.

@@ -343,10 +343,14 @@ fn empty_dir(name: &str) -> Volume {
     }
 }
 
+/// The shoal image's own user (deploy/Containerfile), whatever the image's default.
+const SHOAL_UID: i64 = 10001;
+
 fn unprivileged() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         run_as_non_root: Some(true),
+        run_as_user: Some(SHOAL_UID),
         capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
             drop: Some(vec!["ALL".into()]),
             ..Default::default()
