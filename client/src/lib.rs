@@ -29,6 +29,6 @@ pub mod worker_set;
 
 pub use client::{DatasetHandle, ShoalClient};
 pub use config::ClientConfig;
-pub use local_file::LocalFile;
+pub use local_file::{LocalFile, LocalPin};
 pub use metrics::ReadPath;
 pub use worker_set::{WorkerEntry, WorkerSetView};

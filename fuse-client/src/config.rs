@@ -38,8 +38,9 @@ pub struct MountConfig {
     /// Largest read request the kernel sends (default 1 MiB, the kernel's limit with
     /// the default `max_pages_limit`).
     pub max_read: u32,
-    /// The mount's bdi `read_ahead_kb` (default 16384 = 16 MiB; 0 leaves the
-    /// kernel's 128 KiB).
+    /// The mount's bdi `read_ahead_kb` (default 1024 = one 1 MiB request; 0 leaves
+    /// the kernel's 128 KiB). Larger windows measured slower on the FUSE read path
+    /// (more concurrent requests than cores to serve them); see `benches/`.
     pub read_ahead_kb: u32,
     /// Blocks fetched ahead of a sequential reader, across workers (default 4).
     pub readahead_blocks: u32,
@@ -52,6 +53,11 @@ pub struct MountConfig {
     pub direct_io: bool,
     /// Let users other than the mounting one use the mount (`allow_other`).
     pub allow_other: bool,
+    /// Mount read-only: the kernel then refuses every change itself, and, because
+    /// reads no longer invalidate `atime`, keeps answering `stat` from its cache.
+    /// `None` (the default) mounts read-only exactly when `dataset` is a read-only
+    /// dataset; an all-datasets mount stays writable unless `Some(true)`.
+    pub read_only: Option<bool>,
     /// Deadline of each master call.
     pub rpc_timeout: Duration,
     /// Deadline of each data-plane or UFS read.
@@ -79,12 +85,13 @@ impl MountConfig {
             rw_entry_ttl: DEFAULT_RW_TTL,
             threads: 4,
             max_read: 1 << 20,
-            read_ahead_kb: 16 << 10,
+            read_ahead_kb: 1024,
             readahead_blocks: 4,
             block_cache_bytes: 256 << 20,
             passthrough: true,
             direct_io: false,
             allow_other: false,
+            read_only: None,
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
             write_chunk_bytes: 8 << 20,

@@ -100,7 +100,7 @@ impl Fs {
         Fs {
             m: FuseMetrics::new(&cfg.name),
             blocks: BlockCache::new(cfg.block_cache_bytes),
-            passthrough: Passthrough::default(),
+            passthrough: Passthrough::new(idle_backing_max()),
             passthrough_ok: AtomicBool::new(false),
             inodes: InodeTable::new(root),
             handles: Mutex::new(HashMap::new()),
@@ -250,6 +250,24 @@ impl Fs {
     }
 }
 
+/// Idle passthrough pins to keep: three quarters of the descriptor limit, leaving the
+/// rest for open files, sockets and the FUSE device clones.
+fn idle_backing_max() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft / 4 * 3)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 1 << 20)
+}
+
 pub fn time_of(ms: i64) -> SystemTime {
     u64::try_from(ms)
         .ok()
@@ -317,7 +335,9 @@ impl Filesystem for ShoalFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.inodes.forget(ino.0, nlookup);
+        if self.fs.inodes.forget(ino.0, nlookup) {
+            self.fs.passthrough.forget(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -129,14 +129,14 @@ impl InodeTable {
         ino
     }
 
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`; returns whether the inode is gone.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let mut t = self.t.lock();
         let Some(node) = t.by_ino.get_mut(&ino) else {
-            return;
+            return true;
         };
         node.nlookup = node.nlookup.saturating_sub(n);
         if node.nlookup == 0 {
@@ -145,7 +145,9 @@ impl InodeTable {
             if t.by_key.get(&key) == Some(&ino) {
                 t.by_key.remove(&key);
             }
+            return true;
         }
+        false
     }
 
     /// `from` was renamed to `to`: the kernel keeps the inode under its new name.

@@ -37,6 +37,7 @@ pub struct RunningMount {
 /// Mounts `cfg.mountpoint` and returns once the mount answers.
 pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
     cfg.validate()?;
+    raise_nofile();
     let mountpoint = prepare_mountpoint(&cfg.mountpoint)?;
     let mut ccfg = ClientConfig::new(&cfg.master);
     ccfg.node = cfg.node.clone();
@@ -52,12 +53,15 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         cfg.ro_attr_ttl,
         cfg.rw_attr_ttl,
     );
-    meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
+    let datasets = meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
         (Some(d), Error::NotFound(_)) => {
             Error::not_found(format!("dataset `{d}` not found; see `shoal dataset list`"))
         }
         (_, e) => e,
     })?;
+    let read_only = cfg
+        .read_only
+        .unwrap_or(cfg.dataset.is_some() && datasets.iter().all(|d| !d.read_write));
     let layout = client.worker_set().await?.layout;
     let fs = Arc::new(Fs::new(
         cfg.clone(),
@@ -74,6 +78,9 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         MountOption::NoAtime,
         MountOption::CUSTOM(format!("max_read={}", cfg.max_read)),
     ];
+    if read_only {
+        options.mount_options.push(MountOption::RO);
+    }
     options.acl = if cfg.allow_other {
         SessionACL::All
     } else {
@@ -111,7 +118,7 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         set_read_ahead(&mountpoint, cfg.read_ahead_kb);
     }
     tracing::info!(mountpoint = %mountpoint.display(), dataset = cfg.dataset.as_deref().unwrap_or("*"),
-        master = %cfg.master, threads = cfg.threads, passthrough = running.fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed),
+        master = %cfg.master, threads = cfg.threads, read_only, passthrough = running.fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed),
         "mounted");
     Ok(running)
 }
@@ -409,6 +416,22 @@ async fn wait_live(path: &Path) -> Result<()> {
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one: idle passthrough pins and
+/// concurrent opens each hold a descriptor.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

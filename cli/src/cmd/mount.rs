@@ -50,7 +50,7 @@ pub struct MountArgs {
     /// FUSE request threads, each on its own /dev/fuse clone [default: 4].
     #[arg(long, env = "SHOAL_MOUNT_THREADS", value_name = "N")]
     threads: Option<usize>,
-    /// Kernel readahead of the mount (bdi read_ahead_kb) [default: 16MiB; 0 keeps 128KiB].
+    /// Kernel readahead of the mount (bdi read_ahead_kb) [default: 1MiB; 0 keeps 128KiB].
     #[arg(long, env = "SHOAL_MOUNT_READ_AHEAD", value_name = "SIZE")]
     read_ahead: Option<ByteSize>,
     /// Blocks fetched ahead of a sequential reader [default: 4].
@@ -68,6 +68,9 @@ pub struct MountArgs {
     /// Let other users access the mount (needs root or user_allow_other).
     #[arg(long)]
     allow_other: bool,
+    /// Mount read-only [default: read-only when --dataset names a read-only dataset].
+    #[arg(long)]
+    read_only: bool,
     /// Serve Prometheus /metrics on this address [default: off].
     #[arg(long, env = "SHOAL_MOUNT_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
@@ -118,6 +121,9 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     cfg.passthrough = !a.no_passthrough;
     cfg.direct_io = a.direct_io;
     cfg.allow_other = a.allow_other;
+    if a.read_only {
+        cfg.read_only = Some(true);
+    }
     cfg.validate()?;
     Ok(cfg)
 }

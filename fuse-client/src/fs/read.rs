@@ -77,6 +77,9 @@ pub fn open(fs: &Arc<Fs>, ino: u64, flags: OpenFlags, reply: ReplyOpen) {
     if flags.acc_mode() != OpenAccMode::O_RDONLY {
         return super::write::open_for_write(fs, ino, node.key, flags, reply);
     }
+    let Some(reply) = open_inline(fs, ino, &node.key, reply) else {
+        return;
+    };
     let fs2 = fs.clone();
     fs.spawn(async move {
         match open_read(&fs2, ino, &node.key, reply).await {
@@ -84,6 +87,79 @@ pub fn open(fs: &Arc<Fs>, ino: u64, flags: OpenFlags, reply: ReplyOpen) {
             Err((reply, e)) => reply.error(e),
         }
     });
+}
+
+fn passthrough_on(fs: &Fs) -> bool {
+    fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed) && !fs.cfg.direct_io
+}
+
+/// Answers the open on the FUSE thread when that needs no I/O: a read-only dataset
+/// with cached attributes, and an inode whose open mode is already settled (cached
+/// opens, or a registered backing file). Otherwise hands the reply back.
+fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Option<ReplyOpen> {
+    let Some(ds) = &key.dataset else {
+        return Some(reply);
+    };
+    let Some(info) = fs.meta.dataset_cached(ds).filter(|d| !d.read_write) else {
+        return Some(reply);
+    };
+    let Some(entry) = fs.meta.cached(ds, &key.path) else {
+        return Some(reply);
+    };
+    if entry.is_dir {
+        reply.error(Errno::EISDIR);
+        return None;
+    }
+    if !passthrough_on(fs) {
+        answer(fs, ino, key, info, entry, reply, None);
+        return None;
+    }
+    let slot = fs.passthrough.slot(ino);
+    let Ok(mut mode) = slot.try_lock() else {
+        return Some(reply);
+    };
+    match Passthrough::decide(&mut mode, entry.version) {
+        Decision::Free => Some(reply),
+        Decision::Reuse(b) => {
+            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), None);
+            answer(fs, ino, key, info, entry, reply, Some(&b));
+            None
+        }
+        Decision::Cached => {
+            passthrough::record_cached(&mut mode);
+            answer(fs, ino, key, info, entry, reply, None);
+            None
+        }
+    }
+}
+
+/// Registers the handle and replies, with the backing file when there is one.
+fn answer(
+    fs: &Fs,
+    ino: u64,
+    key: &NodeKey,
+    info: DatasetInfo,
+    entry: Arc<pb::FileEntry>,
+    reply: ReplyOpen,
+    backing: Option<&Arc<fuser::BackingId>>,
+) {
+    let keep = fs.inodes.open_version(ino, entry.version);
+    let mut flags = keep_cache(keep, fs.cfg.direct_io) | FopenFlags::FOPEN_NOFLUSH;
+    let h = Arc::new(ReadHandle {
+        key: key.clone(),
+        dataset: info,
+        entry,
+        seq: Mutex::new(Seq::default()),
+    });
+    let fh = fs.add_handle(Handle::Read(h));
+    match backing {
+        Some(b) => {
+            fs.m.passthrough_opens.increment(1);
+            flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
+            reply.opened_passthrough(FileHandle(fh), flags, b);
+        }
+        None => reply.opened(FileHandle(fh), flags),
+    }
 }
 
 async fn open_read(
@@ -104,27 +180,18 @@ async fn open_read(
     if entry.is_dir {
         return Err((reply, Errno::EISDIR));
     }
-    let keep = fs.inodes.open_version(ino, entry.version);
-    let h = Arc::new(ReadHandle {
-        key: key.clone(),
-        dataset: info.clone(),
-        entry: entry.clone(),
-        seq: Mutex::new(Seq::default()),
-    });
-    let mut flags = keep_cache(keep, fs.cfg.direct_io) | FopenFlags::FOPEN_NOFLUSH;
-    if !fs.passthrough_ok.load(std::sync::atomic::Ordering::Relaxed) || fs.cfg.direct_io {
-        let fh = fs.add_handle(Handle::Read(h));
-        reply.opened(FileHandle(fh), flags);
+    if !passthrough_on(fs) {
+        answer(fs, ino, key, info, entry, reply, None);
         return Ok(());
     }
     let slot = fs.passthrough.slot(ino);
     let mut mode = slot.lock().await;
-    let backing = match Passthrough::decide(&mode, entry.version) {
+    let backing = match Passthrough::decide(&mut mode, entry.version) {
         Decision::Reuse(b) => Some((b, None)),
         Decision::Cached => None,
         Decision::Free => match fs.client.local_file(info.id, &entry).await {
             Some(local) => match reply.open_backing(local.file()) {
-                Ok(b) => Some((Arc::new(b), Some(Arc::new(local)))),
+                Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
                 Err(e) => {
                     tracing::warn!(dataset = %info.name, path = %key.path, error = %e,
                         "kernel refused the passthrough backing file; serving reads through the mount from now on");
@@ -136,18 +203,15 @@ async fn open_read(
             None => None,
         },
     };
-    let fh = fs.add_handle(Handle::Read(h));
     match backing {
-        Some((b, local)) => {
-            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), local);
-            fs.m.passthrough_opens.increment(1);
-            flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
+        Some((b, pin)) => {
+            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), pin);
             tracing::debug!(dataset = %info.name, path = %key.path, "opened with passthrough");
-            reply.opened_passthrough(FileHandle(fh), flags, &b);
+            answer(fs, ino, key, info, entry, reply, Some(&b));
         }
         None => {
             passthrough::record_cached(&mut mode);
-            reply.opened(FileHandle(fh), flags);
+            answer(fs, ino, key, info, entry, reply, None);
         }
     }
     Ok(())
@@ -163,6 +227,9 @@ pub fn release(fs: &Arc<Fs>, ino: u64, fh: u64, reply: ReplyEmpty) {
             });
         }
         Some(Handle::Read(_)) if fs.passthrough.has(ino) => {
+            if fs.passthrough.try_release(ino) {
+                return reply.ok();
+            }
             let fs2 = fs.clone();
             fs.spawn(async move {
                 fs2.passthrough.release(ino).await;
