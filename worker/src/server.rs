@@ -129,7 +129,9 @@ impl WorkerServer {
         .max_encoding_message_size(16 << 20);
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            // Without TCP_NODELAY every small unary response waits out delayed ACKs (~40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let r = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
