@@ -233,16 +233,52 @@ def file_name(obj):
     return f"{obj['kind'].lower()}-{md.get('namespace') or 'cluster'}-{md['name']}.yaml"
 
 
+def compare_with_kubectl(directory, objs):
+    """Differences between `objs` and `kubectl kustomize DIR`, as readable lines."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["kubectl", "kustomize", directory], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        return [f"kubectl kustomize {directory} failed: {out.stderr.strip()}"]
+    real = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    key = lambda o: (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+    mine = {key(o): o for o in objs}
+    theirs = {key(o): o for o in real}
+    problems = [f"only render.py has {k}" for k in mine.keys() - theirs.keys()]
+    problems += [f"only kubectl has {k}" for k in theirs.keys() - mine.keys()]
+    for k in mine.keys() & theirs.keys():
+        if mine[k] != theirs[k]:
+            problems.append(
+                f"{k} differs:\n  render.py: {json.dumps(mine[k], sort_keys=True)}"
+                f"\n  kubectl:   {json.dumps(theirs[k], sort_keys=True)}"
+            )
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir")
     ap.add_argument("--split", metavar="OUT", help="write one file per resource into OUT")
+    ap.add_argument(
+        "--check-kubectl",
+        action="store_true",
+        help="also render with `kubectl kustomize` and fail if the results differ",
+    )
     args = ap.parse_args()
     try:
         objs = render(args.dir)
     except (RenderError, yaml.YAMLError, OSError) as e:
         print(f"render.py: {e}", file=sys.stderr)
         return 1
+    if args.check_kubectl:
+        problems = compare_with_kubectl(args.dir, objs)
+        for p in problems:
+            print(f"render.py: {args.dir}: {p}", file=sys.stderr)
+        if problems:
+            return 1
     if args.split:
         os.makedirs(args.split, exist_ok=True)
         for o in objs:

@@ -360,7 +360,10 @@ tasks:
         assert_eq!(exprs.len(), 1);
         assert_eq!(exprs[0].key, "kubernetes.io/hostname");
         assert_eq!(exprs[0].operator, "In");
-        assert_eq!(exprs[0].values.as_deref().unwrap(), [inst.node.clone()]);
+        assert_eq!(
+            exprs[0].values.as_deref().unwrap(),
+            std::slice::from_ref(&inst.node)
+        );
         assert_eq!(annotation(p, "shoal.io/input-list"), None);
     }
     let names: BTreeSet<_> = pods.iter().map(|p| p.metadata.name.clone()).collect();
@@ -448,7 +451,7 @@ tasks:
                 .values
                 .as_deref()
                 .unwrap(),
-            [inst.node.clone()]
+            std::slice::from_ref(&inst.node)
         );
 
         // The share: in the annotation, projected as a file, named by the env.

@@ -7,6 +7,7 @@ mod bench_smoke;
 mod cancel;
 mod cluster;
 mod dag;
+mod deploy_config;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod locality;
