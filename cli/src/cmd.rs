@@ -2,6 +2,7 @@
 
 pub mod cat;
 pub mod dataset;
+pub mod demo;
 pub mod job;
 pub mod master;
 pub mod mount;

@@ -52,7 +52,7 @@ enum Command {
     /// Run master, workers, runner and optionally a mount in one process (single machine).
     Up(cmd::up::UpArgs),
     /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
-    Demo(cmd::planned::PlannedArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Manage datasets: named views of object-store prefixes.
     #[command(subcommand)]
     Dataset(cmd::dataset::DatasetCommand),
@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(a) => cmd::mount::run(&ctx, a).await,
         Command::Umount(a) => cmd::mount::umount(a),
         Command::Up(a) => cmd::up::run(&ctx, a).await,
-        Command::Demo(a) => cmd::planned::run("demo", "issue 7 (demo)", a),
+        Command::Demo(a) => cmd::demo::run(&ctx, a).await,
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,
         Command::Job(c) => cmd::job::run(&ctx, c).await,
         Command::Cat(a) => cmd::cat::cat(&ctx, a).await,

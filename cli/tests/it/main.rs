@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dataset;
+mod demo;
 mod mount;
 mod prewarm;
 mod support;
