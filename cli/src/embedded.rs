@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shoal_common::size::human_bytes;
-use shoal_fuse::{MountConfig, RunningMount};
 use shoal_job_runner::config::NodeConfig;
 use shoal_job_runner::{RunnerConfig, RunnerServer, RunningRunner};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
@@ -39,7 +38,8 @@ pub struct Embedded {
     pub master: RunningMaster,
     pub workers: Vec<RunningWorker>,
     pub runner: RunningRunner,
-    pub mount: Option<RunningMount>,
+    /// Where the runner keeps the FUSE mount, if any.
+    pub mount: Option<PathBuf>,
     /// The mem tier root under /dev/shm, removed at shutdown (it holds only cache).
     mem_root: PathBuf,
     pub tiers: Vec<Vec<(String, PathBuf, u64)>>,
@@ -138,27 +138,21 @@ impl Embedded {
                 memory_bytes: local.memory_bytes / n,
             })
             .collect();
+        // The runner keeps the mount (one per node; here one for every simulated node
+        // of this machine), restarting it if it dies.
         if let Some(m) = &o.mount {
+            std::fs::create_dir_all(m)
+                .with_context(|| format!("create mountpoint {}", m.display()))?;
             rcfg.mount_root = std::path::absolute(m)?;
+            rcfg.mount_program =
+                Some(std::env::current_exe().context("find the shoal binary to mount with")?);
         }
+        let rcfg_mount = rcfg.mount_program.as_ref().map(|_| rcfg.mount_root.clone());
         let runner = RunnerServer::start(rcfg)
             .await
             .with_context(|| format!("start the runner on {}", o.runner_listen))?;
 
-        let mount = match &o.mount {
-            None => None,
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("create mountpoint {}", dir.display()))?;
-                let mut cfg = MountConfig::new(&master_addr, dir.clone());
-                cfg.node = Some(node_name(0));
-                Some(
-                    shoal_fuse::mount(cfg)
-                        .await
-                        .with_context(|| format!("mount {}", dir.display()))?,
-                )
-            }
-        };
+        let mount = rcfg_mount;
         Ok(Embedded {
             master,
             workers,
@@ -204,19 +198,21 @@ impl Embedded {
             metrics(self.runner.metrics_addr)
         ));
         if let Some(m) = &self.mount {
-            s.push_str(&format!("  mount   {}\n", m.mountpoint().display()));
+            s.push_str(&format!("  mount   {} (kept by the runner)\n", m.display()));
         }
         s
     }
 
     /// Stops everything, unmounting first, and removes the mem tiers (cache only).
     pub async fn shutdown(self) {
-        if let Some(m) = self.mount
-            && let Err(e) = m.unmount().await
-        {
-            eprintln!("warning: unmount failed: {e}");
-        }
         self.runner.shutdown().await;
+        // The mount is its own process so that it outlives a runner restart; here the
+        // whole system stops, so it goes too (its daemon exits once unmounted).
+        if let Some(m) = &self.mount
+            && let Err(e) = shoal_fuse::unmount_path(m, true)
+        {
+            eprintln!("warning: unmount {} failed: {e}", m.display());
+        }
         for w in self.workers {
             w.shutdown().await;
         }

@@ -42,4 +42,4 @@ pub mod mount;
 pub mod mountinfo;
 
 pub use config::MountConfig;
-pub use mount::{RunningMount, mount, unmount_path};
+pub use mount::{RunningMount, mount, mount_is_live, unmount_path};

@@ -155,14 +155,30 @@ impl Metadata {
         }
     }
 
-    /// A dataset by name, from the last listing when it is known.
+    /// A dataset by name, from the last listing when it is known. An unknown name is
+    /// asked of the master at once rather than after the listing's TTL, so a dataset
+    /// created after the mount started (by `shoal up --ufs`, or an operator just now) is
+    /// reachable by path immediately.
     pub async fn dataset(&self, name: &str) -> Result<DatasetInfo> {
         if let Some(d) = self.dataset_cached(name) {
             return Ok(d);
         }
-        self.datasets().await?;
-        self.dataset_cached(name)
-            .ok_or_else(|| Error::not_found(format!("dataset `{name}` not found")))
+        if self.only.as_deref().is_some_and(|o| o != name) {
+            return Err(Error::not_found(format!("dataset `{name}` not found")));
+        }
+        let d = self
+            .rpc(
+                "GetDataset",
+                self.master.clone().get_dataset(pb::GetDatasetRequest {
+                    name: name.to_owned(),
+                }),
+            )
+            .await?;
+        let info = DatasetInfo::from_proto(&d);
+        self.known.lock().insert(info.name.clone(), info.clone());
+        // The cached listing does not have it: let the next readdir fetch a fresh one.
+        *self.datasets.lock() = None;
+        Ok(info)
     }
 
     pub fn dataset_cached(&self, name: &str) -> Option<DatasetInfo> {

@@ -448,3 +448,12 @@ fn set_read_ahead(path: &Path, kb: u32) {
         }
     }
 }
+
+/// Whether a shoal mount at `path` is up and answering (its daemon replies to statfs
+/// within 3 s). A supervisor (the runner) polls this to restart dead mounts.
+pub fn mount_is_live(path: &Path) -> bool {
+    let Ok(abs) = absolute(path) else {
+        return false;
+    };
+    mountinfo::find(&abs).is_some_and(|m| m.is_shoal()) && liveness(&abs) == Liveness::Live
+}

@@ -195,6 +195,10 @@ pub struct RunnerConfig {
     /// `<mount_root>/d`. See [`crate::executor::DatasetMounts`] for the hook that
     /// will start the mount.
     pub mount_root: PathBuf,
+    /// The `shoal` binary the runner uses to keep one FUSE mount at `mount_root`
+    /// (started, health-checked and restarted; see `executor::mount`). `None` leaves
+    /// mounting to someone else (a sidecar, an operator).
+    pub mount_program: Option<PathBuf>,
     /// SIGTERM, then SIGKILL after this long (timeouts and cancels).
     pub kill_grace: Duration,
     /// A scheduling pass runs on every event and at least this often.
@@ -212,6 +216,7 @@ impl RunnerConfig {
             listen: DEFAULT_LISTEN.into(),
             metrics_listen: None,
             mount_root: data_dir.join("mnt"),
+            mount_program: None,
             data_dir,
             master: None,
             master_timeout: Duration::from_secs(10),

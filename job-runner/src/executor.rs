@@ -16,6 +16,7 @@
 
 pub mod kubernetes;
 pub mod local;
+pub mod mount;
 pub mod noop;
 
 use std::path::{Path, PathBuf};

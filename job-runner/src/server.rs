@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{ExecutorKind, RunnerConfig};
 use crate::engine::{Engine, EngineHandle, Parts};
 use crate::executor::local::LocalExecutor;
+use crate::executor::mount::ManagedMount;
 use crate::executor::noop::NoopExecutor;
 use crate::executor::{DatasetMounts, Executor, MountRoot};
 use crate::locality::inputs::MasterInputs;
@@ -84,9 +85,25 @@ impl RunnerServer {
                 ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
             },
         };
-        let mounts = plugins
-            .mounts
-            .unwrap_or_else(|| Arc::new(MountRoot(cfg.mount_root.clone())));
+        // One managed FUSE mount when the runner has a master and the shoal binary to
+        // mount with; otherwise datasets are expected at `<mount_root>/<name>`.
+        let mut supervised = None;
+        let mounts: Arc<dyn DatasetMounts> = match (plugins.mounts, &cfg.master, &cfg.mount_program)
+        {
+            (Some(m), _, _) => m,
+            (None, Some(master), Some(program)) => {
+                let m = Arc::new(ManagedMount::new(
+                    &cfg.mount_root,
+                    master,
+                    program,
+                    &cfg.name,
+                ));
+                m.ensure().await?;
+                supervised = Some(m.clone());
+                m
+            }
+            _ => Arc::new(MountRoot(cfg.mount_root.clone())),
+        };
         let link = match &cfg.master {
             Some(addr) => Some(Arc::new(ClusterLink::new(addr, cfg.master_timeout)?)),
             None => None,
@@ -141,6 +158,10 @@ impl RunnerServer {
         let svc = RunnerServiceServer::new(handler::RunnerRpc::new(engine.clone(), cancel.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(256 << 20);
+        let mut tasks = Vec::new();
+        if let Some(m) = supervised {
+            tasks.push(m.supervise(cancel.clone()));
+        }
         let c = cancel.clone();
         let grpc = tokio::spawn(async move {
             // Without TCP_NODELAY a response written in two pieces waits for the
@@ -161,7 +182,10 @@ impl RunnerServer {
             metrics_addr: metrics.as_ref().map(|m| m.local_addr),
             engine,
             cancel,
-            tasks: vec![grpc],
+            tasks: {
+                tasks.push(grpc);
+                tasks
+            },
             metrics,
             engine_thread: Some(engine_thread),
         })

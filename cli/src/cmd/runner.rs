@@ -53,6 +53,11 @@ pub struct RunnerArgs {
     /// [default: DATA_DIR/mnt].
     #[arg(long, env = "SHOAL_RUNNER_MOUNT_ROOT", value_name = "DIR")]
     mount_root: Option<PathBuf>,
+    /// Do not keep a FUSE mount at the mount root (a sidecar or an operator mounts the
+    /// datasets there). By default a runner with a master and the local executor runs
+    /// `shoal mount` at the mount root, checks it and restarts it when it dies.
+    #[arg(long)]
+    no_mount: bool,
     /// After SIGTERM (timeout, cancel), SIGKILL an instance this much later [default: 10s].
     #[arg(long, env = "SHOAL_RUNNER_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     kill_grace: Option<Duration>,
@@ -84,6 +89,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         default_quota,
         quotas,
         mount_root,
+        no_mount,
         kill_grace,
         locality_wait,
         executor,
@@ -155,6 +161,11 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     };
     if let Some(n) = name {
         cfg.name = n;
+    }
+    if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
+        cfg.mount_program = Some(
+            std::env::current_exe().context("find the shoal binary to run `shoal mount` with")?,
+        );
     }
     cfg.validate()?;
     Ok(cfg)

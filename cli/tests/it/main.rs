@@ -6,4 +6,5 @@ mod dataset;
 mod demo;
 mod mount;
 mod prewarm;
+mod runner_mount;
 mod support;

@@ -61,11 +61,9 @@ pub fn child_key(fs: &Fs, parent: u64, name: &OsStr) -> Result<NodeKey, Errno> {
 fn lookup_cached(fs: &Fs, key: &NodeKey) -> Option<Result<Found, Errno>> {
     let ds = key.dataset.as_ref()?;
     if key.path.is_empty() {
-        // A dataset directory at the mount root.
-        fs.meta.datasets_cached()?;
-        let Some(info) = fs.meta.dataset_cached(ds) else {
-            return Some(Err(Errno::ENOENT));
-        };
+        // A dataset directory at the mount root. A name the cache does not know goes
+        // to the master: the dataset may have been created since the last listing.
+        let info = fs.meta.dataset_cached(ds)?;
         return Some(Ok(found_dir(fs, key, &info)));
     }
     let info = fs.meta.dataset_cached(ds)?;
