@@ -47,7 +47,9 @@ pub struct UpArgs {
 }
 
 fn dataset_name_from(uri: &str) -> String {
-    let tail = uri
+    // The scheme is not a name: `memory://` has no path at all.
+    let path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let tail = path
         .trim_end_matches('/')
         .rsplit('/')
         .next()
@@ -135,5 +137,6 @@ mod tests {
         assert_eq!(dataset_name_from("s3://bkt/models/llama/"), "llama");
         assert_eq!(dataset_name_from("file:///data/imagenet-1k"), "imagenet-1k");
         assert_eq!(dataset_name_from("memory://"), "data");
+        assert_eq!(dataset_name_from("s3://bkt"), "bkt");
     }
 }
