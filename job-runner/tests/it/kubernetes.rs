@@ -6,6 +6,11 @@
 //!
 //! With `SHOAL_K8S_RENDER_DIR` set, every rendered Pod is also written there as JSON,
 //! for `kubernetes-validate --strict` in deploy/validate (CI).
+//!
+//! [`executor`] runs the executor itself against a stand-in API server ([`fake_api`]).
+
+mod executor;
+mod fake_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
