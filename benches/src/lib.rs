@@ -10,5 +10,10 @@
 //!   segment, and a cold vs post-prewarm read through the mount
 //!   (`cargo bench -p shoal-benches --bench prewarm`).
 
+//! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
+//!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
+
 pub mod dataplane;
 pub mod prewarm;
+pub mod report;
+pub mod suite;

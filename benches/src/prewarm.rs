@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_common::{Error, Result};
-use shoal_proto::v1::{GetLoadRequest, LoadJob, LoadState, StartLoadRequest};
+use shoal_proto::v1::LoadJob;
 use shoal_testkit::{Cluster, ClusterSpec, GeneratedDataset, LinkProfile, LinkProxy, S3Fixture};
 
 const MIB: u64 = 1 << 20;
@@ -46,7 +46,11 @@ impl Default for Options {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub bytes: u64,
+    pub files: usize,
     pub workers: usize,
+    /// All files read straight from the uncapped endpoint with opendal, one task per
+    /// file, before any prewarm: the store's bandwidth, the uncapped prewarm's baseline.
+    pub direct_bytes_per_sec: f64,
     pub uncapped_secs: f64,
     pub uncapped_bytes_per_sec_per_worker: f64,
     pub cap_bytes_per_sec: u64,
@@ -66,32 +70,7 @@ impl Report {
 }
 
 async fn prewarm(c: &Cluster, dataset: &str) -> Result<(LoadJob, f64)> {
-    let mut m = c.master_client().await;
-    let t = Instant::now();
-    let job = m
-        .start_load(StartLoadRequest {
-            dataset: dataset.into(),
-            replicas: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut stream = m
-        .watch_load(GetLoadRequest { id: job.id.clone() })
-        .await?
-        .into_inner();
-    let mut last = job;
-    while let Some(j) = stream.message().await? {
-        last = j;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    if last.state != LoadState::Succeeded as i32 {
-        return Err(Error::internal(format!(
-            "prewarm of {dataset} ended {:?}: {}",
-            last.state, last.message
-        )));
-    }
-    Ok((last, secs))
+    crate::suite::load(&mut c.master_client().await, dataset, &[]).await
 }
 
 fn drop_page_cache() {
@@ -154,8 +133,13 @@ pub async fn run(o: &Options) -> Result<Report> {
         .await;
     c.create_dataset("model", &s3.uri("model"), linked).await;
 
+    let direct_op = s3.operator_at("uncapped")?;
+    let all: Vec<String> = ds.files().iter().map(|f| f.path().to_owned()).collect();
+    let (direct_bytes_per_sec, _) = crate::suite::opendal_parallel(&direct_op, &all).await?;
     let mut r = Report {
         bytes: ds.total_bytes(),
+        files: ds.file_count(),
+        direct_bytes_per_sec,
         workers: o.workers,
         cap_bytes_per_sec: o.link.bandwidth,
         ..Default::default()
@@ -217,9 +201,10 @@ pub fn render(r: &Report) -> String {
         r.workers
     ));
     s.push_str(&format!(
-        "  uncapped local S3:  {:.2} s, {:.1} MB/s per worker\n",
+        "  uncapped local S3:  {:.2} s, {:.1} MB/s per worker (direct opendal read: {:.1} MB/s)\n",
         r.uncapped_secs,
-        mbs(r.uncapped_bytes_per_sec_per_worker)
+        mbs(r.uncapped_bytes_per_sec_per_worker),
+        mbs(r.direct_bytes_per_sec)
     ));
     s.push_str(&format!(
         "  capped at {:.1} MB/s: {:.2} s, {:.2}x of the cap, first segment after {} ms\n",
