@@ -61,6 +61,8 @@ pub struct Row {
     /// What it is compared with, measured in the same run.
     pub baseline_name: String,
     pub baseline: f64,
+    /// The baseline's unit: the row's own unless [`Row::baseline_in`] says otherwise.
+    pub baseline_unit: &'static str,
     /// `value / baseline`.
     pub ratio: f64,
     pub aim: Option<Aim>,
@@ -106,11 +108,20 @@ impl Row {
             unit,
             baseline_name: baseline_name.into(),
             baseline,
+            baseline_unit: unit,
             ratio,
             aim,
             vs_aim,
             met,
         }
+    }
+}
+
+impl Row {
+    /// The baseline is counted in `unit` (processes/s against decisions/s, say).
+    pub fn baseline_in(mut self, unit: &'static str) -> Row {
+        self.baseline_unit = unit;
+        self
     }
 }
 
@@ -241,7 +252,7 @@ impl Report {
                     r.name,
                     fmt_value(r.value, r.unit),
                     r.baseline_name,
-                    fmt_value(r.baseline, r.unit),
+                    fmt_value(r.baseline, r.baseline_unit),
                     fmt_ratio(r.ratio),
                 );
             }

@@ -16,7 +16,7 @@
 //! `cargo bench -p shoal-benches --bench suite` runs it at full size; the
 //! `suite_smoke` test runs it tiny. [`Options::from_env`] documents the knobs.
 
-mod measure;
+pub mod measure;
 mod procs;
 mod read;
 mod rig;
@@ -33,7 +33,7 @@ use shoal_testkit::LinkProfile;
 use crate::report::{Machine, Report, Row};
 
 pub(crate) use measure::opendal_parallel;
-pub(crate) use rig::prewarm as load;
+pub(crate) use rig::{blocking, prewarm as load, remote_link};
 
 /// A part of the suite that `SHOAL_BENCH_ONLY` can pick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +109,9 @@ pub struct Options {
     pub sched_instances: u32,
     /// Instances run end to end by the local executor.
     pub e2e_instances: u32,
+    /// Rounds of the cheap reads (native, direct from a local store, warm); each
+    /// figure is its best round. Cold reads and reads through the link run once.
+    pub passes: usize,
     /// Where the report goes.
     pub out_dir: PathBuf,
 }
@@ -126,6 +129,7 @@ impl Options {
             prewarm_bytes: 1 << 30,
             sched_instances: 100_000,
             e2e_instances: 2_000,
+            passes: 3,
             out_dir: default_out_dir(),
         }
     }
@@ -142,6 +146,7 @@ impl Options {
             prewarm_bytes: 8 << 20,
             sched_instances: 2_000,
             e2e_instances: 20,
+            passes: 1,
             ..Options::full()
         }
     }
@@ -152,6 +157,7 @@ impl Options {
     /// - `SHOAL_BENCH_SCALE=0.25`: multiplies every size;
     /// - `SHOAL_BENCH_LARGE=256MiB`, `SHOAL_BENCH_FILES=2000`, `SHOAL_BENCH_INSTANCES`,
     ///   `SHOAL_BENCH_E2E`: one size each (after the scale);
+    /// - `SHOAL_BENCH_PASSES=3`: rounds of the cheap reads (best round reported);
     /// - `SHOAL_BENCH_LINK=20ms,400Mbit`: the remote link (first byte, bandwidth);
     /// - `SHOAL_BENCH_OUT=DIR`: the report directory (default `target/bench-report`).
     pub fn from_env(mut base: Options) -> Result<Options> {
@@ -198,6 +204,9 @@ impl Options {
         }
         if let Some(v) = var("SHOAL_BENCH_E2E") {
             base.e2e_instances = count("SHOAL_BENCH_E2E", &v)?;
+        }
+        if let Some(v) = var("SHOAL_BENCH_PASSES") {
+            base.passes = count("SHOAL_BENCH_PASSES", &v)?.max(1) as usize;
         }
         if let Some(v) = var("SHOAL_BENCH_LINK") {
             base.link = parse_link(&v)?;
@@ -317,6 +326,7 @@ pub async fn run(o: &Options) -> Result<Report> {
             "prewarm_bytes": o.prewarm_bytes,
             "sched_instances": o.sched_instances,
             "e2e_instances": o.e2e_instances,
+            "passes": o.passes,
         }),
         profile: if cfg!(debug_assertions) {
             "debug"

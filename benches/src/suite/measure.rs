@@ -1,6 +1,6 @@
-//! The timed parts of the suite: plain POSIX reads and stats on OS threads (never on the
-//! runtime that serves the in-process mount and worker), opendal reads of the store,
-//! kernel cache drops, and test data.
+//! The timed parts of the suite and of `--bench mount`: plain POSIX reads and stats on
+//! OS threads (never on a runtime that serves an in-process mount or worker), opendal
+//! reads of the store, kernel cache drops, and generated test data.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,11 @@ pub fn read_plan(plan: &[Vec<PathBuf>]) -> Result<(f64, u64)> {
             .map_err(|_| Error::internal("reader thread panicked"))??;
     }
     Ok((total as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+/// `readers` threads each read the whole of `path`; (aggregate bytes/s, bytes).
+pub fn sequential(path: &Path, readers: usize) -> Result<(f64, u64)> {
+    read_plan(&vec![vec![path.to_owned()]; readers.max(1)])
 }
 
 /// crc32c of a whole file, untimed (the mount must return the native bytes).

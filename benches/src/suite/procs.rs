@@ -170,6 +170,8 @@ async fn scrape(addr: SocketAddr) -> Result<String> {
 pub struct MountProc {
     proc: TestProcess,
     dir: PathBuf,
+    /// Whether the kernel granted FUSE passthrough (the mount's start line says).
+    pub passthrough: bool,
 }
 
 impl MountProc {
@@ -190,9 +192,27 @@ impl MountProc {
             .args(["--master", master, "--node", node, "--dataset", dataset])
             .env("RUST_LOG", "warn");
         let proc = TestProcess::spawn("shoal mount", cmd)?;
-        let mut m = MountProc { proc, dir };
+        let mut m = MountProc {
+            proc,
+            dir,
+            passthrough: false,
+        };
         let deadline = Instant::now() + READY;
-        while !shoal_fuse::mount_is_live(&m.dir) {
+        loop {
+            // "shoal mount: DIR mounted (dataset D, master M, passthrough on|off)",
+            // printed once the mount is live.
+            let started = m
+                .proc
+                .log_contents()
+                .lines()
+                .find(|l| l.starts_with("shoal mount:") && l.contains(" mounted ("))
+                .map(|l| l.contains("passthrough on"));
+            if let Some(pt) = started
+                && shoal_fuse::mount_is_live(&m.dir)
+            {
+                m.passthrough = pt;
+                return Ok(m);
+            }
             if !m.proc.is_running() || Instant::now() > deadline {
                 return Err(Error::unavailable(format!(
                     "shoal mount did not come up: {}",
@@ -201,7 +221,6 @@ impl MountProc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(m)
     }
 
     pub fn root(&self) -> &Path {

@@ -12,6 +12,7 @@ use shoal_common::{Error, Result};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_testkit::{LinkProfile, LinkProxy, S3Fixture};
 use tonic::transport::Channel;
 
 use super::procs::{MountProc, WorkerProc};
@@ -159,4 +160,21 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("benchmark thread: {e}")))?
+}
+
+/// A [`LinkProxy`] with `profile` in front of `s3`, and the dataset options that reach
+/// the bucket through it.
+pub async fn remote_link(
+    s3: &S3Fixture,
+    profile: LinkProfile,
+) -> Result<(LinkProxy, BTreeMap<String, String>)> {
+    let upstream = s3
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| Error::internal(format!("S3 endpoint address: {e}")))?;
+    let link = LinkProxy::start(upstream, profile).await?;
+    let mut linked = s3.options();
+    linked.insert("endpoint".into(), link.endpoint());
+    Ok((link, linked))
 }

@@ -19,18 +19,21 @@ pub async fn run(o: &Options, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> R
     let decisions = benchmark::scheduling(o.sched_instances, OWNERS).await?;
     let (runner, spawn) = benchmark::end_to_end(o.e2e_instances, CONCURRENCY).await?;
     let base = format!("direct spawn of `true`, {CONCURRENCY} at a time");
-    rows.push(Row::new(
-        sc,
-        format!(
-            "decisions/s, no-op executor, no persistence ({} instances, {OWNERS} owners)",
-            decisions.instances
-        ),
-        decisions.per_second(),
-        "decisions/s",
-        base.clone(),
-        spawn.per_second(),
-        None,
-    ));
+    rows.push(
+        Row::new(
+            sc,
+            format!(
+                "decisions/s, no-op executor, no persistence ({} instances, {OWNERS} owners)",
+                decisions.instances
+            ),
+            decisions.per_second(),
+            "decisions/s",
+            base.clone(),
+            spawn.per_second(),
+            None,
+        )
+        .baseline_in("processes/s"),
+    );
     rows.push(Row::new(
         sc,
         format!(
@@ -42,7 +45,8 @@ pub async fn run(o: &Options, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> R
         base,
         spawn.per_second(),
         None,
-    ));
+    )
+    .baseline_in("processes/s"));
     notes.push("Scheduler: the decisions row's ratio says how many times faster the scheduler decides than this machine can start processes at all.".into());
     Ok(())
 }
