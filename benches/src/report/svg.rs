@@ -22,6 +22,18 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Labels longer than this are cut (with "…") so they stay left of the bars; the full
+/// names are in report.md.
+const LABEL_CHARS: usize = 64;
+
+fn label(name: &str) -> String {
+    if name.chars().count() <= LABEL_CHARS {
+        return esc(name);
+    }
+    let cut: String = name.chars().take(LABEL_CHARS - 1).collect();
+    format!("{}…", esc(cut.trim_end()))
+}
+
 fn x_of(ratio: f64) -> f64 {
     let plot = WIDTH - LABEL - 80.0;
     let e = ratio.max(1e-9).log10().clamp(MIN_EXP, MAX_EXP);
@@ -83,7 +95,7 @@ pub fn chart(r: &Report) -> String {
                 s,
                 "<text x=\"20\" y=\"{:.1}\">{}</text>\n<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{BAR_H}\" fill=\"{fill}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{:.2}×</text>",
                 y + BAR_H - 4.0,
-                esc(&row.name),
+                label(&row.name),
                 (x1 - x0).max(1.0),
                 x1 + 4.0,
                 y + BAR_H - 4.0,
@@ -125,5 +137,13 @@ mod tests {
     #[test]
     fn escapes_labels() {
         assert_eq!(esc("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+    }
+
+    #[test]
+    fn long_labels_are_cut() {
+        assert_eq!(label("short & sweet"), "short &amp; sweet");
+        let long = "x".repeat(100);
+        assert_eq!(label(&long).chars().count(), LABEL_CHARS);
+        assert!(label(&long).ends_with('…'));
     }
 }
