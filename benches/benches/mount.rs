@@ -517,31 +517,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mount bench: start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
+    shoal_benches::bench_main("mount bench", async {
         let (rows, rig, passthrough) = run(&opts).await?;
         let dropped = rig.dropped;
         rig.worker.shutdown().await;
         rig.master.shutdown().await;
-        Ok::<_, Error>((rows, dropped, passthrough))
-    });
-    match r {
-        Ok((rows, dropped, passthrough)) => {
-            print!("{}", render(&rows, &opts, dropped, passthrough));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mount bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(render(&rows, &opts, dropped, passthrough))
+    })
 }

@@ -20,36 +20,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench suite: start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
+    shoal_benches::bench_main("bench suite", async {
         let report = run(&opts).await?;
         let written = report.write(&opts.out_dir)?;
         report.check(&opts.expected_sections(), &written)?;
-        Ok::<_, shoal_common::Error>((report, written))
-    });
-    match r {
-        Ok((report, w)) => {
-            print!("{}", report.markdown());
-            eprintln!(
-                "wrote {}, {} and {}",
-                w.markdown.display(),
-                w.json.display(),
-                w.svg.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench suite failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        eprintln!(
+            "wrote {}, {} and {}",
+            written.markdown.display(),
+            written.json.display(),
+            written.svg.display()
+        );
+        Ok(report.markdown())
+    })
 }

@@ -284,6 +284,11 @@ impl<'a> ReadRun<'a> {
     }
 }
 
+/// A bytes/s row of `section`.
+fn rate(section: &str, name: String, v: f64, base_name: &str, base: f64, aim: Option<Aim>) -> Row {
+    Row::new(section, name, v, "MB/s", base_name, base, aim)
+}
+
 fn per_file(s: &Set) -> String {
     match s.rels.len() {
         1 => "1 reader".into(),
@@ -315,42 +320,40 @@ pub async fn local(
         let (native1, native4) = (r.native1, r.native4);
         let native_per_file = if s.rels.len() == 1 { native1 } else { native4 };
         let per_file = per_file(s);
-        rows.push(Row::new(
-            sc,
-            format!("{l}: direct opendal read of the store, {per_file}"),
-            direct,
-            "MB/s",
-            "native read, same readers",
-            native_per_file,
-            None,
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount cold, {per_file}"),
-            r.cold,
-            "MB/s",
-            "direct opendal read",
-            direct,
-            Aim::ratio(0.9, COLD),
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount warm, 1 reader"),
-            r.warm1,
-            "MB/s",
-            "native tmpfs, 1 reader",
-            native1,
-            Aim::ratio(0.8, WARM_SEQ),
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount warm, 4 readers"),
-            r.warm4,
-            "MB/s",
-            "native tmpfs, 4 readers",
-            native4,
-            Aim::ratio(0.8, WARM_MOUNT),
-        ));
+        rows.extend([
+            rate(
+                sc,
+                format!("{l}: direct opendal read of the store, {per_file}"),
+                direct,
+                "native read, same readers",
+                native_per_file,
+                None,
+            ),
+            rate(
+                sc,
+                format!("{l}: mount cold, {per_file}"),
+                r.cold,
+                "direct opendal read",
+                direct,
+                Aim::ratio(0.9, COLD),
+            ),
+            rate(
+                sc,
+                format!("{l}: mount warm, 1 reader"),
+                r.warm1,
+                "native tmpfs, 1 reader",
+                native1,
+                Aim::ratio(0.8, WARM_SEQ),
+            ),
+            rate(
+                sc,
+                format!("{l}: mount warm, 4 readers"),
+                r.warm4,
+                "native tmpfs, 4 readers",
+                native4,
+                Aim::ratio(0.8, WARM_MOUNT),
+            ),
+        ]);
         ufs_note(notes, "Read path", s, &r, o);
     }
     run.finish("read path", mem).await
@@ -383,42 +386,40 @@ pub async fn remote(
         let l = &s.label;
         let (direct, r) = run.set(s, None).await?;
         let per_file = per_file(s);
-        rows.push(Row::new(
-            sc,
-            format!("{l}: direct opendal read through the link, {per_file}"),
-            direct,
-            "MB/s",
-            cap_name.clone(),
-            cap,
-            None,
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount cold, {per_file}"),
-            r.cold,
-            "MB/s",
-            cap_name.clone(),
-            cap,
-            Aim::ratio(0.9, COLD),
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount warm, 1 reader (ratio: speedup over cold)"),
-            r.warm1,
-            "MB/s",
-            "mount cold",
-            r.cold,
-            None,
-        ));
-        rows.push(Row::new(
-            sc,
-            format!("{l}: mount warm, 4 readers (ratio: speedup over cold)"),
-            r.warm4,
-            "MB/s",
-            "mount cold",
-            r.cold,
-            None,
-        ));
+        rows.extend([
+            rate(
+                sc,
+                format!("{l}: direct opendal read through the link, {per_file}"),
+                direct,
+                &cap_name,
+                cap,
+                None,
+            ),
+            rate(
+                sc,
+                format!("{l}: mount cold, {per_file}"),
+                r.cold,
+                &cap_name,
+                cap,
+                Aim::ratio(0.9, COLD),
+            ),
+            rate(
+                sc,
+                format!("{l}: mount warm, 1 reader (ratio: speedup over cold)"),
+                r.warm1,
+                "mount cold",
+                r.cold,
+                None,
+            ),
+            rate(
+                sc,
+                format!("{l}: mount warm, 4 readers (ratio: speedup over cold)"),
+                r.warm4,
+                "mount cold",
+                r.cold,
+                None,
+            ),
+        ]);
         ufs_note(notes, "Remote store", s, &r, o);
     }
     run.finish("remote store", mem).await?;
