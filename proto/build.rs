@@ -13,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_prost_build::configure().compile_protos(&files, &["proto"])?;
+    // The descriptor set lets tests walk every RPC of every service, so an
+    // authorization test cannot miss a method added later.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("shoal_descriptor.bin"))
+        .compile_protos(&files, &["proto"])?;
     Ok(())
 }
