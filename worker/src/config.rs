@@ -86,7 +86,8 @@ pub struct WorkerArgs {
     pub high_watermark: Option<f64>,
     pub low_watermark: Option<f64>,
     pub heartbeat_interval: Option<Duration>,
-    /// Read by the CLI from `--cluster-token-file`/`cluster_token_file`.
+    /// Read by the CLI from `--cluster-token-file`/`cluster_token_file`; `None` is a
+    /// fresh random token (a standalone worker).
     pub cluster_token: Option<Token>,
 }
 
@@ -168,11 +169,9 @@ impl WorkerConfig {
             heartbeat_interval,
             cluster_token,
         } = args;
-        let cluster_token = cluster_token.ok_or_else(|| {
-            Error::invalid(
-                "no cluster token: pass --cluster-token-file (the master writes DATA_DIR/cluster.token)",
-            )
-        })?;
+        // The CLI always passes one (it refuses to start without a token file); a
+        // library caller without one gets a fresh token only it can share.
+        let cluster_token = cluster_token.unwrap_or_else(Token::generate);
         let high = pick(high_watermark, file.high_watermark, DEFAULT_HIGH_WATERMARK);
         let low = pick(low_watermark, file.low_watermark, DEFAULT_LOW_WATERMARK);
         let specs: Vec<TierSpec> = if !tiers.is_empty() {
