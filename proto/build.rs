@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/v1/worker.proto",
         "proto/shoal/v1/runner.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -53,15 +53,21 @@ pub fn user_token(ctx: &Context) -> anyhow::Result<Option<Token>> {
 }
 
 /// The cluster token of a server command: `--cluster-token-file` > the config file's
-/// `cluster_token_file` > `default` (the local master's `cluster.token`). With
-/// `create`, a missing default file is created (the master is where it comes from).
+/// `cluster_token_file` > `default` (the local master's `cluster.token`). A file named
+/// explicitly must exist (with `create`, it is created); the default may be absent
+/// (`None`), and then calls that need the token fail with a hint.
 pub fn cluster_token(
     flag: Option<PathBuf>,
     file: Option<&String>,
     default: PathBuf,
     create: bool,
-) -> anyhow::Result<(Token, PathBuf)> {
-    let path = flag.or_else(|| file.map(PathBuf::from)).unwrap_or(default);
+) -> anyhow::Result<Option<(Token, PathBuf)>> {
+    let explicit = flag.or_else(|| file.map(PathBuf::from));
+    let path = match explicit {
+        Some(p) => p,
+        None if default.exists() => default,
+        None => return Ok(None),
+    };
     let token = if create {
         load_or_create_token_file(&path)?.0
     } else {
@@ -73,8 +79,11 @@ pub fn cluster_token(
         }
         read_token_file(&path)?
     };
-    Ok((token, path))
+    Ok(Some((token, path)))
 }
+
+/// What to say when a server command found no cluster token.
+pub const NO_CLUSTER_TOKEN: &str = "no cluster token: pass --cluster-token-file (or SHOAL_CLUSTER_TOKEN_FILE) with the master's DATA_DIR/cluster.token, copied with mode 0600";
 
 /// The default cluster token file: the local master's.
 pub fn default_cluster_token_file() -> PathBuf {

@@ -63,7 +63,7 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
     let mut cfg = MasterConfig::new(data_dir);
     if let Some(p) = token_file {
         cfg.cluster_token =
-            Some(crate::auth::cluster_token(Some(p), None, PathBuf::new(), true)?.0);
+            crate::auth::cluster_token(Some(p), None, PathBuf::new(), true)?.map(|(t, _)| t);
     }
     cfg.listen = pick(
         a.listen,

@@ -100,15 +100,14 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     let master = connect::master_addr(ctx, a.m.master.as_deref());
     let mut cfg = MountConfig::new(&master, &a.mountpoint);
     cfg.dataset = a.dataset.clone();
-    cfg.token = Some(
-        crate::auth::cluster_token(
-            a.cluster_token_file.clone(),
-            ctx.file.mount.cluster_token_file.as_ref(),
-            crate::auth::default_cluster_token_file(),
-            false,
-        )?
-        .0,
-    );
+    // Without one, the master's answer says what is missing (see `connect::status`).
+    cfg.token = crate::auth::cluster_token(
+        a.cluster_token_file.clone(),
+        ctx.file.mount.cluster_token_file.as_ref(),
+        crate::auth::default_cluster_token_file(),
+        false,
+    )?
+    .map(|(t, _)| t);
     cfg.node = a
         .node
         .clone()

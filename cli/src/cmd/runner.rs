@@ -116,13 +116,14 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         "127.0.0.1:9701".into(),
     ));
     cfg.master = master.or_else(|| f.master.clone());
-    if cfg.master.is_some() {
-        let (token, path) = crate::auth::cluster_token(
+    if cfg.master.is_some()
+        && let Some((token, path)) = crate::auth::cluster_token(
             cluster_token_file,
             f.cluster_token_file.as_ref(),
             crate::auth::default_cluster_token_file(),
             false,
-        )?;
+        )?
+    {
         cfg.cluster_token = token;
         cfg.cluster_token_file = Some(std::path::absolute(&path)?);
     }

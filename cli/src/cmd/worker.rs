@@ -93,7 +93,8 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         ctx.file.worker.cluster_token_file.as_ref(),
         crate::auth::default_cluster_token_file(),
         false,
-    )?;
+    )?
+    .ok_or_else(|| anyhow::anyhow!(crate::auth::NO_CLUSTER_TOKEN))?;
     let cfg = WorkerConfig::resolve(
         WorkerArgs {
             master,

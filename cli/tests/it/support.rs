@@ -131,3 +131,26 @@ pub fn register_cluster(c: &shoal_testkit::Cluster) {
         &c.master_dir().join("cluster.token"),
     );
 }
+
+/// Runs `shoal ARGS` against `master` with `token` as SHOAL_TOKEN (none: no token at
+/// all) and extra environment variables.
+pub fn shoal_as(master: &str, token: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(SHOAL);
+    cmd.args(args)
+        .env("SHOAL_MASTER", master)
+        .env_remove("SHOAL_CONFIG");
+    auth_env(&mut cmd, master);
+    cmd.env_remove("SHOAL_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SHOAL_TOKEN", t);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run shoal");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
