@@ -207,7 +207,7 @@ async fn start(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
 }
 
 enum Followed {
-    Ended(LoadJob),
+    Ended(Box<LoadJob>),
     Detached(String),
 }
 
@@ -245,7 +245,7 @@ async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::R
                     pb.set_message("cancelling…");
                     let job = c.cancel_load(CancelLoadRequest { id: id.to_owned() }).await.map_err(connect::status)?.into_inner();
                     pb.finish_and_clear();
-                    return Ok(Followed::Ended(job));
+                    return Ok(Followed::Ended(Box::new(job)));
                 }
                 pb.finish_and_clear();
                 return Ok(Followed::Detached(id.to_owned()));
@@ -254,7 +254,7 @@ async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::R
     }
     pb.finish_and_clear();
     match last {
-        Some(j) if is_final(j.state) => Ok(Followed::Ended(j)),
+        Some(j) if is_final(j.state) => Ok(Followed::Ended(Box::new(j))),
         // The stream ended early (master restarted): fetch the state once.
         _ => {
             let j = c
@@ -262,7 +262,7 @@ async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::R
                 .await
                 .map_err(connect::status)?
                 .into_inner();
-            Ok(Followed::Ended(j))
+            Ok(Followed::Ended(Box::new(j)))
         }
     }
 }

@@ -23,13 +23,15 @@ pub type AskIssuer = Arc<dyn Fn(Token) -> BoxFuture<'static, Result<Identity>> +
 pub const VERDICT_TTL: Duration = Duration::from_secs(5);
 const MAX_CACHED: usize = 10_000;
 
+/// A cached answer: `Err` holds the message of an `Unauthenticated` verdict.
+type Verdict = std::result::Result<Identity, String>;
+
 pub struct RemoteVerifier {
     cluster: ClusterSecret,
     issuer: AskIssuer,
     ttl: Duration,
     /// Keyed by token id and secret hash, so a wrong secret never hits a cached verdict.
-    /// `Err` holds the message of an `Unauthenticated` verdict.
-    cache: Mutex<HashMap<String, (Instant, std::result::Result<Identity, String>)>>,
+    cache: Mutex<HashMap<String, (Instant, Verdict)>>,
 }
 
 impl RemoteVerifier {
