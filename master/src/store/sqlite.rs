@@ -942,6 +942,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tokens_and_grants_persist_and_die_with_their_dataset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TokenRecord {
+            id: "0123456789abcdef".into(),
+            owner: "team-a".into(),
+            admin: false,
+            secret_hash: "h".repeat(64),
+            created_at_ms: 5,
+            revoked_at_ms: 0,
+        };
+        let d = {
+            let s = SqliteCatalog::open(tmp.path()).unwrap();
+            s.create_token(t.clone()).await.unwrap();
+            let e = s.create_token(t.clone()).await.unwrap_err();
+            assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+            let d = s.create_dataset(new_ds("g"), 1).await.unwrap();
+            for (owner, write) in [("team-a", false), ("team-b", true), ("team-a", true)] {
+                s.set_grant(GrantRecord {
+                    dataset: d.id,
+                    owner: owner.into(),
+                    write,
+                })
+                .await
+                .unwrap();
+            }
+            d.id
+        };
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        assert_eq!(s.get_token(&t.id).await.unwrap(), Some(t.clone()));
+        assert!(s.revoke_token(&t.id, 9).await.unwrap());
+        assert!(s.revoke_token(&t.id, 10).await.unwrap(), "revoking twice is fine");
+        assert_eq!(s.get_token(&t.id).await.unwrap().unwrap().revoked_at_ms, 9);
+        assert!(!s.revoke_token("ffffffffffffffff", 9).await.unwrap());
+        assert_eq!(s.list_tokens().await.unwrap().len(), 1);
+        let g = s.list_grants(Some(d), None).await.unwrap();
+        assert_eq!(
+            g.iter()
+                .map(|g| (g.owner.as_str(), g.write))
+                .collect::<Vec<_>>(),
+            [("team-a", true), ("team-b", true)]
+        );
+        assert!(s.remove_grant(d, "team-b").await.unwrap());
+        assert!(!s.remove_grant(d, "team-b").await.unwrap());
+        assert_eq!(s.list_grants(None, Some("team-a")).await.unwrap().len(), 1);
+        assert!(s.delete_dataset(d).await.unwrap());
+        assert!(s.list_grants(None, None).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn state_survives_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let id = {
