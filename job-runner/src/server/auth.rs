@@ -105,7 +105,13 @@ pub async fn check_submit(
     cfg: &RunnerConfig,
     master: Option<(&MasterServiceClient<AuthChannel>, &Token)>,
 ) -> Result<()> {
-    who.require_act_for(&spec.owner, &format!("job `{}`", spec.name))?;
+    if !who.may_act_for(&spec.owner) {
+        let me = who.owner().unwrap_or_default();
+        return Err(Error::PermissionDenied(format!(
+            "job `{}` is for owner `{}` but your token is for `{me}`; set `owner: {me}` in the spec (a spec without `owner` belongs to `default`)",
+            spec.name, spec.owner
+        )));
+    }
     if who.is_admin() {
         return Ok(());
     }

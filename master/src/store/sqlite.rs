@@ -972,7 +972,10 @@ mod tests {
         let s = SqliteCatalog::open(tmp.path()).unwrap();
         assert_eq!(s.get_token(&t.id).await.unwrap(), Some(t.clone()));
         assert!(s.revoke_token(&t.id, 9).await.unwrap());
-        assert!(s.revoke_token(&t.id, 10).await.unwrap(), "revoking twice is fine");
+        assert!(
+            s.revoke_token(&t.id, 10).await.unwrap(),
+            "revoking twice is fine"
+        );
         assert_eq!(s.get_token(&t.id).await.unwrap().unwrap().revoked_at_ms, 9);
         assert!(!s.revoke_token("ffffffffffffffff", 9).await.unwrap());
         assert_eq!(s.list_tokens().await.unwrap().len(), 1);
