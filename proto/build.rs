@@ -10,9 +10,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/v1/worker.proto",
         "proto/shoal/v1/runner.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_prost_build::configure().compile_protos(&files, &["proto"])?;
+    // The descriptor set lets tests walk every RPC of every service, so an
+    // authorization test cannot miss a method added later.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("shoal_descriptor.bin"))
+        .compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -110,10 +110,13 @@ async fn rig(opts: &Options) -> Result<Rig> {
     let mut wc = WorkerConfig::for_tiers(NODE, &[("mem", tier.path().to_path_buf(), quota)]);
     wc.master = Some(master.grpc_addr.to_string());
     wc.heartbeat_interval = Duration::from_millis(200);
+    wc.cluster_token = master.cluster_token.clone();
     let worker = WorkerServer::start(wc).await?;
+    let (_, admin) = master.state.access.issue("bench-admin", true).await?;
     let mut m = shoal_worker::server::master_client(
         &master.grpc_addr.to_string(),
         Duration::from_secs(600),
+        Some(&admin),
     )?;
     for _ in 0..100 {
         let set = m
@@ -184,6 +187,7 @@ impl Rig {
     ) -> Result<(T, bool)> {
         let dir = tempfile::tempdir().map_err(io("create mountpoint"))?;
         let mut cfg = MountConfig::new(&self.master.grpc_addr.to_string(), dir.path());
+        cfg.token = Some(self.master.cluster_token.clone());
         cfg.node = Some(NODE.into());
         cfg.dataset = Some(DATASET.into());
         // Metrics are labelled with the canonical mountpoint (see `fuse_requests`).

@@ -108,11 +108,19 @@ pub async fn run(opts: &Options) -> Result<Vec<Row>> {
         )));
     }
 
-    let tcp = DataPlaneClient::new(Duration::from_secs(3), Duration::from_secs(30));
+    let token = worker.cluster_token().clone();
+    let tcp = DataPlaneClient::new(
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+        Some(token.clone()),
+    );
     let data_addr = worker.data_addr().to_string();
-    let grpc = WorkerServiceClient::connect(format!("http://{}", worker.grpc_addr()))
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", worker.grpc_addr()))
+        .map_err(|e| Error::invalid(format!("worker address: {e}")))?
+        .connect()
         .await
-        .map_err(|e| Error::unavailable(format!("connect gRPC: {e}")))?
+        .map_err(|e| Error::unavailable(format!("connect gRPC: {e}")))?;
+    let grpc = WorkerServiceClient::new(shoal_common::auth::with_token(ch, Some(&token)))
         .max_decoding_message_size(16 << 20);
     let local = ShortCircuit::new(64 << 20);
     let tiers = vec![tier_dir.path().to_path_buf()];

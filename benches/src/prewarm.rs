@@ -139,6 +139,7 @@ pub async fn run(o: &Options) -> Result<Report> {
     if o.with_mount {
         let mnt = tempfile::tempdir().map_err(|e| Error::io("mountpoint", e))?;
         let mut cfg = shoal_fuse::MountConfig::new(&c.master_addr, mnt.path());
+        cfg.token = Some(c.cluster_token.clone());
         cfg.node = Some(c.nodes[0].clone());
         let mount = shoal_fuse::mount(cfg).await?;
         let file = mnt.path().join("model").join(&model_path);

@@ -6,9 +6,9 @@ pub mod demo;
 pub mod job;
 pub mod master;
 pub mod mount;
-pub mod planned;
 pub mod prewarm;
 pub mod runner;
+pub mod token;
 pub mod up;
 pub mod worker;
 

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use shoal_proto::v1::runner_service_client::RunnerServiceClient;
+use tonic::transport::Endpoint;
 
 use crate::cmd::Context;
 
@@ -30,14 +32,34 @@ pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
         .timeout(Duration::from_secs(600)))
 }
 
-pub async fn master(addr: &str) -> anyhow::Result<MasterServiceClient<Channel>> {
+/// The master at `--master` (or the config/default), with the caller's token.
+pub async fn user_master(
+    ctx: &Context,
+    flag: Option<&str>,
+) -> anyhow::Result<MasterServiceClient<AuthChannel>> {
+    let token = crate::auth::user_token(ctx)?;
+    master(&master_addr(ctx, flag), token.as_ref()).await
+}
+
+/// A runner client over `ch`, with `token`.
+pub fn runner_client(
+    ch: tonic::transport::Channel,
+    token: Option<&Token>,
+) -> RunnerServiceClient<AuthChannel> {
+    RunnerServiceClient::new(with_token(ch, token))
+}
+
+pub async fn master(
+    addr: &str,
+    token: Option<&Token>,
+) -> anyhow::Result<MasterServiceClient<AuthChannel>> {
     let ch = endpoint(addr)?.connect().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the master at {addr} ({}); start one with `shoal master` or `shoal up`, or set --master/SHOAL_MASTER",
             transport_cause(&e)
         )
     })?;
-    Ok(MasterServiceClient::new(ch)
+    Ok(MasterServiceClient::new(with_token(ch, token))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }
@@ -52,7 +74,17 @@ fn transport_cause(e: &tonic::transport::Error) -> String {
     cur.to_string()
 }
 
-/// Turns a gRPC status into an error whose text is the server's message alone.
+/// Turns a gRPC status into an error whose text is the server's message, plus how to
+/// fix it when the call was refused.
 pub fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::Error::new(shoal_common::Error::from(s))
+    let e = shoal_common::Error::from(s);
+    match &e {
+        shoal_common::Error::Unauthenticated(m) => anyhow::anyhow!(
+            "not authenticated: {m}. Set SHOAL_TOKEN to your token (an admin issues one with `shoal token create --owner NAME`; `shoal up` prints its admin token), or put it in ~/.config/shoal/token with mode 0600"
+        ),
+        shoal_common::Error::PermissionDenied(m) => anyhow::anyhow!(
+            "permission denied: {m}. Use a token of the right owner, or ask an admin (an admin token can do everything)"
+        ),
+        _ => anyhow::Error::new(e),
+    }
 }

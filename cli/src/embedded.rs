@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use shoal_common::auth::{Token, read_token_file, write_token_file};
 use shoal_common::size::human_bytes;
 use shoal_job_runner::config::NodeConfig;
 use shoal_job_runner::{RunnerConfig, RunnerServer, RunningRunner};
@@ -36,6 +37,12 @@ pub struct EmbeddedOptions {
 
 pub struct Embedded {
     pub master: RunningMaster,
+    /// The admin token (`DATA_DIR/master/admin.token`), for the user and for what this
+    /// process itself asks of the cluster (`shoal demo`, `shoal up --ufs`).
+    pub admin_token: Token,
+    /// Whether `admin_token` was issued by this start.
+    pub admin_token_new: bool,
+    pub admin_token_file: PathBuf,
     pub workers: Vec<RunningWorker>,
     pub runner: RunningRunner,
     /// Where the runner keeps the FUSE mount, if any.
@@ -61,6 +68,20 @@ fn free_disk(path: &Path) -> Option<u64> {
 
 fn node_name(i: usize) -> String {
     format!("up-{i}")
+}
+
+/// The master's first-start admin token, or the one in `path` from an earlier start,
+/// or (if that file was lost) a new one written there.
+async fn admin_token(master: &RunningMaster, path: &Path) -> anyhow::Result<(Token, bool)> {
+    if let Some(t) = &master.bootstrap_admin {
+        return Ok((t.clone(), true));
+    }
+    if path.exists() {
+        return Ok((read_token_file(path)?, false));
+    }
+    let (_, t) = master.state.access.issue("admin", true).await?;
+    write_token_file(path, &t)?;
+    Ok((t, true))
 }
 
 impl Embedded {
@@ -98,6 +119,9 @@ impl Embedded {
             .await
             .with_context(|| format!("start the master on {}", o.master_listen))?;
         let master_addr = master.grpc_addr.to_string();
+        let admin_token_file = data_dir.join("master").join("admin.token");
+        let (admin_token, admin_token_new) = admin_token(&master, &admin_token_file).await?;
+        let cluster_token = master.cluster_token.clone();
 
         let mut workers = Vec::new();
         let mut tiers = Vec::new();
@@ -118,6 +142,7 @@ impl Embedded {
             let mut wcfg = WorkerConfig::for_tiers(&node, &refs);
             wcfg.master = Some(master_addr.clone());
             wcfg.heartbeat_interval = o.heartbeat;
+            wcfg.cluster_token = cluster_token.clone();
             let w = WorkerServer::start(wcfg)
                 .await
                 .with_context(|| format!("start worker {node}"))?;
@@ -129,6 +154,9 @@ impl Embedded {
         rcfg.listen = o.runner_listen.clone();
         rcfg.metrics_listen = Some("127.0.0.1:0".into());
         rcfg.master = Some(master_addr.clone());
+        rcfg.cluster_token = cluster_token.clone();
+        // The master created it (mode 0600) on first start; the mount reads it.
+        rcfg.cluster_token_file = Some(data_dir.join("master").join("cluster.token"));
         // Simulated nodes share this machine's CPUs; memory is split between them.
         let local = NodeConfig::local();
         rcfg.nodes = (0..o.workers)
@@ -155,6 +183,9 @@ impl Embedded {
         let mount = rcfg_mount;
         Ok(Embedded {
             master,
+            admin_token,
+            admin_token_new,
+            admin_token_file,
             workers,
             runner,
             mount,

@@ -3,6 +3,7 @@
 //! user subcommands talk to a running cluster. Errors end as one line on stderr with a
 //! hint, and a non-zero exit code; never a backtrace.
 
+mod auth;
 mod cmd;
 mod connect;
 mod embedded;
@@ -65,8 +66,9 @@ enum Command {
     Cat(cmd::cat::CatArgs),
     /// Copy a dataset file to a local path, read through the cache (no FUSE needed).
     Cp(cmd::cat::CpArgs),
-    /// Manage access tokens.
-    Token(cmd::planned::PlannedArgs),
+    /// Manage access tokens (admin): create, list, revoke.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +135,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(c) => cmd::job::run(&ctx, c).await,
         Command::Cat(a) => cmd::cat::cat(&ctx, a).await,
         Command::Cp(a) => cmd::cat::cp(&ctx, a).await,
-        Command::Token(a) => cmd::planned::run("token", "issue 9 (security)", a),
+        Command::Token(c) => cmd::token::run(&ctx, c).await,
     }
 }

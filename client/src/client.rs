@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use opendal::Operator;
 use parking_lot::{Mutex, RwLock};
+use shoal_common::auth::AuthChannel;
 use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_common::ufs::{UfsTuning, build_operator, ufs_error};
 use shoal_common::{Error, Result};
@@ -22,7 +23,6 @@ use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_worker::FileRef;
 use shoal_worker::wire::ReadRequest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::data_plane::DataPlaneClient;
@@ -51,7 +51,7 @@ pub struct ShoalClient {
 
 struct Inner {
     cfg: ClientConfig,
-    master: MasterServiceClient<Channel>,
+    master: MasterServiceClient<AuthChannel>,
     set: RwLock<Arc<WorkerSetView>>,
     refresh: tokio::sync::Mutex<()>,
     stale: Mutex<bool>,
@@ -65,7 +65,8 @@ struct Inner {
 impl ShoalClient {
     /// Connects to the master and fetches the worker set.
     pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
-        let master = shoal_worker::server::master_client(&cfg.master, cfg.rpc_timeout)?;
+        let master =
+            shoal_worker::server::master_client(&cfg.master, cfg.rpc_timeout, cfg.token.as_ref())?;
         let set = fetch_worker_set(&master, cfg.rpc_timeout)
             .await
             .map_err(|e| {
@@ -84,7 +85,7 @@ impl ShoalClient {
                 .time_to_live(cfg.attr_ttl.max(Duration::from_millis(1)))
                 .build(),
             datasets: Mutex::new(HashMap::new()),
-            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout),
+            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone()),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
             } else {
@@ -99,7 +100,7 @@ impl ShoalClient {
     }
 
     /// The master client, for calls this library does not wrap.
-    pub fn master(&self) -> MasterServiceClient<Channel> {
+    pub fn master(&self) -> MasterServiceClient<AuthChannel> {
         self.inner.master.clone()
     }
 
@@ -437,7 +438,7 @@ impl ShoalClient {
 }
 
 async fn fetch_worker_set(
-    master: &MasterServiceClient<Channel>,
+    master: &MasterServiceClient<AuthChannel>,
     timeout: Duration,
 ) -> Result<WorkerSetView> {
     let started = Instant::now();

@@ -31,6 +31,9 @@ pub struct ClientConfig {
     /// Data-plane requests in flight for one large read (readahead across blocks and
     /// workers).
     pub read_parallelism: usize,
+    /// Presented to the master and to workers: the cluster token (mounts, the
+    /// runner) or an admin token (`shoal cat`).
+    pub token: Option<shoal_common::auth::Token>,
 }
 
 impl ClientConfig {
@@ -48,6 +51,7 @@ impl ClientConfig {
             short_circuit: true,
             local_buffer_bytes: 64 << 20,
             read_parallelism: 4,
+            token: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use shoal_common::auth::Token;
 use shoal_common::{Error, Result};
 use shoal_worker::wire::{self, ReadRequest};
 use tokio::io::{AsyncReadExt, BufReader};
@@ -21,14 +22,22 @@ pub struct DataPlaneClient {
     pool: Mutex<HashMap<String, Vec<Conn>>>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Sent in the opening frame of every connection.
+    token: Option<Token>,
 }
 
 impl DataPlaneClient {
-    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> DataPlaneClient {
+    /// `token` opens every connection (workers accept the cluster token and admins').
+    pub fn new(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        token: Option<Token>,
+    ) -> DataPlaneClient {
         DataPlaneClient {
             pool: Mutex::new(HashMap::new()),
             connect_timeout,
             request_timeout,
+            token,
         }
     }
 
@@ -69,7 +78,28 @@ impl DataPlaneClient {
             .map_err(|e| Error::unavailable(format!("connect to worker {addr}: {e}")))?;
         sock.set_nodelay(true)
             .map_err(|e| Error::unavailable(format!("configure socket to {addr}: {e}")))?;
-        Ok(BufReader::with_capacity(64 << 10, sock))
+        let mut conn = BufReader::with_capacity(64 << 10, sock);
+        self.hello(&mut conn)
+            .await
+            .map_err(|e| e.context(format!("data plane {addr}")))?;
+        Ok(conn)
+    }
+
+    /// The opening frame: the worker answers length 0 when it accepts the token.
+    async fn hello(&self, conn: &mut Conn) -> Result<()> {
+        let token = self.token.as_ref().ok_or_else(|| {
+            Error::Unauthenticated("no token to open a data-plane connection with".into())
+        })?;
+        let fut = async {
+            wire::write_hello(conn.get_mut(), token).await?;
+            wire::read_response_head(conn).await
+        };
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(Error::unavailable(format!("opening frame: {e}"))),
+            Err(_) => Err(Error::unavailable("opening frame timed out")),
+        }
     }
 
     /// One request/response under the deadline. The outer error means the connection

@@ -9,7 +9,20 @@
 //! an admin), or the cluster itself (workers, mounts and the runner talking to each other
 //! with the shared cluster token).
 
+mod channel;
+mod layer;
+mod verify;
+
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+pub use channel::{AuthChannel, TokenInterceptor, set_token, with_token};
+pub use layer::{AuthLayer, AuthService, identity, parse_bearer};
+pub use verify::{AskIssuer, ClusterOnly, RemoteVerifier, VERDICT_TTL, Verifier};
+
+/// A boxed future, for the object-safe async traits of this module.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 use sha2::{Digest, Sha256};
 
@@ -58,6 +71,27 @@ impl Identity {
             Identity::Owner { name, .. } => Err(Error::PermissionDenied(format!(
                 "{what} is for cluster members and admins; owner `{name}` may not call it"
             ))),
+        }
+    }
+
+    /// Refuses the cluster identity: user-facing calls are made by owners.
+    pub fn require_owner(&self, what: &str) -> Result<&str> {
+        match self {
+            Identity::Owner { name, .. } => Ok(name),
+            Identity::Cluster => Err(Error::PermissionDenied(format!(
+                "{what} is for owners; the cluster token may not call it (use an owner token)"
+            ))),
+        }
+    }
+
+    /// Refuses anything that may not act for `owner`.
+    pub fn require_act_for(&self, owner: &str, what: &str) -> Result<()> {
+        if self.may_act_for(owner) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{what} belongs to owner `{owner}`; your token is for `{self}`"
+            )))
         }
     }
 
@@ -170,10 +204,7 @@ pub fn token_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Option<T
     let v = v
         .to_str()
         .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
-    let t = v
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
-    Token::parse(t).map(Some)
+    parse_bearer(v).map(Some)
 }
 
 /// The cluster's shared secret, held by every member, compared by hash.
@@ -221,6 +252,17 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Token> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
     Token::parse(&text)
+}
+
+/// The token in `path` if it exists (it must be private), else a fresh one written
+/// there with mode 0600. Returns the token and whether it was created.
+pub fn load_or_create_token_file(path: &std::path::Path) -> Result<(Token, bool)> {
+    if path.exists() {
+        return read_token_file(path).map(|t| (t, false));
+    }
+    let t = Token::generate();
+    write_token_file(path, &t)?;
+    Ok((t, true))
 }
 
 /// Writes a token to `path` with mode 0600 (created that way, never widened).

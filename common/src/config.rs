@@ -35,6 +35,8 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
@@ -56,6 +58,8 @@ pub struct TierToml {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
     pub master: Option<String>,
     pub node: Option<String>,
     pub listen: Option<String>,
@@ -73,6 +77,10 @@ pub struct WorkerToml {
 pub struct ClientToml {
     pub master: Option<String>,
     pub runner: Option<String>,
+    /// The caller's token (`shoal_<id>_<secret>`). The file must then be private (0600).
+    pub token: Option<String>,
+    /// A file (mode 0600) holding the caller's token.
+    pub token_file: Option<String>,
     /// The node this client runs on, for short-circuit reads of local blocks.
     pub node: Option<String>,
 }
@@ -80,6 +88,8 @@ pub struct ClientToml {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
@@ -128,11 +138,15 @@ pub struct QuotaToml {
     pub instances: Option<u32>,
     pub cpu: Option<CpuToml>,
     pub memory: Option<ByteSize>,
+    /// Highest job priority a non-admin owner may submit with.
+    pub max_priority: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
     #[serde(default, with = "opt_duration")]
     pub attr_ttl: Option<std::time::Duration>,
     #[serde(default, with = "opt_duration")]
@@ -151,7 +165,24 @@ impl ConfigFile {
                 path.display()
             ))
         })?;
-        Self::parse(&text).map_err(|e| e.context(format!("config file {}", path.display())))
+        let file =
+            Self::parse(&text).map_err(|e| e.context(format!("config file {}", path.display())))?;
+        if file.client.token.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| Error::io(format!("stat config file {}", path.display()), e))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::PermissionDenied(format!(
+                    "config file {} holds a token but others can read it (mode {mode:o}); run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(file)
     }
 
     pub fn parse(text: &str) -> Result<Self> {

@@ -68,6 +68,9 @@ pub struct MountConfig {
     pub write_concurrency: usize,
     /// The `mount` label of this mount's metrics.
     pub name: String,
+    /// The cluster token, presented to the master and workers (default none: every
+    /// call is refused until one is set).
+    pub token: Option<shoal_common::auth::Token>,
 }
 
 impl MountConfig {
@@ -96,6 +99,7 @@ impl MountConfig {
             data_timeout: Duration::from_secs(30),
             write_chunk_bytes: 8 << 20,
             write_concurrency: 4,
+            token: None,
         }
     }
 

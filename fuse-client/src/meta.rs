@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use shoal_common::auth::AuthChannel;
 use shoal_common::ids::DatasetId;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use tonic::transport::Channel;
 
 /// How long the dataset list is trusted.
 const DATASETS_TTL: Duration = Duration::from_secs(5);
@@ -68,7 +68,7 @@ struct Cached {
 type Key = (Arc<str>, String);
 
 pub struct Metadata {
-    master: MasterServiceClient<Channel>,
+    master: MasterServiceClient<AuthChannel>,
     master_addr: String,
     rpc_timeout: Duration,
     only: Option<String>,
@@ -83,7 +83,7 @@ pub struct Metadata {
 impl Metadata {
     /// `only`: the single dataset a `--dataset` mount shows.
     pub fn new(
-        master: MasterServiceClient<Channel>,
+        master: MasterServiceClient<AuthChannel>,
         master_addr: &str,
         rpc_timeout: Duration,
         only: Option<String>,
@@ -332,7 +332,7 @@ impl Metadata {
         }
     }
 
-    pub fn master(&self) -> MasterServiceClient<Channel> {
+    pub fn master(&self) -> MasterServiceClient<AuthChannel> {
         self.master.clone()
     }
 }

@@ -113,6 +113,8 @@ pub struct Quota {
     pub max_instances: Option<u32>,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// Highest `priority` the owner may submit jobs with (admins are not limited).
+    pub max_priority: Option<i32>,
 }
 
 impl Quota {
@@ -130,6 +132,7 @@ impl Quota {
             max_instances: t.instances,
             cpu_millis,
             memory_bytes: t.memory.map(|m| m.0),
+            max_priority: t.max_priority,
         })
     }
 
@@ -143,13 +146,14 @@ impl Quota {
         for part in s.split(',') {
             let bad = || {
                 Error::invalid(format!(
-                    "invalid quota `{s}`: write instances=N,cpu=CORES,memory=SIZE (any of them), e.g. instances=2,cpu=4"
+                    "invalid quota `{s}`: write instances=N,cpu=CORES,memory=SIZE,max_priority=P (any of them), e.g. instances=2,cpu=4"
                 ))
             };
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
             match k.trim() {
                 "instances" => q.max_instances = Some(v.trim().parse().map_err(|_| bad())?),
                 "cpu" => q.cpu_millis = Some(parse_cpu(v).ok_or_else(bad)?),
+                "max_priority" => q.max_priority = Some(v.trim().parse().map_err(|_| bad())?),
                 "memory" => {
                     q.memory_bytes = Some(v.trim().parse::<shoal_common::size::ByteSize>()?.0)
                 }
@@ -207,6 +211,14 @@ pub struct RunnerConfig {
     pub locality_wait: Duration,
     /// Options of the Kubernetes executor (used with [`ExecutorKind::Kubernetes`]).
     pub kubernetes: crate::executor::kubernetes::KubernetesConfig,
+    /// The cluster token, presented to the master and workers.
+    pub cluster_token: shoal_common::auth::Token,
+    /// Where the cluster token is on disk, handed to the FUSE mount the runner keeps
+    /// (`shoal mount --cluster-token-file`). Needed with `mount_program`.
+    pub cluster_token_file: Option<PathBuf>,
+    /// Owner tokens this runner accepts without asking a master (a standalone runner:
+    /// tests, benchmarks). With a master, owner tokens are verified by the master.
+    pub local_tokens: Vec<(shoal_common::auth::Token, shoal_common::auth::Identity)>,
 }
 
 impl RunnerConfig {
@@ -229,6 +241,9 @@ impl RunnerConfig {
             schedule_interval: Duration::from_secs(1),
             locality_wait: Duration::from_secs(3),
             kubernetes: Default::default(),
+            cluster_token: shoal_common::auth::Token::generate(),
+            cluster_token_file: None,
+            local_tokens: Vec::new(),
         }
     }
 

@@ -1,11 +1,13 @@
 //! Starting and stopping a runner: open the job store, recover and re-adopt, start the
 //! engine thread, serve gRPC `RunnerService` and `/metrics`.
 
+pub mod auth;
 pub mod handler;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use shoal_common::auth::AuthLayer;
 use shoal_common::telemetry::{MetricsServer, serve_metrics};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::runner_service_server::RunnerServiceServer;
@@ -92,10 +94,16 @@ impl RunnerServer {
         {
             (Some(m), _, _) => m,
             (None, Some(master), Some(program)) => {
+                let token_file = cfg.cluster_token_file.as_deref().ok_or_else(|| {
+                    Error::invalid(
+                        "the runner keeps a FUSE mount but has no cluster token file to give it (--cluster-token-file)",
+                    )
+                })?;
                 let m = Arc::new(ManagedMount::new(
                     &cfg.mount_root,
                     master,
                     program,
+                    token_file,
                     &cfg.name,
                 ));
                 m.ensure().await?;
@@ -105,7 +113,11 @@ impl RunnerServer {
             _ => Arc::new(MountRoot(cfg.mount_root.clone())),
         };
         let link = match &cfg.master {
-            Some(addr) => Some(Arc::new(ClusterLink::new(addr, cfg.master_timeout)?)),
+            Some(addr) => Some(Arc::new(ClusterLink::new(
+                addr,
+                cfg.master_timeout,
+                &cfg.cluster_token,
+            )?)),
             None => None,
         };
         let rt = tokio::runtime::Handle::current();
@@ -155,9 +167,19 @@ impl RunnerServer {
                 .map_err(|e| Error::internal(format!("engine start task failed: {e}")))??
         };
         let cancel = CancellationToken::new();
-        let svc = RunnerServiceServer::new(handler::RunnerRpc::new(engine.clone(), cancel.clone()))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20);
+        let master = link.as_ref().map(|l| l.master());
+        let verifier = auth::verifier(&cfg, master.clone());
+        let access = Arc::new(handler::Access {
+            cfg: cfg.clone(),
+            master,
+        });
+        let svc = RunnerServiceServer::new(handler::RunnerRpc::new(
+            engine.clone(),
+            cancel.clone(),
+            access,
+        ))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(256 << 20);
         let mut tasks = Vec::new();
         if let Some(m) = supervised {
             tasks.push(m.supervise(cancel.clone()));
@@ -169,6 +191,7 @@ impl RunnerServer {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let r = tonic::transport::Server::builder()
+                .layer(AuthLayer::new(verifier))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
                 .await;

@@ -27,6 +27,9 @@ pub struct MasterConfig {
     pub ufs: UfsTuning,
     /// Concurrency bounds of prewarm jobs.
     pub load: LoadLimits,
+    /// The cluster token workers, mounts and the runner present. `None`: the one in
+    /// `DATA_DIR/cluster.token`, created (0600) on first start.
+    pub cluster_token: Option<shoal_common::auth::Token>,
 }
 
 impl MasterConfig {
@@ -41,6 +44,7 @@ impl MasterConfig {
             layout: BlockLayout::default(),
             ufs: UfsTuning::default(),
             load: LoadLimits::default(),
+            cluster_token: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! gRPC handlers, one module per RPC family. [`MasterRpc`] implements the generated
-//! `MasterService` trait and only delegates.
+//! `MasterService` trait: it decides who may make each call (the caller's identity was
+//! verified by the auth layer in front of the service), then delegates.
 
+pub mod access;
 pub mod dataset;
 pub mod file;
 pub mod load;
@@ -11,10 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use shoal_common::auth::{Identity, identity};
 use shoal_proto::v1::master_service_server::MasterService;
 use shoal_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Access, Need};
 use crate::catalog::Catalog;
 use crate::membership::Membership;
 
@@ -23,6 +27,8 @@ pub struct MasterState {
     pub catalog: Catalog,
     pub members: Membership,
     pub loads: crate::load::LoadJobs,
+    /// Tokens and grants: who may do what.
+    pub access: Arc<Access>,
     /// How often workers are told to heartbeat.
     pub heartbeat_interval: std::time::Duration,
 }
@@ -34,20 +40,41 @@ pub struct MasterRpc {
 
 type Resp<T> = Result<Response<T>, Status>;
 
+impl MasterRpc {
+    async fn dataset(&self, who: &Identity, name: &str, need: Need) -> Result<(), Status> {
+        self.state.access.require_dataset(who, name, need).await?;
+        Ok(())
+    }
+
+    /// Refuses a caller that may not act on load job `id`.
+    async fn own_load(&self, who: &Identity, id: &str) -> Result<(), Status> {
+        if who.sees_everything() {
+            return Ok(());
+        }
+        let job = self.state.loads.get(&self.state, id).await?;
+        who.require_act_for(&job.owner, &format!("load job {id}"))?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl MasterService for MasterRpc {
     async fn create_dataset(&self, r: Request<CreateDatasetRequest>) -> Resp<Dataset> {
+        identity(&r)?.require_admin("CreateDataset")?;
         dataset::create(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn get_dataset(&self, r: Request<GetDatasetRequest>) -> Resp<Dataset> {
+        self.dataset(&identity(&r)?, &r.get_ref().name, Need::Read)
+            .await?;
         dataset::get(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn list_datasets(&self, r: Request<ListDatasetsRequest>) -> Resp<ListDatasetsResponse> {
-        dataset::list(&self.state, r.into_inner())
+        let readable = self.state.access.readable(&identity(&r)?).await?;
+        dataset::list(&self.state, r.into_inner(), readable.as_ref())
             .await
             .map(Response::new)
     }
@@ -55,17 +82,22 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<DeleteDatasetRequest>,
     ) -> Resp<DeleteDatasetResponse> {
+        identity(&r)?.require_admin("DeleteDataset")?;
         dataset::delete(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn refresh_dataset(&self, r: Request<RefreshDatasetRequest>) -> Resp<Dataset> {
+        self.dataset(&identity(&r)?, &r.get_ref().name, Need::Read)
+            .await?;
         dataset::refresh(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn lookup_file(&self, r: Request<LookupFileRequest>) -> Resp<FileEntry> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Read)
+            .await?;
         file::lookup(&self.state, r.into_inner())
             .await
             .map(Response::new)
@@ -74,32 +106,43 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<ListDirectoryRequest>,
     ) -> Resp<ListDirectoryResponse> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Read)
+            .await?;
         file::list_directory(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn get_dataset_access(&self, r: Request<GetDatasetAccessRequest>) -> Resp<DatasetAccess> {
+        identity(&r)?.require_cluster("GetDatasetAccess (it returns credentials)")?;
         file::access(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn commit_file(&self, r: Request<CommitFileRequest>) -> Resp<FileEntry> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
+            .await?;
         namespace::commit(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn remove_path(&self, r: Request<RemovePathRequest>) -> Resp<RemovePathResponse> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
+            .await?;
         namespace::remove(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn make_directory(&self, r: Request<MakeDirectoryRequest>) -> Resp<FileEntry> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
+            .await?;
         namespace::mkdir(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn rename_file(&self, r: Request<RenameFileRequest>) -> Resp<FileEntry> {
+        self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
+            .await?;
         namespace::rename(&self.state, r.into_inner())
             .await
             .map(Response::new)
@@ -109,45 +152,101 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<RegisterWorkerRequest>,
     ) -> Resp<RegisterWorkerResponse> {
+        identity(&r)?.require_cluster("RegisterWorker")?;
         worker::register(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Resp<HeartbeatResponse> {
+        identity(&r)?.require_cluster("Heartbeat")?;
         worker::heartbeat(&self.state, r.into_inner()).map(Response::new)
     }
     async fn leave_worker(&self, r: Request<LeaveWorkerRequest>) -> Resp<LeaveWorkerResponse> {
+        identity(&r)?.require_cluster("LeaveWorker")?;
         worker::leave(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn get_worker_set(&self, r: Request<GetWorkerSetRequest>) -> Resp<WorkerSet> {
+        identity(&r)?.require_cluster("GetWorkerSet")?;
         worker::worker_set(&self.state, r.into_inner()).map(Response::new)
     }
 
     async fn start_load(&self, r: Request<StartLoadRequest>) -> Resp<LoadJob> {
-        load::start(&self.state, r.into_inner())
+        let who = identity(&r)?;
+        self.dataset(&who, &r.get_ref().dataset, Need::Read).await?;
+        load::start(&self.state, r.into_inner(), who.owner().unwrap_or_default())
             .await
             .map(Response::new)
     }
     async fn get_load(&self, r: Request<GetLoadRequest>) -> Resp<LoadJob> {
+        self.own_load(&identity(&r)?, &r.get_ref().id).await?;
         load::get(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     type WatchLoadStream = Pin<Box<dyn Stream<Item = Result<LoadJob, Status>> + Send + 'static>>;
     async fn watch_load(&self, r: Request<GetLoadRequest>) -> Resp<Self::WatchLoadStream> {
+        self.own_load(&identity(&r)?, &r.get_ref().id).await?;
         load::watch(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn list_loads(&self, r: Request<ListLoadsRequest>) -> Resp<ListLoadsResponse> {
-        load::list(&self.state, r.into_inner())
+        let who = identity(&r)?;
+        let mut resp = load::list(&self.state, r.into_inner()).await?;
+        if !who.sees_everything() {
+            let me = who.owner().unwrap_or_default();
+            resp.jobs.retain(|j| j.owner == me);
+        }
+        Ok(Response::new(resp))
+    }
+    async fn cancel_load(&self, r: Request<CancelLoadRequest>) -> Resp<LoadJob> {
+        self.own_load(&identity(&r)?, &r.get_ref().id).await?;
+        load::cancel(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
-    async fn cancel_load(&self, r: Request<CancelLoadRequest>) -> Resp<LoadJob> {
-        load::cancel(&self.state, r.into_inner())
+
+    async fn create_token(&self, r: Request<CreateTokenRequest>) -> Resp<CreateTokenResponse> {
+        identity(&r)?.require_admin("CreateToken")?;
+        access::create_token(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn list_tokens(&self, r: Request<ListTokensRequest>) -> Resp<ListTokensResponse> {
+        identity(&r)?.require_admin("ListTokens")?;
+        access::list_tokens(&self.state).await.map(Response::new)
+    }
+    async fn revoke_token(&self, r: Request<RevokeTokenRequest>) -> Resp<TokenInfo> {
+        identity(&r)?.require_admin("RevokeToken")?;
+        access::revoke_token(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn verify_token(&self, r: Request<VerifyTokenRequest>) -> Resp<VerifyTokenResponse> {
+        if identity(&r)? != Identity::Cluster {
+            return Err(shoal_common::Error::PermissionDenied(
+                "VerifyToken is for cluster members (the runner and workers)".into(),
+            )
+            .into());
+        }
+        access::verify_token(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn grant_dataset(&self, r: Request<GrantDatasetRequest>) -> Resp<DatasetGrants> {
+        identity(&r)?.require_admin("GrantDataset")?;
+        access::grant(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn revoke_dataset_grant(
+        &self,
+        r: Request<RevokeDatasetGrantRequest>,
+    ) -> Resp<DatasetGrants> {
+        identity(&r)?.require_admin("RevokeDatasetGrant")?;
+        access::revoke_grant(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }

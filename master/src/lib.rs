@@ -9,6 +9,9 @@
 //!   workers' cache reports into each dataset's status.
 //! - [`load::LoadJobs`] runs prewarm jobs: each target segment is sent to its owning
 //!   worker(s), with progress streamed and persisted, cancellation, and resumption.
+//! - [`access::Access`] verifies tokens (the cluster token, and owner tokens stored
+//!   hashed) and dataset grants; every RPC passes the auth layer, then `handler.rs`
+//!   checks what the caller may do.
 //! - [`handler`] maps RPCs onto those, one module per RPC family.
 //!
 //! ```no_run
@@ -25,6 +28,7 @@
 //! Invariant: the master never carries block bytes, and never returns or logs dataset
 //! credentials except through `GetDatasetAccess`, the internal grant workers use.
 
+pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod handler;

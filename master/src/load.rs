@@ -52,11 +52,16 @@ pub fn is_final(state: i32) -> bool {
 }
 
 impl LoadJobs {
-    pub fn new(limits: LoadLimits, shutdown: CancellationToken) -> Self {
+    /// `token` is the cluster token, presented to workers when dispatching segments.
+    pub fn new(
+        limits: LoadLimits,
+        token: Option<shoal_common::auth::Token>,
+        shutdown: CancellationToken,
+    ) -> Self {
         LoadJobs {
             active: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
-            workers: WorkerClients::new(limits),
+            workers: WorkerClients::new(limits, token),
             shutdown,
         }
     }
@@ -72,6 +77,7 @@ impl LoadJobs {
         &self,
         state: &Arc<MasterState>,
         mut req: StartLoadRequest,
+        owner: &str,
     ) -> Result<LoadJob> {
         let d = state.catalog.get(&req.dataset).await?;
         for p in req.paths.iter_mut().chain(req.files.iter_mut()) {
@@ -105,6 +111,7 @@ impl LoadJobs {
             created_at_ms: now_ms(),
             paths: req.paths.clone(),
             replicas: req.replicas,
+            owner: owner.to_owned(),
             ..Default::default()
         };
         persist(state, &req, &job).await?;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use shoal_common::auth::{AuthLayer, ClusterSecret, Token, load_or_create_token_file};
 use shoal_common::telemetry::{MetricsServer, serve_metrics};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::master_service_server::MasterServiceServer;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access::{Access, MasterVerifier};
 use crate::catalog::Catalog;
 use crate::config::MasterConfig;
 use crate::handler::{MasterRpc, MasterState};
@@ -27,6 +29,10 @@ pub struct RunningMaster {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<MasterState>,
+    /// The token cluster members present to this master.
+    pub cluster_token: Token,
+    /// The admin token issued on the first start (also in `DATA_DIR/admin.token`).
+    pub bootstrap_admin: Option<Token>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
@@ -36,6 +42,17 @@ impl MasterServer {
     pub async fn start(cfg: MasterConfig) -> Result<RunningMaster> {
         cfg.validate()?;
         let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(&cfg.data_dir)?);
+        let cluster_token = match &cfg.cluster_token {
+            Some(t) => t.clone(),
+            None => load_or_create_token_file(&cfg.data_dir.join("cluster.token"))?.0,
+        };
+        let access = Arc::new(Access::new(
+            ClusterSecret::new(cluster_token.clone()),
+            store.clone(),
+        ));
+        let bootstrap_admin = access
+            .bootstrap_admin(&cfg.data_dir.join("admin.token"))
+            .await?;
         let catalog = Catalog::new(store.clone(), cfg.ufs.clone());
         catalog.recover().await?;
         let members = Membership::open(store, cfg.worker_expiry, cfg.layout).await?;
@@ -43,8 +60,9 @@ impl MasterServer {
         let state = Arc::new(MasterState {
             catalog,
             members,
-            loads: LoadJobs::new(cfg.load, cancel.clone()),
+            loads: LoadJobs::new(cfg.load, Some(cluster_token.clone()), cancel.clone()),
             heartbeat_interval: cfg.heartbeat_interval,
+            access: access.clone(),
         });
         state.loads.resume(&state).await?;
 
@@ -77,6 +95,7 @@ impl MasterServer {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let r = tonic::transport::Server::builder()
+                .layer(AuthLayer::new(Arc::new(MasterVerifier(access))))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
                 .await;
@@ -106,6 +125,8 @@ impl MasterServer {
             grpc_addr,
             metrics_addr: metrics.as_ref().map(|m| m.local_addr),
             state,
+            cluster_token,
+            bootstrap_admin,
             cancel,
             tasks,
             metrics,

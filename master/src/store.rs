@@ -94,6 +94,27 @@ pub struct LoadRecord {
     pub job: Vec<u8>,
 }
 
+/// An issued access token as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub owner: String,
+    pub admin: bool,
+    pub secret_hash: String,
+    pub created_at_ms: i64,
+    /// 0 while the token is valid.
+    pub revoked_at_ms: i64,
+}
+
+/// One owner's access to one dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub dataset: DatasetId,
+    pub owner: String,
+    /// Namespace changes too, not only reads.
+    pub write: bool,
+}
+
 #[async_trait]
 pub trait CatalogStore: Send + Sync + 'static {
     /// Inserts a dataset in phase `Syncing`. Fails with `AlreadyExists` on a duplicate name.
@@ -101,7 +122,7 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>>;
     async fn get_dataset_by_id(&self, id: DatasetId) -> Result<Option<DatasetRecord>>;
     async fn list_datasets(&self) -> Result<Vec<DatasetRecord>>;
-    /// Removes the dataset and all its file metadata. Returns false if it did not exist.
+    /// Removes the dataset, all its file metadata and its grants. Returns false if it did not exist.
     async fn delete_dataset(&self, id: DatasetId) -> Result<bool>;
     async fn set_phase(&self, id: DatasetId, phase: Phase, message: &str) -> Result<()>;
 
@@ -147,6 +168,25 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get_load(&self, id: &str) -> Result<Option<LoadRecord>>;
     /// Load jobs, newest first, optionally only those of one dataset.
     async fn list_loads(&self, dataset: Option<&str>) -> Result<Vec<LoadRecord>>;
+
+    /// Stores a new token. Fails with `AlreadyExists` on a duplicate id.
+    async fn create_token(&self, t: TokenRecord) -> Result<()>;
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
+    /// Every token, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Marks a token revoked. Returns false if there is no such token.
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool>;
+
+    /// Inserts or replaces one owner's grant on a dataset.
+    async fn set_grant(&self, g: GrantRecord) -> Result<()>;
+    /// Returns false if the owner had no grant.
+    async fn remove_grant(&self, dataset: DatasetId, owner: &str) -> Result<bool>;
+    /// Grants on one dataset (`Some`), or every grant of one owner (`owner`), or both.
+    async fn list_grants(
+        &self,
+        dataset: Option<DatasetId>,
+        owner: Option<&str>,
+    ) -> Result<Vec<GrantRecord>>;
 
     /// The placement epoch, persisted so it only ever grows across restarts.
     async fn load_epoch(&self) -> Result<u64>;

@@ -14,3 +14,8 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("shoal.v1");
 }
+
+/// The encoded `FileDescriptorSet` of every `.proto` file: lets tools and tests list
+/// every service and method (for example, to check that each one enforces access).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/shoal_descriptor.bin"));

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::telemetry::sample;
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1::CreateDatasetRequest;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 
@@ -43,6 +43,10 @@ impl Default for ClusterSpec {
 pub struct Cluster {
     pub master: Option<RunningMaster>,
     pub master_addr: String,
+    /// What workers, mounts and the runner present.
+    pub cluster_token: Token,
+    /// The master's first-start admin token: what tests act with by default.
+    pub admin_token: Token,
     pub workers: Vec<Option<RunningWorker>>,
     pub nodes: Vec<String>,
     spec: ClusterSpec,
@@ -61,11 +65,15 @@ impl Cluster {
         cfg.heartbeat_interval = Duration::from_millis(200);
         let master = MasterServer::start(cfg).await.unwrap();
         let master_addr = master.grpc_addr.to_string();
+        let cluster_token = master.cluster_token.clone();
+        let admin_token = master.bootstrap_admin.clone().unwrap();
         // Node names unique in this process: workers of every test share one metrics registry.
         let tag = format!("t{}", master.grpc_addr.port());
         let mut c = Cluster {
             master: Some(master),
             master_addr,
+            cluster_token,
+            admin_token,
             workers: vec![],
             nodes: vec![],
             spec,
@@ -90,7 +98,27 @@ impl Cluster {
         );
         cfg.master = Some(self.master_addr.clone());
         cfg.heartbeat_interval = Duration::from_millis(200);
+        cfg.cluster_token = self.cluster_token.clone();
         cfg
+    }
+
+    /// Issues a token for `owner` (through the master's own token table).
+    pub async fn token_for(&self, owner: &str, admin: bool) -> Token {
+        let m = self.master.as_ref().unwrap();
+        m.state.access.issue(owner, admin).await.unwrap().1
+    }
+
+    /// A master client acting with `token` (`None`: no token at all).
+    pub async fn master_client_as(
+        &self,
+        token: Option<&Token>,
+    ) -> MasterServiceClient<AuthChannel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.master_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        MasterServiceClient::new(with_token(ch, token)).max_decoding_message_size(64 << 20)
     }
 
     /// Starts one more worker and waits until the master lists it.
@@ -122,6 +150,11 @@ impl Cluster {
         i
     }
 
+    /// The master's data dir (holds `cluster.token` and `admin.token`).
+    pub fn master_dir(&self) -> PathBuf {
+        self.dirs.path().join("master")
+    }
+
     fn live_workers(&self) -> Vec<String> {
         self.workers
             .iter()
@@ -131,10 +164,9 @@ impl Cluster {
             .collect()
     }
 
-    pub async fn master_client(&self) -> MasterServiceClient<Channel> {
-        MasterServiceClient::connect(format!("http://{}", self.master_addr))
-            .await
-            .unwrap()
+    /// A master client with the admin token.
+    pub async fn master_client(&self) -> MasterServiceClient<AuthChannel> {
+        self.master_client_as(Some(&self.admin_token)).await
     }
 
     /// Creates a read-only dataset and waits for its first sync.

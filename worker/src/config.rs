@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use shoal_common::auth::Token;
 use shoal_common::block::BlockLayout;
 use shoal_common::config::{WorkerToml, pick};
 use shoal_common::size::ByteSize;
@@ -85,6 +86,9 @@ pub struct WorkerArgs {
     pub high_watermark: Option<f64>,
     pub low_watermark: Option<f64>,
     pub heartbeat_interval: Option<Duration>,
+    /// Read by the CLI from `--cluster-token-file`/`cluster_token_file`; `None` is a
+    /// fresh random token (a standalone worker).
+    pub cluster_token: Option<Token>,
 }
 
 /// The validated configuration a worker runs with.
@@ -115,6 +119,9 @@ pub struct WorkerConfig {
     pub rpc_timeout: Duration,
     /// Block geometry used standalone; with a master, the master's layout wins.
     pub layout: BlockLayout,
+    /// The cluster token: presented to the master, and accepted from the master, the
+    /// runner and mounts. Owner tokens are checked with the master.
+    pub cluster_token: Token,
 }
 
 impl WorkerConfig {
@@ -143,6 +150,8 @@ impl WorkerConfig {
             ufs_parallelism: DEFAULT_UFS_PARALLELISM,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             layout: BlockLayout::default(),
+            // Standalone: a fresh token nobody else knows until the caller shares it.
+            cluster_token: Token::generate(),
         }
     }
 
@@ -158,7 +167,11 @@ impl WorkerConfig {
             high_watermark,
             low_watermark,
             heartbeat_interval,
+            cluster_token,
         } = args;
+        // The CLI always passes one (it refuses to start without a token file); a
+        // library caller without one gets a fresh token only it can share.
+        let cluster_token = cluster_token.unwrap_or_else(Token::generate);
         let high = pick(high_watermark, file.high_watermark, DEFAULT_HIGH_WATERMARK);
         let low = pick(low_watermark, file.low_watermark, DEFAULT_LOW_WATERMARK);
         let specs: Vec<TierSpec> = if !tiers.is_empty() {
@@ -210,6 +223,7 @@ impl WorkerConfig {
                 file.heartbeat_interval,
                 DEFAULT_HEARTBEAT_INTERVAL,
             ),
+            cluster_token,
             ..WorkerConfig::for_tiers("", &[])
         };
         cfg.validate()?;

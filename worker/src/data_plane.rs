@@ -3,7 +3,10 @@
 //! the cache's buffers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use shoal_common::auth::Verifier;
 use shoal_common::{Error, Result};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,8 +16,17 @@ use tokio_util::sync::CancellationToken;
 use crate::store::BlockStore;
 use crate::wire::{self, MAX_READ_LEN};
 
-/// Accepts connections until `cancel` fires, then drops every connection.
-pub async fn serve(listener: TcpListener, store: BlockStore, cancel: CancellationToken) {
+/// How long a new connection may take to send its opening frame.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `cancel` fires, then drops every connection. Each one must
+/// open with a token `verifier` accepts for a cluster member or an admin.
+pub async fn serve(
+    listener: TcpListener,
+    store: BlockStore,
+    verifier: Arc<dyn Verifier>,
+    cancel: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -23,10 +35,11 @@ pub async fn serve(listener: TcpListener, store: BlockStore, cancel: Cancellatio
                 Ok((sock, peer)) => {
                     let store = store.clone();
                     let c = cancel.clone();
+                    let v = verifier.clone();
                     conns.spawn(async move {
                         tokio::select! {
                             _ = c.cancelled() => {}
-                            r = serve_connection(sock, &store) => {
+                            r = serve_connection(sock, &store, v.as_ref()) => {
                                 if let Err(e) = r {
                                     tracing::debug!(%peer, error = %e, "data-plane connection closed");
                                 }
@@ -45,10 +58,35 @@ pub async fn serve(listener: TcpListener, store: BlockStore, cancel: Cancellatio
     conns.shutdown().await;
 }
 
-async fn serve_connection(sock: TcpStream, store: &BlockStore) -> std::io::Result<()> {
+async fn serve_connection(
+    sock: TcpStream,
+    store: &BlockStore,
+    verifier: &dyn Verifier,
+) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::new(rd);
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_hello(&mut rd))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no opening frame"))??;
+    let admitted = match hello {
+        Ok(token) => verifier.verify(token).await.and_then(|who| {
+            crate::auth::require_member(&who, "the data plane")?;
+            Ok(who)
+        }),
+        Err(e) => Err(e),
+    };
+    match admitted {
+        Ok(_) => wire::write_ok_header(&mut wr, 0).await?,
+        Err(e) => {
+            wire::write_error(&mut wr, &e).await?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("connection refused: {e}"),
+            ));
+        }
+    }
+    wr.flush().await?;
     let mut readahead = Readahead::default();
     let mut prev_end = None;
     while let Some(req) = wire::read_request(&mut rd).await? {

@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use opendal::Operator;
 use parking_lot::Mutex;
+use shoal_common::auth::AuthChannel;
 use shoal_common::ids::DatasetId;
 use shoal_common::ufs::{UfsTuning, build_operator};
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use tonic::transport::Channel;
 
 use crate::file::FileRef;
 
 pub struct Datasets {
     ops: Mutex<HashMap<DatasetId, Operator>>,
-    master: Option<MasterServiceClient<Channel>>,
+    master: Option<MasterServiceClient<AuthChannel>>,
     rpc_timeout: Duration,
 }
 
@@ -32,7 +32,10 @@ impl Datasets {
         }
     }
 
-    pub fn with_master(master: MasterServiceClient<Channel>, rpc_timeout: Duration) -> Datasets {
+    pub fn with_master(
+        master: MasterServiceClient<AuthChannel>,
+        rpc_timeout: Duration,
+    ) -> Datasets {
         Datasets {
             ops: Mutex::new(HashMap::new()),
             master: Some(master),

@@ -31,6 +31,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::LoadSegmentRequest>,
     ) -> Result<Response<pb::LoadSegmentResponse>, Status> {
+        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "LoadSegment")?;
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
         let stats = self.store.load_segment(&file, req.segment_index).await?;
@@ -44,6 +45,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::SegmentResidencyRequest>,
     ) -> Result<Response<pb::SegmentResidencyResponse>, Status> {
+        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "SegmentResidency")?;
         residency::segment_residency(&self.store, req.into_inner()).map(Response::new)
     }
 
@@ -53,6 +55,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::ReadRangeRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "ReadRange")?;
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
         if req.length > MAX_READ_LEN {

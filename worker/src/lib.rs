@@ -23,6 +23,7 @@
 //! Invariant: the worker keeps no state the cluster cannot rebuild; its tiers are a
 //! cache and its index is rebuilt from the tier directories.
 
+pub mod auth;
 pub mod config;
 pub mod data_plane;
 pub mod datasets;

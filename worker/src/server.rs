@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opendal::Operator;
+use shoal_common::auth::{AuthChannel, AuthLayer, Token, with_token};
 use shoal_common::ids::DatasetId;
 use shoal_common::telemetry::{MetricsServer, serve_metrics};
 use shoal_common::{Error, Result};
@@ -16,7 +17,7 @@ use shoal_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::config::WorkerConfig;
 use crate::data_plane;
@@ -34,15 +35,21 @@ pub struct RunningWorker {
     data_addr: SocketAddr,
     metrics_addr: SocketAddr,
     store: BlockStore,
-    master: Option<MasterServiceClient<Channel>>,
+    master: Option<MasterServiceClient<AuthChannel>>,
     rpc_timeout: Duration,
+    cluster_token: Token,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     metrics: MetricsServer,
 }
 
-/// Connects lazily to the master with connect and request deadlines.
-pub fn master_client(addr: &str, timeout: Duration) -> Result<MasterServiceClient<Channel>> {
+/// Connects lazily to the master with connect and request deadlines; every call
+/// carries `token` (the cluster token for cluster members, an owner token for tools).
+pub fn master_client(
+    addr: &str,
+    timeout: Duration,
+    token: Option<&Token>,
+) -> Result<MasterServiceClient<AuthChannel>> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -56,7 +63,10 @@ pub fn master_client(addr: &str, timeout: Duration) -> Result<MasterServiceClien
         })?
         .connect_timeout(timeout)
         .timeout(timeout);
-    Ok(MasterServiceClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20))
+    Ok(
+        MasterServiceClient::new(with_token(ep.connect_lazy(), token))
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 impl WorkerServer {
@@ -65,8 +75,9 @@ impl WorkerServer {
         let master = cfg
             .master
             .as_deref()
-            .map(|a| master_client(a, cfg.rpc_timeout))
+            .map(|a| master_client(a, cfg.rpc_timeout, Some(&cfg.cluster_token)))
             .transpose()?;
+        let verifier = crate::auth::verifier(&cfg.cluster_token, master.as_ref());
         // The master's block geometry wins: every client and worker must agree on it.
         let layout = match &master {
             Some(m) => {
@@ -128,11 +139,13 @@ impl WorkerServer {
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
         let c = cancel.clone();
+        let grpc_verifier = verifier.clone();
         tasks.push(tokio::spawn(async move {
             // Without TCP_NODELAY every small unary response waits out delayed ACKs (~40 ms).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let r = tonic::transport::Server::builder()
+                .layer(AuthLayer::new(grpc_verifier))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
                 .await;
@@ -143,6 +156,7 @@ impl WorkerServer {
         tasks.push(tokio::spawn(data_plane::serve(
             data_listener,
             store.clone(),
+            verifier,
             cancel.clone(),
         )));
 
@@ -182,6 +196,7 @@ impl WorkerServer {
             store,
             master,
             rpc_timeout: cfg.rpc_timeout,
+            cluster_token: cfg.cluster_token.clone(),
             cancel,
             tasks,
             metrics,
@@ -192,6 +207,10 @@ impl WorkerServer {
 impl RunningWorker {
     pub fn node(&self) -> &str {
         &self.node
+    }
+    /// The token this worker accepts from cluster members.
+    pub fn cluster_token(&self) -> &Token {
+        &self.cluster_token
     }
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
@@ -281,7 +300,7 @@ fn tier_status(store: &BlockStore) -> Vec<pb::TierStatus> {
 }
 
 async fn register(
-    master: &MasterServiceClient<Channel>,
+    master: &MasterServiceClient<AuthChannel>,
     id: &WorkerIdentity,
     store: &BlockStore,
     timeout: Duration,
@@ -313,7 +332,7 @@ async fn register(
 }
 
 async fn heartbeat_loop(
-    master: MasterServiceClient<Channel>,
+    master: MasterServiceClient<AuthChannel>,
     id: WorkerIdentity,
     store: BlockStore,
     interval: Duration,

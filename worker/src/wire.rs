@@ -5,6 +5,8 @@
 //! clients pool and reuse connections. All integers are big-endian.
 //!
 //! ```text
+//! hello:    magic "SHLA" | token_len u16 | token (UTF-8), once, first on a connection
+//!           answered by a response: length 0 when accepted, else the error (and close)
 //! request:  magic "SHL1" | op u8 (1 = read) | dataset_id u64 | version u64 | size u64
 //!           | offset u64 | length u64 | name_len u16 | name | path_len u16 | path
 //! response: status u8 = 0 | length u64 | payload (exactly `length` bytes)
@@ -16,12 +18,16 @@
 use std::io;
 
 use shoal_common::Error;
+use shoal_common::auth::Token;
 use shoal_common::ids::{DatasetId, FileVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::file::FileRef;
 
 pub const MAGIC: [u8; 4] = *b"SHL1";
+/// Opens every connection: the caller's token.
+pub const HELLO_MAGIC: [u8; 4] = *b"SHLA";
+const MAX_TOKEN_LEN: usize = 256;
 pub const OP_READ: u8 = 1;
 pub const STATUS_OK: u8 = 0;
 /// Largest read one request may ask for (a segment at the default layout).
@@ -63,6 +69,39 @@ pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, r: &ReadRequest) ->
     buf.extend_from_slice(path);
     w.write_all(&buf).await?;
     w.flush().await
+}
+
+/// Sends the opening frame with `token`.
+pub async fn write_hello<W: AsyncWrite + Unpin>(w: &mut W, token: &Token) -> io::Result<()> {
+    let t = token.reveal();
+    let mut buf = Vec::with_capacity(6 + t.len());
+    buf.extend_from_slice(&HELLO_MAGIC);
+    buf.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    buf.extend_from_slice(t.as_bytes());
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads the opening frame. The inner error (no hello, a malformed token) is sent back
+/// to the peer before the connection is closed.
+pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Result<Token, Error>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).await?;
+    if magic != HELLO_MAGIC {
+        return Ok(Err(Error::Unauthenticated(
+            "the data plane needs a token in the opening frame (a client older than the worker?)"
+                .into(),
+        )));
+    }
+    let n = r.read_u16().await? as usize;
+    if n > MAX_TOKEN_LEN {
+        return Ok(Err(Error::Unauthenticated("token too long".into())));
+    }
+    let mut b = vec![0u8; n];
+    r.read_exact(&mut b).await?;
+    Ok(std::str::from_utf8(&b)
+        .map_err(|_| Error::Unauthenticated("the token is not text".into()))
+        .and_then(Token::parse))
 }
 
 /// Reads the next request; `Ok(None)` when the peer closed the connection between

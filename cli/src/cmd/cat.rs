@@ -54,6 +54,9 @@ fn split_source(s: &str) -> anyhow::Result<(&str, &str)> {
 
 async fn client(ctx: &Context, f: &ClientFlags) -> anyhow::Result<ShoalClient> {
     let mut cfg = ClientConfig::new(&connect::master_addr(ctx, f.m.master.as_deref()));
+    // Reading through workers (and the UFS fallback, with the dataset's credentials)
+    // needs an admin token; owners read through the mounts of their jobs.
+    cfg.token = crate::auth::user_token(ctx)?;
     cfg.node = f
         .node
         .clone()

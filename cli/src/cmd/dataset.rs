@@ -1,4 +1,4 @@
-//! `shoal dataset create|list|show|refresh|delete`.
+//! `shoal dataset create|list|show|refresh|delete|grant|revoke`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -8,8 +8,9 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_common::size::human_bytes;
 use shoal_proto::v1::{
-    CreateDatasetRequest, Dataset, DatasetPhase, DeleteDatasetRequest, GetDatasetRequest,
-    ListDatasetsRequest, RefreshDatasetRequest,
+    CreateDatasetRequest, Dataset, DatasetGrants, DatasetPhase, DeleteDatasetRequest,
+    GetDatasetRequest, GrantDatasetRequest, ListDatasetsRequest, RefreshDatasetRequest,
+    RevokeDatasetGrantRequest,
 };
 
 use super::Context;
@@ -64,6 +65,29 @@ pub enum DatasetCommand {
         #[command(flatten)]
         m: MasterFlag,
     },
+    /// Share a dataset with an owner (admin only): read, or with --write also change it.
+    Grant {
+        name: String,
+        /// The owner to share with.
+        #[arg(long)]
+        owner: String,
+        /// Read only (the default).
+        #[arg(long, conflicts_with = "write")]
+        read: bool,
+        /// Read and write (namespace changes through mounts).
+        #[arg(long)]
+        write: bool,
+        #[command(flatten)]
+        m: MasterFlag,
+    },
+    /// Stop sharing a dataset with an owner (admin only).
+    Revoke {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        m: MasterFlag,
+    },
 }
 
 pub fn parse_options(raw: &[String]) -> anyhow::Result<HashMap<String, String>> {
@@ -107,8 +131,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             m,
         } => {
             let options = parse_options(&options)?;
-            let mut client =
-                connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             let pb = spinner(format!("creating `{name}` and listing {uri}"));
             let r = client
                 .create_dataset(CreateDatasetRequest {
@@ -135,8 +158,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DatasetCommand::List { m } => {
-            let mut client =
-                connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             let ds = client
                 .list_datasets(ListDatasetsRequest {})
                 .await
@@ -169,8 +191,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DatasetCommand::Show { name, m } => {
-            let mut client =
-                connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             let d = client
                 .get_dataset(GetDatasetRequest { name })
                 .await
@@ -182,8 +203,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DatasetCommand::Refresh { name, m } => {
-            let mut client =
-                connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             let pb = spinner(format!("refreshing `{name}`"));
             let r = client.refresh_dataset(RefreshDatasetRequest { name }).await;
             pb.finish_and_clear();
@@ -202,8 +222,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DatasetCommand::Delete { name, m } => {
-            let mut client =
-                connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             client
                 .delete_dataset(DeleteDatasetRequest { name: name.clone() })
                 .await
@@ -213,8 +232,60 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
                 OutputFormat::Table => println!("deleted dataset `{name}`"),
             }
         }
+        DatasetCommand::Grant {
+            name,
+            owner,
+            read: _,
+            write,
+            m,
+        } => {
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
+            let g = client
+                .grant_dataset(GrantDatasetRequest {
+                    dataset: name,
+                    owner,
+                    write,
+                })
+                .await
+                .map_err(connect::status)?
+                .into_inner();
+            print_grants(ctx, &g)?;
+        }
+        DatasetCommand::Revoke { name, owner, m } => {
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
+            let g = client
+                .revoke_dataset_grant(RevokeDatasetGrantRequest {
+                    dataset: name,
+                    owner,
+                })
+                .await
+                .map_err(connect::status)?
+                .into_inner();
+            print_grants(ctx, &g)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_grants(ctx: &Context, g: &DatasetGrants) -> anyhow::Result<()> {
+    match ctx.output {
+        OutputFormat::Json => print_json(&json!({
+            "dataset": g.dataset,
+            "grants": g.grants.iter().map(|x| json!({"owner": x.owner, "write": x.write})).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Table => {
+            let mut t = Table::new(["OWNER", "ACCESS"]);
+            for x in &g.grants {
+                t.row(vec![
+                    x.owner.clone(),
+                    if x.write { "read-write" } else { "read" }.into(),
+                ]);
+            }
+            println!("dataset `{}` is shared with:", g.dataset);
+            t.print()?;
+            Ok(())
+        }
+    }
 }
 
 fn mode(d: &Dataset) -> &'static str {

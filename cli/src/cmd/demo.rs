@@ -299,8 +299,10 @@ impl Resources {
     /// Cancels a running job, stops the cluster (unmounting first), moto and the link,
     /// and removes the working directory. Returns what it removed, for the last line.
     async fn cleanup(&mut self) -> Option<PathBuf> {
-        if let Some((runner, id)) = self.job.take() {
-            fanout::cancel(&runner, &id).await;
+        if let Some((runner, id)) = self.job.take()
+            && let Some(c) = &self.cluster
+        {
+            fanout::cancel(&runner, &c.admin_token, &id).await;
         }
         if let Some(h) = self.starting.take()
             && let Ok(Ok(Ok(c))) = tokio::time::timeout(Duration::from_secs(30), h).await
@@ -435,7 +437,7 @@ async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow:
     let cluster = starting.await.context("start the embedded cluster")??;
     res.starting = None;
     let cluster = res.cluster.insert(cluster);
-    let mut master = connect::master(&cluster.master_addr()).await?;
+    let mut master = connect::master(&cluster.master_addr(), Some(&cluster.admin_token)).await?;
     for name in [COLD, WARM] {
         master
             .create_dataset(CreateDatasetRequest {
@@ -500,7 +502,13 @@ async fn fanout_run(
         "{label}: {} instances each read their share of {dataset} through the mount…",
         plan.instances
     );
-    let mut c = fanout::runner(runner_addr).await?;
+    let token = res
+        .cluster
+        .as_ref()
+        .context("cluster not started")?
+        .admin_token
+        .clone();
+    let mut c = fanout::runner(runner_addr, &token).await?;
     let started = Instant::now();
     let id = fanout::submit(&mut c, dataset, plan.instances).await?;
     res.job = Some((runner_addr.to_owned(), id.clone()));
@@ -528,7 +536,7 @@ fn counters(res: &Resources) -> anyhow::Result<(u64, u64)> {
 
 async fn prewarm(res: &mut Resources, dataset: &str, bytes: u64) -> anyhow::Result<Prewarm> {
     let cluster = res.cluster.as_ref().context("cluster not started")?;
-    let mut m = connect::master(&cluster.master_addr()).await?;
+    let mut m = connect::master(&cluster.master_addr(), Some(&cluster.admin_token)).await?;
     eprintln!(
         "[4/5] prewarm {dataset} (the same objects, not yet cached): {}",
         human_bytes(bytes)

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use shoal_common::auth::AuthChannel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
-use tonic::transport::Channel;
 
 use super::Context;
 use crate::connect;
@@ -108,7 +108,7 @@ pub fn runner_addr(ctx: &Context, flag: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_RUNNER.to_owned())
 }
 
-async fn client(ctx: &Context, r: &RunnerFlag) -> anyhow::Result<RunnerServiceClient<Channel>> {
+async fn client(ctx: &Context, r: &RunnerFlag) -> anyhow::Result<RunnerServiceClient<AuthChannel>> {
     let addr = runner_addr(ctx, r.runner.as_deref());
     let ch = connect::endpoint(&addr)?.connect().await.map_err(|e| {
         let mut cur: &dyn std::error::Error = &e;
@@ -119,7 +119,8 @@ async fn client(ctx: &Context, r: &RunnerFlag) -> anyhow::Result<RunnerServiceCl
             "cannot reach the runner at {addr} ({cur}); start one with `shoal runner` or `shoal up`, or set --runner/SHOAL_RUNNER"
         )
     })?;
-    Ok(RunnerServiceClient::new(ch)
+    let token = crate::auth::user_token(ctx)?;
+    Ok(connect::runner_client(ch, token.as_ref())
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(64 << 20))
 }
@@ -258,7 +259,7 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
 }
 
 async fn get(
-    c: &mut RunnerServiceClient<Channel>,
+    c: &mut RunnerServiceClient<AuthChannel>,
     id: &str,
     include_instances: bool,
 ) -> anyhow::Result<pb::Job> {
@@ -540,7 +541,7 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
 /// Follows a job to its end with a progress line on stderr; exit 0 only on success.
 async fn watch(
     ctx: &Context,
-    client: &mut RunnerServiceClient<Channel>,
+    client: &mut RunnerServiceClient<AuthChannel>,
     id: &str,
 ) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;

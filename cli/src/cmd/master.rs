@@ -13,6 +13,10 @@ use super::Context;
 
 #[derive(Args)]
 pub struct MasterArgs {
+    /// File (mode 0600) holding the cluster token, created on first start
+    /// [default: DATA_DIR/cluster.token].
+    #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// Directory for the catalogue database (default: ~/.local/share/shoal/master).
     #[arg(long, env = "SHOAL_MASTER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -53,7 +57,14 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
         f.data_dir.as_ref().map(PathBuf::from),
         default_data_dir("master"),
     );
+    let token_file = a
+        .cluster_token_file
+        .or_else(|| f.cluster_token_file.as_ref().map(PathBuf::from));
     let mut cfg = MasterConfig::new(data_dir);
+    if let Some(p) = token_file {
+        cfg.cluster_token =
+            crate::auth::cluster_token(Some(p), None, PathBuf::new(), true)?.map(|(t, _)| t);
+    }
     cfg.listen = pick(
         a.listen,
         f.listen.clone(),
@@ -87,7 +98,14 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
 pub async fn run(ctx: &Context, a: MasterArgs) -> anyhow::Result<ExitCode> {
     shoal_common::telemetry::init_tracing();
     let cfg = config(ctx, a)?;
+    let data_dir = cfg.data_dir.clone();
     let master = MasterServer::start(cfg).await?;
+    if master.bootstrap_admin.is_some() {
+        eprintln!(
+            "first start: admin token written to {} (mode 0600); the shoal CLI on this machine uses it, elsewhere `export SHOAL_TOKEN=$(cat FILE)`",
+            data_dir.join("admin.token").display()
+        );
+    }
     eprintln!(
         "shoal master listening on {} (metrics on {})",
         master.grpc_addr,

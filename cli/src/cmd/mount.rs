@@ -34,6 +34,9 @@ pub struct MountArgs {
     /// Run as a daemon: return once the mount is live (or print why it failed).
     #[arg(long)]
     background: bool,
+    /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
+    #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// Log file of a --background mount [default: <tmp>/shoal-mount-<mountpoint>.log].
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
@@ -97,6 +100,14 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     let master = connect::master_addr(ctx, a.m.master.as_deref());
     let mut cfg = MountConfig::new(&master, &a.mountpoint);
     cfg.dataset = a.dataset.clone();
+    // Without one, the master's answer says what is missing (see `connect::status`).
+    cfg.token = crate::auth::cluster_token(
+        a.cluster_token_file.clone(),
+        ctx.file.mount.cluster_token_file.as_ref(),
+        crate::auth::default_cluster_token_file(),
+        false,
+    )?
+    .map(|(t, _)| t);
     cfg.node = a
         .node
         .clone()

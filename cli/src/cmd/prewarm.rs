@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use shoal_common::auth::AuthChannel;
 use shoal_common::size::human_bytes;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::{
     CancelLoadRequest, GetLoadRequest, ListLoadsRequest, LoadJob, LoadState, StartLoadRequest,
 };
-use tonic::transport::Channel;
 
 use super::Context;
 use super::dataset::MasterFlag;
@@ -77,7 +77,7 @@ enum PrewarmCommand {
 pub async fn run(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
     match a.command {
         Some(PrewarmCommand::Status { id, m }) => {
-            let mut c = connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut c = connect::user_master(ctx, m.master.as_deref()).await?;
             let job = c
                 .get_load(GetLoadRequest { id })
                 .await
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(PrewarmCommand::List { dataset, m }) => {
-            let mut c = connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut c = connect::user_master(ctx, m.master.as_deref()).await?;
             let jobs = c
                 .list_loads(ListLoadsRequest {
                     dataset: dataset.unwrap_or_default(),
@@ -125,7 +125,7 @@ pub async fn run(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(PrewarmCommand::Cancel { id, m }) => {
-            let mut c = connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+            let mut c = connect::user_master(ctx, m.master.as_deref()).await?;
             let job = c
                 .cancel_load(CancelLoadRequest { id })
                 .await
@@ -170,7 +170,7 @@ async fn start(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_file_list(p)?,
         None => vec![],
     };
-    let mut c = connect::master(&connect::master_addr(ctx, a.m.master.as_deref())).await?;
+    let mut c = connect::user_master(ctx, a.m.master.as_deref()).await?;
     let job = c
         .start_load(StartLoadRequest {
             dataset,
@@ -207,11 +207,11 @@ async fn start(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
 }
 
 enum Followed {
-    Ended(LoadJob),
+    Ended(Box<LoadJob>),
     Detached(String),
 }
 
-async fn follow(c: &mut MasterServiceClient<Channel>, id: &str) -> anyhow::Result<Followed> {
+async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::Result<Followed> {
     let pb = progress_bar();
     let mut stream = c
         .watch_load(GetLoadRequest { id: id.to_owned() })
@@ -245,7 +245,7 @@ async fn follow(c: &mut MasterServiceClient<Channel>, id: &str) -> anyhow::Resul
                     pb.set_message("cancelling…");
                     let job = c.cancel_load(CancelLoadRequest { id: id.to_owned() }).await.map_err(connect::status)?.into_inner();
                     pb.finish_and_clear();
-                    return Ok(Followed::Ended(job));
+                    return Ok(Followed::Ended(Box::new(job)));
                 }
                 pb.finish_and_clear();
                 return Ok(Followed::Detached(id.to_owned()));
@@ -254,7 +254,7 @@ async fn follow(c: &mut MasterServiceClient<Channel>, id: &str) -> anyhow::Resul
     }
     pb.finish_and_clear();
     match last {
-        Some(j) if is_final(j.state) => Ok(Followed::Ended(j)),
+        Some(j) if is_final(j.state) => Ok(Followed::Ended(Box::new(j))),
         // The stream ended early (master restarted): fetch the state once.
         _ => {
             let j = c
@@ -262,7 +262,7 @@ async fn follow(c: &mut MasterServiceClient<Channel>, id: &str) -> anyhow::Resul
                 .await
                 .map_err(connect::status)?
                 .into_inner();
-            Ok(Followed::Ended(j))
+            Ok(Followed::Ended(Box::new(j)))
         }
     }
 }

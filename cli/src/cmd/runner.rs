@@ -38,6 +38,9 @@ pub struct RunnerArgs {
     /// Deadline of each call to the master and the workers [default: 10s].
     #[arg(long, env = "SHOAL_RUNNER_MASTER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     master_timeout: Option<Duration>,
+    /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
+    #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// An executor node and its capacity, NAME=CPU,MEMORY (e.g. node-1=8,16GiB).
     /// Repeatable [default: this machine with all its CPUs and memory].
     #[arg(long = "node", value_name = "NAME=CPU,MEMORY")]
@@ -85,6 +88,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         data_dir,
         master,
         master_timeout,
+        cluster_token_file,
         nodes,
         default_quota,
         quotas,
@@ -112,6 +116,17 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         "127.0.0.1:9701".into(),
     ));
     cfg.master = master.or_else(|| f.master.clone());
+    if cfg.master.is_some()
+        && let Some((token, path)) = crate::auth::cluster_token(
+            cluster_token_file,
+            f.cluster_token_file.as_ref(),
+            crate::auth::default_cluster_token_file(),
+            false,
+        )?
+    {
+        cfg.cluster_token = token;
+        cfg.cluster_token_file = Some(std::path::absolute(&path)?);
+    }
     if let Some(t) = master_timeout.or(f.master_timeout) {
         cfg.master_timeout = t;
     }

@@ -108,7 +108,7 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(uri) = &a.ufs {
         let name = a.dataset.clone().unwrap_or_else(|| dataset_name_from(uri));
         let options = super::dataset::parse_options(&a.options)?;
-        let mut m = connect::master(&up.master_addr()).await?;
+        let mut m = connect::master(&up.master_addr(), Some(&up.admin_token)).await?;
         let exists = m
             .get_dataset(shoal_proto::v1::GetDatasetRequest { name: name.clone() })
             .await
@@ -136,6 +136,18 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         data_dir.display(),
         up.describe()
     );
+    if up.admin_token_new {
+        eprintln!(
+            "Admin token (shown once; also in {}, mode 0600):\n  {}\nOn this machine the shoal CLI finds it there; elsewhere `export SHOAL_TOKEN=<token>`.\nIssue owner tokens with `shoal token create --owner NAME` and share datasets with `shoal dataset grant`.",
+            up.admin_token_file.display(),
+            up.admin_token.reveal()
+        );
+    } else {
+        eprintln!(
+            "Admin token: in {} (mode 0600); the shoal CLI on this machine uses it.",
+            up.admin_token_file.display()
+        );
+    }
     eprintln!(
         "Next, in another terminal:\n  shoal dataset create mydata file:///path/to/data\n  shoal prewarm mydata\n  shoal job submit docs/examples/fanout.yaml --wait\n  shoal worker list\nCtrl-C stops everything."
     );

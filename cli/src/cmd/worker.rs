@@ -1,5 +1,6 @@
 //! `shoal worker` (the cache worker server) and `shoal worker list`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -64,6 +65,9 @@ struct WorkerServerArgs {
     /// Heartbeat interval [default: 3s, or what the master asks for].
     #[arg(long, value_parser = parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
+    #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -84,6 +88,13 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| ctx.file.worker.master.clone())
         .or_else(|| ctx.file.client.master.clone())
         .or_else(|| Some(connect::DEFAULT_MASTER.to_owned()));
+    let (token, _) = crate::auth::cluster_token(
+        a.cluster_token_file,
+        ctx.file.worker.cluster_token_file.as_ref(),
+        crate::auth::default_cluster_token_file(),
+        false,
+    )?
+    .ok_or_else(|| anyhow::anyhow!(crate::auth::NO_CLUSTER_TOKEN))?;
     let cfg = WorkerConfig::resolve(
         WorkerArgs {
             master,
@@ -95,6 +106,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
             high_watermark: a.high,
             low_watermark: a.low,
             heartbeat_interval: a.heartbeat_interval,
+            cluster_token: Some(token),
         },
         &ctx.file.worker,
     )?;
@@ -121,7 +133,7 @@ fn state_name(s: i32) -> &'static str {
 }
 
 async fn list(ctx: &Context, all: bool, m: MasterFlag) -> anyhow::Result<ExitCode> {
-    let mut c = connect::master(&connect::master_addr(ctx, m.master.as_deref())).await?;
+    let mut c = connect::user_master(ctx, m.master.as_deref()).await?;
     let set = c
         .get_worker_set(GetWorkerSetRequest {
             include_inactive: all,

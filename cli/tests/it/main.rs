@@ -2,6 +2,7 @@
 // Tests unwrap: a panic is the failure report we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod dataset;
 mod demo;
 mod mount;

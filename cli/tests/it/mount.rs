@@ -123,6 +123,7 @@ fn spawn_foreground(master: &str, mp: &Path) -> TestProcess {
         .arg(mp)
         .env("SHOAL_MASTER", master)
         .env_remove("SHOAL_CONFIG");
+    crate::support::auth_env(&mut cmd, master);
     TestProcess::spawn("shoal mount", cmd).unwrap()
 }
 

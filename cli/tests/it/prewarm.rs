@@ -35,6 +35,7 @@ async fn prewarm_caches_everything_then_reads_and_reruns_cost_no_ufs_requests() 
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pw").await.unwrap();
     let c = Cluster::start(ClusterSpec::default()).await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pw", &s3.uri("pw"), s3.options()).await;
 
     let out = shoal(&c.master_addr, &["-o", "json", "prewarm", "pw", "--wait"]);
@@ -56,12 +57,12 @@ async fn prewarm_caches_everything_then_reads_and_reruns_cost_no_ufs_requests() 
         .await;
     assert!(ufs_requests > 0.0);
     for f in ds.files() {
-        let out = std::process::Command::new(crate::support::SHOAL)
-            .args(["cat", &format!("pw/{}", f.path())])
+        let mut cmd = std::process::Command::new(crate::support::SHOAL);
+        cmd.args(["cat", &format!("pw/{}", f.path())])
             .env("SHOAL_MASTER", &c.master_addr)
-            .env("SHOAL_NODE", "elsewhere") // force the network path, not short-circuit
-            .output()
-            .unwrap();
+            .env("SHOAL_NODE", "elsewhere"); // force the network path, not short-circuit
+        crate::support::auth_env(&mut cmd, &c.master_addr);
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -104,6 +105,7 @@ async fn prewarm_of_a_prefix_caches_only_that_prefix() {
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pp").await.unwrap();
     let c = Cluster::start(ClusterSpec::default()).await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pp", &s3.uri("pp"), s3.options()).await;
     let dir = ds
         .dirs()
@@ -151,6 +153,7 @@ async fn a_deleted_object_fails_alone_and_the_exit_code_says_so() {
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pd").await.unwrap();
     let c = Cluster::start(ClusterSpec::default()).await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pd", &s3.uri("pd"), s3.options()).await;
     let victim = ds.files().iter().find(|f| f.size() > 0).unwrap();
     s3.operator()
@@ -196,6 +199,7 @@ async fn cancel_stops_store_traffic_and_the_job_says_cancelled() {
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
     let c = Cluster::start(ClusterSpec::default()).await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pc", &s3.uri("pc"), opts).await;
 
     let id = shoal(&c.master_addr, &["prewarm", "pc", "--detach"])
@@ -261,6 +265,7 @@ async fn a_worker_added_mid_load_leaves_no_segment_uncached() {
         disk_quota: 512 * MIB,
     })
     .await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pa", &s3.uri("pa"), opts).await;
 
     let id = shoal(&c.master_addr, &["prewarm", "pa", "--detach"])
@@ -289,12 +294,12 @@ async fn a_worker_added_mid_load_leaves_no_segment_uncached() {
         .worker_metric("shoal_worker_ufs_read_requests_total")
         .await;
     for f in ds.files() {
-        let out = std::process::Command::new(crate::support::SHOAL)
-            .args(["cat", &format!("pa/{}", f.path())])
+        let mut cmd = std::process::Command::new(crate::support::SHOAL);
+        cmd.args(["cat", &format!("pa/{}", f.path())])
             .env("SHOAL_MASTER", &c.master_addr)
-            .env("SHOAL_NODE", "elsewhere")
-            .output()
-            .unwrap();
+            .env("SHOAL_NODE", "elsewhere");
+        crate::support::auth_env(&mut cmd, &c.master_addr);
+        let out = cmd.output().unwrap();
         assert!(out.status.success());
         assert_eq!(sha256_hex(&out.stdout), f.sha256());
     }
@@ -328,9 +333,12 @@ async fn ctrl_c_without_a_terminal_detaches_and_prints_the_job_id() {
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
     let c = Cluster::start(ClusterSpec::default()).await;
+    crate::support::register_cluster(&c);
     c.create_dataset("pi", &s3.uri("pi"), opts).await;
 
-    let child = std::process::Command::new(crate::support::SHOAL)
+    let mut cmd = std::process::Command::new(crate::support::SHOAL);
+    crate::support::auth_env(&mut cmd, &c.master_addr);
+    let child = cmd
         .args(["prewarm", "pi", "--wait"])
         .env("SHOAL_MASTER", &c.master_addr)
         .stdin(std::process::Stdio::null())

@@ -32,11 +32,12 @@ fn mount_daemon_pid(dir: &Path) -> Option<i32> {
     None
 }
 
-fn submit(runner: &str, spec: &Path) -> serde_json::Value {
+fn submit(runner: &str, token: &str, spec: &Path) -> serde_json::Value {
     let out = Command::new(SHOAL)
         .args(["-o", "json", "job", "submit", "--wait"])
         .arg(spec)
         .env("SHOAL_RUNNER", runner)
+        .env("SHOAL_TOKEN", token)
         .output()
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -48,10 +49,11 @@ fn submit(runner: &str, spec: &Path) -> serde_json::Value {
     })
 }
 
-fn logs(runner: &str, job: &str) -> String {
+fn logs(runner: &str, token: &str, job: &str) -> String {
     let out = Command::new(SHOAL)
         .args(["job", "logs", job, "--stream", "stdout"])
         .env("SHOAL_RUNNER", runner)
+        .env("SHOAL_TOKEN", token)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -105,6 +107,9 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
     })
     .await;
     let _ = master;
+    // `shoal up` wrote its admin token on first start, mode 0600.
+    let token = std::fs::read_to_string(dir.path().join("state/master/admin.token")).unwrap();
+    let token = token.trim();
 
     let spec = dir.path().join("read.yaml");
     std::fs::write(
@@ -116,11 +121,12 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         ),
     )
     .unwrap();
-    let job = submit(&runner, &spec);
+    let job = submit(&runner, token, &spec);
     let all = |id: &str| {
         let o = Command::new(SHOAL)
             .args(["job", "logs", id])
             .env("SHOAL_RUNNER", &runner)
+            .env("SHOAL_TOKEN", token)
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -131,7 +137,7 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         "{job}\nlogs: {}",
         all(job["id"].as_str().unwrap())
     );
-    let out = logs(&runner, job["id"].as_str().unwrap());
+    let out = logs(&runner, token, job["id"].as_str().unwrap());
     assert!(
         out.contains(big.sha256()) && out.contains(small.sha256()),
         "instance output: {out}"
@@ -152,9 +158,9 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         },
     )
     .await;
-    let job = submit(&runner, &spec);
+    let job = submit(&runner, token, &spec);
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
-    assert!(logs(&runner, job["id"].as_str().unwrap()).contains(big.sha256()));
+    assert!(logs(&runner, token, job["id"].as_str().unwrap()).contains(big.sha256()));
 
     // Stopping `shoal up` takes the mount with it: no stale mount, no daemon left.
     up.terminate(Duration::from_secs(20)).await;

@@ -42,14 +42,41 @@ impl Outcome {
     }
 }
 
+/// Credentials of the clusters tests started, by master address: (admin token,
+/// cluster token file). Commands against that master carry them.
+static CREDENTIALS: std::sync::Mutex<Vec<(String, String, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records the admin token and cluster token file of the master at `addr`.
+pub fn register(addr: &str, admin_token: &str, cluster_token_file: &Path) {
+    CREDENTIALS.lock().unwrap().push((
+        addr.to_owned(),
+        admin_token.trim().to_owned(),
+        cluster_token_file.to_path_buf(),
+    ));
+}
+
+/// Points `cmd` at the credentials registered for `master`, and never at the user's
+/// own token files (the default token locations are redirected to nowhere).
+pub fn auth_env(cmd: &mut Command, master: &str) {
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent/shoal-test")
+        .env("XDG_DATA_HOME", "/nonexistent/shoal-test")
+        .env_remove("SHOAL_TOKEN")
+        .env_remove("SHOAL_CLUSTER_TOKEN_FILE");
+    let creds = CREDENTIALS.lock().unwrap();
+    if let Some((_, t, f)) = creds.iter().rev().find(|(a, _, _)| a == master) {
+        cmd.env("SHOAL_TOKEN", t).env("SHOAL_CLUSTER_TOKEN_FILE", f);
+    }
+}
+
 /// Runs `shoal ARGS` against `master` and waits for it to finish.
 pub fn shoal(master: &str, args: &[&str]) -> Outcome {
-    let out = Command::new(SHOAL)
-        .args(args)
+    let mut cmd = Command::new(SHOAL);
+    cmd.args(args)
         .env("SHOAL_MASTER", master)
-        .env_remove("SHOAL_CONFIG")
-        .output()
-        .expect("run shoal");
+        .env_remove("SHOAL_CONFIG");
+    auth_env(&mut cmd, master);
+    let out = cmd.output().expect("run shoal");
     Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -90,6 +117,40 @@ impl MasterProcess {
             }
         })
         .await;
+        let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+        register(&addr, &token, &data_dir.join("cluster.token"));
         MasterProcess { proc, addr }
+    }
+}
+
+/// Registers an in-process test cluster's admin token and cluster token file.
+pub fn register_cluster(c: &shoal_testkit::Cluster) {
+    register(
+        &c.master_addr,
+        &c.admin_token.reveal(),
+        &c.master_dir().join("cluster.token"),
+    );
+}
+
+/// Runs `shoal ARGS` against `master` with `token` as SHOAL_TOKEN (none: no token at
+/// all) and extra environment variables.
+pub fn shoal_as(master: &str, token: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(SHOAL);
+    cmd.args(args)
+        .env("SHOAL_MASTER", master)
+        .env_remove("SHOAL_CONFIG");
+    auth_env(&mut cmd, master);
+    cmd.env_remove("SHOAL_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SHOAL_TOKEN", t);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run shoal");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }

@@ -21,6 +21,8 @@ pub struct Cluster {
     pub tier_dirs: Vec<tempfile::TempDir>,
     _master_dir: tempfile::TempDir,
     pub prefix: String,
+    pub cluster_token: shoal_common::auth::Token,
+    pub admin_token: shoal_common::auth::Token,
 }
 
 impl Cluster {
@@ -40,7 +42,11 @@ impl Cluster {
         mc.heartbeat_interval = Duration::from_millis(200);
         mc.worker_expiry = Duration::from_secs(2);
         let master = MasterServer::start(mc).await.unwrap();
+        let cluster_token = master.cluster_token.clone();
+        let admin_token = master.bootstrap_admin.clone().unwrap();
         let mut c = Cluster {
+            cluster_token,
+            admin_token,
             s3,
             master: Some(master),
             workers: Vec::new(),
@@ -74,6 +80,7 @@ impl Cluster {
         let mut cfg = WorkerConfig::for_tiers(node, &[("mem", dir, quota)]);
         cfg.master = Some(self.master_addr());
         cfg.rpc_timeout = Duration::from_secs(5);
+        cfg.cluster_token = self.cluster_token.clone();
         cfg
     }
 
@@ -83,9 +90,12 @@ impl Cluster {
 
     /// Creates dataset `name` over the uploaded prefix.
     pub async fn create_dataset(&self, name: &str) {
-        let mut m =
-            shoal_worker::server::master_client(&self.master_addr(), Duration::from_secs(30))
-                .unwrap();
+        let mut m = shoal_worker::server::master_client(
+            &self.master_addr(),
+            Duration::from_secs(30),
+            Some(&self.admin_token),
+        )
+        .unwrap();
         m.create_dataset(pb::CreateDatasetRequest {
             name: name.into(),
             uri: self.s3.uri(&self.prefix),
@@ -102,20 +112,27 @@ impl Cluster {
         cfg.name = format!("{}-client-{}", self.prefix, node.unwrap_or("remote"));
         cfg.data_timeout = Duration::from_secs(10);
         cfg.worker_set_ttl = Duration::from_millis(300);
+        cfg.token = Some(self.cluster_token.clone());
         ShoalClient::connect(cfg).await.unwrap()
     }
 
     /// Waits until the master's live worker set has exactly `n` workers.
     pub async fn wait_workers(&self, n: usize) {
         let addr = self.master_addr();
+        let admin = self.admin_token.clone();
         shoal_testkit::wait_until(
             Duration::from_secs(15),
             &format!("{n} live workers"),
             || {
                 let addr = addr.clone();
+                let admin = admin.clone();
                 async move {
-                    let mut m =
-                        shoal_worker::server::master_client(&addr, Duration::from_secs(5)).unwrap();
+                    let mut m = shoal_worker::server::master_client(
+                        &addr,
+                        Duration::from_secs(5),
+                        Some(&admin),
+                    )
+                    .unwrap();
                     m.get_worker_set(pb::GetWorkerSetRequest {
                         include_inactive: false,
                     })

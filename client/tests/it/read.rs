@@ -82,10 +82,14 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
         "cached_bytes reported",
         || {
             let addr = addr.clone();
+            let admin = c.admin_token.clone();
             async move {
-                let mut m =
-                    shoal_worker::server::master_client(&addr, std::time::Duration::from_secs(5))
-                        .unwrap();
+                let mut m = shoal_worker::server::master_client(
+                    &addr,
+                    std::time::Duration::from_secs(5),
+                    Some(&admin),
+                )
+                .unwrap();
                 let d = m
                     .get_dataset(shoal_proto::v1::GetDatasetRequest {
                         name: "small".into(),
@@ -241,9 +245,12 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
     let c = Cluster::start("prewarm", &ds, BlockLayout::default(), 3).await;
     c.create_dataset("warm").await;
     c.wait_workers(3).await;
-    let mut m =
-        shoal_worker::server::master_client(&c.master_addr(), std::time::Duration::from_secs(10))
-            .unwrap();
+    let mut m = shoal_worker::server::master_client(
+        &c.master_addr(),
+        std::time::Duration::from_secs(10),
+        Some(&c.admin_token),
+    )
+    .unwrap();
     let job = m
         .start_load(pb::StartLoadRequest {
             dataset: "warm".into(),

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token};
 use shoal_common::block::BlockLayout;
 use shoal_fuse::{MountConfig, RunningMount};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
@@ -15,7 +16,6 @@ use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{GeneratedDataset, S3Fixture};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
-use tonic::transport::Channel;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -26,6 +26,8 @@ pub struct Cluster {
     pub tier_dirs: Vec<tempfile::TempDir>,
     _master_dir: tempfile::TempDir,
     pub prefix: String,
+    pub cluster_token: Token,
+    pub admin_token: Token,
 }
 
 impl Cluster {
@@ -38,7 +40,11 @@ impl Cluster {
         mc.heartbeat_interval = Duration::from_millis(200);
         mc.worker_expiry = Duration::from_secs(2);
         let master = MasterServer::start(mc).await.unwrap();
+        let cluster_token = master.cluster_token.clone();
+        let admin_token = master.bootstrap_admin.clone().unwrap();
         let mut c = Cluster {
+            cluster_token,
+            admin_token,
             s3: None,
             master: Some(master),
             workers: Vec::new(),
@@ -81,14 +87,21 @@ impl Cluster {
         cfg.master = Some(self.master_addr());
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.rpc_timeout = Duration::from_secs(5);
+        cfg.cluster_token = self.cluster_token.clone();
         self.workers
             .push(Some(WorkerServer::start(cfg).await.unwrap()));
         self.tier_dirs.push(dir);
         i
     }
 
-    pub async fn master_client(&self) -> MasterServiceClient<Channel> {
-        shoal_worker::server::master_client(&self.master_addr(), Duration::from_secs(30)).unwrap()
+    /// A master client with the admin token.
+    pub async fn master_client(&self) -> MasterServiceClient<AuthChannel> {
+        shoal_worker::server::master_client(
+            &self.master_addr(),
+            Duration::from_secs(30),
+            Some(&self.admin_token),
+        )
+        .unwrap()
     }
 
     /// Dataset `name` over the S3 prefix (plus `sub`).
@@ -127,14 +140,20 @@ impl Cluster {
 
     pub async fn wait_workers(&self, n: usize) {
         let addr = self.master_addr();
+        let admin = self.admin_token.clone();
         shoal_testkit::wait_until(
             Duration::from_secs(15),
             &format!("{n} live workers"),
             || {
                 let addr = addr.clone();
+                let admin = admin.clone();
                 async move {
-                    let mut m =
-                        shoal_worker::server::master_client(&addr, Duration::from_secs(5)).unwrap();
+                    let mut m = shoal_worker::server::master_client(
+                        &addr,
+                        Duration::from_secs(5),
+                        Some(&admin),
+                    )
+                    .unwrap();
                     m.get_worker_set(pb::GetWorkerSetRequest {
                         include_inactive: false,
                     })
@@ -153,6 +172,7 @@ impl Cluster {
         cfg.name = format!("{}-{}", self.prefix, mountpoint.display());
         cfg.data_timeout = Duration::from_secs(10);
         cfg.rpc_timeout = Duration::from_secs(10);
+        cfg.token = Some(self.cluster_token.clone());
         cfg
     }
 

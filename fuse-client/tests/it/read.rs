@@ -231,6 +231,7 @@ async fn files_cached_on_this_node_are_served_by_passthrough() {
     // The worker fills its tier as it answers: wait until every file is complete there.
     let mut ccfg = shoal_client::ClientConfig::new(&c.master_addr());
     ccfg.node = Some(c.node(0));
+    ccfg.token = Some(c.cluster_token.clone());
     let client = shoal_client::ShoalClient::connect(ccfg).await.unwrap();
     let id = client.dataset("pt").await.unwrap().id;
     for f in ds.files().iter().filter(|f| f.size() > 0) {

@@ -4,7 +4,8 @@
 //! (`CARGO_BIN_EXE_shoal-runner-fixture`) without depending on the CLI.
 //!
 //! Usage: `shoal-runner-fixture --data-dir DIR --addr-file FILE [--node N=CPU,MEM]...
-//! [--quota OWNER=SPEC]... [--kill-grace 1s]`. Once serving it writes its gRPC
+//! [--quota OWNER=SPEC]... [--kill-grace 1s] [--admin-token-file FILE]`. The token
+//! in FILE (mode 0600) is accepted as an admin's (this runner has no master). Once serving it writes its gRPC
 //! address to FILE, then runs until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     let mut quotas = Vec::new();
     let mut grace = None;
+    let mut admin = None;
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -29,6 +31,11 @@ async fn main() -> anyhow::Result<()> {
             "--node" => nodes.push(NodeConfig::parse(&val()?)?),
             "--quota" => quotas.push(val()?),
             "--kill-grace" => grace = Some(shoal_common::time::parse_duration(&val()?)?),
+            "--admin-token-file" => {
+                admin = Some(shoal_common::auth::read_token_file(std::path::Path::new(
+                    &val()?,
+                ))?)
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -46,6 +53,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(g) = grace {
         cfg.kill_grace = g;
+    }
+    if let Some(t) = admin {
+        cfg.local_tokens = vec![(
+            t,
+            shoal_common::auth::Identity::Owner {
+                name: "admin".into(),
+                admin: true,
+            },
+        )];
     }
     let runner = RunnerServer::start(cfg).await?;
     let tmp = addr_file.with_extension("tmp");

@@ -89,6 +89,7 @@ pub async fn connect(cfg: &RunnerConfig) -> Result<Arc<dyn Executor>> {
         node_label: k.node_label.clone(),
         affinity_weight: k.affinity_weight,
         worker_cache_path: k.worker_cache_path.clone(),
+        cluster_token_secret: k.cluster_token_secret.clone(),
         image_pull_policy: k.image_pull_policy.clone(),
         sidecar_cpu_millis: k.sidecar_cpu_millis,
         sidecar_memory_bytes: k.sidecar_memory_bytes,

@@ -28,16 +28,25 @@ pub struct ManagedMount {
     master: String,
     /// The `shoal` binary that runs `mount --background`.
     program: PathBuf,
+    /// The cluster token file the mount authenticates with.
+    token_file: PathBuf,
     healthy: AtomicBool,
     restarts: metrics::Counter,
 }
 
 impl ManagedMount {
-    pub fn new(root: &Path, master: &str, program: &Path, runner: &str) -> ManagedMount {
+    pub fn new(
+        root: &Path,
+        master: &str,
+        program: &Path,
+        token_file: &Path,
+        runner: &str,
+    ) -> ManagedMount {
         ManagedMount {
             root: root.to_path_buf(),
             master: master.to_owned(),
             program: program.to_path_buf(),
+            token_file: token_file.to_path_buf(),
             healthy: AtomicBool::new(false),
             restarts: metrics::counter!("shoal_runner_mount_restarts_total", "runner" => runner.to_owned()),
         }
@@ -74,6 +83,8 @@ impl ManagedMount {
             .arg("mount")
             .arg("--master")
             .arg(&self.master)
+            .arg("--cluster-token-file")
+            .arg(&self.token_file)
             .arg("--background")
             .arg(&self.root)
             .env_remove("SHOAL_CONFIG")

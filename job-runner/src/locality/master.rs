@@ -7,12 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::ids::normalize_dataset_path;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::InputFile;
 
@@ -22,10 +23,12 @@ const LIST_PAGE: u32 = 5000;
 pub const RESIDENCY_BATCH: usize = 50_000;
 
 pub struct ClusterLink {
-    master: MasterServiceClient<Channel>,
+    master: MasterServiceClient<AuthChannel>,
     master_addr: String,
     timeout: Duration,
-    workers: Mutex<HashMap<String, WorkerServiceClient<Channel>>>,
+    workers: Mutex<HashMap<String, WorkerServiceClient<AuthChannel>>>,
+    /// The cluster token, on every call to the master and workers.
+    token: Token,
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint> {
@@ -44,13 +47,14 @@ impl ClusterLink {
     /// A link to the master at `addr` (`HOST:PORT`). Connects lazily, so a runner
     /// starts even while the master is down; every call has `timeout`. Must be called
     /// inside a tokio runtime.
-    pub fn new(addr: &str, timeout: Duration) -> Result<ClusterLink> {
-        let channel = endpoint(addr, timeout)?.connect_lazy();
+    pub fn new(addr: &str, timeout: Duration, token: &Token) -> Result<ClusterLink> {
+        let channel = with_token(endpoint(addr, timeout)?.connect_lazy(), Some(token));
         Ok(ClusterLink {
             master: MasterServiceClient::new(channel).max_decoding_message_size(64 << 20),
             master_addr: addr.to_owned(),
             timeout,
             workers: Mutex::new(HashMap::new()),
+            token: token.clone(),
         })
     }
 
@@ -63,7 +67,7 @@ impl ClusterLink {
     }
 
     /// A client of the master (cheap: shares the link's connection).
-    pub fn master(&self) -> MasterServiceClient<Channel> {
+    pub fn master(&self) -> MasterServiceClient<AuthChannel> {
         self.master.clone()
     }
 
@@ -164,7 +168,7 @@ impl ClusterLink {
             .into_inner())
     }
 
-    fn worker(&self, addr: &str) -> Result<WorkerServiceClient<Channel>> {
+    fn worker(&self, addr: &str) -> Result<WorkerServiceClient<AuthChannel>> {
         let mut m = self
             .workers
             .lock()
@@ -172,8 +176,11 @@ impl ClusterLink {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c = WorkerServiceClient::new(endpoint(addr, self.timeout)?.connect_lazy())
-            .max_decoding_message_size(64 << 20);
+        let ch = with_token(
+            endpoint(addr, self.timeout)?.connect_lazy(),
+            Some(&self.token),
+        );
+        let c = WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20);
         m.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

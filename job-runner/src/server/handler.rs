@@ -13,8 +13,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use shoal_common::auth::{AuthChannel, Identity};
+use shoal_proto::v1::master_service_client::MasterServiceClient;
+
+use super::auth::{bearer, caller, check_submit};
+use crate::config::RunnerConfig;
 use crate::engine::{Command, EngineHandle, LogTarget};
-use crate::spec::SpecFormat;
+use crate::spec::{JobSpec, ParseOptions, SpecFormat};
 
 const LOG_POLL: Duration = Duration::from_millis(100);
 const LOG_CHUNK: usize = 64 << 10;
@@ -22,11 +29,37 @@ const LOG_CHUNK: usize = 64 << 10;
 pub struct RunnerRpc {
     engine: EngineHandle,
     cancel: CancellationToken,
+    access: Arc<Access>,
+}
+
+/// What authorization needs: the quotas (priority limits) and the master (grants).
+pub struct Access {
+    pub cfg: RunnerConfig,
+    pub master: Option<MasterServiceClient<AuthChannel>>,
 }
 
 impl RunnerRpc {
-    pub fn new(engine: EngineHandle, cancel: CancellationToken) -> Self {
-        RunnerRpc { engine, cancel }
+    pub fn new(engine: EngineHandle, cancel: CancellationToken, access: Arc<Access>) -> Self {
+        RunnerRpc {
+            engine,
+            cancel,
+            access,
+        }
+    }
+
+    /// The job `id`, if `who` may act on it.
+    async fn own_job(&self, who: &Identity, id: &str) -> Result<pb::Job, Error> {
+        let id = id.to_owned();
+        let job = self
+            .engine
+            .call(|reply| Command::Get {
+                id: id.clone(),
+                include_instances: false,
+                reply,
+            })
+            .await?;
+        who.require_act_for(&job.owner, &format!("job {id}"))?;
+        Ok(job)
     }
 }
 
@@ -45,6 +78,8 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&r, "SubmitJob")?;
+        let token = bearer(&r);
         let r = r.into_inner();
         let format = match pb::SpecFormat::try_from(r.format).unwrap_or(pb::SpecFormat::Unspecified)
         {
@@ -54,6 +89,20 @@ impl RunnerService for RunnerRpc {
         };
         if r.spec.len() > 16 << 20 {
             return Err(Error::invalid("the job spec is larger than 16 MiB").into());
+        }
+        // An invalid spec is refused by the engine with every problem; a valid one is
+        // checked here first against what the caller may do.
+        let preview = JobSpec::parse(
+            &r.spec,
+            &ParseOptions {
+                format,
+                source_name: &r.source_name,
+                limits: None,
+            },
+        );
+        if let Ok(spec) = preview {
+            let master = self.access.master.as_ref().zip(token.as_ref());
+            check_submit(&who, &spec, &self.access.cfg, master).await?;
         }
         let job = self
             .engine
@@ -68,7 +117,9 @@ impl RunnerService for RunnerRpc {
     }
 
     async fn get_job(&self, r: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&r, "GetJob")?;
         let r = r.into_inner();
+        self.own_job(&who, &r.id).await?;
         let job = self
             .engine
             .call(|reply| Command::Get {
@@ -86,7 +137,9 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::GetJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = caller(&r, "WatchJob")?;
         let r = r.into_inner();
+        self.own_job(&who, &r.id).await?;
         let engine = self.engine.clone();
         let get = {
             let engine = engine.clone();
@@ -142,7 +195,18 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let owner = r.into_inner().owner;
+        let who = caller(&r, "ListJobs")?;
+        let mut owner = r.into_inner().owner;
+        if !who.is_admin() {
+            let me = who.owner().unwrap_or_default();
+            if !owner.is_empty() && owner != me {
+                return Err(Error::PermissionDenied(format!(
+                    "your token is for owner `{me}`; only an admin may list `{owner}`'s jobs"
+                ))
+                .into());
+            }
+            owner = me.to_owned();
+        }
         let jobs = self
             .engine
             .call(|reply| Command::List { owner, reply })
@@ -154,7 +218,9 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&r, "CancelJob")?;
         let r = r.into_inner();
+        self.own_job(&who, &r.id).await?;
         let job = self
             .engine
             .call(|reply| Command::Cancel {
@@ -171,7 +237,9 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&r, "RetryJob")?;
         let id = r.into_inner().id;
+        self.own_job(&who, &id).await?;
         let job = self
             .engine
             .call(|reply| Command::Retry { id, reply })
@@ -185,7 +253,9 @@ impl RunnerService for RunnerRpc {
         &self,
         r: Request<pb::GetLogsRequest>,
     ) -> Result<Response<Self::GetLogsStream>, Status> {
+        let who = caller(&r, "GetLogs")?;
         let r = r.into_inner();
+        self.own_job(&who, &r.job_id).await?;
         let streams: Vec<&'static str> = match r.stream.as_str() {
             "" => vec!["stdout", "stderr"],
             "stdout" => vec!["stdout"],
@@ -201,11 +271,13 @@ impl RunnerService for RunnerRpc {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let engine = self.engine.clone();
         let cancel = self.cancel.clone();
+        let access = self.access.clone();
         let follow = r.follow;
         tokio::spawn(async move {
             let rpc = RunnerRpc {
                 engine,
                 cancel: cancel.clone(),
+                access,
             };
             let send = |data: Vec<u8>| {
                 let tx = tx.clone();
@@ -280,8 +352,9 @@ impl RunnerService for RunnerRpc {
 
     async fn list_nodes(
         &self,
-        _r: Request<pb::ListNodesRequest>,
+        r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        caller(&r, "ListNodes")?;
         let nodes = self.engine.call(|reply| Command::Nodes { reply }).await?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::{BlockId, DatasetId, FileVersion};
 use shoal_job_runner::{NodeConfig, RunnerConfig};
@@ -14,13 +15,14 @@ use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{GeneratedDataset, LinkProfile, LinkProxy, S3Fixture};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
-use tonic::transport::Channel;
 
 pub const MIB: u64 = 1 << 20;
 
 pub struct Cluster {
     pub master: Option<RunningMaster>,
     pub master_addr: String,
+    pub cluster_token: Token,
+    pub admin_token: Token,
     pub workers: Vec<RunningWorker>,
     /// Master and worker directories, removed when the cluster drops.
     _dirs: tempfile::TempDir,
@@ -51,6 +53,8 @@ impl Cluster {
         cfg.layout = layout;
         let master = MasterServer::start(cfg).await.unwrap();
         let master_addr = master.grpc_addr.to_string();
+        let cluster_token = master.cluster_token.clone();
+        let admin_token = master.bootstrap_admin.clone().unwrap();
         // Node names unique in this process: workers of every test share one registry.
         let tag = format!("t{}", master.grpc_addr.port());
         let mut ws = Vec::new();
@@ -66,11 +70,14 @@ impl Cluster {
             );
             wc.master = Some(master_addr.clone());
             wc.heartbeat_interval = Duration::from_millis(200);
+            wc.cluster_token = cluster_token.clone();
             ws.push(WorkerServer::start(wc).await.unwrap());
         }
         let c = Cluster {
             master: Some(master),
             master_addr,
+            cluster_token,
+            admin_token,
             workers: ws,
             _dirs: dirs,
             s3,
@@ -98,10 +105,24 @@ impl Cluster {
         c
     }
 
-    pub async fn master_client(&self) -> MasterServiceClient<Channel> {
-        MasterServiceClient::connect(format!("http://{}", self.master_addr))
-            .await
+    /// A master client with the admin token.
+    pub async fn master_client(&self) -> MasterServiceClient<AuthChannel> {
+        self.master_client_as(Some(&self.admin_token)).await
+    }
+
+    pub async fn master_client_as(&self, t: Option<&Token>) -> MasterServiceClient<AuthChannel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.master_addr))
             .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        MasterServiceClient::new(with_token(ch, t)).max_decoding_message_size(64 << 20)
+    }
+
+    /// Issues an owner token through the master's token table.
+    pub async fn token_for(&self, owner: &str, admin: bool) -> Token {
+        let m = self.master.as_ref().unwrap();
+        m.state.access.issue(owner, admin).await.unwrap().1
     }
 
     /// Uploads `ds` under `name/` and registers it as dataset `name` (through the slow
@@ -129,6 +150,7 @@ impl Cluster {
     pub fn runner_config(&self, dir: &std::path::Path, cpus_per_node: u64) -> RunnerConfig {
         let mut cfg = crate::support::config(dir);
         cfg.master = Some(self.master_addr.clone());
+        cfg.cluster_token = self.cluster_token.clone();
         cfg.nodes = self
             .workers
             .iter()

@@ -67,6 +67,7 @@ fn settings() -> PodSettings {
         node_label: "kubernetes.io/hostname".into(),
         affinity_weight: 100,
         worker_cache_path: Some(PathBuf::from("/var/lib/shoal/cache")),
+        cluster_token_secret: Some("shoal-cluster-token".into()),
         image_pull_policy: Some("IfNotPresent".into()),
         sidecar_cpu_millis: 250,
         sidecar_memory_bytes: 512 << 20,
@@ -270,7 +271,40 @@ tasks:
         );
         assert_eq!(
             fuse.command.as_deref().unwrap(),
-            ["shoal", "mount", "--allow-other", "/shoal"]
+            [
+                "shoal",
+                "mount",
+                "--cluster-token-file",
+                "/var/run/shoal/cluster-token/cluster.token",
+                "--allow-other",
+                "/shoal"
+            ]
+        );
+        // The cluster token reaches the sidecar only, read-only, from the Secret.
+        let tv = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "cluster-token")
+            .unwrap();
+        let sec = tv.secret.as_ref().unwrap();
+        assert_eq!(sec.secret_name.as_deref(), Some("shoal-cluster-token"));
+        assert_eq!(sec.default_mode, Some(0o400));
+        assert!(
+            fuse.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "cluster-token" && m.read_only == Some(true))
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.name != "cluster-token"),
+            "the job container never sees the cluster token"
         );
         let fenv = fuse.env.as_ref().unwrap();
         assert_eq!(fenv[0].name, "SHOAL_MASTER");
@@ -334,7 +368,7 @@ tasks:
             .collect();
         assert_eq!(
             vols.keys().copied().collect::<Vec<_>>(),
-            ["mnt", "work", "worker-cache"]
+            ["cluster-token", "mnt", "work", "worker-cache"]
         );
         assert!(vols["mnt"].empty_dir.is_some());
         assert!(vols["work"].empty_dir.is_some());

@@ -3,6 +3,7 @@
 // Test helpers unwrap freely: a failure there is a test failure with a backtrace.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod bench_smoke;
 mod cancel;
 mod cluster;

@@ -12,11 +12,17 @@ use crate::support::{Client, connect, count, describe, get, state, submit, task,
 
 async fn start_fixture(data: &Path, addr_file: &Path) -> (TestProcess, Client) {
     let _ = std::fs::remove_file(addr_file);
+    let token_file = addr_file.with_extension("token");
+    if !token_file.exists() {
+        shoal_common::auth::write_token_file(&token_file, crate::support::admin()).unwrap();
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal-runner-fixture"));
     cmd.arg("--data-dir")
         .arg(data)
         .arg("--addr-file")
         .arg(addr_file)
+        .arg("--admin-token-file")
+        .arg(&token_file)
         .args(["--node", "node-1=3,4GiB", "--kill-grace", "1s"]);
     let mut p = TestProcess::spawn("shoal-runner-fixture", cmd).unwrap();
     let addr = shoal_testkit::wait_for(

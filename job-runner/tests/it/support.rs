@@ -5,18 +5,31 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Identity, Token, with_token};
 use shoal_job_runner::{NodeConfig, RunnerConfig, RunnerServer, RunningRunner};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
-use tonic::transport::Channel;
 
-pub type Client = RunnerServiceClient<Channel>;
+pub type Client = RunnerServiceClient<AuthChannel>;
+
+/// The admin token every test runner accepts locally (one per test process).
+pub fn admin() -> &'static Token {
+    static ADMIN: std::sync::LazyLock<Token> = std::sync::LazyLock::new(Token::generate);
+    &ADMIN
+}
 
 pub fn config(dir: &Path) -> RunnerConfig {
     let mut cfg = RunnerConfig::new(dir.join("runner"));
     cfg.listen = "127.0.0.1:0".into();
     cfg.schedule_interval = Duration::from_millis(100);
     cfg.kill_grace = Duration::from_secs(2);
+    cfg.local_tokens = vec![(
+        admin().clone(),
+        Identity::Owner {
+            name: "test-admin".into(),
+            admin: true,
+        },
+    )];
     cfg.nodes = vec![NodeConfig {
         name: "node-1".into(),
         cpu_millis: 8000,
@@ -67,6 +80,11 @@ impl Harness {
 }
 
 pub async fn connect(addr: &str) -> Client {
+    connect_as(addr, Some(admin())).await
+}
+
+/// A runner client presenting `token` (`None`: no token).
+pub async fn connect_as(addr: &str, token: Option<&Token>) -> Client {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(5))
@@ -74,7 +92,7 @@ pub async fn connect(addr: &str) -> Client {
         .connect()
         .await
         .unwrap();
-    RunnerServiceClient::new(ch)
+    RunnerServiceClient::new(with_token(ch, token))
 }
 
 pub async fn submit(c: &mut Client, yaml: &str) -> pb::Job {

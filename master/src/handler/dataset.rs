@@ -31,15 +31,18 @@ pub async fn get(s: &MasterState, r: GetDatasetRequest) -> Result<Dataset, Statu
     Ok(to_proto(s, &d)?)
 }
 
+/// Every dataset, or only those in `readable` (an owner's grants).
 pub async fn list(
     s: &MasterState,
     _r: ListDatasetsRequest,
+    readable: Option<&std::collections::HashSet<shoal_common::ids::DatasetId>>,
 ) -> Result<ListDatasetsResponse, Status> {
     let datasets = s
         .catalog
         .list()
         .await?
         .iter()
+        .filter(|d| readable.is_none_or(|r| r.contains(&d.id)))
         .map(|d| to_proto(s, d))
         .collect::<Result<Vec<_>>>()?;
     Ok(ListDatasetsResponse { datasets })

@@ -12,8 +12,13 @@ use tonic::Status;
 
 use super::MasterState;
 
-pub async fn start(s: &Arc<MasterState>, r: StartLoadRequest) -> Result<LoadJob, Status> {
-    Ok(s.loads.start(s, r).await?)
+/// Starts a load job owned by `owner` ("" for a cluster member).
+pub async fn start(
+    s: &Arc<MasterState>,
+    r: StartLoadRequest,
+    owner: &str,
+) -> Result<LoadJob, Status> {
+    Ok(s.loads.start(s, r, owner).await?)
 }
 
 pub async fn get(s: &MasterState, r: GetLoadRequest) -> Result<LoadJob, Status> {

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_proto::v1::{LoadSegmentRequest, LoadSegmentResponse};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// How hard a load job may push.
 #[derive(Clone, Copy, Debug)]
@@ -34,19 +35,22 @@ impl Default for LoadLimits {
 
 struct Worker {
     addr: String,
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<AuthChannel>,
     slots: Arc<Semaphore>,
 }
 
 pub struct WorkerClients {
     limits: LoadLimits,
+    /// The cluster token, presented to every worker.
+    token: Option<Token>,
     by_id: Mutex<HashMap<String, Arc<Worker>>>,
 }
 
 impl WorkerClients {
-    pub fn new(limits: LoadLimits) -> Self {
+    pub fn new(limits: LoadLimits, token: Option<Token>) -> Self {
         WorkerClients {
             limits,
+            token,
             by_id: Mutex::new(HashMap::new()),
         }
     }
@@ -72,7 +76,7 @@ impl WorkerClients {
         // A worker that restarted keeps its id but not its slots: fresh semaphore.
         let w = Arc::new(Worker {
             addr: addr.to_owned(),
-            client: WorkerServiceClient::new(ep.connect_lazy()),
+            client: WorkerServiceClient::new(with_token(ep.connect_lazy(), self.token.as_ref())),
             slots: Arc::new(Semaphore::new(self.limits.per_worker)),
         });
         m.insert(id.to_owned(), w.clone());

@@ -13,7 +13,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use shoal_common::ids::{DatasetId, split_parent};
 use shoal_common::{Error, Result};
 
-use super::{CatalogStore, DatasetRecord, FileRecord, LoadRecord, NewDataset, Phase};
+use super::{
+    CatalogStore, DatasetRecord, FileRecord, GrantRecord, LoadRecord, NewDataset, Phase,
+    TokenRecord,
+};
 
 const READERS: usize = 4;
 
@@ -58,6 +61,21 @@ CREATE TABLE IF NOT EXISTS load_jobs (
     job           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS load_jobs_by_dataset ON load_jobs (dataset, created_at_ms);
+CREATE TABLE IF NOT EXISTS tokens (
+    id            TEXT PRIMARY KEY,
+    owner         TEXT NOT NULL,
+    admin         INTEGER NOT NULL,
+    secret_hash   TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS grants (
+    dataset_id INTEGER NOT NULL,
+    owner      TEXT NOT NULL,
+    write      INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, owner)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS grants_by_owner ON grants (owner);
 "#;
 
 /// The embedded catalogue store.
@@ -65,6 +83,17 @@ pub struct SqliteCatalog {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+}
+
+fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        admin: r.get(2)?,
+        secret_hash: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked_at_ms: r.get(5)?,
+    })
 }
 
 fn db_err(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -305,6 +334,8 @@ impl CatalogStore for SqliteCatalog {
             let tx = conn.transaction().map_err(db_err("begin delete"))?;
             tx.execute("DELETE FROM files WHERE dataset_id = ?1", [id.0 as i64])
                 .map_err(db_err("delete files"))?;
+            tx.execute("DELETE FROM grants WHERE dataset_id = ?1", [id.0 as i64])
+                .map_err(db_err("delete grants"))?;
             let n = tx
                 .execute("DELETE FROM datasets WHERE id = ?1", [id.0 as i64])
                 .map_err(db_err("delete dataset"))?;
@@ -563,6 +594,145 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    async fn create_token(&self, t: TokenRecord) -> Result<()> {
+        self.write(move |conn| {
+            let r = conn.execute(
+                "INSERT INTO tokens (id, owner, admin, secret_hash, created_at_ms, revoked_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t.id,
+                    t.owner,
+                    t.admin,
+                    t.secret_hash,
+                    t.created_at_ms,
+                    t.revoked_at_ms
+                ],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(Error::AlreadyExists(format!(
+                        "token {} already exists",
+                        t.id
+                    )))
+                }
+                Err(e) => Err(db_err("insert token")(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
+                 FROM tokens WHERE id = ?1",
+                [id],
+                row_to_token,
+            )
+            .optional()
+            .map_err(db_err("read token"))
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
+                     FROM tokens ORDER BY created_at_ms, id",
+                )
+                .map_err(db_err("list tokens"))?;
+            let rows = st
+                .query_map([], row_to_token)
+                .map_err(db_err("list tokens"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list tokens"))
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms = 0",
+                    params![now_ms, id],
+                )
+                .map_err(db_err("revoke token"))?;
+            if n > 0 {
+                return Ok(true);
+            }
+            let exists: Option<i64> = conn
+                .query_row("SELECT 1 FROM tokens WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(db_err("read token"))?;
+            Ok(exists.is_some())
+        })
+        .await
+    }
+
+    async fn set_grant(&self, g: GrantRecord) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO grants (dataset_id, owner, write) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (dataset_id, owner) DO UPDATE SET write = excluded.write",
+                params![g.dataset.0 as i64, g.owner, g.write],
+            )
+            .map_err(db_err("save grant"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_grant(&self, dataset: DatasetId, owner: &str) -> Result<bool> {
+        let owner = owner.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM grants WHERE dataset_id = ?1 AND owner = ?2",
+                    params![dataset.0 as i64, owner],
+                )
+                .map_err(db_err("remove grant"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_grants(
+        &self,
+        dataset: Option<DatasetId>,
+        owner: Option<&str>,
+    ) -> Result<Vec<GrantRecord>> {
+        let owner = owner.map(str::to_owned);
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT dataset_id, owner, write FROM grants
+                     WHERE (?1 IS NULL OR dataset_id = ?1) AND (?2 IS NULL OR owner = ?2)
+                     ORDER BY dataset_id, owner",
+                )
+                .map_err(db_err("list grants"))?;
+            let rows = st
+                .query_map(params![dataset.map(|d| d.0 as i64), owner], |r| {
+                    Ok(GrantRecord {
+                        dataset: DatasetId(r.get::<_, i64>(0)? as u64),
+                        owner: r.get(1)?,
+                        write: r.get(2)?,
+                    })
+                })
+                .map_err(db_err("list grants"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list grants"))
+        })
+        .await
+    }
+
     async fn save_load(&self, l: LoadRecord) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
@@ -769,6 +939,58 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn tokens_and_grants_persist_and_die_with_their_dataset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TokenRecord {
+            id: "0123456789abcdef".into(),
+            owner: "team-a".into(),
+            admin: false,
+            secret_hash: "h".repeat(64),
+            created_at_ms: 5,
+            revoked_at_ms: 0,
+        };
+        let d = {
+            let s = SqliteCatalog::open(tmp.path()).unwrap();
+            s.create_token(t.clone()).await.unwrap();
+            let e = s.create_token(t.clone()).await.unwrap_err();
+            assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+            let d = s.create_dataset(new_ds("g"), 1).await.unwrap();
+            for (owner, write) in [("team-a", false), ("team-b", true), ("team-a", true)] {
+                s.set_grant(GrantRecord {
+                    dataset: d.id,
+                    owner: owner.into(),
+                    write,
+                })
+                .await
+                .unwrap();
+            }
+            d.id
+        };
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        assert_eq!(s.get_token(&t.id).await.unwrap(), Some(t.clone()));
+        assert!(s.revoke_token(&t.id, 9).await.unwrap());
+        assert!(
+            s.revoke_token(&t.id, 10).await.unwrap(),
+            "revoking twice is fine"
+        );
+        assert_eq!(s.get_token(&t.id).await.unwrap().unwrap().revoked_at_ms, 9);
+        assert!(!s.revoke_token("ffffffffffffffff", 9).await.unwrap());
+        assert_eq!(s.list_tokens().await.unwrap().len(), 1);
+        let g = s.list_grants(Some(d), None).await.unwrap();
+        assert_eq!(
+            g.iter()
+                .map(|g| (g.owner.as_str(), g.write))
+                .collect::<Vec<_>>(),
+            [("team-a", true), ("team-b", true)]
+        );
+        assert!(s.remove_grant(d, "team-b").await.unwrap());
+        assert!(!s.remove_grant(d, "team-b").await.unwrap());
+        assert_eq!(s.list_grants(None, Some("team-a")).await.unwrap().len(), 1);
+        assert!(s.delete_dataset(d).await.unwrap());
+        assert!(s.list_grants(None, None).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use tonic::transport::Channel;
 
 pub async fn start_master(data_dir: &Path, expiry: Duration) -> RunningMaster {
     let mut cfg = MasterConfig::new(data_dir.to_path_buf());
@@ -16,8 +16,21 @@ pub async fn start_master(data_dir: &Path, expiry: Duration) -> RunningMaster {
     MasterServer::start(cfg).await.unwrap()
 }
 
-pub async fn client(m: &RunningMaster) -> MasterServiceClient<Channel> {
-    MasterServiceClient::connect(format!("http://{}", m.grpc_addr))
-        .await
+/// A client with a freshly issued admin token.
+pub async fn client(m: &RunningMaster) -> MasterServiceClient<AuthChannel> {
+    let (_, t) = m.state.access.issue("test-admin", true).await.unwrap();
+    client_as(m, Some(&t)).await
+}
+
+/// A client presenting `token` (`None`: no token).
+pub async fn client_as(
+    m: &RunningMaster,
+    token: Option<&Token>,
+) -> MasterServiceClient<AuthChannel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc_addr))
         .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    MasterServiceClient::new(with_token(ch, token))
 }

@@ -1,10 +1,8 @@
 //! The framed-TCP data plane and the gRPC `WorkerService` over real sockets.
 
 use shoal_proto::v1 as pb;
-use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_worker::wire::{self, ReadRequest};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::support::*;
 
@@ -16,7 +14,7 @@ async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
     let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
     let f = ufs.file("f");
     let want = &ufs.files["f"];
-    let mut sock = TcpStream::connect(w.data_addr()).await.unwrap();
+    let mut sock = open_data(&w).await;
     for (offset, length) in [
         (0, 9 * MIB + 7),
         (4 * MIB - 3, 10),
@@ -82,9 +80,7 @@ async fn grpc_read_range_and_load_segment() {
     let node = unique_node("grpc");
     let w = start(tiers.config(&node, 256 * MIB, 64 * MIB), &ufs).await;
     let f = ufs.file("seg");
-    let mut c = WorkerServiceClient::connect(format!("http://{}", w.grpc_addr()))
-        .await
-        .unwrap();
+    let mut c = grpc(&w).await;
     let load = |seg: u64| pb::LoadSegmentRequest {
         file: Some(f.to_proto()),
         segment_index: seg,
@@ -143,7 +139,7 @@ async fn sequential_tcp_reads_read_ahead_within_the_segment() {
     let node = unique_node("ahead");
     let w = start(tiers.config(&node, 64 * MIB, 64 * MIB), &ufs).await;
     let f = ufs.file("seq");
-    let mut sock = TcpStream::connect(w.data_addr()).await.unwrap();
+    let mut sock = open_data(&w).await;
     for (offset, length) in [(0, MIB), (MIB, 3 * MIB)] {
         let req = ReadRequest {
             file: f.clone(),

@@ -150,3 +150,31 @@ pub async fn read_all(w: &RunningWorker, f: &FileRef) -> Vec<u8> {
     let parts = w.store().read_range(f, 0, f.size).await.unwrap();
     parts.iter().flat_map(|b| b.iter().copied()).collect()
 }
+
+/// A data-plane connection that has presented the worker's cluster token.
+pub async fn open_data(w: &RunningWorker) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(w.data_addr()).await.unwrap();
+    shoal_worker::wire::write_hello(&mut sock, w.cluster_token())
+        .await
+        .unwrap();
+    let n = shoal_worker::wire::read_response_head(&mut sock)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "hello accepted");
+    sock
+}
+
+/// A gRPC client with the worker's cluster token.
+pub async fn grpc(
+    w: &RunningWorker,
+) -> shoal_proto::v1::worker_service_client::WorkerServiceClient<shoal_common::auth::AuthChannel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", w.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    shoal_proto::v1::worker_service_client::WorkerServiceClient::new(
+        shoal_common::auth::with_token(ch, Some(w.cluster_token())),
+    )
+}

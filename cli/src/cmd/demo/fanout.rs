@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use shoal_common::auth::AuthChannel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
-use tonic::transport::Channel;
 
 use crate::connect;
 
@@ -32,12 +32,15 @@ tasks:
     )
 }
 
-pub async fn runner(addr: &str) -> anyhow::Result<RunnerServiceClient<Channel>> {
+pub async fn runner(
+    addr: &str,
+    token: &shoal_common::auth::Token,
+) -> anyhow::Result<RunnerServiceClient<AuthChannel>> {
     let ch = connect::endpoint(addr)?
         .connect()
         .await
         .with_context(|| format!("connect to the embedded runner at {addr}"))?;
-    Ok(RunnerServiceClient::new(ch).max_decoding_message_size(64 << 20))
+    Ok(connect::runner_client(ch, Some(token)).max_decoding_message_size(64 << 20))
 }
 
 fn is_final(s: i32) -> bool {
@@ -49,7 +52,7 @@ fn is_final(s: i32) -> bool {
 
 /// Submits the job; returns its id.
 pub async fn submit(
-    c: &mut RunnerServiceClient<Channel>,
+    c: &mut RunnerServiceClient<AuthChannel>,
     dataset: &str,
     instances: u32,
 ) -> anyhow::Result<String> {
@@ -69,7 +72,7 @@ pub async fn submit(
 /// Follows the job until it ends; returns how long it took from `started` (the time of
 /// submission) and fails with the first failed instance's stderr if it did not succeed.
 pub async fn wait(
-    c: &mut RunnerServiceClient<Channel>,
+    c: &mut RunnerServiceClient<AuthChannel>,
     id: &str,
     started: Instant,
 ) -> anyhow::Result<Duration> {
@@ -98,7 +101,7 @@ pub async fn wait(
 }
 
 /// Why the job failed: the first failed instance's reason and the tail of its stderr.
-async fn failure(c: &mut RunnerServiceClient<Channel>, id: &str) -> anyhow::Error {
+async fn failure(c: &mut RunnerServiceClient<AuthChannel>, id: &str) -> anyhow::Error {
     let job = match c
         .get_job(pb::GetJobRequest {
             id: id.to_owned(),
@@ -153,8 +156,8 @@ async fn failure(c: &mut RunnerServiceClient<Channel>, id: &str) -> anyhow::Erro
 
 /// Cancels the job and waits (bounded) until no instance runs, so that nothing holds
 /// files open on the mount when it is unmounted.
-pub async fn cancel(addr: &str, id: &str) {
-    let Ok(mut c) = runner(addr).await else {
+pub async fn cancel(addr: &str, token: &shoal_common::auth::Token, id: &str) {
+    let Ok(mut c) = runner(addr, token).await else {
         return;
     };
     let _ = tokio::time::timeout(

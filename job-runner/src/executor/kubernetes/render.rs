@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, NodeAffinity, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, Pod, PodSpec, PreferredSchedulingTerm, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, KeyToPath, NodeAffinity,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSpec,
+    PreferredSchedulingTerm, Probe, ResourceRequirements, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -76,12 +77,17 @@ pub struct PodSettings {
     pub node_label: String,
     pub affinity_weight: i32,
     pub worker_cache_path: Option<PathBuf>,
+    /// Secret with the cluster token (key `cluster.token`), for the sidecar only.
+    pub cluster_token_secret: Option<String>,
     pub image_pull_policy: Option<String>,
     pub sidecar_cpu_millis: u64,
     pub sidecar_memory_bytes: u64,
     /// Pod termination grace period (the runner's kill grace).
     pub grace: Duration,
 }
+
+/// Where the sidecar finds the cluster token Secret.
+pub const CLUSTER_TOKEN_DIR: &str = "/var/run/shoal/cluster-token";
 
 /// The Pod of one attempt.
 pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
@@ -215,6 +221,33 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
             ..Default::default()
         });
     }
+    let mut sidecar_command = vec!["shoal".to_owned(), "mount".to_owned()];
+    if let Some(secret) = &s.cluster_token_secret {
+        volumes.push(Volume {
+            name: "cluster-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(0o400),
+                items: Some(vec![KeyToPath {
+                    key: "cluster.token".into(),
+                    path: "cluster.token".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        sidecar_mounts.push(VolumeMount {
+            name: "cluster-token".into(),
+            mount_path: CLUSTER_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        sidecar_command.push("--cluster-token-file".into());
+        sidecar_command.push(format!("{CLUSTER_TOKEN_DIR}/cluster.token"));
+    }
+    sidecar_command.push("--allow-other".into());
+    sidecar_command.push(mount_root.to_owned());
     init_containers.push(Container {
         name: SIDECAR_CONTAINER.into(),
         image: Some(s.sidecar_image.clone()),
@@ -222,12 +255,7 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         // A native sidecar: started before `job`, stopped after it, and not counted
         // when the Pod's phase is decided.
         restart_policy: Some("Always".into()),
-        command: Some(vec![
-            "shoal".into(),
-            "mount".into(),
-            "--allow-other".into(),
-            mount_root.to_owned(),
-        ]),
+        command: Some(sidecar_command),
         env: Some(vec![
             plain_env("SHOAL_MASTER", &s.master),
             EnvVar {
