@@ -404,6 +404,7 @@ impl ShoalClient {
 
     async fn read_ufs(&self, ds: &DatasetHandle, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
+        shoal_common::ufs::check_confined(&ds.operator, &file.path)?;
         let fut = ds.operator.read_with(&file.path).range(a..b);
         let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await

@@ -102,6 +102,8 @@ pub struct RunnerToml {
     /// Longest wait for the node holding most of an instance's input.
     #[serde(default, with = "opt_duration")]
     pub locality_wait: Option<std::time::Duration>,
+    /// The unprivileged user a root runner starts instances as.
+    pub run_as: Option<String>,
 }
 
 /// One executor node of the runner.

@@ -207,6 +207,9 @@ pub struct RunnerConfig {
     pub locality_wait: Duration,
     /// Options of the Kubernetes executor (used with [`ExecutorKind::Kubernetes`]).
     pub kubernetes: crate::executor::kubernetes::KubernetesConfig,
+    /// The unprivileged user (name or uid) the local executor starts commands as. Needs
+    /// a root runner; `None` runs them as the runner's own user.
+    pub run_as: Option<String>,
 }
 
 impl RunnerConfig {
@@ -229,6 +232,7 @@ impl RunnerConfig {
             schedule_interval: Duration::from_secs(1),
             locality_wait: Duration::from_secs(3),
             kubernetes: Default::default(),
+            run_as: None,
         }
     }
 

@@ -75,12 +75,14 @@ impl RunnerServer {
             Some(s) => s,
             None => Box::new(SqliteJobStore::open(&cfg.data_dir)?),
         };
+        let run_as = crate::executor::run_as::for_runner(&cfg)?;
         let executor: Arc<dyn Executor> = match plugins.executor {
             Some(e) => e,
             None => match cfg.executor {
-                ExecutorKind::Local => {
-                    Arc::new(LocalExecutor::new(tokio::runtime::Handle::current()))
-                }
+                ExecutorKind::Local => Arc::new(
+                    LocalExecutor::new(tokio::runtime::Handle::current())
+                        .with_run_as(run_as.clone()),
+                ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
                 ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
             },
@@ -92,12 +94,11 @@ impl RunnerServer {
         {
             (Some(m), _, _) => m,
             (None, Some(master), Some(program)) => {
-                let m = Arc::new(ManagedMount::new(
-                    &cfg.mount_root,
-                    master,
-                    program,
-                    &cfg.name,
-                ));
+                let m = Arc::new(
+                    ManagedMount::new(&cfg.mount_root, master, program, &cfg.name)
+                        // Instances run as another user than the mount's.
+                        .with_allow_other(run_as.is_some()),
+                );
                 m.ensure().await?;
                 supervised = Some(m.clone());
                 m

@@ -70,6 +70,10 @@ pub struct RunnerArgs {
     /// Label of this runner's metrics series [default: runner].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Start instances as this unprivileged user (name or uid). Needs a root runner;
+    /// their working and log dirs (0700) are given to the user [default: the runner's user].
+    #[arg(long, env = "SHOAL_RUNNER_RUN_AS", value_name = "USER")]
+    run_as: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -94,6 +98,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         locality_wait,
         executor,
         name,
+        run_as,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -162,6 +167,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     if let Some(n) = name {
         cfg.name = n;
     }
+    cfg.run_as = run_as.or_else(|| f.run_as.clone());
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(
             std::env::current_exe().context("find the shoal binary to run `shoal mount` with")?,

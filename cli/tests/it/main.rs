@@ -5,6 +5,8 @@
 mod dataset;
 mod demo;
 mod mount;
+mod paths;
 mod prewarm;
 mod runner_mount;
+mod secrets;
 mod support;

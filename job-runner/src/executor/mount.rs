@@ -30,6 +30,7 @@ pub struct ManagedMount {
     program: PathBuf,
     healthy: AtomicBool,
     restarts: metrics::Counter,
+    allow_other: bool,
 }
 
 impl ManagedMount {
@@ -40,7 +41,14 @@ impl ManagedMount {
             program: program.to_path_buf(),
             healthy: AtomicBool::new(false),
             restarts: metrics::counter!("shoal_runner_mount_restarts_total", "runner" => runner.to_owned()),
+            allow_other: false,
         }
+    }
+
+    /// Mounts with `--allow-other`, for instances that run as another user.
+    pub fn with_allow_other(mut self, yes: bool) -> Self {
+        self.allow_other = yes;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -70,8 +78,12 @@ impl ManagedMount {
         }
         std::fs::create_dir_all(&self.root)
             .map_err(|e| Error::io(format!("create mount root {}", self.root.display()), e))?;
-        let out = tokio::process::Command::new(&self.program)
-            .arg("mount")
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("mount");
+        if self.allow_other {
+            cmd.arg("--allow-other");
+        }
+        let out = cmd
             .arg("--master")
             .arg(&self.master)
             .arg("--background")
