@@ -65,7 +65,8 @@ struct Inner {
 impl ShoalClient {
     /// Connects to the master and fetches the worker set.
     pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
-        let master = shoal_worker::server::master_client(&cfg.master, cfg.rpc_timeout)?;
+        let master =
+            shoal_worker::server::master_client_with(&cfg.master, cfg.rpc_timeout, &cfg.tls)?;
         let set = fetch_worker_set(&master, cfg.rpc_timeout)
             .await
             .map_err(|e| {
@@ -84,7 +85,8 @@ impl ShoalClient {
                 .time_to_live(cfg.attr_ttl.max(Duration::from_millis(1)))
                 .build(),
             datasets: Mutex::new(HashMap::new()),
-            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout),
+            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout)
+                .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
             } else {

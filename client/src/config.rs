@@ -31,6 +31,9 @@ pub struct ClientConfig {
     /// Data-plane requests in flight for one large read (readahead across blocks and
     /// workers).
     pub read_parallelism: usize,
+    /// With a CA (`--ca`), the master and the workers' data planes are reached over
+    /// TLS, trusting that CA only.
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl ClientConfig {
@@ -48,6 +51,7 @@ impl ClientConfig {
             short_circuit: true,
             local_buffer_bytes: 64 << 20,
             read_parallelism: 4,
+            tls: Default::default(),
         }
     }
 }

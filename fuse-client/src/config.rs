@@ -68,6 +68,8 @@ pub struct MountConfig {
     pub write_concurrency: usize,
     /// The `mount` label of this mount's metrics.
     pub name: String,
+    /// With a CA (`--ca`), the master and workers are reached over TLS.
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl MountConfig {
@@ -96,6 +98,7 @@ impl MountConfig {
             data_timeout: Duration::from_secs(30),
             write_chunk_bytes: 8 << 20,
             write_concurrency: 4,
+            tls: Default::default(),
         }
     }
 

@@ -210,6 +210,9 @@ pub struct RunnerConfig {
     /// The unprivileged user (name or uid) the local executor starts commands as. Needs
     /// a root runner; `None` runs them as the runner's own user.
     pub run_as: Option<String>,
+    /// TLS of the gRPC listener (`cert`/`key`) and of the calls to the master, the
+    /// workers and the managed mount's (`ca`).
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl RunnerConfig {
@@ -233,6 +236,7 @@ impl RunnerConfig {
             locality_wait: Duration::from_secs(3),
             kubernetes: Default::default(),
             run_as: None,
+            tls: Default::default(),
         }
     }
 
@@ -244,6 +248,7 @@ impl RunnerConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.nodes.is_empty() {
             return Err(Error::invalid(
                 "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",

@@ -97,7 +97,8 @@ impl RunnerServer {
                 let m = Arc::new(
                     ManagedMount::new(&cfg.mount_root, master, program, &cfg.name)
                         // Instances run as another user than the mount's.
-                        .with_allow_other(run_as.is_some()),
+                        .with_allow_other(run_as.is_some())
+                        .with_ca(cfg.tls.ca.clone()),
                 );
                 m.ensure().await?;
                 supervised = Some(m.clone());
@@ -106,7 +107,11 @@ impl RunnerServer {
             _ => Arc::new(MountRoot(cfg.mount_root.clone())),
         };
         let link = match &cfg.master {
-            Some(addr) => Some(Arc::new(ClusterLink::new(addr, cfg.master_timeout)?)),
+            Some(addr) => Some(Arc::new(ClusterLink::new(
+                addr,
+                cfg.master_timeout,
+                &cfg.tls,
+            )?)),
             None => None,
         };
         let rt = tokio::runtime::Handle::current();
@@ -164,12 +169,13 @@ impl RunnerServer {
             tasks.push(m.supervise(cancel.clone()));
         }
         let c = cancel.clone();
+        let mut server = cfg.tls.server_builder()?;
         let grpc = tokio::spawn(async move {
             // Without TCP_NODELAY a response written in two pieces waits for the
             // client's delayed ACK: about 40 ms per call.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
                 .await;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_common::block::BlockLayout;
+use shoal_common::tls::TlsConfig;
 use shoal_common::ufs::UfsTuning;
 use shoal_common::{Error, Result};
 
@@ -27,6 +28,8 @@ pub struct MasterConfig {
     pub ufs: UfsTuning,
     /// Concurrency bounds of prewarm jobs.
     pub load: LoadLimits,
+    /// TLS of the gRPC listener (`cert`/`key`) and of the master's calls to workers (`ca`).
+    pub tls: TlsConfig,
 }
 
 impl MasterConfig {
@@ -41,10 +44,12 @@ impl MasterConfig {
             layout: BlockLayout::default(),
             ufs: UfsTuning::default(),
             load: LoadLimits::default(),
+            tls: TlsConfig::default(),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.heartbeat_interval.is_zero() || self.worker_expiry < self.heartbeat_interval * 2 {
             return Err(Error::invalid(format!(
                 "worker expiry ({:?}) must be at least twice the heartbeat interval ({:?})",

@@ -52,11 +52,15 @@ pub fn is_final(state: i32) -> bool {
 }
 
 impl LoadJobs {
-    pub fn new(limits: LoadLimits, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        limits: LoadLimits,
+        shutdown: CancellationToken,
+        tls: shoal_common::tls::TlsConfig,
+    ) -> Self {
         LoadJobs {
             active: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
-            workers: WorkerClients::new(limits),
+            workers: WorkerClients::new(limits, tls),
             shutdown,
         }
     }

@@ -115,6 +115,9 @@ pub struct WorkerConfig {
     pub rpc_timeout: Duration,
     /// Block geometry used standalone; with a master, the master's layout wins.
     pub layout: BlockLayout,
+    /// TLS of the gRPC and data-plane listeners (`cert`/`key`) and of the calls to the
+    /// master (`ca`).
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl WorkerConfig {
@@ -143,6 +146,7 @@ impl WorkerConfig {
             ufs_parallelism: DEFAULT_UFS_PARALLELISM,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             layout: BlockLayout::default(),
+            tls: Default::default(),
         }
     }
 
@@ -218,6 +222,7 @@ impl WorkerConfig {
 
     /// Checks everything that can be checked without touching the disk.
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.node.is_empty() {
             return Err(Error::invalid("the node name is empty; pass --node NAME"));
         }

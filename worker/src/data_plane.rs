@@ -1,11 +1,14 @@
 //! The framed-TCP data-plane server ([`crate::wire`] protocol): one task per
 //! connection, requests served one after another, block slices written straight from
-//! the cache's buffers.
+//! the cache's buffers. With a TLS acceptor (`--tls-cert`/`--tls-key`) every
+//! connection is TLS; the handshake runs in the connection's task, bounded by
+//! [`HANDSHAKE_TIMEOUT`].
 
 use std::net::SocketAddr;
 
+use shoal_common::tls::{HANDSHAKE_TIMEOUT, TlsAcceptor};
 use shoal_common::{Error, Result};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +17,12 @@ use crate::store::BlockStore;
 use crate::wire::{self, MAX_READ_LEN};
 
 /// Accepts connections until `cancel` fires, then drops every connection.
-pub async fn serve(listener: TcpListener, store: BlockStore, cancel: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    store: BlockStore,
+    cancel: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -23,10 +31,11 @@ pub async fn serve(listener: TcpListener, store: BlockStore, cancel: Cancellatio
                 Ok((sock, peer)) => {
                     let store = store.clone();
                     let c = cancel.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
                         tokio::select! {
                             _ = c.cancelled() => {}
-                            r = serve_connection(sock, &store) => {
+                            r = serve_connection(sock, &store, tls.as_ref()) => {
                                 if let Err(e) = r {
                                     tracing::debug!(%peer, error = %e, "data-plane connection closed");
                                 }
@@ -45,9 +54,34 @@ pub async fn serve(listener: TcpListener, store: BlockStore, cancel: Cancellatio
     conns.shutdown().await;
 }
 
-async fn serve_connection(sock: TcpStream, store: &BlockStore) -> std::io::Result<()> {
+async fn serve_connection(
+    sock: TcpStream,
+    store: &BlockStore,
+    tls: Option<&TlsAcceptor>,
+) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let (rd, mut wr) = sock.into_split();
+    match tls {
+        None => {
+            let (rd, wr) = sock.into_split();
+            serve_stream(rd, wr, store).await
+        }
+        Some(acceptor) => {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            let (rd, wr) = tokio::io::split(stream);
+            serve_stream(rd, wr, store).await
+        }
+    }
+}
+
+async fn serve_stream<R, W>(rd: R, mut wr: W, store: &BlockStore) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut rd = BufReader::new(rd);
     let mut readahead = Readahead::default();
     let mut prev_end = None;

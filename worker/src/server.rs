@@ -9,6 +9,7 @@ use std::time::Duration;
 use opendal::Operator;
 use shoal_common::ids::DatasetId;
 use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
@@ -16,7 +17,7 @@ use shoal_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::data_plane;
@@ -41,19 +42,20 @@ pub struct RunningWorker {
     metrics: MetricsServer,
 }
 
-/// Connects lazily to the master with connect and request deadlines.
+/// Connects lazily to the master with connect and request deadlines, in plain text.
 pub fn master_client(addr: &str, timeout: Duration) -> Result<MasterServiceClient<Channel>> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let ep = Endpoint::from_shared(uri)
-        .map_err(|e| {
-            Error::invalid(format!(
-                "invalid master address `{addr}`: {e}; use HOST:PORT"
-            ))
-        })?
+    master_client_with(addr, timeout, &TlsConfig::default())
+}
+
+/// [`master_client`] over TLS when `tls` has a CA.
+pub fn master_client_with(
+    addr: &str,
+    timeout: Duration,
+    tls: &TlsConfig,
+) -> Result<MasterServiceClient<Channel>> {
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| e.context("master address"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     Ok(MasterServiceClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20))
@@ -65,7 +67,7 @@ impl WorkerServer {
         let master = cfg
             .master
             .as_deref()
-            .map(|a| master_client(a, cfg.rpc_timeout))
+            .map(|a| master_client_with(a, cfg.rpc_timeout, &cfg.tls))
             .transpose()?;
         // The master's block geometry wins: every client and worker must agree on it.
         let layout = match &master {
@@ -128,11 +130,13 @@ impl WorkerServer {
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
         let c = cancel.clone();
+        let mut server = cfg.tls.server_builder()?;
+        let data_tls = cfg.tls.acceptor()?;
         tasks.push(tokio::spawn(async move {
             // Without TCP_NODELAY every small unary response waits out delayed ACKs (~40 ms).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
                 .await;
@@ -144,6 +148,7 @@ impl WorkerServer {
             data_listener,
             store.clone(),
             cancel.clone(),
+            data_tls,
         )));
 
         let info = WorkerIdentity {

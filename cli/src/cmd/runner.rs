@@ -168,6 +168,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.name = n;
     }
     cfg.run_as = run_as.or_else(|| f.run_as.clone());
+    cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(
             std::env::current_exe().context("find the shoal binary to run `shoal mount` with")?,
@@ -223,6 +224,7 @@ mod tests {
         let ctx = Context {
             file: ConfigFile::parse(file)?,
             output: crate::output::OutputFormat::Table,
+            tls: Default::default(),
         };
         let cli =
             Cli::try_parse_from(std::iter::once("shoal-runner").chain(flags.iter().copied()))?;

@@ -84,7 +84,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| ctx.file.worker.master.clone())
         .or_else(|| ctx.file.client.master.clone())
         .or_else(|| Some(connect::DEFAULT_MASTER.to_owned()));
-    let cfg = WorkerConfig::resolve(
+    let mut cfg = WorkerConfig::resolve(
         WorkerArgs {
             master,
             node: a.node,
@@ -98,6 +98,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         },
         &ctx.file.worker,
     )?;
+    cfg.tls = ctx.tls.clone();
     let w = WorkerServer::start(cfg).await?;
     eprintln!(
         "shoal worker `{}` serving data on {} (gRPC {}, metrics {})",

@@ -10,3 +10,4 @@ mod prewarm;
 mod runner_mount;
 mod secrets;
 mod support;
+mod tls;

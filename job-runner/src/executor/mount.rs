@@ -31,6 +31,7 @@ pub struct ManagedMount {
     healthy: AtomicBool,
     restarts: metrics::Counter,
     allow_other: bool,
+    ca: Option<PathBuf>,
 }
 
 impl ManagedMount {
@@ -42,7 +43,14 @@ impl ManagedMount {
             healthy: AtomicBool::new(false),
             restarts: metrics::counter!("shoal_runner_mount_restarts_total", "runner" => runner.to_owned()),
             allow_other: false,
+            ca: None,
         }
+    }
+
+    /// Connects the mount to the master over TLS, trusting `ca` (`--ca`).
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+        self.ca = ca;
+        self
     }
 
     /// Mounts with `--allow-other`, for instances that run as another user.
@@ -82,6 +90,9 @@ impl ManagedMount {
         cmd.arg("mount");
         if self.allow_other {
             cmd.arg("--allow-other");
+        }
+        if let Some(ca) = &self.ca {
+            cmd.arg("--ca").arg(ca);
         }
         let out = cmd
             .arg("--master")

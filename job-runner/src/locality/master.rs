@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use shoal_common::ids::normalize_dataset_path;
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
@@ -26,16 +27,12 @@ pub struct ClusterLink {
     master_addr: String,
     timeout: Duration,
     workers: Mutex<HashMap<String, WorkerServiceClient<Channel>>>,
+    tls: TlsConfig,
 }
 
-fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)
-        .map_err(|e| Error::invalid(format!("invalid address `{addr}`: {e}")))?
+fn endpoint(addr: &str, timeout: Duration, tls: &TlsConfig) -> Result<Endpoint> {
+    Ok(tls
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .timeout(timeout))
 }
@@ -44,13 +41,14 @@ impl ClusterLink {
     /// A link to the master at `addr` (`HOST:PORT`). Connects lazily, so a runner
     /// starts even while the master is down; every call has `timeout`. Must be called
     /// inside a tokio runtime.
-    pub fn new(addr: &str, timeout: Duration) -> Result<ClusterLink> {
-        let channel = endpoint(addr, timeout)?.connect_lazy();
+    pub fn new(addr: &str, timeout: Duration, tls: &TlsConfig) -> Result<ClusterLink> {
+        let channel = endpoint(addr, timeout, tls)?.connect_lazy();
         Ok(ClusterLink {
             master: MasterServiceClient::new(channel).max_decoding_message_size(64 << 20),
             master_addr: addr.to_owned(),
             timeout,
             workers: Mutex::new(HashMap::new()),
+            tls: tls.clone(),
         })
     }
 
@@ -172,7 +170,7 @@ impl ClusterLink {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c = WorkerServiceClient::new(endpoint(addr, self.timeout)?.connect_lazy())
+        let c = WorkerServiceClient::new(endpoint(addr, self.timeout, &self.tls)?.connect_lazy())
             .max_decoding_message_size(64 << 20);
         m.insert(addr.to_owned(), c.clone());
         Ok(c)

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_proto::v1::{LoadSegmentRequest, LoadSegmentResponse};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How hard a load job may push.
 #[derive(Clone, Copy, Debug)]
@@ -41,13 +42,15 @@ struct Worker {
 pub struct WorkerClients {
     limits: LoadLimits,
     by_id: Mutex<HashMap<String, Arc<Worker>>>,
+    tls: TlsConfig,
 }
 
 impl WorkerClients {
-    pub fn new(limits: LoadLimits) -> Self {
+    pub fn new(limits: LoadLimits, tls: TlsConfig) -> Self {
         WorkerClients {
             limits,
             by_id: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -65,8 +68,9 @@ impl WorkerClients {
         {
             return Ok(w.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::internal(format!("bad worker address `{addr}`: {e}")))?
+        let ep = self
+            .tls
+            .endpoint(addr)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.limits.segment_timeout);
         // A worker that restarted keeps its id but not its slots: fresh semaphore.
