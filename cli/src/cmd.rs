@@ -20,4 +20,6 @@ use crate::output::OutputFormat;
 pub struct Context {
     pub file: ConfigFile,
     pub output: OutputFormat,
+    /// `--tls-cert`/`--tls-key`/`--ca` > `[tls]` in the file.
+    pub tls: shoal_common::tls::TlsConfig,
 }

@@ -1,10 +1,11 @@
 //! Finding and connecting to the master (and later the runner), with the error a user
 //! can act on when it is not there.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use shoal_common::auth::{AuthChannel, Token, with_token};
+use shoal_common::tls::TlsConfig;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
 use tonic::transport::Endpoint;
@@ -20,16 +21,35 @@ pub fn master_addr(ctx: &Context, flag: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_MASTER.to_owned())
 }
 
+/// The TLS settings of this command's connections (`--ca`), set once by `main`.
+static TLS: OnceLock<TlsConfig> = OnceLock::new();
+
+pub fn set_tls(tls: TlsConfig) {
+    let _ = TLS.set(tls);
+}
+
+pub fn tls() -> TlsConfig {
+    TLS.get().cloned().unwrap_or_default()
+}
+
 pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid address `{addr}`; use HOST:PORT"))?
+    Ok(tls()
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(600)))
+}
+
+/// The message for a server that cannot be reached: the cause, then the TLS fix when
+/// the cause is a TLS mismatch, else `otherwise`.
+pub fn unreachable(
+    what: &str,
+    addr: &str,
+    e: &tonic::transport::Error,
+    otherwise: &str,
+) -> anyhow::Error {
+    let cause = transport_cause(e);
+    let fix = shoal_common::tls::hint(&cause, &tls()).unwrap_or(otherwise);
+    anyhow::anyhow!("cannot reach the {what} at {addr} ({cause}); {fix}")
 }
 
 /// The master at `--master` (or the config/default), with the caller's token.
@@ -54,9 +74,11 @@ pub async fn master(
     token: Option<&Token>,
 ) -> anyhow::Result<MasterServiceClient<AuthChannel>> {
     let ch = endpoint(addr)?.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the master at {addr} ({}); start one with `shoal master` or `shoal up`, or set --master/SHOAL_MASTER",
-            transport_cause(&e)
+        unreachable(
+            "master",
+            addr,
+            &e,
+            "start one with `shoal master` or `shoal up`, or set --master/SHOAL_MASTER",
         )
     })?;
     Ok(MasterServiceClient::new(with_token(ch, token))
@@ -66,7 +88,7 @@ pub async fn master(
 
 /// The innermost cause of a transport error ("Connection refused"), which is the part a
 /// user can act on.
-fn transport_cause(e: &tonic::transport::Error) -> String {
+pub fn transport_cause(e: &tonic::transport::Error) -> String {
     let mut cur: &dyn std::error::Error = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -75,8 +97,27 @@ fn transport_cause(e: &tonic::transport::Error) -> String {
 }
 
 /// Turns a gRPC status into an error whose text is the server's message, plus how to
-/// fix it when the call was refused.
+/// fix it when the call was refused, or when it failed on a TLS mismatch (a lazily
+/// connected channel reports that on the first call rather than at connect).
 pub fn status(s: tonic::Status) -> anyhow::Error {
+    if matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+    ) {
+        let mut text = s.message().to_owned();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&s);
+        while let Some(c) = cur {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cur = c.source();
+        }
+        if let Some(fix) = shoal_common::tls::hint(&text, &tls()) {
+            return anyhow::anyhow!("{text}; {fix}");
+        }
+    }
     let e = shoal_common::Error::from(s);
     match &e {
         shoal_common::Error::Unauthenticated(m) => anyhow::anyhow!(

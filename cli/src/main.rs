@@ -34,6 +34,18 @@ struct Cli {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
 
+    /// Servers: serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, global = true, env = "SHOAL_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+
+    /// Servers: the PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "SHOAL_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+
+    /// Connect over TLS, trusting this PEM CA certificate (servers started with --tls-cert).
+    #[arg(long, global = true, env = "SHOAL_CA", value_name = "PEM")]
+    ca: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -118,9 +130,24 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let file = shoal_common::config::ConfigFile::load(cli.config.as_deref())?;
+    let tls = shoal_common::tls::TlsConfig {
+        cert: cli
+            .tls_cert
+            .or_else(|| file.tls.cert.as_ref().map(PathBuf::from)),
+        key: cli
+            .tls_key
+            .or_else(|| file.tls.key.as_ref().map(PathBuf::from)),
+        ca: cli.ca.or_else(|| file.tls.ca.as_ref().map(PathBuf::from)),
+    };
+    tls.validate()?;
+    // `up` and `demo` talk to the plain-text cluster they embed.
+    if !matches!(cli.command, Command::Up(_) | Command::Demo(_)) {
+        connect::set_tls(tls.clone());
+    }
     let ctx = cmd::Context {
         file,
         output: cli.output,
+        tls,
     };
     match cli.command {
         Command::Master(a) => cmd::master::run(&ctx, a).await,

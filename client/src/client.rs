@@ -65,8 +65,12 @@ struct Inner {
 impl ShoalClient {
     /// Connects to the master and fetches the worker set.
     pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
-        let master =
-            shoal_worker::server::master_client(&cfg.master, cfg.rpc_timeout, cfg.token.as_ref())?;
+        let master = shoal_worker::server::master_client_with(
+            &cfg.master,
+            cfg.rpc_timeout,
+            &cfg.tls,
+            cfg.token.as_ref(),
+        )?;
         let set = fetch_worker_set(&master, cfg.rpc_timeout)
             .await
             .map_err(|e| {
@@ -85,7 +89,8 @@ impl ShoalClient {
                 .time_to_live(cfg.attr_ttl.max(Duration::from_millis(1)))
                 .build(),
             datasets: Mutex::new(HashMap::new()),
-            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone()),
+            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone())
+                .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
             } else {
@@ -405,6 +410,7 @@ impl ShoalClient {
 
     async fn read_ufs(&self, ds: &DatasetHandle, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
+        shoal_common::ufs::check_confined(&ds.operator, &file.path)?;
         let fut = ds.operator.read_with(&file.path).range(a..b);
         let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await

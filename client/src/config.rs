@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// Presented to the master and to workers: the cluster token (mounts, the
     /// runner) or an admin token (`shoal cat`).
     pub token: Option<shoal_common::auth::Token>,
+    /// With a CA (`--ca`), the master and the workers' data planes are reached over
+    /// TLS, trusting that CA only.
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl ClientConfig {
@@ -52,6 +55,7 @@ impl ClientConfig {
             local_buffer_bytes: 64 << 20,
             read_parallelism: 4,
             token: None,
+            tls: Default::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`DataPlaneClient`]: the client side of the framed-TCP data plane
 //! (`shoal_worker::wire`), with a small pool of reusable connections per worker and a
-//! deadline on every request.
+//! deadline on every request. With a TLS connector (a client `--ca`) every connection
+//! is TLS, checked against the worker's address.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,15 +9,20 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use shoal_common::auth::Token;
+use shoal_common::tls::TlsConnector;
 use shoal_common::{Error, Result};
 use shoal_worker::wire::{self, ReadRequest};
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per worker address.
 const POOL_PER_WORKER: usize = 8;
 
-type Conn = BufReader<TcpStream>;
+/// A plain or TLS connection to a worker.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+type Conn = BufReader<Box<dyn Stream>>;
 
 pub struct DataPlaneClient {
     pool: Mutex<HashMap<String, Vec<Conn>>>,
@@ -24,6 +30,7 @@ pub struct DataPlaneClient {
     request_timeout: Duration,
     /// Sent in the opening frame of every connection.
     token: Option<Token>,
+    tls: Option<TlsConnector>,
 }
 
 impl DataPlaneClient {
@@ -38,7 +45,14 @@ impl DataPlaneClient {
             connect_timeout,
             request_timeout,
             token,
+            tls: None,
         }
+    }
+
+    /// Connects over TLS with `tls` (see `shoal_common::tls::TlsConfig::connector`).
+    pub fn with_tls(mut self, tls: Option<TlsConnector>) -> DataPlaneClient {
+        self.tls = tls;
+        self
     }
 
     /// Reads `req` from the worker at `addr`. Transport failures are `Unavailable`;
@@ -78,7 +92,28 @@ impl DataPlaneClient {
             .map_err(|e| Error::unavailable(format!("connect to worker {addr}: {e}")))?;
         sock.set_nodelay(true)
             .map_err(|e| Error::unavailable(format!("configure socket to {addr}: {e}")))?;
-        let mut conn = BufReader::with_capacity(64 << 10, sock);
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(sock),
+            Some(tls) => {
+                let name = shoal_common::tls::server_name(addr)?;
+                let s = tokio::time::timeout(self.connect_timeout, tls.connect(name, sock))
+                    .await
+                    .map_err(|_| {
+                        Error::unavailable(format!("TLS handshake with worker {addr} timed out"))
+                    })?
+                    .map_err(|e| {
+                        let hint = shoal_common::tls::hint(
+                            &e.to_string(),
+                            &shoal_common::tls::TlsConfig::default(),
+                        )
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default();
+                        Error::unavailable(format!("TLS handshake with worker {addr}: {e}{hint}"))
+                    })?;
+                Box::new(s)
+            }
+        };
+        let mut conn = BufReader::with_capacity(64 << 10, stream);
         self.hello(&mut conn)
             .await
             .map_err(|e| e.context(format!("data plane {addr}")))?;

@@ -30,6 +30,20 @@ pub struct ConfigFile {
     pub runner: RunnerToml,
     #[serde(default)]
     pub mount: MountToml,
+    #[serde(default)]
+    pub tls: TlsToml,
+}
+
+/// `[tls]`: PEM files; see `crate::tls::TlsConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsToml {
+    /// Certificate chain the servers of this process present (with `key`).
+    pub cert: Option<String>,
+    /// Private key of `cert`.
+    pub key: Option<String>,
+    /// CA that clients trust; set, every connection uses TLS.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +126,8 @@ pub struct RunnerToml {
     /// Longest wait for the node holding most of an instance's input.
     #[serde(default, with = "opt_duration")]
     pub locality_wait: Option<std::time::Duration>,
+    /// The unprivileged user a root runner starts instances as.
+    pub run_as: Option<String>,
 }
 
 /// One executor node of the runner.

@@ -11,6 +11,8 @@
 //! - [`config`]: the TOML file and the flag > env > file > default precedence.
 //! - [`error`]: [`Error`], aligned with gRPC codes.
 //! - [`telemetry`]: tracing and the Prometheus `/metrics` endpoint.
+//! - [`tls`]: [`tls::TlsConfig`], optional TLS on every listener and connection.
+//! - [`secret`]: keeps dataset credentials out of every log line.
 //! - [`auth`]: tokens (stored hashed), identities, the cluster secret.
 //!
 //! ```
@@ -35,9 +37,11 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod placement;
+pub mod secret;
 pub mod size;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod ufs;
 
 pub use error::{Error, Result};

@@ -25,7 +25,8 @@ pub fn init_tracing() {
             .unwrap_or_else(|_| "warn,shoal=info,shoal_master=info,shoal_worker=info,shoal_client=info,shoal_fuse=info,shoal_job_runner=info".into());
         let _ = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
+            // Dataset credentials are scrubbed from every line, whoever logged it.
+            .with_writer(crate::secret::RedactingStderr)
             .with_target(false)
             .try_init();
     });

@@ -3,7 +3,8 @@
 //!
 //! Supported URIs: `s3://bucket[/prefix]`, `file:///absolute/path`, `memory://`.
 //! Options are opendal's own configuration keys for the service (DESIGN.md §6). Every
-//! operator is wrapped in opendal's retry, timeout and logging layers.
+//! operator is wrapped in opendal's retry, timeout and logging layers; its credentials
+//! are registered with [`crate::secret`] first, so no log line can show them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use opendal::Operator;
 use opendal::layers::{LoggingLayer, RetryLayer, TimeoutLayer};
 
 use crate::error::{Error, Result};
+use crate::secret::UfsLog;
 
 /// Which object store or file system a dataset lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +176,7 @@ pub fn build_operator(
     options: &BTreeMap<String, String>,
     tuning: &UfsTuning,
 ) -> Result<Operator> {
+    crate::secret::register_options(options);
     let parsed = UfsUri::parse(uri)?;
     let allowed = parsed.scheme.allowed_options();
     for k in options.keys() {
@@ -214,9 +217,41 @@ pub fn build_operator(
                 .with_jitter()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(Duration::from_secs(2))
-                .with_max_times(tuning.max_retries),
+                .with_max_times(tuning.max_retries)
+                .with_notify(UfsLog),
         )
-        .layer(LoggingLayer::default()))
+        .layer(LoggingLayer::new(UfsLog)))
+}
+
+/// For a local directory (`file://`) dataset: refuses `path` when its real location,
+/// with symbolic links resolved, is outside the dataset's root (a link inside the
+/// directory pointing elsewhere). A path that does not exist yet (a file being
+/// created) is judged by its deepest existing parent. Other stores have no links.
+pub fn check_confined(op: &Operator, path: &str) -> Result<()> {
+    let info = op.info();
+    if info.scheme() != "fs" {
+        return Ok(());
+    }
+    let root = std::path::PathBuf::from(info.root());
+    let Ok(real_root) = std::fs::canonicalize(&root) else {
+        return Ok(());
+    };
+    let mut p = root.join(path.trim_start_matches('/'));
+    loop {
+        match std::fs::canonicalize(&p) {
+            Ok(real) if real.starts_with(&real_root) => return Ok(()),
+            Ok(_) => {
+                return Err(Error::PermissionDenied(format!(
+                    "`{path}` leads outside the dataset through a symbolic link; shoal does not follow links out of a file:// dataset"
+                )));
+            }
+            Err(_) => {
+                if !p.pop() || !p.starts_with(&root) {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// opendal's fs service creates a missing root on demand; a dataset over a directory
@@ -270,7 +305,7 @@ pub fn ufs_error(e: &opendal::Error, context: &str, options: &BTreeMap<String, S
                 d.push_str(&s);
             }
         }
-        redact(&d.replace('\n', " "), options)
+        crate::secret::redact_known(&redact(&d.replace('\n', " "), options))
     };
     let lower = detail.to_ascii_lowercase();
     match e.kind() {

@@ -71,6 +71,8 @@ pub struct MountConfig {
     /// The cluster token, presented to the master and workers (default none: every
     /// call is refused until one is set).
     pub token: Option<shoal_common::auth::Token>,
+    /// With a CA (`--ca`), the master and workers are reached over TLS.
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl MountConfig {
@@ -100,6 +102,7 @@ impl MountConfig {
             write_chunk_bytes: 8 << 20,
             write_concurrency: 4,
             token: None,
+            tls: Default::default(),
         }
     }
 

@@ -278,7 +278,13 @@ pub fn time_of(ms: i64) -> SystemTime {
 /// A name from the kernel as a dataset path component.
 pub fn component(name: &OsStr) -> Result<&str, Errno> {
     let s = name.to_str().ok_or(Errno::EINVAL)?;
-    if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.contains('\\') {
+    if s.is_empty()
+        || s == "."
+        || s == ".."
+        || s.contains('/')
+        || s.contains('\\')
+        || s.contains('\0')
+    {
         return Err(Errno::EINVAL);
     }
     if s.len() > 255 {

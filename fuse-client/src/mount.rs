@@ -45,6 +45,7 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
     ccfg.rpc_timeout = cfg.rpc_timeout;
     ccfg.data_timeout = cfg.data_timeout;
     ccfg.token = cfg.token.clone();
+    ccfg.tls = cfg.tls.clone();
     let client = ShoalClient::connect(ccfg).await?;
     let meta = Metadata::new(
         client.master(),

@@ -219,6 +219,12 @@ pub struct RunnerConfig {
     /// Owner tokens this runner accepts without asking a master (a standalone runner:
     /// tests, benchmarks). With a master, owner tokens are verified by the master.
     pub local_tokens: Vec<(shoal_common::auth::Token, shoal_common::auth::Identity)>,
+    /// The unprivileged user (name or uid) the local executor starts commands as. Needs
+    /// a root runner; `None` runs them as the runner's own user.
+    pub run_as: Option<String>,
+    /// TLS of the gRPC listener (`cert`/`key`) and of the calls to the master, the
+    /// workers and the managed mount's (`ca`).
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl RunnerConfig {
@@ -244,6 +250,8 @@ impl RunnerConfig {
             cluster_token: shoal_common::auth::Token::generate(),
             cluster_token_file: None,
             local_tokens: Vec::new(),
+            run_as: None,
+            tls: Default::default(),
         }
     }
 
@@ -255,6 +263,7 @@ impl RunnerConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.nodes.is_empty() {
             return Err(Error::invalid(
                 "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",

@@ -18,6 +18,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod mount;
 pub mod noop;
+pub mod run_as;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -77,12 +77,14 @@ impl RunnerServer {
             Some(s) => s,
             None => Box::new(SqliteJobStore::open(&cfg.data_dir)?),
         };
+        let run_as = crate::executor::run_as::for_runner(&cfg)?;
         let executor: Arc<dyn Executor> = match plugins.executor {
             Some(e) => e,
             None => match cfg.executor {
-                ExecutorKind::Local => {
-                    Arc::new(LocalExecutor::new(tokio::runtime::Handle::current()))
-                }
+                ExecutorKind::Local => Arc::new(
+                    LocalExecutor::new(tokio::runtime::Handle::current())
+                        .with_run_as(run_as.clone()),
+                ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
                 ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
             },
@@ -99,13 +101,12 @@ impl RunnerServer {
                         "the runner keeps a FUSE mount but has no cluster token file to give it (--cluster-token-file)",
                     )
                 })?;
-                let m = Arc::new(ManagedMount::new(
-                    &cfg.mount_root,
-                    master,
-                    program,
-                    token_file,
-                    &cfg.name,
-                ));
+                let m = Arc::new(
+                    ManagedMount::new(&cfg.mount_root, master, program, token_file, &cfg.name)
+                        // Instances run as another user than the mount's.
+                        .with_allow_other(run_as.is_some())
+                        .with_ca(cfg.tls.ca.clone()),
+                );
                 m.ensure().await?;
                 supervised = Some(m.clone());
                 m
@@ -117,6 +118,7 @@ impl RunnerServer {
                 addr,
                 cfg.master_timeout,
                 &cfg.cluster_token,
+                &cfg.tls,
             )?)),
             None => None,
         };
@@ -185,12 +187,13 @@ impl RunnerServer {
             tasks.push(m.supervise(cancel.clone()));
         }
         let c = cancel.clone();
+        let server = cfg.tls.server_builder()?;
         let grpc = tokio::spawn(async move {
             // Without TCP_NODELAY a response written in two pieces waits for the
             // client's delayed ACK: about 40 ms per call.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .layer(AuthLayer::new(verifier))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use shoal_common::ids::{DatasetId, normalize_dataset_path, validate_dataset_name};
 use shoal_common::time::now_ms;
-use shoal_common::ufs::{UfsTuning, build_operator, check_reachable, ufs_error};
+use shoal_common::ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
 use shoal_common::{Error, Result};
 use tracing::{info, instrument, warn};
 
@@ -223,6 +223,11 @@ impl Catalog {
                 }
             };
             let meta = entry.metadata();
+            // A symbolic link in a file:// dataset that leads outside it is not served.
+            if let Err(e) = check_confined(&op, &path) {
+                warn!(dataset = %d.name, path = %path, error = %e, "skipping entry");
+                continue;
+            }
             add_ancestors(&path, &mut dirs, &mut batch);
             if meta.is_dir() {
                 if dirs.insert(path.clone()) {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_common::block::BlockLayout;
+use shoal_common::tls::TlsConfig;
 use shoal_common::ufs::UfsTuning;
 use shoal_common::{Error, Result};
 
@@ -30,6 +31,8 @@ pub struct MasterConfig {
     /// The cluster token workers, mounts and the runner present. `None`: the one in
     /// `DATA_DIR/cluster.token`, created (0600) on first start.
     pub cluster_token: Option<shoal_common::auth::Token>,
+    /// TLS of the gRPC listener (`cert`/`key`) and of the master's calls to workers (`ca`).
+    pub tls: TlsConfig,
 }
 
 impl MasterConfig {
@@ -45,10 +48,12 @@ impl MasterConfig {
             ufs: UfsTuning::default(),
             load: LoadLimits::default(),
             cluster_token: None,
+            tls: TlsConfig::default(),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.heartbeat_interval.is_zero() || self.worker_expiry < self.heartbeat_interval * 2 {
             return Err(Error::invalid(format!(
                 "worker expiry ({:?}) must be at least twice the heartbeat interval ({:?})",

@@ -57,11 +57,12 @@ impl LoadJobs {
         limits: LoadLimits,
         token: Option<shoal_common::auth::Token>,
         shutdown: CancellationToken,
+        tls: shoal_common::tls::TlsConfig,
     ) -> Self {
         LoadJobs {
             active: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
-            workers: WorkerClients::new(limits, token),
+            workers: WorkerClients::new(limits, token, tls),
             shutdown,
         }
     }

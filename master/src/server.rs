@@ -60,7 +60,12 @@ impl MasterServer {
         let state = Arc::new(MasterState {
             catalog,
             members,
-            loads: LoadJobs::new(cfg.load, Some(cluster_token.clone()), cancel.clone()),
+            loads: LoadJobs::new(
+                cfg.load,
+                Some(cluster_token.clone()),
+                cancel.clone(),
+                cfg.tls.clone(),
+            ),
             heartbeat_interval: cfg.heartbeat_interval,
             access: access.clone(),
         });
@@ -90,11 +95,12 @@ impl MasterServer {
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
         let c = cancel.clone();
+        let server = cfg.tls.server_builder()?;
         tasks.push(tokio::spawn(async move {
             // Without TCP_NODELAY every small unary response waits out delayed ACKs (~40 ms).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .layer(AuthLayer::new(Arc::new(MasterVerifier(access))))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())

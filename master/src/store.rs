@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use shoal_common::Result;
 use shoal_common::ids::DatasetId;
+use shoal_common::secret::DebugOptions;
 
 /// Where a dataset's metadata sync stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +41,8 @@ impl Phase {
 }
 
 /// A dataset as stored, credentials included. Never sent to users as is: see
-/// `handler::dataset::to_proto`, which drops secret options.
-#[derive(Clone, Debug)]
+/// `handler::dataset::to_proto`, which drops secret options. Its `Debug` hides them.
+#[derive(Clone)]
 pub struct DatasetRecord {
     pub id: DatasetId,
     pub name: String,
@@ -59,13 +60,43 @@ pub struct DatasetRecord {
     pub sync_gen: i64,
 }
 
-/// What a new dataset is created from.
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for DatasetRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("options", &DebugOptions(&self.options))
+            .field("read_write", &self.read_write)
+            .field("phase", &self.phase)
+            .field("message", &self.message)
+            .field("file_count", &self.file_count)
+            .field("total_bytes", &self.total_bytes)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("refreshed_at_ms", &self.refreshed_at_ms)
+            .field("sync_gen", &self.sync_gen)
+            .finish()
+    }
+}
+
+/// What a new dataset is created from. Its `Debug` hides credentials.
+#[derive(Clone)]
 pub struct NewDataset {
     pub name: String,
     pub uri: String,
     pub options: BTreeMap<String, String>,
     pub read_write: bool,
+}
+
+impl std::fmt::Debug for NewDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDataset")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("options", &DebugOptions(&self.options))
+            .field("read_write", &self.read_write)
+            .finish()
+    }
 }
 
 /// One entry of a dataset's namespace: a file, or a directory (explicit in the UFS or

@@ -40,7 +40,7 @@ pub mod wait;
 pub use cluster::{Cluster, ClusterSpec};
 pub use dataset::{DatasetBuilder, DatasetFile, DirListing, GeneratedDataset};
 pub use link::{LinkProfile, LinkProxy};
-pub use process::TestProcess;
+pub use process::{TestProcess, forbid_in_logs, forbidden_in};
 pub use s3::{S3Fixture, S3FixtureConfig, S3Response};
 pub use wait::{try_wait_for, wait_for, wait_until};
 

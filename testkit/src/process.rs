@@ -2,6 +2,11 @@
 //! its output goes to a log file whose tail ends up in failure messages, and it is
 //! killed and reaped when the handle drops (also while a test unwinds from a panic),
 //! or when the test process itself dies (`PR_SET_PDEATHSIG`).
+//!
+//! Secret hygiene for the whole suite: every S3 fixture registers its secret key
+//! ([`forbid_in_logs`]), and every `TestProcess` (a `shoal` server, mount or command)
+//! checks its whole log for those keys when it drops and fails the test if one is
+//! there. Only the store itself (moto) is exempt ([`TestProcess::may_log_secrets`]).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -22,6 +27,34 @@ pub struct TestProcess {
     child: Child,
     exit: Option<ExitStatus>,
     log: NamedTempFile,
+    may_log_secrets: bool,
+}
+
+fn forbidden() -> &'static Mutex<Vec<String>> {
+    static FORBIDDEN: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    FORBIDDEN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Registers a value (a fixture's secret key) that no `TestProcess` log may contain.
+pub fn forbid_in_logs(value: &str) {
+    if let Ok(mut f) = forbidden().lock()
+        && !f.iter().any(|v| v == value)
+    {
+        f.push(value.to_owned());
+    }
+}
+
+/// The forbidden values `text` contains.
+pub fn forbidden_in(text: &str) -> Vec<String> {
+    forbidden()
+        .lock()
+        .map(|f| {
+            f.iter()
+                .filter(|v| text.contains(v.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl TestProcess {
@@ -67,7 +100,25 @@ impl TestProcess {
             child,
             exit: None,
             log,
+            may_log_secrets: false,
         })
+    }
+
+    /// Exempts this process from the secret check: the object store fixture itself.
+    pub fn may_log_secrets(&mut self) {
+        self.may_log_secrets = true;
+    }
+
+    /// Panics if the log so far contains a registered secret ([`forbid_in_logs`]).
+    pub fn assert_log_free_of_secrets(&self) {
+        let leaked = forbidden_in(&self.log_contents());
+        assert!(
+            leaked.is_empty(),
+            "the log of {} ({}) contains {} secret key(s) of the S3 fixture",
+            self.name,
+            self.log.path().display(),
+            leaked.len()
+        );
     }
 
     pub fn name(&self) -> &str {
@@ -158,6 +209,9 @@ impl TestProcess {
 impl Drop for TestProcess {
     fn drop(&mut self) {
         self.kill();
+        if !self.may_log_secrets && !std::thread::panicking() {
+            self.assert_log_free_of_secrets();
+        }
     }
 }
 

@@ -130,6 +130,8 @@ impl S3Fixture {
             Ok(k) => k,
             Err(e) => return Err(moto::failure(&mut process, &e.to_string())),
         };
+        // No log of a shoal process may ever show it (checked when each drops).
+        crate::process::forbid_in_logs(&key.secret_access_key);
         let endpoint = format!("http://127.0.0.1:{port}");
         let options = s3_options(&endpoint, &config.region, &key);
         let operator = build_operator(

@@ -122,6 +122,9 @@ pub struct WorkerConfig {
     /// The cluster token: presented to the master, and accepted from the master, the
     /// runner and mounts. Owner tokens are checked with the master.
     pub cluster_token: Token,
+    /// TLS of the gRPC and data-plane listeners (`cert`/`key`) and of the calls to the
+    /// master (`ca`).
+    pub tls: shoal_common::tls::TlsConfig,
 }
 
 impl WorkerConfig {
@@ -152,6 +155,7 @@ impl WorkerConfig {
             layout: BlockLayout::default(),
             // Standalone: a fresh token nobody else knows until the caller shares it.
             cluster_token: Token::generate(),
+            tls: Default::default(),
         }
     }
 
@@ -232,6 +236,7 @@ impl WorkerConfig {
 
     /// Checks everything that can be checked without touching the disk.
     pub fn validate(&self) -> Result<()> {
+        self.tls.validate()?;
         if self.node.is_empty() {
             return Err(Error::invalid("the node name is empty; pass --node NAME"));
         }

@@ -1,14 +1,17 @@
 //! The framed-TCP data-plane server ([`crate::wire`] protocol): one task per
 //! connection, requests served one after another, block slices written straight from
-//! the cache's buffers.
+//! the cache's buffers. With a TLS acceptor (`--tls-cert`/`--tls-key`) every
+//! connection is TLS; the handshake runs in the connection's task, bounded by
+//! [`HANDSHAKE_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_common::auth::Verifier;
+use shoal_common::tls::{HANDSHAKE_TIMEOUT, TlsAcceptor};
 use shoal_common::{Error, Result};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +29,7 @@ pub async fn serve(
     store: BlockStore,
     verifier: Arc<dyn Verifier>,
     cancel: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -36,10 +40,11 @@ pub async fn serve(
                     let store = store.clone();
                     let c = cancel.clone();
                     let v = verifier.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
                         tokio::select! {
                             _ = c.cancelled() => {}
-                            r = serve_connection(sock, &store, v.as_ref()) => {
+                            r = serve_connection(sock, &store, v.as_ref(), tls.as_ref()) => {
                                 if let Err(e) = r {
                                     tracing::debug!(%peer, error = %e, "data-plane connection closed");
                                 }
@@ -62,9 +67,36 @@ async fn serve_connection(
     sock: TcpStream,
     store: &BlockStore,
     verifier: &dyn Verifier,
+    tls: Option<&TlsAcceptor>,
 ) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let (rd, mut wr) = sock.into_split();
+    match tls {
+        None => {
+            let (rd, wr) = sock.into_split();
+            serve_stream(rd, wr, store, verifier).await
+        }
+        Some(acceptor) => {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            let (rd, wr) = tokio::io::split(stream);
+            serve_stream(rd, wr, store, verifier).await
+        }
+    }
+}
+
+async fn serve_stream<R, W>(
+    rd: R,
+    mut wr: W,
+    store: &BlockStore,
+    verifier: &dyn Verifier,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut rd = BufReader::new(rd);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_hello(&mut rd))
         .await

@@ -10,6 +10,7 @@ use opendal::Operator;
 use shoal_common::auth::{AuthChannel, AuthLayer, Token, with_token};
 use shoal_common::ids::DatasetId;
 use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
@@ -17,7 +18,6 @@ use shoal_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use crate::config::WorkerConfig;
 use crate::data_plane;
@@ -43,24 +43,27 @@ pub struct RunningWorker {
     metrics: MetricsServer,
 }
 
-/// Connects lazily to the master with connect and request deadlines; every call
-/// carries `token` (the cluster token for cluster members, an owner token for tools).
+/// Connects lazily to the master with connect and request deadlines, in plain text;
+/// every call carries `token` (the cluster token for cluster members, an owner token
+/// for tools).
 pub fn master_client(
     addr: &str,
     timeout: Duration,
     token: Option<&Token>,
 ) -> Result<MasterServiceClient<AuthChannel>> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let ep = Endpoint::from_shared(uri)
-        .map_err(|e| {
-            Error::invalid(format!(
-                "invalid master address `{addr}`: {e}; use HOST:PORT"
-            ))
-        })?
+    master_client_with(addr, timeout, &TlsConfig::default(), token)
+}
+
+/// [`master_client`] over TLS when `tls` has a CA.
+pub fn master_client_with(
+    addr: &str,
+    timeout: Duration,
+    tls: &TlsConfig,
+    token: Option<&Token>,
+) -> Result<MasterServiceClient<AuthChannel>> {
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| e.context("master address"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     Ok(
@@ -75,7 +78,7 @@ impl WorkerServer {
         let master = cfg
             .master
             .as_deref()
-            .map(|a| master_client(a, cfg.rpc_timeout, Some(&cfg.cluster_token)))
+            .map(|a| master_client_with(a, cfg.rpc_timeout, &cfg.tls, Some(&cfg.cluster_token)))
             .transpose()?;
         let verifier = crate::auth::verifier(&cfg.cluster_token, master.as_ref());
         // The master's block geometry wins: every client and worker must agree on it.
@@ -140,11 +143,13 @@ impl WorkerServer {
         .max_encoding_message_size(16 << 20);
         let c = cancel.clone();
         let grpc_verifier = verifier.clone();
+        let server = cfg.tls.server_builder()?;
+        let data_tls = cfg.tls.acceptor()?;
         tasks.push(tokio::spawn(async move {
             // Without TCP_NODELAY every small unary response waits out delayed ACKs (~40 ms).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .layer(AuthLayer::new(grpc_verifier))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, c.cancelled())
@@ -158,6 +163,7 @@ impl WorkerServer {
             store.clone(),
             verifier,
             cancel.clone(),
+            data_tls,
         )));
 
         let info = WorkerIdentity {

@@ -516,6 +516,7 @@ impl Inner {
         len: u64,
     ) -> Result<Bytes> {
         let op = self.datasets.operator(&file).await?;
+        shoal_common::ufs::check_confined(&op, &file.path)?;
         let range = self.layout.block_range(file.size, id.index);
         self.m.ufs_read_requests.increment(1);
         let buf = op

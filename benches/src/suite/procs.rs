@@ -90,6 +90,7 @@ impl WorkerProc {
         node: &str,
         tier: &Path,
         quota: u64,
+        cluster_token_file: &Path,
     ) -> Result<WorkerProc> {
         let mut cmd = Command::new(bin);
         cmd.args(["worker", "--master", master, "--node", node])
@@ -105,6 +106,8 @@ impl WorkerProc {
                 "--heartbeat-interval",
                 "200ms",
             ])
+            .arg("--cluster-token-file")
+            .arg(cluster_token_file)
             .env("RUST_LOG", "warn");
         let mut proc = TestProcess::spawn("shoal worker", cmd)?;
         let deadline = Instant::now() + READY;
@@ -177,7 +180,13 @@ pub struct MountProc {
 impl MountProc {
     /// Mounts `dataset` on a fresh directory as node `node` (the worker's node, so
     /// cached blocks are read from its tier files) and waits until the mount answers.
-    pub async fn start(bin: &Path, master: &str, node: &str, dataset: &str) -> Result<MountProc> {
+    pub async fn start(
+        bin: &Path,
+        master: &str,
+        node: &str,
+        dataset: &str,
+        cluster_token_file: &Path,
+    ) -> Result<MountProc> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-bench-mnt-")
             .tempdir()
@@ -190,6 +199,8 @@ impl MountProc {
         cmd.arg("mount")
             .arg(&dir)
             .args(["--master", master, "--node", node, "--dataset", dataset])
+            .arg("--cluster-token-file")
+            .arg(cluster_token_file)
             .env("RUST_LOG", "warn");
         let proc = TestProcess::spawn("shoal mount", cmd)?;
         let mut m = MountProc {

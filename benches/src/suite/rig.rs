@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shoal_common::auth::AuthChannel;
 use shoal_common::{Error, Result};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{LinkProfile, LinkProxy, S3Fixture};
-use tonic::transport::Channel;
 
 use super::procs::{MountProc, WorkerProc};
 
@@ -27,7 +27,9 @@ pub struct Rig {
     master: RunningMaster,
     pub worker: WorkerProc,
     bin: PathBuf,
-    client: MasterServiceClient<Channel>,
+    client: MasterServiceClient<AuthChannel>,
+    /// The master's `cluster.token`, handed to the worker and mount processes.
+    token_file: PathBuf,
     _master_dir: tempfile::TempDir,
     _tier: tempfile::TempDir,
 }
@@ -45,8 +47,15 @@ impl Rig {
         let addr = master.grpc_addr.to_string();
         let tier = tempfile::tempdir_in(shm()).map_err(|e| Error::io("create tier dir", e))?;
         let node = format!("bench-{}", master.grpc_addr.port());
-        let worker = WorkerProc::start(bin, &addr, &node, tier.path(), mem_quota).await?;
-        let mut client = shoal_worker::server::master_client(&addr, Duration::from_secs(900))?;
+        // The worker and mount processes present the cluster token the master wrote.
+        let token_file = master_dir.path().join("cluster.token");
+        let worker =
+            WorkerProc::start(bin, &addr, &node, tier.path(), mem_quota, &token_file).await?;
+        let admin = master.bootstrap_admin.clone().ok_or_else(|| {
+            Error::internal("a fresh master issued no admin token for the benchmark")
+        })?;
+        let mut client =
+            shoal_worker::server::master_client(&addr, Duration::from_secs(900), Some(&admin))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let set = client
@@ -69,6 +78,7 @@ impl Rig {
             worker,
             bin: bin.to_owned(),
             client,
+            token_file,
             _master_dir: master_dir,
             _tier: tier,
         })
@@ -99,7 +109,14 @@ impl Rig {
 
     /// Mounts `dataset` (its files at the mount's root) on the worker's node.
     pub async fn mount(&self, dataset: &str) -> Result<MountProc> {
-        MountProc::start(&self.bin, &self.master_addr(), &self.worker.node, dataset).await
+        MountProc::start(
+            &self.bin,
+            &self.master_addr(),
+            &self.worker.node,
+            dataset,
+            &self.token_file,
+        )
+        .await
     }
 
     /// Prewarms `paths` of `dataset` (all of it when empty) and waits for the end;
@@ -117,7 +134,7 @@ impl Rig {
 /// Prewarms `paths` of `dataset` (all of it when empty) through `master` and follows
 /// the job to its end; an unsuccessful end is an error. Returns (job, seconds).
 pub async fn prewarm(
-    master: &mut MasterServiceClient<Channel>,
+    master: &mut MasterServiceClient<AuthChannel>,
     dataset: &str,
     paths: &[&str],
 ) -> Result<(pb::LoadJob, f64)> {

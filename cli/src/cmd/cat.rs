@@ -68,6 +68,7 @@ async fn client(ctx: &Context, f: &ClientFlags) -> anyhow::Result<ShoalClient> {
                 .map(|h| h.trim().to_owned())
         });
     cfg.name = "cli".into();
+    cfg.tls = ctx.tls.clone();
     ShoalClient::connect(cfg).await.map_err(|e| {
         anyhow::anyhow!(
             "{e}; start a master with `shoal master` or `shoal up`, or set --master/SHOAL_MASTER"

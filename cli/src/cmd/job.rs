@@ -111,12 +111,11 @@ pub fn runner_addr(ctx: &Context, flag: Option<&str>) -> String {
 async fn client(ctx: &Context, r: &RunnerFlag) -> anyhow::Result<RunnerServiceClient<AuthChannel>> {
     let addr = runner_addr(ctx, r.runner.as_deref());
     let ch = connect::endpoint(&addr)?.connect().await.map_err(|e| {
-        let mut cur: &dyn std::error::Error = &e;
-        while let Some(next) = cur.source() {
-            cur = next;
-        }
-        anyhow::anyhow!(
-            "cannot reach the runner at {addr} ({cur}); start one with `shoal runner` or `shoal up`, or set --runner/SHOAL_RUNNER"
+        connect::unreachable(
+            "runner",
+            &addr,
+            &e,
+            "start one with `shoal runner` or `shoal up`, or set --runner/SHOAL_RUNNER",
         )
     })?;
     let token = crate::auth::user_token(ctx)?;

@@ -91,6 +91,7 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(3),
     );
+    cfg.tls = ctx.tls.clone();
     cfg.validate()?;
     Ok(cfg)
 }

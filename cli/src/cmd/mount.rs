@@ -132,6 +132,7 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     cfg.passthrough = !a.no_passthrough;
     cfg.direct_io = a.direct_io;
     cfg.allow_other = a.allow_other;
+    cfg.tls = ctx.tls.clone();
     if a.read_only {
         cfg.read_only = Some(true);
     }

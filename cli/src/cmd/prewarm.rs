@@ -170,6 +170,9 @@ async fn start(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_file_list(p)?,
         None => vec![],
     };
+    for p in &a.paths {
+        shoal_common::ids::normalize_dataset_path(p).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
+    }
     let mut c = connect::user_master(ctx, a.m.master.as_deref()).await?;
     let job = c
         .start_load(StartLoadRequest {

@@ -73,6 +73,10 @@ pub struct RunnerArgs {
     /// Label of this runner's metrics series [default: runner].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Start instances as this unprivileged user (name or uid). Needs a root runner;
+    /// their working and log dirs (0700) are given to the user [default: the runner's user].
+    #[arg(long, env = "SHOAL_RUNNER_RUN_AS", value_name = "USER")]
+    run_as: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -98,6 +102,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         locality_wait,
         executor,
         name,
+        run_as,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -177,6 +182,8 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     if let Some(n) = name {
         cfg.name = n;
     }
+    cfg.run_as = run_as.or_else(|| f.run_as.clone());
+    cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(
             std::env::current_exe().context("find the shoal binary to run `shoal mount` with")?,
@@ -232,6 +239,7 @@ mod tests {
         let ctx = Context {
             file: ConfigFile::parse(file)?,
             output: crate::output::OutputFormat::Table,
+            tls: Default::default(),
         };
         let cli =
             Cli::try_parse_from(std::iter::once("shoal-runner").chain(flags.iter().copied()))?;

@@ -95,7 +95,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         false,
     )?
     .ok_or_else(|| anyhow::anyhow!(crate::auth::NO_CLUSTER_TOKEN))?;
-    let cfg = WorkerConfig::resolve(
+    let mut cfg = WorkerConfig::resolve(
         WorkerArgs {
             master,
             node: a.node,
@@ -110,6 +110,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         },
         &ctx.file.worker,
     )?;
+    cfg.tls = ctx.tls.clone();
     let w = WorkerServer::start(cfg).await?;
     eprintln!(
         "shoal worker `{}` serving data on {} (gRPC {}, metrics {})",

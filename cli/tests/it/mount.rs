@@ -13,9 +13,9 @@ use shoal_testkit::{TestProcess, wait_until};
 use crate::support::{MasterProcess, SHOAL, shoal};
 
 /// Detaches the mount at `path` and kills `pid` when dropped, whatever happened.
-struct MountedProcess {
-    path: PathBuf,
-    pid: Option<u32>,
+pub(crate) struct MountedProcess {
+    pub(crate) path: PathBuf,
+    pub(crate) pid: Option<u32>,
 }
 
 impl Drop for MountedProcess {
@@ -32,7 +32,7 @@ impl Drop for MountedProcess {
     }
 }
 
-fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let p = path.to_string_lossy();
     info.lines()
@@ -61,7 +61,7 @@ async fn setup() -> (MasterProcess, tempfile::TempDir, tempfile::TempDir) {
     (master, data, ufs)
 }
 
-fn mountpoint() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn mountpoint() -> (tempfile::TempDir, PathBuf) {
     let dir = shoal_testkit::temp_dir("climnt");
     let path = dir.path().canonicalize().unwrap();
     (dir, path)
@@ -117,7 +117,7 @@ async fn background_mount_then_umount_leaves_no_mount_and_no_process() {
     drop(guard);
 }
 
-fn spawn_foreground(master: &str, mp: &Path) -> TestProcess {
+pub(crate) fn spawn_foreground(master: &str, mp: &Path) -> TestProcess {
     let mut cmd = Command::new(SHOAL);
     cmd.arg("mount")
         .arg(mp)
@@ -127,7 +127,7 @@ fn spawn_foreground(master: &str, mp: &Path) -> TestProcess {
     TestProcess::spawn("shoal mount", cmd).unwrap()
 }
 
-async fn wait_mounted(p: &mut TestProcess, mp: &Path) {
+pub(crate) async fn wait_mounted(p: &mut TestProcess, mp: &Path) {
     let mp = mp.to_path_buf();
     wait_until(Duration::from_secs(30), "shoal mount to be live", || {
         let running = p.is_running();

@@ -71,17 +71,30 @@ pub fn auth_env(cmd: &mut Command, master: &str) {
 
 /// Runs `shoal ARGS` against `master` and waits for it to finish.
 pub fn shoal(master: &str, args: &[&str]) -> Outcome {
+    shoal_env(master, args, &[])
+}
+
+/// [`shoal`] with extra environment variables. Whatever the command prints is checked
+/// for the S3 fixtures' secret keys, which no output may ever contain.
+pub fn shoal_env(master: &str, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut cmd = Command::new(SHOAL);
     cmd.args(args)
         .env("SHOAL_MASTER", master)
         .env_remove("SHOAL_CONFIG");
     auth_env(&mut cmd, master);
-    let out = cmd.output().expect("run shoal");
-    Outcome {
+    let out = cmd.envs(env.iter().copied()).output().expect("run shoal");
+    let o = Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    let leaked = shoal_testkit::forbidden_in(&format!("{}{}", o.stdout, o.stderr));
+    assert!(
+        leaked.is_empty(),
+        "`shoal {}` printed an S3 fixture's secret key",
+        args.first().copied().unwrap_or("")
+    );
+    o
 }
 
 /// `shoal master` as a real child process on an ephemeral port.
@@ -92,7 +105,12 @@ pub struct MasterProcess {
 
 impl MasterProcess {
     pub async fn start(data_dir: &Path) -> MasterProcess {
+        MasterProcess::start_with_env(data_dir, &[]).await
+    }
+
+    pub async fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> MasterProcess {
         let mut cmd = Command::new(SHOAL);
+        cmd.envs(env.iter().copied());
         cmd.args([
             "master",
             "--listen",

@@ -211,6 +211,7 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
 
 async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error> {
     let ds = fs.client.dataset(&h.dataset.name).await?;
+    shoal_common::ufs::check_confined(&ds.operator, &h.key.path)?;
     let fut = ds
         .operator
         .writer_with(&h.key.path)
@@ -258,6 +259,12 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
             .await
             .map(|r| r.map(drop)),
         None => match fs.client.dataset(ds).await {
+            Ok(d) if shoal_common::ufs::check_confined(&d.operator, &h.key.path).is_err() => {
+                Ok(Err(opendal::Error::new(
+                    opendal::ErrorKind::PermissionDenied,
+                    "the path leads outside the dataset through a symbolic link",
+                )))
+            }
             Ok(d) => tokio::time::timeout(
                 fs.cfg.data_timeout,
                 d.operator.write(&h.key.path, Vec::<u8>::new()),

@@ -18,6 +18,10 @@
 //!
 //! When an attempt ends, whatever is left in its process group is SIGKILLed, so an
 //! instance never leaks background processes.
+//!
+//! With a [`RunAs`] user (`--run-as`, for a root runner), the instance's working dir,
+//! log dir and input list belong to that user and the wrapper and command run with its
+//! uid and gid (no supplementary groups), with `HOME`, `USER` and `LOGNAME` set to it.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -32,11 +36,22 @@ use shoal_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::run_as::RunAs;
 use super::{Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
     r#"trap : TERM INT HUP; echo $$ > "$0.pid"; "$@"; c=$?; echo $c > "$0.exit"; exit $c"#;
 const ADOPT_POLL: Duration = Duration::from_millis(100);
+
+/// Credentials of the runner itself that instances never inherit from its environment
+/// (a spec may still set them in its own `env`).
+const NOT_INHERITED: &[&str] = &[
+    "SHOAL_TOKEN",
+    "SHOAL_TLS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
 
 /// One attempt the executor watches.
 struct Live {
@@ -50,6 +65,7 @@ pub struct LocalExecutor {
     rt: tokio::runtime::Handle,
     cancel: CancellationToken,
     live: Arc<Mutex<HashMap<AttemptKey, Arc<Live>>>>,
+    run_as: Option<RunAs>,
 }
 
 impl LocalExecutor {
@@ -59,7 +75,14 @@ impl LocalExecutor {
             rt,
             cancel: CancellationToken::new(),
             live: Arc::new(Mutex::new(HashMap::new())),
+            run_as: None,
         }
+    }
+
+    /// Starts every command as `user` (the runner must be root).
+    pub fn with_run_as(mut self, user: Option<RunAs>) -> Self {
+        self.run_as = user;
+        self
     }
 
     fn register(&self, key: AttemptKey, pgid: i32) -> Arc<Live> {
@@ -92,6 +115,22 @@ fn private_dir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| Error::io(format!("create {}", p.display()), e))?;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("chmod {}", p.display()), e))
+}
+
+/// Makes the three directories above an instance's dir (`work/JOB/TASK` or
+/// `logs/JOB/TASK`, see [`super::Layout`]) searchable by the run-as user whatever the
+/// runner's umask; they hold nothing but the per-instance dirs, which stay 0700.
+fn searchable_parents(dir: &Path) -> Result<()> {
+    for p in dir.ancestors().skip(1).take(3) {
+        let meta =
+            std::fs::metadata(p).map_err(|e| Error::io(format!("stat {}", p.display()), e))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode((mode | 0o711) & 0o7777))
+                .map_err(|e| Error::io(format!("chmod {}", p.display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 fn private_file(p: &Path) -> Result<std::fs::File> {
@@ -138,6 +177,26 @@ impl Executor for LocalExecutor {
         let stderr = private_file(&l.files.stderr)?;
         let prefix = l.files.exit_file.with_extension("");
         let mut cmd = tokio::process::Command::new("/bin/sh");
+        if let Some(u) = &self.run_as {
+            // The wrapper writes its pid and exit files into the log dir.
+            u.chown(&l.work_dir)?;
+            searchable_parents(&l.work_dir)?;
+            if let Some(d) = l.files.stdout.parent() {
+                u.chown(d)?;
+                searchable_parents(d)?;
+            }
+            if let Some(list) = &l.input_list {
+                u.chown(&list.path)?;
+            }
+            cmd.uid(u.uid)
+                .gid(u.gid)
+                .env("HOME", &u.home)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
+        for k in NOT_INHERITED {
+            cmd.env_remove(k);
+        }
         cmd.arg("-c")
             .arg(WRAPPER)
             .arg(&prefix)

@@ -32,6 +32,8 @@ pub struct ManagedMount {
     token_file: PathBuf,
     healthy: AtomicBool,
     restarts: metrics::Counter,
+    allow_other: bool,
+    ca: Option<PathBuf>,
 }
 
 impl ManagedMount {
@@ -49,7 +51,21 @@ impl ManagedMount {
             token_file: token_file.to_path_buf(),
             healthy: AtomicBool::new(false),
             restarts: metrics::counter!("shoal_runner_mount_restarts_total", "runner" => runner.to_owned()),
+            allow_other: false,
+            ca: None,
         }
+    }
+
+    /// Connects the mount to the master over TLS, trusting `ca` (`--ca`).
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+        self.ca = ca;
+        self
+    }
+
+    /// Mounts with `--allow-other`, for instances that run as another user.
+    pub fn with_allow_other(mut self, yes: bool) -> Self {
+        self.allow_other = yes;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -79,8 +95,15 @@ impl ManagedMount {
         }
         std::fs::create_dir_all(&self.root)
             .map_err(|e| Error::io(format!("create mount root {}", self.root.display()), e))?;
-        let out = tokio::process::Command::new(&self.program)
-            .arg("mount")
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("mount");
+        if self.allow_other {
+            cmd.arg("--allow-other");
+        }
+        if let Some(ca) = &self.ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        let out = cmd
             .arg("--master")
             .arg(&self.master)
             .arg("--cluster-token-file")

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::ids::normalize_dataset_path;
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
@@ -29,16 +30,12 @@ pub struct ClusterLink {
     workers: Mutex<HashMap<String, WorkerServiceClient<AuthChannel>>>,
     /// The cluster token, on every call to the master and workers.
     token: Token,
+    tls: TlsConfig,
 }
 
-fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)
-        .map_err(|e| Error::invalid(format!("invalid address `{addr}`: {e}")))?
+fn endpoint(addr: &str, timeout: Duration, tls: &TlsConfig) -> Result<Endpoint> {
+    Ok(tls
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .timeout(timeout))
 }
@@ -47,14 +44,20 @@ impl ClusterLink {
     /// A link to the master at `addr` (`HOST:PORT`). Connects lazily, so a runner
     /// starts even while the master is down; every call has `timeout`. Must be called
     /// inside a tokio runtime.
-    pub fn new(addr: &str, timeout: Duration, token: &Token) -> Result<ClusterLink> {
-        let channel = with_token(endpoint(addr, timeout)?.connect_lazy(), Some(token));
+    pub fn new(
+        addr: &str,
+        timeout: Duration,
+        token: &Token,
+        tls: &TlsConfig,
+    ) -> Result<ClusterLink> {
+        let channel = with_token(endpoint(addr, timeout, tls)?.connect_lazy(), Some(token));
         Ok(ClusterLink {
             master: MasterServiceClient::new(channel).max_decoding_message_size(64 << 20),
             master_addr: addr.to_owned(),
             timeout,
             workers: Mutex::new(HashMap::new()),
             token: token.clone(),
+            tls: tls.clone(),
         })
     }
 
@@ -177,7 +180,7 @@ impl ClusterLink {
             return Ok(c.clone());
         }
         let ch = with_token(
-            endpoint(addr, self.timeout)?.connect_lazy(),
+            endpoint(addr, self.timeout, &self.tls)?.connect_lazy(),
             Some(&self.token),
         );
         let c = WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20);

@@ -547,7 +547,15 @@ impl Checker {
                 continue;
             }
             let value = match &v.value {
-                Value::Str(s) if !s.contains('\0') => s.clone(),
+                Value::Str(s) if s.contains('\0') => {
+                    self.push(
+                        v.loc,
+                        &p,
+                        "contains a NUL byte, which no environment variable can hold",
+                    );
+                    continue;
+                }
+                Value::Str(s) => s.clone(),
                 Value::Int(i) => i.to_string(),
                 Value::Float(f) => f.to_string(),
                 Value::Bool(b) => b.to_string(),

@@ -9,6 +9,7 @@ mod cancel;
 mod cluster;
 mod dag;
 mod deploy_config;
+mod hardening;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod locality;

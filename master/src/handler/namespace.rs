@@ -4,7 +4,7 @@
 
 use shoal_common::Error;
 use shoal_common::ids::normalize_dataset_path;
-use shoal_common::ufs::{build_operator, ufs_error};
+use shoal_common::ufs::{build_operator, check_confined, ufs_error};
 use shoal_proto::v1::{
     CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
     RenameFileRequest,
@@ -39,6 +39,13 @@ fn non_root(path: &str) -> Result<String, Error> {
     Ok(p)
 }
 
+/// [`non_root`], and for a file:// dataset not through a link out of it.
+fn confined(op: &opendal::Operator, path: &str) -> Result<String, Error> {
+    let p = non_root(path)?;
+    check_confined(op, &p)?;
+    Ok(p)
+}
+
 async fn stat_into_record(
     op: &opendal::Operator,
     d: &DatasetRecord,
@@ -62,7 +69,7 @@ async fn stat_into_record(
 
 pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = non_root(&r.path)?;
+    let path = confined(&op, &r.path)?;
     let rec = stat_into_record(&op, &d, &path).await?;
     s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
     info!(dataset = %d.name, path = %path, size = rec.size, "file committed");
@@ -71,7 +78,7 @@ pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, 
 
 pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathResponse, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = non_root(&r.path)?;
+    let path = confined(&op, &r.path)?;
     let store = s.catalog.store();
     let Some(rec) = store.lookup(d.id, &path).await? else {
         return Err(Error::not_found(format!("`{}/{path}` not found", d.name)).into());
@@ -106,7 +113,7 @@ pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathR
 
 pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = non_root(&r.path)?;
+    let path = confined(&op, &r.path)?;
     if let Some(existing) = s.catalog.store().lookup(d.id, &path).await? {
         return Err(Error::AlreadyExists(format!(
             "`{path}` already exists as a {}",
@@ -130,8 +137,8 @@ pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry
 
 pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let from = non_root(&r.from)?;
-    let to = non_root(&r.to)?;
+    let from = confined(&op, &r.from)?;
+    let to = confined(&op, &r.to)?;
     let store = s.catalog.store();
     match store.lookup(d.id, &from).await? {
         None => return Err(Error::not_found(format!("`{}/{from}` not found", d.name)).into()),

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_common::auth::{AuthChannel, Token, with_token};
+use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_proto::v1::{LoadSegmentRequest, LoadSegmentResponse};
 use tokio::sync::Semaphore;
-use tonic::transport::Endpoint;
 
 /// How hard a load job may push.
 #[derive(Clone, Copy, Debug)]
@@ -44,14 +44,16 @@ pub struct WorkerClients {
     /// The cluster token, presented to every worker.
     token: Option<Token>,
     by_id: Mutex<HashMap<String, Arc<Worker>>>,
+    tls: TlsConfig,
 }
 
 impl WorkerClients {
-    pub fn new(limits: LoadLimits, token: Option<Token>) -> Self {
+    pub fn new(limits: LoadLimits, token: Option<Token>, tls: TlsConfig) -> Self {
         WorkerClients {
             limits,
             token,
             by_id: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -69,8 +71,9 @@ impl WorkerClients {
         {
             return Ok(w.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::internal(format!("bad worker address `{addr}`: {e}")))?
+        let ep = self
+            .tls
+            .endpoint(addr)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.limits.segment_timeout);
         // A worker that restarted keeps its id but not its slots: fresh semaphore.

@@ -131,6 +131,7 @@ pub(crate) async fn start(
         .env("INITIAL_NO_AUTH_ACTION_COUNT", NO_AUTH_ACTIONS.to_string())
         .env("PYTHONUNBUFFERED", "1");
     let mut process = TestProcess::spawn("moto_server", cmd)?;
+    process.may_log_secrets();
     let port = poll(
         &mut process,
         deadline,
