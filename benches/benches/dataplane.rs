@@ -22,19 +22,8 @@ fn main() -> ExitCode {
         opts.file_bytes = opts.file_bytes.min(16 << 20);
         opts.passes = 1;
     }
-    let rows = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| shoal_common::Error::internal(format!("start runtime: {e}")))
-        .and_then(|rt| rt.block_on(run(&opts)));
-    match rows {
-        Ok(rows) => {
-            print!("{}", render(&rows, &opts));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("dataplane bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shoal_benches::bench_main("dataplane bench", async {
+        let rows = run(&opts).await?;
+        Ok(render(&rows, &opts))
+    })
 }

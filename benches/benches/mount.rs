@@ -15,14 +15,11 @@
 //! `SHOAL_BENCH_BYTES` (e.g. `256MiB`) and `SHOAL_BENCH_FILES` override the sizes;
 //! without `--bench` (as `cargo test --benches` runs it) everything is tiny.
 
-#[path = "mount/measure.rs"]
-mod measure;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use measure::Drop;
+use shoal_benches::suite::measure;
 use shoal_common::{Error, Result};
 use shoal_fuse::MountConfig;
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
@@ -68,18 +65,6 @@ fn io(ctx: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(ctx, e)
 }
 
-/// Deterministic, incompressible-looking bytes.
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed | 1;
-    for c in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        c.copy_from_slice(&b[..c.len()]);
-    }
-}
-
 fn small_path(i: usize) -> String {
     format!("small/d{:03}/f{i:05}", i / 100)
 }
@@ -96,7 +81,7 @@ async fn rig(opts: &Options) -> Result<Rig> {
         let mut seed = 1;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            fill(&mut buf[..n], seed);
+            measure::fill(&mut buf[..n], seed);
             f.write_all(&buf[..n]).map_err(io("write large file"))?;
             left -= n as u64;
             seed += 1;
@@ -108,7 +93,7 @@ async fn rig(opts: &Options) -> Result<Rig> {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).map_err(io("mkdir"))?;
         }
-        fill(&mut buf, 1000 + i as u64);
+        measure::fill(&mut buf, 1000 + i as u64);
         std::fs::write(&p, &buf).map_err(io("write small file"))?;
     }
 
@@ -198,7 +183,7 @@ impl Rig {
     async fn with_mount<T: Send + 'static>(
         &self,
         adjust: impl FnOnce(&mut MountConfig) -> Result<()>,
-        f: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+        f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
     ) -> Result<(T, bool)> {
         let dir = tempfile::tempdir().map_err(io("create mountpoint"))?;
         let mut cfg = MountConfig::new(&self.master.grpc_addr.to_string(), dir.path());
@@ -220,12 +205,13 @@ impl Rig {
             .await
             .map_err(|e| Error::internal(format!("benchmark thread: {e}")));
         m.unmount().await?;
-        let r = r?.map_err(io("read through the mount"))?;
+        let r = r??;
         Ok((r, passthrough))
     }
 
-    fn drop_caches(&mut self, what: Drop) {
-        self.dropped &= measure::drop_caches(what);
+    /// Drops the page cache (`all`: dentries and inodes too).
+    fn drop_caches(&mut self, all: bool) {
+        self.dropped &= measure::drop_caches(all);
     }
 }
 
@@ -301,7 +287,7 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
     let mut rig = rig(opts).await?;
     let mut rows = Vec::new();
     let native_large = rig.ufs.path().join("large/big.bin");
-    let want = measure::checksum(&native_large).map_err(io("checksum"))?;
+    let want = measure::checksum(&native_large)?;
     // Rounds interleave the variants (native included), so that a slow spell of a
     // noisy machine does not land on one variant; each row is its best round.
     let passes = opts.passes.max(1);
@@ -311,8 +297,7 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
     let mut granted = false;
     for round in 0..passes {
         for (i, readers) in [1usize, 4].into_iter().enumerate() {
-            let (bps, _) =
-                measure::sequential(&native_large, readers).map_err(io("native read"))?;
+            let (bps, _) = measure::sequential(&native_large, readers)?;
             native[i] = native[i].max(bps);
         }
         for (v, (name, spec)) in variants.iter().enumerate() {
@@ -330,7 +315,7 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
                         let mut bps = [0.0; 2];
                         for (i, readers) in [1usize, 4].into_iter().enumerate() {
                             // Every measurement starts with the page cache empty.
-                            measure::drop_caches(Drop::Pages);
+                            measure::drop_caches(false);
                             bps[i] = measure::sequential(&p, readers)?.0;
                         }
                         Ok((bps, crc))
@@ -348,7 +333,7 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
             }
         }
     }
-    rig.drop_caches(Drop::Pages);
+    rig.drop_caches(false);
     for (i, readers) in [1usize, 4].into_iter().enumerate() {
         rows.push(Row {
             group: "large",
@@ -373,9 +358,9 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
     let native_paths: Vec<PathBuf> = (0..opts.small_files)
         .map(|i| rig.ufs.path().join(small_path(i)))
         .collect();
-    let n1 = measure::read_files(&native_paths, 1).map_err(io("native files"))?;
-    let n4 = measure::read_files(&native_paths, 4).map_err(io("native files"))?;
-    let ns = measure::stat_files(&native_paths).map_err(io("native stat"))?;
+    let n1 = measure::read_files(&native_paths, 1)?;
+    let n4 = measure::read_files(&native_paths, 4)?;
+    let ns = measure::stat_files(&native_paths)?;
     for (name, v, unit) in [
         ("native tmpfs: read, 1 thread", n1, "files/s"),
         ("native tmpfs: read, 4 threads", n4, "files/s"),
@@ -405,9 +390,9 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
                     // Warm the mount: metadata into the kernel and our caches.
                     measure::read_files(&paths, 1)?;
                     measure::stat_files(&paths)?;
-                    measure::drop_caches(Drop::Pages);
+                    measure::drop_caches(false);
                     let cold1 = measure::read_files(&paths, 1)?;
-                    measure::drop_caches(Drop::Pages);
+                    measure::drop_caches(false);
                     let cold4 = measure::read_files(&paths, 4)?;
                     let before = fuse_requests(root);
                     let hot1 = measure::read_files(&paths, 1)?;
@@ -415,7 +400,7 @@ async fn run(opts: &Options) -> Result<(Vec<Row>, Rig, bool)> {
                     let before = fuse_requests(root);
                     let stat_warm = measure::stat_files(&paths)?;
                     let per_stat = (fuse_requests(root) - before) / paths.len() as f64;
-                    let stat_cold = if dropped && measure::drop_caches(Drop::All) {
+                    let stat_cold = if dropped && measure::drop_caches(true) {
                         Some(measure::stat_files(&paths)?)
                     } else {
                         None
@@ -536,31 +521,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mount bench: start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
+    shoal_benches::bench_main("mount bench", async {
         let (rows, rig, passthrough) = run(&opts).await?;
         let dropped = rig.dropped;
         rig.worker.shutdown().await;
         rig.master.shutdown().await;
-        Ok::<_, Error>((rows, dropped, passthrough))
-    });
-    match r {
-        Ok((rows, dropped, passthrough)) => {
-            print!("{}", render(&rows, &opts, dropped, passthrough));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mount bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(render(&rows, &opts, dropped, passthrough))
+    })
 }

@@ -22,19 +22,5 @@ fn main() -> ExitCode {
         opts.model_bytes = opts.model_bytes.min(24 << 20);
         opts.link.bandwidth = 64 << 20;
     }
-    let r = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| shoal_common::Error::internal(format!("start runtime: {e}")))
-        .and_then(|rt| rt.block_on(run(&opts)));
-    match r {
-        Ok(r) => {
-            print!("{}", render(&r));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("prewarm bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shoal_benches::bench_main("prewarm bench", async { Ok(render(&run(&opts).await?)) })
 }

@@ -10,5 +10,33 @@
 //!   segment, and a cold vs post-prewarm read through the mount
 //!   (`cargo bench -p shoal-benches --bench prewarm`).
 
+//! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
+//!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
+
 pub mod dataplane;
 pub mod prewarm;
+pub mod report;
+pub mod suite;
+
+/// The `main` of a benchmark binary: runs `body` on a multi-thread runtime and prints
+/// the text it returns; on failure prints `NAME failed: CAUSE` and exits with 1.
+pub fn bench_main(
+    name: &str,
+    body: impl std::future::Future<Output = shoal_common::Result<String>>,
+) -> std::process::ExitCode {
+    let r = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| shoal_common::Error::internal(format!("start runtime: {e}")))
+        .and_then(|rt| rt.block_on(body));
+    match r {
+        Ok(out) => {
+            print!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name} failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -12,12 +12,11 @@
 //!
 //! Every figure is measured in this run; nothing is compared with numbers from elsewhere.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal_common::{Error, Result};
-use shoal_proto::v1::{GetLoadRequest, LoadJob, LoadState, StartLoadRequest};
-use shoal_testkit::{Cluster, ClusterSpec, GeneratedDataset, LinkProfile, LinkProxy, S3Fixture};
+use shoal_proto::v1::LoadJob;
+use shoal_testkit::{Cluster, ClusterSpec, GeneratedDataset, LinkProfile, S3Fixture};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,7 +45,11 @@ impl Default for Options {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub bytes: u64,
+    pub files: usize,
     pub workers: usize,
+    /// All files read straight from the uncapped endpoint with opendal, one task per
+    /// file, before any prewarm: the store's bandwidth, the uncapped prewarm's baseline.
+    pub direct_bytes_per_sec: f64,
     pub uncapped_secs: f64,
     pub uncapped_bytes_per_sec_per_worker: f64,
     pub cap_bytes_per_sec: u64,
@@ -66,54 +69,20 @@ impl Report {
 }
 
 async fn prewarm(c: &Cluster, dataset: &str) -> Result<(LoadJob, f64)> {
-    let mut m = c.master_client().await;
-    let t = Instant::now();
-    let job = m
-        .start_load(StartLoadRequest {
-            dataset: dataset.into(),
-            replicas: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut stream = m
-        .watch_load(GetLoadRequest { id: job.id.clone() })
-        .await?
-        .into_inner();
-    let mut last = job;
-    while let Some(j) = stream.message().await? {
-        last = j;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    if last.state != LoadState::Succeeded as i32 {
-        return Err(Error::internal(format!(
-            "prewarm of {dataset} ended {:?}: {}",
-            last.state, last.message
-        )));
-    }
-    Ok((last, secs))
+    crate::suite::load(&mut c.master_client().await, dataset, &[]).await
 }
 
-fn drop_page_cache() {
-    // Needs root; without it the warm figure includes the page cache, which the report says.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
-}
-
-fn read_file(path: &Path) -> Result<u64> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let mut buf = vec![0u8; MIB as usize];
-    let mut n = 0u64;
-    loop {
-        let k = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        if k == 0 {
-            return Ok(n);
-        }
-        n += k as u64;
-    }
+/// Reads `path` to the end with the page cache dropped first (1 MiB reads); returns
+/// (bytes, seconds of the read).
+async fn read_file(path: std::path::PathBuf) -> Result<(u64, f64)> {
+    // Without root the cache stays, and the warm figure includes it.
+    crate::suite::blocking(move || {
+        crate::suite::measure::drop_caches(true);
+        let t = Instant::now();
+        let n = crate::suite::measure::read_plan(&[vec![path]])?.1;
+        Ok((n, t.elapsed().as_secs_f64()))
+    })
+    .await
 }
 
 pub async fn run(o: &Options) -> Result<Report> {
@@ -131,14 +100,7 @@ pub async fn run(o: &Options) -> Result<Report> {
         .max_by_key(|f| f.size())
         .map(|f| f.path().to_owned())
         .ok_or_else(|| Error::internal("empty dataset"))?;
-    let upstream = s3
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .map_err(|e| Error::internal(format!("S3 endpoint address: {e}")))?;
-    let link = LinkProxy::start(upstream, o.link).await?;
-    let mut linked = s3.options();
-    linked.insert("endpoint".into(), link.endpoint());
+    let (_link, linked) = crate::suite::remote_link(&s3, o.link).await?;
 
     // Tiers large enough that nothing is evicted: this measures loading, not eviction.
     let per_worker = (ds.total_bytes() * 3 / o.workers as u64).max(256 * MIB);
@@ -154,8 +116,13 @@ pub async fn run(o: &Options) -> Result<Report> {
         .await;
     c.create_dataset("model", &s3.uri("model"), linked).await;
 
+    let direct_op = s3.operator_at("uncapped")?;
+    let all: Vec<String> = ds.files().iter().map(|f| f.path().to_owned()).collect();
+    let (direct_bytes_per_sec, _) = crate::suite::opendal_parallel(&direct_op, &all).await?;
     let mut r = Report {
         bytes: ds.total_bytes(),
+        files: ds.file_count(),
+        direct_bytes_per_sec,
         workers: o.workers,
         cap_bytes_per_sec: o.link.bandwidth,
         ..Default::default()
@@ -176,34 +143,28 @@ pub async fn run(o: &Options) -> Result<Report> {
         cfg.node = Some(c.nodes[0].clone());
         let mount = shoal_fuse::mount(cfg).await?;
         let file = mnt.path().join("model").join(&model_path);
-        drop_page_cache();
-        let f2 = file.clone();
-        let t = Instant::now();
-        let n = tokio::task::spawn_blocking(move || read_file(&f2))
-            .await
-            .map_err(|e| Error::internal(format!("cold read task: {e}")))??;
-        r.cold_read_secs = Some(t.elapsed().as_secs_f64());
-        if n != o.model_bytes {
-            let _ = mount.unmount().await;
-            return Err(Error::internal(format!(
+        let warm = match read_file(file.clone()).await {
+            Ok((n, secs)) if n == o.model_bytes => {
+                r.cold_read_secs = Some(secs);
+                // A succeeded load job means every segment is in the workers' tiers.
+                match prewarm(&c, "model").await {
+                    Ok(_) => read_file(file).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Ok((n, _)) => Err(Error::internal(format!(
                 "cold read returned {n} bytes, expected {}",
                 o.model_bytes
-            )));
-        }
-        prewarm(&c, "model").await?;
-        // Reports arrive every 200 ms; the read below must see the warm cache, not a race.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop_page_cache();
-        let t = Instant::now();
-        let f2 = file.clone();
-        let n = tokio::task::spawn_blocking(move || read_file(&f2))
-            .await
-            .map_err(|e| Error::internal(format!("warm read task: {e}")))??;
-        r.warm_read_secs = Some(t.elapsed().as_secs_f64());
+            ))),
+            Err(e) => Err(e),
+        };
+        // Unmounted on every path before the result is looked at.
         mount.unmount().await?;
+        let (n, secs) = warm?;
         if n != o.model_bytes {
             return Err(Error::internal(format!("warm read returned {n} bytes")));
         }
+        r.warm_read_secs = Some(secs);
     }
     c.shutdown().await;
     Ok(r)
@@ -218,9 +179,10 @@ pub fn render(r: &Report) -> String {
         r.workers
     ));
     s.push_str(&format!(
-        "  uncapped local S3:  {:.2} s, {:.1} MB/s per worker\n",
+        "  uncapped local S3:  {:.2} s, {:.1} MB/s per worker (direct opendal read: {:.1} MB/s)\n",
         r.uncapped_secs,
-        mbs(r.uncapped_bytes_per_sec_per_worker)
+        mbs(r.uncapped_bytes_per_sec_per_worker),
+        mbs(r.direct_bytes_per_sec)
     ));
     s.push_str(&format!(
         "  capped at {:.1} MB/s: {:.2} s, {:.2}x of the cap, first segment after {} ms\n",

@@ -35,9 +35,13 @@ pub struct UpArgs {
     /// Disk tier quota per worker [default: half the free disk over the workers, <= 20GiB].
     #[arg(long, value_name = "SIZE")]
     disk: Option<ByteSize>,
-    /// Also mount every dataset here with FUSE.
-    #[arg(long, value_name = "DIR")]
+    /// Where the runner mounts every dataset with FUSE (job instances read their
+    /// datasets there) [default: DATA_DIR/mnt].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_mount")]
     mount: Option<PathBuf>,
+    /// Run without the FUSE mount (jobs then cannot read datasets through it).
+    #[arg(long)]
+    no_mount: bool,
     /// Master gRPC address.
     #[arg(long, default_value = "127.0.0.1:7700", value_name = "HOST:PORT")]
     master_listen: String,
@@ -77,6 +81,19 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = a
         .data_dir
         .unwrap_or_else(|| super::master::default_data_dir("up"));
+    let mount = if a.no_mount {
+        None
+    } else if a.mount.is_some() {
+        a.mount
+    } else if std::path::Path::new("/dev/fuse").exists() {
+        Some(data_dir.join("mnt"))
+    } else {
+        eprintln!(
+            "warning: /dev/fuse is missing, so datasets are not mounted and jobs cannot read them; \
+             load the fuse module (modprobe fuse) or pass --no-mount to silence this"
+        );
+        None
+    };
     let up = Embedded::start(EmbeddedOptions {
         data_dir: data_dir.clone(),
         workers: a.workers,
@@ -84,7 +101,7 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         disk_quota: a.disk.map(|b| b.0),
         master_listen: a.master_listen,
         runner_listen: a.runner_listen,
-        mount: a.mount,
+        mount,
         heartbeat: Duration::from_secs(1),
     })
     .await?;

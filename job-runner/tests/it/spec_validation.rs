@@ -79,3 +79,25 @@ fn spec_cases() {
         failures.join("\n")
     );
 }
+
+/// The examples the docs and `shoal up` point newcomers at must stay valid specs.
+#[test]
+fn documented_examples_are_valid_specs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "json")
+        ) {
+            continue;
+        }
+        count += 1;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rendered = render(&name, &text);
+        assert!(rendered.starts_with("ok: "), "{name}: {rendered}");
+    }
+    assert!(count >= 1, "no examples found in {}", dir.display());
+}

@@ -99,7 +99,7 @@ tasks:
   - name: show
     instances: 2
     env: {{GREETING: hi, COUNT: 3}}
-    command: [sh, -c, 'env | grep -E "^(SHOAL_|GREETING|COUNT=)" | sort > {o}/env.$SHOAL_INSTANCE_INDEX; pwd > {o}/pwd.$SHOAL_INSTANCE_INDEX; readlink data/in > {o}/link.$SHOAL_INSTANCE_INDEX; stat -c %a . > {o}/mode.$SHOAL_INSTANCE_INDEX']
+    command: [sh, -c, 'env | grep -E "^(SHOAL_(ATTEMPT|DATA_|INSTANCE_|JOB_ID|TASK|INPUT_LIST)|GREETING|COUNT=)" | sort > {o}/env.$SHOAL_INSTANCE_INDEX; pwd > {o}/pwd.$SHOAL_INSTANCE_INDEX; readlink data/in > {o}/link.$SHOAL_INSTANCE_INDEX; stat -c %a . > {o}/mode.$SHOAL_INSTANCE_INDEX']
 "#,
             o = out.display()
         ))
