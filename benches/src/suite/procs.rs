@@ -87,13 +87,15 @@ impl WorkerProc {
     pub async fn start(
         bin: &Path,
         master: &str,
+        token_file: &Path,
         node: &str,
         tier: &Path,
         quota: u64,
-        cluster_token_file: &Path,
     ) -> Result<WorkerProc> {
         let mut cmd = Command::new(bin);
         cmd.args(["worker", "--master", master, "--node", node])
+            .arg("--cluster-token-file")
+            .arg(token_file)
             .arg("--tier")
             .arg(format!("mem:{}:{quota}", tier.display()))
             .args([
@@ -106,8 +108,6 @@ impl WorkerProc {
                 "--heartbeat-interval",
                 "200ms",
             ])
-            .arg("--cluster-token-file")
-            .arg(cluster_token_file)
             .env("RUST_LOG", "warn");
         let mut proc = TestProcess::spawn("shoal worker", cmd)?;
         let deadline = Instant::now() + READY;
@@ -183,9 +183,9 @@ impl MountProc {
     pub async fn start(
         bin: &Path,
         master: &str,
+        token_file: &Path,
         node: &str,
         dataset: &str,
-        cluster_token_file: &Path,
     ) -> Result<MountProc> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-bench-mnt-")
@@ -200,7 +200,7 @@ impl MountProc {
             .arg(&dir)
             .args(["--master", master, "--node", node, "--dataset", dataset])
             .arg("--cluster-token-file")
-            .arg(cluster_token_file)
+            .arg(token_file)
             .env("RUST_LOG", "warn");
         let proc = TestProcess::spawn("shoal mount", cmd)?;
         let mut m = MountProc {

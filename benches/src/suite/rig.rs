@@ -28,8 +28,6 @@ pub struct Rig {
     pub worker: WorkerProc,
     bin: PathBuf,
     client: MasterServiceClient<AuthChannel>,
-    /// The master's `cluster.token`, handed to the worker and mount processes.
-    token_file: PathBuf,
     _master_dir: tempfile::TempDir,
     _tier: tempfile::TempDir,
 }
@@ -47,13 +45,11 @@ impl Rig {
         let addr = master.grpc_addr.to_string();
         let tier = tempfile::tempdir_in(shm()).map_err(|e| Error::io("create tier dir", e))?;
         let node = format!("bench-{}", master.grpc_addr.port());
-        // The worker and mount processes present the cluster token the master wrote.
+        // The master wrote both on its first start (mode 0600).
         let token_file = master_dir.path().join("cluster.token");
         let worker =
-            WorkerProc::start(bin, &addr, &node, tier.path(), mem_quota, &token_file).await?;
-        let admin = master.bootstrap_admin.clone().ok_or_else(|| {
-            Error::internal("a fresh master issued no admin token for the benchmark")
-        })?;
+            WorkerProc::start(bin, &addr, &token_file, &node, tier.path(), mem_quota).await?;
+        let (_, admin) = master.state.access.issue("bench-admin", true).await?;
         let mut client =
             shoal_worker::server::master_client(&addr, Duration::from_secs(900), Some(&admin))?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,7 +74,6 @@ impl Rig {
             worker,
             bin: bin.to_owned(),
             client,
-            token_file,
             _master_dir: master_dir,
             _tier: tier,
         })
@@ -109,12 +104,13 @@ impl Rig {
 
     /// Mounts `dataset` (its files at the mount's root) on the worker's node.
     pub async fn mount(&self, dataset: &str) -> Result<MountProc> {
+        let token_file = self._master_dir.path().join("cluster.token");
         MountProc::start(
             &self.bin,
             &self.master_addr(),
+            &token_file,
             &self.worker.node,
             dataset,
-            &self.token_file,
         )
         .await
     }
