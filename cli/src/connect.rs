@@ -108,14 +108,16 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
             | tonic::Code::Cancelled
     ) {
         let mut text = s.message().to_owned();
+        let mut innermost = text.clone();
         let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&s);
         while let Some(c) = cur {
+            innermost = c.to_string();
             text.push_str(": ");
-            text.push_str(&c.to_string());
+            text.push_str(&innermost);
             cur = c.source();
         }
         if let Some(fix) = shoal_common::tls::hint(&text, &tls()) {
-            return anyhow::anyhow!("{text}; {fix}");
+            return anyhow::anyhow!("the connection to the server failed ({innermost}); {fix}");
         }
     }
     let e = shoal_common::Error::from(s);

@@ -205,3 +205,75 @@ async fn credentials_appear_in_no_log_and_no_answer_even_at_trace_level() {
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", p.display());
     }
 }
+
+/// A runner started with credentials in its environment (its own cluster token, AWS
+/// keys) does not hand them to the instances it starts; a spec that wants one
+/// sets it in its `env`.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_do_not_inherit_the_runners_credentials() {
+    let dir = temp_dir("runner-env");
+    let data = dir.path().join("runner");
+    let mut cmd = Command::new(SHOAL);
+    cmd.args([
+        "runner",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--no-mount",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .env_remove("SHOAL_CONFIG")
+    .env_remove("SHOAL_MASTER")
+    .env("SHOAL_TOKEN", "runner-token-8d1f")
+    .env("AWS_ACCESS_KEY_ID", "AKIARUNNER8D1F")
+    .env("AWS_SECRET_ACCESS_KEY", "runner-aws-secret-8d1f")
+    .env("AWS_SESSION_TOKEN", "runner-session-8d1f")
+    .env("SHOAL_TEST_VISIBLE", "inherited-8d1f");
+    let mut runner = TestProcess::spawn("shoal runner", cmd).unwrap();
+    let addr = wait_for(Duration::from_secs(30), "shoal runner to listen", || {
+        let log = runner.log_contents();
+        let running = runner.is_running();
+        async move {
+            assert!(running, "shoal runner exited early:\n{log}");
+            log.lines()
+                .find_map(|l| l.strip_prefix("shoal runner listening on "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let out = dir.path().join("env.txt");
+    let spec = dir.path().join("env.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: env\ntasks:\n  - name: t\n    env: {{AWS_SECRET_ACCESS_KEY: from-the-spec}}\n    command: [sh, -c, 'env > {}']\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let r = Command::new(SHOAL)
+        .args(["-o", "json", "job", "submit", "--wait"])
+        .arg(&spec)
+        .env("SHOAL_RUNNER", &addr)
+        .env_remove("SHOAL_CONFIG")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let env = std::fs::read_to_string(&out).unwrap();
+    // The runner's environment is inherited in general...
+    assert!(env.contains("SHOAL_TEST_VISIBLE=inherited-8d1f"), "{env}");
+    // ...but not its credentials, except what the spec sets itself.
+    for leaked in [
+        "runner-token-8d1f",
+        "AKIARUNNER8D1F",
+        "runner-aws-secret-8d1f",
+        "runner-session-8d1f",
+    ] {
+        assert!(!env.contains(leaked), "instance got `{leaked}`:\n{env}");
+    }
+    assert!(env.contains("AWS_SECRET_ACCESS_KEY=from-the-spec"), "{env}");
+    runner.terminate(Duration::from_secs(10)).await;
+}
