@@ -235,16 +235,18 @@ impl ClusterSecret {
     }
 }
 
-/// Reads a token from a file that only its owner may read (mode 0600 or stricter).
-/// A file readable by group or others is refused: it would leak the credential.
+/// Reads a token from a private file. A file that other users can read, or that its
+/// group can change, is refused: it would leak or let others swap the credential.
+/// Group *read* is allowed because Kubernetes mounts Secret volumes group-readable
+/// (0440) for the pod's `fsGroup`, the one way to hand a pod a file it must own.
 pub fn read_token_file(path: &std::path::Path) -> Result<Token> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o037 != 0 {
         return Err(Error::PermissionDenied(format!(
-            "token file {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+            "token file {} is open to other users (mode {mode:o}); run `chmod 600 {}`",
             path.display(),
             path.display()
         )));
@@ -332,9 +334,14 @@ mod tests {
             0o600
         );
         assert_eq!(read_token_file(&p).unwrap(), t);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = read_token_file(&p).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        // A Kubernetes Secret volume with fsGroup: group-readable, nothing for others.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(read_token_file(&p).unwrap(), t);
+        for mode in [0o644, 0o604, 0o660, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token_file(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
