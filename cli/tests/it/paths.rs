@@ -51,6 +51,21 @@ fn assert_invalid<T: std::fmt::Debug>(what: &str, r: Result<tonic::Response<T>, 
     }
 }
 
+/// A data-plane connection past its opening frame, as a cluster member.
+async fn data_plane(
+    addr: std::net::SocketAddr,
+    token: &shoal_common::auth::Token,
+) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    wire::write_hello(&mut sock, token).await.unwrap();
+    let admitted = wire::read_response_head(&mut sock).await.unwrap();
+    assert!(
+        matches!(admitted, Ok(0)),
+        "data plane refused the cluster token: {admitted:?}"
+    );
+    sock
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     // base/ds is the dataset; base/secret.txt must stay unreachable.
@@ -69,6 +84,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         ..ClusterSpec::default()
     })
     .await;
+    crate::support::register_cluster(&c);
     let mut m = c.master_client().await;
     let created = m
         .create_dataset(pb::CreateDatasetRequest {
@@ -195,9 +211,13 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
 
     // Worker gRPC: reads and loads name the file by path too.
     let w = c.workers[0].as_ref().unwrap();
-    let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc_addr()))
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", w.grpc_addr()))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut wc =
+        WorkerServiceClient::new(shoal_common::auth::with_token(ch, Some(&c.cluster_token)));
     let file_ref = |path: &str| pb::FileRef {
         dataset_id: created.id,
         dataset: ds.clone(),
@@ -228,7 +248,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
 
     // Worker data plane: a hand-made frame carrying the escaping path.
     for &p in ESCAPES {
-        let mut sock = tokio::net::TcpStream::connect(w.data_addr()).await.unwrap();
+        let mut sock = data_plane(w.data_addr(), &c.cluster_token).await;
         let req = wire::ReadRequest {
             // Built field by field: `FileRef::new` would refuse the path client-side.
             file: FileRef {
@@ -262,7 +282,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     }
 
     // A direct read of the link (no catalogue lookup) is refused by the worker too.
-    let mut sock = tokio::net::TcpStream::connect(w.data_addr()).await.unwrap();
+    let mut sock = data_plane(w.data_addr(), &c.cluster_token).await;
     let req = wire::ReadRequest {
         file: FileRef::new(
             DatasetId(created.id),

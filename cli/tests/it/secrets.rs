@@ -40,6 +40,7 @@ async fn start_worker(master: &str, dir: &Path) -> TestProcess {
     ])
     .envs(TRACE.iter().copied())
     .env_remove("SHOAL_CONFIG");
+    crate::support::auth_env(&mut cmd, master);
     let mut p = TestProcess::spawn("shoal worker", cmd).unwrap();
     wait_for(Duration::from_secs(30), "shoal worker to serve", || {
         let running = p.is_running();
@@ -100,12 +101,12 @@ async fn credentials_appear_in_no_log_and_no_answer_even_at_trace_level() {
     let files = ds.files();
     let first = format!("sec/{}", files[0].path());
     run(&["prewarm", "sec", "--path", files[0].path(), "--wait"]).ok();
-    let cat = Command::new(SHOAL)
-        .args(["cat", &first])
+    let mut cat = Command::new(SHOAL);
+    cat.args(["cat", &first])
         .env("SHOAL_MASTER", &m)
-        .envs(TRACE.iter().copied())
-        .output()
-        .unwrap();
+        .envs(TRACE.iter().copied());
+    crate::support::auth_env(&mut cat, &m);
+    let cat = cat.output().unwrap();
     assert!(
         cat.status.success(),
         "{}",
@@ -126,6 +127,7 @@ async fn credentials_appear_in_no_log_and_no_answer_even_at_trace_level() {
         .env("SHOAL_MASTER", &m)
         .envs(TRACE.iter().copied())
         .env_remove("SHOAL_CONFIG");
+    crate::support::auth_env(&mut mcmd, &m);
     let mut mount = TestProcess::spawn("shoal mount", mcmd).unwrap();
     wait_mounted(&mut mount, &mp).await;
     let second = files[1].path();
@@ -213,6 +215,9 @@ async fn credentials_appear_in_no_log_and_no_answer_even_at_trace_level() {
 async fn instances_do_not_inherit_the_runners_credentials() {
     let dir = temp_dir("runner-env");
     let data = dir.path().join("runner");
+    // The master verifies the tokens the runner is called with.
+    let master_dir = temp_dir("runner-env-master");
+    let master = MasterProcess::start(master_dir.path()).await;
     let mut cmd = Command::new(SHOAL);
     cmd.args([
         "runner",
@@ -221,16 +226,18 @@ async fn instances_do_not_inherit_the_runners_credentials() {
         "--metrics-listen",
         "127.0.0.1:0",
         "--no-mount",
+        "--master",
+        &master.addr,
         "--data-dir",
     ])
     .arg(&data)
-    .env_remove("SHOAL_CONFIG")
-    .env_remove("SHOAL_MASTER")
-    .env("SHOAL_TOKEN", "runner-token-8d1f")
-    .env("AWS_ACCESS_KEY_ID", "AKIARUNNER8D1F")
-    .env("AWS_SECRET_ACCESS_KEY", "runner-aws-secret-8d1f")
-    .env("AWS_SESSION_TOKEN", "runner-session-8d1f")
-    .env("SHOAL_TEST_VISIBLE", "inherited-8d1f");
+    .env_remove("SHOAL_CONFIG");
+    crate::support::auth_env(&mut cmd, &master.addr);
+    cmd.env("SHOAL_TOKEN", "runner-token-8d1f")
+        .env("AWS_ACCESS_KEY_ID", "AKIARUNNER8D1F")
+        .env("AWS_SECRET_ACCESS_KEY", "runner-aws-secret-8d1f")
+        .env("AWS_SESSION_TOKEN", "runner-session-8d1f")
+        .env("SHOAL_TEST_VISIBLE", "inherited-8d1f");
     let mut runner = TestProcess::spawn("shoal runner", cmd).unwrap();
     let addr = wait_for(Duration::from_secs(30), "shoal runner to listen", || {
         let log = runner.log_contents();
@@ -254,13 +261,14 @@ async fn instances_do_not_inherit_the_runners_credentials() {
         ),
     )
     .unwrap();
-    let r = Command::new(SHOAL)
+    let mut submit = Command::new(SHOAL);
+    submit
         .args(["-o", "json", "job", "submit", "--wait"])
         .arg(&spec)
         .env("SHOAL_RUNNER", &addr)
-        .env_remove("SHOAL_CONFIG")
-        .output()
-        .unwrap();
+        .env_remove("SHOAL_CONFIG");
+    crate::support::auth_env(&mut submit, &master.addr);
+    let r = submit.output().unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let env = std::fs::read_to_string(&out).unwrap();
     // The runner's environment is inherited in general...

@@ -51,9 +51,18 @@ fn pki(dir: &Path) -> Pki {
 
 /// Starts `shoal ARGS` and waits for the line starting with `ready`; returns the
 /// process and the first word after `ready`.
-async fn server(name: &str, args: &[&str], ready: &'static str) -> (TestProcess, String) {
+/// Starts `shoal ARGS`; with `master`, carrying that master's registered credentials.
+async fn server(
+    name: &str,
+    args: &[&str],
+    ready: &'static str,
+    master: Option<&str>,
+) -> (TestProcess, String) {
     let mut cmd = Command::new(SHOAL);
     cmd.args(args).env_remove("SHOAL_CONFIG");
+    if let Some(m) = master {
+        crate::support::auth_env(&mut cmd, m);
+    }
     let mut p = TestProcess::spawn(name, cmd).unwrap();
     let addr = wait_for(Duration::from_secs(30), &format!("{name} to serve"), || {
         let log = p.log_contents();
@@ -69,6 +78,12 @@ async fn server(name: &str, args: &[&str], ready: &'static str) -> (TestProcess,
     })
     .await;
     (p, addr)
+}
+
+/// Lets commands against the master at `addr` use the tokens it wrote to `data_dir`.
+fn register_master(addr: &str, data_dir: &Path) {
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+    crate::support::register(addr, &token, &data_dir.join("cluster.token"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,7 +112,8 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
         master_dir.to_str().unwrap(),
     ];
     args.extend(tls);
-    let (_master, m) = server("shoal master", &args, "shoal master listening on ").await;
+    let (_master, m) = server("shoal master", &args, "shoal master listening on ", None).await;
+    register_master(&m, &master_dir);
 
     let tier = format!("mem:{}:64MiB", dir.path().join("tier").display());
     let mut args = vec![
@@ -118,7 +134,7 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
         "200ms",
     ];
     args.extend(tls);
-    let (_worker, _) = server("shoal worker", &args, "serving data on ").await;
+    let (_worker, _) = server("shoal worker", &args, "serving data on ", Some(&m)).await;
 
     // With the CA: create, list, prewarm (master -> worker gRPC), read (data plane).
     let with_ca = [("SHOAL_CA", ca), ("SHOAL_NODE", "elsewhere")];
@@ -128,12 +144,10 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
     assert!(listed.ok().stdout.contains("tls-w0"), "{listed:?}");
     let pw = shoal_env(&m, &["-o", "json", "prewarm", "ds", "--wait"], &with_ca);
     assert_eq!(pw.ok().json()["state"], "succeeded", "{pw:?}");
-    let cat = Command::new(SHOAL)
-        .args(["cat", "ds/d/file.txt"])
-        .env("SHOAL_MASTER", &m)
-        .envs(with_ca)
-        .output()
-        .unwrap();
+    let mut cat = Command::new(SHOAL);
+    cat.args(["cat", "ds/d/file.txt"]).env("SHOAL_MASTER", &m);
+    crate::support::auth_env(&mut cat, &m);
+    let cat = cat.envs(with_ca).output().unwrap();
     assert!(
         cat.status.success(),
         "{}",
@@ -156,7 +170,13 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
         "--no-mount",
     ];
     args.extend(tls);
-    let (_runner, r) = server("shoal runner", &args, "shoal runner listening on ").await;
+    let (_runner, r) = server(
+        "shoal runner",
+        &args,
+        "shoal runner listening on ",
+        Some(&m),
+    )
+    .await;
     let jobs = shoal_env(&m, &["-o", "json", "job", "list", "--runner", &r], &with_ca);
     jobs.ok();
 
@@ -183,8 +203,10 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
             plain_dir.to_str().unwrap(),
         ],
         "shoal master listening on ",
+        None,
     )
     .await;
+    register_master(&p, &plain_dir);
     let out = shoal_env(&p, &["dataset", "list"], &[("SHOAL_CA", ca)]);
     out.assert_clean_failure("does not speak TLS");
     // A key without its certificate is refused before anything starts.
