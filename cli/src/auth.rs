@@ -13,7 +13,7 @@ use crate::cmd::master::default_data_dir;
 
 /// Where user commands look for a token when neither `SHOAL_TOKEN` nor the config file
 /// names one: `~/.config/shoal/token`, then the admin tokens a local `shoal up` or
-/// `shoal master` wrote on first start (single-machine default).
+/// `shoal master` (or a standalone `shoal runner`) wrote on first start.
 fn default_token_files() -> Vec<PathBuf> {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
@@ -24,6 +24,7 @@ fn default_token_files() -> Vec<PathBuf> {
     }
     v.push(default_data_dir("up").join("master").join("admin.token"));
     v.push(default_data_dir("master").join("admin.token"));
+    v.push(default_data_dir("runner").join("admin.token"));
     v
 }
 

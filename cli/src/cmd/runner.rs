@@ -132,6 +132,27 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.cluster_token = token;
         cfg.cluster_token_file = Some(std::path::absolute(&path)?);
     }
+    if cfg.master.is_none() {
+        // Without a master nothing can verify owner tokens, so a standalone runner
+        // issues its own admin token on first start, as a master does.
+        let path = cfg.data_dir.join("admin.token");
+        let (token, created) = shoal_common::auth::load_or_create_token_file(&path)
+            .with_context(|| format!("the standalone runner's admin token {}", path.display()))?;
+        if created {
+            eprintln!(
+                "standalone runner (no --master): issued an admin token in {} (mode 0600); use it with\n  export SHOAL_TOKEN=$(cat {})",
+                path.display(),
+                path.display()
+            );
+        }
+        cfg.local_tokens.push((
+            token,
+            shoal_common::auth::Identity::Owner {
+                name: "admin".into(),
+                admin: true,
+            },
+        ));
+    }
     if let Some(t) = master_timeout.or(f.master_timeout) {
         cfg.master_timeout = t;
     }

@@ -85,3 +85,52 @@ async fn tokens_grants_and_credential_errors_through_the_cli() {
     shoal_as(&m, Some(&token), &[], &["dataset", "list"]).assert_clean_failure("revoked");
     drop(master);
 }
+
+/// A runner without a master cannot ask one about owner tokens: it issues its own admin
+/// token on first start (0600, in its data dir), accepts it, and refuses anything else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standalone_runner_issues_its_own_admin_token() {
+    use std::process::Command;
+    use std::time::Duration;
+
+    let dir = temp_dir("standalone-runner");
+    let data = dir.path().join("runner");
+    let mut cmd = Command::new(crate::support::SHOAL);
+    cmd.args([
+        "runner",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--no-mount",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .env_remove("SHOAL_CONFIG")
+    .env_remove("SHOAL_MASTER");
+    let mut runner = shoal_testkit::TestProcess::spawn("shoal runner", cmd).unwrap();
+    let addr = shoal_testkit::wait_for(Duration::from_secs(30), "shoal runner to listen", || {
+        let log = runner.log_contents();
+        let running = runner.is_running();
+        async move {
+            assert!(running, "shoal runner exited early:\n{log}");
+            log.lines()
+                .find_map(|l| l.strip_prefix("shoal runner listening on "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let token_file = data.join("admin.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(runner.log_contents().contains("export SHOAL_TOKEN"));
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let env = [("SHOAL_RUNNER", addr.as_str())];
+    // The master address is never used by `job list`; the runner's token is.
+    shoal_as("127.0.0.1:1", Some(token.trim()), &env, &["job", "list"]).ok();
+    let other = shoal_common::auth::Token::generate();
+    shoal_as("127.0.0.1:1", Some(&other.reveal()), &env, &["job", "list"])
+        .assert_clean_failure("not authenticated");
+    shoal_as("127.0.0.1:1", None, &env, &["job", "list"]).assert_clean_failure("SHOAL_TOKEN");
+}
