@@ -61,6 +61,14 @@ impl MetricsServer {
 
 /// Serves `GET /metrics` on `addr` (use port 0 for an ephemeral port).
 pub async fn serve_metrics(addr: &str) -> Result<MetricsServer> {
+    serve_metrics_with(addr, None).await
+}
+
+/// [`serve_metrics`], over HTTPS when `tls` is given (see `crate::tls`).
+pub async fn serve_metrics_with(
+    addr: &str,
+    tls: Option<crate::tls::TlsAcceptor>,
+) -> Result<MetricsServer> {
     let handle = metrics_handle();
     let listener = TcpListener::bind(addr)
         .await
@@ -74,19 +82,68 @@ pub async fn serve_metrics(addr: &str) -> Result<MetricsServer> {
         axum::routing::get(move || async move { handle.render() }),
     );
     let c = cancel.clone();
-    let task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    });
+    let task = match tls {
+        None => tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        }),
+        Some(acceptor) => tokio::spawn(async move {
+            let listener = TlsListener {
+                inner: listener,
+                acceptor,
+            };
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        }),
+    };
     Ok(MetricsServer {
         local_addr,
         cancel,
         task,
     })
+}
+
+/// The `/metrics` listener over TLS. Handshakes run in `accept`, one at a time and
+/// bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]: scrapes are few.
+struct TlsListener {
+    inner: TcpListener,
+    acceptor: crate::tls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (sock, peer) = match self.inner.accept().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(sock);
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => return (stream, peer),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "metrics TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 /// Reads one sample from Prometheus text: the value of `name` whose labels include all

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_common::auth::AuthLayer;
-use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::runner_service_server::RunnerServiceServer;
 use tokio::net::TcpListener;
@@ -148,7 +148,7 @@ impl RunnerServer {
             .local_addr()
             .map_err(|e| Error::io("read listener address", e))?;
         let metrics = match &cfg.metrics_listen {
-            Some(a) => Some(serve_metrics(a).await?),
+            Some(a) => Some(serve_metrics_with(a, cfg.tls.acceptor()?).await?),
             None => None,
         };
         let data_dir = cfg.data_dir.clone();

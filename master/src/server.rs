@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_common::auth::{AuthLayer, ClusterSecret, Token, load_or_create_token_file};
-use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::master_service_server::MasterServiceServer;
 use tokio::net::TcpListener;
@@ -84,7 +84,7 @@ impl MasterServer {
             .local_addr()
             .map_err(|e| Error::io("read listener address", e))?;
         let metrics = match &cfg.metrics_listen {
-            Some(a) => Some(serve_metrics(a).await?),
+            Some(a) => Some(serve_metrics_with(a, cfg.tls.acceptor()?).await?),
             None => None,
         };
         let mut tasks = Vec::new();

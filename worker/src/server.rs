@@ -9,7 +9,7 @@ use std::time::Duration;
 use opendal::Operator;
 use shoal_common::auth::{AuthChannel, AuthLayer, Token, with_token};
 use shoal_common::ids::DatasetId;
-use shoal_common::telemetry::{MetricsServer, serve_metrics};
+use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
 use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
@@ -132,7 +132,7 @@ impl WorkerServer {
             .local_addr()
             .map_err(|e| Error::io("read listener address", e))?;
         let (data_listener, data_addr) = data_plane::bind(&cfg.data_listen).await?;
-        let metrics = serve_metrics(&cfg.metrics_listen).await?;
+        let metrics = serve_metrics_with(&cfg.metrics_listen, cfg.tls.acceptor()?).await?;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 

@@ -1,14 +1,17 @@
 //! Issue 9 (item 3): TLS on every listener, with a CA generated here (rcgen). A real
 //! master, worker and runner serve TLS; the CLI reaches the master and the runner, the
 //! worker registers with the master, the master prewarms through the worker's gRPC and
-//! `shoal cat` reads through the worker's TLS data plane. A client without the CA, or
-//! with another one, fails with one line that says how to fix it.
+//! `shoal cat` reads through the worker's TLS data plane, and `/metrics` answers over
+//! HTTPS only. A client without the CA, or with another one, fails with one line that
+//! says how to fix it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use shoal_common::tls::TlsConfig;
 use shoal_testkit::{TestProcess, temp_dir, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{SHOAL, shoal_env};
 
@@ -86,6 +89,32 @@ fn register_master(addr: &str, data_dir: &Path) {
     crate::support::register(addr, &token, &data_dir.join("cluster.token"));
 }
 
+/// The master's metrics address, from its start line `... (metrics on ADDR)`.
+fn metrics_addr(log: &str) -> String {
+    log.split_once("(metrics on ")
+        .and_then(|(_, rest)| rest.split(')').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no metrics address in:\n{log}"))
+}
+
+/// `GET /metrics` over TLS trusting `ca`; the whole response.
+async fn scrape_tls(addr: &str, ca: &Path) -> std::io::Result<String> {
+    let tls = TlsConfig {
+        ca: Some(ca.to_path_buf()),
+        ..TlsConfig::default()
+    };
+    let connector = tls.connector().unwrap().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = shoal_common::tls::server_name(addr).unwrap();
+    let mut s = connector.connect(name, tcp).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    // A TLS peer may close without close_notify once the body is sent.
+    let _ = s.read_to_end(&mut out).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
     let dir = temp_dir("tls");
@@ -112,8 +141,9 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
         master_dir.to_str().unwrap(),
     ];
     args.extend(tls);
-    let (_master, m) = server("shoal master", &args, "shoal master listening on ", None).await;
+    let (master, m) = server("shoal master", &args, "shoal master listening on ", None).await;
     register_master(&m, &master_dir);
+    let metrics = metrics_addr(&master.log_contents());
 
     let tier = format!("mem:{}:64MiB", dir.path().join("tier").display());
     let mut args = vec![
@@ -179,6 +209,23 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
     .await;
     let jobs = shoal_env(&m, &["-o", "json", "job", "list", "--runner", &r], &with_ca);
     jobs.ok();
+
+    // /metrics answers over HTTPS, and not in plain text.
+    let page = scrape_tls(&metrics, &pki.ca).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("shoal_"), "{page}");
+    assert!(scrape_tls(&metrics, &pki.other_ca).await.is_err());
+    let mut plain = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = plain.read_to_end(&mut out).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("shoal_"),
+        "metrics served in plain text"
+    );
 
     // No CA: a plain-text client against a TLS server.
     let out = shoal_env(&m, &["dataset", "list"], &[]);
