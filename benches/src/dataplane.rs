@@ -251,8 +251,8 @@ fn tmpfs_dir() -> Result<std::path::PathBuf> {
     if shm.is_dir() {
         Ok(shm.to_path_buf())
     } else {
-        Err(Error::FailedPrecondition(
-            "/dev/shm is missing: the benchmark needs a tmpfs".into(),
+        Err(Error::failed_precondition(
+            "/dev/shm is missing: the benchmark needs a tmpfs",
         ))
     }
 }

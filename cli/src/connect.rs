@@ -121,13 +121,16 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
         }
     }
     let e = shoal_common::Error::from(s);
-    match &e {
-        shoal_common::Error::Unauthenticated(m) => anyhow::anyhow!(
+    let m = e.message().to_owned();
+    // The shoal error stays in the chain (for the exit code); `one_line` does not repeat
+    // its text, which the hint already quotes.
+    match e.kind() {
+        shoal_common::ErrorKind::Unauthenticated => anyhow::Error::new(e).context(format!(
             "not authenticated: {m}. Set SHOAL_TOKEN to your token (an admin issues one with `shoal token create --owner NAME`; `shoal up` prints its admin token), or put it in ~/.config/shoal/token with mode 0600"
-        ),
-        shoal_common::Error::PermissionDenied(m) => anyhow::anyhow!(
+        )),
+        shoal_common::ErrorKind::PermissionDenied => anyhow::Error::new(e).context(format!(
             "permission denied: {m}. Use a token of the right owner, or ask an admin (an admin token can do everything)"
-        ),
+        )),
         _ => anyhow::Error::new(e),
     }
 }

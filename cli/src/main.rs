@@ -107,9 +107,17 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {}", one_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit status: the kind of the first shoal error in the chain (mapped in
+/// `shoal_common::ErrorKind::exit_code`), else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<shoal_common::Error>())
+        .map_or(1, |e| e.kind().exit_code())
 }
 
 /// Joins the error chain into one line, without repeating text a cause already carries.

@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use shoal_common::auth::AuthChannel;
 use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_common::ufs::{UfsTuning, build_operator, ufs_error};
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_worker::FileRef;
@@ -346,7 +346,12 @@ impl ShoalClient {
                 Ok(bytes) => {
                     tracing::warn!(worker = %w.id, got = bytes.len(), want = b - a, "worker returned a short read; trying the next path");
                 }
-                Err(e @ (Error::InvalidArgument(_) | Error::FailedPrecondition(_))) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition
+                    ) =>
+                {
                     // The request itself is wrong (e.g. the object changed): another worker
                     // would say the same, and the UFS read below decides.
                     tracing::warn!(worker = %w.id, error = %e, "worker refused the read");
@@ -418,7 +423,7 @@ impl ShoalClient {
             .map_err(|e| ufs_error(&e, &ctx, &BTreeMap::new()))?;
         let bytes = buf.to_bytes();
         if bytes.len() as u64 != b - a {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "{ctx}: got {} bytes; the object changed, run `shoal dataset refresh {}`",
                 bytes.len(),
                 ds.name

@@ -123,7 +123,7 @@ impl DataPlaneClient {
     /// The opening frame: the worker answers length 0 when it accepts the token.
     async fn hello(&self, conn: &mut Conn) -> Result<()> {
         let token = self.token.as_ref().ok_or_else(|| {
-            Error::Unauthenticated("no token to open a data-plane connection with".into())
+            Error::unauthenticated("no token to open a data-plane connection with")
         })?;
         let fut = async {
             wire::write_hello(conn.get_mut(), token).await?;

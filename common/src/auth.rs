@@ -68,7 +68,7 @@ impl Identity {
         match self {
             Identity::Cluster => Ok(()),
             Identity::Owner { admin: true, .. } => Ok(()),
-            Identity::Owner { name, .. } => Err(Error::PermissionDenied(format!(
+            Identity::Owner { name, .. } => Err(Error::permission_denied(format!(
                 "{what} is for cluster members and admins; owner `{name}` may not call it"
             ))),
         }
@@ -78,7 +78,7 @@ impl Identity {
     pub fn require_owner(&self, what: &str) -> Result<&str> {
         match self {
             Identity::Owner { name, .. } => Ok(name),
-            Identity::Cluster => Err(Error::PermissionDenied(format!(
+            Identity::Cluster => Err(Error::permission_denied(format!(
                 "{what} is for owners; the cluster token may not call it (use an owner token)"
             ))),
         }
@@ -89,7 +89,7 @@ impl Identity {
         if self.may_act_for(owner) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!(
+            Err(Error::permission_denied(format!(
                 "{what} belongs to owner `{owner}`; your token is for `{self}`"
             )))
         }
@@ -99,7 +99,7 @@ impl Identity {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!(
+            Err(Error::permission_denied(format!(
                 "{what} needs an admin token"
             )))
         }
@@ -142,9 +142,8 @@ impl Token {
 
     pub fn parse(s: &str) -> Result<Token> {
         let bad = || {
-            Error::Unauthenticated(
-                "malformed token: expected shoal_<id>_<secret> (check SHOAL_TOKEN or your token file)"
-                    .into(),
+            Error::unauthenticated(
+                "malformed token: expected shoal_<id>_<secret> (check SHOAL_TOKEN or your token file)",
             )
         };
         let rest = s.trim().strip_prefix(PREFIX).ok_or_else(bad)?;
@@ -203,7 +202,7 @@ pub fn token_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Option<T
     };
     let v = v
         .to_str()
-        .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
+        .map_err(|_| Error::unauthenticated("the authorization header is not text"))?;
     parse_bearer(v).map(Some)
 }
 
@@ -245,7 +244,7 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Token> {
         .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o037 != 0 {
-        return Err(Error::PermissionDenied(format!(
+        return Err(Error::permission_denied(format!(
             "token file {} is open to other users (mode {mode:o}); run `chmod 600 {}`",
             path.display(),
             path.display()
@@ -309,7 +308,7 @@ mod tests {
             &format!("shoal_{}_{}", "g".repeat(16), "0".repeat(64)),
         ] {
             assert!(
-                matches!(Token::parse(bad), Err(Error::Unauthenticated(_))),
+                Token::parse(bad).is_err_and(|e| e.is(crate::ErrorKind::Unauthenticated)),
                 "{bad}"
             );
         }

@@ -191,7 +191,7 @@ impl ConfigFile {
                 .mode()
                 & 0o777;
             if mode & 0o077 != 0 {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::permission_denied(format!(
                     "config file {} holds a token but others can read it (mode {mode:o}); run `chmod 600 {}`",
                     path.display(),
                     path.display()

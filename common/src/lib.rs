@@ -44,4 +44,4 @@ pub mod time;
 pub mod tls;
 pub mod ufs;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

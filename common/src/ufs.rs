@@ -12,7 +12,7 @@ use std::time::Duration;
 use opendal::Operator;
 use opendal::layers::{LoggingLayer, RetryLayer, TimeoutLayer};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::secret::UfsLog;
 
 /// Which object store or file system a dataset lives in.
@@ -241,7 +241,7 @@ pub fn check_confined(op: &Operator, path: &str) -> Result<()> {
         match std::fs::canonicalize(&p) {
             Ok(real) if real.starts_with(&real_root) => return Ok(()),
             Ok(_) => {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::permission_denied(format!(
                     "`{path}` leads outside the dataset through a symbolic link; shoal does not follow links out of a file:// dataset"
                 )));
             }
@@ -312,26 +312,38 @@ pub fn ufs_error(e: &opendal::Error, context: &str, options: &BTreeMap<String, S
         K::NotFound
             if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") =>
         {
-            Error::InvalidArgument(format!(
+            Error::invalid(format!(
                 "{context}: the bucket does not exist ({detail}); create it or fix the URI"
             ))
         }
-        K::NotFound => Error::NotFound(format!("{context}: not found ({detail})")),
-        K::PermissionDenied => Error::PermissionDenied(format!(
+        K::NotFound => Error::not_found(format!("{context}: not found ({detail})")),
+        K::PermissionDenied => Error::permission_denied(format!(
             "{context}: access denied by the store ({}); check access_key_id/secret_access_key and the bucket policy",
             short_s3_code(&detail)
         )),
-        K::ConfigInvalid => Error::InvalidArgument(format!(
+        K::ConfigInvalid => Error::invalid(format!(
             "{context}: invalid configuration ({detail}); check the URI and --option values"
         )),
-        K::RateLimited => Error::Unavailable(format!(
+        K::ConditionNotMatch => Error::stale(format!(
+            "{context}: the object changed in the store since it was listed ({detail})"
+        )),
+        K::IsADirectory => Error::new(
+            ErrorKind::IsADirectory,
+            format!("{context}: is a directory"),
+        ),
+        K::NotADirectory => Error::new(
+            ErrorKind::NotADirectory,
+            format!("{context}: not a directory"),
+        ),
+        K::AlreadyExists => Error::already_exists(format!("{context}: already exists ({detail})")),
+        K::RateLimited => Error::unavailable(format!(
             "{context}: the store is throttling requests ({detail}); retry later"
         )),
         _ if lower.contains("invalidaccesskeyid")
             || lower.contains("signaturedoesnotmatch")
             || lower.contains("accessdenied") =>
         {
-            Error::PermissionDenied(format!(
+            Error::permission_denied(format!(
                 "{context}: access denied by the store ({}); check access_key_id/secret_access_key",
                 short_s3_code(&detail)
             ))
@@ -342,11 +354,11 @@ pub fn ufs_error(e: &opendal::Error, context: &str, options: &BTreeMap<String, S
             || lower.contains("timeout")
             || lower.contains("sending request") =>
         {
-            Error::Unavailable(format!(
+            Error::unavailable(format!(
                 "{context}: cannot reach the store ({detail}); check the endpoint option and that the store is running"
             ))
         }
-        _ => Error::Unavailable(format!("{context}: {detail}")),
+        _ => Error::unavailable(format!("{context}: {detail}")),
     }
 }
 
@@ -434,7 +446,7 @@ mod tests {
             &UfsTuning::default(),
         )
         .unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(e.kind() == crate::ErrorKind::InvalidArgument, "{e}");
         assert!(!std::path::Path::new("/nonexistent/shoal-x").exists());
     }
 }

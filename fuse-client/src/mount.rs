@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 use shoal_client::{ClientConfig, ShoalClient};
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 
 use crate::config::MountConfig;
 use crate::fs::{Fs, ShoalFs};
@@ -56,7 +56,7 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         cfg.rw_attr_ttl,
     );
     let datasets = meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
-        (Some(d), Error::NotFound(_)) => {
+        (Some(d), e) if e.is(ErrorKind::NotFound) => {
             Error::not_found(format!("dataset `{d}` not found; see `shoal dataset list`"))
         }
         (_, e) => e,
@@ -154,12 +154,12 @@ impl RunningMount {
             if !*self.ended.borrow() {
                 match unmount_path(&self.mountpoint, false) {
                     Ok(()) => {}
-                    Err(Error::FailedPrecondition(_)) => {
+                    Err(e) if e.is(ErrorKind::FailedPrecondition) => {
                         tracing::warn!(mountpoint = %self.mountpoint.display(),
                             "mount is busy (files are open); detaching it lazily");
                         unmount_path(&self.mountpoint, true)?;
                     }
-                    Err(Error::NotFound(_)) => {}
+                    Err(e) if e.is(ErrorKind::NotFound) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -169,7 +169,7 @@ impl RunningMount {
             .is_ok();
         self.fs.shutdown().await;
         if !ended {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "{} was detached but files on it are still open; its FUSE session ends when they are closed",
                 self.mountpoint.display()
             )));
@@ -220,11 +220,13 @@ pub fn unmount_path(path: &Path, lazy: bool) -> Result<()> {
     let stale = liveness(&abs) != Liveness::Live;
     match umount(&abs, lazy || stale) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::FailedPrecondition(format!(
-            "{} is busy: files are open on it; close them, or run `shoal umount --lazy {}` to detach it now",
-            abs.display(),
-            abs.display()
-        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(Error::failed_precondition(format!(
+                "{} is busy: files are open on it; close them, or run `shoal umount --lazy {}` to detach it now",
+                abs.display(),
+                abs.display()
+            )))
+        }
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
         Err(e) => Err(Error::io(format!("unmount {}", abs.display()), e)),
     }
@@ -324,7 +326,7 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
     })?;
     if let Some(m) = mountinfo::find(&abs) {
         if !m.is_fuse() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "{} is already a mount point ({}); choose an empty directory",
                 abs.display(),
                 m.fstype
@@ -332,7 +334,7 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
         }
         match liveness(&abs) {
             Liveness::Live => {
-                return Err(Error::FailedPrecondition(if m.is_shoal() {
+                return Err(Error::failed_precondition(if m.is_shoal() {
                     format!(
                         "{} is already a shoal mount; unmount it first with `shoal umount {}`",
                         abs.display(),
@@ -347,7 +349,7 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
                 }));
             }
             Liveness::Hung => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "{} is a FUSE mount whose daemon does not answer; detach it with `shoal umount --lazy {}` and retry",
                     abs.display(),
                     abs.display()
@@ -357,7 +359,7 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
                 tracing::warn!(mountpoint = %abs.display(), "found a stale FUSE mount (its daemon died); detaching it");
                 let cleaned = umount(&abs, true).is_ok() && mountinfo::find(&abs).is_none();
                 if !cleaned {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::failed_precondition(format!(
                         "{} is a stale FUSE mount (Transport endpoint is not connected) that could not be cleaned up; run `fusermount3 -u -z {}` (or `umount -l` as root) and retry",
                         abs.display(),
                         abs.display()

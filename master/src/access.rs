@@ -53,7 +53,7 @@ impl Access {
             return Ok(Identity::Cluster);
         }
         let unknown = || {
-            Error::Unauthenticated(format!(
+            Error::unauthenticated(format!(
                 "token {} is unknown or revoked; ask an admin for a new one (`shoal token create --owner NAME`)",
                 t.id()
             ))
@@ -130,7 +130,7 @@ impl Access {
         }
         let owner = who.owner().unwrap_or_default();
         let denied = || {
-            Error::PermissionDenied(format!(
+            Error::permission_denied(format!(
                 "owner `{owner}` has no {} access to dataset `{name}`; an admin can share it with `shoal dataset grant {name} --owner {owner}{}`",
                 if need == Need::Write { "write" } else { "read" },
                 if need == Need::Write { " --write" } else { "" },

@@ -107,7 +107,7 @@ impl Catalog {
     pub async fn create(&self, req: NewDataset) -> Result<DatasetRecord> {
         validate_dataset_name(&req.name)?;
         if self.store.get_dataset(&req.name).await?.is_some() {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "dataset `{}` already exists; pick another name or `shoal dataset delete {}` first",
                 req.name, req.name
             )));
@@ -148,7 +148,7 @@ impl Catalog {
             .map(|s| s.contains(&d.id))
             .unwrap_or(false)
         {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "dataset `{name}` is being synced; retry when `shoal dataset show {name}` says ready"
             )));
         }
@@ -167,7 +167,7 @@ impl Catalog {
                 .lock()
                 .map_err(|_| Error::internal("sync registry poisoned"))?;
             if !s.insert(d.id) {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "dataset `{}` is already being synced; wait for it to finish",
                     d.name
                 )));
@@ -261,7 +261,7 @@ impl Catalog {
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound(format!(
+    Error::not_found(format!(
         "dataset `{name}` not found; `shoal dataset list` shows the existing ones"
     ))
 }

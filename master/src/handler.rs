@@ -226,8 +226,8 @@ impl MasterService for MasterRpc {
     }
     async fn verify_token(&self, r: Request<VerifyTokenRequest>) -> Resp<VerifyTokenResponse> {
         if identity(&r)? != Identity::Cluster {
-            return Err(shoal_common::Error::PermissionDenied(
-                "VerifyToken is for cluster members (the runner and workers)".into(),
+            return Err(shoal_common::Error::permission_denied(
+                "VerifyToken is for cluster members (the runner and workers)",
             )
             .into());
         }

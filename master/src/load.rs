@@ -89,9 +89,8 @@ impl LoadJobs {
         }
         let live = state.members.placement()?.placement.len();
         if live == 0 {
-            return Err(Error::FailedPrecondition(
-                "no live cache workers to prewarm into; start one with `shoal worker` and retry"
-                    .into(),
+            return Err(Error::failed_precondition(
+                "no live cache workers to prewarm into; start one with `shoal worker` and retry",
             ));
         }
         if req.replicas as usize > live {
@@ -266,7 +265,7 @@ where
 }
 
 fn not_found(id: &str) -> Error {
-    Error::NotFound(format!(
+    Error::not_found(format!(
         "load job `{id}` not found; `shoal prewarm list` shows the existing ones"
     ))
 }

@@ -69,7 +69,7 @@ impl Datasets {
             .map_err(|e| e.context(format!("get access to dataset `{}`", file.dataset_name)))?
             .into_inner();
         if access.id != file.dataset.0 {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "dataset `{}` now has id {} but the request names id {}; it was re-created, look the file up again",
                 file.dataset_name, access.id, file.dataset
             )));

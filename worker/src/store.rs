@@ -95,30 +95,8 @@ struct DatasetStats {
     misses: AtomicU64,
 }
 
-/// `Error` is not `Clone`; a shared fetch hands each waiter its own copy.
-#[derive(Clone)]
-struct SharedError(Arc<Error>);
-
-impl SharedError {
-    fn to_error(&self) -> Error {
-        let m = self.0.message().to_owned();
-        match &*self.0 {
-            Error::InvalidArgument(_) => Error::InvalidArgument(m),
-            Error::NotFound(_) => Error::NotFound(m),
-            Error::AlreadyExists(_) => Error::AlreadyExists(m),
-            Error::FailedPrecondition(_) => Error::FailedPrecondition(m),
-            Error::Unavailable(_) => Error::Unavailable(m),
-            Error::PermissionDenied(_) => Error::PermissionDenied(m),
-            Error::Unauthenticated(_) => Error::Unauthenticated(m),
-            Error::Cancelled(_) => Error::Cancelled(m),
-            Error::Internal(_) => Error::Internal(m),
-        }
-    }
-}
-
-type SharedFetch = Shared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
-type WeakFetch =
-    futures::future::WeakShared<BoxFuture<'static, std::result::Result<Bytes, SharedError>>>;
+type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
+type WeakFetch = futures::future::WeakShared<BoxFuture<'static, Result<Bytes>>>;
 
 /// The tiered block cache. Cheap to clone.
 #[derive(Clone)]
@@ -260,7 +238,7 @@ impl BlockStore {
                 return Ok(b);
             }
             if let Some(fetch) = self.join_or_start_fetch(file, id, len) {
-                return fetch.await.map_err(|e| e.to_error());
+                return fetch.await;
             }
             // The block became resident between the lookup and the in-flight check.
         }
@@ -410,7 +388,7 @@ impl BlockStore {
         let fut = async move {
             let r = inner.clone().fetch_from_ufs(file, id, len).await;
             inner.inflight.lock().remove(&id);
-            r.map_err(|e| SharedError(Arc::new(e)))
+            r
         }
         .boxed()
         .shared();
@@ -537,7 +515,7 @@ impl Inner {
         let bytes = buf.to_bytes();
         self.m.ufs_read_bytes.increment(bytes.len() as u64);
         if bytes.len() as u64 != len {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "{}/{}: the store returned {} bytes for block {} but the file version needs {len}; the object changed, run `shoal dataset refresh {}`",
                 file.dataset_name,
                 file.path,

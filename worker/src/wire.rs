@@ -17,9 +17,9 @@
 
 use std::io;
 
-use shoal_common::Error;
 use shoal_common::auth::Token;
 use shoal_common::ids::{DatasetId, FileVersion};
+use shoal_common::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::file::FileRef;
@@ -88,19 +88,18 @@ pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Result<To
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic).await?;
     if magic != HELLO_MAGIC {
-        return Ok(Err(Error::Unauthenticated(
-            "the data plane needs a token in the opening frame (a client older than the worker?)"
-                .into(),
+        return Ok(Err(Error::unauthenticated(
+            "the data plane needs a token in the opening frame (a client older than the worker?)",
         )));
     }
     let n = r.read_u16().await? as usize;
     if n > MAX_TOKEN_LEN {
-        return Ok(Err(Error::Unauthenticated("token too long".into())));
+        return Ok(Err(Error::unauthenticated("token too long")));
     }
     let mut b = vec![0u8; n];
     r.read_exact(&mut b).await?;
     Ok(std::str::from_utf8(&b)
-        .map_err(|_| Error::Unauthenticated("the token is not text".into()))
+        .map_err(|_| Error::unauthenticated("the token is not text"))
         .and_then(Token::parse))
 }
 
@@ -192,32 +191,14 @@ pub async fn read_response_head<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<R
     Ok(Err(error_from_code(status, msg)))
 }
 
+/// The data plane's status byte for `e`: the kind's stable number (never 0, which is
+/// [`STATUS_OK`]).
 pub fn error_code(e: &Error) -> u8 {
-    match e {
-        Error::InvalidArgument(_) => 1,
-        Error::NotFound(_) => 2,
-        Error::AlreadyExists(_) => 3,
-        Error::FailedPrecondition(_) => 4,
-        Error::Unavailable(_) => 5,
-        Error::PermissionDenied(_) => 6,
-        Error::Unauthenticated(_) => 7,
-        Error::Cancelled(_) => 8,
-        Error::Internal(_) => 9,
-    }
+    e.kind().id()
 }
 
 pub fn error_from_code(code: u8, msg: String) -> Error {
-    match code {
-        1 => Error::InvalidArgument(msg),
-        2 => Error::NotFound(msg),
-        3 => Error::AlreadyExists(msg),
-        4 => Error::FailedPrecondition(msg),
-        5 => Error::Unavailable(msg),
-        6 => Error::PermissionDenied(msg),
-        7 => Error::Unauthenticated(msg),
-        8 => Error::Cancelled(msg),
-        _ => Error::Internal(msg),
-    }
+    Error::new(ErrorKind::from_id(code), msg)
 }
 
 #[cfg(test)]
@@ -245,7 +226,7 @@ mod tests {
         let mut r = &buf[..];
         assert_eq!(read_response_head(&mut r).await.unwrap().unwrap(), 42);
         let e = read_response_head(&mut r).await.unwrap().unwrap_err();
-        assert!(matches!(e, Error::NotFound(m) if m == "gone"));
+        assert!(e.is(ErrorKind::NotFound) && e.message() == "gone", "{e}");
     }
 
     #[tokio::test]

@@ -266,7 +266,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
             Ok(Ok(len)) => panic!("data plane served {len} bytes for {p:?}"),
             Ok(Err(e)) => {
                 assert!(
-                    matches!(e, shoal_common::Error::InvalidArgument(_)),
+                    e.kind() == shoal_common::ErrorKind::InvalidArgument,
                     "{p:?}: {e}"
                 );
             }
@@ -298,7 +298,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     wire::write_request(&mut sock, &req).await.unwrap();
     match wire::read_response_head(&mut sock).await.unwrap() {
         Ok(len) => panic!("data plane served {len} bytes of a link out of the dataset"),
-        Err(e) => assert!(matches!(e, shoal_common::Error::PermissionDenied(_)), "{e}"),
+        Err(e) => assert!(e.kind() == shoal_common::ErrorKind::PermissionDenied, "{e}"),
     }
 
     // CLI: cat, cp, prewarm --path and --files.

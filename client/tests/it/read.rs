@@ -105,9 +105,9 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
 
     // Bad input is a clear error, not a panic.
     let e = client.lookup("small", "no/such/file").await.unwrap_err();
-    assert!(matches!(e, shoal_common::Error::NotFound(_)), "{e}");
+    assert!(e.kind() == shoal_common::ErrorKind::NotFound, "{e}");
     let e = client.lookup("small", "../etc").await.unwrap_err();
-    assert!(matches!(e, shoal_common::Error::InvalidArgument(_)), "{e}");
+    assert!(e.kind() == shoal_common::ErrorKind::InvalidArgument, "{e}");
     c.shutdown().await;
 }
 

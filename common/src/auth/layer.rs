@@ -67,12 +67,11 @@ where
             .map(|v| v.to_str().map(str::to_owned));
         Box::pin(async move {
             let verified = match header {
-                None => Err(Error::Unauthenticated(
-                    "this call needs a token: send `authorization: Bearer shoal_<id>_<secret>` (the shoal CLI reads SHOAL_TOKEN or its token file)"
-                        .into(),
+                None => Err(Error::unauthenticated(
+                    "this call needs a token: send `authorization: Bearer shoal_<id>_<secret>` (the shoal CLI reads SHOAL_TOKEN or its token file)",
                 )),
-                Some(Err(_)) => Err(Error::Unauthenticated(
-                    "the authorization header is not text".into(),
+                Some(Err(_)) => Err(Error::unauthenticated(
+                    "the authorization header is not text",
                 )),
                 Some(Ok(v)) => match parse_bearer(&v) {
                     Ok(t) => verifier.verify(t).await,
@@ -97,7 +96,7 @@ where
 pub fn parse_bearer(v: &str) -> Result<Token> {
     let t = v
         .strip_prefix("Bearer ")
-        .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
+        .ok_or_else(|| Error::unauthenticated("authorization must be `Bearer <token>`"))?;
     Token::parse(t)
 }
 
@@ -107,5 +106,5 @@ pub fn identity<T>(r: &tonic::Request<T>) -> Result<Identity> {
     r.extensions()
         .get::<Identity>()
         .cloned()
-        .ok_or_else(|| Error::Unauthenticated("the request carries no verified identity".into()))
+        .ok_or_else(|| Error::unauthenticated("the request carries no verified identity"))
 }

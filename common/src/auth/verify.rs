@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, ClusterSecret, Identity, Token};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Decides who a token stands for. `Unauthenticated` for unknown or revoked tokens.
 pub trait Verifier: Send + Sync + 'static {
@@ -47,14 +47,14 @@ impl RemoteVerifier {
     fn cached(&self, key: &str) -> Option<Result<Identity>> {
         let c = self.cache.lock().ok()?;
         let (at, v) = c.get(key)?;
-        (at.elapsed() < self.ttl).then(|| v.clone().map_err(Error::Unauthenticated))
+        (at.elapsed() < self.ttl).then(|| v.clone().map_err(Error::unauthenticated))
     }
 
     fn remember(&self, key: String, v: &Result<Identity>) {
         // Only definite answers: an unreachable master is asked again next time.
         let v = match v {
             Ok(id) => Ok(id.clone()),
-            Err(Error::Unauthenticated(m)) => Err(m.clone()),
+            Err(e) if e.is(ErrorKind::Unauthenticated) => Err(e.message().to_owned()),
             Err(_) => return,
         };
         if let Ok(mut c) = self.cache.lock() {
@@ -100,7 +100,7 @@ impl Verifier for ClusterOnly {
             if self.0.matches(&token) {
                 Ok(Identity::Cluster)
             } else {
-                Err(Error::Unauthenticated(format!(
+                Err(Error::unauthenticated(format!(
                     "token {} is not valid here",
                     token.id()
                 )))
@@ -131,7 +131,7 @@ mod tests {
                         admin: false,
                     })
                 } else {
-                    Err(Error::Unauthenticated("unknown token".into()))
+                    Err(Error::unauthenticated("unknown token"))
                 }
             })
         });

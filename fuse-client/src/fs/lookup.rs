@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, INodeNo, ReplyAttr, ReplyEmpty, ReplyEntry, ReplyStatfs,
 };
-use shoal_common::Error;
+use shoal_common::ErrorKind;
 
 use super::{Fs, GENERATION, Handle, component};
 use crate::inode::{NodeKey, ROOT};
@@ -93,7 +93,7 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
     };
     let info = match fs.meta.dataset(ds).await {
         Ok(i) => i,
-        Err(Error::NotFound(_)) => return Err(Errno::ENOENT),
+        Err(e) if e.is(ErrorKind::NotFound) => return Err(Errno::ENOENT),
         Err(e) => return Err(fs.fail(Op::Lookup, key, &e)),
     };
     if key.path.is_empty() {
@@ -109,7 +109,7 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
                 entry_ttl,
             })
         }
-        Err(Error::NotFound(_)) if !info.read_write => {
+        Err(e) if e.is(ErrorKind::NotFound) && !info.read_write => {
             // A negative entry: the kernel remembers the absence for the entry TTL.
             let mut attr = fs.dir_attr(0, false, UNIX_EPOCH);
             attr.ino = INodeNo(0);
@@ -119,7 +119,7 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
                 entry_ttl,
             })
         }
-        Err(Error::NotFound(_)) => Err(Errno::ENOENT),
+        Err(e) if e.is(ErrorKind::NotFound) => Err(Errno::ENOENT),
         Err(e) => Err(fs.fail(Op::Lookup, key, &e)),
     }
 }

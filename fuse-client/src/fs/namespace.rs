@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use fuser::{Errno, RenameFlags, ReplyEmpty, ReplyEntry};
-use shoal_common::Error;
+use shoal_common::ErrorKind;
 use shoal_proto::v1 as pb;
 
 use super::lookup::child_key;
@@ -129,20 +129,6 @@ pub fn remove(fs: &Arc<Fs>, parent: u64, name: &OsStr, directory: bool, reply: R
                 fs2.inodes.unlink(&key);
                 reply.ok()
             }
-            Err(Error::FailedPrecondition(m)) => {
-                let errno = if m.contains("read-only") {
-                    Errno::EROFS
-                } else if m.contains("not empty") {
-                    Errno::ENOTEMPTY
-                } else if m.contains("not a directory") {
-                    Errno::ENOTDIR
-                } else if m.contains("is a directory") {
-                    Errno::EISDIR
-                } else {
-                    fs2.fail(Op::Mutate, &key, &Error::FailedPrecondition(m))
-                };
-                reply.error(errno)
-            }
             Err(e) => reply.error(fs2.fail(Op::Mutate, &key, &e)),
         }
     });
@@ -192,7 +178,7 @@ pub fn rename(
             fs2.meta.invalidate(&info.name, &to.path);
             match fs2.meta.entry(&info.name, &to.path).await {
                 Ok(_) => return reply.error(Errno::EEXIST),
-                Err(Error::NotFound(_)) => {}
+                Err(e) if e.is(ErrorKind::NotFound) => {}
                 Err(e) => return reply.error(fs2.fail(Op::Mutate, &to, &e)),
             }
         }
@@ -213,9 +199,6 @@ pub fn rename(
                 fs2.inodes.rename(&from, &to);
                 tracing::debug!(dataset = %info.name, from = %from.path, to = %to.path, "renamed (copy + delete)");
                 reply.ok()
-            }
-            Err(Error::FailedPrecondition(m)) if m.contains("is a directory") => {
-                reply.error(Errno::EISDIR)
             }
             Err(e) => reply.error(fs2.fail(Op::Mutate, &from, &e)),
         }

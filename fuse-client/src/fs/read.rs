@@ -276,10 +276,11 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
                 reply.data(&b)
             }
             Err(e) => {
+                let errno = crate::errno::errno(&e);
                 tracing::error!(dataset = %h.dataset.name, path = %h.key.path, offset, len = end - offset,
-                    error = %e, "read failed after every worker and the UFS; returning EIO");
+                    error = %e, errno = errno.code(), "read failed after every worker and the UFS");
                 fs2.m.error(Op::Read);
-                reply.error(Errno::EIO)
+                reply.error(errno)
             }
         }
     });

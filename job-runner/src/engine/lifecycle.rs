@@ -239,7 +239,7 @@ impl Engine {
         } else {
             source
         };
-        Err(Error::FailedPrecondition(format!(
+        Err(Error::failed_precondition(format!(
             "{name} cannot run on this runner:\n  {}",
             problems.join("\n  ")
         )))
@@ -745,7 +745,7 @@ impl Engine {
             }
         }
         if keys.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "job {} has no failed or cancelled instances to retry",
                 job.id
             )));
@@ -806,7 +806,7 @@ impl Engine {
             ))
         })?;
         let last = inst.last_started_attempt().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+            Error::failed_precondition(format!(
                 "{task}[{index}] has not started yet ({}: {})",
                 inst.state.as_str(),
                 inst.reason

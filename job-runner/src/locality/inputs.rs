@@ -140,8 +140,8 @@ async fn resolve_with_retries(link: &ClusterLink, task: &TaskSpec) -> Result<Res
     loop {
         tries += 1;
         match resolve_task(link, task).await {
-            Err(Error::Unavailable(m)) if tries < TRIES => {
-                warn!("resolving inputs, try {tries} of {TRIES}: {m}");
+            Err(e) if e.kind().is_transient() && tries < TRIES => {
+                warn!("resolving inputs, try {tries} of {TRIES}: {e}");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::ids::normalize_dataset_path;
 use shoal_common::tls::TlsConfig;
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
@@ -76,13 +76,15 @@ impl ClusterLink {
 
     fn unreachable(&self, what: &str, s: tonic::Status) -> Error {
         let e = Error::from(s);
-        match e {
-            Error::Unavailable(_) | Error::Cancelled(_) => Error::unavailable(format!(
-                "{what}: master {} did not answer ({}); check that it runs and --master points at it",
-                self.master_addr,
-                e.message()
-            )),
-            e => e.context(what),
+        match e.kind() {
+            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Cancelled => {
+                Error::unavailable(format!(
+                    "{what}: master {} did not answer ({}); check that it runs and --master points at it",
+                    self.master_addr,
+                    e.message()
+                ))
+            }
+            _ => e.context(what),
         }
     }
 

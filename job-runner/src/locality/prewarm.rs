@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use shoal_common::Error;
 use shoal_common::ids::normalize_dataset_path;
+use shoal_common::{Error, ErrorKind};
 use shoal_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -280,9 +280,14 @@ async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str,
             Ok(j) => j.into_inner(),
             Err(s) => match Error::from(s) {
                 // Unreachable, or no live workers yet: both may pass before the timeout.
-                Error::Unavailable(m) | Error::Cancelled(m) | Error::FailedPrecondition(m) => {
+                e if e.kind().is_transient()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Cancelled | ErrorKind::FailedPrecondition
+                    ) =>
+                {
                     warn!(
-                        "start prewarm: {m} (master {}); retrying",
+                        "start prewarm: {e} (master {}); retrying",
                         link.master_addr()
                     );
                     tokio::time::sleep(delay).await;

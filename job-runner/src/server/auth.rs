@@ -107,7 +107,7 @@ pub async fn check_submit(
 ) -> Result<()> {
     if !who.may_act_for(&spec.owner) {
         let me = who.owner().unwrap_or_default();
-        return Err(Error::PermissionDenied(format!(
+        return Err(Error::permission_denied(format!(
             "job `{}` is for owner `{}` but your token is for `{me}`; set `owner: {me}` in the spec (a spec without `owner` belongs to `default`)",
             spec.name, spec.owner
         )));
@@ -118,7 +118,7 @@ pub async fn check_submit(
     if let Some(max) = cfg.quota_for(&spec.owner).max_priority
         && spec.priority > max
     {
-        return Err(Error::PermissionDenied(format!(
+        return Err(Error::permission_denied(format!(
             "priority {} is above owner `{}`'s limit of {max}; lower `priority` or ask an admin to raise max_priority in the runner's quota",
             spec.priority, spec.owner
         )));

@@ -200,7 +200,7 @@ impl RunnerService for RunnerRpc {
         if !who.is_admin() {
             let me = who.owner().unwrap_or_default();
             if !owner.is_empty() && owner != me {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::permission_denied(format!(
                     "your token is for owner `{me}`; only an admin may list `{owner}`'s jobs"
                 ))
                 .into());

@@ -496,7 +496,7 @@ async fn the_data_plane_refuses_connections_without_a_valid_token() {
     wire::write_request(&mut s, &req).await.unwrap();
     let e = wire::read_response_head(&mut s).await.unwrap().unwrap_err();
     assert!(
-        matches!(e, shoal_common::Error::Unauthenticated(_)),
+        e.kind() == shoal_common::ErrorKind::Unauthenticated,
         "{e:?}"
     );
     let mut rest = Vec::new();
@@ -511,8 +511,8 @@ async fn the_data_plane_refuses_connections_without_a_valid_token() {
         wire::write_hello(&mut s, &t).await.unwrap();
         let e = wire::read_response_head(&mut s).await.unwrap().unwrap_err();
         let ok = match want {
-            "unauth" => matches!(e, shoal_common::Error::Unauthenticated(_)),
-            _ => matches!(e, shoal_common::Error::PermissionDenied(_)),
+            "unauth" => e.kind() == shoal_common::ErrorKind::Unauthenticated,
+            _ => e.kind() == shoal_common::ErrorKind::PermissionDenied,
         };
         assert!(ok, "{label}: {e:?}");
         // Whatever follows is not served.
@@ -529,10 +529,10 @@ async fn the_data_plane_refuses_connections_without_a_valid_token() {
     s.flush().await.unwrap();
     let answer = wire::read_response_head(&mut s).await.unwrap();
     assert!(
-        !matches!(
-            answer,
-            Err(shoal_common::Error::Unauthenticated(_) | shoal_common::Error::PermissionDenied(_))
-        ),
+        !answer.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            shoal_common::ErrorKind::Unauthenticated | shoal_common::ErrorKind::PermissionDenied
+        )),
         "{answer:?}"
     );
     c.shutdown().await;

@@ -1,8 +1,8 @@
 //! File-metadata RPCs for clients: lookup by path, paged directory listing, and the
 //! internal UFS access grant for workers and clients that read the UFS themselves.
 
-use shoal_common::Error;
 use shoal_common::ids::{FileVersion, normalize_dataset_path};
+use shoal_common::{Error, ErrorKind};
 use shoal_proto::v1::{
     DatasetAccess, FileEntry, GetDatasetAccessRequest, ListDirectoryRequest, ListDirectoryResponse,
     LookupFileRequest,
@@ -41,7 +41,7 @@ pub async fn lookup(s: &MasterState, r: LookupFileRequest) -> Result<FileEntry, 
             is_dir: true,
             ..Default::default()
         }),
-        None => Err(Error::NotFound(format!(
+        None => Err(Error::not_found(format!(
             "`{}/{path}` not found; if it was added to the store recently, run `shoal dataset refresh {}`",
             r.dataset, r.dataset
         ))
@@ -59,16 +59,18 @@ pub async fn list_directory(
         match s.catalog.store().lookup(d.id, &path).await? {
             Some(f) if f.is_dir => {}
             Some(_) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "`{}/{path}` is a file, not a directory",
-                    r.dataset
-                ))
+                return Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    format!("`{}/{path}` is a file, not a directory", r.dataset),
+                )
                 .into());
             }
             None => {
-                return Err(
-                    Error::NotFound(format!("directory `{}/{path}` not found", r.dataset)).into(),
-                );
+                return Err(Error::not_found(format!(
+                    "directory `{}/{path}` not found",
+                    r.dataset
+                ))
+                .into());
             }
         }
     }

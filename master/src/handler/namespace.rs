@@ -2,9 +2,9 @@
 //! rename. The master performs the UFS metadata operation and updates the catalogue in
 //! one request, so every client sees the same namespace; file bytes never pass here.
 
-use shoal_common::Error;
 use shoal_common::ids::normalize_dataset_path;
 use shoal_common::ufs::{build_operator, check_confined, ufs_error};
+use shoal_common::{Error, ErrorKind};
 use shoal_proto::v1::{
     CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
     RenameFileRequest,
@@ -23,7 +23,7 @@ async fn writable(
 ) -> Result<(DatasetRecord, opendal::Operator), Error> {
     let d = s.catalog.get(name).await?;
     if !d.read_write {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::read_only(format!(
             "dataset `{name}` is read-only; create it with --read-write to allow changes"
         )));
     }
@@ -85,18 +85,23 @@ pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathR
     };
     if rec.is_dir != r.directory {
         return Err(if rec.is_dir {
-            Error::FailedPrecondition(format!("`{path}` is a directory"))
+            Error::new(ErrorKind::IsADirectory, format!("`{path}` is a directory"))
         } else {
-            Error::FailedPrecondition(format!("`{path}` is not a directory"))
+            Error::new(
+                ErrorKind::NotADirectory,
+                format!("`{path}` is not a directory"),
+            )
         }
         .into());
     }
     let ctx = format!("delete {path}");
     if rec.is_dir {
         if !store.list_dir(d.id, &path, "", 1).await?.is_empty() {
-            return Err(
-                Error::FailedPrecondition(format!("directory `{path}` is not empty")).into(),
-            );
+            return Err(Error::new(
+                ErrorKind::DirectoryNotEmpty,
+                format!("directory `{path}` is not empty"),
+            )
+            .into());
         }
         op.delete(&format!("{path}/"))
             .await
@@ -115,7 +120,7 @@ pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry
     let (d, op) = writable(s, &r.dataset).await?;
     let path = confined(&op, &r.path)?;
     if let Some(existing) = s.catalog.store().lookup(d.id, &path).await? {
-        return Err(Error::AlreadyExists(format!(
+        return Err(Error::already_exists(format!(
             "`{path}` already exists as a {}",
             if existing.is_dir { "directory" } else { "file" }
         ))
@@ -143,7 +148,7 @@ pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, 
     match store.lookup(d.id, &from).await? {
         None => return Err(Error::not_found(format!("`{}/{from}` not found", d.name)).into()),
         Some(f) if f.is_dir => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "renaming directories is not supported (`{from}`): object stores have no directory rename"
             ))
             .into());
@@ -153,7 +158,7 @@ pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, 
     if let Some(t) = store.lookup(d.id, &to).await?
         && t.is_dir
     {
-        return Err(Error::FailedPrecondition(format!("`{to}` is a directory")).into());
+        return Err(Error::new(ErrorKind::IsADirectory, format!("`{to}` is a directory")).into());
     }
     let ctx = format!("rename {from} to {to}");
     if op.info().capability().rename {

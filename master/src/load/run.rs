@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use shoal_common::ids::{DatasetId, FileVersion, SegmentId};
 use shoal_common::time::now_ms;
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1::{
     FailedFile, FileRef, LoadJob, LoadSegmentRequest, LoadState, StartLoadRequest,
 };
@@ -356,7 +356,7 @@ impl Job {
                     let (r, j) = (epoch_req.clone(), self.clone());
                     async move {
                         let res = tokio::select! {
-                            _ = j.cancel.cancelled() => Err(Error::Cancelled("load cancelled".into())),
+                            _ = j.cancel.cancelled() => Err(Error::cancelled("load cancelled")),
                             r = j.state.loads.workers.load_segment(&w, &addr, r) => r,
                         };
                         (w, res)
@@ -373,13 +373,18 @@ impl Job {
                             .fetch_add(resp.loaded_bytes, Ordering::Relaxed);
                         done.push(w);
                     }
-                    Err(Error::Cancelled(_)) => return,
-                    Err(Error::NotFound(m)) => {
-                        self.fail_file(&f, format!("object not found in the store: {m}"));
+                    Err(e) if e.is(ErrorKind::Cancelled) => return,
+                    Err(e) if e.is(ErrorKind::NotFound) => {
+                        self.fail_file(&f, format!("object not found in the store: {e}"));
                         return;
                     }
-                    Err(Error::PermissionDenied(m)) | Err(Error::InvalidArgument(m)) => {
-                        self.fail_file(&f, m);
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::PermissionDenied | ErrorKind::InvalidArgument
+                        ) =>
+                    {
+                        self.fail_file(&f, e.message().to_owned());
                         return;
                     }
                     Err(e) => {

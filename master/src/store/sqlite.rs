@@ -288,7 +288,7 @@ impl CatalogStore for SqliteCatalog {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    return Err(Error::AlreadyExists(format!(
+                    return Err(Error::already_exists(format!(
                         "dataset `{}` already exists; pick another name or delete it first",
                         d.name
                     )));
@@ -613,7 +613,7 @@ impl CatalogStore for SqliteCatalog {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    Err(Error::AlreadyExists(format!(
+                    Err(Error::already_exists(format!(
                         "token {} already exists",
                         t.id
                     )))
@@ -935,7 +935,7 @@ mod tests {
         let s = SqliteCatalog::open(tmp.path()).unwrap();
         s.create_dataset(new_ds("a"), 1).await.unwrap();
         let e = s.create_dataset(new_ds("a"), 1).await.unwrap_err();
-        assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+        assert!(e.kind() == shoal_common::ErrorKind::AlreadyExists, "{e}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -956,7 +956,7 @@ mod tests {
             let s = SqliteCatalog::open(tmp.path()).unwrap();
             s.create_token(t.clone()).await.unwrap();
             let e = s.create_token(t.clone()).await.unwrap_err();
-            assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+            assert!(e.kind() == shoal_common::ErrorKind::AlreadyExists, "{e}");
             let d = s.create_dataset(new_ds("g"), 1).await.unwrap();
             for (owner, write) in [("team-a", false), ("team-b", true), ("team-a", true)] {
                 s.set_grant(GrantRecord {
