@@ -108,6 +108,14 @@ fn descendants(root: u32) -> Vec<(u32, u64)> {
     out
 }
 
+/// The command name of a process ("" once it is gone).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn still_running(procs: &[(u32, u64)]) -> Vec<u32> {
     procs
         .iter()
@@ -217,8 +225,9 @@ async fn demo_ctrl_c_during_the_cold_run_cleans_up() {
     let cmd = demo_command(&["--small", "--link-mbit", "16"], path.path());
     let mut p = TestProcess::spawn("shoal demo", cmd).unwrap();
     let demo = p.pid();
-    // Wait until the job's instances are running: they are the processes that must
-    // not outlive the demo.
+    // Wait until the job's instances are reading through the mount (a `cat` holds a
+    // file open there): they are the processes that must not outlive the demo, and
+    // the mount must come off under them.
     let (log, children) = wait_for(
         Duration::from_secs(120),
         "the demo's cold fan-out instances to run",
@@ -228,8 +237,8 @@ async fn demo_ctrl_c_during_the_cold_run_cleans_up() {
             async move {
                 assert!(running, "shoal demo exited early:\n{log}");
                 let children = descendants(demo);
-                (log.contains("[3/5] cold fan-out") && !children.is_empty())
-                    .then_some((log, children))
+                let reading = children.iter().any(|(pid, _)| comm(*pid) == "cat");
+                (log.contains("[3/5] cold fan-out") && reading).then_some((log, children))
             }
         },
     )

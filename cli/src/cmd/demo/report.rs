@@ -174,7 +174,7 @@ impl Summary {
 }
 
 /// `20 ms / 400 Mbit/s`.
-pub fn link_name(l: &LinkProfile) -> String {
+fn link_name(l: &LinkProfile) -> String {
     let bw = if l.bandwidth == 0 {
         "unlimited".to_owned()
     } else {
