@@ -66,10 +66,23 @@ impl DirBackend {
         Some(p)
     }
 
-    /// Opens the object's file, refusing symbolic links and anything not a regular file.
+    /// Opens the object's file, refusing anything not a regular file and any path
+    /// through a symbolic link (the listing shows no links, so no object is one).
     async fn open(&self, key: &str) -> S3Result<(tokio::fs::File, std::fs::Metadata)> {
         let no_such_key = || s3_error!(NoSuchKey, "no object `{key}` in `{}`", self.bucket);
         let path = self.object_path(key).ok_or_else(no_such_key)?;
+        let parts: Vec<&str> = key.split('/').collect();
+        let dirs = parts.split_last().map_or(&[][..], |(_, d)| d);
+        let mut dir = self.root.clone();
+        for c in dirs {
+            dir.push(c);
+            match tokio::fs::symlink_metadata(&dir).await {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(no_such_key()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(no_such_key()),
+                Err(e) => return Err(internal(&format!("stat {}", dir.display()), e)),
+            }
+        }
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)

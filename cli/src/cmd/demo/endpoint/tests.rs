@@ -116,7 +116,7 @@ async fn recursive_listing_pages_through_continuation_tokens() {
 
 #[tokio::test]
 async fn ranged_reads_and_stat() {
-    let (_d, ep) = start(LinkProfile::LOCAL).await;
+    let (d, ep) = start(LinkProfile::LOCAL).await;
     let op = operator(&ep.uri("data"), &ep.options());
     let want = content("data/a/b/d.bin");
     let got = op.read_with("a/b/d.bin").range(10..42).await.unwrap();
@@ -131,7 +131,15 @@ async fn ranged_reads_and_stat() {
     let meta = op.stat("a/f.bin").await.unwrap();
     assert_eq!(meta.content_length(), 100);
     assert!(meta.etag().is_some());
-    for missing in ["a/nope.bin", "a/b"] {
+    // A link to a directory of objects is not a way into it.
+    std::os::unix::fs::symlink(d.path().join("data/a/b"), d.path().join("data/via")).unwrap();
+    assert!(
+        list(&op, "/", true, None)
+            .await
+            .iter()
+            .all(|p| !p.starts_with("via"))
+    );
+    for missing in ["a/nope.bin", "a/b", "via/d.bin"] {
         let e = op.stat(missing).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{missing}: {e}");
     }
