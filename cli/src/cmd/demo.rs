@@ -1,21 +1,26 @@
 //! `shoal demo`: the newcomer's end-to-end run, with no arguments needed.
 //!
-//! 1. starts a local S3 endpoint (moto) behind a simulated far-away link (a latency- and
-//!    bandwidth-limited proxy) and writes a sample dataset into it;
+//! 1. generates a sample dataset into a local directory and serves it as a bucket from
+//!    an S3 endpoint embedded in this process, behind a simulated far-away link (a delay
+//!    before every response, a bandwidth cap on object data);
 //! 2. starts an embedded cluster (master, N simulated-node workers, runner, FUSE mount);
 //! 3. runs a fan-out job whose instances read their share of the dataset cold through
 //!    the mount, every byte crossing the link;
 //! 4. prewarms the dataset, with a progress bar;
 //! 5. runs the same fan-out warm, and prints cold vs warm: job time, UFS bytes read,
-//!    cache hit ratio and speedup.
+//!    cache hit ratio and speedup, after reading the dataset back through the mount
+//!    and checking every byte against what was generated.
 //!
 //! The cold and the warm run read the same objects through two datasets (`demo-cold`
 //! and `demo-warm`): cached blocks are keyed by dataset, so the cold run starts with an
 //! empty cache and the prewarm has real work to do. Everything lives in one temporary
-//! directory and this process (moto is a child); all of it is removed at the end, and
-//! on Ctrl-C.
+//! directory and this process (it runs no helper program; only the job's instances are
+//! child processes); all of it is removed at the end, and on Ctrl-C.
 
+mod endpoint;
 mod fanout;
+mod report;
+mod sample;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::json;
 use shoal_common::size::{ByteSize, human_bytes};
 use shoal_proto::v1::{CreateDatasetRequest, GetLoadRequest, LoadState, StartLoadRequest};
-use shoal_testkit::{GeneratedDataset, LinkProfile};
 use tokio::task::JoinHandle;
+
+use endpoint::{LinkProfile, S3Endpoint};
+use report::{Prewarm, Progress, Run, Summary};
+use sample::Sample;
 
 use super::Context;
 use crate::connect;
@@ -62,13 +69,10 @@ pub struct DemoArgs {
     /// First-byte latency of the simulated link to the store.
     #[arg(long, default_value = "20ms", value_name = "DURATION", value_parser = parse_duration)]
     link_latency: Duration,
-    /// Bandwidth of the simulated link in Mbit/s, 0 for unlimited [default: 400; --small: 100].
+    /// Bandwidth of the simulated link in Mbit/s, shared by all object reads; 0 for
+    /// unlimited [default: 400; --small: 100].
     #[arg(long, value_name = "MBIT")]
     link_mbit: Option<u64>,
-    /// The moto_server to run as the local S3 endpoint [default: the checkout's .venv,
-    /// then PATH; installed into .venv when missing].
-    #[arg(long, env = "SHOAL_MOTO_SERVER", value_name = "PATH")]
-    moto_server: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -121,164 +125,16 @@ impl Plan {
         Ok(p)
     }
 
+    fn sample(&self) -> Sample {
+        Sample {
+            files: self.files,
+            file_size: self.file_size,
+        }
+    }
+
     fn bytes(&self) -> u64 {
-        self.files as u64 * self.file_size
+        self.sample().bytes()
     }
-}
-
-/// One fan-out run, measured.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Run {
-    secs: f64,
-    /// Bytes the workers read from the store during the run (their metrics).
-    ufs_bytes: u64,
-    /// Bytes that crossed the simulated link during the run.
-    link_bytes: u64,
-    /// Bytes the instances read (every file once).
-    read_bytes: u64,
-}
-
-impl Run {
-    /// The share of the bytes read that came from the cache instead of the store.
-    fn hit_ratio(&self) -> f64 {
-        if self.read_bytes == 0 {
-            return 0.0;
-        }
-        (1.0 - self.ufs_bytes as f64 / self.read_bytes as f64).clamp(0.0, 1.0)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "job_secs": self.secs,
-            "ufs_read_bytes": self.ufs_bytes,
-            "link_bytes": self.link_bytes,
-            "read_bytes": self.read_bytes,
-            "cache_hit_ratio": self.hit_ratio(),
-        })
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Prewarm {
-    secs: f64,
-    bytes: u64,
-    ufs_bytes: u64,
-}
-
-/// Everything the table shows.
-#[derive(Clone, Debug)]
-struct Summary {
-    plan: Plan,
-    cold: Run,
-    prewarm: Prewarm,
-    warm: Run,
-}
-
-impl Summary {
-    fn speedup(&self) -> f64 {
-        self.cold.secs / self.warm.secs.max(1e-9)
-    }
-
-    fn prewarm_rate(&self) -> f64 {
-        self.prewarm.bytes as f64 / self.prewarm.secs.max(1e-9)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let p = &self.plan;
-        json!({
-            "dataset": {
-                "files": p.files,
-                "bytes": p.bytes(),
-                "uri": format!("s3://{}/{PREFIX}", store::BUCKET),
-            },
-            "link": {
-                "first_byte_ms": p.link.first_byte.as_millis() as u64,
-                "bandwidth_bytes_per_sec": p.link.bandwidth,
-            },
-            "instances": p.instances,
-            "workers": p.workers,
-            "cold": self.cold.json(),
-            "prewarm": {
-                "secs": self.prewarm.secs,
-                "bytes": self.prewarm.bytes,
-                "ufs_read_bytes": self.prewarm.ufs_bytes,
-                "bytes_per_sec": self.prewarm_rate(),
-                "fraction_of_link": (p.link.bandwidth > 0)
-                    .then(|| self.prewarm_rate() / p.link.bandwidth as f64),
-            },
-            "warm": self.warm.json(),
-            "speedup": self.speedup(),
-        })
-    }
-
-    fn render(&self) -> String {
-        let p = &self.plan;
-        let pct = |r: f64| format!("{:.1}%", r * 100.0);
-        let rows = [
-            (
-                "job time",
-                format!("{:.2} s", self.cold.secs),
-                format!("{:.2} s", self.warm.secs),
-            ),
-            (
-                "UFS bytes read",
-                human_bytes(self.cold.ufs_bytes),
-                human_bytes(self.warm.ufs_bytes),
-            ),
-            (
-                "bytes over the link",
-                human_bytes(self.cold.link_bytes),
-                human_bytes(self.warm.link_bytes),
-            ),
-            (
-                "cache hit ratio",
-                pct(self.cold.hit_ratio()),
-                pct(self.warm.hit_ratio()),
-            ),
-            ("speedup", String::new(), format!("{:.1}x", self.speedup())),
-        ];
-        let mut out = format!(
-            "\n{} instances read {} files ({}) from s3://{}/{PREFIX} over a {} link, through a shoal mount on {} worker(s):\n\n",
-            p.instances,
-            p.files,
-            human_bytes(p.bytes()),
-            store::BUCKET,
-            link_name(&p.link),
-            p.workers,
-        );
-        out.push_str(&format!(
-            "  {:<20} {:>12} {:>17}\n",
-            "", "cold", "warm (prewarmed)"
-        ));
-        for (name, cold, warm) in rows {
-            out.push_str(&format!("  {name:<20} {cold:>12} {warm:>17}\n"));
-        }
-        let cap = if p.link.bandwidth > 0 {
-            format!(
-                ", {:.2} of the link's {:.0} MB/s",
-                self.prewarm_rate() / p.link.bandwidth as f64,
-                p.link.bandwidth as f64 / 1e6
-            )
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "\nprewarm: {} in {:.2} s ({:.1} MB/s{cap}); hit ratio = share of the bytes read not fetched from the store\n",
-            human_bytes(self.prewarm.bytes),
-            self.prewarm.secs,
-            self.prewarm_rate() / 1e6,
-        ));
-        out
-    }
-}
-
-fn link_name(l: &LinkProfile) -> String {
-    let bw = if l.bandwidth == 0 {
-        "unlimited".to_owned()
-    } else {
-        format!("{} Mbit/s", l.bandwidth * 8 / 1_000_000)
-    };
-    format!("{} ms / {bw}", l.first_byte.as_millis())
 }
 
 /// What has been started so far, so that cleanup knows what to stop, whatever step
@@ -286,7 +142,7 @@ fn link_name(l: &LinkProfile) -> String {
 #[derive(Default)]
 struct Resources {
     work: Option<tempfile::TempDir>,
-    store: Option<store::Store>,
+    store: Option<S3Endpoint>,
     /// The cluster while it starts (its task finishes even if the demo is interrupted,
     /// so that whatever it started can be stopped).
     starting: Option<JoinHandle<anyhow::Result<Embedded>>>,
@@ -296,7 +152,7 @@ struct Resources {
 }
 
 impl Resources {
-    /// Cancels a running job, stops the cluster (unmounting first), moto and the link,
+    /// Cancels a running job, stops the cluster (unmounting first) and the S3 endpoint,
     /// and removes the working directory. Returns what it removed, for the last line.
     async fn cleanup(&mut self) -> Option<PathBuf> {
         if let Some((runner, id)) = self.job.take()
@@ -312,7 +168,7 @@ impl Resources {
         if let Some(c) = self.cluster.take() {
             c.shutdown().await;
         }
-        // Dropping the store kills moto and stops the proxy.
+        // Dropping the endpoint stops it serving.
         self.store = None;
         let work = self.work.take()?;
         let path = work.path().to_owned();
@@ -327,7 +183,7 @@ pub async fn run(ctx: &Context, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::from_args(&a)?;
     let mut res = Resources::default();
     let outcome = tokio::select! {
-        r = steps(&plan, a.moto_server.as_deref(), &mut res) => Some(r),
+        r = steps(&plan, &mut res) => Some(r),
         () = interrupted() => None,
     };
     if outcome.is_none() {
@@ -342,7 +198,7 @@ pub async fn run(ctx: &Context, a: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(p) = removed {
         eprintln!(
-            "cleaned up: unmounted, stopped the cluster and the S3 endpoint, removed {}",
+            "cleaned up: unmounted, stopped the cluster and the embedded S3 endpoint, removed {}",
             p.display()
         );
     }
@@ -383,7 +239,7 @@ fn worker_counter(c: &Embedded, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow::Result<Summary> {
+async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
     let work = res.work.insert(tmp_dir()?).path().to_owned();
     let mount = work.join("mnt");
     eprintln!(
@@ -391,7 +247,7 @@ async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow:
         work.display()
     );
 
-    // The cluster starts while moto does; both take a few seconds.
+    // The cluster starts while the dataset is written; both take a few seconds.
     let bytes = plan.bytes();
     let opts = EmbeddedOptions {
         data_dir: work.join("data"),
@@ -407,32 +263,23 @@ async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow:
     res.starting = Some(tokio::spawn(Embedded::start(opts)));
 
     let t = Instant::now();
-    let st = res.store.insert(
-        store::start(moto, plan.link)
-            .await
-            .context("start the store")?,
-    );
+    let bucket_dir = work.join("bucket");
+    let st = res
+        .store
+        .insert(store::start(&bucket_dir, PREFIX, plan.sample(), plan.link).await?);
+    let uri = st.uri(PREFIX);
+    let options = st.options();
     eprintln!(
-        "[1/5] local S3 endpoint (moto, pid {}) at {}, reached through a simulated link at {} ({}) [{:.1} s]",
-        st.s3.process().pid(),
-        st.s3.endpoint(),
-        st.link.endpoint(),
-        link_name(&plan.link),
-        t.elapsed().as_secs_f64()
+        "[1/5] sample dataset: {} files, {} generated into {} [{:.1} s]\n      served as {uri} by an S3 endpoint embedded in this process at {}, requests signed with a generated key\n      simulated link: {}",
+        plan.files,
+        human_bytes(bytes),
+        bucket_dir.display(),
+        t.elapsed().as_secs_f64(),
+        st.endpoint(),
+        link_description(&plan.link),
     );
 
     let t = Instant::now();
-    let ds = GeneratedDataset::builder(0xde30)
-        .small_files(plan.files, plan.file_size, plan.file_size)
-        .empty_files(0)
-        .tree(2, 2)
-        .build();
-    ds.upload(st.s3.operator(), PREFIX)
-        .await
-        .context("upload the sample dataset")?;
-    let options = st.linked_options();
-    let uri = st.s3.uri(PREFIX);
-
     let starting = res.starting.as_mut().context("cluster start task")?;
     let cluster = starting.await.context("start the embedded cluster")??;
     res.starting = None;
@@ -452,9 +299,7 @@ async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow:
     }
     wait_visible(&mount, &[COLD, WARM]).await?;
     eprintln!(
-        "[2/5] sample dataset: {} files, {} at {uri}, registered as {COLD} and {WARM}; {} worker(s), runner, mount at {} [{:.1} s]",
-        plan.files,
-        human_bytes(bytes),
+        "[2/5] {uri} registered as {COLD} and {WARM}; {} worker(s), runner, mount at {} [{:.1} s]",
         plan.workers,
         mount.display(),
         t.elapsed().as_secs_f64()
@@ -466,12 +311,45 @@ async fn steps(plan: &Plan, moto: Option<&Path>, res: &mut Resources) -> anyhow:
     let prewarm = prewarm(res, WARM, bytes).await?;
 
     let warm = fanout_run(plan, WARM, &runner_addr, res, "[5/5] warm fan-out").await?;
+
+    let sample = plan.sample();
+    let dir = mount.join(WARM);
+    let verified = tokio::task::spawn_blocking(move || sample.verify(&dir))
+        .await
+        .context("the check of the data read back stopped")?
+        .context("check the data read back through the mount")?;
+    eprintln!(
+        "      checked: {} read back through the mount, identical to what was generated",
+        human_bytes(verified)
+    );
     Ok(Summary {
         plan: plan.clone(),
+        endpoint: res
+            .store
+            .as_ref()
+            .map(S3Endpoint::endpoint)
+            .unwrap_or_default(),
         cold,
         prewarm,
         warm,
+        verified_bytes: verified,
     })
+}
+
+/// What the simulated link does, in words.
+fn link_description(l: &LinkProfile) -> String {
+    let bw = if l.bandwidth == 0 {
+        "no bandwidth cap".to_owned()
+    } else {
+        format!(
+            "{} Mbit/s shared by all object reads",
+            l.bandwidth * 8 / 1_000_000
+        )
+    };
+    format!(
+        "{} ms before every response, {bw}",
+        l.first_byte.as_millis()
+    )
 }
 
 /// The mount lists datasets with a short cache; wait until it shows the new ones.
@@ -497,7 +375,7 @@ async fn fanout_run(
     res: &mut Resources,
     label: &str,
 ) -> anyhow::Result<Run> {
-    let (ufs0, link0) = counters(res)?;
+    let before = counters(res)?;
     eprintln!(
         "{label}: {} instances each read their share of {dataset} through the mount…",
         plan.instances
@@ -514,24 +392,27 @@ async fn fanout_run(
     res.job = Some((runner_addr.to_owned(), id.clone()));
     let took = fanout::wait(&mut c, &id, started).await?;
     res.job = None;
-    let (ufs1, link1) = counters(res)?;
+    let after = counters(res)?;
     eprintln!("      job {id} succeeded in {:.2} s", took.as_secs_f64());
     Ok(Run {
         secs: took.as_secs_f64(),
-        ufs_bytes: ufs1.saturating_sub(ufs0),
-        link_bytes: link1.saturating_sub(link0),
+        ufs_bytes: after[0].saturating_sub(before[0]),
+        link_bytes: after[1].saturating_sub(before[1]),
+        store_requests: after[2].saturating_sub(before[2]),
         read_bytes: plan.bytes(),
     })
 }
 
-/// (UFS bytes the workers have read, bytes that have crossed the link) so far.
-fn counters(res: &Resources) -> anyhow::Result<(u64, u64)> {
+/// [UFS bytes the workers have read, object bytes that have crossed the link, requests
+/// the store has answered] so far.
+fn counters(res: &Resources) -> anyhow::Result<[u64; 3]> {
     let c = res.cluster.as_ref().context("cluster not started")?;
     let s = res.store.as_ref().context("store not started")?;
-    Ok((
+    Ok([
         worker_counter(c, "shoal_worker_ufs_read_bytes_total"),
-        s.link.bytes_down(),
-    ))
+        s.bytes_down(),
+        s.requests(),
+    ])
 }
 
 async fn prewarm(res: &mut Resources, dataset: &str, bytes: u64) -> anyhow::Result<Prewarm> {
@@ -596,125 +477,9 @@ async fn prewarm(res: &mut Resources, dataset: &str, bytes: u64) -> anyhow::Resu
     })
 }
 
-/// A byte progress bar on a terminal; a line per quarter otherwise (CI logs).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    quarter: std::sync::atomic::AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            let style = indicatif::ProgressStyle::with_template(
-                "      [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            b.set_style(style);
-            b.enable_steady_tick(Duration::from_millis(100));
-            b
-        });
-        Progress {
-            bar,
-            quarter: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn update(&self, done: u64, total: u64) {
-        if let Some(b) = &self.bar {
-            b.set_length(total);
-            b.set_position(done);
-        } else if let Some(q) = (done * 4).checked_div(total)
-            && q > self
-                .quarter
-                .fetch_max(q, std::sync::atomic::Ordering::Relaxed)
-        {
-            eprintln!("      {}% ({})", q * 25, human_bytes(done));
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn summary() -> Summary {
-        Summary {
-            plan: Plan {
-                files: 32,
-                file_size: 8 * MIB,
-                instances: 8,
-                workers: 2,
-                link: LinkProfile::remote(),
-            },
-            cold: Run {
-                secs: 6.4,
-                ufs_bytes: 256 * MIB,
-                link_bytes: 257 * MIB,
-                read_bytes: 256 * MIB,
-            },
-            prewarm: Prewarm {
-                secs: 5.6,
-                bytes: 256 * MIB,
-                ufs_bytes: 256 * MIB,
-            },
-            warm: Run {
-                secs: 0.8,
-                ufs_bytes: 0,
-                link_bytes: 0,
-                read_bytes: 256 * MIB,
-            },
-        }
-    }
-
-    #[test]
-    fn table_shows_cold_warm_and_speedup() {
-        let out = summary().render();
-        let lines: Vec<&str> = out.lines().collect();
-        let table = [
-            "                               cold  warm (prewarmed)",
-            "  job time                   6.40 s            0.80 s",
-            "  UFS bytes read          256.0 MiB               0 B",
-            "  bytes over the link     257.0 MiB               0 B",
-            "  cache hit ratio              0.0%            100.0%",
-            "  speedup                                        8.0x",
-        ];
-        let at = lines
-            .iter()
-            .position(|l| *l == table[0])
-            .unwrap_or_else(|| panic!("no header in {out}"));
-        assert_eq!(lines[at..at + table.len()], table, "{out}");
-        assert!(out.contains("20 ms / 400 Mbit/s link"), "{out}");
-        assert!(out.contains("0.96 of the link's 50 MB/s"), "{out}");
-    }
-
-    #[test]
-    fn json_carries_the_same_numbers() {
-        let j = summary().json();
-        assert_eq!(j["cold"]["ufs_read_bytes"], 256 * MIB);
-        assert_eq!(j["warm"]["cache_hit_ratio"], 1.0);
-        assert_eq!(j["speedup"], 8.0);
-        assert_eq!(j["link"]["bandwidth_bytes_per_sec"], 50_000_000);
-    }
-
-    #[test]
-    fn hit_ratio_is_clamped_and_defined_for_no_reads() {
-        let r = Run {
-            ufs_bytes: 10,
-            read_bytes: 5,
-            ..Default::default()
-        };
-        assert_eq!(r.hit_ratio(), 0.0);
-        assert_eq!(Run::default().hit_ratio(), 0.0);
-    }
 
     #[test]
     fn small_plan_and_overrides() {
@@ -739,5 +504,17 @@ mod tests {
         assert_eq!(p.link.first_byte, Duration::from_millis(20));
         let e = args(&["--instances", "0"]).unwrap_err();
         assert!(e.to_string().contains("--instances"), "{e}");
+    }
+
+    #[test]
+    fn the_link_is_described_as_simulated_numbers() {
+        let d = link_description(&LinkProfile {
+            first_byte: Duration::from_millis(20),
+            bandwidth: 100_000_000 / 8,
+        });
+        assert_eq!(
+            d,
+            "20 ms before every response, 100 Mbit/s shared by all object reads"
+        );
     }
 }
