@@ -113,11 +113,9 @@ async fn rig(opts: &Options) -> Result<Rig> {
     wc.cluster_token = master.cluster_token.clone();
     let worker = WorkerServer::start(wc).await?;
     let (_, admin) = master.state.access.issue("bench-admin", true).await?;
-    let mut m = shoal_worker::server::master_client(
-        &master.grpc_addr.to_string(),
-        Duration::from_secs(600),
-        Some(&admin),
-    )?;
+    let mut m =
+        shoal_wire::connect::Dial::new(&Default::default(), Some(&admin), Duration::from_secs(600))
+            .master(&master.grpc_addr.to_string())?;
     for _ in 0..100 {
         let set = m
             .get_worker_set(pb::GetWorkerSetRequest::default())
@@ -217,8 +215,8 @@ impl Rig {
 
 /// FUSE requests the mount at `root` has answered so far.
 fn fuse_requests(root: &Path) -> f64 {
-    let text = shoal_common::telemetry::metrics_handle().render();
-    shoal_common::telemetry::sample(
+    let text = shoal_telemetry::metrics_handle().render();
+    shoal_telemetry::sample(
         &text,
         "shoal_fuse_requests_total",
         &[("mount", &root.display().to_string())],

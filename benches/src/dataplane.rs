@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use shoal_client::data_plane::DataPlaneClient;
 use shoal_client::short_circuit::ShortCircuit;
 use shoal_common::ids::{DatasetId, FileVersion};
-use shoal_common::ufs::{UfsTuning, build_operator};
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
-use shoal_worker::wire::ReadRequest;
-use shoal_worker::{FileRef, WorkerConfig, WorkerServer};
+use shoal_ufs::{UfsTuning, build_operator};
+use shoal_wire::FileRef;
+use shoal_wire::frame::ReadRequest;
+use shoal_worker::{WorkerConfig, WorkerServer};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -99,12 +100,12 @@ pub async fn run(opts: &Options) -> Result<Vec<Row>> {
         let resident = (0..layout.block_count(size))
             .filter(|i| worker.store().is_resident(&file.block(*i)))
             .count();
-        let text = shoal_common::telemetry::metrics_handle().render();
+        let text = shoal_telemetry::metrics_handle().render();
         return Err(Error::internal(format!(
             "block {i} was evicted while warming ({resident} resident, {:?}, {} uncached fills, {} evictions); the tier is too small",
             worker.store().tier_usage(),
-            shoal_common::telemetry::sample(&text, "shoal_worker_uncached_fills_total", &[]),
-            shoal_common::telemetry::sample(&text, "shoal_worker_evictions_total", &[]),
+            shoal_telemetry::sample(&text, "shoal_worker_uncached_fills_total", &[]),
+            shoal_telemetry::sample(&text, "shoal_worker_evictions_total", &[]),
         )));
     }
 
@@ -120,7 +121,7 @@ pub async fn run(opts: &Options) -> Result<Vec<Row>> {
         .connect()
         .await
         .map_err(|e| Error::unavailable(format!("connect gRPC: {e}")))?;
-    let grpc = WorkerServiceClient::new(shoal_common::auth::with_token(ch, Some(&token)))
+    let grpc = WorkerServiceClient::new(shoal_wire::auth::with_token(ch, Some(&token)))
         .max_decoding_message_size(16 << 20);
     let local = ShortCircuit::new(64 << 20);
     let tiers = vec![tier_dir.path().to_path_buf()];

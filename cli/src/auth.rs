@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use shoal_common::auth::{Token, load_or_create_token_file, read_token_file};
+use shoal_wire::auth::{Token, load_or_create_token_file, read_token_file};
 
 use crate::cmd::Context;
 use crate::cmd::master::default_data_dir;

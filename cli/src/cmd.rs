@@ -12,7 +12,7 @@ pub mod token;
 pub mod up;
 pub mod worker;
 
-use shoal_common::config::ConfigFile;
+use crate::config::ConfigFile;
 
 use crate::output::OutputFormat;
 
@@ -21,5 +21,5 @@ pub struct Context {
     pub file: ConfigFile,
     pub output: OutputFormat,
     /// `--tls-cert`/`--tls-key`/`--ca` > `[tls]` in the file.
-    pub tls: shoal_common::tls::TlsConfig,
+    pub tls: shoal_wire::tls::TlsConfig,
 }

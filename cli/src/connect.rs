@@ -4,10 +4,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
-use shoal_common::tls::TlsConfig;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
+use shoal_wire::auth::{AuthChannel, Token, with_token};
+use shoal_wire::tls::TlsConfig;
 use tonic::transport::Endpoint;
 
 use crate::cmd::Context;
@@ -48,7 +48,7 @@ pub fn unreachable(
     otherwise: &str,
 ) -> anyhow::Error {
     let cause = transport_cause(e);
-    let fix = shoal_common::tls::hint(&cause, &tls()).unwrap_or(otherwise);
+    let fix = shoal_wire::tls::hint(&cause, &tls()).unwrap_or(otherwise);
     anyhow::anyhow!("cannot reach the {what} at {addr} ({cause}); {fix}")
 }
 
@@ -116,7 +116,7 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
             text.push_str(&innermost);
             cur = c.source();
         }
-        if let Some(fix) = shoal_common::tls::hint(&text, &tls()) {
+        if let Some(fix) = shoal_wire::tls::hint(&text, &tls()) {
             return anyhow::anyhow!("the connection to the server failed ({innermost}); {fix}");
         }
     }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use shoal_common::auth::{Token, read_token_file, write_token_file};
 use shoal_common::size::human_bytes;
 use shoal_job_runner::config::NodeConfig;
 use shoal_job_runner::{RunnerConfig, RunnerServer, RunningRunner};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
+use shoal_wire::auth::{Token, read_token_file, write_token_file};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 
 const MIB: u64 = 1 << 20;

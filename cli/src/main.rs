@@ -5,6 +5,7 @@
 
 mod auth;
 mod cmd;
+mod config;
 mod connect;
 mod embedded;
 mod output;
@@ -137,8 +138,8 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let file = shoal_common::config::ConfigFile::load(cli.config.as_deref())?;
-    let tls = shoal_common::tls::TlsConfig {
+    let file = crate::config::ConfigFile::load(cli.config.as_deref())?;
+    let tls = shoal_wire::tls::TlsConfig {
         cert: cli
             .tls_cert
             .or_else(|| file.tls.cert.as_ref().map(PathBuf::from)),

@@ -14,14 +14,15 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use opendal::Operator;
 use parking_lot::{Mutex, RwLock};
-use shoal_common::auth::AuthChannel;
 use shoal_common::ids::{DatasetId, FileVersion};
-use shoal_common::ufs::{UfsTuning, build_operator, ufs_error};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use shoal_worker::FileRef;
-use shoal_worker::wire::ReadRequest;
+use shoal_ufs::{UfsTuning, build_operator, ufs_error};
+use shoal_wire::FileRef;
+use shoal_wire::auth::AuthChannel;
+use shoal_wire::connect::Dial;
+use shoal_wire::frame::ReadRequest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::ClientConfig;
@@ -65,12 +66,8 @@ struct Inner {
 impl ShoalClient {
     /// Connects to the master and fetches the worker set.
     pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
-        let master = shoal_worker::server::master_client_with(
-            &cfg.master,
-            cfg.rpc_timeout,
-            &cfg.tls,
-            cfg.token.as_ref(),
-        )?;
+        let master =
+            Dial::new(&cfg.tls, cfg.token.as_ref(), cfg.rpc_timeout).master(&cfg.master)?;
         let set = fetch_worker_set(&master, cfg.rpc_timeout)
             .await
             .map_err(|e| {
@@ -415,7 +412,7 @@ impl ShoalClient {
 
     async fn read_ufs(&self, ds: &DatasetHandle, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
-        shoal_common::ufs::check_confined(&ds.operator, &file.path)?;
+        shoal_ufs::check_confined(&ds.operator, &file.path)?;
         let fut = ds.operator.read_with(&file.path).range(a..b);
         let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await

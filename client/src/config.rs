@@ -1,6 +1,7 @@
 //! [`ClientConfig`]: how a client finds the master, who it is (for short-circuit
 //! reads), and the deadlines of every remote call.
 
+use serde::Deserialize;
 use std::time::Duration;
 
 /// Options of a [`crate::ShoalClient`]. `ClientConfig::new(master)` gives defaults.
@@ -33,10 +34,10 @@ pub struct ClientConfig {
     pub read_parallelism: usize,
     /// Presented to the master and to workers: the cluster token (mounts, the
     /// runner) or an admin token (`shoal cat`).
-    pub token: Option<shoal_common::auth::Token>,
+    pub token: Option<shoal_wire::auth::Token>,
     /// With a CA (`--ca`), the master and the workers' data planes are reached over
     /// TLS, trusting that CA only.
-    pub tls: shoal_common::tls::TlsConfig,
+    pub tls: shoal_wire::tls::TlsConfig,
 }
 
 impl ClientConfig {
@@ -58,4 +59,19 @@ impl ClientConfig {
             tls: Default::default(),
         }
     }
+}
+
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientToml {
+    pub master: Option<String>,
+    pub runner: Option<String>,
+    /// The caller's token (`shoal_<id>_<secret>`). The file must then be private (0600).
+    pub token: Option<String>,
+    /// A file (mode 0600) holding the caller's token.
+    pub token_file: Option<String>,
+    /// The node this client runs on, for short-circuit reads of local blocks.
+    pub node: Option<String>,
 }

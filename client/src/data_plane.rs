@@ -1,5 +1,5 @@
 //! [`DataPlaneClient`]: the client side of the framed-TCP data plane
-//! (`shoal_worker::wire`), with a small pool of reusable connections per worker and a
+//! (`shoal_wire::frame`), with a small pool of reusable connections per worker and a
 //! deadline on every request. With a TLS connector (a client `--ca`) every connection
 //! is TLS, checked against the worker's address.
 
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use shoal_common::auth::Token;
-use shoal_common::tls::TlsConnector;
 use shoal_common::{Error, Result};
-use shoal_worker::wire::{self, ReadRequest};
+use shoal_wire::auth::Token;
+use shoal_wire::frame::{self, ReadRequest};
+use shoal_wire::tls::TlsConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 
@@ -49,7 +49,7 @@ impl DataPlaneClient {
         }
     }
 
-    /// Connects over TLS with `tls` (see `shoal_common::tls::TlsConfig::connector`).
+    /// Connects over TLS with `tls` (see `shoal_wire::tls::TlsConfig::connector`).
     pub fn with_tls(mut self, tls: Option<TlsConnector>) -> DataPlaneClient {
         self.tls = tls;
         self
@@ -95,16 +95,16 @@ impl DataPlaneClient {
         let stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(sock),
             Some(tls) => {
-                let name = shoal_common::tls::server_name(addr)?;
+                let name = shoal_wire::tls::server_name(addr)?;
                 let s = tokio::time::timeout(self.connect_timeout, tls.connect(name, sock))
                     .await
                     .map_err(|_| {
                         Error::unavailable(format!("TLS handshake with worker {addr} timed out"))
                     })?
                     .map_err(|e| {
-                        let hint = shoal_common::tls::hint(
+                        let hint = shoal_wire::tls::hint(
                             &e.to_string(),
-                            &shoal_common::tls::TlsConfig::default(),
+                            &shoal_wire::tls::TlsConfig::default(),
                         )
                         .map(|h| format!("; {h}"))
                         .unwrap_or_default();
@@ -126,8 +126,8 @@ impl DataPlaneClient {
             Error::unauthenticated("no token to open a data-plane connection with")
         })?;
         let fut = async {
-            wire::write_hello(conn.get_mut(), token).await?;
-            wire::read_response_head(conn).await
+            frame::write_hello(conn.get_mut(), token).await?;
+            frame::read_response_head(conn).await
         };
         match tokio::time::timeout(self.connect_timeout, fut).await {
             Ok(Ok(Ok(_))) => Ok(()),
@@ -145,8 +145,8 @@ impl DataPlaneClient {
         req: &ReadRequest,
     ) -> std::io::Result<(Result<Bytes>, Conn)> {
         let fut = async {
-            wire::write_request(conn.get_mut(), req).await?;
-            match wire::read_response_head(&mut conn).await? {
+            frame::write_request(conn.get_mut(), req).await?;
+            match frame::read_response_head(&mut conn).await? {
                 Ok(n) => {
                     if n > req.length {
                         return Err(std::io::Error::new(

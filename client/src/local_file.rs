@@ -3,7 +3,7 @@
 //! passthrough backing file and serve reads without copying them through userspace.
 //!
 //! The worker keeps each cached file version as one sparse data file per tier
-//! (`shoal_worker::layout`), with one marker per complete block. The file qualifies
+//! (`shoal_tier::layout`), with one marker per complete block. The file qualifies
 //! when, in a single tier of a worker on this node, the markers cover block 0 to the
 //! last block with the right lengths and the data file is at least the file's size.
 //! Presence is checked after the shared `flock` pin is taken, and the pin lasts as long
@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_proto::v1 as pb;
-use shoal_worker::layout;
-use shoal_worker::store::block_file::{self, BlockFile};
+use shoal_tier::block_file::{self, BlockFile};
+use shoal_tier::layout;
 
 use crate::ShoalClient;
 

@@ -32,7 +32,7 @@ pub struct ClientMetrics {
 
 impl ClientMetrics {
     pub fn new(client: &str) -> ClientMetrics {
-        shoal_common::telemetry::metrics_handle();
+        shoal_telemetry::metrics_handle();
         let mk = |name: &'static str, p: ReadPath| {
             counter!(
                 name,

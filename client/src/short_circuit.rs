@@ -11,9 +11,9 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use shoal_common::block::BlockLayout;
-use shoal_worker::FileRef;
-use shoal_worker::layout;
-use shoal_worker::store::block_file::{self, BlockFile};
+use shoal_tier::block_file::{self, BlockFile};
+use shoal_tier::layout;
+use shoal_wire::FileRef;
 
 pub struct ShortCircuit {
     buffer: Option<moka::sync::Cache<(u64, u64, u64), Bytes>>,

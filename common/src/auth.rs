@@ -8,28 +8,16 @@
 //! An **identity** is what a verified token stands for: an owner (a tenant, optionally
 //! an admin), or the cluster itself (workers, mounts and the runner talking to each other
 //! with the shared cluster token).
-
-mod channel;
-mod layer;
-mod verify;
+//!
+//! How tokens travel and are checked (gRPC metadata, the data plane's opening frame,
+//! token files) is `shoal-wire`'s; this module is only the vocabulary.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-
-pub use channel::{AuthChannel, TokenInterceptor, set_token, with_token};
-pub use layer::{AuthLayer, AuthService, identity, parse_bearer};
-pub use verify::{AskIssuer, ClusterOnly, RemoteVerifier, VERDICT_TTL, Verifier};
-
-/// A boxed future, for the object-safe async traits of this module.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// gRPC metadata key carrying `Bearer <token>`.
-pub const AUTHORIZATION: &str = "authorization";
 const PREFIX: &str = "shoal_";
 
 /// Who is calling.
@@ -195,17 +183,6 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token in gRPC metadata, if any.
-pub fn token_from_metadata(md: &tonic::metadata::MetadataMap) -> Result<Option<Token>> {
-    let Some(v) = md.get(AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| Error::unauthenticated("the authorization header is not text"))?;
-    parse_bearer(v).map(Some)
-}
-
 /// The cluster's shared secret, held by every member, compared by hash.
 #[derive(Clone)]
 pub struct ClusterSecret {
@@ -232,56 +209,6 @@ impl ClusterSecret {
     pub fn matches(&self, t: &Token) -> bool {
         t.id == self.token.id && constant_time_eq(&t.secret_hash(), &self.hash)
     }
-}
-
-/// Reads a token from a private file. A file that other users can read, or that its
-/// group can change, is refused: it would leak or let others swap the credential.
-/// Group *read* is allowed because Kubernetes mounts Secret volumes group-readable
-/// (0440) for the pod's `fsGroup`, the one way to hand a pod a file it must own.
-pub fn read_token_file(path: &std::path::Path) -> Result<Token> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o037 != 0 {
-        return Err(Error::permission_denied(format!(
-            "token file {} is open to other users (mode {mode:o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::invalid(format!("cannot read token file {}: {e}", path.display())))?;
-    Token::parse(&text)
-}
-
-/// The token in `path` if it exists (it must be private), else a fresh one written
-/// there with mode 0600. Returns the token and whether it was created.
-pub fn load_or_create_token_file(path: &std::path::Path) -> Result<(Token, bool)> {
-    if path.exists() {
-        return read_token_file(path).map(|t| (t, false));
-    }
-    let t = Token::generate();
-    write_token_file(path, &t)?;
-    Ok((t, true))
-}
-
-/// Writes a token to `path` with mode 0600 (created that way, never widened).
-pub fn write_token_file(path: &std::path::Path, token: &Token) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("create token file {}", path.display()), e))?;
-    f.write_all(format!("{}\n", token.reveal()).as_bytes())
-        .map_err(|e| Error::io(format!("write token file {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -319,35 +246,6 @@ mod tests {
         let c = ClusterSecret::new(Token::generate());
         assert!(c.matches(c.token()));
         assert!(!c.matches(&Token::generate()));
-    }
-
-    #[test]
-    fn token_files_must_be_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile_dir();
-        let p = dir.join("t");
-        let t = Token::generate();
-        write_token_file(&p, &t).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(read_token_file(&p).unwrap(), t);
-        // A Kubernetes Secret volume with fsGroup: group-readable, nothing for others.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
-        assert_eq!(read_token_file(&p).unwrap(), t);
-        for mode in [0o644, 0o604, 0o660, 0o602] {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            let e = read_token_file(&p).unwrap_err().to_string();
-            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("shoal-auth-test-{}", Token::generate().id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Shared foundations of shoal: the words every part uses and the pure functions they
-//! must agree on.
+//! shoal's vocabulary: the words every part uses and the pure functions they must agree
+//! on.
 //!
 //! - [`ids`]: [`ids::DatasetId`], [`ids::FileVersion`], [`ids::BlockId`],
 //!   [`ids::SegmentId`], and validation of dataset names and paths.
@@ -7,13 +7,11 @@
 //! - [`placement`]: [`placement::Placement`], weighted rendezvous hashing of segments
 //!   over workers. Clients, workers, the master and the runner all call this one
 //!   function, so no per-block location table exists anywhere.
-//! - [`ufs`]: the opendal operator builder for dataset URIs, and UFS error messages.
-//! - [`config`]: the TOML file and the flag > env > file > default precedence.
-//! - [`error`]: [`Error`], aligned with gRPC codes.
-//! - [`telemetry`]: tracing and the Prometheus `/metrics` endpoint.
-//! - [`tls`]: [`tls::TlsConfig`], optional TLS on every listener and connection.
-//! - [`secret`]: keeps dataset credentials out of every log line.
-//! - [`auth`]: tokens (stored hashed), identities, the cluster secret.
+//! - [`error`]: [`Error`] and [`ErrorKind`], each kind mapped once to a gRPC code, an
+//!   errno and an exit code.
+//! - [`auth`]: what a token and an identity are (how they travel is `shoal-wire`'s).
+//! - [`size`], [`time`]: byte sizes and durations as users write them;
+//!   [`config::pick`], the precedence of flags, the configuration file and defaults.
 //!
 //! ```
 //! use shoal_common::block::BlockLayout;
@@ -28,8 +26,9 @@
 //! assert!(["w1", "w2", "w3"].contains(&owner));
 //! ```
 //!
-//! Invariant: this crate depends on no other shoal crate and does no I/O except in
-//! [`ufs`] (through opendal) and [`telemetry`] (the metrics listener).
+//! Invariants: this crate depends on no other shoal crate and does no I/O (no files, no
+//! sockets, no processes): the crates that do (`shoal-wire`, `shoal-ufs`,
+//! `shoal-telemetry`, `shoal-tier`, `shoal-mounts`) sit on top of it.
 
 pub mod auth;
 pub mod block;
@@ -37,11 +36,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod placement;
-pub mod secret;
 pub mod size;
-pub mod telemetry;
 pub mod time;
-pub mod tls;
-pub mod ufs;
 
 pub use error::{Error, ErrorKind, Result};

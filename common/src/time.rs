@@ -12,30 +12,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses `30s`, `5m`, `250ms`, `1h`, or a bare number of seconds.
+/// Parses a duration: humantime's syntax (`250ms`, `30s`, `5m`, `1h 30m`, `2days`), or
+/// a bare number of seconds (`2`, `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || {
+    let bad = |why: &dyn std::fmt::Display| {
         Error::invalid(format!(
-            "invalid duration `{s}`: write e.g. 250ms, 30s, 5m, 1h"
+            "invalid duration `{s}` ({why}): write e.g. 250ms, 30s, 5m, 1h 30m"
         ))
     };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(bad());
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| bad(&e));
     }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(t).map_err(|e| bad(&e))
 }
 
 #[cfg(test)]
@@ -48,6 +37,22 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}
+
+/// Serde support for optional durations written as text (`"30s"`, `"5m"`,
+/// `"1h 30m"`): `#[serde(default, with = "shoal_common::time::opt_duration")]`.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
 use shoal_common::{Error, Result};
 
 /// Attribute and entry TTLs for read-only datasets: their files change only when an
@@ -70,9 +71,9 @@ pub struct MountConfig {
     pub name: String,
     /// The cluster token, presented to the master and workers (default none: every
     /// call is refused until one is set).
-    pub token: Option<shoal_common::auth::Token>,
+    pub token: Option<shoal_wire::auth::Token>,
     /// With a CA (`--ca`), the master and workers are reached over TLS.
-    pub tls: shoal_common::tls::TlsConfig,
+    pub tls: shoal_wire::tls::TlsConfig,
 }
 
 impl MountConfig {
@@ -161,4 +162,17 @@ impl MountConfig {
             (self.ro_attr_ttl, self.ro_entry_ttl)
         }
     }
+}
+
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub attr_ttl: Option<std::time::Duration>,
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub entry_ttl: Option<std::time::Duration>,
 }

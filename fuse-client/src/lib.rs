@@ -39,7 +39,6 @@ pub mod inode;
 pub mod meta;
 pub mod metrics;
 pub mod mount;
-pub mod mountinfo;
 
 pub use config::MountConfig;
 pub use mount::{RunningMount, mount, mount_is_live, unmount_path};

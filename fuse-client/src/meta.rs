@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use shoal_common::auth::AuthChannel;
 use shoal_common::ids::DatasetId;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_wire::auth::AuthChannel;
 
 /// How long the dataset list is trusted.
 const DATASETS_TTL: Duration = Duration::from_secs(5);

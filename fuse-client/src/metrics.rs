@@ -51,7 +51,7 @@ pub struct FuseMetrics {
 
 impl FuseMetrics {
     pub fn new(mount: &str) -> FuseMetrics {
-        shoal_common::telemetry::metrics_handle();
+        shoal_telemetry::metrics_handle();
         let m = mount.to_owned();
         let per_op = |name: &'static str| -> Vec<Counter> {
             OPS.iter()

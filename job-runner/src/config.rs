@@ -1,12 +1,12 @@
 //! The runner's validated runtime configuration: where it listens and keeps state, the
 //! executor nodes it places instances on, and the owners' quotas.
 
+use serde::Deserialize;
+use shoal_common::size::ByteSize;
+use shoal_common::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use shoal_common::config::{CpuToml, QuotaToml, RunnerNodeToml};
-use shoal_common::{Error, Result};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
 
@@ -212,19 +212,19 @@ pub struct RunnerConfig {
     /// Options of the Kubernetes executor (used with [`ExecutorKind::Kubernetes`]).
     pub kubernetes: crate::executor::kubernetes::KubernetesConfig,
     /// The cluster token, presented to the master and workers.
-    pub cluster_token: shoal_common::auth::Token,
+    pub cluster_token: shoal_wire::auth::Token,
     /// Where the cluster token is on disk, handed to the FUSE mount the runner keeps
     /// (`shoal mount --cluster-token-file`). Needed with `mount_program`.
     pub cluster_token_file: Option<PathBuf>,
     /// Owner tokens this runner accepts without asking a master (a standalone runner:
     /// tests, benchmarks). With a master, owner tokens are verified by the master.
-    pub local_tokens: Vec<(shoal_common::auth::Token, shoal_common::auth::Identity)>,
+    pub local_tokens: Vec<(shoal_wire::auth::Token, shoal_wire::auth::Identity)>,
     /// The unprivileged user (name or uid) the local executor starts commands as. Needs
     /// a root runner; `None` runs them as the runner's own user.
     pub run_as: Option<String>,
     /// TLS of the gRPC listener (`cert`/`key`) and of the calls to the master, the
     /// workers and the managed mount's (`ca`).
-    pub tls: shoal_common::tls::TlsConfig,
+    pub tls: shoal_wire::tls::TlsConfig,
 }
 
 impl RunnerConfig {
@@ -247,7 +247,7 @@ impl RunnerConfig {
             schedule_interval: Duration::from_secs(1),
             locality_wait: Duration::from_secs(3),
             kubernetes: Default::default(),
-            cluster_token: shoal_common::auth::Token::generate(),
+            cluster_token: shoal_wire::auth::Token::generate(),
             cluster_token_file: None,
             local_tokens: Vec::new(),
             run_as: None,
@@ -292,6 +292,67 @@ impl RunnerConfig {
         }
         Ok(())
     }
+}
+
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub master: Option<String>,
+    /// Deadline of each call to the master and the workers.
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub master_timeout: Option<std::time::Duration>,
+    /// Executor nodes and their capacity; none means this machine.
+    pub nodes: Option<Vec<RunnerNodeToml>>,
+    /// The quota of every owner without its own.
+    pub default_quota: Option<QuotaToml>,
+    /// Per-owner quotas, by owner name.
+    #[serde(default)]
+    pub quotas: std::collections::BTreeMap<String, QuotaToml>,
+    /// Where each node's datasets are mounted (dataset `d` at `<mount_root>/d`).
+    pub mount_root: Option<String>,
+    /// SIGTERM, then SIGKILL this much later (timeouts, cancels).
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub kill_grace: Option<std::time::Duration>,
+    /// Longest wait for the node holding most of an instance's input.
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub locality_wait: Option<std::time::Duration>,
+    /// The unprivileged user a root runner starts instances as.
+    pub run_as: Option<String>,
+}
+
+/// One executor node of the runner.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerNodeToml {
+    pub name: String,
+    pub cpu: CpuToml,
+    pub memory: ByteSize,
+}
+
+/// CPU as cores (`4`, `0.5`) or text (`"500m"` millicores, `"2"`); the runner parses it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CpuToml {
+    Cores(f64),
+    Text(String),
+}
+
+/// What one owner may use at once; a missing key is unlimited.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaToml {
+    pub instances: Option<u32>,
+    pub cpu: Option<CpuToml>,
+    pub memory: Option<ByteSize>,
+    /// Highest job priority a non-admin owner may submit with.
+    pub max_priority: Option<i32>,
 }
 
 #[cfg(test)]

@@ -7,11 +7,10 @@ pub mod handler;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shoal_common::auth::AuthLayer;
-use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
 use shoal_common::{Error, Result};
 use shoal_proto::v1::runner_service_server::RunnerServiceServer;
-use tokio::net::TcpListener;
+use shoal_telemetry::{MetricsServer, serve_metrics_with};
+use shoal_wire::auth::AuthLayer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -135,18 +134,8 @@ impl RunnerServer {
                     as Arc<dyn PrewarmGate>
             })
         });
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-            Error::io(
-                format!(
-                    "bind runner gRPC listener {} (is another runner running? use --listen)",
-                    cfg.listen
-                ),
-                e,
-            )
-        })?;
-        let grpc_addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("read listener address", e))?;
+        let (listener, grpc_addr) =
+            shoal_wire::listen::bind("runner gRPC", &cfg.listen, "--listen").await?;
         let metrics = match &cfg.metrics_listen {
             Some(a) => Some(serve_metrics_with(a, cfg.tls.acceptor()?).await?),
             None => None,

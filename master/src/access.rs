@@ -2,7 +2,7 @@
 //! table, the cluster token, and dataset grants.
 //!
 //! - [`Access::verify`] turns a token into an [`Identity`]; [`MasterVerifier`] puts it
-//!   in front of `MasterService` (through `shoal_common::auth::AuthLayer`) and answers
+//!   in front of `MasterService` (through `shoal_wire::auth::AuthLayer`) and answers
 //!   the runner's and workers' `VerifyToken` calls.
 //! - [`Access::require_dataset`] is the one check every dataset-scoped RPC makes: the
 //!   cluster and admins pass, an owner needs a grant (a write grant for namespace
@@ -16,12 +16,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use shoal_common::auth::{
-    BoxFuture, ClusterSecret, Identity, Token, Verifier, constant_time_eq, write_token_file,
-};
 use shoal_common::ids::DatasetId;
 use shoal_common::time::now_ms;
 use shoal_common::{Error, Result};
+use shoal_wire::auth::{
+    BoxFuture, ClusterSecret, Identity, Token, Verifier, constant_time_eq, write_token_file,
+};
 use tracing::info;
 
 use crate::store::{CatalogStore, DatasetRecord, GrantRecord, TokenRecord};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use shoal_common::ids::{DatasetId, normalize_dataset_path, validate_dataset_name};
 use shoal_common::time::now_ms;
-use shoal_common::ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
 use shoal_common::{Error, Result};
+use shoal_ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
 use tracing::{info, instrument, warn};
 
 use crate::store::{CatalogStore, DatasetRecord, FileRecord, NewDataset, Phase};
@@ -296,7 +296,7 @@ pub fn public_options(
     let mut shown = BTreeMap::new();
     let mut redacted = Vec::new();
     for (k, v) in options {
-        if shoal_common::ufs::is_secret_option(k) {
+        if shoal_ufs::is_secret_option(k) {
             redacted.push(k.clone());
         } else {
             shown.insert(k.clone(), v.clone());

@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_common::block::BlockLayout;
-use shoal_common::tls::TlsConfig;
-use shoal_common::ufs::UfsTuning;
 use shoal_common::{Error, Result};
+use shoal_ufs::UfsTuning;
+use shoal_wire::tls::TlsConfig;
 
 use crate::load::LoadLimits;
+use serde::Deserialize;
+use shoal_common::size::ByteSize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 
@@ -30,7 +32,7 @@ pub struct MasterConfig {
     pub load: LoadLimits,
     /// The cluster token workers, mounts and the runner present. `None`: the one in
     /// `DATA_DIR/cluster.token`, created (0600) on first start.
-    pub cluster_token: Option<shoal_common::auth::Token>,
+    pub cluster_token: Option<shoal_wire::auth::Token>,
     /// TLS of the gRPC listener (`cert`/`key`) and of the master's calls to workers (`ca`).
     pub tls: TlsConfig,
 }
@@ -62,4 +64,21 @@ impl MasterConfig {
         }
         Ok(())
     }
+}
+
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub data_dir: Option<String>,
+    /// A worker that misses heartbeats for this long leaves the placement set.
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub worker_expiry: Option<std::time::Duration>,
+    pub block_size: Option<ByteSize>,
+    pub segment_blocks: Option<u64>,
 }

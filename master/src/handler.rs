@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use shoal_common::auth::{Identity, identity};
 use shoal_proto::v1::master_service_server::MasterService;
 use shoal_proto::v1::*;
+use shoal_wire::auth::{Identity, identity};
 use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Need};

@@ -55,9 +55,9 @@ impl LoadJobs {
     /// `token` is the cluster token, presented to workers when dispatching segments.
     pub fn new(
         limits: LoadLimits,
-        token: Option<shoal_common::auth::Token>,
+        token: Option<shoal_wire::auth::Token>,
         shutdown: CancellationToken,
-        tls: shoal_common::tls::TlsConfig,
+        tls: shoal_wire::tls::TlsConfig,
     ) -> Self {
         LoadJobs {
             active: Mutex::new(HashMap::new()),

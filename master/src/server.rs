@@ -4,11 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shoal_common::auth::{AuthLayer, ClusterSecret, Token, load_or_create_token_file};
-use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
-use shoal_common::{Error, Result};
+use shoal_common::Result;
 use shoal_proto::v1::master_service_server::MasterServiceServer;
-use tokio::net::TcpListener;
+use shoal_telemetry::{MetricsServer, serve_metrics_with};
+use shoal_wire::auth::{AuthLayer, ClusterSecret, Token, load_or_create_token_file};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,18 +70,8 @@ impl MasterServer {
         });
         state.loads.resume(&state).await?;
 
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-            Error::io(
-                format!(
-                    "bind master gRPC listener {} (is another master running? use --listen)",
-                    cfg.listen
-                ),
-                e,
-            )
-        })?;
-        let grpc_addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("read listener address", e))?;
+        let (listener, grpc_addr) =
+            shoal_wire::listen::bind("master gRPC", &cfg.listen, "--listen").await?;
         let metrics = match &cfg.metrics_listen {
             Some(a) => Some(serve_metrics_with(a, cfg.tls.acceptor()?).await?),
             None => None,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use shoal_common::Result;
 use shoal_common::ids::DatasetId;
-use shoal_common::secret::DebugOptions;
+use shoal_ufs::secret::DebugOptions;
 
 /// Where a dataset's metadata sync stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
-use shoal_common::telemetry::sample;
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1::CreateDatasetRequest;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_telemetry::sample;
+use shoal_wire::auth::{AuthChannel, Token, with_token};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,7 +56,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(spec: ClusterSpec) -> Cluster {
-        shoal_common::telemetry::init_tracing();
+        shoal_telemetry::init_tracing();
         let dirs = tempfile::tempdir().unwrap();
         let mut cfg = MasterConfig::new(dirs.path().join("master"));
         cfg.listen = "127.0.0.1:0".into();

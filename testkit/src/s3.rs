@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use opendal::Operator;
-use shoal_common::ufs::{UfsTuning, build_operator};
 use shoal_common::{Error, Result};
+use shoal_ufs::{UfsTuning, build_operator};
 
 use crate::process::TestProcess;
 

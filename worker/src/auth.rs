@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use shoal_common::auth::{
-    AskIssuer, AuthChannel, ClusterOnly, ClusterSecret, Identity, RemoteVerifier, Token, Verifier,
-};
-use shoal_common::{Error, Result};
-use shoal_proto::v1 as pb;
+use shoal_common::Result;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_wire::auth::{
+    AuthChannel, ClusterOnly, ClusterSecret, Identity, RemoteVerifier, Token, Verifier, ask_master,
+};
 
 /// The worker's verifier: `ClusterOnly` standalone, else owner tokens via the master.
 pub fn verifier(
@@ -23,28 +22,6 @@ pub fn verifier(
         None => Arc::new(ClusterOnly(secret)),
         Some(m) => Arc::new(RemoteVerifier::new(secret, ask_master(m.clone()))),
     }
-}
-
-/// Asks the master's `VerifyToken` (the channel carries the cluster token).
-pub fn ask_master(master: MasterServiceClient<AuthChannel>) -> AskIssuer {
-    Arc::new(move |t: Token| {
-        let mut m = master.clone();
-        Box::pin(async move {
-            let r = m
-                .verify_token(pb::VerifyTokenRequest { token: t.reveal() })
-                .await
-                .map_err(Error::from)?
-                .into_inner();
-            Ok(if r.cluster {
-                Identity::Cluster
-            } else {
-                Identity::Owner {
-                    name: r.owner,
-                    admin: r.admin,
-                }
-            })
-        })
-    })
 }
 
 /// Workers answer cluster members and admins only.

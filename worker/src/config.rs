@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use shoal_common::auth::Token;
+use serde::Deserialize;
 use shoal_common::block::BlockLayout;
-use shoal_common::config::{WorkerToml, pick};
+use shoal_common::config::pick;
 use shoal_common::size::ByteSize;
 use shoal_common::{Error, Result};
+use shoal_wire::auth::Token;
 
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.7;
@@ -124,7 +125,7 @@ pub struct WorkerConfig {
     pub cluster_token: Token,
     /// TLS of the gRPC and data-plane listeners (`cert`/`key`) and of the calls to the
     /// master (`ca`).
-    pub tls: shoal_common::tls::TlsConfig,
+    pub tls: shoal_wire::tls::TlsConfig,
 }
 
 impl WorkerConfig {
@@ -298,6 +299,33 @@ fn hostname() -> Result<String> {
         .ok_or_else(|| Error::invalid("cannot determine the host name; pass --node NAME"))
 }
 
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerToml {
+    /// The cluster token file (mode 0600).
+    pub cluster_token_file: Option<String>,
+    pub master: Option<String>,
+    pub node: Option<String>,
+    pub listen: Option<String>,
+    pub data_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub tiers: Option<Vec<TierToml>>,
+    pub high_watermark: Option<f64>,
+    pub low_watermark: Option<f64>,
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub heartbeat_interval: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierToml {
+    pub name: String,
+    pub path: String,
+    pub quota: ByteSize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,8 +416,6 @@ mod tests {
     }
 
     fn toml_worker(body: &str) -> WorkerToml {
-        shoal_common::config::ConfigFile::parse(&format!("[worker]\n{body}\n"))
-            .unwrap()
-            .worker
+        toml::from_str(body).unwrap()
     }
 }

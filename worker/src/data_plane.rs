@@ -1,23 +1,22 @@
-//! The framed-TCP data-plane server ([`crate::wire`] protocol): one task per
+//! The framed-TCP data-plane server ([`shoal_wire::frame`] protocol): one task per
 //! connection, requests served one after another, block slices written straight from
 //! the cache's buffers. With a TLS acceptor (`--tls-cert`/`--tls-key`) every
 //! connection is TLS; the handshake runs in the connection's task, bounded by
 //! [`HANDSHAKE_TIMEOUT`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_common::auth::Verifier;
-use shoal_common::tls::{HANDSHAKE_TIMEOUT, TlsAcceptor};
 use shoal_common::{Error, Result};
+use shoal_wire::auth::Verifier;
+use shoal_wire::tls::{HANDSHAKE_TIMEOUT, TlsAcceptor};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::BlockStore;
-use crate::wire::{self, MAX_READ_LEN};
+use shoal_wire::frame::{self, MAX_READ_LEN};
 
 /// How long a new connection may take to send its opening frame.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +97,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut rd = BufReader::new(rd);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_hello(&mut rd))
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_hello(&mut rd))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no opening frame"))??;
     let admitted = match hello {
@@ -109,9 +108,9 @@ where
         Err(e) => Err(e),
     };
     match admitted {
-        Ok(_) => wire::write_ok_header(&mut wr, 0).await?,
+        Ok(_) => frame::write_ok_header(&mut wr, 0).await?,
         Err(e) => {
-            wire::write_error(&mut wr, &e).await?;
+            frame::write_error(&mut wr, &e).await?;
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!("connection refused: {e}"),
@@ -121,7 +120,7 @@ where
     wr.flush().await?;
     let mut readahead = Readahead::default();
     let mut prev_end = None;
-    while let Some(req) = wire::read_request(&mut rd).await? {
+    while let Some(req) = frame::read_request(&mut rd).await? {
         let next = req
             .as_ref()
             .ok()
@@ -137,14 +136,14 @@ where
                     }
                     prev_end = Some(end);
                 }
-                wire::write_ok_header(&mut wr, total).await?;
+                frame::write_ok_header(&mut wr, total).await?;
                 for s in &slices {
                     wr.write_all(s).await?;
                 }
                 wr.flush().await?;
                 store.metrics().served_bytes_tcp.increment(total);
             }
-            Err(e) => wire::write_error(&mut wr, &e).await?,
+            Err(e) => frame::write_error(&mut wr, &e).await?,
         }
     }
     Ok(())
@@ -158,7 +157,7 @@ struct Readahead(Option<tokio::task::JoinHandle<()>>);
 impl Readahead {
     /// After serving `offset..end` of `file`, reads the following block if it belongs to
     /// the same segment (another segment may have another owner).
-    fn start(&mut self, store: &BlockStore, file: &crate::FileRef, offset: u64, end: u64) {
+    fn start(&mut self, store: &BlockStore, file: &shoal_wire::FileRef, offset: u64, end: u64) {
         if !store.has_verified_buffer() || self.0.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -188,7 +187,7 @@ impl Drop for Readahead {
 }
 
 async fn serve_one(
-    req: std::result::Result<wire::ReadRequest, Error>,
+    req: std::result::Result<frame::ReadRequest, Error>,
     store: &BlockStore,
 ) -> Result<Vec<bytes::Bytes>> {
     let req = req?;
@@ -199,15 +198,4 @@ async fn serve_one(
         )));
     }
     store.read_range(&req.file, req.offset, req.length).await
-}
-
-/// Binds the data-plane listener.
-pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("bind data-plane listener {addr}"), e))?;
-    let a = l
-        .local_addr()
-        .map_err(|e| Error::io("read data-plane listener address", e))?;
-    Ok((l, a))
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use opendal::Operator;
 use parking_lot::Mutex;
-use shoal_common::auth::AuthChannel;
 use shoal_common::ids::DatasetId;
-use shoal_common::ufs::{UfsTuning, build_operator};
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_ufs::{UfsTuning, build_operator};
+use shoal_wire::auth::AuthChannel;
 
-use crate::file::FileRef;
+use shoal_wire::FileRef;
 
 pub struct Datasets {
     ops: Mutex<HashMap<DatasetId, Operator>>,

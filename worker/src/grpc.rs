@@ -12,9 +12,9 @@ use shoal_proto::v1 as pb;
 use shoal_proto::v1::worker_service_server::WorkerService;
 use tonic::{Request, Response, Status};
 
-use crate::file::FileRef;
 use crate::store::BlockStore;
-use crate::wire::MAX_READ_LEN;
+use shoal_wire::FileRef;
+use shoal_wire::frame::MAX_READ_LEN;
 
 /// Each streamed message carries at most this much, under gRPC's default 4 MiB limit.
 pub const CHUNK: usize = 1 << 20;
@@ -31,7 +31,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::LoadSegmentRequest>,
     ) -> Result<Response<pb::LoadSegmentResponse>, Status> {
-        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "LoadSegment")?;
+        crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "LoadSegment")?;
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
         let stats = self.store.load_segment(&file, req.segment_index).await?;
@@ -45,7 +45,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::SegmentResidencyRequest>,
     ) -> Result<Response<pb::SegmentResidencyResponse>, Status> {
-        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "SegmentResidency")?;
+        crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "SegmentResidency")?;
         residency::segment_residency(&self.store, req.into_inner()).map(Response::new)
     }
 
@@ -55,7 +55,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::ReadRangeRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        crate::auth::require_member(&shoal_common::auth::identity(&req)?, "ReadRange")?;
+        crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "ReadRange")?;
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
         if req.length > MAX_READ_LEN {

@@ -1,13 +1,13 @@
-//! The shoal cache worker (DESIGN.md §3-§4).
+//! The shoal cache worker.
 //!
 //! - [`store::BlockStore`]: the tiered block cache (tiers of sparse data files plus
 //!   marker files, a moka index per tier, demotion/promotion, hard quotas, crc32c on
 //!   every read, coalesced read-through from the UFS, restart from markers).
 //! - [`WorkerServer`] starts a worker: the `WorkerService` gRPC API
-//!   (`LoadSegment`, `ReadRange`), the framed-TCP data plane ([`wire`]), `/metrics`, and
+//!   (`LoadSegment`, `ReadRange`), the framed-TCP data plane (`shoal_wire::frame`), `/metrics`, and
 //!   registration plus heartbeats with the master. It returns a [`RunningWorker`].
-//! - [`layout`] and [`store::block_file::BlockFile`] are public because same-node
-//!   short-circuit readers in `shoal-client` read tier files directly.
+//! - The tier's on-disk format is `shoal-tier`'s, shared with same-node readers; the
+//!   data-plane framing and [`shoal_wire::FileRef`] are `shoal-wire`'s.
 //!
 //! ```no_run
 //! # async fn run() -> shoal_common::Result<()> {
@@ -27,15 +27,11 @@ pub mod auth;
 pub mod config;
 pub mod data_plane;
 pub mod datasets;
-pub mod file;
 pub mod grpc;
-pub mod layout;
 pub mod metrics;
 pub mod server;
 pub mod store;
-pub mod wire;
 
 pub use config::{TierConfig, WorkerArgs, WorkerConfig};
-pub use file::FileRef;
 pub use server::{RunningWorker, WorkerServer};
 pub use store::BlockStore;

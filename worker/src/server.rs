@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opendal::Operator;
-use shoal_common::auth::{AuthChannel, AuthLayer, Token, with_token};
 use shoal_common::ids::DatasetId;
-use shoal_common::telemetry::{MetricsServer, serve_metrics_with};
-use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::worker_service_server::WorkerServiceServer;
-use tokio::net::TcpListener;
+use shoal_telemetry::{MetricsServer, serve_metrics_with};
+use shoal_wire::auth::{AuthChannel, AuthLayer, Token};
+use shoal_wire::connect::Dial;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -43,42 +42,13 @@ pub struct RunningWorker {
     metrics: MetricsServer,
 }
 
-/// Connects lazily to the master with connect and request deadlines, in plain text;
-/// every call carries `token` (the cluster token for cluster members, an owner token
-/// for tools).
-pub fn master_client(
-    addr: &str,
-    timeout: Duration,
-    token: Option<&Token>,
-) -> Result<MasterServiceClient<AuthChannel>> {
-    master_client_with(addr, timeout, &TlsConfig::default(), token)
-}
-
-/// [`master_client`] over TLS when `tls` has a CA.
-pub fn master_client_with(
-    addr: &str,
-    timeout: Duration,
-    tls: &TlsConfig,
-    token: Option<&Token>,
-) -> Result<MasterServiceClient<AuthChannel>> {
-    let ep = tls
-        .endpoint(addr)
-        .map_err(|e| e.context("master address"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    Ok(
-        MasterServiceClient::new(with_token(ep.connect_lazy(), token))
-            .max_decoding_message_size(64 << 20),
-    )
-}
-
 impl WorkerServer {
     pub async fn start(cfg: WorkerConfig) -> Result<RunningWorker> {
         cfg.validate()?;
         let master = cfg
             .master
             .as_deref()
-            .map(|a| master_client_with(a, cfg.rpc_timeout, &cfg.tls, Some(&cfg.cluster_token)))
+            .map(|a| Dial::new(&cfg.tls, Some(&cfg.cluster_token), cfg.rpc_timeout).master(a))
             .transpose()?;
         let verifier = crate::auth::verifier(&cfg.cluster_token, master.as_ref());
         // The master's block geometry wins: every client and worker must agree on it.
@@ -122,16 +92,10 @@ impl WorkerServer {
             .await
             .map_err(|e| Error::internal(format!("store open task failed: {e}")))??;
 
-        let grpc_listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-            Error::io(
-                format!("bind worker gRPC listener {} (use --listen)", cfg.listen),
-                e,
-            )
-        })?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|e| Error::io("read listener address", e))?;
-        let (data_listener, data_addr) = data_plane::bind(&cfg.data_listen).await?;
+        let (grpc_listener, grpc_addr) =
+            shoal_wire::listen::bind("worker gRPC", &cfg.listen, "--listen").await?;
+        let (data_listener, data_addr) =
+            shoal_wire::listen::bind("data-plane", &cfg.data_listen, "--data-listen").await?;
         let metrics = serve_metrics_with(&cfg.metrics_listen, cfg.tls.acceptor()?).await?;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();

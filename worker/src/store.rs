@@ -1,8 +1,8 @@
 //! [`BlockStore`]: the worker's tiered block cache with read-through from the UFS.
 //!
 //! - **Tiers** ([`tier::Tier`]) are ordered fastest first. Each caches blocks in sparse
-//!   per-version data files with marker files (see [`crate::layout`]); all disk I/O goes
-//!   through [`block_file::BlockFile`].
+//!   per-version data files with marker files (see [`shoal_tier::layout`]); all disk I/O goes
+//!   through `shoal_tier::block_file::BlockFile`.
 //! - **Reads** look the block up tier by tier (moka index), pread it and verify its
 //!   crc32c over the whole block. A mismatch or short read counts
 //!   `shoal_worker_checksum_failures_total`, drops the block and falls through to the
@@ -28,7 +28,6 @@
 //! Lock order: a thread holds tier locks only in increasing tier order (an eviction of
 //! tier *i* may write into tier *i+1* while holding *i*), and never across an await.
 
-pub mod block_file;
 pub mod index;
 pub mod tier;
 
@@ -46,10 +45,10 @@ use shoal_common::{Error, Result};
 
 use crate::config::TierConfig;
 use crate::datasets::Datasets;
-use crate::file::FileRef;
-use crate::layout::{self, Marker};
 use crate::metrics::WorkerMetrics;
-use block_file::BlockFile;
+use shoal_tier::block_file::{self, BlockFile};
+use shoal_tier::layout::{self, Marker};
+use shoal_wire::FileRef;
 use tier::{Entry, Tier, disk_bytes};
 
 /// What a [`BlockStore`] is built from (a subset of `WorkerConfig`).
@@ -136,7 +135,7 @@ impl BlockStore {
     /// Probes and scans every tier (blocking disk I/O: call it from a blocking context).
     pub fn open(cfg: StoreConfig, datasets: Arc<Datasets>) -> Result<BlockStore> {
         // Metric handles created before the recorder exists would be no-ops.
-        shoal_common::telemetry::metrics_handle();
+        shoal_telemetry::metrics_handle();
         let mut tiers = Vec::with_capacity(cfg.tiers.len());
         for t in &cfg.tiers {
             let low = (t.quota_bytes as f64 * t.low_watermark) as u64;
@@ -494,7 +493,7 @@ impl Inner {
         len: u64,
     ) -> Result<Bytes> {
         let op = self.datasets.operator(&file).await?;
-        shoal_common::ufs::check_confined(&op, &file.path)?;
+        shoal_ufs::check_confined(&op, &file.path)?;
         let range = self.layout.block_range(file.size, id.index);
         self.m.ufs_read_requests.increment(1);
         let buf = op
@@ -503,7 +502,7 @@ impl Inner {
             .await
             .map_err(|e| {
                 self.m.ufs_read_errors.increment(1);
-                shoal_common::ufs::ufs_error(
+                shoal_ufs::ufs_error(
                     &e,
                     &format!(
                         "read {}/{} bytes {}..{}",

@@ -143,7 +143,7 @@ impl WorkerProc {
     /// Bytes this worker has read from the UFS so far (its `/metrics`).
     pub async fn ufs_bytes(&self) -> Result<u64> {
         let text = scrape(self.metrics).await?;
-        Ok(shoal_common::telemetry::sample(
+        Ok(shoal_telemetry::sample(
             &text,
             "shoal_worker_ufs_read_bytes_total",
             &[("worker", &self.node)],
@@ -245,7 +245,7 @@ impl MountProc {
     /// Stops the mount the way an operator does (SIGTERM unmounts a foreground mount).
     pub async fn stop(mut self) -> Result<()> {
         self.proc.terminate(Duration::from_secs(10)).await;
-        if shoal_fuse::mountinfo::find(&self.dir).is_some() {
+        if shoal_mounts::mountinfo::find(&self.dir).is_some() {
             return Err(Error::internal(format!(
                 "{} is still mounted after SIGTERM: {}",
                 self.dir.display(),
@@ -258,7 +258,7 @@ impl MountProc {
 
 impl Drop for MountProc {
     fn drop(&mut self) {
-        if shoal_fuse::mountinfo::find(&self.dir).is_some() {
+        if shoal_mounts::mountinfo::find(&self.dir).is_some() {
             // Lazy: a reader thread of a failed run may still hold a file open.
             if let Err(e) = shoal_fuse::unmount_path(&self.dir, true) {
                 eprintln!("unmount {}: {e}", self.dir.display());

@@ -239,7 +239,7 @@ impl<'a> ReadRun<'a> {
         uri: &str,
         options: BTreeMap<String, String>,
     ) -> Result<ReadRun<'a>> {
-        let op = shoal_common::ufs::build_operator(uri, &options, &Default::default())?;
+        let op = shoal_ufs::build_operator(uri, &options, &Default::default())?;
         let rig = Rig::start(bin, quota(o)).await?;
         rig.create_dataset(dataset, uri, options).await?;
         reset_peak_rss(rig.worker.pid());

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shoal_common::auth::AuthChannel;
 use shoal_common::{Error, Result};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{LinkProfile, LinkProxy, S3Fixture};
+use shoal_wire::auth::AuthChannel;
 
 use super::procs::{MountProc, WorkerProc};
 
@@ -50,8 +50,12 @@ impl Rig {
         let worker =
             WorkerProc::start(bin, &addr, &token_file, &node, tier.path(), mem_quota).await?;
         let (_, admin) = master.state.access.issue("bench-admin", true).await?;
-        let mut client =
-            shoal_worker::server::master_client(&addr, Duration::from_secs(900), Some(&admin))?;
+        let mut client = shoal_wire::connect::Dial::new(
+            &Default::default(),
+            Some(&admin),
+            Duration::from_secs(900),
+        )
+        .master(&addr)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let set = client

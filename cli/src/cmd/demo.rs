@@ -232,10 +232,10 @@ fn tmp_dir() -> anyhow::Result<tempfile::TempDir> {
 
 /// Sum of a worker counter over the cluster's workers (one registry per process).
 fn worker_counter(c: &Embedded, name: &str) -> u64 {
-    let text = shoal_common::telemetry::metrics_handle().render();
+    let text = shoal_telemetry::metrics_handle().render();
     c.workers
         .iter()
-        .map(|w| shoal_common::telemetry::sample(&text, name, &[("worker", w.node())]))
+        .map(|w| shoal_telemetry::sample(&text, name, &[("worker", w.node())]))
         .sum::<f64>() as u64
 }
 

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use shoal_common::auth::AuthChannel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
+use shoal_wire::auth::AuthChannel;
 
 use super::Context;
 use crate::connect;

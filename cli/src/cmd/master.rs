@@ -97,7 +97,7 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
 }
 
 pub async fn run(ctx: &Context, a: MasterArgs) -> anyhow::Result<ExitCode> {
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
     let data_dir = cfg.data_dir.clone();
     let master = MasterServer::start(cfg).await?;

@@ -145,7 +145,7 @@ pub async fn run(ctx: &Context, a: MountArgs) -> anyhow::Result<ExitCode> {
     if a.background && ready.is_none() {
         return background(&a);
     }
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     match serve(ctx, &a, ready).await {
         Ok(code) => Ok(code),
         Err((e, Some(ready))) => {
@@ -170,7 +170,7 @@ async fn serve(
         Err(e) => return Err((e, ready)),
     };
     let metrics = match &a.metrics_listen {
-        Some(addr) => match shoal_common::telemetry::serve_metrics(addr).await {
+        Some(addr) => match shoal_telemetry::serve_metrics(addr).await {
             Ok(m) => Some(m),
             Err(e) => return Err((e.into(), ready)),
         },

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use shoal_common::auth::AuthChannel;
 use shoal_common::size::human_bytes;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::{
     CancelLoadRequest, GetLoadRequest, ListLoadsRequest, LoadJob, LoadState, StartLoadRequest,
 };
+use shoal_wire::auth::AuthChannel;
 
 use super::Context;
 use super::dataset::MasterFlag;

@@ -136,7 +136,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         // Without a master nothing can verify owner tokens, so a standalone runner
         // issues its own admin token on first start, as a master does.
         let path = cfg.data_dir.join("admin.token");
-        let (token, created) = shoal_common::auth::load_or_create_token_file(&path)
+        let (token, created) = shoal_wire::auth::load_or_create_token_file(&path)
             .with_context(|| format!("the standalone runner's admin token {}", path.display()))?;
         if created {
             eprintln!(
@@ -147,7 +147,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         }
         cfg.local_tokens.push((
             token,
-            shoal_common::auth::Identity::Owner {
+            shoal_wire::auth::Identity::Owner {
                 name: "admin".into(),
                 admin: true,
             },
@@ -215,7 +215,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
 }
 
 pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
     let nodes: Vec<String> = cfg
         .nodes
@@ -247,8 +247,8 @@ pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigFile;
     use clap::Parser;
-    use shoal_common::config::ConfigFile;
 
     #[derive(Parser)]
     struct Cli {

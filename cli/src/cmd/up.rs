@@ -77,7 +77,7 @@ fn dataset_name_from(uri: &str) -> String {
 }
 
 pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     let data_dir = a
         .data_dir
         .unwrap_or_else(|| super::master::default_data_dir("up"));

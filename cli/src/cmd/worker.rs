@@ -82,7 +82,7 @@ pub async fn run(ctx: &Context, c: WorkerCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     let master = a
         .master
         .or_else(|| ctx.file.worker.master.clone())

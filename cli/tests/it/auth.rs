@@ -129,7 +129,7 @@ async fn a_standalone_runner_issues_its_own_admin_token() {
     let env = [("SHOAL_RUNNER", addr.as_str())];
     // The master address is never used by `job list`; the runner's token is.
     shoal_as("127.0.0.1:1", Some(token.trim()), &env, &["job", "list"]).ok();
-    let other = shoal_common::auth::Token::generate();
+    let other = shoal_wire::auth::Token::generate();
     shoal_as("127.0.0.1:1", Some(&other.reveal()), &env, &["job", "list"])
         .assert_clean_failure("not authenticated");
     shoal_as("127.0.0.1:1", None, &env, &["job", "list"]).assert_clean_failure("SHOAL_TOKEN");

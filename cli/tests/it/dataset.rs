@@ -87,9 +87,9 @@ async fn s3_and_local_datasets_report_exact_counts_and_survive_restart() {
         .connect()
         .await
         .unwrap();
-    let admin = shoal_common::auth::read_token_file(&data_dir.path().join("admin.token")).unwrap();
+    let admin = shoal_wire::auth::read_token_file(&data_dir.path().join("admin.token")).unwrap();
     let mut client = shoal_proto::v1::master_service_client::MasterServiceClient::new(
-        shoal_common::auth::with_token(ch, Some(&admin)),
+        shoal_wire::auth::with_token(ch, Some(&admin)),
     );
     for f in ds.files() {
         let e = client

@@ -5,6 +5,7 @@
 mod auth;
 mod dataset;
 mod demo;
+mod deploy_config;
 mod mount;
 mod paths;
 mod prewarm;

@@ -13,8 +13,8 @@ use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_testkit::{Cluster, ClusterSpec, temp_dir};
-use shoal_worker::FileRef;
-use shoal_worker::wire;
+use shoal_wire::FileRef;
+use shoal_wire::frame;
 use tonic::Code;
 
 use crate::mount::{MountedProcess, mountpoint, spawn_foreground, wait_mounted};
@@ -54,11 +54,11 @@ fn assert_invalid<T: std::fmt::Debug>(what: &str, r: Result<tonic::Response<T>, 
 /// A data-plane connection past its opening frame, as a cluster member.
 async fn data_plane(
     addr: std::net::SocketAddr,
-    token: &shoal_common::auth::Token,
+    token: &shoal_wire::auth::Token,
 ) -> tokio::net::TcpStream {
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    wire::write_hello(&mut sock, token).await.unwrap();
-    let admitted = wire::read_response_head(&mut sock).await.unwrap();
+    frame::write_hello(&mut sock, token).await.unwrap();
+    let admitted = frame::read_response_head(&mut sock).await.unwrap();
     assert!(
         matches!(admitted, Ok(0)),
         "data plane refused the cluster token: {admitted:?}"
@@ -216,8 +216,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         .connect()
         .await
         .unwrap();
-    let mut wc =
-        WorkerServiceClient::new(shoal_common::auth::with_token(ch, Some(&c.cluster_token)));
+    let mut wc = WorkerServiceClient::new(shoal_wire::auth::with_token(ch, Some(&c.cluster_token)));
     let file_ref = |path: &str| pb::FileRef {
         dataset_id: created.id,
         dataset: ds.clone(),
@@ -249,7 +248,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     // Worker data plane: a hand-made frame carrying the escaping path.
     for &p in ESCAPES {
         let mut sock = data_plane(w.data_addr(), &c.cluster_token).await;
-        let req = wire::ReadRequest {
+        let req = frame::ReadRequest {
             // Built field by field: `FileRef::new` would refuse the path client-side.
             file: FileRef {
                 dataset: DatasetId(created.id),
@@ -261,8 +260,8 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
             offset: 0,
             length: SECRET.len() as u64,
         };
-        wire::write_request(&mut sock, &req).await.unwrap();
-        match wire::read_response_head(&mut sock).await {
+        frame::write_request(&mut sock, &req).await.unwrap();
+        match frame::read_response_head(&mut sock).await {
             Ok(Ok(len)) => panic!("data plane served {len} bytes for {p:?}"),
             Ok(Err(e)) => {
                 assert!(
@@ -283,7 +282,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
 
     // A direct read of the link (no catalogue lookup) is refused by the worker too.
     let mut sock = data_plane(w.data_addr(), &c.cluster_token).await;
-    let req = wire::ReadRequest {
+    let req = frame::ReadRequest {
         file: FileRef::new(
             DatasetId(created.id),
             "ds",
@@ -295,8 +294,8 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         offset: 0,
         length: SECRET.len() as u64,
     };
-    wire::write_request(&mut sock, &req).await.unwrap();
-    match wire::read_response_head(&mut sock).await.unwrap() {
+    frame::write_request(&mut sock, &req).await.unwrap();
+    match frame::read_response_head(&mut sock).await.unwrap() {
         Ok(len) => panic!("data plane served {len} bytes of a link out of the dataset"),
         Err(e) => assert!(e.kind() == shoal_common::ErrorKind::PermissionDenied, "{e}"),
     }

@@ -170,7 +170,7 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
     })
     .await;
     assert!(
-        shoal_fuse::mountinfo::find(&std::path::absolute(&mnt).unwrap()).is_none(),
+        shoal_mounts::mountinfo::find(&std::path::absolute(&mnt).unwrap()).is_none(),
         "a mount was left at {}",
         mnt.display()
     );

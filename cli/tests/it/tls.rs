@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_common::tls::TlsConfig;
 use shoal_testkit::{TestProcess, temp_dir, wait_for};
+use shoal_wire::tls::TlsConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{SHOAL, shoal_env};
@@ -105,7 +105,7 @@ async fn scrape_tls(addr: &str, ca: &Path) -> std::io::Result<String> {
     };
     let connector = tls.connector().unwrap().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = shoal_common::tls::server_name(addr).unwrap();
+    let name = shoal_wire::tls::server_name(addr).unwrap();
     let mut s = connector.connect(name, tcp).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;

@@ -21,8 +21,8 @@ pub struct Cluster {
     pub tier_dirs: Vec<tempfile::TempDir>,
     _master_dir: tempfile::TempDir,
     pub prefix: String,
-    pub cluster_token: shoal_common::auth::Token,
-    pub admin_token: shoal_common::auth::Token,
+    pub cluster_token: shoal_wire::auth::Token,
+    pub admin_token: shoal_wire::auth::Token,
 }
 
 impl Cluster {
@@ -90,11 +90,12 @@ impl Cluster {
 
     /// Creates dataset `name` over the uploaded prefix.
     pub async fn create_dataset(&self, name: &str) {
-        let mut m = shoal_worker::server::master_client(
-            &self.master_addr(),
-            Duration::from_secs(30),
+        let mut m = shoal_wire::connect::Dial::new(
+            &Default::default(),
             Some(&self.admin_token),
+            Duration::from_secs(30),
         )
+        .master(&self.master_addr())
         .unwrap();
         m.create_dataset(pb::CreateDatasetRequest {
             name: name.into(),
@@ -127,11 +128,12 @@ impl Cluster {
                 let addr = addr.clone();
                 let admin = admin.clone();
                 async move {
-                    let mut m = shoal_worker::server::master_client(
-                        &addr,
-                        Duration::from_secs(5),
+                    let mut m = shoal_wire::connect::Dial::new(
+                        &Default::default(),
                         Some(&admin),
+                        Duration::from_secs(5),
                     )
+                    .master(&addr)
                     .unwrap();
                     m.get_worker_set(pb::GetWorkerSetRequest {
                         include_inactive: false,
@@ -169,12 +171,12 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 /// A series of one worker, read from its own `/metrics` endpoint.
 pub async fn worker_metric(w: &RunningWorker, name: &str) -> f64 {
     let text = scrape(w.metrics_addr()).await;
-    shoal_common::telemetry::sample(&text, name, &[("worker", w.node())])
+    shoal_telemetry::sample(&text, name, &[("worker", w.node())])
 }
 
 pub fn client_reads(client: &ShoalClient, path: &str) -> f64 {
-    let text = shoal_common::telemetry::metrics_handle().render();
-    shoal_common::telemetry::sample(
+    let text = shoal_telemetry::metrics_handle().render();
+    shoal_telemetry::sample(
         &text,
         "shoal_client_reads_total",
         &[("client", &client.config().name), ("path", path)],

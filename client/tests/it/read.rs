@@ -84,11 +84,12 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
             let addr = addr.clone();
             let admin = c.admin_token.clone();
             async move {
-                let mut m = shoal_worker::server::master_client(
-                    &addr,
-                    std::time::Duration::from_secs(5),
+                let mut m = shoal_wire::connect::Dial::new(
+                    &Default::default(),
                     Some(&admin),
+                    std::time::Duration::from_secs(5),
                 )
+                .master(&addr)
                 .unwrap();
                 let d = m
                     .get_dataset(shoal_proto::v1::GetDatasetRequest {
@@ -245,11 +246,12 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
     let c = Cluster::start("prewarm", &ds, BlockLayout::default(), 3).await;
     c.create_dataset("warm").await;
     c.wait_workers(3).await;
-    let mut m = shoal_worker::server::master_client(
-        &c.master_addr(),
-        std::time::Duration::from_secs(10),
+    let mut m = shoal_wire::connect::Dial::new(
+        &Default::default(),
         Some(&c.admin_token),
+        std::time::Duration::from_secs(10),
     )
+    .master(&c.master_addr())
     .unwrap();
     let job = m
         .start_load(pb::StartLoadRequest {

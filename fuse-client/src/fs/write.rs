@@ -189,11 +189,8 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let e = shoal_common::ufs::ufs_error(
-                &e,
-                &format!("upload {}", h.key.path),
-                &Default::default(),
-            );
+            let e =
+                shoal_ufs::ufs_error(&e, &format!("upload {}", h.key.path), &Default::default());
             st.failed = Some(fs.fail(Op::Write, &h.key, &e));
             return Err(Errno::EIO);
         }
@@ -211,7 +208,7 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
 
 async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error> {
     let ds = fs.client.dataset(&h.dataset.name).await?;
-    shoal_common::ufs::check_confined(&ds.operator, &h.key.path)?;
+    shoal_ufs::check_confined(&ds.operator, &h.key.path)?;
     let fut = ds
         .operator
         .writer_with(&h.key.path)
@@ -219,7 +216,7 @@ async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error
         .concurrent(fs.cfg.write_concurrency);
     match tokio::time::timeout(fs.cfg.data_timeout, fut).await {
         Ok(Ok(w)) => Ok(w),
-        Ok(Err(e)) => Err(shoal_common::ufs::ufs_error(
+        Ok(Err(e)) => Err(shoal_ufs::ufs_error(
             &e,
             &format!("start upload of {}", h.key.path),
             &Default::default(),
@@ -259,7 +256,7 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
             .await
             .map(|r| r.map(drop)),
         None => match fs.client.dataset(ds).await {
-            Ok(d) if shoal_common::ufs::check_confined(&d.operator, &h.key.path).is_err() => {
+            Ok(d) if shoal_ufs::check_confined(&d.operator, &h.key.path).is_err() => {
                 Ok(Err(opendal::Error::new(
                     opendal::ErrorKind::PermissionDenied,
                     "the path leads outside the dataset through a symbolic link",
@@ -279,7 +276,7 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
     };
     let err = match upload {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(shoal_common::ufs::ufs_error(
+        Ok(Err(e)) => Some(shoal_ufs::ufs_error(
             &e,
             &format!("complete upload of {}", h.key.path),
             &Default::default(),

@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token};
 use shoal_common::block::BlockLayout;
 use shoal_fuse::{MountConfig, RunningMount};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{GeneratedDataset, S3Fixture};
+use shoal_wire::auth::{AuthChannel, Token};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 
 pub const MIB: u64 = 1 << 20;
@@ -96,11 +96,12 @@ impl Cluster {
 
     /// A master client with the admin token.
     pub async fn master_client(&self) -> MasterServiceClient<AuthChannel> {
-        shoal_worker::server::master_client(
-            &self.master_addr(),
-            Duration::from_secs(30),
+        shoal_wire::connect::Dial::new(
+            &Default::default(),
             Some(&self.admin_token),
+            Duration::from_secs(30),
         )
+        .master(&self.master_addr())
         .unwrap()
     }
 
@@ -148,11 +149,12 @@ impl Cluster {
                 let addr = addr.clone();
                 let admin = admin.clone();
                 async move {
-                    let mut m = shoal_worker::server::master_client(
-                        &addr,
-                        Duration::from_secs(5),
+                    let mut m = shoal_wire::connect::Dial::new(
+                        &Default::default(),
                         Some(&admin),
+                        Duration::from_secs(5),
                     )
+                    .master(&addr)
                     .unwrap();
                     m.get_worker_set(pb::GetWorkerSetRequest {
                         include_inactive: false,
@@ -240,7 +242,7 @@ impl Drop for MountGuard {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
-    shoal_fuse::mountinfo::find(path).is_some()
+    shoal_mounts::mountinfo::find(path).is_some()
 }
 
 /// Runs blocking file I/O off the runtime's worker threads.
@@ -292,6 +294,6 @@ pub fn sha256_file(path: &Path, chunk: usize) -> String {
 
 /// The value of a series of this process's metrics registry.
 pub fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = shoal_common::telemetry::metrics_handle().render();
-    shoal_common::telemetry::sample(&text, name, labels)
+    let text = shoal_telemetry::metrics_handle().render();
+    shoal_telemetry::sample(&text, name, labels)
 }

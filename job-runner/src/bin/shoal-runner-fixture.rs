@@ -15,7 +15,7 @@ use shoal_job_runner::{NodeConfig, Quota, RunnerConfig, RunnerServer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shoal_common::telemetry::init_tracing();
+    shoal_telemetry::init_tracing();
     let mut args = std::env::args().skip(1);
     let mut data_dir = None;
     let mut addr_file = None;
@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
             "--quota" => quotas.push(val()?),
             "--kill-grace" => grace = Some(shoal_common::time::parse_duration(&val()?)?),
             "--admin-token-file" => {
-                admin = Some(shoal_common::auth::read_token_file(std::path::Path::new(
+                admin = Some(shoal_wire::auth::read_token_file(std::path::Path::new(
                     &val()?,
                 ))?)
             }
@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(t) = admin {
         cfg.local_tokens = vec![(
             t,
-            shoal_common::auth::Identity::Owner {
+            shoal_wire::auth::Identity::Owner {
                 name: "admin".into(),
                 admin: true,
             },

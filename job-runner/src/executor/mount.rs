@@ -74,7 +74,7 @@ impl ManagedMount {
 
     async fn is_live(&self) -> bool {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || shoal_fuse::mount_is_live(&root))
+        tokio::task::spawn_blocking(move || shoal_mounts::mount_is_live(&root))
             .await
             .unwrap_or(false)
     }
@@ -87,9 +87,9 @@ impl ManagedMount {
         }
         self.healthy.store(false, Ordering::Release);
         // A dead daemon leaves "Transport endpoint is not connected" behind.
-        if shoal_fuse::mountinfo::find(&self.root).is_some() {
+        if shoal_mounts::mountinfo::find(&self.root).is_some() {
             warn!(root = %self.root.display(), "cleaning up a dead dataset mount");
-            if let Err(e) = shoal_fuse::unmount_path(&self.root, true) {
+            if let Err(e) = shoal_mounts::unmount_path(&self.root, true) {
                 warn!(error = %e, "lazy unmount of the dead mount failed");
             }
         }

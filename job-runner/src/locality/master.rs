@@ -7,13 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::ids::normalize_dataset_path;
-use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
+use shoal_wire::auth::{AuthChannel, Token, with_token};
+use shoal_wire::tls::TlsConfig;
 use tonic::transport::Endpoint;
 
 use super::InputFile;

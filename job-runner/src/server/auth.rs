@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use shoal_common::auth::{
-    AskIssuer, AuthChannel, BoxFuture, ClusterOnly, ClusterSecret, Identity, RemoteVerifier, Token,
-    Verifier, constant_time_eq, set_token,
-};
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_wire::auth::{
+    AuthChannel, BoxFuture, ClusterOnly, ClusterSecret, Identity, RemoteVerifier, Token, Verifier,
+    ask_master, constant_time_eq, set_token,
+};
 
 use crate::config::RunnerConfig;
 use crate::spec::JobSpec;
@@ -61,38 +61,16 @@ pub fn verifier(
     })
 }
 
-/// The master's `VerifyToken` (the channel carries the cluster token).
-fn ask_master(master: MasterServiceClient<AuthChannel>) -> AskIssuer {
-    Arc::new(move |t: Token| {
-        let mut m = master.clone();
-        Box::pin(async move {
-            let r = m
-                .verify_token(pb::VerifyTokenRequest { token: t.reveal() })
-                .await
-                .map_err(Error::from)?
-                .into_inner();
-            Ok(if r.cluster {
-                Identity::Cluster
-            } else {
-                Identity::Owner {
-                    name: r.owner,
-                    admin: r.admin,
-                }
-            })
-        })
-    })
-}
-
 /// The caller, refused if it is the cluster.
 pub fn caller<T>(r: &tonic::Request<T>, what: &str) -> Result<Identity> {
-    let who = shoal_common::auth::identity(r)?;
+    let who = shoal_wire::auth::identity(r)?;
     who.require_owner(what)?;
     Ok(who)
 }
 
 /// The bearer token of the request, to act with the caller's own rights at the master.
 pub fn bearer<T>(r: &tonic::Request<T>) -> Option<Token> {
-    shoal_common::auth::token_from_metadata(r.metadata())
+    shoal_wire::auth::token_from_metadata(r.metadata())
         .ok()
         .flatten()
 }

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use shoal_common::auth::{AuthChannel, Identity};
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_wire::auth::{AuthChannel, Identity};
 
 use super::auth::{bearer, caller, check_submit};
 use crate::config::RunnerConfig;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use prost::Message;
-use shoal_common::auth::{AuthChannel, Token};
 use shoal_common::block::BlockLayout;
 use shoal_job_runner::RunnerServer;
 use shoal_proto::v1 as pb;
 use shoal_testkit::GeneratedDataset;
+use shoal_wire::auth::{AuthChannel, Token};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -474,13 +474,13 @@ async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_data_plane_refuses_connections_without_a_valid_token() {
-    use shoal_worker::wire;
+    use shoal_wire::frame;
     use tokio::io::AsyncWriteExt;
     let c = Cluster::start(1, BlockLayout::new(MIB, 2).unwrap(), None).await;
     let owner = c.token_for("team-a", false).await;
     let addr = c.workers[0].data_addr();
-    let req = wire::ReadRequest {
-        file: shoal_worker::FileRef::new(
+    let req = frame::ReadRequest {
+        file: shoal_wire::FileRef::new(
             shoal_common::ids::DatasetId(1),
             "x",
             "f",
@@ -493,8 +493,11 @@ async fn the_data_plane_refuses_connections_without_a_valid_token() {
     };
     // No opening frame: the first request is refused and the connection closed.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    wire::write_request(&mut s, &req).await.unwrap();
-    let e = wire::read_response_head(&mut s).await.unwrap().unwrap_err();
+    frame::write_request(&mut s, &req).await.unwrap();
+    let e = frame::read_response_head(&mut s)
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
         e.kind() == shoal_common::ErrorKind::Unauthenticated,
         "{e:?}"
@@ -508,26 +511,29 @@ async fn the_data_plane_refuses_connections_without_a_valid_token() {
         ("owner", owner.clone(), "denied"),
     ] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        wire::write_hello(&mut s, &t).await.unwrap();
-        let e = wire::read_response_head(&mut s).await.unwrap().unwrap_err();
+        frame::write_hello(&mut s, &t).await.unwrap();
+        let e = frame::read_response_head(&mut s)
+            .await
+            .unwrap()
+            .unwrap_err();
         let ok = match want {
             "unauth" => e.kind() == shoal_common::ErrorKind::Unauthenticated,
             _ => e.kind() == shoal_common::ErrorKind::PermissionDenied,
         };
         assert!(ok, "{label}: {e:?}");
         // Whatever follows is not served.
-        let _ = wire::write_request(&mut s, &req).await;
+        let _ = frame::write_request(&mut s, &req).await;
         let mut rest = Vec::new();
         let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
         assert!(rest.is_empty(), "{label}: connection kept serving");
     }
     // The cluster token is accepted (and a request then gets a real answer).
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    wire::write_hello(&mut s, &c.cluster_token).await.unwrap();
-    assert_eq!(wire::read_response_head(&mut s).await.unwrap().unwrap(), 0);
-    wire::write_request(&mut s, &req).await.unwrap();
+    frame::write_hello(&mut s, &c.cluster_token).await.unwrap();
+    assert_eq!(frame::read_response_head(&mut s).await.unwrap().unwrap(), 0);
+    frame::write_request(&mut s, &req).await.unwrap();
     s.flush().await.unwrap();
-    let answer = wire::read_response_head(&mut s).await.unwrap();
+    let answer = frame::read_response_head(&mut s).await.unwrap();
     assert!(
         !answer.as_ref().is_err_and(|e| matches!(
             e.kind(),

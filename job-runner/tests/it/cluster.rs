@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::{BlockId, DatasetId, FileVersion};
 use shoal_job_runner::{NodeConfig, RunnerConfig};
@@ -14,6 +13,7 @@ use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_testkit::{GeneratedDataset, LinkProfile, LinkProxy, S3Fixture};
+use shoal_wire::auth::{AuthChannel, Token, with_token};
 use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 
 pub const MIB: u64 = 1 << 20;
@@ -35,7 +35,7 @@ impl Cluster {
     /// A master with `layout`, `workers` workers (64 MiB mem + 256 MiB disk each),
     /// and the S3 fixture, optionally reached through a slow link.
     pub async fn start(workers: usize, layout: BlockLayout, slow: Option<LinkProfile>) -> Cluster {
-        shoal_common::telemetry::init_tracing();
+        shoal_telemetry::init_tracing();
         let s3 = S3Fixture::start().await;
         let link = match slow {
             Some(p) => {

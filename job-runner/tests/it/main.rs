@@ -8,7 +8,6 @@ mod bench_smoke;
 mod cancel;
 mod cluster;
 mod dag;
-mod deploy_config;
 mod hardening;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;

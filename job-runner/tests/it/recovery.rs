@@ -14,7 +14,7 @@ async fn start_fixture(data: &Path, addr_file: &Path) -> (TestProcess, Client) {
     let _ = std::fs::remove_file(addr_file);
     let token_file = addr_file.with_extension("token");
     if !token_file.exists() {
-        shoal_common::auth::write_token_file(&token_file, crate::support::admin()).unwrap();
+        shoal_wire::auth::write_token_file(&token_file, crate::support::admin()).unwrap();
     }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal-runner-fixture"));
     cmd.arg("--data-dir")

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Identity, Token, with_token};
 use shoal_job_runner::{NodeConfig, RunnerConfig, RunnerServer, RunningRunner};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
+use shoal_wire::auth::{AuthChannel, Identity, Token, with_token};
 
 pub type Client = RunnerServiceClient<AuthChannel>;
 

@@ -1,12 +1,12 @@
 //! Access-control RPCs: tokens (create, list, revoke, and `VerifyToken` for the runner
 //! and workers) and dataset grants. Who may call each is decided in `handler.rs`.
 
-use shoal_common::auth::{Identity, Token};
 use shoal_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, DatasetGrant, DatasetGrants, GrantDatasetRequest,
     ListTokensResponse, RevokeDatasetGrantRequest, RevokeTokenRequest, TokenInfo,
     VerifyTokenRequest, VerifyTokenResponse,
 };
+use shoal_wire::auth::{Identity, Token};
 use tonic::Status;
 
 use super::MasterState;

@@ -3,12 +3,12 @@
 //! one request, so every client sees the same namespace; file bytes never pass here.
 
 use shoal_common::ids::normalize_dataset_path;
-use shoal_common::ufs::{build_operator, check_confined, ufs_error};
 use shoal_common::{Error, ErrorKind};
 use shoal_proto::v1::{
     CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
     RenameFileRequest,
 };
+use shoal_ufs::{build_operator, check_confined, ufs_error};
 use tonic::Status;
 use tracing::info;
 

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
-use shoal_common::tls::TlsConfig;
 use shoal_common::{Error, Result};
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_proto::v1::{LoadSegmentRequest, LoadSegmentResponse};
+use shoal_wire::auth::{AuthChannel, Token, with_token};
+use shoal_wire::tls::TlsConfig;
 use tokio::sync::Semaphore;
 
 /// How hard a load job may push.

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use shoal_common::auth::{AuthChannel, Token, with_token};
 use shoal_master::{MasterConfig, MasterServer, RunningMaster};
 use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_wire::auth::{AuthChannel, Token, with_token};
 
 pub async fn start_master(data_dir: &Path, expiry: Duration) -> RunningMaster {
     let mut cfg = MasterConfig::new(data_dir.to_path_buf());

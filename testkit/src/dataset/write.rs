@@ -9,8 +9,8 @@ use std::path::Path;
 use futures::TryStreamExt;
 use opendal::Operator;
 use sha2::{Digest, Sha256};
-use shoal_common::ufs::ufs_error;
 use shoal_common::{Error, Result};
+use shoal_ufs::ufs_error;
 
 use super::{DatasetFile, GeneratedDataset};
 

@@ -25,7 +25,7 @@ async fn proxy_caps_bandwidth_and_keeps_bytes_intact() {
     .unwrap();
     let mut opts = s3.options();
     opts.insert("endpoint".into(), proxy.endpoint());
-    let op = shoal_common::ufs::build_operator(&s3.uri(""), &opts, &Default::default()).unwrap();
+    let op = shoal_ufs::build_operator(&s3.uri(""), &opts, &Default::default()).unwrap();
     let t = Instant::now();
     let got = op.read("big.bin").await.unwrap().to_vec();
     let secs = t.elapsed().as_secs_f64();

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use shoal_common::ErrorKind;
-use shoal_common::ufs::{UfsTuning, build_operator, check_reachable};
 use shoal_testkit::{S3Fixture, S3FixtureConfig};
+use shoal_ufs::{UfsTuning, build_operator, check_reachable};
 
 /// Whether `pid` is a live process; a zombie waiting for a reaper counts as dead.
 fn pid_alive(pid: u32) -> bool {

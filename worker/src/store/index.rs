@@ -10,9 +10,9 @@ use shoal_common::block::BlockLayout;
 use shoal_common::ids::BlockId;
 use shoal_common::{Error, Result};
 
-use crate::layout::{self, BLOCKS_DIR, DATA_FILE, Marker};
-use crate::store::block_file::{self, BlockFile};
 use crate::store::tier::{Entry, Tier, disk_bytes};
+use shoal_tier::block_file::{self, BlockFile};
+use shoal_tier::layout::{self, BLOCKS_DIR, DATA_FILE, Marker};
 
 /// One block found on disk.
 pub struct Found {

@@ -1,7 +1,7 @@
 //! The framed-TCP data plane and the gRPC `WorkerService` over real sockets.
 
 use shoal_proto::v1 as pb;
-use shoal_worker::wire::{self, ReadRequest};
+use shoal_wire::frame::{self, ReadRequest};
 use tokio::io::AsyncReadExt;
 
 use crate::support::*;
@@ -26,8 +26,8 @@ async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
             offset,
             length,
         };
-        wire::write_request(&mut sock, &req).await.unwrap();
-        let n = wire::read_response_head(&mut sock).await.unwrap().unwrap();
+        frame::write_request(&mut sock, &req).await.unwrap();
+        let n = frame::read_response_head(&mut sock).await.unwrap().unwrap();
         let mut got = vec![0u8; n as usize];
         sock.read_exact(&mut got).await.unwrap();
         let end = (offset + length).min(want.len() as u64) as usize;
@@ -37,7 +37,7 @@ async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
     // An unknown dataset is an error frame; the connection stays usable.
     let mut bad = f.clone();
     bad.dataset = shoal_common::ids::DatasetId(99);
-    wire::write_request(
+    frame::write_request(
         &mut sock,
         &ReadRequest {
             file: bad,
@@ -47,12 +47,12 @@ async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
     )
     .await
     .unwrap();
-    let e = wire::read_response_head(&mut sock)
+    let e = frame::read_response_head(&mut sock)
         .await
         .unwrap()
         .unwrap_err();
     assert!(e.kind() == shoal_common::ErrorKind::NotFound, "{e}");
-    wire::write_request(
+    frame::write_request(
         &mut sock,
         &ReadRequest {
             file: f.clone(),
@@ -63,7 +63,7 @@ async fn tcp_reads_ranges_and_reports_errors_on_one_connection() {
     .await
     .unwrap();
     assert_eq!(
-        wire::read_response_head(&mut sock).await.unwrap().unwrap(),
+        frame::read_response_head(&mut sock).await.unwrap().unwrap(),
         3
     );
     let mut three = [0u8; 3];
@@ -146,8 +146,8 @@ async fn sequential_tcp_reads_read_ahead_within_the_segment() {
             offset,
             length,
         };
-        wire::write_request(&mut sock, &req).await.unwrap();
-        let n = wire::read_response_head(&mut sock).await.unwrap().unwrap();
+        frame::write_request(&mut sock, &req).await.unwrap();
+        let n = frame::read_response_head(&mut sock).await.unwrap().unwrap();
         let mut got = vec![0u8; n as usize];
         sock.read_exact(&mut got).await.unwrap();
         assert_eq!(

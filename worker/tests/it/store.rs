@@ -4,8 +4,8 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use shoal_worker::layout;
-use shoal_worker::store::block_file::{self, DiskOp};
+use shoal_tier::block_file::{self, DiskOp};
+use shoal_tier::layout;
 
 use crate::support::*;
 
@@ -228,7 +228,7 @@ async fn pinned_data_file_is_not_evicted() {
     let pinned = ufs.file("pinned");
     w.store().read_block(&pinned, 0).await.unwrap();
     let vdir = layout::version_dir(dir.path(), pinned.dataset, pinned.version);
-    let reader = shoal_worker::store::block_file::BlockFile::open_read(&vdir).unwrap();
+    let reader = shoal_tier::block_file::BlockFile::open_read(&vdir).unwrap();
     assert!(reader.try_lock_shared().unwrap());
 
     let other = ufs.file("other");

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use opendal::Operator;
 use shoal_common::ids::{DatasetId, FileVersion};
-use shoal_common::ufs::{UfsTuning, build_operator};
-use shoal_worker::{FileRef, RunningWorker, WorkerConfig, WorkerServer};
+use shoal_ufs::{UfsTuning, build_operator};
+use shoal_wire::FileRef;
+use shoal_worker::{RunningWorker, WorkerConfig, WorkerServer};
 
 pub const MIB: u64 = 1 << 20;
 pub const DATASET: DatasetId = DatasetId(1);
@@ -113,12 +114,12 @@ pub async fn start(cfg: WorkerConfig, ufs: &Ufs) -> RunningWorker {
 
 /// Sum of a worker's series `name` (optionally for one tier).
 pub fn metric(name: &str, node: &str, tier: Option<&str>) -> f64 {
-    let text = shoal_common::telemetry::metrics_handle().render();
+    let text = shoal_telemetry::metrics_handle().render();
     let mut labels = vec![("worker", node)];
     if let Some(t) = tier {
         labels.push(("tier", t));
     }
-    shoal_common::telemetry::sample(&text, name, &labels)
+    shoal_telemetry::sample(&text, name, &labels)
 }
 
 pub fn ufs_requests(node: &str) -> f64 {
@@ -154,10 +155,10 @@ pub async fn read_all(w: &RunningWorker, f: &FileRef) -> Vec<u8> {
 /// A data-plane connection that has presented the worker's cluster token.
 pub async fn open_data(w: &RunningWorker) -> tokio::net::TcpStream {
     let mut sock = tokio::net::TcpStream::connect(w.data_addr()).await.unwrap();
-    shoal_worker::wire::write_hello(&mut sock, w.cluster_token())
+    shoal_wire::frame::write_hello(&mut sock, w.cluster_token())
         .await
         .unwrap();
-    let n = shoal_worker::wire::read_response_head(&mut sock)
+    let n = shoal_wire::frame::read_response_head(&mut sock)
         .await
         .unwrap()
         .unwrap();
@@ -168,13 +169,14 @@ pub async fn open_data(w: &RunningWorker) -> tokio::net::TcpStream {
 /// A gRPC client with the worker's cluster token.
 pub async fn grpc(
     w: &RunningWorker,
-) -> shoal_proto::v1::worker_service_client::WorkerServiceClient<shoal_common::auth::AuthChannel> {
+) -> shoal_proto::v1::worker_service_client::WorkerServiceClient<shoal_wire::auth::AuthChannel> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", w.grpc_addr()))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    shoal_proto::v1::worker_service_client::WorkerServiceClient::new(
-        shoal_common::auth::with_token(ch, Some(w.cluster_token())),
-    )
+    shoal_proto::v1::worker_service_client::WorkerServiceClient::new(shoal_wire::auth::with_token(
+        ch,
+        Some(w.cluster_token()),
+    ))
 }

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use shoal_common::auth::AuthChannel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
+use shoal_wire::auth::AuthChannel;
 
 use crate::connect;
 
@@ -34,7 +34,7 @@ tasks:
 
 pub async fn runner(
     addr: &str,
-    token: &shoal_common::auth::Token,
+    token: &shoal_wire::auth::Token,
 ) -> anyhow::Result<RunnerServiceClient<AuthChannel>> {
     let ch = connect::endpoint(addr)?
         .connect()
@@ -156,7 +156,7 @@ async fn failure(c: &mut RunnerServiceClient<AuthChannel>, id: &str) -> anyhow::
 
 /// Cancels the job and waits (bounded) until no instance runs, so that nothing holds
 /// files open on the mount when it is unmounted.
-pub async fn cancel(addr: &str, token: &shoal_common::auth::Token, id: &str) {
+pub async fn cancel(addr: &str, token: &shoal_wire::auth::Token, id: &str) {
     let Ok(mut c) = runner(addr, token).await else {
         return;
     };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use opendal::{ErrorKind, Operator};
-use shoal_common::ufs::{UfsTuning, build_operator};
+use shoal_ufs::{UfsTuning, build_operator};
 
 use super::{LinkProfile, S3Endpoint};
 

@@ -6,8 +6,35 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use shoal_common::config::ConfigFile;
+use shoal_client::config::ClientToml;
+use shoal_fuse::config::MountToml;
+use shoal_job_runner::config::RunnerToml;
+use shoal_master::config::MasterToml;
+use shoal_wire::tls::TlsToml;
+use shoal_worker::config::WorkerToml;
 use shoal_worker::{WorkerArgs, WorkerConfig};
+
+/// The configuration file's sections, each the owning crate's type (what `shoal`
+/// reads with `--config`; unknown sections and keys are errors there too).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    master: MasterToml,
+    #[serde(default)]
+    worker: WorkerToml,
+    #[serde(default)]
+    #[allow(dead_code)]
+    client: ClientToml,
+    #[serde(default)]
+    runner: RunnerToml,
+    #[serde(default)]
+    #[allow(dead_code)]
+    mount: MountToml,
+    #[serde(default)]
+    #[allow(dead_code)]
+    tls: TlsToml,
+}
 
 #[derive(Deserialize)]
 struct ConfigMap {
@@ -43,7 +70,8 @@ fn deploy_config_maps_hold_valid_shoal_config() {
             .data
             .get("shoal.toml")
             .unwrap_or_else(|| panic!("{} has no shoal.toml", f.display()));
-        let file = ConfigFile::parse(toml).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let file: ConfigFile =
+            toml::from_str(toml).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
 
         // The worker as the DaemonSet starts it: node and listeners from env.
         let args = WorkerArgs {

@@ -27,7 +27,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-use crate::error::{Error, Result};
+use serde::Deserialize;
+use shoal_common::{Error, Result};
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,6 +252,20 @@ fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>> {
             path.display()
         ))
     })
+}
+
+// --- The `[...]` section of the configuration file (raw, optional values) ---
+
+/// `[tls]`: PEM files; see `crate::tls::TlsConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsToml {
+    /// Certificate chain the servers of this process present (with `key`).
+    pub cert: Option<String>,
+    /// Private key of `cert`.
+    pub key: Option<String>,
+    /// CA that clients trust; set, every connection uses TLS.
+    pub ca: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-//! Tracing and Prometheus setup shared by every server.
+//! Tracing and Prometheus setup shared by every server: [`init_tracing`] (logs on
+//! stderr with every registered credential scrubbed, see [`secret`]),
+//! [`metrics_handle`] (the process-wide registry) and [`serve_metrics`] (the `/metrics`
+//! endpoint, over HTTPS with a `shoal_wire::tls` acceptor).
 //!
 //! Metrics go through the `metrics` facade into one process-wide Prometheus recorder.
 //! When several servers share a process (`shoal up`, in-process test clusters) they
@@ -13,7 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::error::{Error, Result};
+use shoal_common::Result;
+
+pub mod secret;
 
 /// Installs the tracing subscriber once per process. The filter comes from `SHOAL_LOG`
 /// (then `RUST_LOG`), defaulting to `info` for shoal crates and `warn` for the rest.
@@ -26,7 +31,7 @@ pub fn init_tracing() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new(filter))
             // Dataset credentials are scrubbed from every line, whoever logged it.
-            .with_writer(crate::secret::RedactingStderr)
+            .with_writer(secret::RedactingStderr)
             .with_target(false)
             .try_init();
     });
@@ -67,15 +72,11 @@ pub async fn serve_metrics(addr: &str) -> Result<MetricsServer> {
 /// [`serve_metrics`], over HTTPS when `tls` is given (see `crate::tls`).
 pub async fn serve_metrics_with(
     addr: &str,
-    tls: Option<crate::tls::TlsAcceptor>,
+    tls: Option<shoal_wire::tls::TlsAcceptor>,
 ) -> Result<MetricsServer> {
     let handle = metrics_handle();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("bind metrics listener {addr}"), e))?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("read metrics listener address", e))?;
+    let (listener, local_addr) =
+        shoal_wire::listen::bind("metrics", addr, "--metrics-listen").await?;
     let cancel = CancellationToken::new();
     let app = axum::Router::new().route(
         "/metrics",
@@ -112,10 +113,10 @@ pub async fn serve_metrics_with(
 }
 
 /// The `/metrics` listener over TLS. Handshakes run in `accept`, one at a time and
-/// bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]: scrapes are few.
+/// bounded by [`shoal_wire::tls::HANDSHAKE_TIMEOUT`]: scrapes are few.
 struct TlsListener {
     inner: TcpListener,
-    acceptor: crate::tls::TlsAcceptor,
+    acceptor: shoal_wire::tls::TlsAcceptor,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -133,7 +134,7 @@ impl axum::serve::Listener for TlsListener {
                 }
             };
             let handshake = self.acceptor.accept(sock);
-            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
+            match tokio::time::timeout(shoal_wire::tls::HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(stream)) => return (stream, peer),
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "metrics TLS handshake timed out"),

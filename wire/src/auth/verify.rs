@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, ClusterSecret, Identity, Token};
-use crate::error::{Error, ErrorKind, Result};
+use shoal_common::{Error, ErrorKind, Result};
 
 /// Decides who a token stands for. `Unauthenticated` for unknown or revoked tokens.
 pub trait Verifier: Send + Sync + 'static {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::{AUTHORIZATION, BoxFuture, Identity, Token, Verifier};
-use crate::error::{Error, Result};
+use shoal_common::{Error, Result};
 
 /// Wraps services so that every call is authenticated by `verifier`.
 #[derive(Clone)]

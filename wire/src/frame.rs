@@ -22,7 +22,7 @@ use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_common::{Error, ErrorKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::file::FileRef;
+use crate::file_ref::FileRef;
 
 pub const MAGIC: [u8; 4] = *b"SHL1";
 /// Opens every connection: the caller's token.

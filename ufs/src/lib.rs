@@ -12,8 +12,11 @@ use std::time::Duration;
 use opendal::Operator;
 use opendal::layers::{LoggingLayer, RetryLayer, TimeoutLayer};
 
-use crate::error::{Error, ErrorKind, Result};
+use shoal_common::{Error, ErrorKind, Result};
+
 use crate::secret::UfsLog;
+
+pub mod secret;
 
 /// Which object store or file system a dataset lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,7 +308,7 @@ pub fn ufs_error(e: &opendal::Error, context: &str, options: &BTreeMap<String, S
                 d.push_str(&s);
             }
         }
-        crate::secret::redact_known(&redact(&d.replace('\n', " "), options))
+        shoal_telemetry::secret::redact_known(&redact(&d.replace('\n', " "), options))
     };
     let lower = detail.to_ascii_lowercase();
     match e.kind() {
@@ -446,7 +449,7 @@ mod tests {
             &UfsTuning::default(),
         )
         .unwrap_err();
-        assert!(e.kind() == crate::ErrorKind::InvalidArgument, "{e}");
+        assert!(e.kind() == ErrorKind::InvalidArgument, "{e}");
         assert!(!std::path::Path::new("/nonexistent/shoal-x").exists());
     }
 }
