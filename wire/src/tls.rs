@@ -10,7 +10,7 @@
 //! rustls uses the workspace's one crypto provider, aws-lc-rs.
 //!
 //! ```no_run
-//! use shoal_common::tls::TlsConfig;
+//! use shoal_wire::tls::TlsConfig;
 //! # fn demo() -> shoal_common::Result<()> {
 //! let tls = TlsConfig { ca: Some("ca.pem".into()), ..TlsConfig::default() };
 //! let endpoint = tls.endpoint("10.0.0.5:7700")?; // https://10.0.0.5:7700, trusting ca.pem
