@@ -331,7 +331,7 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                 .submit_job(pb::SubmitJobRequest {
                     spec: text,
                     format: format as i32,
-                    source_name: source,
+                    source_name: source.clone(),
                 })
                 .await;
             let job = match resp {
