@@ -5,6 +5,7 @@
 mod auth;
 mod dataset;
 mod demo;
+mod job_spec;
 mod mount;
 mod paths;
 mod prewarm;
