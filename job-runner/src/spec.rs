@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod graph;
+pub mod limits;
 pub mod node;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::{Limits, fmt_cpu};
 pub use node::Loc;
 
 /// Which syntax the text is in. JSON is parsed as YAML first (it is a subset), so the
@@ -334,16 +336,6 @@ impl From<SpecErrors> for shoal_common::Error {
     }
 }
 
-/// What the runner can offer, so a request that can never be met is rejected at submit.
-#[derive(Clone, Debug, Default)]
-pub struct Limits {
-    /// The largest node: (name, cpu_millis, memory_bytes) per node.
-    pub nodes: Vec<(String, u64, u64)>,
-    /// The owner's quota, if it caps CPU or memory.
-    pub quota_cpu_millis: Option<u64>,
-    pub quota_memory_bytes: Option<u64>,
-}
-
 /// How to read a spec.
 #[derive(Clone, Debug)]
 pub struct ParseOptions<'a> {
@@ -433,7 +425,7 @@ pub(crate) fn check_text(
     let mut over_limits = Vec::new();
     if let (Some(spec), Some(limits)) = (&spec, limits) {
         let mut c = check::Checker::default();
-        check_limits(spec, &limits(spec), &root, &mut c);
+        limits::check(spec, &limits(spec), &SpecLocs { root: &root }, &mut c);
         over_limits = c.into_problems();
         over_limits.sort();
         over_limits.dedup();
@@ -482,93 +474,6 @@ impl SpecLocs<'_> {
 pub enum PathSeg<'a> {
     Key(&'a str),
     Index(usize),
-}
-
-fn check_limits(spec: &JobSpec, limits: &Limits, root: &node::Node, c: &mut check::Checker) {
-    let locs = SpecLocs { root };
-    for (ti, t) in spec.tasks.iter().enumerate() {
-        let r = t.resources;
-        let path = format!("tasks[{ti}].resources");
-        let loc = locs.at(&[
-            PathSeg::Key("tasks"),
-            PathSeg::Index(ti),
-            PathSeg::Key("resources"),
-        ]);
-        if let Some(q) = limits.quota_cpu_millis
-            && r.cpu_millis > q
-        {
-            c.hint(
-                loc,
-                &path,
-                format!(
-                    "asks for {} CPU per instance but owner `{}` may use at most {} CPU at once (runner quota)",
-                    fmt_cpu(r.cpu_millis),
-                    spec.owner,
-                    fmt_cpu(q)
-                ),
-                "ask for less or raise the owner's quota",
-            );
-        }
-        if let Some(q) = limits.quota_memory_bytes
-            && r.memory_bytes > q
-        {
-            c.hint(
-                loc,
-                &path,
-                format!(
-                    "asks for {} memory per instance but owner `{}` may use at most {} at once (runner quota)",
-                    shoal_common::size::human_bytes(r.memory_bytes),
-                    spec.owner,
-                    shoal_common::size::human_bytes(q)
-                ),
-                "ask for less or raise the owner's quota",
-            );
-        }
-        let fits_some_node = limits
-            .nodes
-            .iter()
-            .any(|(_, cpu, mem)| r.cpu_millis <= *cpu && r.memory_bytes <= *mem);
-        if !fits_some_node {
-            let nodes: Vec<String> = limits
-                .nodes
-                .iter()
-                .map(|(n, cpu, mem)| {
-                    format!(
-                        "{n} ({} CPU, {})",
-                        fmt_cpu(*cpu),
-                        shoal_common::size::human_bytes(*mem)
-                    )
-                })
-                .collect();
-            c.hint(
-                loc,
-                &path,
-                format!(
-                    "an instance asks for {} CPU and {} but no node can ever hold it",
-                    fmt_cpu(r.cpu_millis),
-                    shoal_common::size::human_bytes(r.memory_bytes),
-                ),
-                format!(
-                    "nodes: {}",
-                    if nodes.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        nodes.join(", ")
-                    }
-                ),
-            );
-        }
-    }
-}
-
-/// `1.5` for 1500 millicores.
-pub fn fmt_cpu(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
-        format!("{}", millis / 1000)
-    } else {
-        let s = format!("{:.3}", millis as f64 / 1000.0);
-        s.trim_end_matches('0').to_owned()
-    }
 }
 
 mod duration_ms {
