@@ -61,6 +61,8 @@ pub enum Refusal {
     Invalid(SpecErrors),
     /// The spec is right but needs what this runner lacks.
     CannotRun(String),
+    /// A bug: the plan could not be built.
+    Internal(String),
 }
 
 impl From<Refusal> for Error {
@@ -68,6 +70,7 @@ impl From<Refusal> for Error {
         match r {
             Refusal::Invalid(e) => e.into(),
             Refusal::CannotRun(m) => Error::FailedPrecondition(m),
+            Refusal::Internal(m) => Error::Internal(m),
         }
     }
 }
@@ -123,7 +126,7 @@ impl Draft {
         }
         check_cluster_needs(&self.spec, &self.source, admission)?;
         let spec_json = serde_json::to_string(&self.spec)
-            .map_err(|e| Refusal::CannotRun(format!("encode spec: {e}")))?;
+            .map_err(|e| Refusal::Internal(format!("encode spec: {e}")))?;
         Ok(JobPlan::build(self.spec, self.text.into(), spec_json))
     }
 }

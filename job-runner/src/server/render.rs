@@ -124,7 +124,7 @@ pub fn invalid_spec(e: &SpecErrors) -> Status {
 pub fn refusal(r: Refusal) -> Status {
     match r {
         Refusal::Invalid(e) => invalid_spec(&e),
-        Refusal::CannotRun(_) => Error::from(r).into(),
+        Refusal::CannotRun(_) | Refusal::Internal(_) => Error::from(r).into(),
     }
 }
 
