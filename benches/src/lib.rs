@@ -9,13 +9,16 @@
 //! - [`prewarm`]: prewarm throughput uncapped and against a capped link, time to first
 //!   segment, and a cold vs post-prewarm read through the mount
 //!   (`cargo bench -p shoal-benches --bench prewarm`).
-
+//! - [`scheduling`]: the job runner's scheduler (decisions/s through the engine with
+//!   the no-op executor) and end-to-end instances/s
+//!   (`cargo bench -p shoal-benches --bench scheduling`).
 //! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
 //!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
 
 pub mod dataplane;
 pub mod prewarm;
 pub mod report;
+pub mod scheduling;
 pub mod suite;
 
 /// The `main` of a benchmark binary: runs `body` on a multi-thread runtime and prints

@@ -9,7 +9,7 @@
 //!   [`LinkProxy`](shoal_testkit::LinkProxy) (20 ms first byte, 400 Mbit/s);
 //! - [`Scenario::Small`]: many 64 KiB files cold and warm, and stats (`small.rs`);
 //! - [`Scenario::Prewarm`]: [`crate::prewarm`]'s throughput, uncapped and capped;
-//! - [`Scenario::Scheduler`]: `shoal_job_runner::benchmark` (`sched.rs`);
+//! - [`Scenario::Scheduler`]: [`crate::scheduling`] (`sched.rs`);
 //! - [`Scenario::Memory`]: peak RSS of the worker and mount child processes during the
 //!   read scenarios, against the worker's mem-tier quota.
 //!

@@ -10,15 +10,31 @@
 //!    process exists, which is what makes recovery exact);
 //! 3. persists what the starts reported (RUNNING with the pid).
 //!
-//! Submodules: [`state`] (the in-memory model), [`schedule`] (the pass),
-//! [`lifecycle`] (transitions, dependencies, retries, cancel), [`recover`] (loading
-//! and re-adopting after a restart), [`render`] (the proto view).
+//! The engine never reads spec text: a submission arrives as a [`JobPlan`] built and
+//! validated off this thread ([`crate::plan`]), and every answer is a view from
+//! [`crate::model`] (the gRPC server renders proto).
+//!
+//! Submodules:
+//! - [`state`]: the in-memory model (jobs, tasks, [`state::InstKey`], resource use);
+//! - [`instance`]: one instance's state machine ([`instance::Inst`]);
+//! - [`submit`]: admitting a plan;
+//! - [`transitions`]: recording state changes, dependencies, the ends of attempts,
+//!   backoffs and timeouts;
+//! - [`launch`]: placing and starting attempts;
+//! - [`control`]: `cancel`, `retry` and log look-ups;
+//! - [`schedule`]: the scheduling pass;
+//! - [`recover`]: loading and re-adopting after a restart;
+//! - [`view`]: the views commands answer with.
 
-pub mod lifecycle;
+pub mod control;
+pub mod instance;
+pub mod launch;
 pub mod recover;
-pub mod render;
 pub mod schedule;
 pub mod state;
+pub mod submit;
+pub mod transitions;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,15 +42,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use shoal_common::{Error, Result};
-use shoal_proto::v1 as pb;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use crate::config::RunnerConfig;
 use crate::executor::{AttemptExit, AttemptFiles, DatasetMounts, Executor, Layout};
 use crate::locality::{InputResolver, PrewarmGate, Wake};
-use crate::model::{InstanceState, StateCounts};
-use crate::spec::SpecFormat;
+use crate::model::{InstanceState, JobView, NodeView, StateCounts};
+use crate::plan::JobPlan;
 use crate::store::{JobStore, Write};
 use schedule::{PassInputs, Sched};
 use state::{InstKey, Job, NodeUse};
@@ -51,33 +66,32 @@ pub struct LogTarget {
 }
 
 pub enum Command {
+    /// Admits a validated job; answers once it is persisted.
     Submit {
-        text: String,
-        format: SpecFormat,
-        source: String,
-        reply: Reply<pb::Job>,
+        plan: Box<JobPlan>,
+        reply: Reply<JobView>,
     },
     Get {
         id: String,
         include_instances: bool,
-        reply: Reply<pb::Job>,
+        reply: Reply<JobView>,
     },
     List {
         owner: String,
-        reply: Reply<Vec<pb::Job>>,
+        reply: Reply<Vec<JobView>>,
     },
     Cancel {
         id: String,
         task: Option<String>,
         index: Option<u32>,
-        reply: Reply<pb::Job>,
+        reply: Reply<JobView>,
     },
     Retry {
         id: String,
-        reply: Reply<pb::Job>,
+        reply: Reply<JobView>,
     },
     Nodes {
-        reply: Reply<Vec<pb::NodeInfo>>,
+        reply: Reply<Vec<NodeView>>,
     },
     Logs {
         id: String,
@@ -287,18 +301,10 @@ impl Engine {
     /// Applies one command; returns true on shutdown.
     fn handle(&mut self, c: Command) -> bool {
         match c {
-            Command::Submit {
-                text,
-                format,
-                source,
-                reply,
-            } => {
-                let r = self.submit(&text, format, &source);
+            Command::Submit { plan, reply } => {
+                let seq = self.submit(*plan);
                 // Persist before answering: an acknowledged job survives a crash.
-                let r = r.and_then(|seq| {
-                    self.flush()?;
-                    Ok(self.render(seq, false))
-                });
+                let r = self.flush().and_then(|()| self.view(seq, false));
                 let _ = reply.send(r);
             }
             Command::Get {
@@ -308,7 +314,7 @@ impl Engine {
             } => {
                 let r = self
                     .seq_of(&id)
-                    .map(|seq| self.render(seq, include_instances));
+                    .and_then(|seq| self.view(seq, include_instances));
                 let _ = reply.send(r);
             }
             Command::List { owner, reply } => {
@@ -316,7 +322,7 @@ impl Engine {
                     .jobs
                     .values()
                     .filter(|j| owner.is_empty() || j.spec.owner == owner)
-                    .map(|j| self.render(j.seq, false))
+                    .filter_map(|j| self.view(j.seq, false).ok())
                     .collect();
                 let _ = reply.send(Ok(jobs));
             }
@@ -329,7 +335,7 @@ impl Engine {
                 let r = self.seq_of(&id).and_then(|seq| {
                     self.cancel(seq, task.as_deref(), index)?;
                     self.flush()?;
-                    Ok(self.render(seq, false))
+                    self.view(seq, false)
                 });
                 let _ = reply.send(r);
             }
@@ -337,12 +343,12 @@ impl Engine {
                 let r = self.seq_of(&id).and_then(|seq| {
                     self.retry(seq)?;
                     self.flush()?;
-                    Ok(self.render(seq, false))
+                    self.view(seq, false)
                 });
                 let _ = reply.send(r);
             }
             Command::Nodes { reply } => {
-                let _ = reply.send(Ok(self.render_nodes()));
+                let _ = reply.send(Ok(self.node_views()));
             }
             Command::Logs {
                 id,

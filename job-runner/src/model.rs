@@ -1,8 +1,10 @@
 //! The runner's vocabulary beyond the spec: instance states (DESIGN.md §3), the
-//! transitions recorded for each instance, and how Job and Task states are derived.
+//! transitions recorded for each instance, how Job and Task states are derived, and
+//! the views of jobs and nodes the engine answers with.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::v1 as pb;
 
 /// A TaskInstance's state. Job and Task states use the same words, derived with
 /// [`derive_state`].
@@ -66,19 +68,6 @@ impl InstanceState {
             .ok()
             .and_then(|i| Self::ALL.get(i).copied())
     }
-
-    pub fn to_proto(self) -> pb::InstanceState {
-        match self {
-            InstanceState::Submitted => pb::InstanceState::Submitted,
-            InstanceState::Pending => pb::InstanceState::Pending,
-            InstanceState::Runnable => pb::InstanceState::Runnable,
-            InstanceState::Starting => pb::InstanceState::Starting,
-            InstanceState::Running => pb::InstanceState::Running,
-            InstanceState::Succeeded => pb::InstanceState::Succeeded,
-            InstanceState::Failed => pb::InstanceState::Failed,
-            InstanceState::Cancelled => pb::InstanceState::Cancelled,
-        }
-    }
 }
 
 /// Counts of instances per state, indexed by `state as usize`.
@@ -140,6 +129,61 @@ pub struct Transition {
     pub attempt: u32,
 }
 
+/// A job as the engine shows it (`job get`, `job list`, watchers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub state: InstanceState,
+    pub tasks: Vec<TaskView>,
+    pub counts: StateCounts,
+    pub submitted_at_ms: i64,
+    /// 0 while the job is not final.
+    pub ended_at_ms: i64,
+    /// The spec as submitted.
+    pub spec_text: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskView {
+    pub name: String,
+    pub state: InstanceState,
+    /// How many instances the task has.
+    pub instances: u32,
+    pub counts: StateCounts,
+    /// Every instance with its history, when asked for; otherwise empty.
+    pub instance_list: Vec<InstanceView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceView {
+    pub index: u32,
+    pub state: InstanceState,
+    /// Why a RUNNABLE instance waits, or the reason of its last transition.
+    pub reason: String,
+    pub attempt: u32,
+    pub exit_code: Option<i32>,
+    pub node: String,
+    pub local_bytes: u64,
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    pub history: Vec<Transition>,
+}
+
+/// An executor node's capacity and what is in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub used_cpu_millis: u64,
+    pub used_memory_bytes: u64,
+    /// Instances STARTING or RUNNING on it.
+    pub running: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +224,6 @@ mod tests {
     fn codes_round_trip() {
         for s in InstanceState::ALL {
             assert_eq!(InstanceState::from_code(s.code()), Some(s));
-            assert_eq!(s.to_proto() as i64, s.code());
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Starting and stopping a runner: open the job store, recover and re-adopt, start the
-//! engine thread, serve gRPC `RunnerService` and `/metrics`.
+//! engine thread, serve gRPC `RunnerService` ([`handler`], rendering proto with
+//! [`render`]) and `/metrics`.
 
 pub mod auth;
 pub mod handler;
+pub mod render;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::locality::inputs::MasterInputs;
 use crate::locality::master::ClusterLink;
 use crate::locality::prewarm::MasterPrewarm;
 use crate::locality::{InputResolver, PrewarmGate};
+use crate::plan::Admission;
 use crate::store::JobStore;
 use crate::store::sqlite::SqliteJobStore;
 
@@ -143,6 +146,7 @@ impl RunnerServer {
         let data_dir = cfg.data_dir.clone();
         let executor_name = executor.name();
         let nodes = cfg.nodes.len();
+        let admission = Admission::new(&cfg, inputs.is_some(), prewarm.is_some());
         let (engine, engine_thread) = {
             let cfg = cfg.clone();
             let parts = Parts {
@@ -163,6 +167,7 @@ impl RunnerServer {
         let access = Arc::new(handler::Access {
             cfg: cfg.clone(),
             master,
+            admission,
         });
         let svc = RunnerServiceServer::new(handler::RunnerRpc::new(
             engine.clone(),

@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod graph;
+pub mod limits;
 pub mod node;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::{Limits, fmt_cpu};
 pub use node::Loc;
 
 /// Which syntax the text is in. JSON is parsed as YAML first (it is a subset), so the
@@ -244,35 +246,59 @@ pub struct DebugSpec {
     pub keep_failed: bool,
 }
 
-/// One thing wrong with a spec: where (path and line:column) and what.
+/// One thing wrong with a spec: where (path and line:column), what, and what to do.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
     pub loc: Loc,
     /// The YAML path, e.g. `tasks[1].depends_on[0].task`; empty for the document.
     pub path: String,
     pub message: String,
+    /// What would fix it (the known fields, the tasks of the job...); may be empty.
+    pub hint: String,
 }
 
 impl Problem {
-    pub fn render(&self, source: &str) -> String {
-        let mut s = String::new();
-        if !source.is_empty() {
-            s.push_str(source);
-            s.push(':');
-        }
+    /// `SOURCE:LINE:COL`, as far as each part is known; empty when none is.
+    pub fn location(&self, source: &str) -> String {
+        let mut s = source.to_owned();
         if self.loc.is_known() {
-            s.push_str(&format!("{}:", self.loc));
+            if !s.is_empty() {
+                s.push(':');
+            }
+            s.push_str(&self.loc.to_string());
         }
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        if !self.path.is_empty() {
-            s.push_str(&self.path);
-            s.push_str(": ");
-        }
-        s.push_str(&self.message);
         s
     }
+
+    /// The one-line form: `SOURCE:LINE:COL: PATH: MESSAGE; HINT`.
+    pub fn render(&self, source: &str) -> String {
+        render_problem(
+            &self.location(source),
+            &self.path,
+            &self.message,
+            &self.hint,
+        )
+    }
+}
+
+/// The one-line form of a problem from its parts; clients that receive problems as
+/// data (`SpecProblem` in the runner's gRPC errors) print them the same way.
+pub fn render_problem(location: &str, path: &str, message: &str, hint: &str) -> String {
+    let mut s = String::new();
+    if !location.is_empty() {
+        s.push_str(location);
+        s.push_str(": ");
+    }
+    if !path.is_empty() {
+        s.push_str(path);
+        s.push_str(": ");
+    }
+    s.push_str(message);
+    if !hint.is_empty() {
+        s.push_str("; ");
+        s.push_str(hint);
+    }
+    s
 }
 
 /// Every problem found in a spec, in file order.
@@ -310,16 +336,6 @@ impl From<SpecErrors> for shoal_common::Error {
     }
 }
 
-/// What the runner can offer, so a request that can never be met is rejected at submit.
-#[derive(Clone, Debug, Default)]
-pub struct Limits {
-    /// The largest node: (name, cpu_millis, memory_bytes) per node.
-    pub nodes: Vec<(String, u64, u64)>,
-    /// The owner's quota, if it caps CPU or memory.
-    pub quota_cpu_millis: Option<u64>,
-    pub quota_memory_bytes: Option<u64>,
-}
-
 /// How to read a spec.
 #[derive(Clone, Debug)]
 pub struct ParseOptions<'a> {
@@ -333,42 +349,91 @@ pub struct ParseOptions<'a> {
 impl JobSpec {
     /// Parses and validates `text`. On any problem, returns all of them.
     pub fn parse(text: &str, opts: &ParseOptions<'_>) -> Result<JobSpec, SpecErrors> {
-        let errors = |problems: Vec<Problem>| SpecErrors {
-            source: opts.source_name.to_owned(),
-            problems,
-        };
-        let parsed = match opts.format {
-            SpecFormat::Yaml => node::parse_yaml(text),
-            SpecFormat::Json => node::parse_json(text),
-        };
-        let root = parsed.map_err(|e| {
-            errors(vec![Problem {
-                loc: e.loc,
-                path: String::new(),
-                message: format!("not valid YAML/JSON: {}", e.message),
-            }])
-        })?;
+        let limits = opts.limits.map(|l| move |_: &JobSpec| l.clone());
+        let checked = check_text(
+            text,
+            opts.format,
+            limits.as_ref().map(|l| l as &dyn Fn(&JobSpec) -> Limits),
+        );
+        let mut problems = checked.problems;
+        problems.extend(checked.over_limits);
+        problems.sort();
+        problems.dedup();
+        match checked.spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ => Err(SpecErrors {
+                source: opts.source_name.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+/// A spec read and checked in one pass.
+pub(crate) struct Checked {
+    /// `Some` exactly when `problems` is empty.
+    pub spec: Option<JobSpec>,
+    /// What is wrong with the spec itself (syntax, schema, task graph), in file order.
+    pub problems: Vec<Problem>,
+    /// Requests the limits can never meet, in file order; looked for whenever the text
+    /// could be read into a spec, problems or not.
+    pub over_limits: Vec<Problem>,
+}
+
+/// Reads `text` into a [`JobSpec`] once, recording every problem. `limits` gives the
+/// runner's limits for a spec (they depend on its owner).
+pub(crate) fn check_text(
+    text: &str,
+    format: SpecFormat,
+    limits: Option<&dyn Fn(&JobSpec) -> Limits>,
+) -> Checked {
+    let parsed = match format {
+        SpecFormat::Yaml => node::parse_yaml(text),
+        SpecFormat::Json => node::parse_json(text),
+    };
+    let root = match parsed {
+        Ok(root) => root,
+        Err(e) => {
+            return Checked {
+                spec: None,
+                problems: vec![Problem {
+                    loc: e.loc,
+                    path: String::new(),
+                    message: format!("not valid YAML/JSON: {}", e.message),
+                    hint: String::new(),
+                }],
+                over_limits: Vec::new(),
+            };
+        }
+    };
+    let mut c = check::Checker::default();
+    let spec = c.job(&root);
+    if let Some(spec) = &spec {
+        graph::check(spec, &SpecLocs { root: &root }, &mut c);
+    }
+    let mut problems = c.into_problems();
+    if spec.is_none() && problems.is_empty() {
+        problems.push(Problem {
+            loc: root.loc,
+            path: String::new(),
+            message: "empty job spec".into(),
+            hint: String::new(),
+        });
+    }
+    problems.sort();
+    problems.dedup();
+    let mut over_limits = Vec::new();
+    if let (Some(spec), Some(limits)) = (&spec, limits) {
         let mut c = check::Checker::default();
-        let spec = c.job(&root);
-        if let Some(spec) = &spec {
-            graph::check(spec, &SpecLocs { root: &root }, &mut c);
-            if let Some(limits) = opts.limits {
-                check_limits(spec, limits, &root, &mut c);
-            }
-        }
-        let mut problems = c.into_problems();
-        if !problems.is_empty() {
-            problems.sort();
-            problems.dedup();
-            return Err(errors(problems));
-        }
-        spec.ok_or_else(|| {
-            errors(vec![Problem {
-                loc: root.loc,
-                path: String::new(),
-                message: "empty job spec".into(),
-            }])
-        })
+        limits::check(spec, &limits(spec), &SpecLocs { root: &root }, &mut c);
+        over_limits = c.into_problems();
+        over_limits.sort();
+        over_limits.dedup();
+    }
+    Checked {
+        spec: spec.filter(|_| problems.is_empty()),
+        problems,
+        over_limits,
     }
 }
 
@@ -409,88 +474,6 @@ impl SpecLocs<'_> {
 pub enum PathSeg<'a> {
     Key(&'a str),
     Index(usize),
-}
-
-fn check_limits(spec: &JobSpec, limits: &Limits, root: &node::Node, c: &mut check::Checker) {
-    let locs = SpecLocs { root };
-    for (ti, t) in spec.tasks.iter().enumerate() {
-        let r = t.resources;
-        let path = format!("tasks[{ti}].resources");
-        let loc = locs.at(&[
-            PathSeg::Key("tasks"),
-            PathSeg::Index(ti),
-            PathSeg::Key("resources"),
-        ]);
-        if let Some(q) = limits.quota_cpu_millis
-            && r.cpu_millis > q
-        {
-            c.push(
-                loc,
-                &path,
-                format!(
-                    "asks for {} CPU per instance but owner `{}` may use at most {} CPU at once (runner quota); ask for less or raise the owner's quota",
-                    fmt_cpu(r.cpu_millis),
-                    spec.owner,
-                    fmt_cpu(q)
-                ),
-            );
-        }
-        if let Some(q) = limits.quota_memory_bytes
-            && r.memory_bytes > q
-        {
-            c.push(
-                loc,
-                &path,
-                format!(
-                    "asks for {} memory per instance but owner `{}` may use at most {} at once (runner quota); ask for less or raise the owner's quota",
-                    shoal_common::size::human_bytes(r.memory_bytes),
-                    spec.owner,
-                    shoal_common::size::human_bytes(q)
-                ),
-            );
-        }
-        let fits_some_node = limits
-            .nodes
-            .iter()
-            .any(|(_, cpu, mem)| r.cpu_millis <= *cpu && r.memory_bytes <= *mem);
-        if !fits_some_node {
-            let nodes: Vec<String> = limits
-                .nodes
-                .iter()
-                .map(|(n, cpu, mem)| {
-                    format!(
-                        "{n} ({} CPU, {})",
-                        fmt_cpu(*cpu),
-                        shoal_common::size::human_bytes(*mem)
-                    )
-                })
-                .collect();
-            c.push(
-                loc,
-                &path,
-                format!(
-                    "an instance asks for {} CPU and {} but no node can ever hold it; nodes: {}",
-                    fmt_cpu(r.cpu_millis),
-                    shoal_common::size::human_bytes(r.memory_bytes),
-                    if nodes.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        nodes.join(", ")
-                    }
-                ),
-            );
-        }
-    }
-}
-
-/// `1.5` for 1500 millicores.
-pub fn fmt_cpu(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
-        format!("{}", millis / 1000)
-    } else {
-        let s = format!("{:.3}", millis as f64 / 1000.0);
-        s.trim_end_matches('0').to_owned()
-    }
 }
 
 mod duration_ms {

@@ -1,10 +1,10 @@
-//! The scheduler scenario: `shoal_job_runner::benchmark` (the code behind
-//! `cargo bench -p shoal-job-runner --bench scheduling`), with both figures compared
+//! The scheduler scenario: [`crate::scheduling`] (the code behind
+//! `cargo bench -p shoal-benches --bench scheduling`), with both figures compared
 //! with how fast this machine spawns the same `true` processes directly, measured in
 //! the same run.
 
+use crate::scheduling as benchmark;
 use shoal_common::Result;
-use shoal_job_runner::benchmark;
 
 use super::{Options, Scenario};
 use crate::report::Row;

@@ -1,4 +1,5 @@
 //! The integration tests of shoal-benches: every benchmark also runs tiny, so it
 //! cannot rot.
 
+mod scheduling_smoke;
 mod suite_smoke;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use prost::Message as _;
 use serde_json::json;
+use shoal_job_runner::spec::render_problem;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
 use shoal_wire::auth::AuthChannel;
@@ -271,6 +273,41 @@ async fn get(
     .into_inner())
 }
 
+/// The problems a runner attached to a refused spec (`SpecProblems` in the status
+/// details), one line each; `None` when it attached none (the refusal is about
+/// something else, or the runner predates them).
+fn spec_problems(s: &tonic::Status) -> Option<Vec<String>> {
+    let p = pb::SpecProblems::decode(s.details()).ok()?;
+    if p.problems.is_empty() {
+        return None;
+    }
+    Some(
+        p.problems
+            .iter()
+            .map(|p| render_problem(&p.location, &p.path, &p.message, &p.hint))
+            .collect(),
+    )
+}
+
+/// `SOURCE is invalid (N problems):` and the problems, indented, one per line.
+fn invalid_report(source: &str, problems: &[String]) -> String {
+    let name = if source.is_empty() {
+        "job spec"
+    } else {
+        source
+    };
+    let n = problems.len();
+    let mut s = format!(
+        "{name} is invalid ({n} problem{}):",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str("\n  ");
+        s.push_str(p);
+    }
+    s
+}
+
 pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
     match c {
         JobCommand::Submit { spec, wait, r } => {
@@ -294,19 +331,23 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                 .submit_job(pb::SubmitJobRequest {
                     spec: text,
                     format: format as i32,
-                    source_name: source,
+                    source_name: source.clone(),
                 })
                 .await;
             let job = match resp {
                 Ok(j) => j.into_inner(),
                 // Every problem on its own line: this is the one error that is a list.
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    let problems = spec_problems(&s);
                     match ctx.output {
                         OutputFormat::Json => print_json(&json!({
                             "error": "invalid job spec",
-                            "problems": s.message().lines().skip(1).map(str::trim).collect::<Vec<_>>(),
+                            "problems": problems.unwrap_or_else(|| vec![s.message().to_owned()]),
                         }))?,
-                        OutputFormat::Table => eprintln!("error: {}", s.message()),
+                        OutputFormat::Table => match problems {
+                            Some(p) => eprintln!("error: {}", invalid_report(&source, &p)),
+                            None => eprintln!("error: {}", s.message()),
+                        },
                     }
                     return Ok(ExitCode::from(1));
                 }
@@ -767,4 +808,37 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
         },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_job_runner::server::render::invalid_spec;
+    use shoal_job_runner::spec::{JobSpec, ParseOptions, SpecFormat};
+
+    /// What the CLI prints from the problems as data is what the runner's message says.
+    #[test]
+    fn problems_as_data_print_as_the_runners_report() {
+        let text = "name: x\ntasks:\n  - name: a\n    command: run it\n    instancs: 2\n  - {name: b, command: [\"true\"], depends_on: [nope]}\n";
+        let e = JobSpec::parse(
+            text,
+            &ParseOptions {
+                format: SpecFormat::Yaml,
+                source_name: "x.yaml",
+                limits: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.problems.len() >= 3, "{e}");
+        let status = invalid_spec(&e);
+        let lines = spec_problems(&status).unwrap();
+        assert_eq!(lines.len(), e.problems.len());
+        assert_eq!(invalid_report("x.yaml", &lines), status.message());
+        assert!(
+            lines[0].starts_with("x.yaml:4:14: tasks[0].command: must be a list"),
+            "{lines:?}"
+        );
+        // Without details (another kind of INVALID_ARGUMENT) there is nothing to show.
+        assert!(spec_problems(&tonic::Status::invalid_argument("too big")).is_none());
+    }
 }

@@ -9,13 +9,17 @@
 //!   started (queued again as the same attempt). An instance is therefore never lost,
 //!   and never started twice while an earlier start may still be running.
 
+use std::time::{Duration, Instant};
+
+use shoal_common::time::now_ms;
 use shoal_common::{Error, Result};
 use tracing::{info, warn};
 
-use super::Engine;
-use super::state::{InstKey, Job};
+use super::state::{Inst, InstKey, Job};
+use super::{Engine, TimerKind};
+use crate::executor::Adoption;
 use crate::model::InstanceState;
-use crate::spec::JobSpec;
+use crate::plan::{JobPlan, PlanParts};
 
 impl Engine {
     pub(super) fn recover(&mut self) -> Result<()> {
@@ -23,64 +27,53 @@ impl Engine {
         self.next_seq = self.parts.store.next_job_seq()?;
         let mut resume: Vec<u64> = Vec::new();
         for sj in stored {
-            let spec: JobSpec = match serde_json::from_str(&sj.job.spec_json) {
-                Ok(s) => s,
+            let r = sj.job;
+            let plan = match JobPlan::restore(r.spec_json, &r.spec_text) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!(job = %sj.job.id, "cannot read stored spec, skipping the job: {e}");
+                    warn!(job = %r.id, "{e}; skipping the job");
                     continue;
                 }
             };
-            let r = &sj.job;
-            let mut job = Job::new(
-                r.seq,
-                r.id.clone(),
-                spec,
-                r.spec_text.clone(),
-                r.submitted_at_ms,
-            );
+            let PlanParts {
+                spec, text, links, ..
+            } = plan.into_parts();
+            let mut job = Job::new(r.seq, r.id.clone(), spec, text, links, r.submitted_at_ms);
             job.ended_at_ms = r.ended_at_ms;
-            for t in &mut job.tasks {
-                t.counts = Default::default();
+            let mut history: Vec<Vec<Vec<_>>> = job
+                .tasks
+                .iter()
+                .map(|t| vec![Vec::new(); t.insts.len()])
+                .collect();
+            for (task, index, t) in sj.history {
+                if let Some(h) = history
+                    .get_mut(task as usize)
+                    .and_then(|h| h.get_mut(index as usize))
+                {
+                    h.push(t);
+                }
             }
-            job.counts = Default::default();
             for rec in sj.instances {
-                let Some(inst) = job
-                    .tasks
-                    .get_mut(rec.task as usize)
-                    .and_then(|t| t.insts.get_mut(rec.index as usize))
-                else {
+                let (task, index) = (rec.task as usize, rec.index as usize);
+                let node = self.nodes.iter().position(|n| n.cfg.name == rec.node);
+                let (Some(slot), Some(h)) = (
+                    job.tasks.get_mut(task).and_then(|t| t.insts.get_mut(index)),
+                    history.get_mut(task).and_then(|h| h.get_mut(index)),
+                ) else {
                     return Err(Error::internal(format!(
                         "job {} has a stored instance {}[{}] its spec does not have",
                         r.id, rec.task, rec.index
                     )));
                 };
-                inst.state = rec.state;
-                inst.reason = rec.reason;
-                inst.attempt = rec.attempt;
-                inst.round_start = rec.round_start;
-                inst.exit_code = rec.exit_code;
-                inst.node_name = rec.node;
-                inst.node = self.nodes.iter().position(|n| n.cfg.name == inst.node_name);
-                inst.local_bytes = rec.local_bytes;
-                inst.started_at_ms = rec.started_at_ms;
-                inst.ended_at_ms = rec.ended_at_ms;
-                inst.started.pid = rec.pid;
-                inst.started.pid_start = rec.pid_start;
+                *slot = Inst::restore(rec, node, std::mem::take(h));
             }
-            for (task, index, t) in sj.history {
-                if let Some(inst) = job
-                    .tasks
-                    .get_mut(task as usize)
-                    .and_then(|tk| tk.insts.get_mut(index as usize))
-                {
-                    inst.history.push(t);
-                }
-            }
+            job.counts = Default::default();
             for t in &mut job.tasks {
+                t.counts = Default::default();
                 for i in &t.insts {
-                    t.counts.add(i.state);
-                    job.counts.add(i.state);
-                    self.counts.add(i.state);
+                    t.counts.add(i.state());
+                    job.counts.add(i.state());
+                    self.counts.add(i.state());
                 }
             }
             job.state = job.derived_state();
@@ -104,17 +97,16 @@ impl Engine {
         if let Some(g) = &self.parts.prewarm {
             g.watch_job(&job.id, &job.spec);
         }
-        let keys: Vec<(InstKey, InstanceState)> = job
-            .tasks
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| {
-                t.insts
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, inst)| ((seq, ti as u32, i as u32), inst.state))
-            })
-            .collect();
+        let keys: Vec<(InstKey, InstanceState)> =
+            job.tasks
+                .iter()
+                .enumerate()
+                .flat_map(|(ti, t)| {
+                    t.insts.iter().enumerate().map(move |(i, inst)| {
+                        (InstKey::new(seq, ti as u32, i as u32), inst.state())
+                    })
+                })
+                .collect();
         // Active instances first: they hold resources that the queue must not hand out.
         for &(k, state) in &keys {
             if state.is_active() {
@@ -126,7 +118,7 @@ impl Engine {
                 InstanceState::Starting | InstanceState::Running => self.readopt(k),
                 InstanceState::Runnable => {
                     if let Some(i) = self.inst_mut(k) {
-                        i.reason = "queued".into();
+                        i.requeue_after_restart();
                     }
                     self.enqueue(k);
                 }
@@ -134,11 +126,13 @@ impl Engine {
                     let met = self
                         .jobs
                         .get(&seq)
-                        .is_some_and(|j| j.deps_met(k.1 as usize, k.2));
+                        .is_some_and(|j| j.deps_met(k.task as usize, k.index));
                     if met {
                         self.make_ready(k, "queued");
                     } else if state == InstanceState::Submitted {
-                        self.transition(k, InstanceState::Pending, "waiting for upstream tasks");
+                        self.change(k, |i| {
+                            i.wait_for_upstream("waiting for upstream tasks".into())
+                        });
                     }
                 }
                 _ => {}
@@ -147,16 +141,65 @@ impl Engine {
     }
 
     fn reserve(&mut self, k: InstKey) {
-        let Some(job) = self.jobs.get(&k.0) else {
+        let Some(job) = self.jobs.get(&k.job) else {
             return;
         };
-        let req = job.tasks[k.1 as usize].spec.resources;
+        let Some(inst) = job.inst(k) else {
+            return;
+        };
+        let req = job.tasks[k.task as usize].spec.resources;
         let owner = job.spec.owner.clone();
-        let node = job.tasks[k.1 as usize].insts[k.2 as usize].node;
+        let node = inst.node();
         if let Some(n) = node.and_then(|n| self.nodes.get_mut(n)) {
             n.used.add(req);
         }
         let quota = self.cfg.quota_for(&owner);
         self.sched.owner_mut(&owner, quota).used.add(req);
+    }
+
+    /// Re-attaches to an attempt a previous runner started. Called with the
+    /// instance's resources already reserved.
+    fn readopt(&mut self, k: InstKey) {
+        let Some(a) = self.attempt_ref(k) else {
+            return;
+        };
+        let sink = self.exit_sink(k, a.attempt);
+        match self.parts.executor.adopt(&a, sink) {
+            Adoption::Running(started) => {
+                let started_at = self.inst(k).map_or(0, |i| i.started_at_ms());
+                let Some(inst) = self.inst_mut(k) else {
+                    return;
+                };
+                match inst.readopt(started) {
+                    Ok(Some(moved)) => self.record_move(k, moved),
+                    Ok(None) => self.persist_instance(k),
+                    Err(e) => {
+                        warn!(key = %k, "cannot re-adopt: {e}");
+                        return;
+                    }
+                }
+                info!(job = %a.job_id, task = %a.task, index = k.index, attempt = a.attempt, pid = ?started.pid, "re-adopted running instance");
+                if let Some(t) = self.task_spec(k).and_then(|t| t.timeout) {
+                    let ran = Duration::from_millis((now_ms() - started_at).max(0) as u64);
+                    let left = t.saturating_sub(ran);
+                    self.timers
+                        .insert((Instant::now() + left, k, a.attempt, TimerKind::Timeout));
+                }
+            }
+            Adoption::Ended(exit) => {
+                info!(job = %a.job_id, task = %a.task, index = k.index, attempt = a.attempt, ?exit, "instance ended while the runner was down");
+                self.on_exit(k, a.attempt, exit);
+            }
+            Adoption::NeverStarted => {
+                self.release(k);
+                if self.change(k, |i| {
+                    i.requeue_unstarted(
+                        "queued: its start was interrupted by a runner restart".into(),
+                    )
+                }) {
+                    self.enqueue(k);
+                }
+            }
+        }
     }
 }

@@ -112,9 +112,8 @@ impl Sched {
             return "queued";
         };
         let t = &job.tasks[task as usize];
-        let i = &t.insts[index as usize];
-        if i.reason_pass == o.pass && i.reason_pass != 0 && !i.reason.is_empty() {
-            return &i.reason;
+        if let Some(r) = t.insts[index as usize].skipped_in(o.pass) {
+            return r;
         }
         if t.group_pass == o.pass && t.group_pass != 0 {
             return &t.group_reason;
@@ -198,16 +197,15 @@ impl Sched {
                             owner.used.add(req);
                             started.push(idx);
                             out.start.push(Placement {
-                                key: (job_seq, ti, idx),
+                                key: InstKey::new(job_seq, ti, idx),
                                 node: n,
                                 local_bytes: bytes,
                                 locality,
                             });
                         }
                         Choice::Wait => {
-                            let i = &mut job.tasks[ti as usize].insts[idx as usize];
-                            i.reason = "locality-wait".into();
-                            i.reason_pass = pass;
+                            job.tasks[ti as usize].insts[idx as usize]
+                                .note_skipped("locality-wait", pass);
                             out.skipped.push("locality-wait");
                         }
                         Choice::Full => {
@@ -314,7 +312,7 @@ fn fail_group(job: &Job, ti: u32, why: &str, out: &mut PassOutcome, owner: &mut 
     if let Some(g) = owner.groups.remove(&key) {
         for idx in g {
             out.fail.push(GateFailure {
-                key: (job.seq, ti, idx),
+                key: InstKey::new(job.seq, ti, idx),
                 reason: why.to_owned(),
             });
         }
@@ -397,24 +395,23 @@ fn choose_node(
     let prefs = match &task.inputs {
         Some(resolved) => {
             let inst = &mut task.insts[idx as usize];
-            inst.prefs
-                .get_or_insert_with(|| {
-                    // Executor nodes map to worker nodes by name; bytes on a node
-                    // without an executor cannot attract the instance.
-                    let mut p: Vec<(usize, u64)> = resolved
-                        .local_bytes(idx)
-                        .filter_map(|(name, b)| {
-                            nodes
-                                .iter()
-                                .position(|n| n.cfg.name == name)
-                                .map(|i| (i, b))
-                        })
-                        .filter(|(_, b)| *b > 0)
-                        .collect();
-                    p.sort_by_key(|(i, b)| (Reverse(*b), *i));
-                    p
-                })
-                .clone()
+            inst.prefs(|| {
+                // Executor nodes map to worker nodes by name; bytes on a node
+                // without an executor cannot attract the instance.
+                let mut p: Vec<(usize, u64)> = resolved
+                    .local_bytes(idx)
+                    .filter_map(|(name, b)| {
+                        nodes
+                            .iter()
+                            .position(|n| n.cfg.name == name)
+                            .map(|i| (i, b))
+                    })
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
+                p.sort_by_key(|(i, b)| (Reverse(*b), *i));
+                p
+            })
+            .to_vec()
         }
         None => Vec::new(),
     };
@@ -425,8 +422,7 @@ fn choose_node(
         }
         // The wait counts from the first pass that could place the instance, not from
         // when it became RUNNABLE: time spent behind a prewarm gate is no locality wait.
-        let inst = &mut job.tasks[ti as usize].insts[idx as usize];
-        let since = *inst.placeable_since.get_or_insert(inp.now);
+        let since = job.tasks[ti as usize].insts[idx as usize].placeable_since(inp.now);
         let waited = inp.now.saturating_duration_since(since);
         if waited < inp.locality_wait && nodes.iter().any(|n| n.fits(req)) {
             return Choice::Wait;

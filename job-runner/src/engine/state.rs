@@ -1,115 +1,40 @@
 //! The in-memory model the engine works on: jobs, their tasks and instances, and
 //! the per-owner and per-node resource use. Only the engine thread touches it.
 
-use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{NodeConfig, Quota};
-use crate::executor::Started;
 use crate::locality::ResolvedInputs;
-use crate::model::{InstanceState, StateCounts, Transition, derive_state};
+use crate::model::{InstanceState, StateCounts, derive_state};
+use crate::plan::TaskLinks;
 use crate::spec::{DepType, JobSpec, Resources, TaskSpec};
-use crate::store::InstanceRecord;
 
-/// (job seq, task ordinal, instance index).
-pub type InstKey = (u64, u32, u32);
+pub use super::instance::{Inst, StopIntent};
 
-/// Why the engine asked an attempt to stop; decides how its end is recorded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopIntent {
-    Cancel(String),
-    Timeout,
+/// Names one TaskInstance: its job's submission sequence number, its task's ordinal
+/// in the spec, and its index among the task's instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstKey {
+    pub job: u64,
+    pub task: u32,
+    pub index: u32,
 }
 
-pub struct Inst {
-    pub state: InstanceState,
-    /// The reason recorded with the last transition, or the instance's own scheduling
-    /// reason (`locality-wait`) when `reason_pass` is the owner's current pass.
-    pub reason: String,
-    pub reason_pass: u64,
-    pub attempt: u32,
-    pub round_start: u32,
-    pub exit_code: Option<i32>,
-    pub node: Option<usize>,
-    pub node_name: String,
-    pub local_bytes: u64,
-    pub started_at_ms: i64,
-    pub ended_at_ms: i64,
-    pub started: Started,
-    pub stop: Option<StopIntent>,
-    /// When it last became eligible to start (locality wait, start latency).
-    pub ready_since: Option<Instant>,
-    /// RUNNABLE but waiting out a retry backoff (not in the scheduling queue).
-    pub in_backoff: bool,
-    /// The first pass that could have placed it on its preferred node but found the
-    /// node full: the start of its bounded locality wait.
-    pub placeable_since: Option<Instant>,
-    /// Per-node bytes of its input, best first; computed when first scheduled.
-    pub prefs: Option<Vec<(usize, u64)>>,
-    pub history: Vec<Transition>,
-}
-
-impl Inst {
-    pub fn new() -> Inst {
-        Inst {
-            state: InstanceState::Submitted,
-            reason: String::new(),
-            reason_pass: 0,
-            attempt: 1,
-            round_start: 1,
-            exit_code: None,
-            node: None,
-            node_name: String::new(),
-            local_bytes: 0,
-            started_at_ms: 0,
-            ended_at_ms: 0,
-            started: Started::default(),
-            stop: None,
-            ready_since: None,
-            in_backoff: false,
-            placeable_since: None,
-            prefs: None,
-            history: Vec::new(),
-        }
-    }
-
-    pub fn record(&self, task: u32, index: u32) -> InstanceRecord {
-        InstanceRecord {
-            task,
-            index,
-            state: self.state,
-            reason: self.reason.clone(),
-            attempt: self.attempt,
-            round_start: self.round_start,
-            exit_code: self.exit_code,
-            node: self.node_name.clone(),
-            local_bytes: self.local_bytes,
-            started_at_ms: self.started_at_ms,
-            ended_at_ms: self.ended_at_ms,
-            pid: self.started.pid,
-            pid_start: self.started.pid_start,
-        }
-    }
-
-    /// The last attempt that got as far as STARTING.
-    pub fn last_started_attempt(&self) -> Option<u32> {
-        self.history
-            .iter()
-            .filter(|t| t.state == InstanceState::Starting)
-            .map(|t| t.attempt)
-            .max()
-    }
-
-    /// Tries used in the current retry round, this one included.
-    pub fn tries_in_round(&self) -> u32 {
-        self.attempt.saturating_sub(self.round_start) + 1
+impl InstKey {
+    pub fn new(job: u64, task: u32, index: u32) -> InstKey {
+        InstKey { job, task, index }
     }
 }
 
-impl Default for Inst {
-    fn default() -> Self {
-        Inst::new()
+impl fmt::Display for InstKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "job {} task {} instance {}",
+            self.job, self.task, self.index
+        )
     }
 }
 
@@ -151,7 +76,7 @@ impl Task {
         self.inputs_skipped = false;
         self.gate_since = None;
         for i in &mut self.insts {
-            i.prefs = None;
+            i.forget_prefs();
         }
     }
 }
@@ -160,7 +85,8 @@ pub struct Job {
     pub seq: u64,
     pub id: String,
     pub spec: JobSpec,
-    pub spec_text: String,
+    /// The spec as submitted.
+    pub spec_text: Arc<str>,
     pub submitted_at_ms: i64,
     pub ended_at_ms: i64,
     pub state: InstanceState,
@@ -169,57 +95,73 @@ pub struct Job {
 }
 
 impl Job {
-    /// Builds the task graph of a validated spec, every instance SUBMITTED.
-    pub fn new(seq: u64, id: String, spec: JobSpec, spec_text: String, now_ms: i64) -> Job {
-        let index: BTreeMap<&str, usize> = spec
+    /// The task graph of an admitted plan, every instance SUBMITTED.
+    pub fn new(
+        seq: u64,
+        id: String,
+        spec: JobSpec,
+        text: Arc<str>,
+        links: Vec<TaskLinks>,
+        now_ms: i64,
+    ) -> Job {
+        let tasks: Vec<Task> = spec
             .tasks
             .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect();
-        let mut tasks: Vec<Task> = spec
-            .tasks
-            .iter()
-            .map(|t| Task {
-                spec: t.clone(),
-                deps: t
-                    .depends_on
-                    .iter()
-                    .filter_map(|d| index.get(d.task.as_str()).map(|&u| (u, d.kind)))
-                    .collect(),
-                dependents: Vec::new(),
-                insts: (0..t.instances).map(|_| Inst::new()).collect(),
-                counts: StateCounts::default(),
-                group_reason: String::new(),
-                group_pass: 0,
-                gate_since: None,
-                inputs: None,
-                inputs_since: None,
-                inputs_skipped: false,
+            .zip(links)
+            .map(|(t, TaskLinks { deps, dependents })| {
+                let mut counts = StateCounts::default();
+                counts.0[InstanceState::Submitted as usize] = t.instances;
+                Task {
+                    spec: t.clone(),
+                    deps,
+                    dependents,
+                    insts: (0..t.instances).map(|_| Inst::new()).collect(),
+                    counts,
+                    group_reason: String::new(),
+                    group_pass: 0,
+                    gate_since: None,
+                    inputs: None,
+                    inputs_since: None,
+                    inputs_skipped: false,
+                }
             })
             .collect();
-        for ti in 0..tasks.len() {
-            let deps = tasks[ti].deps.clone();
-            for (up, kind) in deps {
-                tasks[up].dependents.push((ti, kind));
-            }
-        }
-        for t in &mut tasks {
-            t.counts.0[InstanceState::Submitted as usize] = t.spec.instances;
-        }
         let mut counts = StateCounts::default();
         counts.0[InstanceState::Submitted as usize] = tasks.iter().map(|t| t.spec.instances).sum();
         Job {
             seq,
             id,
             spec,
-            spec_text,
+            spec_text: text,
             submitted_at_ms: now_ms,
             ended_at_ms: 0,
             state: InstanceState::Submitted,
             counts,
             tasks,
         }
+    }
+
+    pub fn inst(&self, k: InstKey) -> Option<&Inst> {
+        self.tasks
+            .get(k.task as usize)
+            .and_then(|t| t.insts.get(k.index as usize))
+    }
+
+    /// Counts an instance's move from `from` to `to` in its task and the job, and
+    /// derives the job's state again; true when that changed.
+    pub fn count_move(&mut self, task: u32, from: InstanceState, to: InstanceState) -> bool {
+        if let Some(t) = self.tasks.get_mut(task as usize) {
+            t.counts.remove(from);
+            t.counts.add(to);
+        }
+        self.counts.remove(from);
+        self.counts.add(to);
+        let derived = self.derived_state();
+        if derived == self.state {
+            return false;
+        }
+        self.state = derived;
+        true
     }
 
     pub fn derived_state(&self) -> InstanceState {
@@ -235,7 +177,7 @@ impl Job {
                 DepType::NToN => u
                     .insts
                     .get(index as usize)
-                    .is_some_and(|i| i.state == InstanceState::Succeeded),
+                    .is_some_and(|i| i.state() == InstanceState::Succeeded),
             }
         })
     }

@@ -1,5 +1,7 @@
 //! gRPC `RunnerService`: each call becomes an engine command; watches and log
-//! streams poll the engine and the log files.
+//! streams poll the engine and the log files. A submitted spec is parsed and checked
+//! here, off the engine thread, and reaches the engine as a plan; the engine's views
+//! are rendered to proto here ([`super::render`]).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -19,9 +21,12 @@ use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_wire::auth::{AuthChannel, Identity};
 
 use super::auth::{bearer, caller, check_submit};
+use super::render;
 use crate::config::RunnerConfig;
 use crate::engine::{Command, EngineHandle, LogTarget};
-use crate::spec::{JobSpec, ParseOptions, SpecFormat};
+use crate::model::JobView;
+use crate::plan::{self, Admission};
+use crate::spec::SpecFormat;
 
 const LOG_POLL: Duration = Duration::from_millis(100);
 const LOG_CHUNK: usize = 64 << 10;
@@ -32,10 +37,12 @@ pub struct RunnerRpc {
     access: Arc<Access>,
 }
 
-/// What authorization needs: the quotas (priority limits) and the master (grants).
+/// What authorization needs: the quotas (priority limits) and the master (grants);
+/// and what specs are admitted against.
 pub struct Access {
     pub cfg: RunnerConfig,
     pub master: Option<MasterServiceClient<AuthChannel>>,
+    pub admission: Admission,
 }
 
 impl RunnerRpc {
@@ -48,7 +55,7 @@ impl RunnerRpc {
     }
 
     /// The job `id`, if `who` may act on it.
-    async fn own_job(&self, who: &Identity, id: &str) -> Result<pb::Job, Error> {
+    async fn own_job(&self, who: &Identity, id: &str) -> Result<JobView, Error> {
         let id = id.to_owned();
         let job = self
             .engine
@@ -65,11 +72,14 @@ impl RunnerRpc {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn is_final(job: &pb::Job) -> bool {
-    matches!(
-        pb::InstanceState::try_from(job.state),
-        Ok(pb::InstanceState::Succeeded | pb::InstanceState::Failed | pb::InstanceState::Cancelled)
-    )
+/// Runs `f` on a blocking thread: parsing a spec of up to 16 MiB must not hold up the
+/// runtime (nor the engine).
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::from(Error::internal(format!("spec check task failed: {e}"))))
 }
 
 #[tonic::async_trait]
@@ -90,30 +100,28 @@ impl RunnerService for RunnerRpc {
         if r.spec.len() > 16 << 20 {
             return Err(Error::invalid("the job spec is larger than 16 MiB").into());
         }
-        // An invalid spec is refused by the engine with every problem; a valid one is
-        // checked here first against what the caller may do.
-        let preview = JobSpec::parse(
-            &r.spec,
-            &ParseOptions {
-                format,
-                source_name: &r.source_name,
-                limits: None,
-            },
-        );
-        if let Ok(spec) = preview {
-            let master = self.access.master.as_ref().zip(token.as_ref());
-            check_submit(&who, &spec, &self.access.cfg, master).await?;
-        }
+        // The one parse: a spec with problems of its own is refused with all of them;
+        // one without is authorized against what the caller may do before it is
+        // weighed against the runner's limits and abilities.
+        let access = self.access.clone();
+        let draft =
+            off_runtime(move || plan::draft(r.spec, format, &r.source_name, &access.admission))
+                .await?
+                .map_err(render::refusal)?;
+        let master = self.access.master.as_ref().zip(token.as_ref());
+        check_submit(&who, draft.spec(), &self.access.cfg, master).await?;
+        let access = self.access.clone();
+        let plan = off_runtime(move || draft.admit(&access.admission))
+            .await?
+            .map_err(render::refusal)?;
         let job = self
             .engine
             .call(|reply| Command::Submit {
-                text: r.spec,
-                format,
-                source: r.source_name,
+                plan: Box::new(plan),
                 reply,
             })
             .await?;
-        Ok(Response::new(job))
+        Ok(Response::new(render::job(job)))
     }
 
     async fn get_job(&self, r: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -128,7 +136,7 @@ impl RunnerService for RunnerRpc {
                 reply,
             })
             .await?;
-        Ok(Response::new(job))
+        Ok(Response::new(render::job(job)))
     }
 
     type WatchJobStream = BoxStream<pb::Job>;
@@ -167,8 +175,8 @@ impl RunnerService for RunnerRpc {
         tokio::spawn(async move {
             let mut job = first;
             loop {
-                let done = is_final(&job);
-                if tx.send(Ok(job)).await.is_err() || done {
+                let done = job.state.is_final();
+                if tx.send(Ok(render::job(job))).await.is_err() || done {
                     return;
                 }
                 tokio::select! {
@@ -211,7 +219,9 @@ impl RunnerService for RunnerRpc {
             .engine
             .call(|reply| Command::List { owner, reply })
             .await?;
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.into_iter().map(render::job).collect(),
+        }))
     }
 
     async fn cancel_job(
@@ -230,7 +240,7 @@ impl RunnerService for RunnerRpc {
                 reply,
             })
             .await?;
-        Ok(Response::new(job))
+        Ok(Response::new(render::job(job)))
     }
 
     async fn retry_job(
@@ -244,7 +254,7 @@ impl RunnerService for RunnerRpc {
             .engine
             .call(|reply| Command::Retry { id, reply })
             .await?;
-        Ok(Response::new(job))
+        Ok(Response::new(render::job(job)))
     }
 
     type GetLogsStream = BoxStream<pb::LogChunk>;
@@ -356,7 +366,9 @@ impl RunnerService for RunnerRpc {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         caller(&r, "ListNodes")?;
         let nodes = self.engine.call(|reply| Command::Nodes { reply }).await?;
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_iter().map(render::node).collect(),
+        }))
     }
 }
 

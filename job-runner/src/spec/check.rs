@@ -114,10 +114,22 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 impl Checker {
     pub fn push(&mut self, loc: Loc, path: &str, message: impl Into<String>) {
+        self.hint(loc, path, message, String::new());
+    }
+
+    /// A problem with what to do about it (shown after the message, `; `-separated).
+    pub fn hint(
+        &mut self,
+        loc: Loc,
+        path: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             loc,
             path: path.to_owned(),
             message: message.into(),
+            hint: hint.into(),
         });
     }
 
@@ -155,13 +167,11 @@ impl Checker {
                     Some(s) => format!(" (did you mean `{s}`?)"),
                     None => String::new(),
                 };
-                self.push(
+                self.hint(
                     k.loc,
                     &sub(path, key),
-                    format!(
-                        "unknown field `{key}`{hint}; expected one of: {}",
-                        known.join(", ")
-                    ),
+                    format!("unknown field `{key}`{hint}"),
+                    format!("expected one of: {}", known.join(", ")),
                 );
             }
         }
@@ -285,13 +295,11 @@ impl Checker {
         match options.iter().find(|o| **o == s) {
             Some(o) => Some(o),
             None => {
-                self.push(
+                self.hint(
                     n.loc,
                     path,
-                    format!(
-                        "unknown value `{s}`; expected one of: {}",
-                        options.join(", ")
-                    ),
+                    format!("unknown value `{s}`"),
+                    format!("expected one of: {}", options.join(", ")),
                 );
                 None
             }
@@ -398,14 +406,15 @@ impl Checker {
                 continue;
             }
             if let Some(other) = env_names.insert(ds.env_name(), ds.name.clone()) {
-                self.push(
+                self.hint(
                     d.loc,
                     &sub(&path, "name"),
                     format!(
-                        "datasets `{other}` and `{}` would both be exposed as {}; rename one",
+                        "datasets `{other}` and `{}` would both be exposed as {}",
                         ds.name,
                         ds.env_name()
                     ),
+                    "rename one",
                 );
             }
             out.push(ds);
@@ -465,10 +474,11 @@ impl Checker {
             let p = sub(path, "timeout");
             t.timeout = self.duration(d, &p);
             if t.timeout.is_some_and(|d| d.is_zero()) {
-                self.push(
+                self.hint(
                     d.loc,
                     &p,
-                    "a zero timeout would kill every instance at once; omit it for no limit",
+                    "a zero timeout would kill every instance at once",
+                    "omit it for no limit",
                 );
             }
         }
@@ -477,12 +487,11 @@ impl Checker {
 
     fn command(&mut self, n: &Node, path: &str) -> Vec<String> {
         if let Value::Str(s) = &n.value {
-            self.push(
+            self.hint(
                 n.loc,
                 path,
-                format!(
-                    "must be a list of arguments, not a string (commands never go through a shell); write [\"prog\", \"arg\"], or [\"sh\", \"-c\", {s:?}] for shell syntax"
-                ),
+                "must be a list of arguments, not a string (commands never go through a shell)",
+                format!("write [\"prog\", \"arg\"], or [\"sh\", \"-c\", {s:?}] for shell syntax"),
             );
             return Vec::new();
         }
@@ -517,13 +526,14 @@ impl Checker {
         };
         for (k, v) in m {
             let Some(key) = k.as_str() else {
-                self.push(
+                self.hint(
                     k.loc,
                     path,
                     format!(
-                        "environment variable names must be strings, found {}; quote it (YAML reads y, n, on, off as booleans)",
+                        "environment variable names must be strings, found {}",
                         k.kind()
                     ),
+                    "quote it (YAML reads y, n, on, off as booleans)",
                 );
                 continue;
             };
@@ -693,10 +703,11 @@ impl Checker {
                         datasets.iter().copied().collect::<Vec<_>>().join(", ")
                     )
                 };
-                self.push(
+                self.hint(
                     ds_node.loc,
                     &sub(&p, "dataset"),
-                    format!("unknown dataset `{dataset}`; {known}"),
+                    format!("unknown dataset `{dataset}`"),
+                    known,
                 );
             }
             let path_in = match f.get("path") {

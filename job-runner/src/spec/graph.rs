@@ -45,10 +45,11 @@ pub fn check(spec: &JobSpec, locs: &SpecLocs<'_>, c: &mut Checker) {
                 continue;
             }
             let Some(&up) = by_name.get(d.task.as_str()) else {
-                c.push(
+                c.hint(
                     dep_loc,
                     &path,
-                    format!("unknown task `{}`; tasks in this job: {}", d.task, known()),
+                    format!("unknown task `{}`", d.task),
+                    format!("tasks in this job: {}", known()),
                 );
                 continue;
             };
@@ -61,7 +62,7 @@ pub fn check(spec: &JobSpec, locs: &SpecLocs<'_>, c: &mut Checker) {
                 continue;
             }
             if d.kind == DepType::NToN && spec.tasks[up].instances != t.instances {
-                c.push(
+                c.hint(
                     locs.at(&[
                         PathSeg::Key("tasks"),
                         PathSeg::Index(ti),
@@ -71,9 +72,10 @@ pub fn check(spec: &JobSpec, locs: &SpecLocs<'_>, c: &mut Checker) {
                     ]),
                     &format!("tasks[{ti}].depends_on[{di}].type"),
                     format!(
-                        "n_to_n needs the same number of instances on both sides, but `{}` has {} and `{}` has {}; use type: all, or make the counts equal",
+                        "n_to_n needs the same number of instances on both sides, but `{}` has {} and `{}` has {}",
                         t.name, t.instances, spec.tasks[up].name, spec.tasks[up].instances
                     ),
+                    "use type: all, or make the counts equal",
                 );
             }
             g.add_edge(nodes[ti], nodes[up], di);

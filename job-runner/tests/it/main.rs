@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
-mod bench_smoke;
 mod cancel;
 mod cluster;
 mod dag;

@@ -5,26 +5,41 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use shoal_job_runner::{NodeConfig, RunnerConfig, RunnerServer};
 use shoal_proto::v1::InstanceState as S;
 use shoal_testkit::TestProcess;
 
 use crate::support::{Client, connect, count, describe, get, state, submit, task, wait_final};
 
+/// Where [`runner_process`] finds its data dir, the file to write its address to, and
+/// the admin token file, one per line.
+const FIXTURE_PATHS: &str = "SHOAL_TEST_RUNNER_PATHS";
+
+/// Starts a runner in a process of its own (so SIGKILL takes all of it down): this
+/// test binary again, running only [`runner_process`].
 async fn start_fixture(data: &Path, addr_file: &Path) -> (TestProcess, Client) {
     let _ = std::fs::remove_file(addr_file);
     let token_file = addr_file.with_extension("token");
     if !token_file.exists() {
         shoal_wire::auth::write_token_file(&token_file, crate::support::admin()).unwrap();
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal-runner-fixture"));
-    cmd.arg("--data-dir")
-        .arg(data)
-        .arg("--addr-file")
-        .arg(addr_file)
-        .arg("--admin-token-file")
-        .arg(&token_file)
-        .args(["--node", "node-1=3,4GiB", "--kill-grace", "1s"]);
-    let mut p = TestProcess::spawn("shoal-runner-fixture", cmd).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "recovery::runner_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(
+        FIXTURE_PATHS,
+        format!(
+            "{}\n{}\n{}",
+            data.display(),
+            addr_file.display(),
+            token_file.display()
+        ),
+    );
+    let mut p = TestProcess::spawn("runner-fixture", cmd).unwrap();
     let addr = shoal_testkit::wait_for(
         Duration::from_secs(30),
         "the runner to write its address",
@@ -43,6 +58,54 @@ async fn start_fixture(data: &Path, addr_file: &Path) -> (TestProcess, Client) {
     }
     let c = connect(&addr).await;
     (p, c)
+}
+
+/// Not a test of its own: the body of the runner process [`start_fixture`] starts (a
+/// runner with 3 CPUs on one node, serving until SIGTERM). Without its paths it has
+/// nothing to do.
+#[test]
+#[ignore = "the runner process of the recovery tests, which start it themselves"]
+fn runner_process() {
+    let Ok(paths) = std::env::var(FIXTURE_PATHS) else {
+        eprintln!("{FIXTURE_PATHS} is not set: nothing to run");
+        return;
+    };
+    let mut paths = paths.lines().map(std::path::PathBuf::from);
+    let (data, addr_file, token_file) = (
+        paths.next().unwrap(),
+        paths.next().unwrap(),
+        paths.next().unwrap(),
+    );
+    shoal_telemetry::init_tracing();
+    let mut cfg = RunnerConfig::new(data);
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.schedule_interval = Duration::from_millis(100);
+    cfg.nodes = vec![NodeConfig::parse("node-1=3,4GiB").unwrap()];
+    cfg.kill_grace = Duration::from_secs(1);
+    cfg.local_tokens = vec![(
+        shoal_wire::auth::read_token_file(&token_file).unwrap(),
+        shoal_wire::auth::Identity::Owner {
+            name: "admin".into(),
+            admin: true,
+        },
+    )];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let runner = RunnerServer::start(cfg).await.unwrap();
+        let tmp = addr_file.with_extension("tmp");
+        std::fs::write(&tmp, runner.grpc_addr.to_string()).unwrap();
+        std::fs::rename(&tmp, &addr_file).unwrap();
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).unwrap();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        runner.shutdown().await;
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

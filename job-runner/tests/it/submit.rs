@@ -169,3 +169,59 @@ async fn commands_are_not_run_through_a_shell() {
     assert_eq!((state(inst.state), inst.exit_code), (S::Failed, 127));
     h.stop().await;
 }
+
+/// A refused spec reaches the client with every problem as data: where, which field,
+/// what, and what to do, besides the text report in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_problem_of_a_refused_spec_arrives_as_data() {
+    use prost::Message as _;
+    let mut h = Harness::start("problems", |_| {}).await;
+    let spec = "name: p\ntasks:\n  - name: a\n    command: [\"true\"]\n    instancs: 3\n  - name: b\n    command: [\"true\"]\n    depends_on: [{task: nope}]\n    retry: {attempts: 0}\n";
+    let e = h
+        .client
+        .submit_job(pb::SubmitJobRequest {
+            spec: spec.into(),
+            format: pb::SpecFormat::Unspecified as i32,
+            source_name: "bad.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    let problems = pb::SpecProblems::decode(e.details()).unwrap().problems;
+    let at: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p.location.as_str(), p.path.as_str()))
+        .collect();
+    assert_eq!(
+        at,
+        vec![
+            ("bad.yaml:5:5", "tasks[0].instancs"),
+            ("bad.yaml:8:25", "tasks[1].depends_on[0].task"),
+            ("bad.yaml:9:23", "tasks[1].retry.attempts"),
+        ],
+        "{problems:#?}"
+    );
+    assert_eq!(
+        problems[0].message,
+        "unknown field `instancs` (did you mean `instances`?)"
+    );
+    assert!(
+        problems[0]
+            .hint
+            .starts_with("expected one of: name, command"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems[1].message, "unknown task `nope`");
+    assert_eq!(problems[1].hint, "tasks in this job: a, b");
+    // The message still carries the same report as text, one problem a line.
+    let lines: Vec<&str> = e.message().lines().collect();
+    assert_eq!(lines[0], "bad.yaml is invalid (3 problems):");
+    assert_eq!(
+        lines[1],
+        format!(
+            "  bad.yaml:5:5: tasks[0].instancs: {}; {}",
+            problems[0].message, problems[0].hint
+        )
+    );
+    h.stop().await;
+}

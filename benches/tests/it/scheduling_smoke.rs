@@ -1,6 +1,6 @@
-//! The benchmark scenarios at a tiny size, so they keep working.
+//! The job runner's benchmark scenarios at a tiny size, so they keep working.
 
-use shoal_job_runner::benchmark;
+use shoal_benches::scheduling as benchmark;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_benchmark_runs() {

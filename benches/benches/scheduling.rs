@@ -1,8 +1,8 @@
 //! Scheduling throughput, in release mode:
 //!
 //! ```sh
-//! cargo bench -p shoal-job-runner --bench scheduling
-//! SHOAL_BENCH_INSTANCES=100000 SHOAL_BENCH_E2E=2000 cargo bench -p shoal-job-runner --bench scheduling
+//! cargo bench -p shoal-benches --bench scheduling
+//! SHOAL_BENCH_INSTANCES=100000 SHOAL_BENCH_E2E=2000 cargo bench -p shoal-benches --bench scheduling
 //! ```
 //!
 //! 1. decisions/s: 100k instances across 10 owners through the engine with the no-op
@@ -12,7 +12,7 @@
 //!    `true`, as a ratio to spawning the same `true` processes directly at the same
 //!    concurrency in the same run.
 
-use shoal_job_runner::benchmark;
+use shoal_benches::scheduling as benchmark;
 
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)

@@ -1,5 +1,6 @@
-//! Benchmark scenarios, shared by `benches/scheduling.rs` (release mode, full size)
-//! and a smoke test in the test suite (tiny size) so they cannot rot.
+//! The job runner's benchmark scenarios, shared by `benches/scheduling.rs` (release
+//! mode, full size), the suite's scheduler scenario and a smoke test (tiny size) so
+//! they cannot rot. They drive the runner through its public API only.
 //!
 //! - [`scheduling`]: the engine with the no-op executor and no persistence, so the
 //!   scheduler and state machine are all that is measured: N instances across
@@ -12,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use shoal_common::{Error, Result};
 
-use crate::config::{ExecutorKind, NodeConfig, Quota, RunnerConfig};
-use crate::engine::{Command, Engine, EngineHandle, Parts};
-use crate::executor::MountRoot;
-use crate::executor::noop::NoopExecutor;
-use crate::spec::SpecFormat;
-use crate::store::NullStore;
+use shoal_job_runner::config::{ExecutorKind, NodeConfig, Quota, RunnerConfig};
+use shoal_job_runner::engine::{Command, Engine, EngineHandle, Parts};
+use shoal_job_runner::executor::MountRoot;
+use shoal_job_runner::executor::noop::NoopExecutor;
+use shoal_job_runner::model::InstanceState;
+use shoal_job_runner::plan::{Admission, JobPlan};
+use shoal_job_runner::spec::SpecFormat;
+use shoal_job_runner::store::NullStore;
 
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -44,12 +47,13 @@ fn spec(owner: &str, name: &str, priority: i32, tasks: &[(u32, Option<&str>)]) -
     s
 }
 
-async fn submit(h: &EngineHandle, text: String) -> Result<String> {
+/// Submits as the runner's gRPC handler does: the spec is checked here, off the
+/// engine thread, and the engine admits the plan.
+async fn submit(h: &EngineHandle, admission: &Admission, text: String) -> Result<String> {
+    let plan = JobPlan::from_text(text, SpecFormat::Yaml, "bench.yaml", admission)?;
     let job = h
         .call(|reply| Command::Submit {
-            text,
-            format: SpecFormat::Yaml,
-            source: "bench.yaml".into(),
+            plan: Box::new(plan),
             reply,
         })
         .await?;
@@ -68,15 +72,14 @@ async fn wait_all(h: &EngineHandle, ids: &[String], timeout: Duration) -> Result
             .await?;
         let done = ids.iter().all(|id| {
             jobs.iter()
-                .any(|j| &j.id == id && j.state == shoal_proto::v1::InstanceState::Succeeded as i32)
+                .any(|j| &j.id == id && j.state == InstanceState::Succeeded)
         });
         if done {
             return Ok(());
         }
         if let Some(bad) = jobs.iter().find(|j| {
             ids.contains(&j.id)
-                && (j.state == shoal_proto::v1::InstanceState::Failed as i32
-                    || j.state == shoal_proto::v1::InstanceState::Cancelled as i32)
+                && matches!(j.state, InstanceState::Failed | InstanceState::Cancelled)
         }) {
             return Err(Error::internal(format!(
                 "bench job {} did not succeed",
@@ -107,6 +110,7 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
         ..Quota::default()
     };
     cfg.schedule_interval = Duration::from_secs(1);
+    let admission = Admission::new(&cfg, false, false);
     let parts = Parts {
         store: Box::new(NullStore::default()),
         executor: std::sync::Arc::new(NoopExecutor),
@@ -133,7 +137,7 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
     let start = Instant::now();
     let mut ids = Vec::new();
     for t in texts {
-        ids.push(submit(&h, t).await?);
+        ids.push(submit(&h, &admission, t).await?);
     }
     wait_all(&h, &ids, Duration::from_secs(600)).await?;
     let elapsed = start.elapsed();
@@ -156,10 +160,12 @@ pub async fn end_to_end(instances: u32, concurrency: u32) -> Result<(Measured, M
         cpu_millis: u64::from(concurrency) * 10,
         memory_bytes: 1 << 40,
     }];
-    let runner = crate::server::RunnerServer::start(cfg).await?;
+    let admission = Admission::new(&cfg, false, false);
+    let runner = shoal_job_runner::RunnerServer::start(cfg).await?;
     let start = Instant::now();
     let id = submit(
         &runner.engine,
+        &admission,
         spec("bench", "e2e", 0, &[(instances, None)]),
     )
     .await?;

@@ -1,0 +1,103 @@
+//! The runner's limits a spec is weighed against at submit: a request no node can ever
+//! hold, or beyond its owner's quota, is refused with the spec's other problems rather
+//! than left to wait forever.
+
+use super::check::Checker;
+use super::{JobSpec, PathSeg, SpecLocs};
+
+/// What the runner can offer, so a request that can never be met is rejected at submit.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// The largest node: (name, cpu_millis, memory_bytes) per node.
+    pub nodes: Vec<(String, u64, u64)>,
+    /// The owner's quota, if it caps CPU or memory.
+    pub quota_cpu_millis: Option<u64>,
+    pub quota_memory_bytes: Option<u64>,
+}
+
+/// Records every request of `spec` that `limits` can never meet.
+pub fn check(spec: &JobSpec, limits: &Limits, locs: &SpecLocs<'_>, c: &mut Checker) {
+    for (ti, t) in spec.tasks.iter().enumerate() {
+        let r = t.resources;
+        let path = format!("tasks[{ti}].resources");
+        let loc = locs.at(&[
+            PathSeg::Key("tasks"),
+            PathSeg::Index(ti),
+            PathSeg::Key("resources"),
+        ]);
+        if let Some(q) = limits.quota_cpu_millis
+            && r.cpu_millis > q
+        {
+            c.hint(
+                loc,
+                &path,
+                format!(
+                    "asks for {} CPU per instance but owner `{}` may use at most {} CPU at once (runner quota)",
+                    fmt_cpu(r.cpu_millis),
+                    spec.owner,
+                    fmt_cpu(q)
+                ),
+                "ask for less or raise the owner's quota",
+            );
+        }
+        if let Some(q) = limits.quota_memory_bytes
+            && r.memory_bytes > q
+        {
+            c.hint(
+                loc,
+                &path,
+                format!(
+                    "asks for {} memory per instance but owner `{}` may use at most {} at once (runner quota)",
+                    shoal_common::size::human_bytes(r.memory_bytes),
+                    spec.owner,
+                    shoal_common::size::human_bytes(q)
+                ),
+                "ask for less or raise the owner's quota",
+            );
+        }
+        let fits_some_node = limits
+            .nodes
+            .iter()
+            .any(|(_, cpu, mem)| r.cpu_millis <= *cpu && r.memory_bytes <= *mem);
+        if !fits_some_node {
+            let nodes: Vec<String> = limits
+                .nodes
+                .iter()
+                .map(|(n, cpu, mem)| {
+                    format!(
+                        "{n} ({} CPU, {})",
+                        fmt_cpu(*cpu),
+                        shoal_common::size::human_bytes(*mem)
+                    )
+                })
+                .collect();
+            c.hint(
+                loc,
+                &path,
+                format!(
+                    "an instance asks for {} CPU and {} but no node can ever hold it",
+                    fmt_cpu(r.cpu_millis),
+                    shoal_common::size::human_bytes(r.memory_bytes),
+                ),
+                format!(
+                    "nodes: {}",
+                    if nodes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        nodes.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// `1.5` for 1500 millicores.
+pub fn fmt_cpu(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        format!("{}", millis / 1000)
+    } else {
+        let s = format!("{:.3}", millis as f64 / 1000.0);
+        s.trim_end_matches('0').to_owned()
+    }
+}
