@@ -18,20 +18,8 @@ use shoal_proto::v1::*;
 use shoal_wire::auth::{Identity, identity};
 use tonic::{Request, Response, Status};
 
-use crate::access::{Access, Need};
-use crate::catalog::Catalog;
-use crate::membership::Membership;
-
-/// Shared state every handler reads.
-pub struct MasterState {
-    pub catalog: Catalog,
-    pub members: Membership,
-    pub loads: crate::load::LoadJobs,
-    /// Tokens and grants: who may do what.
-    pub access: Arc<Access>,
-    /// How often workers are told to heartbeat.
-    pub heartbeat_interval: std::time::Duration,
-}
+use crate::access::Need;
+use crate::state::MasterState;
 
 #[derive(Clone)]
 pub struct MasterRpc {
@@ -51,7 +39,7 @@ impl MasterRpc {
         if who.sees_everything() {
             return Ok(());
         }
-        let job = self.state.loads.get(&self.state, id).await?;
+        let job = self.state.loads.get(id).await?;
         who.require_act_for(&job.owner, &format!("load job {id}"))?;
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod handler;
 pub mod load;
 pub mod membership;
 pub mod server;
+pub mod state;
 pub mod store;
 
 pub use config::MasterConfig;

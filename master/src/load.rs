@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::handler::MasterState;
+use crate::catalog::Catalog;
+use crate::membership::Membership;
 use crate::store::LoadRecord;
 pub use dispatch::{LoadLimits, WorkerClients};
 
@@ -37,10 +38,18 @@ struct Active {
     done: tokio::sync::watch::Receiver<bool>,
 }
 
+/// What a running job uses: the catalogue (the target's files, persistence), the
+/// worker set (placement of each segment) and the workers' clients.
+pub(crate) struct LoadContext {
+    pub catalog: Arc<Catalog>,
+    pub members: Arc<Membership>,
+    pub workers: WorkerClients,
+}
+
 pub struct LoadJobs {
-    active: Mutex<HashMap<String, Active>>,
+    ctx: Arc<LoadContext>,
+    active: Arc<Mutex<HashMap<String, Active>>>,
     seq: AtomicU64,
-    pub(crate) workers: WorkerClients,
     /// Stops every job when the master shuts down (they resume on the next start).
     shutdown: CancellationToken,
 }
@@ -54,15 +63,19 @@ pub fn is_final(state: i32) -> bool {
 impl LoadJobs {
     /// `token` is the cluster token, presented to workers when dispatching segments.
     pub fn new(
-        limits: LoadLimits,
-        token: Option<shoal_wire::auth::Token>,
+        catalog: Arc<Catalog>,
+        members: Arc<Membership>,
+        workers: WorkerClients,
         shutdown: CancellationToken,
-        tls: shoal_wire::tls::TlsConfig,
     ) -> Self {
         LoadJobs {
-            active: Mutex::new(HashMap::new()),
+            ctx: Arc::new(LoadContext {
+                catalog,
+                members,
+                workers,
+            }),
+            active: Arc::new(Mutex::new(HashMap::new())),
             seq: AtomicU64::new(0),
-            workers: WorkerClients::new(limits, token, tls),
             shutdown,
         }
     }
@@ -74,20 +87,15 @@ impl LoadJobs {
     }
 
     /// Validates and persists a new job, then starts it in the background.
-    pub async fn start(
-        &self,
-        state: &Arc<MasterState>,
-        mut req: StartLoadRequest,
-        owner: &str,
-    ) -> Result<LoadJob> {
-        let d = state.catalog.get(&req.dataset).await?;
+    pub async fn start(&self, mut req: StartLoadRequest, owner: &str) -> Result<LoadJob> {
+        let d = self.ctx.catalog.get(&req.dataset).await?;
         for p in req.paths.iter_mut().chain(req.files.iter_mut()) {
             *p = normalize_dataset_path(p)?;
         }
         if req.replicas == 0 {
             req.replicas = 1;
         }
-        let live = state.members.placement()?.placement.len();
+        let live = self.ctx.members.placement()?.placement.len();
         if live == 0 {
             return Err(Error::failed_precondition(
                 "no live cache workers to prewarm into; start one with `shoal worker` and retry",
@@ -114,13 +122,13 @@ impl LoadJobs {
             owner: owner.to_owned(),
             ..Default::default()
         };
-        persist(state, &req, &job).await?;
+        persist(&self.ctx.catalog, &req, &job).await?;
         info!(load = %id, dataset = %d.name, "load job created");
-        self.launch(state.clone(), req, job.clone())?;
+        self.launch(req, job.clone())?;
         Ok(job)
     }
 
-    fn launch(&self, state: Arc<MasterState>, req: StartLoadRequest, job: LoadJob) -> Result<()> {
+    fn launch(&self, req: StartLoadRequest, job: LoadJob) -> Result<()> {
         let cancel = self.shutdown.child_token();
         let (tx, rx) = watch::channel(job.clone());
         let (done_tx, done_rx) = watch::channel(false);
@@ -133,18 +141,19 @@ impl LoadJobs {
             },
         );
         let id = job.id.clone();
+        let (ctx, active, shutting_down) =
+            (self.ctx.clone(), self.active.clone(), self.shutdown.clone());
         tokio::spawn(async move {
-            let shutting_down = state.loads.shutdown.clone();
             let req = Arc::new(req);
-            let final_job = run::run(state.clone(), req.clone(), job, cancel, tx).await;
+            let final_job = run::run(ctx.clone(), req.clone(), job, cancel, tx).await;
             // A job stopped by master shutdown stays unfinished in the store and resumes
             // on the next start; every other ending is final.
             if !shutting_down.is_cancelled()
-                && let Err(e) = persist(&state, &req, &final_job).await
+                && let Err(e) = persist(&ctx.catalog, &req, &final_job).await
             {
                 warn!(load = %id, error = %e, "could not persist final load state");
             }
-            if let Ok(mut a) = state.loads.active.lock() {
+            if let Ok(mut a) = active.lock() {
                 a.remove(&id);
             }
             let _ = done_tx.send(true);
@@ -153,16 +162,16 @@ impl LoadJobs {
     }
 
     /// Runs again every job a previous master process left unfinished.
-    pub async fn resume(&self, state: &Arc<MasterState>) -> Result<()> {
-        for rec in state.catalog.store().list_loads(None).await? {
+    pub async fn resume(&self) -> Result<()> {
+        let catalog = &self.ctx.catalog;
+        for rec in catalog.store().list_loads(None).await? {
             if is_final(rec.state) {
                 continue;
             }
             let (req, mut job) = decode(&rec)?;
             job.message = "resumed after a master restart".into();
             info!(load = %job.id, "resuming load job");
-            if state
-                .catalog
+            if catalog
                 .store()
                 .get_dataset(&req.dataset)
                 .await?
@@ -174,19 +183,20 @@ impl LoadJobs {
                     req.dataset
                 );
                 job.finished_at_ms = now_ms();
-                persist(state, &req, &job).await?;
+                persist(catalog, &req, &job).await?;
                 continue;
             }
-            self.launch(state.clone(), req, job)?;
+            self.launch(req, job)?;
         }
         Ok(())
     }
 
-    pub async fn get(&self, state: &MasterState, id: &str) -> Result<LoadJob> {
+    pub async fn get(&self, id: &str) -> Result<LoadJob> {
         if let Some(a) = self.lock()?.get(id) {
             return Ok(a.updates.borrow().clone());
         }
-        let rec = state
+        let rec = self
+            .ctx
             .catalog
             .store()
             .get_load(id)
@@ -195,10 +205,10 @@ impl LoadJobs {
         Ok(decode(&rec)?.1)
     }
 
-    pub async fn list(&self, state: &MasterState, dataset: &str) -> Result<Vec<LoadJob>> {
+    pub async fn list(&self, dataset: &str) -> Result<Vec<LoadJob>> {
         let filter = (!dataset.is_empty()).then_some(dataset);
         let mut out = vec![];
-        for rec in state.catalog.store().list_loads(filter).await? {
+        for rec in self.ctx.catalog.store().list_loads(filter).await? {
             let live = self
                 .lock()?
                 .get(&rec.id)
@@ -212,7 +222,7 @@ impl LoadJobs {
     }
 
     /// Cancels a running job and waits (briefly) until it has stopped.
-    pub async fn cancel(&self, state: &MasterState, id: &str) -> Result<LoadJob> {
+    pub async fn cancel(&self, id: &str) -> Result<LoadJob> {
         let active = self
             .lock()?
             .get(id)
@@ -221,18 +231,17 @@ impl LoadJobs {
             cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
         }
-        self.get(state, id).await
+        self.get(id).await
     }
 
     /// The job's state now and at every change, ending after its final state.
     pub async fn watch(
         &self,
-        state: &MasterState,
         id: &str,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<LoadJob, tonic::Status>> + Send + 'static>>> {
         let rx = self.lock()?.get(id).map(|a| a.updates.clone());
         let Some(mut rx) = rx else {
-            let job = self.get(state, id).await?;
+            let job = self.get(id).await?;
             return Ok(Box::pin(futures::stream::once(async move { Ok(job) })));
         };
         let stream = async_stream(move |yield_| async move {
@@ -270,9 +279,8 @@ fn not_found(id: &str) -> Error {
     ))
 }
 
-async fn persist(state: &MasterState, req: &StartLoadRequest, job: &LoadJob) -> Result<()> {
-    state
-        .catalog
+async fn persist(catalog: &Catalog, req: &StartLoadRequest, job: &LoadJob) -> Result<()> {
+    catalog
         .store()
         .save_load(LoadRecord {
             id: job.id.clone(),

@@ -15,8 +15,9 @@ use tracing::{info, warn};
 use crate::access::{Access, MasterVerifier};
 use crate::catalog::Catalog;
 use crate::config::MasterConfig;
-use crate::handler::{MasterRpc, MasterState};
-use crate::load::LoadJobs;
+use crate::handler::MasterRpc;
+use crate::state::MasterState;
+use crate::load::{LoadJobs, WorkerClients};
 use crate::membership::Membership;
 use crate::store::CatalogStore;
 use crate::store::sqlite::SqliteCatalog;
@@ -52,23 +53,24 @@ impl MasterServer {
         let bootstrap_admin = access
             .bootstrap_admin(&cfg.data_dir.join("admin.token"))
             .await?;
-        let catalog = Catalog::new(store.clone(), cfg.ufs.clone());
+        let catalog = Arc::new(Catalog::new(store.clone(), cfg.ufs.clone()));
         catalog.recover().await?;
-        let members = Membership::open(store, cfg.worker_expiry, cfg.layout).await?;
+        let members = Arc::new(Membership::open(store, cfg.worker_expiry, cfg.layout).await?);
         let cancel = CancellationToken::new();
+        let loads = LoadJobs::new(
+            catalog.clone(),
+            members.clone(),
+            WorkerClients::new(cfg.load, Some(cluster_token.clone()), cfg.tls.clone()),
+            cancel.clone(),
+        );
+        loads.resume().await?;
         let state = Arc::new(MasterState {
             catalog,
             members,
-            loads: LoadJobs::new(
-                cfg.load,
-                Some(cluster_token.clone()),
-                cancel.clone(),
-                cfg.tls.clone(),
-            ),
+            loads,
             heartbeat_interval: cfg.heartbeat_interval,
             access: access.clone(),
         });
-        state.loads.resume(&state).await?;
 
         let (listener, grpc_addr) =
             shoal_wire::listen::bind("master gRPC", &cfg.listen, "--listen").await?;

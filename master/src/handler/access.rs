@@ -9,7 +9,7 @@ use shoal_proto::v1::{
 use shoal_wire::auth::{Identity, Token};
 use tonic::Status;
 
-use super::MasterState;
+use crate::state::MasterState;
 use crate::store::{GrantRecord, TokenRecord};
 
 fn info(t: TokenRecord) -> TokenInfo {

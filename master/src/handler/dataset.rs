@@ -9,7 +9,7 @@ use shoal_proto::v1::{
 };
 use tonic::Status;
 
-use super::MasterState;
+use crate::state::MasterState;
 use crate::catalog::public_options;
 use crate::store::{DatasetRecord, NewDataset, Phase};
 

@@ -9,7 +9,7 @@ use shoal_proto::v1::{
 };
 use tonic::Status;
 
-use super::MasterState;
+use crate::state::MasterState;
 use crate::store::FileRecord;
 
 /// Upper bound on one page, so a client cannot make the master build a huge response.

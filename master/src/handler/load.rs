@@ -10,7 +10,7 @@ use shoal_proto::v1::{
 };
 use tonic::Status;
 
-use super::MasterState;
+use crate::state::MasterState;
 
 /// Starts a load job owned by `owner` ("" for a cluster member).
 pub async fn start(
@@ -18,26 +18,26 @@ pub async fn start(
     r: StartLoadRequest,
     owner: &str,
 ) -> Result<LoadJob, Status> {
-    Ok(s.loads.start(s, r, owner).await?)
+    Ok(s.loads.start(r, owner).await?)
 }
 
 pub async fn get(s: &MasterState, r: GetLoadRequest) -> Result<LoadJob, Status> {
-    Ok(s.loads.get(s, &r.id).await?)
+    Ok(s.loads.get(&r.id).await?)
 }
 
 pub async fn watch(
     s: &MasterState,
     r: GetLoadRequest,
 ) -> Result<Pin<Box<dyn Stream<Item = Result<LoadJob, Status>> + Send + 'static>>, Status> {
-    Ok(s.loads.watch(s, &r.id).await?)
+    Ok(s.loads.watch(&r.id).await?)
 }
 
 pub async fn list(s: &MasterState, r: ListLoadsRequest) -> Result<ListLoadsResponse, Status> {
     Ok(ListLoadsResponse {
-        jobs: s.loads.list(s, &r.dataset).await?,
+        jobs: s.loads.list(&r.dataset).await?,
     })
 }
 
 pub async fn cancel(s: &MasterState, r: CancelLoadRequest) -> Result<LoadJob, Status> {
-    Ok(s.loads.cancel(s, &r.id).await?)
+    Ok(s.loads.cancel(&r.id).await?)
 }

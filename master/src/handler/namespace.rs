@@ -12,7 +12,7 @@ use shoal_ufs::{build_operator, check_confined, ufs_error};
 use tonic::Status;
 use tracing::info;
 
-use super::MasterState;
+use crate::state::MasterState;
 use super::file::to_entry;
 use crate::store::{DatasetRecord, FileRecord};
 

@@ -8,7 +8,7 @@ use shoal_proto::v1::{
 use tonic::Status;
 use tracing::instrument;
 
-use super::MasterState;
+use crate::state::MasterState;
 
 pub async fn register(
     s: &MasterState,

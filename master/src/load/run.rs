@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::target;
-use crate::handler::MasterState;
+use super::LoadContext;
 use crate::store::{DatasetRecord, FileRecord};
 
 /// Dispatch passes before giving up on a placement that keeps changing.
@@ -80,7 +80,7 @@ struct FileState {
 }
 
 struct Job {
-    state: Arc<MasterState>,
+    ctx: Arc<LoadContext>,
     req: Arc<StartLoadRequest>,
     dataset: DatasetRecord,
     replicas: usize,
@@ -91,7 +91,7 @@ struct Job {
 
 /// Runs the job to its end and returns its final state. Progress is published on `tx`.
 pub async fn run(
-    state: Arc<MasterState>,
+    ctx: Arc<LoadContext>,
     req: Arc<StartLoadRequest>,
     mut job: LoadJob,
     cancel: CancellationToken,
@@ -99,7 +99,7 @@ pub async fn run(
 ) -> LoadJob {
     let span = info_span!("load", load = %job.id, dataset = %job.dataset);
     async move {
-        let dataset = match state.catalog.get(&req.dataset).await {
+        let dataset = match ctx.catalog.get(&req.dataset).await {
             Ok(d) => d,
             Err(e) => {
                 job.state = LoadState::Failed as i32;
@@ -110,7 +110,7 @@ pub async fn run(
             }
         };
         let j = Arc::new(Job {
-            state: state.clone(),
+            ctx: ctx.clone(),
             req: req.clone(),
             dataset,
             replicas: req.replicas.max(1) as usize,
@@ -132,7 +132,7 @@ pub async fn run(
                     let _ = tx.send(snap.clone());
                     if last_persist.elapsed() >= persist_every {
                         last_persist = Instant::now();
-                        if let Err(e) = super::persist(&j.state, &j.req, &snap).await {
+                        if let Err(e) = super::persist(&j.ctx.catalog, &j.req, &snap).await {
                             warn!(error = %e, "could not persist load progress");
                         }
                     }
@@ -205,8 +205,8 @@ impl Job {
 
     async fn execute(self: Arc<Self>) -> Result<()> {
         let req = self.req.clone();
-        let store = self.state.catalog.store().as_ref();
-        let layout = self.state.members.layout();
+        let store = self.ctx.catalog.store().as_ref();
+        let layout = self.ctx.members.layout();
         let (id, p) = (self.dataset.id, &self.progress);
         let mut pages = target::TargetPages::new(store, id, &req.paths, &req.files);
         while let Some(page) = pages.next_page().await? {
@@ -223,12 +223,12 @@ impl Job {
         }
 
         for pass in 0..MAX_PASSES {
-            let epoch = self.state.members.epoch()?;
+            let epoch = self.ctx.members.epoch()?;
             self.clone().dispatch_pass(pass == 0).await?;
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
-            let now = self.state.members.epoch()?;
+            let now = self.ctx.members.epoch()?;
             if now == epoch {
                 return Ok(());
             }
@@ -247,12 +247,12 @@ impl Job {
     /// Sends every target segment to its owners once. Only the first pass counts towards
     /// progress; later passes only move segments to new owners.
     async fn dispatch_pass(self: Arc<Self>, first: bool) -> Result<()> {
-        let layout = self.state.members.layout();
+        let layout = self.ctx.members.layout();
         let (tx, rx) = mpsc::channel::<(Arc<FileState>, u64)>(256);
         let me = self.clone();
         let producer = async move {
             let me = &me;
-            let store = me.state.catalog.store().as_ref();
+            let store = me.ctx.catalog.store().as_ref();
             let mut pages =
                 target::TargetPages::new(store, me.dataset.id, &me.req.paths, &me.req.files);
             while let Some(page) = pages.next_page().await? {
@@ -283,7 +283,7 @@ impl Job {
             drop(tx);
             Ok::<(), Error>(())
         };
-        let limit = self.state.loads.workers.limits().per_job;
+        let limit = self.ctx.workers.limits().per_job;
         let consumer = tokio_stream::wrappers::ReceiverStream::new(rx).for_each_concurrent(
             limit,
             move |(f, seg)| {
@@ -299,7 +299,7 @@ impl Job {
         if self.cancel.is_cancelled() || f.failed.load(Ordering::Relaxed) {
             return;
         }
-        let layout = self.state.members.layout();
+        let layout = self.ctx.members.layout();
         let key = SegmentId {
             dataset: DatasetId(self.dataset.id.0),
             version: f.version,
@@ -329,7 +329,7 @@ impl Job {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
-            let view = match self.state.members.placement() {
+            let view = match self.ctx.members.placement() {
                 Ok(v) => v,
                 Err(e) => {
                     last_err = e.to_string();
@@ -357,7 +357,7 @@ impl Job {
                     async move {
                         let res = tokio::select! {
                             _ = j.cancel.cancelled() => Err(Error::cancelled("load cancelled")),
-                            r = j.state.loads.workers.load_segment(&w, &addr, r) => r,
+                            r = j.ctx.workers.load_segment(&w, &addr, r) => r,
                         };
                         (w, res)
                     }
