@@ -235,16 +235,7 @@ impl Catalog {
                 }
             } else {
                 listed += 1;
-                batch.push(FileRecord {
-                    size: meta.content_length(),
-                    mtime_ms: meta
-                        .last_modified()
-                        .map(|t| t.into_inner().as_millisecond())
-                        .unwrap_or(0),
-                    etag: meta.etag().unwrap_or("").trim_matches('"').to_owned(),
-                    is_dir: false,
-                    path,
-                });
+                batch.push(FileRecord::from_ufs(path, meta));
             }
             if batch.len() >= SYNC_BATCH {
                 self.store

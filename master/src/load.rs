@@ -171,12 +171,7 @@ impl LoadJobs {
             let (req, mut job) = decode(&rec)?;
             job.message = "resumed after a master restart".into();
             info!(load = %job.id, "resuming load job");
-            if catalog
-                .store()
-                .get_dataset(&req.dataset)
-                .await?
-                .is_none()
-            {
+            if catalog.store().get_dataset(&req.dataset).await?.is_none() {
                 job.state = LoadState::Failed as i32;
                 job.message = format!(
                     "dataset `{}` was deleted while the master was down",

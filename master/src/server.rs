@@ -16,9 +16,9 @@ use crate::access::{Access, MasterVerifier};
 use crate::catalog::Catalog;
 use crate::config::MasterConfig;
 use crate::handler::MasterRpc;
-use crate::state::MasterState;
 use crate::load::{LoadJobs, WorkerClients};
 use crate::membership::Membership;
+use crate::state::MasterState;
 use crate::store::CatalogStore;
 use crate::store::sqlite::SqliteCatalog;
 

@@ -111,6 +111,28 @@ pub struct FileRecord {
     pub etag: String,
 }
 
+impl FileRecord {
+    /// The record of `path` as the store describes it. Every record built from a store
+    /// listing or stat goes through here, so the etag (which the file's version hashes)
+    /// is normalised one way: without the quotes S3 puts around it.
+    pub fn from_ufs(path: String, meta: &opendal::Metadata) -> FileRecord {
+        FileRecord {
+            path,
+            is_dir: meta.is_dir(),
+            size: if meta.is_dir() {
+                0
+            } else {
+                meta.content_length()
+            },
+            mtime_ms: meta
+                .last_modified()
+                .map(|t| t.into_inner().as_millisecond())
+                .unwrap_or(0),
+            etag: meta.etag().unwrap_or("").trim_matches('"').to_owned(),
+        }
+    }
+}
+
 /// A prewarm (load) job as persisted: what was asked and how far it got. Both are kept
 /// as their protobuf encodings (`StartLoadRequest`, `LoadJob`), so the stored form and
 /// the wire form cannot drift apart.

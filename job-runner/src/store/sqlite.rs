@@ -69,17 +69,9 @@ impl SqliteJobStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
         let path = data_dir.join("runner.db");
-        create_private(&path)?;
-        let conn = Connection::open(&path)
-            .map_err(|e| Error::internal(format!("open job store {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err("set busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err("enable WAL"))?;
         // A crash may lose the last batches' fsync but never corrupts; the runner
         // re-derives anything lost from the processes' pid and exit files.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err("set synchronous"))?;
+        let conn = shoal_db::open(&path, "job store", shoal_db::Access::ReadWrite)?;
         conn.execute_batch(SCHEMA)
             .map_err(db_err("create schema"))?;
         Ok(SqliteJobStore { conn, path })
@@ -91,18 +83,6 @@ impl SqliteJobStore {
 }
 
 /// Creates the file with mode 0600 before SQLite opens it.
-fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
-}
-
 fn state_of(v: i64) -> rusqlite::Result<InstanceState> {
     InstanceState::from_code(v).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(

@@ -9,8 +9,8 @@ use shoal_proto::v1::{
 };
 use tonic::Status;
 
-use crate::state::MasterState;
 use crate::catalog::public_options;
+use crate::state::MasterState;
 use crate::store::{DatasetRecord, NewDataset, Phase};
 
 pub async fn create(s: &MasterState, r: CreateDatasetRequest) -> Result<Dataset, Status> {

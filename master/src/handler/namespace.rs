@@ -12,8 +12,8 @@ use shoal_ufs::{build_operator, check_confined, ufs_error};
 use tonic::Status;
 use tracing::info;
 
-use crate::state::MasterState;
 use super::file::to_entry;
+use crate::state::MasterState;
 use crate::store::{DatasetRecord, FileRecord};
 
 /// The dataset, if it accepts writes, with its operator.
@@ -55,16 +55,7 @@ async fn stat_into_record(
         .stat(path)
         .await
         .map_err(|e| ufs_error(&e, &format!("stat {path}"), &d.options))?;
-    Ok(FileRecord {
-        path: path.to_owned(),
-        is_dir: meta.is_dir(),
-        size: meta.content_length(),
-        mtime_ms: meta
-            .last_modified()
-            .map(|t| t.into_inner().as_millisecond())
-            .unwrap_or(0),
-        etag: meta.etag().unwrap_or("").trim_matches('"').to_owned(),
-    })
+    Ok(FileRecord::from_ufs(path.to_owned(), &meta))
 }
 
 pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, Status> {

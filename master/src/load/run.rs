@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::target;
 use super::LoadContext;
+use super::target;
 use crate::store::{DatasetRecord, FileRecord};
 
 /// Dispatch passes before giving up on a placement that keeps changing.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shoal_common::ids::{DatasetId, split_parent};
 use shoal_common::{Error, Result};
 
@@ -106,7 +106,6 @@ impl SqliteCatalog {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
         let path = data_dir.join("catalog.db");
-        create_private(&path)?;
         let writer = open_conn(&path, false)?;
         writer
             .execute_batch(SCHEMA)
@@ -174,38 +173,13 @@ impl SqliteCatalog {
 
 /// Creates the database file with mode 0600 before SQLite opens it, so credentials are
 /// never readable by other users even for an instant.
-fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::fs::PermissionsExt;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
-}
-
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    let access = if read_only {
+        shoal_db::Access::ReadOnly
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        shoal_db::Access::ReadWrite
     };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| Error::internal(format!("open catalog {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db_err("set busy timeout"))?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err("enable WAL"))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err("set synchronous"))?;
-    }
-    Ok(conn)
+    shoal_db::open(path, "catalog", access)
 }
 
 const DATASET_COLS: &str = "id, name, uri, options, read_write, phase, message, file_count, total_bytes, created_at_ms, refreshed_at_ms, sync_gen";

@@ -1,0 +1,92 @@
+//! The SQLite files that hold shoal's durable state: the master's catalogue and the
+//! runner's job store. Both open them through [`open`], so the rules live in one place:
+//!
+//! - the file is created with mode 0600 before SQLite touches it (it holds token
+//!   hashes, dataset credentials and job specs), and narrowed to 0600 if it was wider;
+//! - writers use WAL, so readers never block the writer;
+//! - every connection waits up to [`BUSY_TIMEOUT`] for a lock instead of failing.
+//!
+//! ```no_run
+//! use shoal_db::{Access, open};
+//! let conn = open(std::path::Path::new("/var/lib/shoal/master/catalog.db"), "catalog", Access::ReadWrite)?;
+//! # Ok::<(), shoal_common::Error>(())
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use shoal_common::{Error, Result};
+
+/// How long a connection waits for another one's lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Creates the file (0600) if needed; WAL journal.
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Opens the database at `path`; `what` names it in errors ("catalog", "job store").
+pub fn open(path: &Path, what: &str, access: Access) -> Result<Connection> {
+    let flags = match access {
+        Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        Access::ReadWrite => {
+            create_private(path)?;
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        }
+    };
+    let err = |step: &str, e: rusqlite::Error| {
+        Error::internal(format!("{what} {}: {step}: {e}", path.display()))
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| err("open", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| err("set busy timeout", e))?;
+    if access == Access::ReadWrite {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| err("enable WAL", e))?;
+        // A crash may lose the last commits' fsync but never corrupts the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| err("set synchronous", e))?;
+    }
+    Ok(conn)
+}
+
+/// Creates `path` with mode 0600 (or narrows an existing file to it).
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn databases_are_private_and_in_wal_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.db");
+        std::fs::write(&p, b"").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = open(&p, "test db", Access::ReadWrite).unwrap();
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let perm = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(perm, 0o600);
+        let e = open(&dir.path().join("missing.db"), "test db", Access::ReadOnly).unwrap_err();
+        assert!(e.to_string().contains("test db"), "{e}");
+    }
+}
