@@ -6,25 +6,24 @@
 //! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
 //! piece records its path in `shoal_client_reads_total{path}`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use opendal::Operator;
 use parking_lot::{Mutex, RwLock};
-use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use shoal_ufs::{UfsTuning, build_operator, ufs_error};
+use shoal_ufs::ufs_error;
 use shoal_wire::FileRef;
 use shoal_wire::auth::AuthChannel;
 use shoal_wire::connect::Dial;
 use shoal_wire::frame::ReadRequest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::catalog::{Catalog, Dataset};
 use crate::config::ClientConfig;
 use crate::data_plane::DataPlaneClient;
 use crate::metrics::{ClientMetrics, ReadPath};
@@ -36,14 +35,6 @@ const MAX_PIECE: u64 = 16 << 20;
 /// A failed worker makes the next read re-fetch the worker set, at most this often.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
 
-/// A dataset as a reader needs it: its id (which keys cached blocks) and its UFS.
-#[derive(Clone)]
-pub struct DatasetHandle {
-    pub id: DatasetId,
-    pub name: String,
-    pub operator: Operator,
-}
-
 /// Reads dataset files through the shoal cache. Cheap to clone.
 #[derive(Clone)]
 pub struct ShoalClient {
@@ -53,11 +44,10 @@ pub struct ShoalClient {
 struct Inner {
     cfg: ClientConfig,
     master: MasterServiceClient<AuthChannel>,
+    catalog: Catalog,
     set: RwLock<Arc<WorkerSetView>>,
     refresh: tokio::sync::Mutex<()>,
     stale: Mutex<bool>,
-    attrs: moka::sync::Cache<(String, String), pb::FileEntry>,
-    datasets: Mutex<HashMap<String, DatasetHandle>>,
     data: DataPlaneClient,
     local: ShortCircuit,
     m: ClientMetrics,
@@ -77,15 +67,11 @@ impl ShoalClient {
                 ))
             })?;
         let inner = Inner {
+            catalog: Catalog::new(master.clone(), &cfg),
             master,
             set: RwLock::new(Arc::new(set)),
             refresh: tokio::sync::Mutex::new(()),
             stale: Mutex::new(false),
-            attrs: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(cfg.attr_ttl.max(Duration::from_millis(1)))
-                .build(),
-            datasets: Mutex::new(HashMap::new()),
             data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone())
                 .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
@@ -104,6 +90,11 @@ impl ShoalClient {
     /// The master client, for calls this library does not wrap.
     pub fn master(&self) -> MasterServiceClient<AuthChannel> {
         self.inner.master.clone()
+    }
+
+    /// Datasets and file metadata, cached.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -157,117 +148,28 @@ impl ShoalClient {
         Ok(set)
     }
 
-    /// File metadata, cached for `attr_ttl`.
-    pub async fn lookup(&self, dataset: &str, path: &str) -> Result<pb::FileEntry> {
+    /// A file of a dataset by name and path (as `shoal cat` takes them): the dataset
+    /// resolved once, and the file's metadata.
+    pub async fn lookup(&self, dataset: &str, path: &str) -> Result<(Dataset, FileRef)> {
         let path = shoal_common::ids::normalize_dataset_path(path)?;
-        let key = (dataset.to_owned(), path.clone());
-        if let Some(e) = self.inner.attrs.get(&key) {
-            return Ok(e);
-        }
-        let req = pb::LookupFileRequest {
-            dataset: dataset.to_owned(),
-            path,
-        };
-        let e = self
-            .rpc("LookupFile", self.inner.master.clone().lookup_file(req))
-            .await?;
-        self.inner.attrs.insert(key, e.clone());
-        Ok(e)
+        let ds = self.inner.catalog.dataset(dataset).await?;
+        let entry = self.inner.catalog.entry(&ds, &path).await?;
+        let file = FileRef::from_entry(ds.id, &ds.name, &entry)?;
+        Ok((ds, file))
     }
 
-    /// Every entry of a directory (all pages); entries are cached as attributes.
-    pub async fn list_dir(&self, dataset: &str, path: &str) -> Result<Vec<pb::FileEntry>> {
-        let path = shoal_common::ids::normalize_dataset_path(path)?;
-        let mut out = Vec::new();
-        let mut start_after = String::new();
-        loop {
-            let req = pb::ListDirectoryRequest {
-                dataset: dataset.to_owned(),
-                path: path.clone(),
-                start_after: start_after.clone(),
-                limit: 1000,
-            };
-            let page = self
-                .rpc(
-                    "ListDirectory",
-                    self.inner.master.clone().list_directory(req),
-                )
-                .await?;
-            for e in &page.entries {
-                self.inner
-                    .attrs
-                    .insert((dataset.to_owned(), e.path.clone()), e.clone());
-            }
-            let last = page
-                .entries
-                .last()
-                .map(|e| e.path.rsplit('/').next().unwrap_or(&e.path).to_owned());
-            out.extend(page.entries);
-            match (page.truncated, last) {
-                (true, Some(l)) => start_after = l,
-                _ => break,
-            }
-        }
-        Ok(out)
-    }
-
-    /// The dataset's id and UFS operator (for direct reads), cached per name.
-    pub async fn dataset(&self, name: &str) -> Result<DatasetHandle> {
-        if let Some(h) = self.inner.datasets.lock().get(name) {
-            return Ok(h.clone());
-        }
-        let req = pb::GetDatasetAccessRequest {
-            name: name.to_owned(),
-        };
-        let a = self
-            .rpc(
-                "GetDatasetAccess",
-                self.inner.master.clone().get_dataset_access(req),
-            )
-            .await?;
-        let options: BTreeMap<String, String> = a.options.into_iter().collect();
-        let operator = build_operator(&a.uri, &options, &UfsTuning::default())?;
-        let h = DatasetHandle {
-            id: DatasetId(a.id),
-            name: name.to_owned(),
-            operator,
-        };
-        self.inner
-            .datasets
-            .lock()
-            .insert(name.to_owned(), h.clone());
-        Ok(h)
-    }
-
-    /// Bytes `offset..offset+len` of `entry` (clipped to its size).
-    #[tracing::instrument(level = "debug", skip_all, fields(dataset, path = %entry.path, offset, len))]
-    pub async fn read(
-        &self,
-        dataset: &str,
-        entry: &pb::FileEntry,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes> {
-        if entry.is_dir {
-            return Err(Error::invalid(format!("`{}` is a directory", entry.path)));
-        }
-        let end = offset.saturating_add(len).min(entry.size);
+    /// Bytes `offset..offset+len` of `file` (clipped to its size).
+    #[tracing::instrument(level = "debug", skip_all, fields(dataset = %ds.name, path = %file.path, offset, len))]
+    pub async fn read(&self, ds: &Dataset, file: &FileRef, offset: u64, len: u64) -> Result<Bytes> {
+        let end = offset.saturating_add(len).min(file.size);
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let ds = self.dataset(dataset).await?;
-        let file = FileRef::new(
-            ds.id,
-            dataset,
-            &entry.path,
-            FileVersion(entry.version),
-            entry.size,
-        )?;
         let set = self.worker_set().await?;
         let pieces = split(&set, offset, end);
         let parts: Vec<Bytes> = futures::stream::iter(pieces)
             .map(|(seg, a, b)| {
-                let (ds, file, set) = (&ds, &file, set.clone());
+                let set = set.clone();
                 async move { self.read_piece(ds, file, &set, seg, a, b).await }
             })
             .buffered(self.inner.cfg.read_parallelism.max(1))
@@ -286,14 +188,14 @@ impl ShoalClient {
     /// Streams the whole file into `w` with readahead; returns the bytes written.
     pub async fn read_to<W: AsyncWrite + Unpin>(
         &self,
-        dataset: &str,
-        entry: &pb::FileEntry,
+        ds: &Dataset,
+        file: &FileRef,
         w: &mut W,
     ) -> Result<u64> {
         let chunk = MAX_PIECE;
-        let chunks = (0..entry.size.div_ceil(chunk)).map(|i| i * chunk);
+        let chunks = (0..file.size.div_ceil(chunk)).map(|i| i * chunk);
         let mut s = futures::stream::iter(chunks)
-            .map(|off| self.read(dataset, entry, off, chunk))
+            .map(|off| self.read(ds, file, off, chunk))
             .buffered(self.inner.cfg.read_parallelism.max(1));
         let mut total = 0u64;
         while let Some(b) = s.try_next().await? {
@@ -309,7 +211,7 @@ impl ShoalClient {
     /// One piece (inside one segment): local, owner, replicas, then the UFS.
     async fn read_piece(
         &self,
-        ds: &DatasetHandle,
+        ds: &Dataset,
         file: &FileRef,
         set: &WorkerSetView,
         segment: u64,
@@ -410,10 +312,11 @@ impl ShoalClient {
         .flatten()
     }
 
-    async fn read_ufs(&self, ds: &DatasetHandle, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
+    async fn read_ufs(&self, ds: &Dataset, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
-        shoal_ufs::check_confined(&ds.operator, &file.path)?;
-        let fut = ds.operator.read_with(&file.path).range(a..b);
+        let store = self.inner.catalog.store(ds).await?;
+        shoal_ufs::check_confined(&store, &file.path)?;
+        let fut = store.read_with(&file.path).range(a..b);
         let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await
             .map_err(|_| Error::unavailable(format!("{ctx}: timed out")))?
@@ -427,21 +330,6 @@ impl ShoalClient {
             )));
         }
         Ok(bytes)
-    }
-
-    async fn rpc<T>(
-        &self,
-        what: &str,
-        fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.inner.cfg.rpc_timeout, fut).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(Error::from(s)),
-            Err(_) => Err(Error::unavailable(format!(
-                "master {} did not answer {what} within {:?}",
-                self.inner.cfg.master, self.inner.cfg.rpc_timeout
-            ))),
-        }
     }
 }
 

@@ -19,8 +19,10 @@ pub struct ClientConfig {
     /// Deadline of one data-plane request (connect included).
     pub data_timeout: Duration,
     pub connect_timeout: Duration,
-    /// How long file attributes are cached.
-    pub attr_ttl: Duration,
+    /// How long file attributes of a read-only dataset are cached.
+    pub attr_ttl_read_only: Duration,
+    /// How long file attributes of a read-write dataset are cached.
+    pub attr_ttl_read_write: Duration,
     /// How long a worker set is used before it is fetched again.
     pub worker_set_ttl: Duration,
     /// Workers tried per segment (owner first, then replicas) before the UFS.
@@ -49,7 +51,8 @@ impl ClientConfig {
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
-            attr_ttl: Duration::from_secs(2),
+            attr_ttl_read_only: Duration::from_secs(2),
+            attr_ttl_read_write: Duration::from_secs(2),
             worker_set_ttl: Duration::from_secs(5),
             replicas: 2,
             short_circuit: true,

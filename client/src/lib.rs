@@ -1,8 +1,12 @@
 //! shoal's read path, shared by `shoal cat`/`cp` and the FUSE client.
 //!
+//! - [`Catalog`]: the client's one view of the master's catalogue (datasets resolved
+//!   once by name into a [`Dataset`], file attributes cached by dataset id and path,
+//!   the dataset's store opened once per id). The FUSE mount uses it too.
 //! - [`ShoalClient`] connects to the master, keeps the worker set and its placement
-//!   ([`worker_set::WorkerSetView`]) fresh, caches file attributes, and reads bytes with
-//!   [`ShoalClient::read`] / [`ShoalClient::read_to`]: owner by placement, by
+//!   ([`worker_set::WorkerSetView`]) fresh, and reads the bytes of a file version
+//!   ([`shoal_wire::FileRef`]) with [`ShoalClient::read`] / [`ShoalClient::read_to`]:
+//!   owner by placement, by
 //!   short-circuit ([`short_circuit::ShortCircuit`]) when the owner runs on this node,
 //!   else over the framed-TCP data plane ([`data_plane::DataPlaneClient`]); then the
 //!   next replica; then the UFS. Metrics: `shoal_client_reads_total{client,path}`.
@@ -12,13 +16,14 @@
 //! # async fn demo() -> shoal_common::Result<()> {
 //! use shoal_client::{ClientConfig, ShoalClient};
 //! let client = ShoalClient::connect(ClientConfig::new("127.0.0.1:7700")).await?;
-//! let entry = client.lookup("imagenet", "train/0001.jpg").await?;
-//! let bytes = client.read("imagenet", &entry, 0, entry.size).await?;
+//! let (dataset, file) = client.lookup("imagenet", "train/0001.jpg").await?;
+//! let bytes = client.read(&dataset, &file, 0, file.size).await?;
 //! # let _ = bytes; Ok(()) }
 //! ```
 //!
 //! Invariant: never decides placement on its own; it calls `shoal_common::placement`.
 
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod data_plane;
@@ -27,7 +32,8 @@ pub mod metrics;
 pub mod short_circuit;
 pub mod worker_set;
 
-pub use client::{DatasetHandle, ShoalClient};
+pub use catalog::{Catalog, Dataset};
+pub use client::ShoalClient;
 pub use config::ClientConfig;
 pub use local_file::{LocalFile, LocalPin};
 pub use metrics::ReadPath;

@@ -41,8 +41,9 @@ use crate::block_cache::BlockCache;
 use crate::config::MountConfig;
 use crate::errno::{errno, is_expected};
 use crate::inode::{InodeTable, Node, NodeKey};
-use crate::meta::{DatasetInfo, Metadata};
+use crate::meta::Metadata;
 use crate::metrics::{FuseMetrics, Op};
+use shoal_client::Dataset;
 
 pub use dir::DirHandle;
 pub use passthrough::Passthrough;
@@ -171,7 +172,7 @@ impl Fs {
     }
 
     /// The dataset a node belongs to (`None` for the mount root).
-    pub async fn dataset_of(&self, key: &NodeKey) -> Result<Option<DatasetInfo>, Errno> {
+    pub async fn dataset_of(&self, key: &NodeKey) -> Result<Option<Dataset>, Errno> {
         match &key.dataset {
             None => Ok(None),
             Some(d) => match self.meta.dataset(d).await {
@@ -245,7 +246,7 @@ impl Fs {
 
     /// (attribute TTL, entry TTL) for nodes of `dataset` (the mount root counts as
     /// read-only).
-    pub fn ttls(&self, dataset: Option<&DatasetInfo>) -> (Duration, Duration) {
+    pub fn ttls(&self, dataset: Option<&Dataset>) -> (Duration, Duration) {
         self.cfg.ttls(dataset.is_some_and(|d| d.read_write))
     }
 }

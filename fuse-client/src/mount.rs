@@ -48,15 +48,10 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
     ccfg.data_timeout = cfg.data_timeout;
     ccfg.token = cfg.token.clone();
     ccfg.tls = cfg.tls.clone();
+    ccfg.attr_ttl_read_only = cfg.ro_attr_ttl;
+    ccfg.attr_ttl_read_write = cfg.rw_attr_ttl;
     let client = ShoalClient::connect(ccfg).await?;
-    let meta = Metadata::new(
-        client.master(),
-        &cfg.master,
-        cfg.rpc_timeout,
-        cfg.dataset.clone(),
-        cfg.ro_attr_ttl,
-        cfg.rw_attr_ttl,
-    );
+    let meta = Metadata::new(client.clone(), cfg.dataset.clone());
     let datasets = meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {
         (Some(d), e) if e.is(ErrorKind::NotFound) => {
             Error::not_found(format!("dataset `{d}` not found; see `shoal dataset list`"))

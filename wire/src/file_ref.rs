@@ -42,6 +42,27 @@ impl FileRef {
         })
     }
 
+    /// The version of a file the catalogue describes with `entry`.
+    pub fn from_entry(
+        dataset: DatasetId,
+        dataset_name: &str,
+        entry: &pb::FileEntry,
+    ) -> Result<FileRef> {
+        if entry.is_dir {
+            return Err(Error::new(
+                shoal_common::ErrorKind::IsADirectory,
+                format!("`{dataset_name}/{}` is a directory", entry.path),
+            ));
+        }
+        FileRef::new(
+            dataset,
+            dataset_name,
+            &entry.path,
+            FileVersion(entry.version),
+            entry.size,
+        )
+    }
+
     pub fn from_proto(p: Option<&pb::FileRef>) -> Result<FileRef> {
         let p = p.ok_or_else(|| Error::invalid("request without a file reference"))?;
         FileRef::new(

@@ -79,12 +79,9 @@ async fn client(ctx: &Context, f: &ClientFlags) -> anyhow::Result<ShoalClient> {
 pub async fn cat(ctx: &Context, a: CatArgs) -> anyhow::Result<ExitCode> {
     let (dataset, path) = split_source(&a.source)?;
     let c = client(ctx, &a.client).await?;
-    let entry = c.lookup(dataset, path).await?;
-    if entry.is_dir {
-        anyhow::bail!("`{}` is a directory", a.source);
-    }
+    let (ds, file) = c.lookup(dataset, path).await?;
     let mut out = tokio::io::stdout();
-    c.read_to(dataset, &entry, &mut out).await?;
+    c.read_to(&ds, &file, &mut out).await?;
     out.flush().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -92,13 +89,16 @@ pub async fn cat(ctx: &Context, a: CatArgs) -> anyhow::Result<ExitCode> {
 pub async fn cp(ctx: &Context, a: CpArgs) -> anyhow::Result<ExitCode> {
     let (dataset, path) = split_source(&a.source)?;
     let c = client(ctx, &a.client).await?;
-    let entry = c.lookup(dataset, path).await?;
-    if entry.is_dir {
-        anyhow::bail!(
-            "`{}` is a directory; shoal cp copies single files",
-            a.source
-        );
-    }
+    let (ds, file) = c.lookup(dataset, path).await.map_err(|e| {
+        if e.is(shoal_common::ErrorKind::IsADirectory) {
+            anyhow::Error::new(e).context(format!(
+                "`{}` is a directory; shoal cp copies single files",
+                a.source
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     let dest = if a.dest.is_dir() {
         a.dest.join(path.rsplit('/').next().unwrap_or(path))
     } else {
@@ -115,7 +115,7 @@ pub async fn cp(ctx: &Context, a: CpArgs) -> anyhow::Result<ExitCode> {
     let mut f = tokio::fs::File::create(&tmp)
         .await
         .with_context(|| format!("create {}", tmp.display()))?;
-    let r = c.read_to(dataset, &entry, &mut f).await;
+    let r = c.read_to(&ds, &file, &mut f).await;
     if let Err(e) = r {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e.into());

@@ -28,11 +28,14 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
 
     // 32 concurrent readers of one cold block: one UFS range read.
     let big = ds.files().iter().max_by_key(|f| f.size()).unwrap();
-    let entry = Arc::new(client.lookup("small", big.path()).await.unwrap());
+    let target = Arc::new(client.lookup("small", big.path()).await.unwrap());
     let readers: Vec<_> = (0..32)
         .map(|_| {
-            let (client, entry) = (client.clone(), entry.clone());
-            tokio::spawn(async move { client.read("small", &entry, 8 * MIB, MIB).await.unwrap() })
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let (dh, entry) = &*target;
+                client.read(dh, entry, 8 * MIB, MIB).await.unwrap()
+            })
         })
         .collect();
     for r in readers {
@@ -45,10 +48,10 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
         "the dataset has an empty file"
     );
     for f in ds.files() {
-        let entry = client.lookup("small", f.path()).await.unwrap();
+        let (dh, entry) = client.lookup("small", f.path()).await.unwrap();
         assert_eq!(entry.size, f.size(), "{}", f.path());
         let mut out = Vec::new();
-        let n = client.read_to("small", &entry, &mut out).await.unwrap();
+        let n = client.read_to(&dh, &entry, &mut out).await.unwrap();
         assert_eq!(n, f.size());
         assert_eq!(sha256_hex(&out), f.sha256(), "{}", f.path());
     }
@@ -60,9 +63,9 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
     );
 
     for f in ds.files() {
-        let entry = client.lookup("small", f.path()).await.unwrap();
+        let (dh, entry) = client.lookup("small", f.path()).await.unwrap();
         let mut out = Vec::new();
-        client.read_to("small", &entry, &mut out).await.unwrap();
+        client.read_to(&dh, &entry, &mut out).await.unwrap();
         assert_eq!(sha256_hex(&out), f.sha256(), "{}", f.path());
     }
     assert_eq!(
@@ -125,7 +128,7 @@ async fn a_worker_dying_mid_read_still_gives_correct_bytes() {
     c.wait_workers(3).await;
     let client = c.client(None).await;
     let f = ds.files().iter().max_by_key(|f| f.size()).unwrap();
-    let entry = client.lookup("big", f.path()).await.unwrap();
+    let (dh, entry) = client.lookup("big", f.path()).await.unwrap();
     let mut out = Vec::new();
     let chunk = 4 * MIB;
     let mut off = 0;
@@ -134,7 +137,7 @@ async fn a_worker_dying_mid_read_still_gives_correct_bytes() {
             // kill -9: no LeaveWorker; the master notices only when heartbeats stop.
             c.workers[0].take().unwrap().crash().await;
         }
-        let b = client.read("big", &entry, off, chunk).await.unwrap();
+        let b = client.read(&dh, &entry, off, chunk).await.unwrap();
         out.extend_from_slice(&b);
         off += chunk;
     }
@@ -147,7 +150,7 @@ async fn a_worker_dying_mid_read_still_gives_correct_bytes() {
     client.refresh_worker_set().await.unwrap();
     let before = client_reads(&client, "ufs") + client_reads(&client, "replica");
     let mut out = Vec::new();
-    client.read_to("big", &entry, &mut out).await.unwrap();
+    client.read_to(&dh, &entry, &mut out).await.unwrap();
     assert_eq!(sha256_hex(&out), f.sha256());
     assert_eq!(
         client_reads(&client, "ufs") + client_reads(&client, "replica"),
@@ -214,9 +217,9 @@ async fn same_node_reads_short_circuit_the_network() {
     let node = c.worker(0).node().to_owned();
     let client = c.client(Some(&node)).await;
     let f = ds.files().iter().max_by_key(|f| f.size()).unwrap();
-    let entry = client.lookup("loc", f.path()).await.unwrap();
+    let (dh, entry) = client.lookup("loc", f.path()).await.unwrap();
     let mut out = Vec::new();
-    client.read_to("loc", &entry, &mut out).await.unwrap();
+    client.read_to(&dh, &entry, &mut out).await.unwrap();
     assert_eq!(sha256_hex(&out), f.sha256());
     assert!(
         client_reads(&client, "owner") > 0.0,
@@ -225,7 +228,7 @@ async fn same_node_reads_short_circuit_the_network() {
 
     let served = worker_metric(c.worker(0), "shoal_worker_served_bytes_total").await;
     let mut out = Vec::new();
-    client.read_to("loc", &entry, &mut out).await.unwrap();
+    client.read_to(&dh, &entry, &mut out).await.unwrap();
     assert_eq!(sha256_hex(&out), f.sha256());
     assert!(client_reads(&client, "local") > 0.0);
     assert_eq!(
@@ -289,9 +292,9 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
     // read finds its blocks already on the owner.
     let client = c.client(None).await;
     for f in ds.files() {
-        let entry = client.lookup("warm", f.path()).await.unwrap();
+        let (dh, entry) = client.lookup("warm", f.path()).await.unwrap();
         let mut out = Vec::new();
-        client.read_to("warm", &entry, &mut out).await.unwrap();
+        client.read_to(&dh, &entry, &mut out).await.unwrap();
         assert_eq!(sha256_hex(&out), f.sha256(), "{}", f.path());
     }
     assert_eq!(

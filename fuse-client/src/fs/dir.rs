@@ -18,8 +18,8 @@ use shoal_proto::v1 as pb;
 
 use super::{Fs, GENERATION, Handle};
 use crate::inode::NodeKey;
-use crate::meta::DatasetInfo;
 use crate::metrics::Op;
+use shoal_client::Dataset;
 
 /// Entries asked of the master per page.
 const PAGE: u32 = 1000;
@@ -35,7 +35,7 @@ struct DirState {
     /// (index of the page's first entry, `start_after` cursor) per page seen.
     pages: Vec<(u64, String)>,
     loaded: Option<Loaded>,
-    datasets: Option<Arc<Vec<DatasetInfo>>>,
+    datasets: Option<Arc<Vec<Dataset>>>,
 }
 
 struct Loaded {
@@ -50,7 +50,7 @@ struct Item {
     key: NodeKey,
     is_dir: bool,
     entry: Option<Arc<pb::FileEntry>>,
-    dataset: Option<DatasetInfo>,
+    dataset: Option<Dataset>,
 }
 
 pub fn opendir(fs: &Arc<Fs>, ino: u64, reply: ReplyOpen) {

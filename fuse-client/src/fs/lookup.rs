@@ -77,7 +77,7 @@ fn lookup_cached(fs: &Fs, key: &NodeKey) -> Option<Result<Found, Errno>> {
     }))
 }
 
-fn found_dir(fs: &Fs, key: &NodeKey, info: &crate::meta::DatasetInfo) -> Found {
+fn found_dir(fs: &Fs, key: &NodeKey, info: &shoal_client::Dataset) -> Found {
     let ino = fs.inodes.lookup(key, true);
     let (attr_ttl, entry_ttl) = fs.ttls(Some(info));
     Found {

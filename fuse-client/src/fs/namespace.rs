@@ -16,12 +16,12 @@ use shoal_proto::v1 as pb;
 use super::lookup::child_key;
 use super::{Fs, GENERATION};
 use crate::inode::NodeKey;
-use crate::meta::DatasetInfo;
 use crate::metrics::Op;
+use shoal_client::Dataset;
 
 /// The read-write dataset `key` is in, for a change to `key` (which must not be a
 /// dataset root).
-async fn writable_child(fs: &Fs, key: &NodeKey) -> Result<DatasetInfo, Errno> {
+async fn writable_child(fs: &Fs, key: &NodeKey) -> Result<Dataset, Errno> {
     if key.path.is_empty() {
         // The mount root (datasets are not created through the mount) or a dataset root.
         return Err(Errno::EROFS);

@@ -23,13 +23,14 @@ use fuser::{
 use parking_lot::Mutex;
 use shoal_common::block::BlockLayout;
 use shoal_proto::v1 as pb;
+use shoal_wire::FileRef;
 
 use super::passthrough::{self, Decision, Passthrough};
 use super::{Fs, Handle, keep_cache};
 use crate::block_cache::BlockKey;
 use crate::inode::NodeKey;
-use crate::meta::DatasetInfo;
 use crate::metrics::Op;
+use shoal_client::Dataset;
 
 /// How far from the furthest byte read so far a read still counts as sequential
 /// (the kernel's readahead requests arrive out of order).
@@ -37,7 +38,8 @@ const SEQ_WINDOW: u64 = 8 << 20;
 
 pub struct ReadHandle {
     pub key: NodeKey,
-    pub dataset: DatasetInfo,
+    pub dataset: Dataset,
+    pub file: FileRef,
     pub entry: Arc<pb::FileEntry>,
     seq: Mutex<Seq>,
 }
@@ -138,16 +140,22 @@ fn answer(
     fs: &Fs,
     ino: u64,
     key: &NodeKey,
-    info: DatasetInfo,
+    info: Dataset,
     entry: Arc<pb::FileEntry>,
     reply: ReplyOpen,
     backing: Option<&Arc<fuser::BackingId>>,
 ) {
+    // The file version every read of this handle names: resolved once, here.
+    let file = match FileRef::from_entry(info.id, &info.name, &entry) {
+        Ok(f) => f,
+        Err(e) => return reply.error(fs.fail(Op::Open, key, &e)),
+    };
     let keep = fs.inodes.open_version(ino, entry.version);
     let mut flags = keep_cache(keep, fs.cfg.direct_io) | FopenFlags::FOPEN_NOFLUSH;
     let h = Arc::new(ReadHandle {
         key: key.clone(),
         dataset: info,
+        file,
         entry,
         seq: Mutex::new(Seq::default()),
     });
@@ -332,7 +340,7 @@ async fn fetch_range(
     if !sequential && end - offset < bs / 2 {
         return fs
             .client
-            .read(&h.dataset.name, &h.entry, offset, end - offset)
+            .read(&h.dataset, &h.file, offset, end - offset)
             .await;
     }
     let blocks = layout.blocks_for_range(h.entry.size, offset, end - offset);
@@ -365,12 +373,7 @@ fn block(
     let (client, h2) = (fs.client.clone(), h.clone());
     fs.blocks.fetch(h.key_of(index), async move {
         client
-            .read(
-                &h2.dataset.name,
-                &h2.entry,
-                range.start,
-                range.end - range.start,
-            )
+            .read(&h2.dataset, &h2.file, range.start, range.end - range.start)
             .await
     })
 }

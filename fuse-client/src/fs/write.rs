@@ -26,12 +26,13 @@ use shoal_proto::v1 as pb;
 use super::lookup::child_key;
 use super::{Fs, GENERATION, Handle};
 use crate::inode::NodeKey;
-use crate::meta::{DatasetInfo, PendingFile};
+use crate::meta::PendingFile;
 use crate::metrics::Op;
+use shoal_client::Dataset;
 
 pub struct WriteHandle {
     key: NodeKey,
-    dataset: DatasetInfo,
+    dataset: Dataset,
     pending: Arc<PendingFile>,
     state: tokio::sync::Mutex<WriteState>,
 }
@@ -61,14 +62,14 @@ impl WriteHandle {
 }
 
 /// The writable dataset of `key`, or the errno that says why not.
-async fn writable(fs: &Fs, key: &NodeKey) -> Result<DatasetInfo, Errno> {
+async fn writable(fs: &Fs, key: &NodeKey) -> Result<Dataset, Errno> {
     match fs.dataset_of(key).await? {
         Some(info) if info.read_write => Ok(info),
         _ => Err(Errno::EROFS),
     }
 }
 
-fn new_handle(fs: &Fs, key: &NodeKey, info: DatasetInfo) -> Arc<WriteHandle> {
+fn new_handle(fs: &Fs, key: &NodeKey, info: Dataset) -> Arc<WriteHandle> {
     let pending = fs.meta.add_pending(&info.name, &key.path);
     Arc::new(WriteHandle {
         key: key.clone(),
@@ -207,10 +208,9 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
 }
 
 async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error> {
-    let ds = fs.client.dataset(&h.dataset.name).await?;
-    shoal_ufs::check_confined(&ds.operator, &h.key.path)?;
-    let fut = ds
-        .operator
+    let store = fs.client.catalog().store(&h.dataset).await?;
+    shoal_ufs::check_confined(&store, &h.key.path)?;
+    let fut = store
         .writer_with(&h.key.path)
         .chunk(fs.cfg.write_chunk_bytes)
         .concurrent(fs.cfg.write_concurrency);
@@ -255,19 +255,18 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
         Some(mut w) => tokio::time::timeout(fs.cfg.data_timeout * 4, w.close())
             .await
             .map(|r| r.map(drop)),
-        None => match fs.client.dataset(ds).await {
-            Ok(d) if shoal_ufs::check_confined(&d.operator, &h.key.path).is_err() => {
+        None => match fs.client.catalog().store(&h.dataset).await {
+            Ok(d) if shoal_ufs::check_confined(&d, &h.key.path).is_err() => {
                 Ok(Err(opendal::Error::new(
                     opendal::ErrorKind::PermissionDenied,
                     "the path leads outside the dataset through a symbolic link",
                 )))
             }
-            Ok(d) => tokio::time::timeout(
-                fs.cfg.data_timeout,
-                d.operator.write(&h.key.path, Vec::<u8>::new()),
-            )
-            .await
-            .map(|r| r.map(drop)),
+            Ok(d) => {
+                tokio::time::timeout(fs.cfg.data_timeout, d.write(&h.key.path, Vec::<u8>::new()))
+                    .await
+                    .map(|r| r.map(drop))
+            }
             Err(e) => {
                 st.failed = Some(fs.fail(Op::Write, &h.key, &e));
                 return Err(Errno::EIO);
@@ -391,7 +390,7 @@ pub fn setattr(fs: &Arc<Fs>, ino: u64, fh: Option<u64>, c: AttrChange, reply: Re
 }
 
 /// `truncate(path, 0)`: the object is replaced by an empty one.
-async fn replace_with_empty(fs: &Fs, info: &DatasetInfo, key: &NodeKey) -> Result<(), Errno> {
+async fn replace_with_empty(fs: &Fs, info: &Dataset, key: &NodeKey) -> Result<(), Errno> {
     let h = WriteHandle {
         key: key.clone(),
         dataset: info.clone(),

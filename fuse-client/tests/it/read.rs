@@ -233,9 +233,10 @@ async fn files_cached_on_this_node_are_served_by_passthrough() {
     ccfg.node = Some(c.node(0));
     ccfg.token = Some(c.cluster_token.clone());
     let client = shoal_client::ShoalClient::connect(ccfg).await.unwrap();
-    let id = client.dataset("pt").await.unwrap().id;
+    let pt = client.catalog().dataset("pt").await.unwrap();
+    let id = pt.id;
     for f in ds.files().iter().filter(|f| f.size() > 0) {
-        let entry = client.lookup("pt", f.path()).await.unwrap();
+        let entry = client.catalog().entry(&pt, f.path()).await.unwrap();
         shoal_testkit::wait_until(Duration::from_secs(10), f.path(), || {
             let (client, entry) = (client.clone(), entry.clone());
             async move { client.local_file(id, &entry).await.is_some() }

@@ -1,0 +1,290 @@
+//! [`Catalog`]: a client's one view of the master's catalogue, cached in this process.
+//! `shoal cat`/`cp` and the FUSE mount both use it; nothing else in a client talks to
+//! the master about datasets and files.
+//!
+//! - Datasets are resolved by name once into a [`Dataset`] (its id, which keys every
+//!   cached block and attribute, and whether it is writable). The dataset list is
+//!   trusted for a few seconds; an unknown name is asked of the master at once.
+//! - File attributes are cached per (dataset id, path): for
+//!   [`ClientConfig::attr_ttl_read_only`] on read-only datasets, for
+//!   [`ClientConfig::attr_ttl_read_write`] on writable ones. Every entry of a fetched
+//!   directory page lands in the same cache, so the lookups that follow a listing are
+//!   answered locally. Directory pages are fetched by the caller, one at a time.
+//! - A dataset's store ([`Catalog::store`]) is opened once per dataset id with the
+//!   credentials the master hands to cluster members, for reads that fall back to the
+//!   store and for writes.
+//!
+//! Every master call carries the configured deadline ([`Catalog::rpc`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opendal::Operator;
+use parking_lot::Mutex;
+use shoal_common::ids::DatasetId;
+use shoal_common::{Error, Result};
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::master_service_client::MasterServiceClient;
+use shoal_ufs::{UfsTuning, build_operator};
+use shoal_wire::auth::AuthChannel;
+
+use crate::config::ClientConfig;
+
+/// How long the dataset list is trusted.
+const DATASETS_TTL: Duration = Duration::from_secs(5);
+/// Entries kept in the attribute cache.
+const ATTR_CAPACITY: u64 = 500_000;
+
+/// A dataset as a reader or writer needs it, resolved once by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    pub id: DatasetId,
+    pub name: Arc<str>,
+    pub read_write: bool,
+    pub total_bytes: u64,
+    pub file_count: u64,
+}
+
+impl Dataset {
+    fn from_proto(d: &pb::Dataset) -> Dataset {
+        let status = d.status.clone().unwrap_or_default();
+        Dataset {
+            id: DatasetId(d.id),
+            name: Arc::from(d.name.as_str()),
+            read_write: d.read_write,
+            total_bytes: status.ufs_total_bytes,
+            file_count: status.file_count,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    entry: Arc<pb::FileEntry>,
+    at: Instant,
+}
+
+type Key = (DatasetId, String);
+
+pub struct Catalog {
+    master: MasterServiceClient<AuthChannel>,
+    master_addr: String,
+    rpc_timeout: Duration,
+    ro_ttl: Duration,
+    rw_ttl: Duration,
+    listing: Mutex<Option<(Instant, Arc<Vec<Dataset>>)>>,
+    by_name: Mutex<HashMap<Arc<str>, Dataset>>,
+    attrs: moka::sync::Cache<Key, Cached>,
+    stores: Mutex<HashMap<DatasetId, Operator>>,
+}
+
+impl Catalog {
+    pub fn new(master: MasterServiceClient<AuthChannel>, cfg: &ClientConfig) -> Catalog {
+        let longest = cfg.attr_ttl_read_only.max(cfg.attr_ttl_read_write);
+        Catalog {
+            master,
+            master_addr: cfg.master.clone(),
+            rpc_timeout: cfg.rpc_timeout,
+            ro_ttl: cfg.attr_ttl_read_only,
+            rw_ttl: cfg.attr_ttl_read_write,
+            listing: Mutex::new(None),
+            by_name: Mutex::new(HashMap::new()),
+            attrs: moka::sync::Cache::builder()
+                .max_capacity(ATTR_CAPACITY)
+                .time_to_live(longest.max(Duration::from_millis(1)))
+                .build(),
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The master client, for calls this module does not wrap (namespace changes).
+    pub fn master(&self) -> MasterServiceClient<AuthChannel> {
+        self.master.clone()
+    }
+
+    /// Every dataset the caller may read (only `only` when given), cached for 5 s.
+    pub async fn datasets(&self, only: Option<&str>) -> Result<Arc<Vec<Dataset>>> {
+        if let Some(list) = self.datasets_cached() {
+            return Ok(list);
+        }
+        let list: Vec<Dataset> = match only {
+            Some(name) => vec![self.fetch_dataset(name).await?],
+            None => self
+                .rpc(
+                    "ListDatasets",
+                    self.master().list_datasets(pb::ListDatasetsRequest {}),
+                )
+                .await?
+                .datasets
+                .iter()
+                .map(Dataset::from_proto)
+                .collect(),
+        };
+        {
+            let mut by_name = self.by_name.lock();
+            for d in &list {
+                by_name.insert(d.name.clone(), d.clone());
+            }
+        }
+        let list = Arc::new(list);
+        *self.listing.lock() = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    pub fn datasets_cached(&self) -> Option<Arc<Vec<Dataset>>> {
+        match &*self.listing.lock() {
+            Some((at, list)) if at.elapsed() < DATASETS_TTL => Some(list.clone()),
+            _ => None,
+        }
+    }
+
+    /// A dataset by name, from the last listing when it is known. An unknown name is
+    /// asked of the master at once rather than after the listing's TTL, so a dataset
+    /// created a moment ago is reachable by path immediately.
+    pub async fn dataset(&self, name: &str) -> Result<Dataset> {
+        if let Some(d) = self.dataset_cached(name) {
+            return Ok(d);
+        }
+        let d = self.fetch_dataset(name).await?;
+        self.by_name.lock().insert(d.name.clone(), d.clone());
+        // The cached listing does not have it: let the next listing be a fresh one.
+        *self.listing.lock() = None;
+        Ok(d)
+    }
+
+    pub fn dataset_cached(&self, name: &str) -> Option<Dataset> {
+        self.by_name.lock().get(name).cloned()
+    }
+
+    async fn fetch_dataset(&self, name: &str) -> Result<Dataset> {
+        let d = self
+            .rpc(
+                "GetDataset",
+                self.master().get_dataset(pb::GetDatasetRequest {
+                    name: name.to_owned(),
+                }),
+            )
+            .await?;
+        Ok(Dataset::from_proto(&d))
+    }
+
+    fn ttl(&self, ds: &Dataset) -> Duration {
+        if ds.read_write {
+            self.rw_ttl
+        } else {
+            self.ro_ttl
+        }
+    }
+
+    /// The attributes of `ds/path` if cached and fresh.
+    pub fn cached(&self, ds: &Dataset, path: &str) -> Option<Arc<pb::FileEntry>> {
+        let c = self.attrs.get(&(ds.id, path.to_owned()))?;
+        (c.at.elapsed() < self.ttl(ds)).then_some(c.entry)
+    }
+
+    /// The attributes of `ds/path` (a normalised path): cached, or `LookupFile`.
+    pub async fn entry(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
+        if let Some(e) = self.cached(ds, path) {
+            return Ok(e);
+        }
+        let e = self
+            .rpc(
+                "LookupFile",
+                self.master().lookup_file(pb::LookupFileRequest {
+                    dataset: ds.name.to_string(),
+                    path: path.to_owned(),
+                }),
+            )
+            .await?;
+        Ok(self.put(ds, e))
+    }
+
+    /// One page of a directory: `limit` entries after `start_after` (a name), and
+    /// whether more follow. Entries are cached as attributes.
+    pub async fn list_page(
+        &self,
+        ds: &Dataset,
+        dir: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<(Vec<Arc<pb::FileEntry>>, bool)> {
+        let page = self
+            .rpc(
+                "ListDirectory",
+                self.master().list_directory(pb::ListDirectoryRequest {
+                    dataset: ds.name.to_string(),
+                    path: dir.to_owned(),
+                    start_after: start_after.to_owned(),
+                    limit,
+                }),
+            )
+            .await?;
+        let entries = page.entries.into_iter().map(|e| self.put(ds, e)).collect();
+        Ok((entries, page.truncated))
+    }
+
+    /// Caches `e` as the current attributes of its path.
+    pub fn put(&self, ds: &Dataset, e: pb::FileEntry) -> Arc<pb::FileEntry> {
+        let e = Arc::new(e);
+        self.attrs.insert(
+            (ds.id, e.path.clone()),
+            Cached {
+                entry: e.clone(),
+                at: Instant::now(),
+            },
+        );
+        e
+    }
+
+    /// Drops what is cached about `ds/path` (after this client changed it).
+    pub fn invalidate(&self, ds: &Dataset, path: &str) {
+        self.attrs.invalidate(&(ds.id, path.to_owned()));
+    }
+
+    /// The dataset's store, opened once per dataset id with the credentials the master
+    /// gives cluster members. A dataset re-created under the same name has a new id, so
+    /// it never reaches the old location.
+    pub async fn store(&self, ds: &Dataset) -> Result<Operator> {
+        if let Some(op) = self.stores.lock().get(&ds.id) {
+            return Ok(op.clone());
+        }
+        let a = self
+            .rpc(
+                "GetDatasetAccess",
+                self.master()
+                    .get_dataset_access(pb::GetDatasetAccessRequest {
+                        name: ds.name.to_string(),
+                    }),
+            )
+            .await?;
+        if a.id != ds.id.0 {
+            self.by_name.lock().remove(&ds.name);
+            return Err(Error::not_found(format!(
+                "dataset `{}` was deleted and created again (id {} is now {}); look the file up again",
+                ds.name, ds.id.0, a.id
+            )));
+        }
+        let options: BTreeMap<String, String> = a.options.into_iter().collect();
+        let op = build_operator(&a.uri, &options, &UfsTuning::default())?;
+        self.stores.lock().insert(ds.id, op.clone());
+        Ok(op)
+    }
+
+    /// A master call under the deadline.
+    pub async fn rpc<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.rpc_timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(Error::from(s)),
+            Err(_) => Err(Error::deadline_exceeded(format!(
+                "master {} did not answer {what} within {:?}",
+                self.master_addr, self.rpc_timeout
+            ))),
+        }
+    }
+}
