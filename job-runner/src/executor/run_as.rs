@@ -7,7 +7,6 @@
 //! directories, every parent of the runner's data dir must be searchable by it:
 //! [`RunAs::check_reachable`] refuses to start otherwise, with the fix in the message.
 
-use std::ffi::{CStr, CString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -30,47 +29,23 @@ impl RunAs {
                 "--run-as `{user}`: no such user on this machine; create it or name an existing unprivileged user (e.g. nobody)"
             ))
         };
-        let mut buf = vec![0u8; 16 << 10];
-        // SAFETY: an all-zero `passwd` is a valid value of this plain C struct; it is
-        // only read after getpwnam_r/getpwuid_r filled it in.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let rc = if let Ok(uid) = user.parse::<u32>() {
-            // SAFETY: every pointer is valid for the call; `buf` outlives `pw`'s use.
-            unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) }
-        } else {
-            let c = CString::new(user).map_err(|_| not_found())?;
-            // SAFETY: as above; `c` is a NUL-terminated string alive for the call.
-            unsafe {
-                libc::getpwnam_r(
-                    c.as_ptr(),
-                    &mut pw,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut out,
-                )
-            }
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
         };
-        if rc != 0 || out.is_null() {
-            return Err(not_found());
-        }
-        // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings in `buf`.
-        let (name, home) = unsafe {
-            (
-                CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(),
-                CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
-            )
-        };
-        if pw.pw_uid == 0 {
+        let pw = found
+            .map_err(|e| Error::internal(format!("--run-as `{user}`: look the user up: {e}")))?
+            .ok_or_else(not_found)?;
+        if pw.uid.is_root() {
             return Err(Error::invalid(format!(
                 "--run-as `{user}` is root; name an unprivileged user (e.g. nobody)"
             )));
         }
         Ok(RunAs {
-            name,
-            uid: pw.pw_uid,
-            gid: pw.pw_gid,
-            home: PathBuf::from(home),
+            name: pw.name,
+            uid: pw.uid.as_raw(),
+            gid: pw.gid.as_raw(),
+            home: pw.dir,
         })
     }
 

@@ -135,19 +135,16 @@ impl InputResolver for MasterInputs {
 }
 
 async fn resolve_with_retries(link: &ClusterLink, task: &TaskSpec) -> Result<ResolvedInputs> {
-    let mut delay = Duration::from_millis(500);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match resolve_task(link, task).await {
-            Err(e) if e.kind().is_transient() && tries < TRIES => {
-                warn!("resolving inputs, try {tries} of {TRIES}: {e}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            r => return r,
-        }
-    }
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_jitter()
+        .with_max_times(TRIES as usize - 1);
+    (|| resolve_task(link, task))
+        .retry(backoff)
+        .when(|e| e.kind().is_transient())
+        .notify(|e, after| warn!("resolving inputs failed, retrying in {after:?}: {e}"))
+        .await
 }
 
 /// Lists and scores one task's inputs.

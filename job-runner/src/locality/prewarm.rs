@@ -264,7 +264,7 @@ fn refuse(shared: &Shared, load: &Load, message: String) {
 /// Starts the load and follows it to its end.
 async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str, path: &str) {
     let mut master = link.master();
-    let mut delay = Duration::from_millis(200);
+    let mut delays = retry_delays();
     'start: loop {
         let req = pb::StartLoadRequest {
             dataset: dataset.to_owned(),
@@ -290,8 +290,7 @@ async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str,
                         "start prewarm: {e} (master {}); retrying",
                         link.master_addr()
                     );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX)).await;
                     continue 'start;
                 }
                 e => {
@@ -316,7 +315,7 @@ async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str,
             {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
-                    delay = Duration::from_millis(200);
+                    delays = retry_delays();
                     loop {
                         match tokio::time::timeout(WATCH_IDLE, stream.message()).await {
                             Ok(Ok(Some(j))) => {
@@ -341,10 +340,21 @@ async fn follow(link: &ClusterLink, shared: &Shared, load: &Load, dataset: &str,
                 Err(s) if s.code() == tonic::Code::NotFound => continue 'start,
                 Err(s) => debug!("watch prewarm: {s}"),
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RETRY_MAX);
+            tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX)).await;
         }
     }
+}
+
+/// Waits between attempts to reach the master: 200 ms doubling up to [`RETRY_MAX`],
+/// jittered so that many runners (or many inputs) do not retry in step.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 async fn cancel_if_running(link: &ClusterLink, load: &Load) {

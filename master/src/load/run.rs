@@ -321,9 +321,19 @@ impl Job {
         // the current placement so a departed worker's share moves to its successor.
         let mut done: Vec<String> = Vec::new();
         let mut last_err = String::new();
+        // 400 ms doubling to 3.2 s, jittered so the retries of many segments spread.
+        let mut delays = {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(400))
+                .with_max_delay(Duration::from_millis(3200))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
         for attempt in 0..SEGMENT_ATTEMPTS {
             if attempt > 0 {
-                let backoff = Duration::from_millis(200 * (1 << attempt.min(4)));
+                let backoff = delays.next().unwrap_or(Duration::from_millis(3200));
                 tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
