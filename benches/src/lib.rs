@@ -1,5 +1,5 @@
 //! Reproducible benchmarks that compare shoal's read paths with a native read of the
-//! same bytes, measured in the same process and run (DESIGN.md §2, `benches/`).
+//! same bytes, measured in the same process and run.
 //!
 //! - [`dataplane`]: single-reader warm throughput of one file through the worker's
 //!   gRPC `ReadRange`, the framed-TCP data plane, a same-node short-circuit read, and a

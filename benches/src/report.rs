@@ -1,7 +1,7 @@
 //! The suite's report: every measurement as a [`Row`] with the baseline it is compared
-//! with (measured in the same run) and, where DESIGN.md §7 names one, the aim; written
-//! as `report.md`, `report.json` and `report.svg` (a hand-written bar chart of the
-//! ratios, no plotting dependency).
+//! with (measured in the same run) and, where shoal has one, the aim
+//! (docs/concepts.md); written as `report.md`, `report.json` and `report.svg` (a
+//! hand-written bar chart of the ratios, no plotting dependency).
 
 mod svg;
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use shoal_common::{Error, Result};
 
-/// What a row is compared against in DESIGN.md §7.
+/// The aim a row is compared against (docs/concepts.md, "What shoal aims at").
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Aim {
     /// `ratio` (the row's ratio to its baseline) or `value` (the row's own value).
@@ -19,7 +19,7 @@ pub struct Aim {
     /// The aim: at least this much (at most, for [`Aim::lower_is_better`]).
     pub target: f64,
     pub lower_is_better: bool,
-    /// The §7 line it comes from.
+    /// Which aim it is, named as in docs/concepts.md (`Cold read: ≥ 0.9× ...`).
     pub source: &'static str,
 }
 
@@ -219,7 +219,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Every figure is compared with a baseline measured in this run; the ratio is value / baseline. Aims are DESIGN.md §7's; *vs aim* is the aimed-at quantity over the aim (≥ 1 means met).\n"
+            "Every figure is compared with a baseline measured in this run; the ratio is value / baseline. Aims are shoal's own (docs/concepts.md); *vs aim* is the aimed-at quantity over the aim (≥ 1 means met).\n"
         );
         let mut scenarios: Vec<&str> = Vec::new();
         for r in &self.rows {
@@ -260,7 +260,7 @@ impl Report {
         }
         let aimed: Vec<&Row> = self.rows.iter().filter(|r| r.aim.is_some()).collect();
         if !aimed.is_empty() {
-            let _ = writeln!(s, "## DESIGN.md §7 aims\n");
+            let _ = writeln!(s, "## shoal's aims (docs/concepts.md)\n");
             let _ = writeln!(s, "| aim | measurement | got | vs aim |");
             let _ = writeln!(s, "|---|---|---:|---:|");
             for r in aimed {

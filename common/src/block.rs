@@ -1,4 +1,4 @@
-//! Block and segment arithmetic (DESIGN.md §3). A file version is cut into fixed-size
+//! Block and segment arithmetic (docs/concepts.md). A file version is cut into fixed-size
 //! blocks (the unit cached and transferred); consecutive blocks are grouped into
 //! segments (the unit of placement). All functions are pure.
 

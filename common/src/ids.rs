@@ -1,6 +1,6 @@
-//! Identifiers from DESIGN.md §3 and the validation of names and paths that come from
-//! users. Paths are validated here once so every entry point (gRPC, CLI, mount, prewarm
-//! file lists) rejects the same things the same way.
+//! Identifiers of the data model (docs/concepts.md) and the validation of names and
+//! paths that come from users. Paths are validated here once so every entry point
+//! (gRPC, CLI, mount, prewarm file lists) rejects the same things the same way.
 
 use std::fmt;
 

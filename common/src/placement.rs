@@ -1,5 +1,5 @@
 //! Weighted rendezvous (highest random weight) placement of segments over workers
-//! (DESIGN.md §3).
+//! (docs/concepts.md, "Placement and epoch").
 //!
 //! Placement is a pure function of the worker set (ids and weights) and the segment
 //! key: clients, workers, the master and the runner all call [`Placement::owners`]

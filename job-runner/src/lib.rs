@@ -1,5 +1,5 @@
-//! The shoal job runner: Job → Task → TaskInstance DAGs (DESIGN.md §3), scheduled per
-//! owner by priority onto executor nodes, with every state change persisted.
+//! The shoal job runner: Job → Task → TaskInstance DAGs (docs/concepts.md), scheduled
+//! per owner by priority onto executor nodes, with every state change persisted.
 //!
 //! - [`spec`]: the job spec ([`spec::JobSpec`]) and its validation.
 //! - [`plan`]: admission: a spec parsed and checked once, off the engine thread, into

@@ -1,4 +1,4 @@
-//! What makes scheduling data-aware (DESIGN.md §4, Job steps 4-5), as two traits the
+//! What makes scheduling data-aware (docs/concepts.md, the job path), as two traits the
 //! engine consults without ever blocking on the network:
 //!
 //! - [`InputResolver`]: lists a task's inputs and scores them. For each instance it

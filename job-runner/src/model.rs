@@ -1,4 +1,4 @@
-//! The runner's vocabulary beyond the spec: instance states (DESIGN.md §3), the
+//! The runner's vocabulary beyond the spec: instance states (docs/concepts.md), the
 //! transitions recorded for each instance, how Job and Task states are derived, and
 //! the views of jobs and nodes the engine answers with.
 

@@ -28,7 +28,8 @@ pub struct LinkProfile {
 }
 
 impl LinkProfile {
-    /// DESIGN.md's "far away" store: 20 ms to first byte, 400 Mbit/s.
+    /// A far-away store, as the remote-store benchmarks model it: 20 ms to first byte,
+    /// 400 Mbit/s.
     pub fn remote() -> Self {
         LinkProfile {
             first_byte: Duration::from_millis(20),

@@ -2,9 +2,10 @@
 //! turns opendal errors into messages a user can act on.
 //!
 //! Supported URIs: `s3://bucket[/prefix]`, `file:///absolute/path`, `memory://`.
-//! Options are opendal's own configuration keys for the service (DESIGN.md §6). Every
-//! operator is wrapped in opendal's retry, timeout and logging layers; its credentials
-//! are registered with [`crate::secret`] first, so no log line can show them.
+//! Options are opendal's own configuration keys for the service (docs/configuration.md).
+//! Every operator is wrapped in opendal's retry, timeout and logging layers; its
+//! credentials are registered with [`crate::secret`] first, so no log line can show
+//! them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

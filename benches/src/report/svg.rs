@@ -1,6 +1,7 @@
 //! The report's chart: one horizontal bar per row, its ratio to its baseline on a log
 //! scale (so 0.1× and 10× are the same distance from 1×), a line at 1×, and a tick at
-//! the aim where DESIGN.md §7 has one. Written by hand: a few rectangles and lines.
+//! the aim where shoal has one (docs/concepts.md). Written by hand: a few rectangles
+//! and lines.
 
 use std::fmt::Write as _;
 
@@ -56,7 +57,7 @@ pub fn chart(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">shoal benchmark: ratio to the same-run baseline (log scale)</text>\n<text x=\"10\" y=\"36\" fill=\"#555\">{} | bar = value / baseline, black tick = DESIGN.md §7 aim (green bar: met, red: not met, blue: no aim)</text>",
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">shoal benchmark: ratio to the same-run baseline (log scale)</text>\n<text x=\"10\" y=\"36\" fill=\"#555\">{} | bar = value / baseline, black tick = shoal's aim (green bar: met, red: not met, blue: no aim)</text>",
         esc(&r.machine.describe())
     );
     let axis_bottom = height - 30.0;

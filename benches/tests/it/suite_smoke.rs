@@ -31,7 +31,7 @@ async fn suite_smoke() {
         let ratio = r["ratio"].as_f64().unwrap();
         assert!(ratio.is_finite() && ratio > 0.0, "{r}");
     }
-    // Every DESIGN.md §7 ratio the suite measures has a row with its aim.
+    // Every aim the suite measures (docs/concepts.md) has a row with its aim.
     let aims: Vec<&str> = rows
         .iter()
         .filter_map(|r| r["aim"]["source"].as_str())
@@ -49,7 +49,7 @@ async fn suite_smoke() {
         );
     }
     let md = std::fs::read_to_string(&written.markdown).unwrap();
-    assert!(md.contains("## DESIGN.md §7 aims"), "{md}");
+    assert!(md.contains("## shoal's aims (docs/concepts.md)"), "{md}");
     let svg = std::fs::read_to_string(&written.svg).unwrap();
     assert_eq!(svg.matches("<rect ").count(), rows.len() + 1, "{svg}");
 }

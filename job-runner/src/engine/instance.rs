@@ -1,4 +1,4 @@
-//! One TaskInstance's state machine (DESIGN.md §3): every legal state change is a
+//! One TaskInstance's state machine (docs/concepts.md): every legal state change is a
 //! method of [`Inst`], which refuses the others, so the diagram can be read here:
 //!
 //! ```text

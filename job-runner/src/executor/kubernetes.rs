@@ -1,4 +1,4 @@
-//! The Kubernetes executor (`--executor kubernetes`, DESIGN.md §4.6): each attempt of a
+//! The Kubernetes executor (`--executor kubernetes`, docs/deploy.md): each attempt of a
 //! TaskInstance runs as a Pod with a FUSE sidecar that mounts the datasets.
 //!
 //! - [`KubernetesConfig`]: its options and their `SHOAL_K8S_*` variables (always

@@ -4,7 +4,7 @@
 //! sit on each node ([`instance_scores`]).
 //!
 //! Only a segment's owner is asked about it: that is where readers look first, and
-//! where prewarm and read-through put it (DESIGN.md §3, Placement).
+//! where prewarm and read-through put it (docs/concepts.md, "Placement and epoch").
 
 use std::collections::{BTreeMap, HashMap};
 

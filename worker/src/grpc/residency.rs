@@ -1,6 +1,6 @@
 //! `SegmentResidency`: which bytes of given segments this worker holds, answered from
 //! the tier index alone. The job runner asks each segment's owner, to score how many
-//! bytes of an instance's input are cached on each node (DESIGN.md §4, Job step 4).
+//! bytes of an instance's input are cached on each node (docs/job-spec.md, locality).
 
 use shoal_common::ids::{BlockId, DatasetId, FileVersion};
 use shoal_proto::v1 as pb;
