@@ -130,7 +130,7 @@ tasks:
                 waiting_reasons.push(i.reason.clone());
             }
         }
-        if crate::support::is_final(j.state) {
+        if j.state().is_final() {
             break j;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
