@@ -117,16 +117,22 @@ mod tests {
         values.iter().map(|&v| label(v)).collect()
     }
 
+    macro_rules! labels {
+        ($enum:ident, $prefix:literal) => {
+            check(
+                &values::<$enum>(),
+                $prefix,
+                $enum::as_str_name,
+                $enum::name,
+                $enum::label,
+            )
+        };
+    }
+
     #[test]
     fn names_are_the_protos_and_labels_their_lowercase() {
         assert_eq!(
-            check(
-                &values::<LoadState>(),
-                "LOAD_STATE_",
-                LoadState::as_str_name,
-                LoadState::name,
-                LoadState::label
-            ),
+            labels!(LoadState, "LOAD_STATE_"),
             [
                 "unknown",
                 "pending",
@@ -136,54 +142,33 @@ mod tests {
                 "cancelled"
             ]
         );
+        assert_eq!(labels!(InstanceState, "INSTANCE_STATE_").len(), 9);
+        assert_eq!(InstanceState::Runnable.name(), "RUNNABLE");
         assert_eq!(
-            check(
-                &values::<InstanceState>(),
-                "INSTANCE_STATE_",
-                InstanceState::as_str_name,
-                InstanceState::name,
-                InstanceState::label
-            )
-            .len(),
-            9
-        );
-        assert_eq!(
-            check(
-                &values::<WorkerState>(),
-                "WORKER_STATE_",
-                WorkerState::as_str_name,
-                WorkerState::name,
-                WorkerState::label
-            ),
+            labels!(WorkerState, "WORKER_STATE_"),
             ["unknown", "live", "expired", "left"]
         );
         assert_eq!(
-            check(
-                &values::<DatasetPhase>(),
-                "DATASET_PHASE_",
-                DatasetPhase::as_str_name,
-                DatasetPhase::name,
-                DatasetPhase::label
-            ),
+            labels!(DatasetPhase, "DATASET_PHASE_"),
             ["unknown", "syncing", "ready", "failed"]
         );
-        assert_eq!(InstanceState::Runnable.name(), "RUNNABLE");
     }
 
     #[test]
     fn only_succeeded_failed_and_cancelled_are_final() {
-        let load: Vec<_> = values::<LoadState>()
-            .into_iter()
-            .filter(|s| s.is_final())
-            .map(LoadState::label)
-            .collect();
-        assert_eq!(load, ["succeeded", "failed", "cancelled"]);
-        let inst: Vec<_> = values::<InstanceState>()
-            .into_iter()
-            .filter(|s| s.is_final())
-            .map(InstanceState::label)
-            .collect();
-        assert_eq!(inst, ["succeeded", "failed", "cancelled"]);
+        fn finals<E: Copy + TryFrom<i32>>(
+            is_final: fn(E) -> bool,
+            label: fn(E) -> &'static str,
+        ) -> Vec<&'static str> {
+            values::<E>()
+                .into_iter()
+                .filter(|&v| is_final(v))
+                .map(label)
+                .collect()
+        }
+        let want = ["succeeded", "failed", "cancelled"];
+        assert_eq!(finals(LoadState::is_final, LoadState::label), want);
+        assert_eq!(finals(InstanceState::is_final, InstanceState::label), want);
     }
 
     #[test]

@@ -195,10 +195,7 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
-    let c = cluster(1)
-        .layout(BlockLayout::new(MIB, 2).unwrap())
-        .start()
-        .await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(91)
         .small_files(4, 1024, 64 << 10)
         .build();
@@ -317,10 +314,7 @@ async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
-    let c = cluster(1)
-        .layout(BlockLayout::new(MIB, 2).unwrap())
-        .start()
-        .await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(92)
         .small_files(4, 1024, 64 << 10)
         .build();
@@ -482,10 +476,7 @@ async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
 async fn the_data_plane_refuses_connections_without_a_valid_token() {
     use shoal_wire::frame;
     use tokio::io::AsyncWriteExt;
-    let c = cluster(1)
-        .layout(BlockLayout::new(MIB, 2).unwrap())
-        .start()
-        .await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let owner = c.token_for("team-a", false).await;
     let addr = c.worker(0).data_addr();
     let req = frame::ReadRequest {

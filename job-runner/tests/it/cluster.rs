@@ -5,17 +5,20 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shoal_common::block::BlockLayout;
 use shoal_job_runner::{NodeConfig, RunnerConfig};
 use shoal_testkit::{Cluster, ClusterBuilder};
 
 pub const MIB: u64 = 1 << 20;
 
-/// `n` workers (64 MiB mem over 256 MiB disk each) and an S3 endpoint. Runner tests
-/// load the machine with child processes: heartbeats get 5 s before a worker expires.
-pub fn cluster(n: usize) -> ClusterBuilder {
+/// `n` workers (64 MiB mem over 256 MiB disk each) with `layout`, and an S3 endpoint.
+/// Runner tests load the machine with child processes: heartbeats get 5 s before a
+/// worker expires.
+pub fn cluster(n: usize, layout: BlockLayout) -> ClusterBuilder {
     Cluster::builder()
         .workers(n)
         .tiers(&[("mem", 64 * MIB), ("disk", 256 * MIB)])
+        .layout(layout)
         .worker_expiry(Duration::from_secs(5))
         .s3()
 }

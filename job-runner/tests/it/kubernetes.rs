@@ -414,10 +414,7 @@ tasks:
 /// gets its share through the annotation + downwardAPI file named by SHOAL_INPUT_LIST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_prefer_the_node_locality_chose_and_carry_their_input_share() {
-    let c = cluster(2)
-        .layout(BlockLayout::new(MIB, 2).unwrap())
-        .start()
-        .await;
+    let c = cluster(2, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(8)
         .small_files(23, 16 << 10, 3 * MIB)
         .tree(2, 2)

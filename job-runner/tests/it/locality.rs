@@ -17,10 +17,7 @@ use crate::support::{connect, state, submit, task, wait_final};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn by_file_instances_land_on_the_node_holding_most_of_their_shard() {
     // 1 MiB blocks, 2 MiB segments: files above 2 MiB are striped over both workers.
-    let c = cluster(2)
-        .layout(BlockLayout::new(MIB, 2).unwrap())
-        .start()
-        .await;
+    let c = cluster(2, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(61)
         .small_files(47, 16 << 10, 3 * MIB)
         .tree(3, 2)

@@ -15,19 +15,23 @@ use shoal_testkit::{Cluster, GeneratedDataset, LinkProfile, wait_for};
 use crate::cluster::{MIB, cluster, runner_config};
 use crate::support::{Client, connect, describe, entered, get, state, submit, task, wait_final};
 
-/// About 16 MiB: at 4 MB/s the store needs ~4 s to hand it over.
-fn slow_dataset() -> GeneratedDataset {
-    GeneratedDataset::builder(71)
-        .small_files(24, 512 << 10, MIB)
-        .tree(2, 1)
-        .build()
-}
-
-fn slow_link() -> LinkProfile {
-    LinkProfile {
+/// Two workers behind a 4 MB/s link to the store, and dataset `slow` of about 16 MiB:
+/// the store needs ~4 s to hand it over.
+async fn slow_cluster() -> Cluster {
+    let link = LinkProfile {
         first_byte: Duration::from_millis(2),
         bandwidth: 4_000_000,
-    }
+    };
+    let c = cluster(2, BlockLayout::new(MIB, 4).unwrap())
+        .s3_through(link)
+        .start()
+        .await;
+    let ds = GeneratedDataset::builder(71)
+        .small_files(24, 512 << 10, MIB)
+        .tree(2, 1)
+        .build();
+    c.create_s3_dataset("slow", &ds, false).await;
+    c
 }
 
 async fn runner(c: &Cluster, dir: &std::path::Path) -> (RunningRunner, Client) {
@@ -72,12 +76,7 @@ fn gate_percent(reason: &str, dataset: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gated_task_waits_with_its_percentage_and_starts_only_past_the_threshold() {
-    let c = cluster(2)
-        .layout(BlockLayout::new(MIB, 4).unwrap())
-        .s3_through(slow_link())
-        .start()
-        .await;
-    c.create_s3_dataset("slow", &slow_dataset(), false).await;
+    let c = slow_cluster().await;
     let dir = shoal_testkit::temp_dir("prewarm-gate");
     let (r, mut client) = runner(&c, dir.path()).await;
 
@@ -165,10 +164,7 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downstream_input_is_prewarmed_while_upstream_runs() {
-    let c = cluster(2)
-        .layout(BlockLayout::new(MIB, 4).unwrap())
-        .start()
-        .await;
+    let c = cluster(2, BlockLayout::new(MIB, 4).unwrap()).start().await;
     let ds = GeneratedDataset::small();
     c.create_s3_dataset("early", &ds, false).await;
     let dir = shoal_testkit::temp_dir("prewarm-early");
@@ -234,12 +230,7 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prewarm_timeout_fails_or_proceeds_and_the_ended_jobs_load_is_cancelled() {
-    let c = cluster(2)
-        .layout(BlockLayout::new(MIB, 4).unwrap())
-        .s3_through(slow_link())
-        .start()
-        .await;
-    c.create_s3_dataset("slow", &slow_dataset(), false).await;
+    let c = slow_cluster().await;
     let dir = shoal_testkit::temp_dir("prewarm-timeout");
     let (r, mut client) = runner(&c, dir.path()).await;
     let job = submit(
@@ -291,7 +282,7 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inputs_the_master_does_not_know_fail_with_its_reason() {
-    let c = cluster(1).start().await;
+    let c = cluster(1, BlockLayout::default()).start().await;
     c.create_s3_dataset("real", &GeneratedDataset::small(), false)
         .await;
     let dir = shoal_testkit::temp_dir("prewarm-unknown");
