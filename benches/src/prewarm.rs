@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use shoal_common::{Error, Result};
 use shoal_proto::v1::LoadJob;
-use shoal_testkit::{Cluster, ClusterSpec, GeneratedDataset, LinkProfile, S3Fixture};
+use shoal_testkit::{Cluster, GeneratedDataset, LinkProfile, S3Fixture};
 
 const MIB: u64 = 1 << 20;
 
@@ -104,12 +104,11 @@ pub async fn run(o: &Options) -> Result<Report> {
 
     // Tiers large enough that nothing is evicted: this measures loading, not eviction.
     let per_worker = (ds.total_bytes() * 3 / o.workers as u64).max(256 * MIB);
-    let c = Cluster::start(ClusterSpec {
-        workers: o.workers,
-        mem_quota: 64 * MIB,
-        disk_quota: per_worker,
-    })
-    .await;
+    let c = Cluster::builder()
+        .workers(o.workers)
+        .tiers(&[("mem", 64 * MIB), ("disk", per_worker)])
+        .start()
+        .await;
     c.create_dataset("uncapped", &s3.uri("uncapped"), s3.options())
         .await;
     c.create_dataset("capped", &s3.uri("capped"), linked.clone())

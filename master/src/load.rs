@@ -54,12 +54,6 @@ pub struct LoadJobs {
     shutdown: CancellationToken,
 }
 
-pub fn is_final(state: i32) -> bool {
-    state == LoadState::Succeeded as i32
-        || state == LoadState::Failed as i32
-        || state == LoadState::Cancelled as i32
-}
-
 impl LoadJobs {
     /// `token` is the cluster token, presented to workers when dispatching segments.
     pub fn new(
@@ -165,7 +159,7 @@ impl LoadJobs {
     pub async fn resume(&self) -> Result<()> {
         let catalog = &self.ctx.catalog;
         for rec in catalog.store().list_loads(None).await? {
-            if is_final(rec.state) {
+            if LoadState::try_from(rec.state).is_ok_and(LoadState::is_final) {
                 continue;
             }
             let (req, mut job) = decode(&rec)?;
@@ -242,7 +236,7 @@ impl LoadJobs {
         let stream = async_stream(move |yield_| async move {
             loop {
                 let job = rx.borrow_and_update().clone();
-                let fin = is_final(job.state);
+                let fin = job.state().is_final();
                 if yield_.send(Ok(job)).await.is_err() || fin {
                     return;
                 }

@@ -6,14 +6,18 @@
 //!   the master, and the gRPC variant of the block read path.
 //! - [`v1::runner_service_client`]/[`v1::runner_service_server`]: jobs, tasks and instances.
 //!
-//! This crate holds no logic. Field numbers are never renumbered or reused; a removed
-//! field becomes `reserved`.
+//! Beside the generated code it holds only the names and finality of its state enums
+//! ([`states`]: `LoadState::label`, `InstanceState::is_final`, …), so that every crate
+//! shows and waits on them alike; no logic. Field numbers are never renumbered or
+//! reused; a removed field becomes `reserved`.
 
 /// Version 1 of the shoal API (`package shoal.v1`).
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("shoal.v1");
 }
+
+pub mod states;
 
 /// The encoded `FileDescriptorSet` of every `.proto` file: lets tools and tests list
 /// every service and method (for example, to check that each one enforces access).

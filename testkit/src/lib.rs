@@ -4,7 +4,9 @@
 //! - [`S3Fixture`]: a real S3 endpoint (`moto_server`) on 127.0.0.1 with one bucket and
 //!   an access key it enforces; killed when dropped, [`S3Fixture::stop`] to make the
 //!   store unreachable on purpose.
-//! - [`Cluster`]: a master and N workers in this process on `127.0.0.1:0`.
+//! - [`Cluster`]: a master and N workers in this process on `127.0.0.1:0`, optionally
+//!   with an S3 endpoint of its own; one builder for every crate's tests
+//!   ([`Cluster::builder`]).
 //! - [`GeneratedDataset`]: a seeded tree of files (many small, a few large, empty ones)
 //!   whose bytes and sha256 are known; [`GeneratedDataset::upload`] puts it in S3,
 //!   [`GeneratedDataset::write_to_dir`] on a local disk.
@@ -37,7 +39,7 @@ pub mod process;
 pub mod s3;
 pub mod wait;
 
-pub use cluster::{Cluster, ClusterSpec};
+pub use cluster::{Cluster, ClusterBuilder, registry_metric, scrape};
 pub use dataset::{DatasetBuilder, DatasetFile, DirListing, GeneratedDataset};
 pub use link::{LinkProfile, LinkProxy};
 pub use process::{TestProcess, forbid_in_logs, forbidden_in};

@@ -8,9 +8,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_common::size::human_bytes;
 use shoal_proto::v1::{
-    CreateDatasetRequest, Dataset, DatasetGrants, DatasetPhase, DeleteDatasetRequest,
-    GetDatasetRequest, GrantDatasetRequest, ListDatasetsRequest, RefreshDatasetRequest,
-    RevokeDatasetGrantRequest,
+    CreateDatasetRequest, Dataset, DatasetGrants, DeleteDatasetRequest, GetDatasetRequest,
+    GrantDatasetRequest, ListDatasetsRequest, RefreshDatasetRequest, RevokeDatasetGrantRequest,
 };
 
 use super::Context;
@@ -179,7 +178,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
                             d.name.clone(),
                             d.uri.clone(),
                             mode(d).into(),
-                            phase(&s).into(),
+                            s.phase().label().into(),
                             s.file_count.to_string(),
                             human_bytes(s.ufs_total_bytes),
                             human_bytes(s.cached_bytes),
@@ -292,15 +291,6 @@ fn mode(d: &Dataset) -> &'static str {
     if d.read_write { "rw" } else { "ro" }
 }
 
-fn phase(s: &shoal_proto::v1::DatasetStatus) -> &'static str {
-    match DatasetPhase::try_from(s.phase).unwrap_or(DatasetPhase::Unspecified) {
-        DatasetPhase::Syncing => "syncing",
-        DatasetPhase::Ready => "ready",
-        DatasetPhase::Failed => "failed",
-        DatasetPhase::Unspecified => "unknown",
-    }
-}
-
 fn options_display(d: &Dataset) -> String {
     let mut parts: Vec<String> = d.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
     parts.extend(d.redacted_options.iter().map(|k| format!("{k}=<hidden>")));
@@ -319,7 +309,7 @@ fn show_fields(d: &Dataset) -> Vec<(&'static str, String)> {
         ("uri", d.uri.clone()),
         ("mode", mode(d).into()),
         ("options", options_display(d)),
-        ("phase", phase(&s).into()),
+        ("phase", s.phase().label().into()),
         ("files", s.file_count.to_string()),
         (
             "ufs_total_bytes",
@@ -349,7 +339,7 @@ pub fn dataset_json(d: &Dataset) -> serde_json::Value {
         "options": d.options,
         "redacted_options": d.redacted_options,
         "status": {
-            "phase": phase(&s),
+            "phase": s.phase().label(),
             "ufs_total_bytes": s.ufs_total_bytes,
             "file_count": s.file_count,
             "cached_bytes": s.cached_bytes,

@@ -442,7 +442,7 @@ async fn prewarm(res: &mut Resources, dataset: &str, bytes: u64) -> anyhow::Resu
     let mut last = job;
     while let Some(j) = stream.message().await.map_err(connect::status)? {
         bar.update(j.done_bytes, j.total_bytes);
-        let done = super::prewarm::is_final(j.state);
+        let done = j.state().is_final();
         last = j;
         if done {
             break;
@@ -461,7 +461,7 @@ async fn prewarm(res: &mut Resources, dataset: &str, bytes: u64) -> anyhow::Resu
         anyhow::bail!(
             "prewarm {} of {dataset} ended {}: {}",
             j.id,
-            super::prewarm::state_name(j.state),
+            j.state().label(),
             j.message
         );
     }

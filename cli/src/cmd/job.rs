@@ -126,31 +126,6 @@ async fn client(ctx: &Context, r: &RunnerFlag) -> anyhow::Result<RunnerServiceCl
         .max_encoding_message_size(64 << 20))
 }
 
-fn st(s: i32) -> pb::InstanceState {
-    pb::InstanceState::try_from(s).unwrap_or(pb::InstanceState::Unspecified)
-}
-
-fn state_name(s: i32) -> &'static str {
-    match st(s) {
-        pb::InstanceState::Submitted => "SUBMITTED",
-        pb::InstanceState::Pending => "PENDING",
-        pb::InstanceState::Runnable => "RUNNABLE",
-        pb::InstanceState::Starting => "STARTING",
-        pb::InstanceState::Running => "RUNNING",
-        pb::InstanceState::Succeeded => "SUCCEEDED",
-        pb::InstanceState::Failed => "FAILED",
-        pb::InstanceState::Cancelled => "CANCELLED",
-        pb::InstanceState::Unspecified => "UNKNOWN",
-    }
-}
-
-fn is_final(s: i32) -> bool {
-    matches!(
-        st(s),
-        pb::InstanceState::Succeeded | pb::InstanceState::Failed | pb::InstanceState::Cancelled
-    )
-}
-
 fn count(c: &[pb::StateCount], s: pb::InstanceState) -> u32 {
     c.iter()
         .find(|x| x.state == s as i32)
@@ -160,7 +135,7 @@ fn count(c: &[pb::StateCount], s: pb::InstanceState) -> u32 {
 fn counts_line(c: &[pb::StateCount]) -> String {
     let parts: Vec<String> = c
         .iter()
-        .map(|x| format!("{} {}", state_name(x.state).to_lowercase(), x.count))
+        .map(|x| format!("{} {}", x.state().label(), x.count))
         .collect();
     if parts.is_empty() {
         "-".into()
@@ -199,7 +174,7 @@ fn elapsed(j: &pb::Job) -> String {
 fn waiting_reasons(t: &pb::Task) -> String {
     let mut by: BTreeMap<&str, u32> = BTreeMap::new();
     for i in &t.instance_list {
-        if st(i.state) == pb::InstanceState::Runnable {
+        if i.state() == pb::InstanceState::Runnable {
             *by.entry(i.reason.as_str()).or_default() += 1;
         }
     }
@@ -216,7 +191,7 @@ fn waiting_reasons(t: &pb::Task) -> String {
 pub fn job_json(j: &pb::Job) -> serde_json::Value {
     let counts = |c: &[pb::StateCount]| -> serde_json::Value {
         c.iter()
-            .map(|x| (state_name(x.state).to_owned(), json!(x.count)))
+            .map(|x| (x.state().name().to_owned(), json!(x.count)))
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
@@ -225,13 +200,13 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "name": j.name,
         "owner": j.owner,
         "priority": j.priority,
-        "state": state_name(j.state),
+        "state": j.state().name(),
         "counts": counts(&j.counts),
         "submitted_at_ms": j.submitted_at_ms,
         "ended_at_ms": j.ended_at_ms,
         "tasks": j.tasks.iter().map(|t| json!({
             "name": t.name,
-            "state": state_name(t.state),
+            "state": t.state().name(),
             "instances": t.instances,
             "counts": counts(&t.counts),
             "instance_list": t.instance_list.iter().map(instance_json).collect::<Vec<_>>(),
@@ -242,7 +217,7 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
 fn instance_json(i: &pb::Instance) -> serde_json::Value {
     json!({
         "index": i.index,
-        "state": state_name(i.state),
+        "state": i.state().name(),
         "reason": i.reason,
         "attempt": i.attempt,
         "exit_code": if i.has_exit_code { json!(i.exit_code) } else { json!(null) },
@@ -251,7 +226,7 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
         "started_at_ms": i.started_at_ms,
         "ended_at_ms": i.ended_at_ms,
         "history": i.history.iter().map(|h| json!({
-            "state": state_name(h.state),
+            "state": h.state().name(),
             "at_ms": h.at_ms,
             "reason": h.reason,
             "attempt": h.attempt,
@@ -424,7 +399,7 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                             j.name.clone(),
                             j.owner.clone(),
                             j.priority.to_string(),
-                            state_name(j.state).into(),
+                            j.state().name().into(),
                             total(j).to_string(),
                             count(&j.counts, pb::InstanceState::Succeeded).to_string(),
                             (count(&j.counts, pb::InstanceState::Running)
@@ -607,7 +582,7 @@ async fn watch(
         let line = format!(
             "{} {} [{}] {}",
             j.id,
-            state_name(j.state),
+            j.state().name(),
             elapsed(&j),
             counts_line(&j.counts)
         );
@@ -617,7 +592,7 @@ async fn watch(
             eprintln!("{line}");
         }
         last_line = line;
-        let done = is_final(j.state);
+        let done = j.state().is_final();
         last = Some(j);
         if done {
             break;
@@ -629,7 +604,7 @@ async fn watch(
             "the runner closed the watch of {id} before the job finished; check `shoal job show {id}`"
         );
     };
-    if !is_final(j.state) {
+    if !j.state().is_final() {
         anyhow::bail!("lost the watch of {id} before it finished; check `shoal job show {id}`");
     }
     match ctx.output {
@@ -637,12 +612,12 @@ async fn watch(
         OutputFormat::Table if tty => eprintln!("{last_line}"),
         OutputFormat::Table => {}
     }
-    if st(j.state) == pb::InstanceState::Succeeded {
+    if j.state() == pb::InstanceState::Succeeded {
         Ok(ExitCode::SUCCESS)
     } else {
         anyhow::bail!(
             "job {id} {}: {}; see `shoal job show {id}` and `shoal job logs {id} --task T --index I`",
-            state_name(j.state).to_lowercase(),
+            j.state().label(),
             counts_line(&j.counts)
         )
     }
@@ -681,7 +656,7 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
                             "instance",
                             format!("{}[{}] of {}", t.name, inst.index, j.id),
                         ),
-                        ("state", state_name(inst.state).into()),
+                        ("state", inst.state().name().into()),
                         (
                             "reason",
                             if inst.reason.is_empty() {
@@ -714,7 +689,7 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
                     for h in &inst.history {
                         tb.row(vec![
                             format!("+{}", human_duration_ms(h.at_ms - j.submitted_at_ms)),
-                            state_name(h.state).into(),
+                            h.state().name().into(),
                             h.attempt.to_string(),
                             h.reason.clone(),
                         ]);
@@ -738,7 +713,7 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
                     for i in &t.instance_list {
                         tb.row(vec![
                             i.index.to_string(),
-                            state_name(i.state).into(),
+                            i.state().name().into(),
                             i.attempt.to_string(),
                             if i.has_exit_code {
                                 i.exit_code.to_string()
@@ -765,7 +740,7 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
                     ("name", j.name.clone()),
                     ("owner", j.owner.clone()),
                     ("priority", j.priority.to_string()),
-                    ("state", state_name(j.state).into()),
+                    ("state", j.state().name().into()),
                     ("duration", elapsed(j)),
                     (
                         "instances",
@@ -788,7 +763,7 @@ fn show(ctx: &Context, j: &pb::Job, task: Option<&str>, index: Option<u32>) -> a
                 for t in &j.tasks {
                     tb.row(vec![
                         t.name.clone(),
-                        state_name(t.state).into(),
+                        t.state().name().into(),
                         t.instances.to_string(),
                         count(&t.counts, pb::InstanceState::Succeeded).to_string(),
                         (count(&t.counts, pb::InstanceState::Running)

@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, a: PrewarmArgs) -> anyhow::Result<ExitCode> {
                         t.row(vec![
                             j.id.clone(),
                             j.dataset.clone(),
-                            state_name(j.state).into(),
+                            j.state().label().into(),
                             format!("{}/{}", j.done_files, j.total_files),
                             format!(
                                 "{}/{}",
@@ -228,7 +228,7 @@ async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::R
                 match msg.map_err(connect::status)? {
                     Some(job) => {
                         update(&pb, &job);
-                        let fin = crate::cmd::prewarm::is_final(job.state);
+                        let fin = job.state().is_final();
                         last = Some(job);
                         if fin {
                             break;
@@ -257,7 +257,7 @@ async fn follow(c: &mut MasterServiceClient<AuthChannel>, id: &str) -> anyhow::R
     }
     pb.finish_and_clear();
     match last {
-        Some(j) if is_final(j.state) => Ok(Followed::Ended(Box::new(j))),
+        Some(j) if j.state().is_final() => Ok(Followed::Ended(Box::new(j))),
         // The stream ended early (master restarted): fetch the state once.
         _ => {
             let j = c
@@ -291,12 +291,6 @@ fn ask_cancel_or_detach() -> anyhow::Result<bool> {
     }
 }
 
-pub fn is_final(state: i32) -> bool {
-    state == LoadState::Succeeded as i32
-        || state == LoadState::Failed as i32
-        || state == LoadState::Cancelled as i32
-}
-
 fn progress_bar() -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
@@ -323,17 +317,6 @@ fn update(pb: &indicatif::ProgressBar, j: &LoadJob) {
     pb.set_message(format!("files {}/{}{errors}", j.done_files, j.total_files));
 }
 
-pub fn state_name(s: i32) -> &'static str {
-    match LoadState::try_from(s).unwrap_or(LoadState::Unspecified) {
-        LoadState::Pending => "pending",
-        LoadState::Running => "running",
-        LoadState::Succeeded => "succeeded",
-        LoadState::Failed => "failed",
-        LoadState::Cancelled => "cancelled",
-        LoadState::Unspecified => "unknown",
-    }
-}
-
 fn duration_secs(j: &LoadJob) -> f64 {
     let end = if j.finished_at_ms > 0 {
         j.finished_at_ms
@@ -347,7 +330,7 @@ fn job_json(j: &LoadJob) -> serde_json::Value {
     json!({
         "id": j.id,
         "dataset": j.dataset,
-        "state": state_name(j.state),
+        "state": j.state().label(),
         "paths": j.paths,
         "replicas": j.replicas,
         "total_files": j.total_files,
@@ -375,7 +358,7 @@ fn report(ctx: &Context, j: &LoadJob) -> anyhow::Result<()> {
     let mut f = vec![
         ("id", j.id.clone()),
         ("dataset", j.dataset.clone()),
-        ("state", state_name(j.state).into()),
+        ("state", j.state().label().into()),
         ("files", format!("{}/{}", j.done_files, j.total_files)),
         (
             "bytes",

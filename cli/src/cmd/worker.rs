@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_common::size::human_bytes;
-use shoal_proto::v1::{GetWorkerSetRequest, WorkerState};
+use shoal_proto::v1::GetWorkerSetRequest;
 use shoal_worker::{WorkerArgs, WorkerConfig, WorkerServer};
 
 use super::Context;
@@ -124,15 +124,6 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_name(s: i32) -> &'static str {
-    match WorkerState::try_from(s).unwrap_or(WorkerState::Unspecified) {
-        WorkerState::Live => "live",
-        WorkerState::Expired => "expired",
-        WorkerState::Left => "left",
-        WorkerState::Unspecified => "unknown",
-    }
-}
-
 async fn list(ctx: &Context, all: bool, m: MasterFlag) -> anyhow::Result<ExitCode> {
     let mut c = connect::user_master(ctx, m.master.as_deref()).await?;
     let set = c
@@ -151,7 +142,7 @@ async fn list(ctx: &Context, all: bool, m: MasterFlag) -> anyhow::Result<ExitCod
                 "grpc_addr": w.grpc_addr,
                 "data_addr": w.data_addr,
                 "metrics_addr": w.metrics_addr,
-                "state": state_name(w.state),
+                "state": w.state().label(),
                 "capacity_bytes": w.capacity_bytes,
                 "used_bytes": w.used_bytes,
                 "last_heartbeat_ms": w.last_heartbeat_ms,
@@ -180,7 +171,7 @@ async fn list(ctx: &Context, all: bool, m: MasterFlag) -> anyhow::Result<ExitCod
                 t.row(vec![
                     w.node.clone(),
                     w.data_addr.clone(),
-                    state_name(w.state).into(),
+                    w.state().label().into(),
                     tiers,
                     human_bytes(w.used_bytes),
                     human_bytes(w.capacity_bytes),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use shoal_common::ids::{DatasetId, FileVersion};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
-use shoal_testkit::{Cluster, ClusterSpec, temp_dir};
+use shoal_testkit::{Cluster, temp_dir};
 use shoal_wire::FileRef;
 use shoal_wire::frame;
 use tonic::Code;
@@ -79,11 +79,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     std::os::unix::fs::symlink("../secret.txt", ds_dir.join("link")).unwrap();
     let before = listing(base.path());
 
-    let c = Cluster::start(ClusterSpec {
-        workers: 1,
-        ..ClusterSpec::default()
-    })
-    .await;
+    let c = Cluster::builder().workers(1).start().await;
     crate::support::register_cluster(&c);
     let mut m = c.master_client().await;
     let created = m
@@ -210,7 +206,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     // Worker gRPC: reads and loads name the file by path too.
-    let w = c.workers[0].as_ref().unwrap();
+    let w = c.worker(0);
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", w.grpc_addr()))
         .unwrap()
         .connect()

@@ -7,7 +7,7 @@ use shoal_testkit::{
     GeneratedDataset, LinkProfile, LinkProxy, S3Fixture, sha256_hex, wait_for, wait_until,
 };
 
-use shoal_testkit::{Cluster, ClusterSpec};
+use shoal_testkit::Cluster;
 
 const MIB: u64 = 1 << 20;
 use crate::support::shoal;
@@ -34,7 +34,7 @@ async fn prewarm_caches_everything_then_reads_and_reruns_cost_no_ufs_requests() 
     let s3 = S3Fixture::start().await;
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pw").await.unwrap();
-    let c = Cluster::start(ClusterSpec::default()).await;
+    let c = Cluster::builder().start().await;
     crate::support::register_cluster(&c);
     c.create_dataset("pw", &s3.uri("pw"), s3.options()).await;
 
@@ -104,7 +104,7 @@ async fn prewarm_of_a_prefix_caches_only_that_prefix() {
     let s3 = S3Fixture::start().await;
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pp").await.unwrap();
-    let c = Cluster::start(ClusterSpec::default()).await;
+    let c = Cluster::builder().start().await;
     crate::support::register_cluster(&c);
     c.create_dataset("pp", &s3.uri("pp"), s3.options()).await;
     let dir = ds
@@ -152,7 +152,7 @@ async fn a_deleted_object_fails_alone_and_the_exit_code_says_so() {
     let s3 = S3Fixture::start().await;
     let ds = GeneratedDataset::small();
     ds.upload(s3.operator(), "pd").await.unwrap();
-    let c = Cluster::start(ClusterSpec::default()).await;
+    let c = Cluster::builder().start().await;
     crate::support::register_cluster(&c);
     c.create_dataset("pd", &s3.uri("pd"), s3.options()).await;
     let victim = ds.files().iter().find(|f| f.size() > 0).unwrap();
@@ -198,7 +198,7 @@ async fn cancel_stops_store_traffic_and_the_job_says_cancelled() {
     .unwrap();
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
-    let c = Cluster::start(ClusterSpec::default()).await;
+    let c = Cluster::builder().start().await;
     crate::support::register_cluster(&c);
     c.create_dataset("pc", &s3.uri("pc"), opts).await;
 
@@ -259,12 +259,11 @@ async fn a_worker_added_mid_load_leaves_no_segment_uncached() {
     .unwrap();
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
-    let mut c = Cluster::start(ClusterSpec {
-        workers: 1,
-        mem_quota: 64 * MIB,
-        disk_quota: 512 * MIB,
-    })
-    .await;
+    let mut c = Cluster::builder()
+        .workers(1)
+        .tiers(&[("mem", 64 * MIB), ("disk", 512 * MIB)])
+        .start()
+        .await;
     crate::support::register_cluster(&c);
     c.create_dataset("pa", &s3.uri("pa"), opts).await;
 
@@ -332,7 +331,7 @@ async fn ctrl_c_without_a_terminal_detaches_and_prints_the_job_id() {
     .unwrap();
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
-    let c = Cluster::start(ClusterSpec::default()).await;
+    let c = Cluster::builder().start().await;
     crate::support::register_cluster(&c);
     c.create_dataset("pi", &s3.uri("pi"), opts).await;
 

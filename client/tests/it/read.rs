@@ -6,25 +6,21 @@ use std::sync::Arc;
 
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::{DatasetId, FileVersion, SegmentId};
-use shoal_testkit::{GeneratedDataset, sha256_hex};
+use shoal_testkit::{Cluster, GeneratedDataset, sha256_hex};
 
 use crate::cluster::*;
 
 async fn ufs_requests(c: &Cluster) -> f64 {
-    let mut total = 0.0;
-    for w in c.workers.iter().flatten() {
-        total += worker_metric(w, "shoal_worker_ufs_read_requests_total").await;
-    }
-    total
+    c.worker_metric("shoal_worker_ufs_read_requests_total")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_file_matches_and_second_read_skips_the_ufs() {
     let ds = GeneratedDataset::small();
-    let c = Cluster::start("every", &ds, BlockLayout::default(), 2).await;
-    c.create_dataset("small").await;
-    c.wait_workers(2).await;
-    let client = c.client(None).await;
+    let c = cluster(2).s3().start().await;
+    c.create_s3_dataset("small", &ds, false).await;
+    let client = connect(&c, None).await;
 
     // 32 concurrent readers of one cold block: one UFS range read.
     let big = ds.files().iter().max_by_key(|f| f.size()).unwrap();
@@ -78,22 +74,14 @@ async fn every_file_matches_and_second_read_skips_the_ufs() {
     assert_eq!(client_reads(&client, "replica"), 0.0);
 
     // Heartbeats carry per-dataset cached bytes: the master's status shows them.
-    let addr = c.master_addr();
+    let m = c.master_client().await;
     let total = ds.total_bytes();
     shoal_testkit::wait_until(
         std::time::Duration::from_secs(10),
         "cached_bytes reported",
         || {
-            let addr = addr.clone();
-            let admin = c.admin_token.clone();
+            let mut m = m.clone();
             async move {
-                let mut m = shoal_wire::connect::Dial::new(
-                    &Default::default(),
-                    Some(&admin),
-                    std::time::Duration::from_secs(5),
-                )
-                .master(&addr)
-                .unwrap();
                 let d = m
                     .get_dataset(shoal_proto::v1::GetDatasetRequest {
                         name: "small".into(),
@@ -123,10 +111,9 @@ async fn a_worker_dying_mid_read_still_gives_correct_bytes() {
         .large_file(48 * MIB + 123)
         .build();
     let layout = BlockLayout::new(MIB, 2).unwrap();
-    let mut c = Cluster::start("failover", &ds, layout, 3).await;
-    c.create_dataset("big").await;
-    c.wait_workers(3).await;
-    let client = c.client(None).await;
+    let mut c = cluster(3).layout(layout).s3().start().await;
+    c.create_s3_dataset("big", &ds, false).await;
+    let client = connect(&c, None).await;
     let f = ds.files().iter().max_by_key(|f| f.size()).unwrap();
     let (dh, entry) = client.lookup("big", f.path()).await.unwrap();
     let mut out = Vec::new();
@@ -161,14 +148,8 @@ async fn a_worker_dying_mid_read_still_gives_correct_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_worker_takes_about_a_quarter_of_the_segments() {
-    let ds = GeneratedDataset::builder(8)
-        .small_files(0, 1, 1)
-        .empty_files(0)
-        .large_file(3 * MIB)
-        .build();
-    let mut c = Cluster::start("join", &ds, BlockLayout::default(), 3).await;
-    c.wait_workers(3).await;
-    let client = c.client(None).await;
+    let mut c = cluster(3).start().await;
+    let client = connect(&c, None).await;
     let before = client.refresh_worker_set().await.unwrap();
     assert_eq!(before.workers.len(), 3);
     let segs: Vec<SegmentId> = (0..10_000)
@@ -181,7 +162,7 @@ async fn a_fourth_worker_takes_about_a_quarter_of_the_segments() {
     let owner = |set: &shoal_client::WorkerSetView, s: &SegmentId| set.owners(s, 1)[0].id.clone();
     let old: HashMap<u64, String> = segs.iter().map(|s| (s.index, owner(&before, s))).collect();
 
-    let new = c.add_worker(256 * MIB).await;
+    let new = c.add_worker().await;
     let new_id = c.worker(new).node().to_owned();
     c.wait_workers(4).await;
     let after = client.refresh_worker_set().await.unwrap();
@@ -211,11 +192,10 @@ async fn same_node_reads_short_circuit_the_network() {
         .empty_files(0)
         .large_file(10 * MIB + 7)
         .build();
-    let c = Cluster::start("local", &ds, BlockLayout::default(), 1).await;
-    c.create_dataset("loc").await;
-    c.wait_workers(1).await;
+    let c = cluster(1).s3().start().await;
+    c.create_s3_dataset("loc", &ds, false).await;
     let node = c.worker(0).node().to_owned();
-    let client = c.client(Some(&node)).await;
+    let client = connect(&c, Some(&node)).await;
     let f = ds.files().iter().max_by_key(|f| f.size()).unwrap();
     let (dh, entry) = client.lookup("loc", f.path()).await.unwrap();
     let mut out = Vec::new();
@@ -226,13 +206,16 @@ async fn same_node_reads_short_circuit_the_network() {
         "cold blocks come over the network"
     );
 
-    let served = worker_metric(c.worker(0), "shoal_worker_served_bytes_total").await;
+    let served = c
+        .worker_metric_at(0, "shoal_worker_served_bytes_total")
+        .await;
     let mut out = Vec::new();
     client.read_to(&dh, &entry, &mut out).await.unwrap();
     assert_eq!(sha256_hex(&out), f.sha256());
     assert!(client_reads(&client, "local") > 0.0);
     assert_eq!(
-        worker_metric(c.worker(0), "shoal_worker_served_bytes_total").await,
+        c.worker_metric_at(0, "shoal_worker_served_bytes_total")
+            .await,
         served,
         "warm same-node reads used the network"
     );
@@ -246,16 +229,9 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
         .small_files(20, 1, 300 * 1024)
         .large_file(70 * MIB + 1234)
         .build();
-    let c = Cluster::start("prewarm", &ds, BlockLayout::default(), 3).await;
-    c.create_dataset("warm").await;
-    c.wait_workers(3).await;
-    let mut m = shoal_wire::connect::Dial::new(
-        &Default::default(),
-        Some(&c.admin_token),
-        std::time::Duration::from_secs(10),
-    )
-    .master(&c.master_addr())
-    .unwrap();
+    let c = cluster(3).s3().start().await;
+    c.create_s3_dataset("warm", &ds, false).await;
+    let mut m = c.master_client().await;
     let job = m
         .start_load(pb::StartLoadRequest {
             dataset: "warm".into(),
@@ -277,9 +253,7 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
                     .await
                     .unwrap()
                     .into_inner();
-                (j.state != pb::LoadState::Pending as i32
-                    && j.state != pb::LoadState::Running as i32)
-                    .then_some(j)
+                j.state().is_final().then_some(j)
             }
         },
     )
@@ -290,7 +264,7 @@ async fn prewarmed_dataset_reads_without_the_ufs() {
 
     // Master and client place segments with the same function and weights, so every
     // read finds its blocks already on the owner.
-    let client = c.client(None).await;
+    let client = connect(&c, None).await;
     for f in ds.files() {
         let (dh, entry) = client.lookup("warm", f.path()).await.unwrap();
         let mut out = Vec::new();

@@ -20,11 +20,12 @@ async fn a_worker_killed_mid_stream_never_surfaces_as_eio() {
         .large_file(22 * MIB + 999)
         .build();
     // 1 MiB blocks, 2 MiB segments: each file is striped over all three workers.
-    let mut c = Cluster::start("fusefail", BlockLayout::new(MIB, 2).unwrap(), 3)
-        .await
-        .with_s3(&ds)
+    let mut c = cluster(3)
+        .layout(BlockLayout::new(MIB, 2).unwrap())
+        .s3()
+        .start()
         .await;
-    c.create_s3_dataset("big", "", false).await;
+    c.create_s3_dataset("big", &ds, false).await;
     // A small block cache and readahead, so most of each file is fetched after the kill.
     let m = MountGuard::new(&c, |cfg| {
         cfg.block_cache_bytes = 8 * MIB;
@@ -92,12 +93,9 @@ async fn a_worker_killed_mid_stream_never_surfaces_as_eio() {
         let (path, total, got, want) = r.await.unwrap();
         assert_eq!(got, want, "{path} ({total} bytes)");
     }
-    let fallbacks = metric(
+    let fallbacks = shoal_testkit::registry_metric(
         "shoal_client_worker_failures_total",
-        &[(
-            "client",
-            &format!("fuse:{}-{}", c.prefix, m.path().display()),
-        )],
+        &[("client", &format!("fuse:{}", m.name()))],
     );
     assert!(fallbacks > 0.0, "no read noticed the dead worker");
     m.unmount().await;

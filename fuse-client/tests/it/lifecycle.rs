@@ -5,21 +5,21 @@
 use std::path::Path;
 
 use shoal_common::ErrorKind;
-use shoal_common::block::BlockLayout;
+use shoal_testkit::Cluster;
 
 use crate::cluster::*;
 
-async fn dir_cluster(prefix: &str) -> (Cluster, tempfile::TempDir) {
+async fn dir_cluster() -> (Cluster, tempfile::TempDir) {
     let ufs = tempfile::tempdir().unwrap();
     std::fs::write(ufs.path().join("hello.txt"), b"hello").unwrap();
-    let c = Cluster::start(prefix, BlockLayout::default(), 0).await;
+    let c = cluster(0).start().await;
     c.create_dir_dataset("d", ufs.path(), false).await;
     (c, ufs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unmount_leaves_no_mount_and_busy_unmount_says_why() {
-    let (c, _ufs) = dir_cluster("fuselife").await;
+    let (c, _ufs) = dir_cluster().await;
     let m = MountGuard::new(&c, |_| {}).await;
     let path = m.path().to_path_buf();
     assert!(is_mounted(&path));
@@ -71,7 +71,7 @@ fn make_stale_mount(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_mount_is_cleaned_up_at_start() {
-    let (c, _ufs) = dir_cluster("fusestale").await;
+    let (c, _ufs) = dir_cluster().await;
     let dir = shoal_testkit::temp_dir("stale");
     let path = dir.path().canonicalize().unwrap();
     make_stale_mount(&path);
@@ -93,7 +93,7 @@ async fn a_stale_mount_is_cleaned_up_at_start() {
     .await;
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
 
-    let m = shoal_fuse::mount(c.mount_config(&path)).await.unwrap();
+    let m = shoal_fuse::mount(mount_config(&c, &path)).await.unwrap();
     let hello = blocking({
         let p = path.join("d/hello.txt");
         move || std::fs::read(p).unwrap()
@@ -107,22 +107,22 @@ async fn a_stale_mount_is_cleaned_up_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_mountpoints_and_datasets_are_clear_errors() {
-    let (c, _ufs) = dir_cluster("fusebad").await;
+    let (c, _ufs) = dir_cluster().await;
     let dir = shoal_testkit::temp_dir("bad");
     let missing = dir.path().join("missing");
-    let e = shoal_fuse::mount(c.mount_config(&missing))
+    let e = shoal_fuse::mount(mount_config(&c, &missing))
         .await
         .err()
         .unwrap();
     assert!(e.to_string().contains("mkdir -p"), "{e}");
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let e = shoal_fuse::mount(c.mount_config(&file))
+    let e = shoal_fuse::mount(mount_config(&c, &file))
         .await
         .err()
         .unwrap();
     assert!(e.to_string().contains("not a directory"), "{e}");
-    let mut cfg = c.mount_config(dir.path());
+    let mut cfg = mount_config(&c, dir.path());
     cfg.dataset = Some("nope".into());
     let e = shoal_fuse::mount(cfg).await.err().unwrap();
     assert!(e.kind() == ErrorKind::NotFound, "{e}");
@@ -131,7 +131,7 @@ async fn bad_mountpoints_and_datasets_are_clear_errors() {
 
     // A second mount on a live one is refused; the first keeps working.
     let m = MountGuard::new(&c, |_| {}).await;
-    let e = shoal_fuse::mount(c.mount_config(m.path()))
+    let e = shoal_fuse::mount(mount_config(&c, m.path()))
         .await
         .err()
         .unwrap();

@@ -14,11 +14,12 @@ use crate::cluster::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_file_read_through_the_mount_matches_the_source() {
     let ds = GeneratedDataset::small();
-    let c = Cluster::start("fuseread", BlockLayout::new(MIB, 4).unwrap(), 2)
-        .await
-        .with_s3(&ds)
+    let c = cluster(2)
+        .layout(BlockLayout::new(MIB, 4).unwrap())
+        .s3()
+        .start()
         .await;
-    c.create_s3_dataset("small", "", false).await;
+    c.create_s3_dataset("small", &ds, false).await;
     // No node: every block comes over the data plane from the owning worker.
     let m = MountGuard::new(&c, |_| {}).await;
     let root = m.path().to_path_buf();
@@ -159,7 +160,7 @@ async fn one_dataset_mount_lists_a_directory_across_many_pages() {
         std::fs::write(ufs.path().join(format!("many/f{i:05}")), i.to_string()).unwrap();
     }
     std::fs::write(ufs.path().join("top.txt"), b"top").unwrap();
-    let c = Cluster::start("fusedir", BlockLayout::default(), 0).await;
+    let c = cluster(0).start().await;
     c.create_dir_dataset("local", ufs.path(), false).await;
     let m = MountGuard::new(&c, |cfg| cfg.dataset = Some("local".into())).await;
     let root = m.path().to_path_buf();
@@ -194,12 +195,9 @@ async fn files_cached_on_this_node_are_served_by_passthrough() {
         .empty_files(1)
         .large_file(9 * MIB + 77)
         .build();
-    let c = Cluster::start("fusepass", BlockLayout::default(), 1)
-        .await
-        .with_s3(&ds)
-        .await;
-    c.create_s3_dataset("pt", "", false).await;
-    let node = c.node(0);
+    let c = cluster(1).s3().start().await;
+    c.create_s3_dataset("pt", &ds, false).await;
+    let node = c.nodes[0].clone();
     let m = MountGuard::new(&c, |cfg| {
         cfg.node = Some(node);
         cfg.dataset = Some("pt".into());
@@ -209,8 +207,9 @@ async fn files_cached_on_this_node_are_served_by_passthrough() {
         eprintln!("skipping: this kernel does not offer FUSE passthrough");
         return;
     }
-    let name = format!("{}-{}", c.prefix, m.path().display());
-    let opens = || metric("shoal_fuse_passthrough_opens_total", &[("mount", &name)]);
+    let opens = || {
+        shoal_testkit::registry_metric("shoal_fuse_passthrough_opens_total", &[("mount", m.name())])
+    };
     let root = m.path().to_path_buf();
     // First pass: cold, blocks go through the worker into its tier; no passthrough.
     let check = |root: std::path::PathBuf, ds: GeneratedDataset| async move {
@@ -229,8 +228,8 @@ async fn files_cached_on_this_node_are_served_by_passthrough() {
     check(root.clone(), ds.clone()).await;
     let first = opens();
     // The worker fills its tier as it answers: wait until every file is complete there.
-    let mut ccfg = shoal_client::ClientConfig::new(&c.master_addr());
-    ccfg.node = Some(c.node(0));
+    let mut ccfg = shoal_client::ClientConfig::new(&c.master_addr);
+    ccfg.node = Some(c.nodes[0].clone());
     ccfg.token = Some(c.cluster_token.clone());
     let client = shoal_client::ShoalClient::connect(ccfg).await.unwrap();
     let pt = client.catalog().dataset("pt").await.unwrap();
@@ -260,11 +259,8 @@ async fn an_unreachable_ufs_gives_eio_not_a_hang() {
     let ds = GeneratedDataset::builder(0xdead)
         .small_files(3, 1000, 2000)
         .build();
-    let mut c = Cluster::start("fuseeio", BlockLayout::default(), 0)
-        .await
-        .with_s3(&ds)
-        .await;
-    c.create_s3_dataset("gone", "", false).await;
+    let mut c = cluster(0).s3().start().await;
+    c.create_s3_dataset("gone", &ds, false).await;
     let m = MountGuard::new(&c, |cfg| cfg.data_timeout = Duration::from_secs(3)).await;
     let f = m.path().join("gone").join(ds.files()[0].path());
     // Metadata is the master's: the file is visible before the store goes away.
@@ -274,7 +270,7 @@ async fn an_unreachable_ufs_gives_eio_not_a_hang() {
     })
     .await;
     assert_eq!(size, ds.files()[0].size());
-    c.s3.as_mut().unwrap().stop();
+    c.s3_mut().stop();
     let started = Instant::now();
     let err = blocking(move || std::fs::read(&f).unwrap_err()).await;
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

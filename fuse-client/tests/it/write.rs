@@ -6,7 +6,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use shoal_common::block::BlockLayout;
 use shoal_testkit::{GeneratedDataset, sha256_hex};
 
 use crate::cluster::*;
@@ -27,11 +26,8 @@ async fn written_files_appear_in_s3_with_identical_bytes() {
     let ds = GeneratedDataset::builder(0x3e1)
         .small_files(5, 10, 1000)
         .build();
-    let c = Cluster::start("fusewrite", BlockLayout::default(), 1)
-        .await
-        .with_s3(&ds)
-        .await;
-    c.create_s3_dataset("rw", "", true).await;
+    let c = cluster(1).s3().start().await;
+    c.create_s3_dataset("rw", &ds, true).await;
     let m = MountGuard::new(&c, |_| {}).await;
     let other = MountGuard::new(&c, |_| {}).await;
     let root = m.path().join("rw");
@@ -57,7 +53,8 @@ async fn written_files_appear_in_s3_with_identical_bytes() {
     .await;
 
     let op = c.s3().operator();
-    let key = |p: &str| format!("{}/out/{p}", c.prefix);
+    // The dataset is the S3 prefix of its name.
+    let key = |p: &str| format!("rw/out/{p}");
     assert_eq!(op.read(&key("small.txt")).await.unwrap().to_vec(), small);
     assert_eq!(
         sha256_hex(&op.read(&key("large.bin")).await.unwrap().to_vec()),
@@ -117,7 +114,7 @@ async fn written_files_appear_in_s3_with_identical_bytes() {
 async fn namespace_changes_and_clean_errnos() {
     let ufs = tempfile::tempdir().unwrap();
     std::fs::write(ufs.path().join("keep.txt"), b"keep").unwrap();
-    let c = Cluster::start("fusens", BlockLayout::default(), 0).await;
+    let c = cluster(0).start().await;
     c.create_dir_dataset("rw", ufs.path(), true).await;
     c.create_dir_dataset("ro", ufs.path(), false).await;
     let m = MountGuard::new(&c, |_| {}).await;

@@ -16,7 +16,7 @@ use shoal_wire::auth::{AuthChannel, Token};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::cluster::{Cluster, MIB};
+use crate::cluster::{MIB, cluster, runner_config};
 use crate::support::{connect_as, submit, wait_final};
 
 /// Sends and receives protobuf bytes as they are, so any method can be called by path.
@@ -195,11 +195,11 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
-    let c = Cluster::start(1, BlockLayout::new(MIB, 2).unwrap(), None).await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(91)
         .small_files(4, 1024, 64 << 10)
         .build();
-    c.create_dataset("auth-ds-a", &ds).await;
+    c.create_s3_dataset("auth-ds-a", &ds, false).await;
     let a = c.token_for("team-a", false).await;
     let b = c.token_for("team-b", false).await;
     let mut admin = c.master_client().await;
@@ -224,7 +224,7 @@ async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
     assert_eq!(load.owner, "team-a");
 
     let dir = shoal_testkit::temp_dir("auth-walk");
-    let runner = RunnerServer::start(c.runner_config(dir.path(), 2))
+    let runner = RunnerServer::start(runner_config(&c, dir.path(), 2))
         .await
         .unwrap();
     let raddr = runner.grpc_addr.to_string();
@@ -237,7 +237,7 @@ async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
         job: job.id.clone(),
         spec: A_JOB.to_owned(),
     };
-    let waddr = c.workers[0].grpc_addr().to_string();
+    let waddr = c.worker(0).grpc_addr().to_string();
     let unknown = Token::generate().reveal();
     let forged = format!("shoal_{}_{}", a.id(), "0".repeat(64));
     let all = methods();
@@ -314,11 +314,11 @@ async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
-    let c = Cluster::start(1, BlockLayout::new(MIB, 2).unwrap(), None).await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(92)
         .small_files(4, 1024, 64 << 10)
         .build();
-    c.create_dataset("iso-ds", &ds).await;
+    c.create_s3_dataset("iso-ds", &ds, false).await;
     let a = c.token_for("team-a", false).await;
     let b = c.token_for("team-b", false).await;
     let mut admin = c.master_client().await;
@@ -333,7 +333,7 @@ async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
             .unwrap();
     }
     let dir = shoal_testkit::temp_dir("auth-iso");
-    let mut cfg = c.runner_config(dir.path(), 2);
+    let mut cfg = runner_config(&c, dir.path(), 2);
     cfg.quotas.insert(
         "team-b".into(),
         shoal_job_runner::Quota {
@@ -476,9 +476,9 @@ async fn owners_cannot_read_or_cancel_each_others_jobs_logs_and_loads() {
 async fn the_data_plane_refuses_connections_without_a_valid_token() {
     use shoal_wire::frame;
     use tokio::io::AsyncWriteExt;
-    let c = Cluster::start(1, BlockLayout::new(MIB, 2).unwrap(), None).await;
+    let c = cluster(1, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let owner = c.token_for("team-a", false).await;
-    let addr = c.workers[0].data_addr();
+    let addr = c.worker(0).data_addr();
     let req = frame::ReadRequest {
         file: shoal_wire::FileRef::new(
             shoal_common::ids::DatasetId(1),

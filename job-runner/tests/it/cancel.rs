@@ -69,7 +69,7 @@ tasks:
         .await
         .unwrap()
         .into_inner();
-    assert!(!crate::support::is_final(j.state) || count(&j, S::Cancelled) == 2);
+    assert!(!j.state().is_final() || count(&j, S::Cancelled) == 2);
     let j = h.wait_final(&job.id, grace + Duration::from_secs(5)).await;
     assert_eq!(state(j.state), S::Cancelled);
     for p in &pids {

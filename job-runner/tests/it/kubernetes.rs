@@ -28,7 +28,7 @@ use shoal_job_runner::server::Plugins;
 use shoal_proto::v1::InstanceState as S;
 use shoal_testkit::GeneratedDataset;
 
-use crate::cluster::{Cluster, MIB};
+use crate::cluster::{MIB, cluster, runner_config};
 use crate::support::{connect, describe, state, submit, task, wait_final};
 
 /// Renders every attempt into a Pod and says it succeeded.
@@ -414,15 +414,15 @@ tasks:
 /// gets its share through the annotation + downwardAPI file named by SHOAL_INPUT_LIST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_prefer_the_node_locality_chose_and_carry_their_input_share() {
-    let c = Cluster::start(2, BlockLayout::new(MIB, 2).unwrap(), None).await;
+    let c = cluster(2, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(8)
         .small_files(23, 16 << 10, 3 * MIB)
         .tree(2, 2)
         .build();
-    c.create_dataset("train", &ds).await;
+    c.create_s3_dataset("train", &ds, false).await;
 
     let dir = shoal_testkit::temp_dir("k8s-locality");
-    let mut cfg = c.runner_config(dir.path(), 2);
+    let mut cfg = runner_config(&c, dir.path(), 2);
     cfg.mount_root = PathBuf::from("/shoal");
     cfg.locality_wait = Duration::from_secs(60);
     let exec = Arc::new(RenderingExecutor {
@@ -460,7 +460,7 @@ tasks:
     assert_eq!(pods.len(), count as usize);
 
     let t = task(&job, "fit");
-    let workers: BTreeSet<String> = c.workers.iter().map(|w| w.node().to_owned()).collect();
+    let workers: BTreeSet<String> = c.nodes.iter().cloned().collect();
     let mut listed = Vec::new();
     for p in &pods {
         let spec = p.spec.as_ref().unwrap();

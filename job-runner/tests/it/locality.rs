@@ -11,24 +11,24 @@ use shoal_job_runner::RunnerServer;
 use shoal_proto::v1::InstanceState as S;
 use shoal_testkit::GeneratedDataset;
 
-use crate::cluster::{Cluster, MIB};
+use crate::cluster::{MIB, cluster, runner_config};
 use crate::support::{connect, state, submit, task, wait_final};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn by_file_instances_land_on_the_node_holding_most_of_their_shard() {
     // 1 MiB blocks, 2 MiB segments: files above 2 MiB are striped over both workers.
-    let c = Cluster::start(2, BlockLayout::new(MIB, 2).unwrap(), None).await;
+    let c = cluster(2, BlockLayout::new(MIB, 2).unwrap()).start().await;
     let ds = GeneratedDataset::builder(61)
         .small_files(47, 16 << 10, 3 * MIB)
         .tree(3, 2)
         .large_file(5 * MIB + 7)
         .build();
-    c.create_dataset("loc", &ds).await;
+    c.create_s3_dataset("loc", &ds, false).await;
 
     let dir = shoal_testkit::temp_dir("locality");
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut cfg = c.runner_config(dir.path(), 2);
+    let mut cfg = runner_config(&c, dir.path(), 2);
     // Long enough that no instance gives up on its node while the others run.
     cfg.locality_wait = Duration::from_secs(60);
     let mount_root = cfg.mount_root.clone();

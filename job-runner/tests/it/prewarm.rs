@@ -10,28 +10,32 @@ use shoal_common::time::now_ms;
 use shoal_job_runner::{RunnerServer, RunningRunner};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::InstanceState as S;
-use shoal_testkit::{GeneratedDataset, LinkProfile, wait_for};
+use shoal_testkit::{Cluster, GeneratedDataset, LinkProfile, wait_for};
 
-use crate::cluster::{Cluster, MIB};
+use crate::cluster::{MIB, cluster, runner_config};
 use crate::support::{Client, connect, describe, entered, get, state, submit, task, wait_final};
 
-/// About 16 MiB: at 4 MB/s the store needs ~4 s to hand it over.
-fn slow_dataset() -> GeneratedDataset {
-    GeneratedDataset::builder(71)
-        .small_files(24, 512 << 10, MIB)
-        .tree(2, 1)
-        .build()
-}
-
-fn slow_link() -> Option<LinkProfile> {
-    Some(LinkProfile {
+/// Two workers behind a 4 MB/s link to the store, and dataset `slow` of about 16 MiB:
+/// the store needs ~4 s to hand it over.
+async fn slow_cluster() -> Cluster {
+    let link = LinkProfile {
         first_byte: Duration::from_millis(2),
         bandwidth: 4_000_000,
-    })
+    };
+    let c = cluster(2, BlockLayout::new(MIB, 4).unwrap())
+        .s3_through(link)
+        .start()
+        .await;
+    let ds = GeneratedDataset::builder(71)
+        .small_files(24, 512 << 10, MIB)
+        .tree(2, 1)
+        .build();
+    c.create_s3_dataset("slow", &ds, false).await;
+    c
 }
 
 async fn runner(c: &Cluster, dir: &std::path::Path) -> (RunningRunner, Client) {
-    let cfg = c.runner_config(dir, 4);
+    let cfg = runner_config(c, dir, 4);
     let r = RunnerServer::start(cfg).await.unwrap();
     let client = connect(&r.grpc_addr.to_string()).await;
     (r, client)
@@ -72,8 +76,7 @@ fn gate_percent(reason: &str, dataset: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gated_task_waits_with_its_percentage_and_starts_only_past_the_threshold() {
-    let c = Cluster::start(2, BlockLayout::new(MIB, 4).unwrap(), slow_link()).await;
-    c.create_dataset("slow", &slow_dataset()).await;
+    let c = slow_cluster().await;
     let dir = shoal_testkit::temp_dir("prewarm-gate");
     let (r, mut client) = runner(&c, dir.path()).await;
 
@@ -130,7 +133,7 @@ tasks:
                 waiting_reasons.push(i.reason.clone());
             }
         }
-        if crate::support::is_final(j.state) {
+        if j.state().is_final() {
             break j;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -161,9 +164,9 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downstream_input_is_prewarmed_while_upstream_runs() {
-    let c = Cluster::start(2, BlockLayout::new(MIB, 4).unwrap(), None).await;
+    let c = cluster(2, BlockLayout::new(MIB, 4).unwrap()).start().await;
     let ds = GeneratedDataset::small();
-    c.create_dataset("early", &ds).await;
+    c.create_s3_dataset("early", &ds, false).await;
     let dir = shoal_testkit::temp_dir("prewarm-early");
     let go = dir.path().join("go");
     let (r, mut client) = runner(&c, dir.path()).await;
@@ -227,8 +230,7 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prewarm_timeout_fails_or_proceeds_and_the_ended_jobs_load_is_cancelled() {
-    let c = Cluster::start(2, BlockLayout::new(MIB, 4).unwrap(), slow_link()).await;
-    c.create_dataset("slow", &slow_dataset()).await;
+    let c = slow_cluster().await;
     let dir = shoal_testkit::temp_dir("prewarm-timeout");
     let (r, mut client) = runner(&c, dir.path()).await;
     let job = submit(
@@ -280,8 +282,9 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inputs_the_master_does_not_know_fail_with_its_reason() {
-    let c = Cluster::start(1, BlockLayout::default(), None).await;
-    c.create_dataset("real", &GeneratedDataset::small()).await;
+    let c = cluster(1, BlockLayout::default()).start().await;
+    c.create_s3_dataset("real", &GeneratedDataset::small(), false)
+        .await;
     let dir = shoal_testkit::temp_dir("prewarm-unknown");
     let (r, mut client) = runner(&c, dir.path()).await;
     let job = submit(

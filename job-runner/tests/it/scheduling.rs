@@ -84,7 +84,7 @@ tasks:
                 }
             }
         }
-        if crate::support::is_final(ja.state) && crate::support::is_final(jb.state) {
+        if ja.state().is_final() && jb.state().is_final() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

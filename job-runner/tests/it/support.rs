@@ -116,13 +116,6 @@ pub async fn get(c: &mut Client, id: &str) -> pb::Job {
     .into_inner()
 }
 
-pub fn is_final(state: i32) -> bool {
-    matches!(
-        pb::InstanceState::try_from(state),
-        Ok(pb::InstanceState::Succeeded | pb::InstanceState::Failed | pb::InstanceState::Cancelled)
-    )
-}
-
 pub async fn wait_final(c: &mut Client, id: &str, timeout: Duration) -> pb::Job {
     let mut last = None;
     let r = shoal_testkit::try_wait_for(timeout, &format!("job {id} to finish"), || {
@@ -130,7 +123,7 @@ pub async fn wait_final(c: &mut Client, id: &str, timeout: Duration) -> pb::Job 
         let id = id.to_owned();
         async move {
             let j = get(&mut c, &id).await;
-            is_final(j.state).then_some(j)
+            j.state().is_final().then_some(j)
         }
     })
     .await;

@@ -43,13 +43,6 @@ pub async fn runner(
     Ok(connect::runner_client(ch, Some(token)).max_decoding_message_size(64 << 20))
 }
 
-fn is_final(s: i32) -> bool {
-    matches!(
-        pb::InstanceState::try_from(s),
-        Ok(pb::InstanceState::Succeeded | pb::InstanceState::Failed | pb::InstanceState::Cancelled)
-    )
-}
-
 /// Submits the job; returns its id.
 pub async fn submit(
     c: &mut RunnerServiceClient<AuthChannel>,
@@ -86,7 +79,7 @@ pub async fn wait(
         .into_inner();
     let mut last = None;
     while let Some(j) = s.message().await.map_err(connect::status)? {
-        let done = is_final(j.state);
+        let done = j.state().is_final();
         last = Some(j.state);
         if done {
             break;
@@ -179,7 +172,7 @@ pub async fn cancel(addr: &str, token: &shoal_wire::auth::Token, id: &str) {
         )
         .await;
         match j {
-            Ok(Ok(j)) if is_final(j.get_ref().state) => return,
+            Ok(Ok(j)) if j.get_ref().state().is_final() => return,
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             _ => return,
         }
