@@ -3,7 +3,7 @@
 //! In one run, against the real S3 endpoint of the test kit:
 //! 1. **Uncapped**: prewarm a dataset straight from the local S3 endpoint; report bytes
 //!    per second per worker.
-//! 2. **Capped**: the same data behind a [`LinkProxy`] (default 20 ms first byte,
+//! 2. **Capped**: the same data behind a [`LinkProxy`](shoal_testkit::LinkProxy) (default 20 ms first byte,
 //!    400 Mbit/s); report throughput as a fraction of the cap and the time to the first
 //!    loaded segment.
 //! 3. **Cold vs warm through the mount**: a fresh dataset behind the same link; read the

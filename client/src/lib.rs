@@ -23,14 +23,14 @@
 //!
 //! Invariant: never decides placement on its own; it calls `shoal_common::placement`.
 
-pub mod catalog;
-pub mod client;
+mod catalog;
+mod client;
 pub mod config;
 pub mod data_plane;
-pub mod local_file;
-pub mod metrics;
+mod local_file;
+mod metrics;
 pub mod short_circuit;
-pub mod worker_set;
+mod worker_set;
 
 pub use catalog::{Catalog, Dataset};
 pub use client::ShoalClient;

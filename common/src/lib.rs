@@ -7,7 +7,7 @@
 //! - [`placement`]: [`placement::Placement`], weighted rendezvous hashing of segments
 //!   over workers. Clients, workers, the master and the runner all call this one
 //!   function, so no per-block location table exists anywhere.
-//! - [`error`]: [`Error`] and [`ErrorKind`], each kind mapped once to a gRPC code, an
+//! - `error`: [`Error`] and [`ErrorKind`], each kind mapped once to a gRPC code, an
 //!   errno and an exit code.
 //! - [`auth`]: what a token and an identity are (how they travel is `shoal-wire`'s).
 //! - [`size`], [`time`]: byte sizes and durations as users write them;
@@ -33,7 +33,7 @@
 pub mod auth;
 pub mod block;
 pub mod config;
-pub mod error;
+mod error;
 pub mod ids;
 pub mod placement;
 pub mod size;

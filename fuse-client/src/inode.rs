@@ -177,15 +177,6 @@ impl InodeTable {
             None => false,
         }
     }
-
-    /// Live inodes (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.t.lock().by_ino.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

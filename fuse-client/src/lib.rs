@@ -1,15 +1,15 @@
 //! `shoal mount`: datasets as a POSIX directory, over FUSE (fuser, no libfuse).
 //!
-//! - [`mount`] takes a [`MountConfig`] and returns a [`RunningMount`] once the mount
+//! - [`mount()`] takes a [`MountConfig`] and returns a [`RunningMount`] once the mount
 //!   answers; [`RunningMount::unmount`] (or [`unmount_path`], which is `shoal umount`)
 //!   ends it. A stale mount left by a crashed daemon is cleaned up at start.
-//! - The filesystem ([`fs::ShoalFs`]) shows every dataset as a top-level directory, or
-//!   one dataset at the root. Metadata comes from the master, cached in
-//!   [`meta::Metadata`] and in the kernel (long TTLs on read-only datasets), and
+//! - The filesystem (`fs::ShoalFs`) shows every dataset as a top-level directory, or
+//!   one dataset at the root. Metadata comes from the master through
+//!   `shoal_client::Catalog` (cached there), and in the kernel (long TTLs on read-only datasets), and
 //!   directories are fetched page by page.
 //! - Reads go through `shoal-client` (short-circuit from a local worker tier, the
 //!   owning worker, a replica, then the UFS) in whole blocks, kept in a small
-//!   [`block_cache::BlockCache`] and fetched ahead for sequential readers. A file whose
+//!   block cache (`block_cache.rs`) and fetched ahead for sequential readers. A file whose
 //!   every block sits in a local worker tier is handed to the kernel as a FUSE
 //!   passthrough backing file, so its reads never reach this process.
 //! - Read-write datasets accept new files written front to back (uploaded as they are
@@ -30,14 +30,14 @@
 //! Invariant: never decides placement itself; `shoal-client` does, with the function
 //! in `shoal_common`.
 
-pub mod block_cache;
+mod block_cache;
 pub mod config;
 pub mod daemon;
-pub mod errno;
-pub mod fs;
-pub mod inode;
-pub mod meta;
-pub mod metrics;
+mod errno;
+mod fs;
+mod inode;
+mod meta;
+mod metrics;
 pub mod mount;
 
 pub use config::MountConfig;

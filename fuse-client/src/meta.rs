@@ -58,10 +58,6 @@ impl Metadata {
         self.catalog().datasets(self.only.as_deref()).await
     }
 
-    pub fn datasets_cached(&self) -> Option<Arc<Vec<Dataset>>> {
-        self.catalog().datasets_cached()
-    }
-
     /// A dataset by name (see `Catalog::dataset`); a `--dataset` mount knows no other.
     pub async fn dataset(&self, name: &str) -> Result<Dataset> {
         if self.only.as_deref().is_some_and(|o| o != name) {

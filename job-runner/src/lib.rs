@@ -7,12 +7,12 @@
 //! - [`engine`]: the single-threaded [`engine::Engine`] that owns all job state, runs
 //!   the scheduling passes ([`engine::schedule`]) and drives the executor; it answers
 //!   with the views in [`model`].
-//! - [`store`]: durable state behind [`store::JobStore`] (SQLite by default).
+//! - `store`: durable state behind `store::JobStore` (SQLite by default).
 //! - [`executor`]: the [`executor::Executor`] boundary and the local executor.
-//! - [`locality`]: what makes scheduling data-aware: [`locality::InputResolver`] (input
-//!   listings, `by_file` shares, per-node cached bytes) and [`locality::PrewarmGate`],
-//!   implemented against the cache cluster by [`locality::inputs::MasterInputs`] and
-//!   [`locality::prewarm::MasterPrewarm`] when the runner has a master.
+//! - `locality`: what makes scheduling data-aware: `locality::InputResolver` (input
+//!   listings, `by_file` shares, per-node cached bytes) and `locality::PrewarmGate`,
+//!   implemented against the cache cluster by `locality::inputs::MasterInputs` and
+//!   `locality::prewarm::MasterPrewarm` when the runner has a master.
 //! - [`server`]: [`server::RunnerServer::start`], the gRPC `RunnerService` (the only
 //!   place that speaks proto) and metrics.
 //!
@@ -32,7 +32,7 @@
 pub mod config;
 pub mod engine;
 pub mod executor;
-pub mod locality;
+mod locality;
 pub mod model;
 pub mod plan;
 pub mod server;

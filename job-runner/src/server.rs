@@ -40,9 +40,9 @@ pub struct Plugins {
     pub executor: Option<Arc<dyn Executor>>,
     pub store: Option<Box<dyn JobStore>>,
     pub mounts: Option<Arc<dyn DatasetMounts>>,
-    /// Default with a master: [`MasterInputs`]; without one: none.
+    /// Default with a master: `MasterInputs`; without one: none.
     pub inputs: Option<Arc<dyn InputResolver>>,
-    /// Default with a master: [`MasterPrewarm`]; without one: none.
+    /// Default with a master: `MasterPrewarm`; without one: none.
     pub prewarm: Option<Arc<dyn PrewarmGate>>,
 }
 

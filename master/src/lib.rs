@@ -3,16 +3,16 @@
 //!
 //! - [`server::MasterServer::start`] opens the catalogue in the data dir and serves
 //!   `MasterService`; it returns a [`server::RunningMaster`] with the bound addresses.
-//! - [`catalog::Catalog`] creates, syncs and deletes datasets; file metadata is synced
-//!   from the UFS page by page into the [`store::CatalogStore`] (SQLite by default).
-//! - [`membership::Membership`] keeps the live worker set and its epoch, and sums the
+//! - `catalog::Catalog` creates, syncs and deletes datasets; file metadata is synced
+//!   from the UFS page by page into the `store::CatalogStore` (SQLite by default).
+//! - `membership::Membership` keeps the live worker set and its epoch, and sums the
 //!   workers' cache reports into each dataset's status.
-//! - [`load::LoadJobs`] runs prewarm jobs: each target segment is sent to its owning
+//! - `load::LoadJobs` runs prewarm jobs: each target segment is sent to its owning
 //!   worker(s), with progress streamed and persisted, cancellation, and resumption.
-//! - [`access::Access`] verifies tokens (the cluster token, and owner tokens stored
+//! - `access::Access` verifies tokens (the cluster token, and owner tokens stored
 //!   hashed) and dataset grants; every RPC passes the auth layer, then `handler.rs`
 //!   checks what the caller may do.
-//! - [`handler`] maps RPCs onto those, one module per RPC family.
+//! - `handler` maps RPCs onto those, one module per RPC family.
 //!
 //! ```no_run
 //! # async fn run() -> shoal_common::Result<()> {
@@ -28,15 +28,15 @@
 //! Invariant: the master never carries block bytes, and never returns or logs dataset
 //! credentials except through `GetDatasetAccess`, the internal grant workers use.
 
-pub mod access;
-pub mod catalog;
+mod access;
+mod catalog;
 pub mod config;
-pub mod handler;
-pub mod load;
-pub mod membership;
-pub mod server;
-pub mod state;
-pub mod store;
+mod handler;
+mod load;
+mod membership;
+mod server;
+mod state;
+mod store;
 
 pub use config::MasterConfig;
 pub use server::{MasterServer, RunningMaster};

@@ -1,8 +1,8 @@
 //! How tokens travel and are checked: the `authorization: Bearer <token>` gRPC
-//! metadata ([`channel`] adds it on the client side, [`layer`] verifies it on every
-//! server), the verifiers ([`verify`]: the cluster token checked locally, owner tokens
+//! metadata (`channel` adds it on the client side, `layer` verifies it on every
+//! server), the verifiers (`verify`: the cluster token checked locally, owner tokens
 //! asked of the master with [`ask_master`] and cached briefly), and private token files
-//! ([`token_file`]).
+//! (`token_file`).
 //!
 //! The vocabulary (what a token and an identity are) is `shoal_common::auth`.
 

@@ -1,5 +1,5 @@
-//! The lean framed-TCP data-plane protocol, shared by the worker's server
-//! ([`crate::data_plane`]) and `shoal-client`.
+//! The lean framed-TCP data-plane protocol, shared by the worker's server and
+//! `shoal-client`.
 //!
 //! One connection carries any number of request/response pairs, one at a time, so
 //! clients pool and reuse connections. All integers are big-endian.

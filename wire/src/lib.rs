@@ -27,7 +27,7 @@
 
 pub mod auth;
 pub mod connect;
-pub mod file_ref;
+mod file_ref;
 pub mod frame;
 pub mod listen;
 pub mod tls;

@@ -23,14 +23,14 @@
 //! Invariant: the worker keeps no state the cluster cannot rebuild; its tiers are a
 //! cache and its index is rebuilt from the tier directories.
 
-pub mod auth;
+mod auth;
 pub mod config;
-pub mod data_plane;
-pub mod datasets;
-pub mod grpc;
-pub mod metrics;
-pub mod server;
-pub mod store;
+mod data_plane;
+mod datasets;
+mod grpc;
+mod metrics;
+mod server;
+mod store;
 
 pub use config::{TierConfig, WorkerArgs, WorkerConfig};
 pub use server::{RunningWorker, WorkerServer};

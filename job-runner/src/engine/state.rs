@@ -51,7 +51,7 @@ pub struct Task {
     pub group_pass: u64,
     /// When a prewarm gate was first consulted for it.
     pub gate_since: Option<Instant>,
-    /// Its inputs, listed and scored (see [`crate::locality::InputResolver`]).
+    /// Its inputs, listed and scored (see `crate::locality::InputResolver`).
     pub inputs: Option<Arc<ResolvedInputs>>,
     /// When the resolver was first asked about it.
     pub inputs_since: Option<Instant>,

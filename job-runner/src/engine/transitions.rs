@@ -1,5 +1,5 @@
 //! How instances move once admitted (docs/concepts.md): every state change goes through
-//! [`Engine::change`], which applies one [`Inst`] transition and records it (counts,
+//! `Engine::change`, which applies one [`Inst`] transition and records it (counts,
 //! history, store, the job's derived state). On top of it: readiness as dependencies
 //! succeed, the end of an attempt (success, retry with backoff, failure), timeouts,
 //! and cancelling what can no longer run.

@@ -4,9 +4,9 @@
 //! - [`KubernetesConfig`]: its options and their `SHOAL_K8S_*` variables (always
 //!   compiled, so a runner config can carry it);
 //! - with the `kubernetes` cargo feature:
-//!   - [`render`]: the Pod of one attempt, as a pure function;
-//!   - [`status`]: an attempt's end from its Pod's status;
-//!   - [`KubernetesExecutor`] (in `attempts`): creates, watches (`watch`), follows
+//!   - `render`: the Pod of one attempt, as a pure function;
+//!   - `status`: an attempt's end from its Pod's status;
+//!   - `KubernetesExecutor` (in `attempts`): creates, watches (`watch`), follows
 //!     the logs of (`logs`) and deletes those Pods;
 //!   - [`connect`]: builds it from the runner's config, in-cluster or from a
 //!     kubeconfig.

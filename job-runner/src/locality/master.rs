@@ -65,10 +65,6 @@ impl ClusterLink {
         &self.master_addr
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// A client of the master (cheap: shares the link's connection).
     pub fn master(&self) -> MasterServiceClient<AuthChannel> {
         self.master.clone()

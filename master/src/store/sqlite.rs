@@ -121,10 +121,6 @@ impl SqliteCatalog {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -911,7 +907,11 @@ mod tests {
         let e = s.create_dataset(new_ds("a"), 1).await.unwrap_err();
         assert!(e.kind() == shoal_common::ErrorKind::AlreadyExists, "{e}");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(tmp.path().join("catalog.db"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 

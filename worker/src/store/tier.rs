@@ -52,7 +52,6 @@ pub struct Tier {
     pub quota: u64,
     /// Passing this many bytes forces eviction down to the low watermark.
     pub high_bytes: u64,
-    pub low_bytes: u64,
     /// Present blocks. moka owns the eviction policy (LRU by bytes); its capacity is the
     /// low watermark, so its maintenance evicts down to it.
     pub index: moka::sync::Cache<BlockId, Arc<Entry>>,
@@ -92,7 +91,6 @@ impl Tier {
             root: cfg.path.clone(),
             quota: cfg.quota_bytes,
             high_bytes,
-            low_bytes,
             index,
             victims,
             used: AtomicU64::new(0),
