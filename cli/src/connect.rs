@@ -49,7 +49,9 @@ pub fn unreachable(
 ) -> anyhow::Error {
     let cause = transport_cause(e);
     let fix = shoal_wire::tls::hint(&cause, &tls()).unwrap_or(otherwise);
-    anyhow::anyhow!("cannot reach the {what} at {addr} ({cause}); {fix}")
+    anyhow::Error::new(shoal_common::Error::unavailable(format!(
+        "cannot reach the {what} at {addr} ({cause}); {fix}"
+    )))
 }
 
 /// The master at `--master` (or the config/default), with the caller's token.

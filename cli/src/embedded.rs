@@ -1,5 +1,6 @@
 //! An embedded single-machine cluster: master, N workers ("simulated nodes", each with
-//! its own tiers), the runner, and optionally a FUSE mount, all in this process. Used by
+//! its own tiers) and the runner in this process, and optionally the FUSE mount the
+//! runner keeps (a `shoal mount` child process). Used by
 //! `shoal up` and `shoal demo`; this module only wires the parts' own `start` functions
 //! together and picks defaults for one machine.
 

@@ -63,7 +63,7 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Unmount a shoal FUSE mount.
     Umount(cmd::mount::UmountArgs),
-    /// Run master, workers, runner and its FUSE mount in one process (single machine).
+    /// Run master, workers and runner in one process, and the runner's FUSE mount beside it (single machine).
     Up(cmd::up::UpArgs),
     /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
     Demo(cmd::demo::DemoArgs),

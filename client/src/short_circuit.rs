@@ -1,5 +1,5 @@
 //! [`ShortCircuit`]: reads a block straight from a same-node worker's tier directory,
-//! read-only, through `shoal_worker`'s `BlockFile` layer.
+//! read-only, through `shoal_tier`'s `BlockFile` layer.
 //!
 //! The data file is pinned with a shared `flock` while it is read, so the worker's
 //! eviction (which needs an exclusive lock) cannot punch the block out underneath.

@@ -213,10 +213,12 @@ impl ErrorKind {
 
 /// A shoal error: kind, message, and the cause when there is one. Cheap to clone (the
 /// cause is shared), so one failure can answer every reader that waited on it.
-#[derive(Clone)]
+#[derive(Clone, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    #[source]
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -318,12 +320,6 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
@@ -332,14 +328,6 @@ impl fmt::Debug for Error {
             d.field("source", s);
         }
         d.finish()
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 

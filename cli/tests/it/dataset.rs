@@ -144,7 +144,10 @@ async fn bad_input_gets_one_line_errors_and_leaves_nothing_behind() {
     let master = MasterProcess::start(data_dir.path()).await;
     let m = master.addr.clone();
 
+    // Each failure exits with its kind's status: 2 input, 3 not found, 4 conflict with
+    // the current state, 5 access, 6 a dependency that cannot be reached.
     shoal(&m, &["dataset", "create", "x", "foo://x"])
+        .exit(2)
         .assert_clean_failure("unsupported URI scheme `foo://`");
 
     // Wrong credentials: a real signature check by the store.
@@ -155,7 +158,8 @@ async fn bad_input_gets_one_line_errors_and_leaves_nothing_behind() {
     let mut args = vec!["dataset", "create", "wrongcreds", uri.as_str()];
     args.extend(flat.iter().flat_map(|o| ["--option", o.as_str()]));
     let out = shoal(&m, &args);
-    out.assert_clean_failure("access denied by the store");
+    out.exit(5)
+        .assert_clean_failure("access denied by the store");
     assert!(
         !out.stderr.contains("not-the-right-secret"),
         "secret echoed: {out:#?}"
@@ -166,10 +170,15 @@ async fn bad_input_gets_one_line_errors_and_leaves_nothing_behind() {
     let mut args = vec!["dataset", "create", "good", uri.as_str()];
     args.extend(s3_args(&s3, &mut o2));
     shoal(&m, &args).ok();
-    shoal(&m, &args).assert_clean_failure("already exists");
+    shoal(&m, &args)
+        .exit(4)
+        .assert_clean_failure("already exists");
 
-    shoal(&m, &["dataset", "delete", "nosuch"]).assert_clean_failure("dataset `nosuch` not found");
+    shoal(&m, &["dataset", "delete", "nosuch"])
+        .exit(3)
+        .assert_clean_failure("dataset `nosuch` not found");
     shoal(&m, &["dataset", "create", "bad name", "memory://"])
+        .exit(2)
         .assert_clean_failure("invalid dataset name");
     shoal(
         &m,
@@ -189,7 +198,9 @@ async fn bad_input_gets_one_line_errors_and_leaves_nothing_behind() {
     let mut o3 = vec![];
     let mut args = vec!["dataset", "create", "unreachable", uri.as_str()];
     args.extend(s3_args(&s3, &mut o3));
-    shoal(&m, &args).assert_clean_failure("cannot reach the store");
+    shoal(&m, &args)
+        .exit(6)
+        .assert_clean_failure("cannot reach the store");
 
     // No partial dataset was left by any failure: only `good` exists.
     let list = shoal(&m, &["-o", "json", "dataset", "list"]).ok().json();
@@ -202,7 +213,9 @@ async fn bad_input_gets_one_line_errors_and_leaves_nothing_behind() {
     assert_eq!(names, ["good"]);
 
     // No master either: a clear hint.
-    shoal("127.0.0.1:1", &["dataset", "list"]).assert_clean_failure("cannot reach the master");
+    shoal("127.0.0.1:1", &["dataset", "list"])
+        .exit(6)
+        .assert_clean_failure("cannot reach the master");
 }
 
 #[test]

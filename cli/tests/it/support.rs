@@ -27,6 +27,12 @@ impl Outcome {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
 
+    /// The exit status a failure of this kind has (docs/configuration.md, "Exit codes").
+    pub fn exit(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "exit status: {self:#?}");
+        self
+    }
+
     /// A user error: non-zero exit, exactly one line on stderr starting with `error:`,
     /// and no sign of a panic.
     pub fn assert_clean_failure(&self, expect: &str) {
