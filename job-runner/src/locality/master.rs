@@ -12,9 +12,9 @@ use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
-use shoal_wire::auth::{AuthChannel, Token, with_token};
+use shoal_wire::auth::{AuthChannel, Token};
+use shoal_wire::connect::Dial;
 use shoal_wire::tls::TlsConfig;
-use tonic::transport::Endpoint;
 
 use super::InputFile;
 
@@ -26,18 +26,9 @@ pub const RESIDENCY_BATCH: usize = 50_000;
 pub struct ClusterLink {
     master: MasterServiceClient<AuthChannel>,
     master_addr: String,
-    timeout: Duration,
     workers: Mutex<HashMap<String, WorkerServiceClient<AuthChannel>>>,
-    /// The cluster token, on every call to the master and workers.
-    token: Token,
-    tls: TlsConfig,
-}
-
-fn endpoint(addr: &str, timeout: Duration, tls: &TlsConfig) -> Result<Endpoint> {
-    Ok(tls
-        .endpoint(addr)?
-        .connect_timeout(timeout)
-        .timeout(timeout))
+    /// The cluster token, TLS and the deadline of every call to the master and workers.
+    dial: Dial,
 }
 
 impl ClusterLink {
@@ -50,14 +41,12 @@ impl ClusterLink {
         token: &Token,
         tls: &TlsConfig,
     ) -> Result<ClusterLink> {
-        let channel = with_token(endpoint(addr, timeout, tls)?.connect_lazy(), Some(token));
+        let dial = Dial::new(tls, Some(token), timeout);
         Ok(ClusterLink {
-            master: MasterServiceClient::new(channel).max_decoding_message_size(64 << 20),
+            master: dial.master(addr)?,
             master_addr: addr.to_owned(),
-            timeout,
             workers: Mutex::new(HashMap::new()),
-            token: token.clone(),
-            tls: tls.clone(),
+            dial,
         })
     }
 
@@ -177,11 +166,7 @@ impl ClusterLink {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let ch = with_token(
-            endpoint(addr, self.timeout, &self.tls)?.connect_lazy(),
-            Some(&self.token),
-        );
-        let c = WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20);
+        let c = self.dial.worker(addr)?;
         m.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

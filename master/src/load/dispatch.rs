@@ -8,7 +8,8 @@ use std::time::Duration;
 use shoal_common::{Error, Result};
 use shoal_proto::v1::worker_service_client::WorkerServiceClient;
 use shoal_proto::v1::{LoadSegmentRequest, LoadSegmentResponse};
-use shoal_wire::auth::{AuthChannel, Token, with_token};
+use shoal_wire::auth::{AuthChannel, Token};
+use shoal_wire::connect::Dial;
 use shoal_wire::tls::TlsConfig;
 use tokio::sync::Semaphore;
 
@@ -41,19 +42,19 @@ struct Worker {
 
 pub struct WorkerClients {
     limits: LoadLimits,
-    /// The cluster token, presented to every worker.
-    token: Option<Token>,
+    /// The cluster token (presented to every worker), TLS and deadlines.
+    dial: Dial,
     by_id: Mutex<HashMap<String, Arc<Worker>>>,
-    tls: TlsConfig,
 }
 
 impl WorkerClients {
     pub fn new(limits: LoadLimits, token: Option<Token>, tls: TlsConfig) -> Self {
+        let mut dial = Dial::new(&tls, token.as_ref(), limits.segment_timeout);
+        dial.connect_timeout = Duration::from_secs(3);
         WorkerClients {
             limits,
-            token,
+            dial,
             by_id: Mutex::new(HashMap::new()),
-            tls,
         }
     }
 
@@ -71,15 +72,10 @@ impl WorkerClients {
         {
             return Ok(w.clone());
         }
-        let ep = self
-            .tls
-            .endpoint(addr)?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(self.limits.segment_timeout);
         // A worker that restarted keeps its id but not its slots: fresh semaphore.
         let w = Arc::new(Worker {
             addr: addr.to_owned(),
-            client: WorkerServiceClient::new(with_token(ep.connect_lazy(), self.token.as_ref())),
+            client: self.dial.worker(addr)?,
             slots: Arc::new(Semaphore::new(self.limits.per_worker)),
         });
         m.insert(id.to_owned(), w.clone());
