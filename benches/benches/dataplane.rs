@@ -2,7 +2,8 @@
 //! gRPC, framed TCP, short-circuit and a direct tmpfs read, in one run, then many small
 //! warm reads through the worker (`shoal_benches::dataplane::run_small`).
 //! `SHOAL_BENCH_BYTES` (e.g. `256MiB`) overrides the 1 GiB file size and
-//! `SHOAL_BENCH_FILES` the 4096 small files.
+//! `SHOAL_BENCH_FILES` the 4096 small files; `SHOAL_BENCH_OPEN_FILES` sets the worker's
+//! `open_data_files` for them (e.g. far fewer than the files, to measure cache misses).
 
 use std::process::ExitCode;
 
@@ -25,6 +26,15 @@ fn main() -> ExitCode {
             Ok(n) if n > 0 => small.files = n,
             _ => {
                 eprintln!("SHOAL_BENCH_FILES: `{s}` is not a positive number of files");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Ok(s) = std::env::var("SHOAL_BENCH_OPEN_FILES") {
+        match s.parse::<usize>() {
+            Ok(n) => small.open_data_files = Some(n),
+            Err(_) => {
+                eprintln!("SHOAL_BENCH_OPEN_FILES: `{s}` is not a number of files");
                 return ExitCode::from(2);
             }
         }

@@ -1,8 +1,8 @@
 //! [`BlockStore`]: the worker's tiered block cache with read-through from the UFS.
 //!
 //! - **Tiers** ([`tier::Tier`]) are ordered fastest first. Each caches blocks in sparse
-//!   per-version data files with marker files (see [`shoal_tier::layout`]); all disk I/O goes
-//!   through `shoal_tier::block_file::BlockFile`.
+//!   per-version data files with one marker per block (see [`shoal_tier::layout`]); all
+//!   disk I/O goes through `shoal_tier::block_file::BlockFile`.
 //! - **Reads** look the block up tier by tier (moka index), pread it and verify its
 //!   crc32c over the whole block. A mismatch or short read counts
 //!   `shoal_worker_checksum_failures_total`, drops the block and falls through to the
@@ -33,6 +33,8 @@
 //!
 //! Lock order: a thread holds tier locks only in increasing tier order (an eviction of
 //! tier *i* may write into tier *i+1* while holding *i*), and never across an await.
+//! The maps of open files and of statistics are locked last and only around their own
+//! lookups and updates.
 
 pub mod index;
 pub mod open_files;
