@@ -1,13 +1,18 @@
 //! [`OpenFiles`]: the worker's bounded cache of open tier data files, so reading a
 //! cached block costs one pread instead of an open, a pread and a close.
 //!
+//! - **Read-only**: the store caches only the descriptors its reads use, opened
+//!   read-only. Fills, punches and evictions open their own descriptor by path, as
+//!   before (they are rare next to reads, and a fill pays a UFS read anyway), so a
+//!   write always lands in the file the directory holds, and a cached descriptor never
+//!   keeps a file open for writing (which would make `mount -o remount,ro` of a tier
+//!   fail with EBUSY).
 //! - **Bounded**: keyed by (tier, dataset, version), at most `capacity` files held open
 //!   by the cache. A hit takes only a read lock and sets the entry's reference bit; a
 //!   miss opens the file and, under the write lock, first evicts an entry whose bit is
 //!   clear (second chance), so the cache never holds more than its capacity. A caller
-//!   keeps its `Arc<BlockFile>` for one operation, so an evicted file closes as soon as
-//!   the last operation using it ends: open descriptors ≤ capacity + operations in
-//!   progress.
+//!   keeps its `Arc<BlockFile>` for one pread, so an evicted file closes as soon as the
+//!   last read using it ends: open descriptors ≤ capacity + reads in progress.
 //! - **Never a lock holder**: cached descriptors never take a `flock`. Eviction,
 //!   promotion and drops lock a descriptor of their own (`shoal_tier::block_file`), so
 //!   a cached descriptor can neither block an eviction nor hold a reader's pin.
@@ -15,9 +20,10 @@
 //!   write lock and forgets the version here at the same time ([`OpenFiles::remove`]).
 //!   A cached file unlinked some other way (`st_nlink == 0`) is dropped and reopened by
 //!   path on its next use, so no read is served from a file that left the tier.
-//! - **Descriptor exhaustion** (`EMFILE`/`ENFILE`) on open closes every cached file and
-//!   retries once; if the process is still out of descriptors the error goes back to
-//!   the caller, which treats it as transient (never as a bad block).
+//! - **Descriptor exhaustion** (`EMFILE`/`ENFILE`) on any open of the store
+//!   ([`OpenFiles::open`]) closes every cached file and retries once; if the process is
+//!   still out of descriptors the error goes back to the caller, which treats it as
+//!   transient (never as a bad block).
 
 use std::collections::HashMap;
 use std::io;
@@ -66,11 +72,17 @@ impl OpenFiles {
             }
             self.remove(&key);
         }
-        let f = match open() {
-            Err(e) if block_file::is_fd_exhaustion(&e) && self.shed() > 0 => open()?,
-            r => r?,
-        };
+        let f = self.open(open)?;
         Ok(self.insert(key, Arc::new(f)))
+    }
+
+    /// Runs `open` (a descriptor the cache does not keep); out of descriptors, closes
+    /// the cached files and runs it once more.
+    pub fn open(&self, open: impl Fn() -> io::Result<BlockFile>) -> io::Result<BlockFile> {
+        match open() {
+            Err(e) if block_file::is_fd_exhaustion(&e) && self.shed() > 0 => open(),
+            r => r,
+        }
     }
 
     /// Forgets `key`, closing its descriptor once no operation uses it.

@@ -96,9 +96,9 @@ impl Inner {
         // file forgotten) only under the write side, so the file read is the tier's.
         let _r = tier.disk.read();
         let dir = layout::block_dir(&tier.root, id);
-        let opened = self.files.get_or_open((ti, id.dataset, id.version), || {
-            BlockFile::open_existing(&dir)
-        });
+        let opened = self
+            .files
+            .get_or_open((ti, id.dataset, id.version), || BlockFile::open_read(&dir));
         let f = match opened {
             Ok(f) => f,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

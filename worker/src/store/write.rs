@@ -1,16 +1,15 @@
 //! The write side of the block store: filling a tier with fresh bytes, and every way a
 //! block leaves a tier (eviction with demotion, promotion, dropping a bad copy).
 //!
-//! Every change to a tier's files happens under its disk write lock. Fills write
-//! through the cache of open data files; eviction and promotion take their exclusive
-//! `flock` on a descriptor of their own, opened for the occasion and closed with the
-//! lock, so a cached descriptor never carries a lock. When the last block of a version
-//! leaves, its directory is removed and its cached descriptor forgotten under the same
-//! lock. Running out of descriptors keeps a block where it is (eviction is retried
-//! later); it never drops one.
+//! Every change to a tier's files happens under its disk write lock, through a
+//! descriptor opened by path for the occasion (the cache of open data files holds only
+//! the read-only ones reads use): eviction and promotion take their exclusive `flock`
+//! on it, and it closes, lock included, when the operation ends. When the last block
+//! of a version leaves, its directory is removed and its cached read descriptor
+//! forgotten under the same lock. Running out of descriptors keeps a block where it is
+//! (eviction is retried later); it never drops one.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 use shoal_common::ids::BlockId;
@@ -74,9 +73,7 @@ impl Inner {
             let offset = id.index * self.layout.block_size();
             let r = self
                 .files
-                .get_or_open((ti, id.dataset, id.version), || {
-                    BlockFile::open_for_write(&dir)
-                })
+                .open(|| BlockFile::open_for_write(&dir))
                 .and_then(|f| {
                     f.write_block(offset, data)?;
                     block_file::create_marker(&dir, &marker).inspect_err(|_| {
@@ -108,18 +105,6 @@ impl Inner {
         }
     }
 
-    /// A descriptor of the data file in `dir` that is not shared with the cache of open
-    /// files, for an exclusive `flock` that must end with the operation. Out of
-    /// descriptors, the cache gives its own back and the open is tried once more.
-    fn open_for_lock(&self, dir: &Path) -> io::Result<BlockFile> {
-        match BlockFile::open_existing(dir) {
-            Err(e) if block_file::is_fd_exhaustion(&e) && self.files.shed() > 0 => {
-                BlockFile::open_existing(dir)
-            }
-            r => r,
-        }
-    }
-
     /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it.
     fn evict(&self, ti: usize, id: &BlockId, e: Arc<Entry>) {
         let tier = &self.tiers[ti];
@@ -130,7 +115,7 @@ impl Inner {
             return;
         }
         let dir = layout::block_dir(&tier.root, id);
-        let f = match self.open_for_lock(&dir) {
+        let f = match self.files.open(|| BlockFile::open_existing(&dir)) {
             Ok(f) => f,
             Err(err) if block_file::is_fd_exhaustion(&err) => {
                 self.m.fd_exhausted.increment(1);
@@ -202,7 +187,7 @@ impl Inner {
         tier.index.invalidate(id);
         let _w = tier.disk.write();
         let dir = layout::block_dir(&tier.root, id);
-        let f = match self.open_for_lock(&dir) {
+        let f = match self.files.open(|| BlockFile::open_existing(&dir)) {
             Ok(f) => f,
             Err(err) if block_file::is_fd_exhaustion(&err) => {
                 // Keep the lower copy too; it leaves when it is evicted.
@@ -239,13 +224,9 @@ impl Inner {
         }
         let dir = layout::block_dir(&tier.root, id);
         let _ = block_file::remove_marker(&dir, id.index);
-        // The cached descriptor may be what failed: reopen by path.
-        let key = (ti, id.dataset, id.version);
-        self.files.remove(&key);
-        let opened = self
-            .files
-            .get_or_open(key, || BlockFile::open_existing(&dir));
-        match opened {
+        // The cached descriptor may be what failed: the next read reopens by path.
+        self.files.remove(&(ti, id.dataset, id.version));
+        match self.files.open(|| BlockFile::open_existing(&dir)) {
             Ok(f) => self.punch_and_forget(ti, id, e, &f, id.index * self.layout.block_size()),
             Err(_) => self.forget(ti, id, e),
         }
