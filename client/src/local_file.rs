@@ -50,7 +50,8 @@ impl LocalFile {
     }
 
     /// Looks in `tiers` (fastest first) for a data file holding every block of the
-    /// version (blocking: a directory scan and two opens per tier at most).
+    /// version (blocking: per tier, two opens and one marker lookup per block until
+    /// the first missing one).
     pub fn find(
         tiers: &[PathBuf],
         layout: &BlockLayout,
@@ -82,15 +83,13 @@ fn complete_in(dir: &Path, layout: &BlockLayout, size: u64) -> Option<LocalFile>
     if !matches!(pin.try_lock_shared(), Ok(true)) {
         return None;
     }
-    let blocks = layout.block_count(size);
-    let mut seen = vec![false; usize::try_from(blocks).ok()?];
-    for m in block_file::list_markers(dir).ok()? {
-        if m.index < blocks && m.len == layout.block_len(size, m.index) {
-            seen[m.index as usize] = true;
+    // Each block's marker by name: no listing of a directory that may hold many other
+    // entries, and a partly cached file is refused at its first missing block.
+    for index in 0..layout.block_count(size) {
+        match block_file::find_marker(dir, index) {
+            Ok(Some(m)) if m.len == layout.block_len(size, index) => {}
+            _ => return None,
         }
-    }
-    if !seen.iter().all(|s| *s) {
-        return None;
     }
     let path = dir.join(layout::DATA_FILE);
     let file = File::open(&path).ok()?;
@@ -130,5 +129,72 @@ impl ShoalClient {
         .await
         .ok()
         .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_tier::layout::Marker;
+
+    const DS: DatasetId = DatasetId(4);
+    const V: FileVersion = FileVersion(0x77);
+
+    /// A 3-block file of which blocks `present` are in the tier at `root`.
+    fn write_blocks(root: &Path, layout: &BlockLayout, size: u64, present: &[u64]) {
+        let dir = layout::version_dir(root, DS, V);
+        let f = BlockFile::open_for_write(&dir).unwrap();
+        for &i in present {
+            let r = layout.block_range(size, i);
+            let bytes = vec![i as u8 + 1; (r.end - r.start) as usize];
+            f.write_block(r.start, &bytes).unwrap();
+            let m = Marker {
+                index: i,
+                len: bytes.len() as u64,
+                crc: crc32c::crc32c(&bytes),
+            };
+            block_file::create_marker(&dir, &m).unwrap();
+        }
+    }
+
+    #[test]
+    fn complete_version_is_found_and_pinned() {
+        let layout = BlockLayout::new(4096, 4).unwrap();
+        let size = 2 * 4096 + 5;
+        let (mem, disk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Complete only in the second tier.
+        write_blocks(mem.path(), &layout, size, &[0, 2]);
+        write_blocks(disk.path(), &layout, size, &[0, 1, 2]);
+        let tiers = vec![mem.path().to_path_buf(), disk.path().to_path_buf()];
+        let local = LocalFile::find(&tiers, &layout, DS, V, size).unwrap();
+        assert!(local.path().starts_with(disk.path()));
+        assert_eq!(local.file().metadata().unwrap().len(), size);
+        // Pinned: an eviction cannot take the file while we hold it.
+        let evict = BlockFile::open_existing(&layout::version_dir(disk.path(), DS, V)).unwrap();
+        assert!(!evict.try_lock_exclusive().unwrap());
+        let pin = local.into_pin();
+        assert!(!evict.try_lock_exclusive().unwrap());
+        drop(pin);
+        assert!(evict.try_lock_exclusive().unwrap());
+    }
+
+    #[test]
+    fn a_missing_or_wrong_marker_disqualifies_the_version() {
+        let layout = BlockLayout::new(4096, 4).unwrap();
+        let size = 2 * 4096 + 5;
+        let t = tempfile::tempdir().unwrap();
+        let tiers = vec![t.path().to_path_buf()];
+        write_blocks(t.path(), &layout, size, &[0, 2]);
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
+        write_blocks(t.path(), &layout, size, &[1]);
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_some());
+        // A file of another size needs other block lengths.
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size + 1).is_none());
+        // The last block's marker in the previous format does not count.
+        let dir = layout::version_dir(t.path(), DS, V);
+        let last = block_file::find_marker(&dir, 2).unwrap().unwrap();
+        block_file::remove_marker(&dir, 2).unwrap();
+        std::fs::File::create(dir.join(last.legacy_name())).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
     }
 }

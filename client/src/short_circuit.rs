@@ -3,9 +3,10 @@
 //!
 //! The data file is pinned with a shared `flock` while it is read, so the worker's
 //! eviction (which needs an exclusive lock) cannot punch the block out underneath.
-//! Presence comes from the block's marker, checked after the pin is taken; the bytes
-//! are verified against the crc32c in the marker's name. Anything unexpected (no
-//! marker, pin refused, bad checksum) returns `None` and the caller uses the network.
+//! Presence comes from the block's marker, looked up by the block's index (one
+//! `readlink`, no directory listing) after the pin is taken; the bytes are verified
+//! against the crc32c the marker records. Anything unexpected (no marker, pin refused,
+//! bad checksum) returns `None` and the caller uses the network.
 
 use std::path::PathBuf;
 
@@ -73,5 +74,84 @@ impl ShortCircuit {
             return Some(b);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_common::ids::{DatasetId, FileVersion};
+    use shoal_tier::layout::Marker;
+
+    /// A tier directory holding blocks `present` of a 3-block file, written the way
+    /// the worker writes them (bytes first, then the marker).
+    fn tier_with(present: &[u64]) -> (tempfile::TempDir, BlockLayout, FileRef, Vec<u8>) {
+        let layout = BlockLayout::new(4096, 4).unwrap();
+        let size = 2 * 4096 + 100;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let file = FileRef::new(DatasetId(3), "d", "f", FileVersion(9), size).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let dir = layout::version_dir(t.path(), file.dataset, file.version);
+        let f = BlockFile::open_for_write(&dir).unwrap();
+        for &i in present {
+            let r = layout.block_range(size, i);
+            let bytes = &data[r.start as usize..r.end as usize];
+            f.write_block(r.start, bytes).unwrap();
+            let m = Marker {
+                index: i,
+                len: bytes.len() as u64,
+                crc: crc32c::crc32c(bytes),
+            };
+            block_file::create_marker(&dir, &m).unwrap();
+        }
+        (t, layout, file, data)
+    }
+
+    #[test]
+    fn reads_a_block_found_by_its_index_and_checks_it() {
+        let (t, layout, file, data) = tier_with(&[0, 2]);
+        let sc = ShortCircuit::new(0);
+        let tiers = vec![t.path().to_path_buf()];
+        assert_eq!(
+            &sc.read_block(&tiers, &layout, &file, 2).unwrap()[..],
+            &data[8192..]
+        );
+        assert_eq!(
+            &sc.read_block(&tiers, &layout, &file, 0).unwrap()[..],
+            &data[..4096]
+        );
+        assert!(
+            sc.read_block(&tiers, &layout, &file, 1).is_none(),
+            "no marker"
+        );
+
+        // A flipped byte fails the crc: the network is used instead.
+        let dir = layout::version_dir(t.path(), file.dataset, file.version);
+        let f = BlockFile::open_existing(&dir).unwrap();
+        f.write_block(10, &[data[10] ^ 1]).unwrap();
+        assert!(sc.read_block(&tiers, &layout, &file, 0).is_none());
+
+        // A pin refused (an eviction holds the file) is a miss too.
+        assert!(f.try_lock_exclusive().unwrap());
+        assert!(sc.read_block(&tiers, &layout, &file, 2).is_none());
+    }
+
+    #[test]
+    fn previous_format_markers_are_not_trusted() {
+        let (t, layout, file, data) = tier_with(&[]);
+        let dir = layout::version_dir(t.path(), file.dataset, file.version);
+        let f = BlockFile::open_existing(&dir).unwrap();
+        f.write_block(0, &data[..4096]).unwrap();
+        let m = Marker {
+            index: 0,
+            len: 4096,
+            crc: crc32c::crc32c(&data[..4096]),
+        };
+        std::fs::File::create(dir.join(m.legacy_name())).unwrap();
+        let sc = ShortCircuit::new(0);
+        assert!(
+            sc.read_block(&[t.path().to_path_buf()], &layout, &file, 0)
+                .is_none()
+        );
     }
 }

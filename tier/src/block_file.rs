@@ -1,6 +1,6 @@
 //! [`BlockFile`]: the one layer through which every block-store disk operation goes
-//! (data-file pread/pwrite, hole punching, flock pinning, marker files, directory
-//! scans), so disk I/O can be measured and faults injected in one place.
+//! (data-file pread/pwrite, hole punching, flock pinning, markers, directory scans),
+//! so disk I/O can be measured and faults injected in one place.
 //!
 //! Faults: [`set_fault_hook`] installs a process-wide hook that may fail any operation
 //! on a directory (tests scope it to their own tier directories).
@@ -9,6 +9,9 @@
 //! takes a shared `flock` on a version's data file while it reads from it. Eviction
 //! takes `flock(LOCK_EX | LOCK_NB)` on its own open file description first and skips
 //! the file when that fails, so pinned bytes are never punched out under a reader.
+//! The lock lives on an open file description, so a descriptor kept open for reuse
+//! (the worker's cache of open data files) must never take one: it would outlive the
+//! operation that took it and block readers (shared) or eviction (exclusive).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::layout::{DATA_FILE, Marker};
+use crate::layout::{self, DATA_FILE, Marker};
 
 /// Process-wide disk I/O totals of the block store (all tiers, all workers in the
 /// process). The per-tier Prometheus series are recorded by the callers.
@@ -114,8 +117,44 @@ impl BlockFile {
         inject(DiskOp::Read, &self.dir)?;
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block length too big"))?;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, offset)?;
+        // Read into uninitialised capacity: zeroing a block first (`vec![0; len]`) costs
+        // a memset as large as the read itself on every cached read.
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let done = buf.len();
+            let at = offset
+                .checked_add(done as u64)
+                .and_then(|o| libc::off_t::try_from(o).ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset too big"))?;
+            // SAFETY: the destination is the vector's spare capacity (`len - done` bytes
+            // from `done`); pread writes at most that many bytes into it.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(done).cast(),
+                    len - done,
+                    at,
+                )
+            };
+            match n {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ));
+                }
+                n if n > 0 => {
+                    // SAFETY: pread initialised the `n` bytes after `done`.
+                    unsafe { buf.set_len(done + n as usize) };
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         DISK_READ_BYTES.fetch_add(len as u64, Ordering::Relaxed);
         Ok(buf)
     }
@@ -136,6 +175,13 @@ impl BlockFile {
     /// `Ok(false)` when an eviction holds it right now.
     pub fn try_lock_shared(&self) -> io::Result<bool> {
         try_flock(&self.file, libc::LOCK_SH | libc::LOCK_NB)
+    }
+
+    /// Whether the data file was unlinked since it was opened (`st_nlink == 0`): its
+    /// version directory was removed, so its bytes are no longer the tier's.
+    pub fn is_unlinked(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.nlink() == 0)
     }
 
     /// Size and allocated bytes (`st_blocks * 512`) of the data file.
@@ -185,45 +231,122 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Creates the empty marker recording that `marker.index` is present and complete.
-pub fn create_marker(dir: &Path, marker: &Marker) -> io::Result<()> {
-    File::create(dir.join(marker.file_name())).map(drop)
+/// Whether an error means the process or the system is out of file descriptors
+/// (`EMFILE`, `ENFILE`): a transient condition, never a sign of a bad block.
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// Removes a marker; a marker already gone is not an error.
-pub fn remove_marker(dir: &Path, marker: &Marker) -> io::Result<()> {
-    match std::fs::remove_file(dir.join(marker.file_name())) {
+/// Creates the marker recording that `marker.index` is present and complete (an
+/// existing marker of that index is replaced).
+pub fn create_marker(dir: &Path, marker: &Marker) -> io::Result<()> {
+    let path = dir.join(marker.name());
+    match std::os::unix::fs::symlink(marker.target(), &path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&path)?;
+            std::os::unix::fs::symlink(marker.target(), &path)
+        }
+        r => r,
+    }
+}
+
+/// Removes block `index`'s marker; a marker already gone is not an error.
+pub fn remove_marker(dir: &Path, index: u64) -> io::Result<()> {
+    remove_if_present(&dir.join(layout::marker_name(index)))
+}
+
+/// Removes a previous-format marker ([`Marker::legacy_name`]).
+pub fn remove_legacy_marker(dir: &Path, marker: &Marker) -> io::Result<()> {
+    remove_if_present(&dir.join(marker.legacy_name()))
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-/// Every marker in a version directory (an absent directory has none).
-pub fn list_markers(dir: &Path) -> io::Result<Vec<Marker>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry?;
-        if let Some(m) = entry.file_name().to_str().and_then(Marker::parse) {
-            out.push(m);
-        }
+/// The marker of block `index` in `dir`, if present: one `readlink`, no listing and no
+/// descriptor. Something else at the marker's name (not a link, a target that is not
+/// a marker's) is no marker.
+pub fn find_marker(dir: &Path, index: u64) -> io::Result<Option<Marker>> {
+    match std::fs::read_link(dir.join(layout::marker_name(index))) {
+        Ok(target) => Ok(target.to_str().and_then(|t| Marker::from_target(index, t))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // EINVAL: the name exists but is not a symbolic link.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(out)
 }
 
-/// The marker of block `index` in `dir`, if present.
-pub fn find_marker(dir: &Path, index: u64) -> io::Result<Option<Marker>> {
-    Ok(list_markers(dir)?.into_iter().find(|m| m.index == index))
+/// What a version directory holds besides its data file.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Markers, in directory order.
+    pub markers: Vec<Marker>,
+    /// Previous-format markers.
+    pub legacy: Vec<Marker>,
+    /// Block indexes whose marker name holds no marker (see [`find_marker`]).
+    pub broken: Vec<u64>,
+}
+
+/// Lists a version directory (an absent directory holds nothing). Only the worker's
+/// restart scan needs this; a reader looks a marker up by index.
+pub fn scan_version_dir(dir: &Path) -> io::Result<Scan> {
+    let mut scan = Scan::default();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(index) = layout::parse_marker_name(&name) {
+            match find_marker(dir, index)? {
+                Some(m) => scan.markers.push(m),
+                None => scan.broken.push(index),
+            }
+        } else if let Some(m) = Marker::parse_legacy(&name) {
+            scan.legacy.push(m);
+        }
+    }
+    Ok(scan)
+}
+
+/// Every marker in a version directory (see [`scan_version_dir`]).
+pub fn list_markers(dir: &Path) -> io::Result<Vec<Marker>> {
+    Ok(scan_version_dir(dir)?.markers)
+}
+
+/// Whether any name in `dir` is a marker's (stops at the first one).
+fn has_markers(dir: &Path) -> io::Result<bool> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(layout::parse_marker_name)
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Removes a version directory that holds no marker any more (data file included).
 /// Returns whether it was removed.
 pub fn remove_version_dir_if_empty(dir: &Path) -> io::Result<bool> {
-    if !list_markers(dir)?.is_empty() {
+    if has_markers(dir)? {
         return Ok(false);
     }
     match std::fs::remove_file(dir.join(DATA_FILE)) {
@@ -288,17 +411,109 @@ mod tests {
             len: 8192,
             crc: crc32c::crc32c(&data),
         };
+        assert_eq!(find_marker(&dir, 1).unwrap(), None);
         create_marker(&dir, &m).unwrap();
         assert_eq!(find_marker(&dir, 1).unwrap(), Some(m));
+        assert_eq!(find_marker(&dir, 0).unwrap(), None);
+        // Creating it again (e.g. after a failed removal) replaces it.
+        create_marker(&dir, &m).unwrap();
+        assert_eq!(list_markers(&dir).unwrap(), vec![m]);
         assert!(f.allocated_bytes().unwrap() >= 8192);
         f.punch(8192, 8192).unwrap();
         assert_eq!(f.read_block(8192, 8192).unwrap(), vec![0u8; 8192]);
         assert_eq!(f.allocated_bytes().unwrap(), 0);
-        assert!(f.read_block(16384, 1).is_err(), "short read must fail");
+        let short = f.read_block(16384, 1).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof, "{short}");
+        // Partly past the end: still a short read, not a partial buffer.
+        let short = f.read_block(12288, 8192).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof, "{short}");
+        assert!(f.read_block(0, 0).unwrap().is_empty());
         assert!(!remove_version_dir_if_empty(&dir).unwrap());
-        remove_marker(&dir, &m).unwrap();
+        remove_marker(&dir, 1).unwrap();
+        remove_marker(&dir, 1).unwrap();
         assert!(remove_version_dir_if_empty(&dir).unwrap());
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn markers_are_found_by_index() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        // Many markers: the lookup is by name, whatever else the directory holds.
+        for index in 0..300u64 {
+            let m = Marker {
+                index,
+                len: 4096 + index,
+                crc: index as u32 ^ 0xa5a5_a5a5,
+            };
+            create_marker(dir, &m).unwrap();
+        }
+        let m = find_marker(dir, 234).unwrap().unwrap();
+        assert_eq!(
+            (m.index, m.len, m.crc),
+            (234, 4096 + 234, 234 ^ 0xa5a5_a5a5)
+        );
+        assert_eq!(find_marker(dir, 300).unwrap(), None);
+        // The marker is a link named after the index alone, its target the record.
+        let link = std::fs::read_link(dir.join("234.m")).unwrap();
+        assert_eq!(link.to_str(), Some(m.target().as_str()));
+        std::fs::remove_file(dir.join("7.m")).unwrap();
+        assert_eq!(find_marker(dir, 7).unwrap(), None);
+        assert_eq!(find_marker(&dir.join("absent"), 7).unwrap(), None);
+    }
+
+    #[test]
+    fn scan_sorts_markers_from_legacy_and_broken_names() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let m = Marker {
+            index: 2,
+            len: 10,
+            crc: 0xffff_0000,
+        };
+        let old = Marker { index: 5, ..m };
+        create_marker(dir, &m).unwrap();
+        File::create(dir.join(old.legacy_name())).unwrap();
+        File::create(dir.join("9.m")).unwrap();
+        std::os::unix::fs::symlink("not-a-marker", dir.join("11.m")).unwrap();
+        File::create(dir.join(DATA_FILE)).unwrap();
+        File::create(dir.join("stray")).unwrap();
+        let mut scan = scan_version_dir(dir).unwrap();
+        scan.broken.sort_unstable();
+        assert_eq!(
+            scan,
+            Scan {
+                markers: vec![m],
+                legacy: vec![old],
+                broken: vec![9, 11],
+            }
+        );
+        // Neither a legacy nor a broken marker is a marker to a reader.
+        assert_eq!(find_marker(dir, 5).unwrap(), None);
+        assert_eq!(find_marker(dir, 9).unwrap(), None);
+        remove_legacy_marker(dir, &old).unwrap();
+        assert!(scan_version_dir(dir).unwrap().legacy.is_empty());
+    }
+
+    #[test]
+    fn unlinked_data_file_is_noticed() {
+        let t = tempfile::tempdir().unwrap();
+        let f = BlockFile::open_for_write(t.path()).unwrap();
+        assert!(!f.is_unlinked().unwrap());
+        std::fs::remove_file(t.path().join(DATA_FILE)).unwrap();
+        assert!(f.is_unlinked().unwrap());
+    }
+
+    #[test]
+    fn fd_exhaustion_is_recognised() {
+        assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(
+            libc::ENFILE
+        )));
+        assert!(!is_fd_exhaustion(&io::Error::from_raw_os_error(libc::EIO)));
+        assert!(!is_fd_exhaustion(&io::Error::other("x")));
     }
 
     #[test]

@@ -2,17 +2,29 @@
 //! readers (`shoal-client`), so both agree on names without talking to each other.
 //!
 //! For each file version cached in a tier there is one sparse *data file* holding this
-//! worker's cached blocks at their true file offsets, and one empty *marker file* per
-//! present block whose name records the block's index, length and crc32c:
+//! worker's cached blocks at their true file offsets, and one *marker* per present
+//! block: a symbolic link named after the block's index alone whose target (never
+//! resolved; it names no file) records the block's length and crc32c:
 //!
 //! ```text
 //! <tier>/blocks/<dataset_id>/<version:016x>/data
-//! <tier>/blocks/<dataset_id>/<version:016x>/<block_index>.<len>.<crc32c:08x>
+//! <tier>/blocks/<dataset_id>/<version:016x>/<block_index>.m -> <len>.<crc32c:08x>
 //! ```
 //!
 //! A marker is created only after the block's bytes are fully written and removed
 //! before its bytes are punched out, so "marker present" always means "bytes were
 //! complete when written" (their integrity is still checked against the crc on read).
+//!
+//! Why a symbolic link: a reader finds a block's marker from its index alone with one
+//! `readlink(2)`, without listing the directory (which grows with the file) and without
+//! a descriptor (so it works when the process is out of them, and costs less than
+//! open + read + close of a marker file). `symlink(2)` creates the name and its content
+//! in one atomic step, so a marker is never seen half-written and needs no temporary
+//! name and rename. `ls -l` shows every block's length and crc.
+//!
+//! The previous format, an empty file per block named `<block_index>.<len>.<crc32c:08x>`
+//! ([`Marker::legacy_name`]), is not a marker any more: readers ignore it, and a
+//! worker's restart scan converts it (its bytes stay cached).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +34,8 @@ use shoal_common::ids::{BlockId, DatasetId, FileVersion};
 pub const DATA_FILE: &str = "data";
 /// Directory under a tier root that holds every version directory.
 pub const BLOCKS_DIR: &str = "blocks";
+/// Suffix of a marker's name (`<block_index>.m`).
+pub const MARKER_SUFFIX: &str = ".m";
 
 /// `<tier>/blocks/<dataset_id>/<version:016x>`.
 pub fn version_dir(tier_root: &Path, dataset: DatasetId, version: FileVersion) -> PathBuf {
@@ -36,7 +50,20 @@ pub fn block_dir(tier_root: &Path, block: &BlockId) -> PathBuf {
     version_dir(tier_root, block.dataset, block.version)
 }
 
-/// One present block of a version directory, as recorded by its marker's name.
+/// The name of block `index`'s marker in its version directory: `<index>.m`.
+pub fn marker_name(index: u64) -> String {
+    format!("{index}{MARKER_SUFFIX}")
+}
+
+/// The block index a marker name stands for; `None` for anything else (the data file,
+/// legacy markers, stray files, non-canonical numbers such as `007.m`).
+pub fn parse_marker_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(MARKER_SUFFIX)?;
+    let index = parse_decimal(digits)?;
+    (digits.len() == 1 || !digits.starts_with('0')).then_some(index)
+}
+
+/// One present block of a version directory, as recorded by its marker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Marker {
     pub index: u64,
@@ -45,23 +72,55 @@ pub struct Marker {
 }
 
 impl Marker {
-    pub fn file_name(&self) -> String {
+    /// The marker's name: [`marker_name`] of its index.
+    pub fn name(&self) -> String {
+        marker_name(self.index)
+    }
+
+    /// The marker's link target: `<len>.<crc32c:08x>`.
+    pub fn target(&self) -> String {
+        format!("{}.{:08x}", self.len, self.crc)
+    }
+
+    /// Parses the link target of block `index`'s marker; `None` when it is not one.
+    pub fn from_target(index: u64, target: &str) -> Option<Marker> {
+        let (len, crc_hex) = target.split_once('.')?;
+        let len = parse_decimal(len)?;
+        let crc = parse_crc(crc_hex)?;
+        Some(Marker { index, len, crc })
+    }
+
+    /// The name the previous format gave this marker: `<index>.<len>.<crc:08x>`.
+    pub fn legacy_name(&self) -> String {
         format!("{}.{}.{:08x}", self.index, self.len, self.crc)
     }
 
-    /// Parses `<index>.<len>.<crc:08x>`; anything else (the data file, stray files) is
-    /// `None`.
-    pub fn parse(name: &str) -> Option<Marker> {
+    /// Parses a previous-format marker name ([`Marker::legacy_name`]); anything else
+    /// is `None`.
+    pub fn parse_legacy(name: &str) -> Option<Marker> {
         let mut parts = name.split('.');
-        let index = parts.next()?.parse().ok()?;
-        let len = parts.next()?.parse().ok()?;
-        let crc_hex = parts.next()?;
-        if parts.next().is_some() || crc_hex.len() != 8 {
+        let index = parse_decimal(parts.next()?)?;
+        let len = parse_decimal(parts.next()?)?;
+        let crc = parse_crc(parts.next()?)?;
+        if parts.next().is_some() {
             return None;
         }
-        let crc = u32::from_str_radix(crc_hex, 16).ok()?;
         Some(Marker { index, len, crc })
     }
+}
+
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_crc(s: &str) -> Option<u32> {
+    if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(s, 16).ok()
 }
 
 /// Parses a dataset directory name (`<dataset_id>`).
@@ -88,8 +147,39 @@ mod tests {
             len: 4096,
             crc: 0xdead_beef,
         };
-        assert_eq!(m.file_name(), "12.4096.deadbeef");
-        assert_eq!(Marker::parse(&m.file_name()), Some(m));
+        assert_eq!(m.name(), "12.m");
+        assert_eq!(m.target(), "4096.deadbeef");
+        assert_eq!(parse_marker_name(&m.name()), Some(12));
+        assert_eq!(Marker::from_target(12, &m.target()), Some(m));
+        for bad in [
+            "data", "12", "12.", ".m", "+1.m", "007.m", "1.2.m", "x.m", "1.M",
+        ] {
+            assert_eq!(parse_marker_name(bad), None, "{bad}");
+        }
+        assert_eq!(parse_marker_name("0.m"), Some(0));
+        for bad in [
+            "",
+            "4096",
+            "4096.",
+            "4096.deadbee",
+            "4096.deadbeeg",
+            "+4.deadbeef",
+            "4.deadbeef.x",
+        ] {
+            assert_eq!(Marker::from_target(1, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn legacy_names_parse_and_are_not_markers() {
+        let m = Marker {
+            index: 3,
+            len: 17,
+            crc: 0x0000_00ab,
+        };
+        assert_eq!(m.legacy_name(), "3.17.000000ab");
+        assert_eq!(Marker::parse_legacy(&m.legacy_name()), Some(m));
+        assert_eq!(parse_marker_name(&m.legacy_name()), None);
         for bad in [
             "data",
             "1.2",
@@ -97,8 +187,9 @@ mod tests {
             "1.2.0000000g",
             "a.2.00000000",
             "1.2.00000000.x",
+            "1.m",
         ] {
-            assert_eq!(Marker::parse(bad), None, "{bad}");
+            assert_eq!(Marker::parse_legacy(bad), None, "{bad}");
         }
     }
 

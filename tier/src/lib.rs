@@ -3,7 +3,8 @@
 //! read it without asking the worker.
 //!
 //! - [`layout`]: where a file version's blocks live in a tier directory (one sparse data
-//!   file per version, one marker per complete block with its length and crc32c).
+//!   file per version, one marker per complete block, found by its index, recording its
+//!   length and crc32c).
 //! - [`block_file::BlockFile`]: the one layer through which every tier disk operation
 //!   goes (pread/pwrite, hole punching, `flock` pins, markers), so disk I/O is counted
 //!   and faults are injected in one place.

@@ -20,6 +20,27 @@ pub const DEFAULT_PROMOTE_AFTER_READS: u32 = 2;
 pub const DEFAULT_VERIFIED_BUFFER_BYTES: u64 = 64 << 20;
 pub const DEFAULT_UFS_PARALLELISM: usize = 8;
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper end of the default [`WorkerConfig::open_data_files`].
+pub const MAX_DEFAULT_OPEN_DATA_FILES: usize = 4096;
+
+/// The default number of tier data files kept open for reuse: a quarter of the
+/// process's descriptor limit (soft `RLIMIT_NOFILE`), at most
+/// [`MAX_DEFAULT_OPEN_DATA_FILES`], so connections and UFS reads keep most descriptors.
+pub fn default_open_data_files() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into `rl`, which lives for the call.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .min(MAX_DEFAULT_OPEN_DATA_FILES)
+}
 
 /// One cache tier, fastest first in [`WorkerConfig::tiers`].
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +137,9 @@ pub struct WorkerConfig {
     pub verified_buffer_bytes: u64,
     /// Parallel UFS range reads per segment load.
     pub ufs_parallelism: usize,
+    /// Tier data files kept open between reads (one per tier and file version); 0 opens
+    /// the file for every read. Bounds the descriptors the block store holds on to.
+    pub open_data_files: usize,
     /// Deadline of every call to the master.
     pub rpc_timeout: Duration,
     /// Block geometry used standalone; with a master, the master's layout wins.
@@ -152,6 +176,7 @@ impl WorkerConfig {
             promote_after_reads: DEFAULT_PROMOTE_AFTER_READS,
             verified_buffer_bytes: DEFAULT_VERIFIED_BUFFER_BYTES,
             ufs_parallelism: DEFAULT_UFS_PARALLELISM,
+            open_data_files: default_open_data_files(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             layout: BlockLayout::default(),
             // Standalone: a fresh token nobody else knows until the caller shares it.
@@ -229,6 +254,7 @@ impl WorkerConfig {
                 DEFAULT_HEARTBEAT_INTERVAL,
             ),
             cluster_token,
+            open_data_files: file.open_data_files.unwrap_or_else(default_open_data_files),
             ..WorkerConfig::for_tiers("", &[])
         };
         cfg.validate()?;
@@ -316,6 +342,8 @@ pub struct WorkerToml {
     pub low_watermark: Option<f64>,
     #[serde(default, with = "shoal_common::time::opt_duration")]
     pub heartbeat_interval: Option<std::time::Duration>,
+    /// See [`WorkerConfig::open_data_files`].
+    pub open_data_files: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +414,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.tiers.len(), 2);
         assert_eq!(c.capacity_bytes(), 3 << 30);
+        assert_eq!(c.open_data_files, default_open_data_files());
+        let file = toml_worker(
+            r#"master = "m:1"
+            open_data_files = 7"#,
+        );
+        let c = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["mem:/dev/shm/x:1GiB".into()],
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.open_data_files, 7);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The shoal cache worker.
 //!
 //! - [`store::BlockStore`]: the tiered block cache (tiers of sparse data files plus
-//!   marker files, a moka index per tier, demotion/promotion, hard quotas, crc32c on
-//!   every read, coalesced read-through from the UFS, restart from markers).
+//!   per-block markers, a bounded cache of open data files, a moka index per tier,
+//!   demotion/promotion, hard quotas, crc32c on every read, coalesced read-through
+//!   from the UFS, restart from markers).
 //! - [`WorkerServer`] starts a worker: the `WorkerService` gRPC API
 //!   (`LoadSegment`, `ReadRange`), the framed-TCP data plane (`shoal_wire::frame`), `/metrics`, and
 //!   registration plus heartbeats with the master. It returns a [`RunningWorker`].

@@ -55,6 +55,9 @@ pub struct WorkerMetrics {
     pub buffer_hits: Counter,
     pub served_bytes_tcp: Counter,
     pub served_bytes_grpc: Counter,
+    /// Operations on cached blocks refused or postponed because the process was out
+    /// of file descriptors (`EMFILE`/`ENFILE`); the blocks stay cached.
+    pub fd_exhausted: Counter,
 }
 
 impl WorkerMetrics {
@@ -75,6 +78,7 @@ impl WorkerMetrics {
             buffer_hits: counter!("shoal_worker_buffer_hits_total", &l),
             served_bytes_tcp: plane("tcp"),
             served_bytes_grpc: plane("grpc"),
+            fd_exhausted: counter!("shoal_worker_fd_exhausted_total", &l),
         }
     }
 }

@@ -87,6 +87,7 @@ impl WorkerServer {
             promote_after_reads: cfg.promote_after_reads,
             verified_buffer_bytes: cfg.verified_buffer_bytes,
             ufs_parallelism: cfg.ufs_parallelism,
+            open_data_files: cfg.open_data_files,
         };
         let store = tokio::task::spawn_blocking(move || BlockStore::open(store_cfg, datasets))
             .await

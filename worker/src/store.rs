@@ -1,12 +1,14 @@
 //! [`BlockStore`]: the worker's tiered block cache with read-through from the UFS.
 //!
 //! - **Tiers** ([`tier::Tier`]) are ordered fastest first. Each caches blocks in sparse
-//!   per-version data files with marker files (see [`shoal_tier::layout`]); all disk I/O goes
-//!   through `shoal_tier::block_file::BlockFile`.
+//!   per-version data files with one marker per block (see [`shoal_tier::layout`]); all
+//!   disk I/O goes through `shoal_tier::block_file::BlockFile`.
 //! - **Reads** look the block up tier by tier (moka index), pread it and verify its
 //!   crc32c over the whole block. A mismatch or short read counts
 //!   `shoal_worker_checksum_failures_total`, drops the block and falls through to the
-//!   next tier or the UFS: bad bytes are never served.
+//!   next tier or the UFS: bad bytes are never served. Data files stay open between
+//!   reads in a bounded cache ([`open_files`]); running out of descriptors fails the
+//!   read as `ResourceExhausted` and keeps the block.
 //! - **Misses** read exactly the block's byte range from the UFS. Concurrent misses of
 //!   one block share one UFS read (an in-flight map of shared futures). The block then
 //!   fills the highest tier that has room.
@@ -23,17 +25,26 @@
 //!   passes the quota. When nothing can be evicted the bytes are served uncached.
 //! - **Promotion**: a block read `promote_after_reads` times from a lower tier moves to
 //!   the top tier.
-//! - **Restart**: [`index::rebuild`] rebuilds each tier's index from marker names.
+//! - **Restart**: [`index::rebuild`] rebuilds each tier's index from the markers.
+//! - **Statistics** per dataset ([`stats`]) are atomics behind a read-mostly map.
+//!
+//! Files: `read.rs` (tier reads, read-through), `write.rs` (fills, eviction, demotion,
+//! promotion, drops), `tier.rs` (one tier's index and accounting), `index.rs` (restart).
 //!
 //! Lock order: a thread holds tier locks only in increasing tier order (an eviction of
 //! tier *i* may write into tier *i+1* while holding *i*), and never across an await.
+//! The maps of open files and of statistics are locked last and only around their own
+//! lookups and updates.
 
 pub mod index;
+pub mod open_files;
+mod read;
+pub mod stats;
 pub mod tier;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -46,10 +57,11 @@ use shoal_common::{Error, Result};
 use crate::config::TierConfig;
 use crate::datasets::Datasets;
 use crate::metrics::WorkerMetrics;
-use shoal_tier::block_file::{self, BlockFile};
-use shoal_tier::layout::{self, Marker};
+use open_files::OpenFiles;
+use shoal_tier::block_file;
 use shoal_wire::FileRef;
-use tier::{Entry, Tier, disk_bytes};
+use stats::StatsMap;
+use tier::Tier;
 
 /// What a [`BlockStore`] is built from (a subset of `WorkerConfig`).
 #[derive(Clone, Debug)]
@@ -60,6 +72,8 @@ pub struct StoreConfig {
     pub promote_after_reads: u32,
     pub verified_buffer_bytes: u64,
     pub ufs_parallelism: usize,
+    /// Data files kept open between reads (see [`open_files`]).
+    pub open_data_files: usize,
 }
 
 /// Usage of one tier, as reported to the master.
@@ -87,13 +101,6 @@ pub struct LoadStats {
     pub loaded_bytes: u64,
 }
 
-#[derive(Default)]
-struct DatasetStats {
-    cached: AtomicI64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
 type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
 type WeakFetch = futures::future::WeakShared<BoxFuture<'static, Result<Bytes>>>;
 
@@ -118,17 +125,9 @@ struct Inner {
     /// instead of finishing reads nobody wants.
     inflight: Mutex<HashMap<BlockId, WeakFetch>>,
     datasets: Arc<Datasets>,
-    stats: Mutex<HashMap<DatasetId, Arc<DatasetStats>>>,
+    stats: StatsMap,
+    files: OpenFiles,
     m: WorkerMetrics,
-}
-
-/// Why a block could not be read from a tier.
-enum TierRead {
-    Hit(Bytes),
-    /// Wrong bytes: checksum mismatch, short read, missing data file.
-    Bad(String),
-    /// The disk failed the read (EIO and the like).
-    DiskError(String),
 }
 
 impl BlockStore {
@@ -170,7 +169,8 @@ impl BlockStore {
                 verified,
                 inflight: Mutex::new(HashMap::new()),
                 datasets,
-                stats: Mutex::new(HashMap::new()),
+                stats: StatsMap::default(),
+                files: OpenFiles::new(cfg.open_data_files),
                 m: WorkerMetrics::new(&cfg.node),
             }),
         };
@@ -179,10 +179,7 @@ impl BlockStore {
             let found = index::rebuild(tier, &inner.layout)?;
             let bytes: u64 = found.iter().map(|f| f.marker.len).sum();
             for f in &found {
-                inner
-                    .stats_of(f.id.dataset)
-                    .cached
-                    .fetch_add(f.marker.len as i64, Ordering::Relaxed);
+                inner.stats.add_cached(f.id.dataset, f.marker.len as i64);
             }
             tracing::info!(worker = %inner.node, tier = %tier.name, blocks = found.len(), bytes,
                 "rebuilt tier index from markers");
@@ -223,16 +220,13 @@ impl BlockStore {
         for _ in 0..3 {
             if let Some(b) = self.inner.verified.as_ref().and_then(|v| v.get(&id)) {
                 self.inner.m.buffer_hits.increment(1);
-                self.inner
-                    .stats_of(id.dataset)
-                    .hits
-                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.hit(id.dataset);
                 return Ok(b);
             }
             let inner = self.inner.clone();
             let cached = tokio::task::spawn_blocking(move || inner.read_cached(&id, len))
                 .await
-                .map_err(|e| Error::internal(format!("block read task failed: {e}")))?;
+                .map_err(|e| Error::internal(format!("block read task failed: {e}")))??;
             if let Some(b) = cached {
                 return Ok(b);
             }
@@ -332,20 +326,13 @@ impl BlockStore {
     }
 
     pub fn dataset_reports(&self) -> Vec<DatasetReport> {
-        let mut out: Vec<DatasetReport> = self
-            .inner
-            .stats
-            .lock()
-            .iter()
-            .map(|(id, s)| DatasetReport {
-                dataset: *id,
-                cached_bytes: s.cached.load(Ordering::Relaxed).max(0) as u64,
-                hits: s.hits.load(Ordering::Relaxed),
-                misses: s.misses.load(Ordering::Relaxed),
-            })
-            .collect();
-        out.sort_by_key(|r| r.dataset);
-        out
+        self.inner.stats.reports()
+    }
+
+    /// Data files the store holds open for reuse right now (at most
+    /// `StoreConfig::open_data_files`).
+    pub fn open_data_files(&self) -> usize {
+        self.inner.files.len()
     }
 
     /// Finishes evictions that moka decided lazily (blocking disk I/O).
@@ -396,369 +383,5 @@ impl BlockStore {
             map.insert(id, weak);
         }
         Some(fut)
-    }
-}
-
-impl Inner {
-    fn stats_of(&self, id: DatasetId) -> Arc<DatasetStats> {
-        self.stats.lock().entry(id).or_default().clone()
-    }
-
-    fn is_resident(&self, id: &BlockId) -> bool {
-        self.tiers.iter().any(|t| t.index.contains_key(id))
-    }
-
-    /// Reads `id` from the first tier that has a good copy (blocking).
-    fn read_cached(&self, id: &BlockId, len: u64) -> Option<Bytes> {
-        for (ti, tier) in self.tiers.iter().enumerate() {
-            let Some(e) = tier.index.get(id) else {
-                tier.m.misses.increment(1);
-                continue;
-            };
-            let outcome = if e.len != len {
-                TierRead::Bad(format!(
-                    "index says {} bytes, the file version needs {len}",
-                    e.len
-                ))
-            } else {
-                self.read_from_tier(ti, id, &e)
-            };
-            match outcome {
-                TierRead::Hit(bytes) => {
-                    tier.m.hits.increment(1);
-                    self.stats_of(id.dataset)
-                        .hits
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let Some(v) = &self.verified {
-                        v.insert(*id, bytes.clone());
-                    }
-                    if ti > 0 && e.reads.fetch_add(1, Ordering::Relaxed) + 1 >= self.promote_after {
-                        self.promote(ti, id, &e, &bytes);
-                    }
-                    return Some(bytes);
-                }
-                TierRead::Bad(why) => {
-                    tier.m.checksum_failures.increment(1);
-                    tracing::warn!(worker = %self.node, tier = %tier.name, block = %id, %why,
-                        "cached block failed verification; dropping it and reading it again");
-                    self.drop_block(ti, id, &e);
-                }
-                TierRead::DiskError(why) => {
-                    tier.m.disk_errors.increment(1);
-                    tracing::warn!(worker = %self.node, tier = %tier.name, block = %id, %why,
-                        "cannot read cached block; dropping it and reading it again");
-                    self.drop_block(ti, id, &e);
-                }
-            }
-        }
-        self.stats_of(id.dataset)
-            .misses
-            .fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    /// pread + crc32c of one block in one tier.
-    fn read_from_tier(&self, ti: usize, id: &BlockId, e: &Entry) -> TierRead {
-        let tier = &self.tiers[ti];
-        let _r = tier.disk.read();
-        let dir = layout::block_dir(&tier.root, id);
-        let f = match BlockFile::open_read(&dir) {
-            Ok(f) => f,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return TierRead::Bad(format!("data file missing: {err}"));
-            }
-            Err(err) => return TierRead::DiskError(format!("open data file: {err}")),
-        };
-        match f.read_block(id.index * self.layout.block_size(), e.len) {
-            Ok(buf) => {
-                let crc = crc32c::crc32c(&buf);
-                if crc == e.crc {
-                    TierRead::Hit(Bytes::from(buf))
-                } else {
-                    TierRead::Bad(format!("crc32c {crc:08x}, marker says {:08x}", e.crc))
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                TierRead::Bad("short read: the data file was truncated".into())
-            }
-            Err(err) => TierRead::DiskError(format!("read: {err}")),
-        }
-    }
-
-    /// Reads the block range from the UFS and fills a tier.
-    async fn fetch_from_ufs(
-        self: Arc<Self>,
-        file: FileRef,
-        id: BlockId,
-        len: u64,
-    ) -> Result<Bytes> {
-        let op = self.datasets.operator(&file).await?;
-        shoal_ufs::check_confined(&op, &file.path)?;
-        let range = self.layout.block_range(file.size, id.index);
-        self.m.ufs_read_requests.increment(1);
-        let buf = op
-            .read_with(&file.path)
-            .range(range.clone())
-            .await
-            .map_err(|e| {
-                self.m.ufs_read_errors.increment(1);
-                shoal_ufs::ufs_error(
-                    &e,
-                    &format!(
-                        "read {}/{} bytes {}..{}",
-                        file.dataset_name, file.path, range.start, range.end
-                    ),
-                    &Default::default(),
-                )
-            })?;
-        let bytes = buf.to_bytes();
-        self.m.ufs_read_bytes.increment(bytes.len() as u64);
-        if bytes.len() as u64 != len {
-            return Err(Error::failed_precondition(format!(
-                "{}/{}: the store returned {} bytes for block {} but the file version needs {len}; the object changed, run `shoal dataset refresh {}`",
-                file.dataset_name,
-                file.path,
-                bytes.len(),
-                id.index,
-                file.dataset_name
-            )));
-        }
-        let crc = crc32c::crc32c(&bytes);
-        let inner = self.clone();
-        let b = bytes.clone();
-        tokio::task::spawn_blocking(move || inner.fill(&id, &b, crc))
-            .await
-            .map_err(|e| Error::internal(format!("block fill task failed: {e}")))?;
-        if let Some(v) = &self.verified {
-            v.insert(id, bytes.clone());
-        }
-        Ok(bytes)
-    }
-
-    /// Caches freshly read bytes in the highest tier with room (blocking).
-    fn fill(&self, id: &BlockId, data: &[u8], crc: u32) {
-        for ti in 0..self.tiers.len() {
-            match self.insert_into_tier(ti, id, data, crc) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(worker = %self.node, tier = %self.tiers[ti].name, block = %id,
-                        error = %e, "could not cache block");
-                }
-            }
-        }
-        self.m.uncached_fills.increment(1);
-    }
-
-    /// Reserves room (evicting if the write would pass the high watermark), writes the
-    /// bytes and the marker, and indexes the block. `Ok(false)` when there is no room.
-    fn insert_into_tier(&self, ti: usize, id: &BlockId, data: &[u8], crc: u32) -> Result<bool> {
-        let tier = &self.tiers[ti];
-        let len = data.len() as u64;
-        let n = disk_bytes(len);
-        if tier.used().saturating_add(n) > tier.high_bytes {
-            tier.index.run_pending_tasks();
-            self.drain(ti);
-        }
-        if !tier.try_reserve(n, tier.quota) {
-            return Ok(false);
-        }
-        let written = {
-            let _w = tier.disk.write();
-            if tier.index.contains_key(id) {
-                tier.release(n);
-                return Ok(true);
-            }
-            let dir = layout::block_dir(&tier.root, id);
-            let marker = Marker {
-                index: id.index,
-                len,
-                crc,
-            };
-            let offset = id.index * self.layout.block_size();
-            let r = BlockFile::open_for_write(&dir).and_then(|f| {
-                f.write_block(offset, data)?;
-                block_file::create_marker(&dir, &marker).inspect_err(|_| {
-                    let _ = f.punch(offset, n);
-                })
-            });
-            if r.is_ok() {
-                tier.index.insert(*id, Entry::new(len, crc));
-            }
-            r.map_err(|e| Error::io(format!("write block {id} into {}", dir.display()), e))
-        };
-        match written {
-            Ok(()) => {
-                self.stats_of(id.dataset)
-                    .cached
-                    .fetch_add(len as i64, Ordering::Relaxed);
-                self.drain(ti);
-                Ok(true)
-            }
-            Err(e) => {
-                tier.release(n);
-                Err(e)
-            }
-        }
-    }
-
-    /// Evicts every block moka has chosen in tier `ti` (blocking).
-    fn drain(&self, ti: usize) {
-        for (id, e) in self.tiers[ti].take_victims() {
-            self.evict(ti, &id, e);
-        }
-    }
-
-    /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it.
-    fn evict(&self, ti: usize, id: &BlockId, e: Arc<Entry>) {
-        let tier = &self.tiers[ti];
-        let _w = tier.disk.write();
-        if tier.index.contains_key(id) {
-            // Filled again since moka chose it: those bytes carry their own reservation.
-            tier.release(disk_bytes(e.len));
-            return;
-        }
-        let dir = layout::block_dir(&tier.root, id);
-        let f = match BlockFile::open_existing(&dir) {
-            Ok(f) => f,
-            Err(err) => {
-                tracing::warn!(worker = %self.node, tier = %tier.name, block = %id, error = %err,
-                    "evicted block has no data file");
-                self.forget(ti, id, &e);
-                return;
-            }
-        };
-        match f.try_lock_exclusive() {
-            Ok(true) => {}
-            Ok(false) => {
-                tier.m.pinned_skips.increment(1);
-                tier.index.insert(*id, e);
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(worker = %self.node, block = %id, error = %err, "cannot lock data file for eviction");
-                tier.index.insert(*id, e);
-                return;
-            }
-        }
-        let offset = id.index * self.layout.block_size();
-        let marker = Marker {
-            index: id.index,
-            len: e.len,
-            crc: e.crc,
-        };
-        if let Err(err) = block_file::remove_marker(&dir, &marker) {
-            tracing::warn!(worker = %self.node, block = %id, error = %err, "cannot remove marker; keeping block");
-            tier.index.insert(*id, e);
-            return;
-        }
-        tier.m.evictions.increment(1);
-        if ti + 1 < self.tiers.len() {
-            match f.read_block(offset, e.len) {
-                Ok(buf) if crc32c::crc32c(&buf) == e.crc => {
-                    match self.insert_into_tier(ti + 1, id, &buf, e.crc) {
-                        Ok(true) => tier.m.demotions.increment(1),
-                        Ok(false) => {}
-                        Err(err) => {
-                            tracing::warn!(worker = %self.node, block = %id, error = %err, "demotion failed")
-                        }
-                    }
-                }
-                Ok(_) | Err(_) => {
-                    tier.m.checksum_failures.increment(1);
-                    tracing::warn!(worker = %self.node, tier = %tier.name, block = %id,
-                        "evicted block failed verification; dropped instead of demoted");
-                }
-            }
-        }
-        self.punch_and_forget(ti, id, &e, &f, offset);
-    }
-
-    /// Moves a hot block from tier `ti` to the top tier (blocking; no lock held).
-    fn promote(&self, ti: usize, id: &BlockId, e: &Arc<Entry>, bytes: &Bytes) {
-        match self.insert_into_tier(0, id, bytes, e.crc) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(err) => {
-                tracing::warn!(worker = %self.node, block = %id, error = %err, "promotion failed");
-                return;
-            }
-        }
-        let tier = &self.tiers[ti];
-        tier.m.promotions.increment(1);
-        tier.index.invalidate(id);
-        let _w = tier.disk.write();
-        let dir = layout::block_dir(&tier.root, id);
-        let Ok(f) = BlockFile::open_existing(&dir) else {
-            self.forget(ti, id, e);
-            return;
-        };
-        if !matches!(f.try_lock_exclusive(), Ok(true)) {
-            // Pinned by a reader: keep the lower copy too.
-            tier.index.insert(*id, e.clone());
-            return;
-        }
-        let _ = block_file::remove_marker(
-            &dir,
-            &Marker {
-                index: id.index,
-                len: e.len,
-                crc: e.crc,
-            },
-        );
-        self.punch_and_forget(ti, id, e, &f, id.index * self.layout.block_size());
-    }
-
-    /// Removes a bad block from tier `ti` (index, marker, bytes), pinned or not: a
-    /// corrupt block is no use to anyone.
-    fn drop_block(&self, ti: usize, id: &BlockId, e: &Arc<Entry>) {
-        let tier = &self.tiers[ti];
-        tier.index.invalidate(id);
-        if let Some(v) = &self.verified {
-            v.invalidate(id);
-        }
-        let _w = tier.disk.write();
-        if tier.index.contains_key(id) {
-            tier.release(disk_bytes(e.len));
-            return;
-        }
-        let dir = layout::block_dir(&tier.root, id);
-        let _ = block_file::remove_marker(
-            &dir,
-            &Marker {
-                index: id.index,
-                len: e.len,
-                crc: e.crc,
-            },
-        );
-        match BlockFile::open_existing(&dir) {
-            Ok(f) => self.punch_and_forget(ti, id, e, &f, id.index * self.layout.block_size()),
-            Err(_) => self.forget(ti, id, e),
-        }
-    }
-
-    /// Punches the block's bytes (its marker is already gone) and forgets it. Called
-    /// with the tier's disk lock held.
-    fn punch_and_forget(&self, ti: usize, id: &BlockId, e: &Entry, f: &BlockFile, offset: u64) {
-        if let Err(err) = f.punch(offset, disk_bytes(e.len)) {
-            // The bytes stay allocated until the next restart's rebuild punches them;
-            // keep them counted so the quota stays honest.
-            tracing::warn!(worker = %self.node, block = %id, error = %err, "cannot punch hole; space stays used");
-            self.stats_of(id.dataset)
-                .cached
-                .fetch_sub(e.len as i64, Ordering::Relaxed);
-            return;
-        }
-        if let Err(err) = block_file::remove_version_dir_if_empty(f.dir()) {
-            tracing::debug!(block = %id, error = %err, "version directory not removed");
-        }
-        self.forget(ti, id, e);
-    }
-
-    fn forget(&self, ti: usize, id: &BlockId, e: &Entry) {
-        self.tiers[ti].release(disk_bytes(e.len));
-        self.stats_of(id.dataset)
-            .cached
-            .fetch_sub(e.len as i64, Ordering::Relaxed);
     }
 }

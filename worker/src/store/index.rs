@@ -1,8 +1,11 @@
-//! Rebuilding a tier's index at start-up from marker names alone (no data is read),
-//! and making the disk agree with it: bytes not covered by a marker (a write cut short
-//! by a crash) are punched out, and version directories without markers are removed,
-//! so `used` equals what is really on disk.
+//! Rebuilding a tier's index at start-up from the markers alone (no data is read), and
+//! making the disk agree with it: bytes not covered by a marker (a write cut short by a
+//! crash) are punched out, and version directories without markers are removed, so
+//! `used` equals what is really on disk. Markers of the previous format (an empty file
+//! named `<index>.<len>.<crc>`) are converted, and names that look like a marker but
+//! hold none are removed.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
@@ -81,17 +84,31 @@ pub fn rebuild(tier: &Tier, layout: &BlockLayout) -> Result<Vec<Found>> {
 /// removes the directory when nothing valid is left.
 fn rebuild_version_dir(dir: &Path, layout: &BlockLayout) -> io::Result<Vec<Marker>> {
     let bs = layout.block_size();
+    let scan = block_file::scan_version_dir(dir)?;
+    for index in scan.broken {
+        block_file::remove_marker(dir, index)?;
+    }
+    let mut markers = scan.markers;
+    let mut present: HashSet<u64> = markers.iter().map(|m| m.index).collect();
+    for old in scan.legacy {
+        // Same guarantee as a marker (written after its bytes), under the old name.
+        if present.insert(old.index) {
+            block_file::create_marker(dir, &old)?;
+            markers.push(old);
+        }
+        block_file::remove_legacy_marker(dir, &old)?;
+    }
     let mut valid = Vec::new();
-    for m in block_file::list_markers(dir)? {
+    for m in markers {
         if m.len == 0 || m.len > bs {
-            block_file::remove_marker(dir, &m)?;
+            block_file::remove_marker(dir, m.index)?;
         } else {
             valid.push(m);
         }
     }
     if !dir.join(DATA_FILE).exists() {
         for m in &valid {
-            block_file::remove_marker(dir, m)?;
+            block_file::remove_marker(dir, m.index)?;
         }
         valid.clear();
     }
@@ -100,7 +117,6 @@ fn rebuild_version_dir(dir: &Path, layout: &BlockLayout) -> io::Result<Vec<Marke
         return Ok(valid);
     }
     valid.sort_by_key(|m| m.index);
-    valid.dedup_by_key(|m| m.index);
     let f = BlockFile::open_for_write(dir)?;
     let size = std::fs::metadata(dir.join(DATA_FILE))?.len();
     let mut pos = 0u64;

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod data_plane;
+mod hot_path;
 mod store;
 mod support;
