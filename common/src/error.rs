@@ -314,6 +314,10 @@ impl Error {
             Io::TimedOut => ErrorKind::DeadlineExceeded,
             Io::InvalidInput => ErrorKind::InvalidArgument,
             _ if e.raw_os_error() == Some(libc::ESTALE) => ErrorKind::Stale,
+            // Out of descriptors is transient: never taken for a broken file.
+            _ if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                ErrorKind::ResourceExhausted
+            }
             _ => ErrorKind::Internal,
         };
         Error::new(kind, format!("{context}: {e}")).with_source(e)

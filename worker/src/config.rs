@@ -27,16 +27,8 @@ pub const MAX_DEFAULT_OPEN_DATA_FILES: usize = 4096;
 /// process's descriptor limit (soft `RLIMIT_NOFILE`), at most
 /// [`MAX_DEFAULT_OPEN_DATA_FILES`], so connections and UFS reads keep most descriptors.
 pub fn default_open_data_files() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into `rl`, which lives for the call.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        1024
-    };
+    use nix::sys::resource::{Resource, getrlimit};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
     usize::try_from(soft / 4)
         .unwrap_or(usize::MAX)
         .min(MAX_DEFAULT_OPEN_DATA_FILES)

@@ -103,6 +103,7 @@ impl OpenFiles {
         self.map.read().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
