@@ -6,7 +6,6 @@
 //! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
 //! piece records its path in `shoal_client_reads_total{path}`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,6 @@ use parking_lot::{Mutex, RwLock};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use shoal_ufs::ufs_error;
 use shoal_wire::FileRef;
 use shoal_wire::auth::AuthChannel;
 use shoal_wire::connect::Dial;
@@ -158,6 +156,15 @@ impl ShoalClient {
         Ok((ds, file))
     }
 
+    /// [`ShoalClient::lookup`] after a read found the version stale: what is cached about
+    /// the file is dropped first, so the answer is the catalogue's current version.
+    pub async fn lookup_again(&self, dataset: &str, path: &str) -> Result<(Dataset, FileRef)> {
+        let norm = shoal_common::ids::normalize_dataset_path(path)?;
+        let ds = self.inner.catalog.dataset(dataset).await?;
+        self.inner.catalog.invalidate(&ds, &norm);
+        self.lookup(dataset, path).await
+    }
+
     /// Bytes `offset..offset+len` of `file` (clipped to its size).
     #[tracing::instrument(level = "debug", skip_all, fields(dataset = %ds.name, path = %file.path, offset, len))]
     pub async fn read(&self, ds: &Dataset, file: &FileRef, offset: u64, len: u64) -> Result<Bytes> {
@@ -245,6 +252,9 @@ impl ShoalClient {
                 Ok(bytes) => {
                     tracing::warn!(worker = %w.id, got = bytes.len(), want = b - a, "worker returned a short read; trying the next path");
                 }
+                // The store no longer holds this version: another worker or the store
+                // itself would say the same, and a reader must never get other bytes.
+                Err(e) if e.is(ErrorKind::Stale) => return Err(e),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -313,23 +323,18 @@ impl ShoalClient {
     }
 
     async fn read_ufs(&self, ds: &Dataset, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
-        let ctx = format!("read {}/{} bytes {a}..{b} from the UFS", ds.name, file.path);
+        let what = format!("{}/{}", ds.name, file.path);
         let store = self.inner.catalog.store(ds).await?;
         shoal_ufs::check_confined(&store, &file.path)?;
-        let fut = store.read_with(&file.path).range(a..b);
-        let buf = tokio::time::timeout(self.inner.cfg.data_timeout, fut)
+        let fut = shoal_ufs::read_pinned(&store, &file.path, a..b, &file.etag, file.size, &what);
+        tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await
-            .map_err(|_| Error::unavailable(format!("{ctx}: timed out")))?
-            .map_err(|e| ufs_error(&e, &ctx, &BTreeMap::new()))?;
-        let bytes = buf.to_bytes();
-        if bytes.len() as u64 != b - a {
-            return Err(Error::failed_precondition(format!(
-                "{ctx}: got {} bytes; the object changed, run `shoal dataset refresh {}`",
-                bytes.len(),
-                ds.name
-            )));
-        }
-        Ok(bytes)
+            .map_err(|_| {
+                Error::deadline_exceeded(format!(
+                    "read {what} bytes {a}..{b} from the UFS: no answer within {:?}",
+                    self.inner.cfg.data_timeout
+                ))
+            })?
     }
 }
 

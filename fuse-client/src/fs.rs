@@ -82,6 +82,8 @@ pub struct Fs {
     gid: u32,
     /// Shown as the times of directories the catalogue has none for.
     started: SystemTime,
+    /// File versions whose stale reads were already logged (dataset id, version).
+    stale_logged: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl Fs {
@@ -116,6 +118,7 @@ impl Fs {
             uid,
             gid,
             started: SystemTime::now(),
+            stale_logged: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -132,6 +135,16 @@ impl Fs {
             },
             &self.rt,
         );
+    }
+
+    /// True the first time a stale read of this version is seen (bounded memory: the
+    /// set is forgotten when it grows large, which at worst logs a version again).
+    pub fn first_stale(&self, dataset: u64, version: u64) -> bool {
+        let mut seen = self.stale_logged.lock();
+        if seen.len() >= 10_000 {
+            seen.clear();
+        }
+        seen.insert((dataset, version))
     }
 
     /// Cancels every task still running and waits for them.

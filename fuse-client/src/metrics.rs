@@ -6,7 +6,9 @@
 //!   block cache or after a fetch through `shoal-client`;
 //! - `shoal_fuse_passthrough_opens_total`, `shoal_fuse_readahead_blocks_total`,
 //!   `shoal_fuse_block_cache_hits_total`, `shoal_fuse_block_cache_misses_total`;
-//! - `shoal_fuse_write_bytes_total`, `shoal_fuse_commits_total`.
+//! - `shoal_fuse_write_bytes_total`, `shoal_fuse_commits_total`;
+//! - `shoal_fuse_stale_reads_total`: reads answered `ESTALE` because the version the
+//!   reader opened is gone from the store and the block was not cached.
 
 use metrics::{Counter, counter};
 
@@ -47,6 +49,7 @@ pub struct FuseMetrics {
     pub cache_misses: Counter,
     pub write_bytes: Counter,
     pub commits: Counter,
+    pub stale_reads: Counter,
 }
 
 impl FuseMetrics {
@@ -76,6 +79,7 @@ impl FuseMetrics {
             cache_misses: one("shoal_fuse_block_cache_misses_total"),
             write_bytes: one("shoal_fuse_write_bytes_total"),
             commits: one("shoal_fuse_commits_total"),
+            stale_reads: one("shoal_fuse_stale_reads_total"),
         }
     }
 

@@ -17,7 +17,10 @@ use shoal_common::{Error, ErrorKind, Result};
 
 use crate::secret::UfsLog;
 
+pub mod pin;
 pub mod secret;
+
+pub use pin::{local_identity, read_pinned};
 
 /// Which object store or file system a dataset lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,6 +14,9 @@ pub struct FileRef {
     pub path: String,
     pub version: FileVersion,
     pub size: u64,
+    /// The version's identity in the store (see `shoal_ufs::pin`): every store read
+    /// made for this version is pinned to it. Empty for an unpinned store.
+    pub etag: String,
 }
 
 impl FileRef {
@@ -39,7 +42,15 @@ impl FileRef {
             path,
             version,
             size,
+            etag: String::new(),
         })
+    }
+
+    /// Pins the store reads of this version to `etag` (the identity the catalogue
+    /// recorded for it).
+    pub fn with_etag(mut self, etag: &str) -> FileRef {
+        self.etag = etag.to_owned();
+        self
     }
 
     /// The version of a file the catalogue describes with `entry`.
@@ -54,24 +65,26 @@ impl FileRef {
                 format!("`{dataset_name}/{}` is a directory", entry.path),
             ));
         }
-        FileRef::new(
+        Ok(FileRef::new(
             dataset,
             dataset_name,
             &entry.path,
             FileVersion(entry.version),
             entry.size,
-        )
+        )?
+        .with_etag(&entry.etag))
     }
 
     pub fn from_proto(p: Option<&pb::FileRef>) -> Result<FileRef> {
         let p = p.ok_or_else(|| Error::invalid("request without a file reference"))?;
-        FileRef::new(
+        Ok(FileRef::new(
             DatasetId(p.dataset_id),
             &p.dataset,
             &p.path,
             FileVersion(p.version),
             p.size,
-        )
+        )?
+        .with_etag(&p.etag))
     }
 
     pub fn to_proto(&self) -> pb::FileRef {
@@ -81,6 +94,7 @@ impl FileRef {
             path: self.path.clone(),
             version: self.version.0,
             size: self.size,
+            etag: self.etag.clone(),
         }
     }
 

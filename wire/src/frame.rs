@@ -7,8 +7,10 @@
 //! ```text
 //! hello:    magic "SHLA" | token_len u16 | token (UTF-8), once, first on a connection
 //!           answered by a response: length 0 when accepted, else the error (and close)
-//! request:  magic "SHL1" | op u8 (1 = read) | dataset_id u64 | version u64 | size u64
+//! request:  magic "SHL1" | op u8 | dataset_id u64 | version u64 | size u64
 //!           | offset u64 | length u64 | name_len u16 | name | path_len u16 | path
+//!           [ | etag_len u16 | etag ]    (op 2, a read pinned to the version's etag;
+//!                                         op 1 is the same read without the pin)
 //! response: status u8 = 0 | length u64 | payload (exactly `length` bytes)
 //!         | status u8 = code (see `error_code`) | msg_len u32 | msg (UTF-8)
 //! ```
@@ -29,6 +31,8 @@ pub const MAGIC: [u8; 4] = *b"SHL1";
 pub const HELLO_MAGIC: [u8; 4] = *b"SHLA";
 const MAX_TOKEN_LEN: usize = 256;
 pub const OP_READ: u8 = 1;
+/// A read pinned to the file version's identity in the store (`FileRef::etag`).
+pub const OP_READ_PINNED: u8 = 2;
 pub const STATUS_OK: u8 = 0;
 /// Largest read one request may ask for (a segment at the default layout).
 pub const MAX_READ_LEN: u64 = 64 << 20;
@@ -45,15 +49,20 @@ pub struct ReadRequest {
 pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, r: &ReadRequest) -> io::Result<()> {
     let name = r.file.dataset_name.as_bytes();
     let path = r.file.path.as_bytes();
-    let (Ok(nl), Ok(pl)) = (u16::try_from(name.len()), u16::try_from(path.len())) else {
+    let etag = r.file.etag.as_bytes();
+    let (Ok(nl), Ok(pl), Ok(el)) = (
+        u16::try_from(name.len()),
+        u16::try_from(path.len()),
+        u16::try_from(etag.len()),
+    ) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "dataset name or path longer than 65535 bytes",
+            "dataset name, path or etag longer than 65535 bytes",
         ));
     };
-    let mut buf = Vec::with_capacity(49 + name.len() + path.len());
+    let mut buf = Vec::with_capacity(51 + name.len() + path.len() + etag.len());
     buf.extend_from_slice(&MAGIC);
-    buf.push(OP_READ);
+    buf.push(OP_READ_PINNED);
     for v in [
         r.file.dataset.0,
         r.file.version.0,
@@ -67,6 +76,8 @@ pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, r: &ReadRequest) ->
     buf.extend_from_slice(name);
     buf.extend_from_slice(&pl.to_be_bytes());
     buf.extend_from_slice(path);
+    buf.extend_from_slice(&el.to_be_bytes());
+    buf.extend_from_slice(etag);
     w.write_all(&buf).await?;
     w.flush().await
 }
@@ -121,7 +132,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         ));
     }
     let op = r.read_u8().await?;
-    if op != OP_READ {
+    if op != OP_READ && op != OP_READ_PINNED {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unknown op {op}"),
@@ -134,10 +145,15 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     let length = r.read_u64().await?;
     let name = read_str16(r).await?;
     let path = read_str16(r).await?;
+    let etag = if op == OP_READ_PINNED {
+        read_str16(r).await?
+    } else {
+        String::new()
+    };
     let parsed =
         FileRef::new(DatasetId(dataset), &name, &path, FileVersion(version), size).map(|file| {
             ReadRequest {
-                file,
+                file: file.with_etag(&etag),
                 offset,
                 length,
             }
@@ -208,7 +224,9 @@ mod tests {
     #[tokio::test]
     async fn request_and_responses_round_trip() {
         let req = ReadRequest {
-            file: FileRef::new(DatasetId(3), "ds", "a/b.bin", FileVersion(9), 100).unwrap(),
+            file: FileRef::new(DatasetId(3), "ds", "a/b.bin", FileVersion(9), 100)
+                .unwrap()
+                .with_etag("9b2cf535f27731c974343645a3985328"),
             offset: 5,
             length: 50,
         };

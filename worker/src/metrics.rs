@@ -47,6 +47,8 @@ pub struct WorkerMetrics {
     pub ufs_read_bytes: Counter,
     pub ufs_read_requests: Counter,
     pub ufs_read_errors: Counter,
+    /// Store reads refused because the store no longer holds the pinned version.
+    pub ufs_stale_reads: Counter,
     /// Readers that joined a UFS read already in flight for the same block.
     pub coalesced_reads: Counter,
     /// Blocks read from the UFS that no tier had room for (served, not cached).
@@ -73,6 +75,7 @@ impl WorkerMetrics {
             ufs_read_bytes: counter!("shoal_worker_ufs_read_bytes_total", &l),
             ufs_read_requests: counter!("shoal_worker_ufs_read_requests_total", &l),
             ufs_read_errors: counter!("shoal_worker_ufs_read_errors_total", &l),
+            ufs_stale_reads: counter!("shoal_worker_ufs_stale_reads_total", &l),
             coalesced_reads: counter!("shoal_worker_coalesced_reads_total", &l),
             uncached_fills: counter!("shoal_worker_uncached_fills_total", &l),
             buffer_hits: counter!("shoal_worker_buffer_hits_total", &l),

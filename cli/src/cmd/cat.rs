@@ -80,10 +80,58 @@ pub async fn cat(ctx: &Context, a: CatArgs) -> anyhow::Result<ExitCode> {
     let (dataset, path) = split_source(&a.source)?;
     let c = client(ctx, &a.client).await?;
     let (ds, file) = c.lookup(dataset, path).await?;
-    let mut out = tokio::io::stdout();
-    c.read_to(&ds, &file, &mut out).await?;
+    let mut out = Counted {
+        inner: tokio::io::stdout(),
+        written: 0,
+    };
+    match c.read_to(&ds, &file, &mut out).await {
+        // The file changed in the store before anything was printed: open it again
+        // once, as a reader that reopens would. Once bytes are out, stopping is the
+        // only way not to print a mix of two versions.
+        Err(e) if e.is(shoal_common::ErrorKind::Stale) && out.written == 0 => {
+            let (ds, file) = c.lookup_again(dataset, path).await?;
+            c.read_to(&ds, &file, &mut out).await?;
+        }
+        r => {
+            r?;
+        }
+    }
     out.flush().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A writer that counts what went through it.
+struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.written += *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 pub async fn cp(ctx: &Context, a: CpArgs) -> anyhow::Result<ExitCode> {
@@ -115,7 +163,26 @@ pub async fn cp(ctx: &Context, a: CpArgs) -> anyhow::Result<ExitCode> {
     let mut f = tokio::fs::File::create(&tmp)
         .await
         .with_context(|| format!("create {}", tmp.display()))?;
-    let r = c.read_to(&ds, &file, &mut f).await;
+    let mut r = c.read_to(&ds, &file, &mut f).await;
+    if r.as_ref()
+        .is_err_and(|e| e.is(shoal_common::ErrorKind::Stale))
+    {
+        // The file changed in the store mid-copy: start again, once, from its current
+        // version (the temporary file is rewritten from the start).
+        r = match c.lookup_again(dataset, path).await {
+            Ok((ds, file)) => match f.set_len(0).await {
+                Ok(()) => {
+                    use tokio::io::AsyncSeekExt;
+                    match f.rewind().await {
+                        Ok(_) => c.read_to(&ds, &file, &mut f).await,
+                        Err(e) => Err(shoal_common::Error::io("rewind the copy", e)),
+                    }
+                }
+                Err(e) => Err(shoal_common::Error::io("truncate the copy", e)),
+            },
+            Err(e) => Err(e),
+        };
+    }
     if let Err(e) = r {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e.into());

@@ -219,6 +219,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         path: path.to_owned(),
         version: 1,
         size: SECRET.len() as u64,
+        etag: String::new(),
     };
     for &p in ESCAPES {
         assert_invalid(
@@ -252,6 +253,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
                 path: p.to_owned(),
                 version: FileVersion(1),
                 size: SECRET.len() as u64,
+                etag: String::new(),
             },
             offset: 0,
             length: SECRET.len() as u64,

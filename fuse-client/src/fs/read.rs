@@ -283,6 +283,10 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
                 fs2.m.read_fetch_bytes.increment(b.len() as u64);
                 reply.data(&b)
             }
+            Err(e) if e.is(shoal_common::ErrorKind::Stale) => {
+                stale(&fs2, &h, &e);
+                reply.error(Errno::ESTALE)
+            }
             Err(e) => {
                 let errno = crate::errno::errno(&e);
                 tracing::error!(dataset = %h.dataset.name, path = %h.key.path, offset, len = end - offset,
@@ -292,6 +296,19 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
             }
         }
     });
+}
+
+/// The version `h` opened is gone from the store: the reader gets `ESTALE`, the file's
+/// attributes are dropped so the next open asks for the current version, and the first
+/// such read of each version is logged with the fix.
+fn stale(fs: &Fs, h: &ReadHandle, e: &shoal_common::Error) {
+    fs.m.stale_reads.increment(1);
+    fs.m.error(Op::Read);
+    fs.meta.invalidate(&h.dataset.name, &h.key.path);
+    if fs.first_stale(h.dataset.id.0, h.file.version.0) {
+        tracing::warn!(dataset = %h.dataset.name, path = %h.key.path, error = %e,
+            "a reader's version of this file is gone from the store; reads answer ESTALE until the file is opened again");
+    }
 }
 
 fn from_cache(

@@ -313,6 +313,7 @@ impl Job {
                 path: f.rec.path.clone(),
                 version: f.version.0,
                 size: f.rec.size,
+                etag: f.rec.etag.clone(),
             }),
             segment_index: seg,
             epoch: 0,

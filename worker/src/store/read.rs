@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use shoal_common::ids::BlockId;
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_tier::block_file::{self, BlockFile};
 use shoal_tier::layout;
 use shoal_wire::FileRef;
@@ -136,33 +136,19 @@ impl Inner {
         shoal_ufs::check_confined(&op, &file.path)?;
         let range = self.layout.block_range(file.size, id.index);
         self.m.ufs_read_requests.increment(1);
-        let buf = op
-            .read_with(&file.path)
-            .range(range.clone())
+        // Pinned to the version this block belongs to: bytes of any other version never
+        // reach the tier (the read fails as stale instead).
+        let what = format!("{}/{}", file.dataset_name, file.path);
+        let bytes = shoal_ufs::read_pinned(&op, &file.path, range, &file.etag, file.size, &what)
             .await
-            .map_err(|e| {
+            .inspect_err(|e| {
                 self.m.ufs_read_errors.increment(1);
-                shoal_ufs::ufs_error(
-                    &e,
-                    &format!(
-                        "read {}/{} bytes {}..{}",
-                        file.dataset_name, file.path, range.start, range.end
-                    ),
-                    &Default::default(),
-                )
+                if e.is(ErrorKind::Stale) {
+                    self.m.ufs_stale_reads.increment(1);
+                }
             })?;
-        let bytes = buf.to_bytes();
         self.m.ufs_read_bytes.increment(bytes.len() as u64);
-        if bytes.len() as u64 != len {
-            return Err(Error::failed_precondition(format!(
-                "{}/{}: the store returned {} bytes for block {} but the file version needs {len}; the object changed, run `shoal dataset refresh {}`",
-                file.dataset_name,
-                file.path,
-                bytes.len(),
-                id.index,
-                file.dataset_name
-            )));
-        }
+        debug_assert_eq!(bytes.len() as u64, len, "read_pinned checks the length");
         let crc = crc32c::crc32c(&bytes);
         let inner = self.clone();
         let b = bytes.clone();

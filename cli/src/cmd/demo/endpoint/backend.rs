@@ -12,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use s3s::dto::{
-    CommonPrefix, ETag, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListObjectsV2Input, ListObjectsV2Output, Object, StreamingBlob, Timestamp,
+    CommonPrefix, ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput,
+    GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, Object, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
@@ -139,7 +139,6 @@ macro_rules! refuse_unsupported {
         let unsupported_opts = [
             (i.version_id.is_some(), "versionId"),
             (i.part_number.is_some(), "partNumber"),
-            (i.if_match.is_some(), "If-Match"),
             (i.if_none_match.is_some(), "If-None-Match"),
             (i.if_modified_since.is_some(), "If-Modified-Since"),
             (i.if_unmodified_since.is_some(), "If-Unmodified-Since"),
@@ -149,6 +148,20 @@ macro_rules! refuse_unsupported {
             return Err(unsupported(what));
         }
     }};
+}
+
+/// `If-Match`: the request names the version it wants; another one is `412
+/// PreconditionFailed`, as S3 answers (shoal pins every store read to the version it
+/// cached this way).
+fn check_if_match(cond: Option<&ETagCondition>, current: &ETag) -> S3Result<()> {
+    match cond {
+        None | Some(ETagCondition::Any) => Ok(()),
+        Some(ETagCondition::ETag(want)) if want.value() == current.value() => Ok(()),
+        Some(ETagCondition::ETag(_)) => Err(s3_error!(
+            PreconditionFailed,
+            "the object no longer has the ETag the request names"
+        )),
+    }
 }
 
 /// Sends `len` bytes of `file` from its current position into `tx`, pacing them on
@@ -232,10 +245,12 @@ impl S3 for DirBackend {
             return Err(unsupported("Range on HeadObject"));
         }
         let (_, meta) = self.open(&input.key).await?;
+        let tag = etag(meta.len(), modified(&meta));
+        check_if_match(input.if_match.as_ref(), &tag)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(to_i64(meta.len())?),
             accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(meta.len(), modified(&meta))),
+            e_tag: Some(tag),
             last_modified: Some(Timestamp::from(modified(&meta))),
             ..Default::default()
         }))
@@ -250,6 +265,8 @@ impl S3 for DirBackend {
         self.check_bucket(&input.bucket)?;
         refuse_unsupported!(input);
         let (mut file, meta) = self.open(&input.key).await?;
+        let tag = etag(meta.len(), modified(&meta));
+        check_if_match(input.if_match.as_ref(), &tag)?;
         let size = meta.len();
         let (range, content_range) = match input.range {
             None => (0..size, None),
@@ -276,7 +293,7 @@ impl S3 for DirBackend {
             content_length: Some(to_i64(len)?),
             content_range,
             accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(meta.len(), modified(&meta))),
+            e_tag: Some(tag),
             last_modified: Some(Timestamp::from(modified(&meta))),
             ..Default::default()
         }))

@@ -148,6 +148,28 @@ async fn ranged_reads_and_stat() {
 }
 
 #[tokio::test]
+async fn reads_pinned_with_if_match_refuse_a_replaced_object() {
+    let (d, ep) = start(LinkProfile::LOCAL).await;
+    let op = operator(&ep.uri("data"), &ep.options());
+    let tag = op.stat("a/f.bin").await.unwrap().etag().unwrap().to_owned();
+    let got = op
+        .read_with("a/f.bin")
+        .range(0..10)
+        .if_match(&tag)
+        .await
+        .unwrap();
+    assert_eq!(got.to_vec(), content("data/a/f.bin")[..10]);
+    std::fs::write(d.path().join("data/a/f.bin"), vec![7u8; 100]).unwrap();
+    let e = op
+        .read_with("a/f.bin")
+        .range(0..10)
+        .if_match(&tag)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConditionNotMatch, "{e}");
+}
+
+#[tokio::test]
 async fn bad_signatures_and_other_buckets_are_refused() {
     let (_d, ep) = start(LinkProfile::LOCAL).await;
     let good = ep.options();
