@@ -12,7 +12,7 @@
 //! # Ok::<(), shoal_common::Error>(())
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -53,6 +53,20 @@ pub fn open(path: &Path, what: &str, access: Access) -> Result<Connection> {
             .map_err(|e| err("set synchronous", e))?;
     }
     Ok(conn)
+}
+
+/// Creates `data_dir` if needed and opens `data_dir/file` for writing (see [`open`]).
+pub fn open_in(data_dir: &Path, file: &str, what: &str) -> Result<(Connection, PathBuf)> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
+    let path = data_dir.join(file);
+    let conn = open(&path, what, Access::ReadWrite)?;
+    Ok((conn, path))
+}
+
+/// Turns a failed statement into an internal error naming the database and the step.
+pub fn failed<'a>(what: &'a str, step: &'a str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
+    move |e| Error::internal(format!("{what}: {step}: {e}"))
 }
 
 /// Creates `path` with mode 0600 (or narrows an existing file to it).

@@ -59,19 +59,16 @@ pub struct SqliteJobStore {
     path: PathBuf,
 }
 
-fn db_err(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-    move |e| Error::internal(format!("job store: {context}: {e}"))
+fn db_err(step: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    shoal_db::failed("job store", step)
 }
 
 impl SqliteJobStore {
     /// Opens (or creates) `runner.db` under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
-        let path = data_dir.join("runner.db");
         // A crash may lose the last batches' fsync but never corrupts; the runner
         // re-derives anything lost from the processes' pid and exit files.
-        let conn = shoal_db::open(&path, "job store", shoal_db::Access::ReadWrite)?;
+        let (conn, path) = shoal_db::open_in(data_dir, "runner.db", "job store")?;
         conn.execute_batch(SCHEMA)
             .map_err(db_err("create schema"))?;
         Ok(SqliteJobStore { conn, path })

@@ -96,17 +96,14 @@ fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-fn db_err(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-    move |e| Error::internal(format!("catalog: {context}: {e}"))
+fn db_err(step: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    shoal_db::failed("catalog", step)
 }
 
 impl SqliteCatalog {
     /// Opens (or creates) `catalog.db` under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
-        let path = data_dir.join("catalog.db");
-        let writer = open_conn(&path, false)?;
+        let (writer, path) = shoal_db::open_in(data_dir, "catalog.db", "catalog")?;
         writer
             .execute_batch(SCHEMA)
             .map_err(db_err("create schema"))?;
