@@ -195,6 +195,7 @@ impl Catalog {
                 self.master().lookup_file(pb::LookupFileRequest {
                     dataset: ds.name.to_string(),
                     path: path.to_owned(),
+                    ..Default::default()
                 }),
             )
             .await?;
@@ -218,6 +219,7 @@ impl Catalog {
                     path: dir.to_owned(),
                     start_after: start_after.to_owned(),
                     limit,
+                    ..Default::default()
                 }),
             )
             .await?;

@@ -333,6 +333,7 @@ impl Cluster {
                 uri: uri.into(),
                 options: options.into_iter().collect(),
                 read_write,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -354,6 +355,7 @@ impl Cluster {
             .lookup_file(pb::LookupFileRequest {
                 dataset: dataset.into(),
                 path: path.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -138,6 +138,7 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
                     uri,
                     options,
                     read_write,
+                    ..Default::default()
                 })
                 .await;
             pb.finish_and_clear();

@@ -110,6 +110,7 @@ impl ClusterLink {
                 .lookup_file(pb::LookupFileRequest {
                     dataset: dataset.into(),
                     path: path.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| self.unreachable(&format!("look up input `{dataset}/{path}`"), s))?
@@ -129,6 +130,7 @@ impl ClusterLink {
                         path: dir.clone(),
                         start_after: after.clone(),
                         limit: LIST_PAGE,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| self.unreachable(&format!("list `{dataset}/{dir}`"), s))?
