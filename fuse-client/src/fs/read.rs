@@ -102,7 +102,12 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
     let Some(ds) = &key.dataset else {
         return Some(reply);
     };
-    let Some(info) = fs.meta.dataset_cached(ds).filter(|d| !d.read_write) else {
+    // STRICT datasets revalidate every open against the store: never inline.
+    let Some(info) = fs
+        .meta
+        .dataset_cached(ds)
+        .filter(|d| !d.read_write && !d.strict)
+    else {
         return Some(reply);
     };
     let Some(entry) = fs.meta.cached(ds, &key.path) else {
