@@ -291,6 +291,12 @@ impl Cluster {
         self.s3.as_ref().expect("a cluster built with .s3()")
     }
 
+    /// The slow link in front of the cluster's S3, when built with
+    /// [`ClusterBuilder::s3_through`].
+    pub fn link(&self) -> Option<&LinkProxy> {
+        self.link.as_ref()
+    }
+
     /// [`Self::s3`], to stop it.
     pub fn s3_mut(&mut self) -> &mut S3Fixture {
         self.s3.as_mut().expect("a cluster built with .s3()")

@@ -7,5 +7,6 @@
 mod cluster;
 mod failover;
 mod lifecycle;
+mod pending;
 mod read;
 mod write;
