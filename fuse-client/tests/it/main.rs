@@ -6,6 +6,7 @@
 
 mod cluster;
 mod failover;
+mod freshness;
 mod lifecycle;
 mod pending;
 mod read;
