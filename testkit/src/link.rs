@@ -7,8 +7,8 @@
 //! The cap is a token bucket shared by all connections, like one network link. Uploads
 //! (client to store) are not limited: the tests and benchmarks measure reads. To make
 //! a store fail mid-upload, [`LinkProxy::cut_uploads_over`] drops every connection
-//! that carries more than a given number of bytes towards the store (the large bodies
-//! of part uploads) while small requests still pass.
+//! that carries more than a given number of bytes towards the store from then on (the
+//! large bodies of part uploads) while small requests still pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub struct LinkProxy {
     /// Connections that send more than this many bytes upstream are dropped (`u64::MAX`:
     /// never).
     cut: Arc<AtomicU64>,
+    /// Bumped by every `cut_uploads_over`, so connections count from that moment.
+    cut_epoch: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
     cancel: CancellationToken,
 }
@@ -77,11 +79,13 @@ impl LinkProxy {
         let cancel = CancellationToken::new();
         let down_bytes = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(AtomicU64::new(u64::MAX));
+        let cut_epoch = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let (c, counter, cut2, cuts2) = (
+        let (c, counter, cut2, epoch2, cuts2) = (
             cancel.clone(),
             down_bytes.clone(),
             cut.clone(),
+            cut_epoch.clone(),
             cuts.clone(),
         );
         tokio::spawn(async move {
@@ -99,6 +103,7 @@ impl LinkProxy {
                 let (bucket, c2, counter) = (bucket.clone(), c.clone(), counter.clone());
                 let cut = Cut {
                     over: cut2.clone(),
+                    epoch: epoch2.clone(),
                     count: cuts2.clone(),
                 };
                 tokio::spawn(async move {
@@ -118,15 +123,18 @@ impl LinkProxy {
             profile,
             down_bytes,
             cut,
+            cut_epoch,
             cuts,
             cancel,
         })
     }
 
     /// From now on, drops every connection once it has sent more than `bytes` towards
-    /// the store (counted from its start); `None` stops cutting.
+    /// the store (counted from this call, so pooled connections start afresh); `None`
+    /// stops cutting.
     pub fn cut_uploads_over(&self, bytes: Option<u64>) {
         self.cut.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.cut_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections dropped by [`Self::cut_uploads_over`] so far.
@@ -162,6 +170,7 @@ impl Drop for LinkProxy {
 /// The upload cut of one proxy: the threshold and how many connections it dropped.
 struct Cut {
     over: Arc<AtomicU64>,
+    epoch: Arc<AtomicU64>,
     count: Arc<AtomicU64>,
 }
 
@@ -180,12 +189,17 @@ async fn relay(
     let (mut sr, mut sw) = server.into_split();
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0u64;
+        // Bytes sent since the cut setting last changed.
+        let (mut sent, mut epoch) = (0u64, cut.epoch.load(Ordering::Relaxed));
         loop {
             let n = cr.read(&mut buf).await?;
             if n == 0 {
                 let _ = sw.shutdown().await;
                 return Ok::<u64, std::io::Error>(sent);
+            }
+            let now = cut.epoch.load(Ordering::Relaxed);
+            if now != epoch {
+                (sent, epoch) = (0, now);
             }
             sent += n as u64;
             if sent > cut.over.load(Ordering::Relaxed) {

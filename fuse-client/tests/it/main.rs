@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod failed_upload;
 mod failover;
 mod freshness;
 mod lifecycle;
