@@ -363,6 +363,16 @@ impl Catalog {
     ) -> Result<()> {
         let op = self.operator(d)?;
         let ctx = format!("list {}", d.uri);
+        if op.info().scheme() == "fs" {
+            // opendal lists a missing directory as an empty one: a sync must not take an
+            // unmounted disk for "every file was deleted".
+            let root = op.info().root().to_string();
+            if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
+                return Err(Error::unavailable(format!(
+                    "{ctx}: `{root}` is missing or not a directory; the previous metadata is kept (is the disk mounted?)"
+                )));
+            }
+        }
         let mut lister = op
             .lister_with("/")
             .recursive(true)
