@@ -255,9 +255,16 @@ impl Fs {
 
     /// (attribute TTL, entry TTL) for nodes of `dataset` (the mount root counts as
     /// read-only).
+    ///
+    /// A STRICT dataset's attributes are not cached by the kernel at all: an open that
+    /// revalidated a file must not be followed by reads clipped at a size the kernel
+    /// cached before (each `getattr` is answered from this process's cache).
     pub fn ttls(&self, dataset: Option<&Dataset>) -> (Duration, Duration) {
-        self.cfg
-            .ttls(dataset.is_some_and(|d| d.read_write || d.strict))
+        let strict = dataset.is_some_and(|d| d.strict);
+        let (attr, entry) = self
+            .cfg
+            .ttls(strict || dataset.is_some_and(|d| d.read_write));
+        (if strict { Duration::ZERO } else { attr }, entry)
     }
 }
 
