@@ -5,6 +5,7 @@
 //! thread pool so the async runtime never waits on disk. Sync generations and the
 //! namespace changes made while a sync runs are in `sync.rs`.
 
+mod access;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -127,17 +128,6 @@ pub struct SqliteCatalog {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
-}
-
-fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: r.get(0)?,
-        owner: r.get(1)?,
-        admin: r.get(2)?,
-        secret_hash: r.get(3)?,
-        created_at_ms: r.get(4)?,
-        revoked_at_ms: r.get(5)?,
-    })
 }
 
 fn db_err(context: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -531,114 +521,34 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    // Tokens and grants: see `access.rs`.
     async fn create_token(&self, t: TokenRecord) -> Result<()> {
-        self.write(move |conn| {
-            let r = conn.execute(
-                "INSERT INTO tokens (id, owner, admin, secret_hash, created_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    t.id,
-                    t.owner,
-                    t.admin,
-                    t.secret_hash,
-                    t.created_at_ms,
-                    t.revoked_at_ms
-                ],
-            );
-            match r {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(Error::already_exists(format!(
-                        "token {} already exists",
-                        t.id
-                    )))
-                }
-                Err(e) => Err(db_err("insert token")(e)),
-            }
-        })
-        .await
+        self.write(move |conn| access::create_token(conn, t)).await
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-                 FROM tokens WHERE id = ?1",
-                [id],
-                row_to_token,
-            )
-            .optional()
-            .map_err(db_err("read token"))
-        })
-        .await
+        self.read(move |conn| access::get_token(conn, &id)).await
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.read(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-                     FROM tokens ORDER BY created_at_ms, id",
-                )
-                .map_err(db_err("list tokens"))?;
-            let rows = st
-                .query_map([], row_to_token)
-                .map_err(db_err("list tokens"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list tokens"))
-        })
-        .await
+        self.read(access::list_tokens).await
     }
 
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
         let id = id.to_owned();
-        self.write(move |conn| {
-            let n = conn
-                .execute(
-                    "UPDATE tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms = 0",
-                    params![now_ms, id],
-                )
-                .map_err(db_err("revoke token"))?;
-            if n > 0 {
-                return Ok(true);
-            }
-            let exists: Option<i64> = conn
-                .query_row("SELECT 1 FROM tokens WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()
-                .map_err(db_err("read token"))?;
-            Ok(exists.is_some())
-        })
-        .await
+        self.write(move |conn| access::revoke_token(conn, &id, now_ms))
+            .await
     }
 
     async fn set_grant(&self, g: GrantRecord) -> Result<()> {
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO grants (dataset_id, owner, write) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (dataset_id, owner) DO UPDATE SET write = excluded.write",
-                params![g.dataset.0 as i64, g.owner, g.write],
-            )
-            .map_err(db_err("save grant"))?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| access::set_grant(conn, g)).await
     }
 
     async fn remove_grant(&self, dataset: DatasetId, owner: &str) -> Result<bool> {
         let owner = owner.to_owned();
-        self.write(move |conn| {
-            let n = conn
-                .execute(
-                    "DELETE FROM grants WHERE dataset_id = ?1 AND owner = ?2",
-                    params![dataset.0 as i64, owner],
-                )
-                .map_err(db_err("remove grant"))?;
-            Ok(n > 0)
-        })
-        .await
+        self.write(move |conn| access::remove_grant(conn, dataset, &owner))
+            .await
     }
 
     async fn list_grants(
@@ -647,27 +557,8 @@ impl CatalogStore for SqliteCatalog {
         owner: Option<&str>,
     ) -> Result<Vec<GrantRecord>> {
         let owner = owner.map(str::to_owned);
-        self.read(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT dataset_id, owner, write FROM grants
-                     WHERE (?1 IS NULL OR dataset_id = ?1) AND (?2 IS NULL OR owner = ?2)
-                     ORDER BY dataset_id, owner",
-                )
-                .map_err(db_err("list grants"))?;
-            let rows = st
-                .query_map(params![dataset.map(|d| d.0 as i64), owner], |r| {
-                    Ok(GrantRecord {
-                        dataset: DatasetId(r.get::<_, i64>(0)? as u64),
-                        owner: r.get(1)?,
-                        write: r.get(2)?,
-                    })
-                })
-                .map_err(db_err("list grants"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list grants"))
-        })
-        .await
+        self.read(move |conn| access::list_grants(conn, dataset, owner.as_deref()))
+            .await
     }
 
     async fn save_load(&self, l: LoadRecord) -> Result<()> {
