@@ -132,6 +132,7 @@ async fn rig(opts: &Options) -> Result<Rig> {
         uri: format!("file://{}", root.display()),
         options: Default::default(),
         read_write: false,
+        ..Default::default()
     })
     .await
     .map_err(Error::from)?;

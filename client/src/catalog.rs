@@ -9,7 +9,15 @@
 //!   [`ClientConfig::attr_ttl_read_only`] on read-only datasets, for
 //!   [`ClientConfig::attr_ttl_read_write`] on writable ones. Every entry of a fetched
 //!   directory page lands in the same cache, so the lookups that follow a listing are
-//!   answered locally. Directory pages are fetched by the caller, one at a time.
+//!   answered locally. Directory pages are fetched by the caller, one at a time. A
+//!   mount following the master's change feed drops entries as they change
+//!   ([`Catalog::invalidate`], [`Catalog::forget_dataset`], [`Catalog::forget_all`]).
+//! - Every lookup and listing names the dataset id it was resolved to: a dataset
+//!   deleted and created again under the same name answers NOT_FOUND instead of mixing
+//!   the two, and the name is resolved again (at most once a second per dataset).
+//! - A dataset in STRICT consistency ([`Dataset::strict`]) is revalidated against the
+//!   store on every fetch from the master and on every [`Catalog::revalidate`]
+//!   (what a mount's `open` calls).
 //! - A dataset's store ([`Catalog::store`]) is opened once per dataset id with the
 //!   credentials the master hands to cluster members, for reads that fall back to the
 //!   store and for writes.
@@ -34,6 +42,9 @@ use crate::config::ClientConfig;
 
 /// How long the dataset list is trusted.
 const DATASETS_TTL: Duration = Duration::from_secs(5);
+/// A NOT_FOUND makes the client check that the dataset name still means the dataset it
+/// resolved, at most this often per dataset (negative lookups are common).
+const RECHECK_GAP: Duration = Duration::from_secs(1);
 /// Entries kept in the attribute cache.
 const ATTR_CAPACITY: u64 = 500_000;
 
@@ -45,6 +56,8 @@ pub struct Dataset {
     pub read_write: bool,
     pub total_bytes: u64,
     pub file_count: u64,
+    /// STRICT consistency: every open checks the file against the store.
+    pub strict: bool,
 }
 
 impl Dataset {
@@ -56,6 +69,7 @@ impl Dataset {
             read_write: d.read_write,
             total_bytes: status.ufs_total_bytes,
             file_count: status.file_count,
+            strict: d.consistency() == pb::DatasetConsistency::Strict,
         }
     }
 }
@@ -75,7 +89,8 @@ pub struct Catalog {
     ro_ttl: Duration,
     rw_ttl: Duration,
     listing: Mutex<Option<(Instant, Arc<Vec<Dataset>>)>>,
-    by_name: Mutex<HashMap<Arc<str>, Dataset>>,
+    /// Each dataset by name, with when the name was last checked against the master.
+    by_name: Mutex<HashMap<Arc<str>, (Dataset, Instant)>>,
     attrs: moka::sync::Cache<Key, Cached>,
     stores: Mutex<HashMap<DatasetId, Operator>>,
 }
@@ -124,8 +139,9 @@ impl Catalog {
         };
         {
             let mut by_name = self.by_name.lock();
+            let now = Instant::now();
             for d in &list {
-                by_name.insert(d.name.clone(), d.clone());
+                by_name.insert(d.name.clone(), (d.clone(), now));
             }
         }
         let list = Arc::new(list);
@@ -148,14 +164,72 @@ impl Catalog {
             return Ok(d);
         }
         let d = self.fetch_dataset(name).await?;
-        self.by_name.lock().insert(d.name.clone(), d.clone());
+        self.by_name
+            .lock()
+            .insert(d.name.clone(), (d.clone(), Instant::now()));
         // The cached listing does not have it: let the next listing be a fresh one.
         *self.listing.lock() = None;
         Ok(d)
     }
 
     pub fn dataset_cached(&self, name: &str) -> Option<Dataset> {
-        self.by_name.lock().get(name).cloned()
+        self.by_name.lock().get(name).map(|(d, _)| d.clone())
+    }
+
+    /// Forgets dataset `name` and every attribute cached for it (it was deleted,
+    /// created again or changed its settings): the next use resolves it again.
+    pub fn forget_dataset(&self, name: &str) {
+        let old = self.by_name.lock().remove(name);
+        *self.listing.lock() = None;
+        if let Some((d, _)) = old {
+            let id = d.id;
+            // Collected first: moka's iterator must not be held while invalidating.
+            let keys: Vec<Key> = self
+                .attrs
+                .iter()
+                .filter(|(k, _)| k.0 == id)
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            for k in keys {
+                self.attrs.invalidate(&k);
+            }
+        }
+    }
+
+    /// Forgets every dataset and attribute (the change feed was interrupted, so any of
+    /// them may have changed).
+    pub fn forget_all(&self) {
+        self.by_name.lock().clear();
+        *self.listing.lock() = None;
+        self.attrs.invalidate_all();
+    }
+
+    /// After a NOT_FOUND about `ds`: if the name was not checked for a while, asks the
+    /// master what it means now, and forgets `ds` if it is another dataset (deleted
+    /// and created again), so the next call resolves the new one.
+    async fn recheck(&self, ds: &Dataset) {
+        let due = self
+            .by_name
+            .lock()
+            .get(&ds.name)
+            .is_some_and(|(d, at)| d.id == ds.id && at.elapsed() >= RECHECK_GAP);
+        if !due {
+            return;
+        }
+        match self.fetch_dataset(&ds.name).await {
+            Ok(now) if now.id == ds.id => {
+                if let Some(e) = self.by_name.lock().get_mut(&ds.name) {
+                    e.1 = Instant::now();
+                }
+            }
+            Ok(now) => {
+                tracing::info!(dataset = %ds.name, old = ds.id.0, new = now.id.0,
+                    "dataset was deleted and created again; resolving it anew");
+                self.forget_dataset(&ds.name);
+            }
+            Err(e) if e.is(shoal_common::ErrorKind::NotFound) => self.forget_dataset(&ds.name),
+            Err(_) => {}
+        }
     }
 
     async fn fetch_dataset(&self, name: &str) -> Result<Dataset> {
@@ -184,21 +258,48 @@ impl Catalog {
         (c.at.elapsed() < self.ttl(ds)).then_some(c.entry)
     }
 
-    /// The attributes of `ds/path` (a normalised path): cached, or `LookupFile`.
+    /// The attributes of `ds/path` (a normalised path): cached, or `LookupFile`
+    /// (revalidated against the store on a STRICT dataset).
     pub async fn entry(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
         if let Some(e) = self.cached(ds, path) {
             return Ok(e);
         }
-        let e = self
+        self.fetch_entry(ds, path, ds.strict).await
+    }
+
+    /// The attributes of `ds/path` as the store has them now: the master stats the
+    /// object and updates the catalogue if it changed (one HEAD/stat per call).
+    pub async fn revalidate(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
+        self.fetch_entry(ds, path, true).await
+    }
+
+    async fn fetch_entry(
+        &self,
+        ds: &Dataset,
+        path: &str,
+        revalidate: bool,
+    ) -> Result<Arc<pb::FileEntry>> {
+        let r = self
             .rpc(
                 "LookupFile",
                 self.master().lookup_file(pb::LookupFileRequest {
                     dataset: ds.name.to_string(),
                     path: path.to_owned(),
+                    dataset_id: ds.id.0,
+                    revalidate,
                 }),
             )
-            .await?;
-        Ok(self.put(ds, e))
+            .await;
+        match r {
+            Ok(e) => Ok(self.put(ds, e)),
+            Err(e) => {
+                if e.is(shoal_common::ErrorKind::NotFound) {
+                    self.invalidate(ds, path);
+                    self.recheck(ds).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// One page of a directory: `limit` entries after `start_after` (a name), and
@@ -218,9 +319,19 @@ impl Catalog {
                     path: dir.to_owned(),
                     start_after: start_after.to_owned(),
                     limit,
+                    dataset_id: ds.id.0,
                 }),
             )
-            .await?;
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                if e.is(shoal_common::ErrorKind::NotFound) {
+                    self.recheck(ds).await;
+                }
+                return Err(e);
+            }
+        };
         let entries = page.entries.into_iter().map(|e| self.put(ds, e)).collect();
         Ok((entries, page.truncated))
     }
@@ -260,7 +371,7 @@ impl Catalog {
             )
             .await?;
         if a.id != ds.id.0 {
-            self.by_name.lock().remove(&ds.name);
+            self.forget_dataset(&ds.name);
             return Err(Error::not_found(format!(
                 "dataset `{}` was deleted and created again (id {} is now {}); look the file up again",
                 ds.name, ds.id.0, a.id

@@ -156,13 +156,15 @@ impl ShoalClient {
         Ok((ds, file))
     }
 
-    /// [`ShoalClient::lookup`] after a read found the version stale: what is cached about
-    /// the file is dropped first, so the answer is the catalogue's current version.
+    /// [`ShoalClient::lookup`] after a read found the version stale: the master stats the
+    /// object in the store and updates its catalogue, so the answer is the version the
+    /// store holds now.
     pub async fn lookup_again(&self, dataset: &str, path: &str) -> Result<(Dataset, FileRef)> {
         let norm = shoal_common::ids::normalize_dataset_path(path)?;
         let ds = self.inner.catalog.dataset(dataset).await?;
-        self.inner.catalog.invalidate(&ds, &norm);
-        self.lookup(dataset, path).await
+        let entry = self.inner.catalog.revalidate(&ds, &norm).await?;
+        let file = FileRef::from_entry(ds.id, &ds.name, &entry)?;
+        Ok((ds, file))
     }
 
     /// Bytes `offset..offset+len` of `file` (clipped to its size).

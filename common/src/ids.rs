@@ -144,9 +144,45 @@ pub fn split_parent(path: &str) -> (&str, &str) {
     }
 }
 
+/// What marks the temporary file a mount writes a `file://` dataset's file to before
+/// renaming it over the target (so a failed upload never leaves half a file where the
+/// old one was): `dir/.NAME.shoal-upload-NONCE`. Syncs skip such names.
+const UPLOAD_TEMP_MARK: &str = ".shoal-upload-";
+
+/// The temporary path `path` is uploaded to on a `file://` dataset: beside it, so
+/// the final rename stays in one directory (atomic on every local file system).
+pub fn upload_temp_path(path: &str, nonce: u64) -> String {
+    match split_parent(path) {
+        ("", name) => format!(".{name}{UPLOAD_TEMP_MARK}{nonce:016x}"),
+        (dir, name) => format!("{dir}/.{name}{UPLOAD_TEMP_MARK}{nonce:016x}"),
+    }
+}
+
+/// Whether `path` names an upload in progress ([`upload_temp_path`]).
+pub fn is_upload_temp(path: &str) -> bool {
+    let (_, name) = split_parent(path);
+    name.starts_with('.')
+        && name
+            .rsplit_once(UPLOAD_TEMP_MARK)
+            .is_some_and(|(_, nonce)| {
+                nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_temp_names() {
+        let t = upload_temp_path("a/b.bin", 0xabc);
+        assert_eq!(t, "a/.b.bin.shoal-upload-0000000000000abc");
+        assert!(is_upload_temp(&t));
+        assert!(is_upload_temp(&upload_temp_path("top", 1)));
+        assert!(!is_upload_temp("a/b.bin"));
+        assert!(!is_upload_temp("a/.hidden"));
+        assert!(!is_upload_temp("a/x.shoal-upload-0000000000000abc"));
+    }
 
     #[test]
     fn dataset_names() {

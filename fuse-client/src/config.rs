@@ -67,6 +67,12 @@ pub struct MountConfig {
     pub write_chunk_bytes: usize,
     /// Parts uploaded concurrently per written file (default 4).
     pub write_concurrency: usize,
+    /// Where files being written are spooled, so that reading one before it is
+    /// committed returns the writer's own bytes. Each spool file is anonymous (mode
+    /// 0600, `O_TMPFILE`) and gone when its file is committed or abandoned. `None`
+    /// (the default): `$XDG_STATE_HOME/shoal/spool`, else `~/.local/state/shoal/spool`,
+    /// else `/var/lib/shoal/spool`; created 0700.
+    pub spool_dir: Option<PathBuf>,
     /// The `mount` label of this mount's metrics.
     pub name: String,
     /// The cluster token, presented to the master and workers (default none: every
@@ -102,6 +108,7 @@ impl MountConfig {
             data_timeout: Duration::from_secs(30),
             write_chunk_bytes: 8 << 20,
             write_concurrency: 4,
+            spool_dir: None,
             token: None,
             tls: Default::default(),
         }
@@ -154,7 +161,27 @@ impl MountConfig {
         Ok(())
     }
 
-    /// (attribute TTL, entry TTL) for a dataset of this kind.
+    /// The spool directory: [`Self::spool_dir`] or its default.
+    pub fn spool_dir(&self) -> PathBuf {
+        if let Some(d) = &self.spool_dir {
+            return d.clone();
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/state"))
+            });
+        match state {
+            Some(s) => s.join("shoal/spool"),
+            None => PathBuf::from("/var/lib/shoal/spool"),
+        }
+    }
+
+    /// (attribute TTL, entry TTL) for a dataset of this kind: writable datasets, and
+    /// STRICT ones (whose opens revalidate against the store), get the short ones.
     pub fn ttls(&self, read_write: bool) -> (Duration, Duration) {
         if read_write {
             (self.rw_attr_ttl, self.rw_entry_ttl)

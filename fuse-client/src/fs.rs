@@ -6,21 +6,23 @@
 //! runtime that owns the reply, so one slow master or worker call never blocks the
 //! request loop. The operations live in `fs/` by family: names and attributes
 //! (`lookup`), directory listing (`dir`), reads and passthrough (`read`), writes
-//! (`write`), and namespace changes (`namespace`).
+//! (`write`), reads of files being written (`spool`), and namespace changes
+//! (`namespace`).
 
 mod dir;
 mod lookup;
 mod namespace;
 mod passthrough;
 mod read;
+mod spool;
 mod write;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -48,6 +50,7 @@ use shoal_client::Dataset;
 pub use dir::DirHandle;
 pub use passthrough::Passthrough;
 pub use read::ReadHandle;
+pub use spool::{PendingReader, Spool};
 pub use write::WriteHandle;
 
 /// `st_blksize`: the I/O size tools (cp, stdio) pick for their buffers.
@@ -58,6 +61,8 @@ const BLKSIZE: u32 = 128 << 10;
 pub enum Handle {
     Read(Arc<ReadHandle>),
     Write(Arc<WriteHandle>),
+    /// A read-only open of a file this mount is writing (served from its spool).
+    Pending(Arc<PendingReader>),
     Dir(Arc<DirHandle>),
 }
 
@@ -84,6 +89,9 @@ pub struct Fs {
     started: SystemTime,
     /// File versions whose stale reads were already logged (dataset id, version).
     stale_logged: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// Tells the kernel to drop entries and inodes that changed (set once the session
+    /// exists; see `crate::watch`).
+    pub kernel: OnceLock<fuser::Notifier>,
 }
 
 impl Fs {
@@ -119,6 +127,7 @@ impl Fs {
             gid,
             started: SystemTime::now(),
             stale_logged: Mutex::new(std::collections::HashSet::new()),
+            kernel: OnceLock::new(),
         }
     }
 
@@ -259,8 +268,16 @@ impl Fs {
 
     /// (attribute TTL, entry TTL) for nodes of `dataset` (the mount root counts as
     /// read-only).
+    ///
+    /// A STRICT dataset's attributes are not cached by the kernel at all: an open that
+    /// revalidated a file must not be followed by reads clipped at a size the kernel
+    /// cached before (each `getattr` is answered from this process's cache).
     pub fn ttls(&self, dataset: Option<&Dataset>) -> (Duration, Duration) {
-        self.cfg.ttls(dataset.is_some_and(|d| d.read_write))
+        let strict = dataset.is_some_and(|d| d.strict);
+        let (attr, entry) = self
+            .cfg
+            .ttls(strict || dataset.is_some_and(|d| d.read_write));
+        (if strict { Duration::ZERO } else { attr }, entry)
     }
 }
 
@@ -461,7 +478,11 @@ impl Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        read::open(&self.fs, ino.0, flags, reply);
+        // A file this mount is writing is read from its writer's spool, never through
+        // a worker or the store.
+        if let Some(reply) = spool::open_pending(&self.fs, ino.0, flags, reply) {
+            read::open(&self.fs, ino.0, flags, reply);
+        }
     }
 
     fn read(
@@ -475,7 +496,12 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        read::read(&self.fs, ino.0, fh.0, offset, size, reply);
+        match self.fs.handle(fh.0) {
+            Some(h @ (Handle::Pending(_) | Handle::Write(_))) => {
+                spool::read(&self.fs, &h, offset, size, reply)
+            }
+            _ => read::read(&self.fs, ino.0, fh.0, offset, size, reply),
+        }
     }
 
     fn write(

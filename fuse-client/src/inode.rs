@@ -36,6 +36,27 @@ impl NodeKey {
         }
     }
 
+    /// The directory holding this node and the node's name in it; `None` for the
+    /// mount root. A dataset root's parent is the mount root (which exists only when
+    /// every dataset is shown).
+    pub fn parent(&self) -> Option<(NodeKey, &str)> {
+        let ds = self.dataset.as_ref()?;
+        if self.path.is_empty() {
+            return Some((NodeKey::mount_root(), ds));
+        }
+        let (dir, name) = match self.path.rfind('/') {
+            Some(i) => (&self.path[..i], &self.path[i + 1..]),
+            None => ("", self.path.as_str()),
+        };
+        Some((
+            NodeKey {
+                dataset: Some(ds.clone()),
+                path: dir.to_owned(),
+            },
+            name,
+        ))
+    }
+
     /// The child `name` of this directory.
     pub fn child(&self, name: &str) -> NodeKey {
         match &self.dataset {
@@ -101,6 +122,20 @@ impl InodeTable {
     /// The inode of `key` if the kernel knows it (no lookup count taken).
     pub fn peek(&self, key: &NodeKey) -> Option<u64> {
         self.t.lock().by_key.get(key).copied()
+    }
+
+    /// Every node the kernel knows of `dataset` (of every dataset with `None`), with
+    /// its inode: what to tell the kernel to drop when all of a dataset may have changed.
+    pub fn nodes_of(&self, dataset: Option<&str>) -> Vec<(u64, NodeKey)> {
+        self.t
+            .lock()
+            .by_key
+            .iter()
+            .filter(|(k, _)| {
+                k.dataset.is_some() && dataset.is_none_or(|d| k.dataset.as_deref() == Some(d))
+            })
+            .map(|(k, &ino)| (ino, k.clone()))
+            .collect()
     }
 
     /// The inode for `key`, created if needed, with one more lookup count. A path that
@@ -215,5 +250,23 @@ mod tests {
         assert!(!t.open_version(dir, 7));
         assert!(t.open_version(dir, 7));
         assert!(!t.open_version(dir, 8));
+    }
+
+    #[test]
+    fn parents_and_nodes_of_a_dataset() {
+        let root = NodeKey::mount_root();
+        let f = root.child("ds").child("a").child("b.bin");
+        let (p, name) = f.parent().unwrap();
+        assert_eq!((p.path.as_str(), name), ("a", "b.bin"));
+        let (p, name) = p.parent().unwrap();
+        assert_eq!((p.path.as_str(), name), ("", "a"));
+        let (p, name) = p.parent().unwrap();
+        assert_eq!((p, name), (NodeKey::mount_root(), "ds"));
+        assert!(NodeKey::mount_root().parent().is_none());
+        let t = InodeTable::new(root.clone());
+        let a = t.lookup(&f, false);
+        t.lookup(&root.child("other").child("x"), false);
+        assert_eq!(t.nodes_of(Some("ds")), vec![(a, f)]);
+        assert_eq!(t.nodes_of(None).len(), 2);
     }
 }

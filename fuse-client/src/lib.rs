@@ -14,7 +14,10 @@
 //!   passthrough backing file, so its reads never reach this process.
 //! - Read-write datasets accept new files written front to back (uploaded as they are
 //!   written, committed at close), unlink, mkdir/rmdir and file rename. Everything an
-//!   object store cannot do gets a clean errno; see `docs/posix.md`.
+//!   object store cannot do gets a clean errno; see `docs/posix.md`. A file being
+//!   written is read back from its writer's private spool, never through a worker.
+//! - The mount follows the master's change feed (`watch.rs`): changed paths are
+//!   dropped from its caches and from the kernel's at once.
 //!
 //! ```no_run
 //! # async fn demo() -> shoal_common::Result<()> {
@@ -39,6 +42,7 @@ mod inode;
 mod meta;
 mod metrics;
 pub mod mount;
+mod watch;
 
 pub use config::MountConfig;
 pub use mount::{RunningMount, mount, mount_is_live, unmount_path};

@@ -5,9 +5,11 @@
 //!
 //! - a `--dataset` mount shows one dataset;
 //! - files being written through this mount ([`PendingFile`]) are visible (with their
-//!   size so far) before they are committed to the catalogue;
+//!   size so far) before they are committed to the catalogue, each under a version of
+//!   its own write session (never a version another file could have);
 //! - a read-write dataset's attributes are fetched again when a file is opened, so a
-//!   reopen sees another client's new version.
+//!   reopen sees another client's new version; a STRICT dataset's file is revalidated
+//!   against the store at every open.
 //!
 //! Everything is keyed by dataset name on the FUSE side (names are what the kernel
 //! sends) and resolved to a [`Dataset`] (by id) here.
@@ -19,16 +21,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use shoal_client::{Catalog, Dataset, ShoalClient};
+
+use crate::fs::Spool;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_wire::auth::AuthChannel;
 
 /// A file created through this mount and not committed yet.
-#[derive(Debug)]
 pub struct PendingFile {
+    /// Bytes written so far (and readable from the spool).
     pub size: AtomicU64,
     pub mtime_ms: i64,
+    /// A random version of this write session alone. Versions key cached pages and
+    /// blocks: two files written at once must never share one (nor with a committed
+    /// file, whose version is derived from the store's etag or modification time).
+    pub version: u64,
+    /// What the writer wrote; `None` once committed or abandoned (or when no spool
+    /// file could be created).
+    spool: Mutex<Option<Arc<Spool>>>,
+}
+
+impl PendingFile {
+    pub fn new(spool: Option<Spool>) -> PendingFile {
+        PendingFile {
+            size: AtomicU64::new(0),
+            mtime_ms: shoal_common::time::now_ms(),
+            version: rand::random::<u64>().max(1),
+            spool: Mutex::new(spool.map(Arc::new)),
+        }
+    }
+
+    pub fn spool(&self) -> Option<Arc<Spool>> {
+        self.spool.lock().clone()
+    }
+
+    /// Drops this session's spool (committed or abandoned). Readers that opened the
+    /// file before keep their own reference until they close it.
+    pub fn drop_spool(&self) {
+        self.spool.lock().take();
+    }
 }
 
 type Key = (Arc<str>, String);
@@ -95,11 +127,18 @@ impl Metadata {
         dataset: &Arc<str>,
         path: &str,
     ) -> Result<Arc<pb::FileEntry>> {
-        let read_write = self.dataset_cached(dataset).is_none_or(|d| d.read_write);
+        let cached = self.dataset_cached(dataset);
+        let read_write = cached.as_ref().is_none_or(|d| d.read_write);
+        if read_write && let Some(p) = self.pending(dataset, path) {
+            return Ok(Arc::new(pending_entry(path, &p)));
+        }
+        let ds = self.dataset(dataset).await?;
+        if ds.strict {
+            // Close-to-open: one stat of the object in the store, through the master
+            // (which updates the catalogue and tells other mounts if it changed).
+            return self.catalog().revalidate(&ds, path).await;
+        }
         if read_write {
-            if let Some(p) = self.pending(dataset, path) {
-                return Ok(Arc::new(pending_entry(path, &p)));
-            }
             self.invalidate(dataset, path);
         }
         self.entry(dataset, path).await
@@ -126,6 +165,13 @@ impl Metadata {
         }
     }
 
+    /// After a read found `ds/path`'s version gone from the store: the master stats the
+    /// object and updates the catalogue (and tells every mount), so the next open gets
+    /// the version the store holds now rather than the catalogue's last listing.
+    pub async fn revalidate(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
+        self.catalog().revalidate(ds, path).await
+    }
+
     /// Drops what is cached about `dataset/path` (after this mount changed it).
     pub fn invalidate(&self, dataset: &Arc<str>, path: &str) {
         if let Some(ds) = self.dataset_cached(dataset) {
@@ -133,18 +179,37 @@ impl Metadata {
         }
     }
 
-    fn pending(&self, dataset: &Arc<str>, path: &str) -> Option<Arc<PendingFile>> {
+    /// Whether this mount shows dataset `name` (a `--dataset` mount shows one).
+    pub fn shows(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == name)
+    }
+
+    /// Forgets what is cached about dataset `name` (see `Catalog::forget_dataset`).
+    pub fn forget_dataset(&self, name: &str) {
+        self.catalog().forget_dataset(name);
+    }
+
+    /// Forgets every cached dataset and attribute.
+    pub fn forget_all(&self) {
+        self.catalog().forget_all();
+    }
+
+    /// The file `dataset/path` this mount is writing, if any.
+    pub fn pending(&self, dataset: &Arc<str>, path: &str) -> Option<Arc<PendingFile>> {
         self.pending
             .lock()
             .get(&(dataset.clone(), path.to_owned()))
             .cloned()
     }
 
-    pub fn add_pending(&self, dataset: &Arc<str>, path: &str) -> Arc<PendingFile> {
-        let p = Arc::new(PendingFile {
-            size: AtomicU64::new(0),
-            mtime_ms: shoal_common::time::now_ms(),
-        });
+    /// Starts showing `dataset/path` as being written, spooled to `spool`.
+    pub fn add_pending(
+        &self,
+        dataset: &Arc<str>,
+        path: &str,
+        spool: Option<Spool>,
+    ) -> Arc<PendingFile> {
+        let p = Arc::new(PendingFile::new(spool));
         self.pending
             .lock()
             .insert((dataset.clone(), path.to_owned()), p.clone());
@@ -188,6 +253,6 @@ fn pending_entry(path: &str, p: &PendingFile) -> pb::FileEntry {
         size: p.size.load(Ordering::Relaxed),
         mtime_ms: p.mtime_ms,
         etag: String::new(),
-        version: 0,
+        version: p.version,
     }
 }

@@ -6,11 +6,17 @@
 //!   block cache or after a fetch through `shoal-client`;
 //! - `shoal_fuse_passthrough_opens_total`, `shoal_fuse_readahead_blocks_total`,
 //!   `shoal_fuse_block_cache_hits_total`, `shoal_fuse_block_cache_misses_total`;
-//! - `shoal_fuse_write_bytes_total`, `shoal_fuse_commits_total`;
+//! - `shoal_fuse_write_bytes_total`, `shoal_fuse_commits_total`,
+//!   `shoal_fuse_aborted_uploads_total`;
 //! - `shoal_fuse_stale_reads_total`: reads answered `ESTALE` because the version the
-//!   reader opened is gone from the store and the block was not cached.
+//!   reader opened is gone from the store and the block was not cached;
+//! - `shoal_fuse_read_bytes_total{path="spool"}`: reads of files being written,
+//!   answered from the writer's spool;
+//! - `shoal_fuse_change_batches_total` (change batches received from the master),
+//!   `shoal_fuse_kernel_invalidations_total` (entries and inodes the kernel was told
+//!   to drop), `shoal_fuse_change_feed_connected` (1 while subscribed).
 
-use metrics::{Counter, counter};
+use metrics::{Counter, Gauge, counter, gauge};
 
 /// The operations counted per kind.
 #[derive(Clone, Copy, Debug)]
@@ -47,9 +53,14 @@ pub struct FuseMetrics {
     pub readahead_blocks: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub read_spool_bytes: Counter,
     pub write_bytes: Counter,
     pub commits: Counter,
     pub stale_reads: Counter,
+    pub aborted_uploads: Counter,
+    pub change_batches: Counter,
+    pub kernel_invalidations: Counter,
+    pub change_feed_connected: Gauge,
 }
 
 impl FuseMetrics {
@@ -77,9 +88,17 @@ impl FuseMetrics {
             readahead_blocks: one("shoal_fuse_readahead_blocks_total"),
             cache_hits: one("shoal_fuse_block_cache_hits_total"),
             cache_misses: one("shoal_fuse_block_cache_misses_total"),
+            read_spool_bytes: read("spool"),
             write_bytes: one("shoal_fuse_write_bytes_total"),
             commits: one("shoal_fuse_commits_total"),
             stale_reads: one("shoal_fuse_stale_reads_total"),
+            aborted_uploads: one("shoal_fuse_aborted_uploads_total"),
+            change_batches: one("shoal_fuse_change_batches_total"),
+            kernel_invalidations: one("shoal_fuse_kernel_invalidations_total"),
+            change_feed_connected: gauge!(
+                "shoal_fuse_change_feed_connected",
+                &[("mount", m.clone())]
+            ),
         }
     }
 

@@ -37,8 +37,9 @@ pub struct RunningMount {
 }
 
 /// Mounts `cfg.mountpoint` and returns once the mount answers.
-pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
+pub async fn mount(mut cfg: MountConfig) -> Result<RunningMount> {
     cfg.validate()?;
+    cfg.spool_dir = Some(prepare_spool_dir(&cfg.spool_dir()));
     raise_nofile();
     let mountpoint = prepare_mountpoint(&cfg.mountpoint)?;
     let mut ccfg = ClientConfig::new(&cfg.master);
@@ -62,6 +63,14 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         .read_only
         .unwrap_or(cfg.dataset.is_some() && datasets.iter().all(|d| !d.read_write));
     let layout = client.worker_set().await?.layout;
+    // Subscribed before the first request is answered, so no change is missed.
+    let changes = match crate::watch::subscribe(&meta).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow the master's change feed yet; cached metadata expires by its TTL until it can");
+            None
+        }
+    };
     let fs = Arc::new(Fs::new(
         cfg.clone(),
         client,
@@ -93,6 +102,8 @@ pub async fn mount(cfg: MountConfig) -> Result<RunningMount> {
         .map_err(|e| Error::internal(format!("mount task failed: {e}")))?
         .map_err(|e| mount_error(&mountpoint, &e))?;
 
+    let _ = fs.kernel.set(session.notifier());
+    crate::watch::spawn(&fs, changes);
     let (tx, ended) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("shoal-fuse".into())
@@ -193,6 +204,22 @@ impl Drop for RunningMount {
             let _ = unmount_path(&self.mountpoint, true);
         }
     }
+}
+
+/// Creates the spool directory (0700: spool files are the user's data). A mount works
+/// without it (reading a file before its writer closes it then fails), so a failure is
+/// logged, not fatal.
+fn prepare_spool_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e,
+            "cannot create the spool directory; set --spool-dir to a writable directory");
+    }
+    dir.to_path_buf()
 }
 
 /// Checks the mountpoint, cleaning up a stale FUSE mount on it, and returns it

@@ -1,37 +1,82 @@
-//! The dataset catalogue: creating, syncing, refreshing and deleting datasets.
+//! The dataset catalogue: creating, syncing, refreshing, updating and deleting
+//! datasets.
 //!
 //! A sync lists the UFS with opendal's paged, recursive lister and writes each page to
 //! the store as it arrives, tagged with a new generation; only when the listing is
 //! complete are entries of older generations dropped. Memory stays bounded by one page
-//! plus the set of directory names, so a 100k-object dataset never sits in memory, and a
-//! failed sync leaves the previous metadata in place.
+//! plus the set of directory names (and at most `changes::MAX_SYNC_PATHS` changed
+//! paths), so a 100k-object dataset never sits in memory, and a failed sync leaves the
+//! previous metadata in place. Namespace changes made while a sync runs survive it
+//! (`store/sqlite/sync.rs`). What a sync changed is published on the change feed.
+//!
+//! Syncs run on create, on `shoal dataset refresh`, and every `sync_interval` of a
+//! dataset that has one (`periodic.rs`); one sync per dataset at a time.
 
-use std::collections::{BTreeMap, HashSet};
+pub mod periodic;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::TryStreamExt;
-use shoal_common::ids::{DatasetId, normalize_dataset_path, validate_dataset_name};
+use opendal::Operator;
+use shoal_common::ids::{DatasetId, is_upload_temp, normalize_dataset_path, validate_dataset_name};
 use shoal_common::time::now_ms;
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
-use crate::store::{CatalogStore, DatasetRecord, FileRecord, NewDataset, Phase};
+use crate::changes::{Changes, SyncChanges};
+use crate::store::{CatalogStore, DatasetRecord, DatasetUpdate, FileRecord, NewDataset, Phase};
 
 /// Entries written to the store per transaction during a sync.
 const SYNC_BATCH: usize = 1000;
+/// The shortest sync interval a dataset may have: a listing costs the store a request
+/// per 1000 objects, and a sync never overlaps the previous one anyway.
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What started a sync (the `trigger` label of `shoal_master_dataset_syncs_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Create,
+    Refresh,
+    Periodic,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::Create => "create",
+            Trigger::Refresh => "refresh",
+            Trigger::Periodic => "periodic",
+        }
+    }
+}
+
+/// A sync in progress: how to stop it, and a receiver that closes when it has ended.
+struct Running {
+    trigger: Trigger,
+    cancel: CancellationToken,
+    ended: tokio::sync::watch::Receiver<()>,
+}
 
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
     tuning: UfsTuning,
+    changes: Arc<Changes>,
     /// Datasets with a sync in progress; a second sync of the same one is refused.
-    syncing: Mutex<HashSet<DatasetId>>,
+    syncing: Mutex<HashMap<DatasetId, Running>>,
+    /// Each dataset's store, opened once (namespace changes, revalidating lookups).
+    operators: Mutex<HashMap<DatasetId, Operator>>,
 }
 
-/// Releases a dataset's "syncing" mark however the sync ends.
+/// Releases a dataset's "syncing" mark however the sync ends (and, by dropping the
+/// sender, wakes whoever waits for it to end).
 struct SyncGuard<'a> {
     catalog: &'a Catalog,
     id: DatasetId,
+    _ended: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for SyncGuard<'_> {
@@ -43,12 +88,41 @@ impl Drop for SyncGuard<'_> {
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn CatalogStore>, tuning: UfsTuning) -> Self {
+    pub fn new(store: Arc<dyn CatalogStore>, tuning: UfsTuning, changes: Arc<Changes>) -> Self {
         Catalog {
             store,
             tuning,
-            syncing: Mutex::new(HashSet::new()),
+            changes,
+            syncing: Mutex::new(HashMap::new()),
+            operators: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The change feed (namespace changes and revalidations publish on it too).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// The dataset's store, opened once per dataset id.
+    pub fn operator(&self, d: &DatasetRecord) -> Result<Operator> {
+        if let Ok(ops) = self.operators.lock()
+            && let Some(op) = ops.get(&d.id)
+        {
+            return Ok(op.clone());
+        }
+        let op = build_operator(&d.uri, &d.options, &self.tuning)?;
+        if let Ok(mut ops) = self.operators.lock() {
+            ops.insert(d.id, op.clone());
+        }
+        Ok(op)
+    }
+
+    /// Whether a sync of `id` is in progress.
+    pub fn is_syncing(&self, id: DatasetId) -> bool {
+        self.syncing
+            .lock()
+            .map(|s| s.contains_key(&id))
+            .unwrap_or(true)
     }
 
     pub fn tuning(&self) -> UfsTuning {
@@ -72,9 +146,8 @@ impl Catalog {
                 self.store.delete_dataset(d.id).await?;
             } else {
                 self.store
-                    .set_phase(
+                    .abort_sync(
                         d.id,
-                        Phase::Failed,
                         "the master restarted during a refresh; run `shoal dataset refresh` again",
                     )
                     .await?;
@@ -106,6 +179,7 @@ impl Catalog {
     #[instrument(skip_all, fields(dataset = %req.name, uri = %req.uri))]
     pub async fn create(&self, req: NewDataset) -> Result<DatasetRecord> {
         validate_dataset_name(&req.name)?;
+        validate_interval(req.sync_interval_ms)?;
         if self.store.get_dataset(&req.name).await?.is_some() {
             return Err(Error::already_exists(format!(
                 "dataset `{}` already exists; pick another name or `shoal dataset delete {}` first",
@@ -115,13 +189,16 @@ impl Catalog {
         let op = build_operator(&req.uri, &req.options, &self.tuning)?;
         check_reachable(&op, &req.uri, &req.options).await?;
         let d = self.store.create_dataset(req, now_ms()).await?;
-        match self.sync(&d).await {
+        match self.sync(&d, Trigger::Create).await {
             Ok(d) => {
                 info!(
                     files = d.file_count,
                     bytes = d.total_bytes,
                     "dataset created"
                 );
+                // A mount may still know a dataset of this name (deleted since) or hold
+                // a negative entry for it.
+                self.changes.everything(d.id, &d.name);
                 Ok(d)
             }
             Err(e) => {
@@ -136,70 +213,166 @@ impl Catalog {
     #[instrument(skip_all, fields(dataset = %name))]
     pub async fn refresh(&self, name: &str) -> Result<DatasetRecord> {
         let d = self.get(name).await?;
-        self.sync(&d).await
+        self.sync(&d, Trigger::Refresh).await
     }
 
+    /// Changes a dataset's sync interval or consistency mode. Mounts are told to drop
+    /// what they know of the dataset, so they pick up the new mode at once.
+    #[instrument(skip_all, fields(dataset = %name))]
+    pub async fn update(&self, name: &str, u: DatasetUpdate) -> Result<DatasetRecord> {
+        if let Some(ms) = u.sync_interval_ms {
+            validate_interval(ms)?;
+        }
+        let d = self.get(name).await?;
+        let d = self.store.update_dataset(d.id, u).await?;
+        info!(sync_interval_ms = d.sync_interval_ms, consistency = ?d.consistency, "dataset updated");
+        self.changes.everything(d.id, &d.name);
+        Ok(d)
+    }
+
+    /// Deletes a dataset. A periodic sync in progress is stopped first; a create or a
+    /// refresh in progress makes the delete fail (its caller is waiting for it).
     #[instrument(skip_all, fields(dataset = %name))]
     pub async fn delete(&self, name: &str) -> Result<DatasetRecord> {
         let d = self.get(name).await?;
-        if self
+        let running = self
             .syncing
             .lock()
-            .map(|s| s.contains(&d.id))
-            .unwrap_or(false)
-        {
-            return Err(Error::failed_precondition(format!(
-                "dataset `{name}` is being synced; retry when `shoal dataset show {name}` says ready"
-            )));
+            .map_err(|_| Error::internal("sync registry poisoned"))?
+            .get(&d.id)
+            .map(|r| (r.trigger, r.cancel.clone(), r.ended.clone()));
+        if let Some((trigger, cancel, mut ended)) = running {
+            if trigger != Trigger::Periodic {
+                return Err(Error::failed_precondition(format!(
+                    "dataset `{name}` is being synced; retry when `shoal dataset show {name}` says ready"
+                )));
+            }
+            cancel.cancel();
+            // The sender closes when the sync has stopped writing (its guard dropped).
+            let _ = tokio::time::timeout(self.tuning.op_timeout, ended.changed()).await;
+            if self.is_syncing(d.id) {
+                return Err(Error::unavailable(format!(
+                    "dataset `{name}` is being synced and the sync did not stop in time; retry"
+                )));
+            }
         }
         if !self.store.delete_dataset(d.id).await? {
             return Err(not_found(name));
         }
+        if let Ok(mut ops) = self.operators.lock() {
+            ops.remove(&d.id);
+        }
+        self.changes.everything(d.id, &d.name);
         info!("dataset deleted");
         Ok(d)
     }
 
-    /// Lists the UFS page by page into a new generation of file metadata.
-    async fn sync(&self, d: &DatasetRecord) -> Result<DatasetRecord> {
+    /// Lists the UFS page by page into a new generation of file metadata, and
+    /// publishes what changed.
+    #[instrument(skip_all, fields(dataset = %d.name, trigger = trigger.label()))]
+    pub async fn sync(&self, d: &DatasetRecord, trigger: Trigger) -> Result<DatasetRecord> {
+        let cancel = CancellationToken::new();
+        let (tx, ended) = tokio::sync::watch::channel(());
         {
             let mut s = self
                 .syncing
                 .lock()
                 .map_err(|_| Error::internal("sync registry poisoned"))?;
-            if !s.insert(d.id) {
+            if s.contains_key(&d.id) {
                 return Err(Error::failed_precondition(format!(
                     "dataset `{}` is already being synced; wait for it to finish",
                     d.name
                 )));
             }
+            s.insert(
+                d.id,
+                Running {
+                    trigger,
+                    cancel: cancel.clone(),
+                    ended,
+                },
+            );
         }
         let _guard = SyncGuard {
             catalog: self,
             id: d.id,
+            _ended: tx,
         };
-        self.store.set_phase(d.id, Phase::Syncing, "").await?;
         let started = std::time::Instant::now();
-        match self.list_into_store(d).await {
-            Ok(gen_) => {
-                let d = self.store.finish_sync(d.id, gen_, now_ms()).await?;
-                metrics::histogram!("shoal_master_dataset_sync_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                Ok(d)
+        let r = self.sync_locked(d, &cancel).await;
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(e) if e.is(ErrorKind::Cancelled) => "cancelled",
+            Err(_) => "failed",
+        };
+        metrics::counter!("shoal_master_dataset_syncs_total", "result" => result, "trigger" => trigger.label())
+            .increment(1);
+        match &r {
+            Ok(_) => metrics::histogram!("shoal_master_dataset_sync_seconds")
+                .record(started.elapsed().as_secs_f64()),
+            Err(e) if trigger == Trigger::Periodic => {
+                warn!(error = %e, "periodic sync failed; the previous metadata stays and the sync is retried at the next interval")
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn sync_locked(
+        &self,
+        d: &DatasetRecord,
+        cancel: &CancellationToken,
+    ) -> Result<DatasetRecord> {
+        let gen_ = self.store.begin_sync(d.id).await?;
+        let mut changed = SyncChanges::default();
+        match self.list_into_store(d, gen_, &mut changed, cancel).await {
+            Ok(()) => {
+                let (rec, dropped) = self
+                    .store
+                    .finish_sync(d.id, gen_, now_ms(), changed.room())
+                    .await?;
+                changed.add(dropped.paths);
+                if dropped.more {
+                    changed.overflow();
+                }
+                if d.refreshed_at_ms > 0 {
+                    changed.publish(&self.changes, d.id, &d.name);
+                }
+                Ok(rec)
             }
             Err(e) => {
-                let msg = e.to_string();
-                if let Err(e2) = self.store.set_phase(d.id, Phase::Failed, &msg).await {
+                if let Err(e2) = self.store.abort_sync(d.id, &e.to_string()).await {
                     warn!(error = %e2, "could not record sync failure");
+                }
+                // What the failed sync applied before failing is real (listed from the
+                // store); mounts must not keep older metadata for it.
+                if d.refreshed_at_ms > 0 {
+                    changed.publish(&self.changes, d.id, &d.name);
                 }
                 Err(e)
             }
         }
     }
 
-    async fn list_into_store(&self, d: &DatasetRecord) -> Result<i64> {
-        let op = build_operator(&d.uri, &d.options, &self.tuning)?;
-        let gen_ = d.sync_gen + 1;
+    async fn list_into_store(
+        &self,
+        d: &DatasetRecord,
+        gen_: i64,
+        changed: &mut SyncChanges,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let op = self.operator(d)?;
         let ctx = format!("list {}", d.uri);
+        if op.info().scheme() == "fs" {
+            // opendal lists a missing directory as an empty one: a sync must not take an
+            // unmounted disk for "every file was deleted".
+            let root = op.info().root().to_string();
+            if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
+                return Err(Error::unavailable(format!(
+                    "{ctx}: `{root}` is missing or not a directory; the previous metadata is kept (is the disk mounted?)"
+                )));
+            }
+        }
         let mut lister = op
             .lister_with("/")
             .recursive(true)
@@ -209,12 +382,17 @@ impl Catalog {
         let mut batch = Vec::with_capacity(SYNC_BATCH);
         batch.push(dir_record(""));
         let mut listed = 0u64;
-        while let Some(entry) = lister
-            .try_next()
-            .await
-            .map_err(|e| ufs_error(&e, &ctx, &d.options))?
-        {
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => {
+                    return Err(Error::new(ErrorKind::Cancelled, "the sync was stopped (the dataset is being deleted)"));
+                }
+                n = lister.try_next() => n.map_err(|e| ufs_error(&e, &ctx, &d.options))?,
+            };
+            let Some(entry) = next else { break };
             let path = match normalize_dataset_path(entry.path()) {
+                // A mount's upload in progress is not a file of the dataset yet.
+                Ok(p) if is_upload_temp(&p) => continue,
                 Ok(p) if !p.is_empty() => p,
                 Ok(_) => continue,
                 Err(e) => {
@@ -238,17 +416,51 @@ impl Catalog {
                 batch.push(FileRecord::from_ufs(path, meta));
             }
             if batch.len() >= SYNC_BATCH {
-                self.store
-                    .apply_sync_batch(d.id, gen_, std::mem::take(&mut batch))
-                    .await?;
+                pin_local(&op, &mut batch).await?;
+                changed.add(
+                    self.store
+                        .apply_sync_batch(d.id, gen_, std::mem::take(&mut batch))
+                        .await?,
+                );
             }
         }
         if !batch.is_empty() {
-            self.store.apply_sync_batch(d.id, gen_, batch).await?;
+            pin_local(&op, &mut batch).await?;
+            changed.add(self.store.apply_sync_batch(d.id, gen_, batch).await?);
         }
         info!(files = listed, dirs = dirs.len(), "listed UFS");
-        Ok(gen_)
+        Ok(())
     }
+}
+
+/// Gives the files of a `file://` dataset their identity (device, inode, mtime and
+/// ctime: `shoal_ufs::pin`) as their etag, so their version changes with any rewrite and
+/// reads of it are pinned. Other stores' listings carry ETags already. A file that
+/// cannot be stat'ed keeps an empty etag and is read with only its length checked.
+pub(crate) async fn pin_local(op: &opendal::Operator, records: &mut [FileRecord]) -> Result<()> {
+    let paths = records
+        .iter()
+        .filter(|r| !r.is_dir)
+        .map(|r| r.path.clone())
+        .collect();
+    let Some(ids) = shoal_ufs::pin::local_identities(op, paths).await? else {
+        return Ok(());
+    };
+    for (r, id) in records.iter_mut().filter(|r| !r.is_dir).zip(ids) {
+        r.etag = id.unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// A sync interval is off (0) or at least [`MIN_SYNC_INTERVAL`].
+fn validate_interval(ms: u64) -> Result<()> {
+    if ms != 0 && ms < MIN_SYNC_INTERVAL.as_millis() as u64 {
+        return Err(Error::invalid(format!(
+            "sync interval {ms} ms is too short; use at least {} s, or 0 to sync only on refresh",
+            MIN_SYNC_INTERVAL.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 fn not_found(name: &str) -> Error {

@@ -83,6 +83,13 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
 
+    async fn update_dataset(&self, r: Request<UpdateDatasetRequest>) -> Resp<Dataset> {
+        identity(&r)?.require_admin("UpdateDataset")?;
+        dataset::update(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn lookup_file(&self, r: Request<LookupFileRequest>) -> Resp<FileEntry> {
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Read)
             .await?;
@@ -105,6 +112,18 @@ impl MasterService for MasterRpc {
         file::access(&self.state, r.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type WatchChangesStream =
+        Pin<Box<dyn Stream<Item = Result<ChangeBatch, Status>> + Send + 'static>>;
+    async fn watch_changes(
+        &self,
+        r: Request<WatchChangesRequest>,
+    ) -> Resp<Self::WatchChangesStream> {
+        // Cluster only: paths of every dataset, whatever the caller's grants.
+        identity(&r)?.require_cluster("WatchChanges (it names paths of every dataset)")?;
+        let s = self.state.catalog.changes().subscribe();
+        Ok(Response::new(Box::pin(futures::StreamExt::map(s, Ok))))
     }
 
     async fn commit_file(&self, r: Request<CommitFileRequest>) -> Resp<FileEntry> {

@@ -4,7 +4,10 @@
 //! - [`server::MasterServer::start`] opens the catalogue in the data dir and serves
 //!   `MasterService`; it returns a [`server::RunningMaster`] with the bound addresses.
 //! - `catalog::Catalog` creates, syncs and deletes datasets; file metadata is synced
-//!   from the UFS page by page into the `store::CatalogStore` (SQLite by default).
+//!   from the UFS page by page into the `store::CatalogStore` (SQLite by default), on
+//!   create, on refresh, and every sync interval (`catalog::periodic`).
+//! - `changes::Changes` is the feed of changed paths behind `WatchChanges`, which
+//!   mounts follow to drop stale cached metadata.
 //! - `membership::Membership` keeps the live worker set and its epoch, and sums the
 //!   workers' cache reports into each dataset's status.
 //! - `load::LoadJobs` runs prewarm jobs: each target segment is sent to its owning
@@ -30,6 +33,7 @@
 
 mod access;
 mod catalog;
+mod changes;
 pub mod config;
 mod handler;
 mod load;

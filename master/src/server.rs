@@ -1,5 +1,6 @@
 //! Starting and stopping a master: open the catalogue, recover interrupted work, serve
-//! gRPC and `/metrics`, and expire silent workers in the background.
+//! gRPC and `/metrics`, and in the background expire silent workers and run periodic
+//! dataset syncs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access::{Access, MasterVerifier};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, periodic};
+use crate::changes::Changes;
 use crate::config::MasterConfig;
 use crate::handler::MasterRpc;
 use crate::load::{LoadJobs, WorkerClients};
@@ -53,10 +55,11 @@ impl MasterServer {
         let bootstrap_admin = access
             .bootstrap_admin(&cfg.data_dir.join("admin.token"))
             .await?;
-        let catalog = Arc::new(Catalog::new(store.clone(), cfg.ufs.clone()));
+        let cancel = CancellationToken::new();
+        let changes = Arc::new(Changes::new(cancel.clone()));
+        let catalog = Arc::new(Catalog::new(store.clone(), cfg.ufs.clone(), changes));
         catalog.recover().await?;
         let members = Arc::new(Membership::open(store, cfg.worker_expiry, cfg.layout).await?);
-        let cancel = CancellationToken::new();
         let loads = LoadJobs::new(
             catalog.clone(),
             members.clone(),
@@ -100,6 +103,11 @@ impl MasterServer {
                 warn!(error = %e, "master gRPC server stopped with an error");
             }
         }));
+
+        tasks.push(tokio::spawn(periodic::run(
+            state.catalog.clone(),
+            cancel.clone(),
+        )));
 
         let (s, c) = (state.clone(), cancel.clone());
         let tick = (cfg.worker_expiry / 4).max(std::time::Duration::from_millis(50));

@@ -40,6 +40,33 @@ impl Phase {
     }
 }
 
+/// What an open of a dataset's file checks against the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The catalogue as last synced: no store call per open.
+    #[default]
+    Cached,
+    /// Every open stats the object in the store (close-to-open).
+    Strict,
+}
+
+impl Consistency {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Consistency::Cached => 0,
+            Consistency::Strict => 1,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Consistency {
+        if v == 1 {
+            Consistency::Strict
+        } else {
+            Consistency::Cached
+        }
+    }
+}
+
 /// A dataset as stored, credentials included. Never sent to users as is: see
 /// `handler::dataset::to_proto`, which drops secret options. Its `Debug` hides them.
 #[derive(Clone)]
@@ -58,6 +85,9 @@ pub struct DatasetRecord {
     pub refreshed_at_ms: i64,
     /// Generation of the last completed sync; file rows of older generations are gone.
     pub sync_gen: i64,
+    /// Periodic re-listing every this many milliseconds; 0 is off.
+    pub sync_interval_ms: u64,
+    pub consistency: Consistency,
 }
 
 impl std::fmt::Debug for DatasetRecord {
@@ -75,6 +105,8 @@ impl std::fmt::Debug for DatasetRecord {
             .field("created_at_ms", &self.created_at_ms)
             .field("refreshed_at_ms", &self.refreshed_at_ms)
             .field("sync_gen", &self.sync_gen)
+            .field("sync_interval_ms", &self.sync_interval_ms)
+            .field("consistency", &self.consistency)
             .finish()
     }
 }
@@ -86,6 +118,8 @@ pub struct NewDataset {
     pub uri: String,
     pub options: BTreeMap<String, String>,
     pub read_write: bool,
+    pub sync_interval_ms: u64,
+    pub consistency: Consistency,
 }
 
 impl std::fmt::Debug for NewDataset {
@@ -95,8 +129,25 @@ impl std::fmt::Debug for NewDataset {
             .field("uri", &self.uri)
             .field("options", &DebugOptions(&self.options))
             .field("read_write", &self.read_write)
+            .field("sync_interval_ms", &self.sync_interval_ms)
+            .field("consistency", &self.consistency)
             .finish()
     }
+}
+
+/// What an update of a dataset changes; `None` keeps the value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatasetUpdate {
+    pub sync_interval_ms: Option<u64>,
+    pub consistency: Option<Consistency>,
+}
+
+/// The paths a finished sync dropped (they were not listed), up to the limit it was
+/// given; `more` when there were others.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub paths: Vec<String>,
+    pub more: bool,
 }
 
 /// One entry of a dataset's namespace: a file, or a directory (explicit in the UFS or
@@ -178,18 +229,35 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Removes the dataset, all its file metadata and its grants. Returns false if it did not exist.
     async fn delete_dataset(&self, id: DatasetId) -> Result<bool>;
     async fn set_phase(&self, id: DatasetId, phase: Phase, message: &str) -> Result<()>;
+    /// Changes the sync interval and/or consistency mode; returns the updated record.
+    async fn update_dataset(&self, id: DatasetId, u: DatasetUpdate) -> Result<DatasetRecord>;
 
-    /// Upserts one page of listed entries, tagged with sync generation `gen`.
+    /// Starts a sync: allocates its generation (never one used before, even by a sync
+    /// that failed) and marks the dataset syncing. Namespace changes made until
+    /// [`Self::finish_sync`] or [`Self::abort_sync`] are protected from it.
+    async fn begin_sync(&self, id: DatasetId) -> Result<i64>;
+    /// Upserts one page of listed entries, tagged with sync generation `gen`. Entries a
+    /// namespace change wrote or removed since the sync began are left as that change
+    /// made them. Returns the paths that are new or whose metadata changed.
     async fn apply_sync_batch(
         &self,
         id: DatasetId,
         sync_gen: i64,
         batch: Vec<FileRecord>,
-    ) -> Result<()>;
-    /// Ends a sync: drops entries not seen in generation `gen`, recomputes the counts and
-    /// marks the dataset ready. Returns the updated record.
-    async fn finish_sync(&self, id: DatasetId, sync_gen: i64, now_ms: i64)
-    -> Result<DatasetRecord>;
+    ) -> Result<Vec<String>>;
+    /// Ends a sync: drops entries not seen in generation `gen` (reporting up to
+    /// `max_dropped` of their paths), recomputes the counts and marks the dataset ready.
+    /// Returns the updated record.
+    async fn finish_sync(
+        &self,
+        id: DatasetId,
+        sync_gen: i64,
+        now_ms: i64,
+        max_dropped: usize,
+    ) -> Result<(DatasetRecord, Dropped)>;
+    /// Ends a sync that failed: the previous metadata stays, the dataset is marked
+    /// failed with `message`.
+    async fn abort_sync(&self, id: DatasetId, message: &str) -> Result<()>;
 
     /// Inserts or replaces one entry (with its missing ancestor directories) outside a
     /// sync, adjusting the dataset's file count and byte total in the same transaction.

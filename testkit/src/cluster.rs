@@ -291,6 +291,12 @@ impl Cluster {
         self.s3.as_ref().expect("a cluster built with .s3()")
     }
 
+    /// The slow link in front of the cluster's S3, when built with
+    /// [`ClusterBuilder::s3_through`].
+    pub fn link(&self) -> Option<&LinkProxy> {
+        self.link.as_ref()
+    }
+
     /// [`Self::s3`], to stop it.
     pub fn s3_mut(&mut self) -> &mut S3Fixture {
         self.s3.as_mut().expect("a cluster built with .s3()")
@@ -333,6 +339,7 @@ impl Cluster {
                 uri: uri.into(),
                 options: options.into_iter().collect(),
                 read_write,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -354,6 +361,7 @@ impl Cluster {
             .lookup_file(pb::LookupFileRequest {
                 dataset: dataset.into(),
                 path: path.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

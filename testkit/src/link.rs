@@ -5,7 +5,10 @@
 //! reads) and to make long operations slow enough to interrupt.
 //!
 //! The cap is a token bucket shared by all connections, like one network link. Uploads
-//! (client to store) are not limited: the tests and benchmarks measure reads.
+//! (client to store) are not limited: the tests and benchmarks measure reads. To make
+//! a store fail mid-upload, [`LinkProxy::cut_uploads_over`] drops every connection
+//! that carries more than a given number of bytes towards the store from then on (the
+//! large bodies of part uploads) while small requests still pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +52,12 @@ pub struct LinkProxy {
     addr: SocketAddr,
     profile: LinkProfile,
     down_bytes: Arc<AtomicU64>,
+    /// Connections that send more than this many bytes upstream are dropped (`u64::MAX`:
+    /// never).
+    cut: Arc<AtomicU64>,
+    /// Bumped by every `cut_uploads_over`, so connections count from that moment.
+    cut_epoch: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
     cancel: CancellationToken,
 }
 
@@ -69,7 +78,16 @@ impl LinkProxy {
         }));
         let cancel = CancellationToken::new();
         let down_bytes = Arc::new(AtomicU64::new(0));
-        let (c, counter) = (cancel.clone(), down_bytes.clone());
+        let cut = Arc::new(AtomicU64::new(u64::MAX));
+        let cut_epoch = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (c, counter, cut2, epoch2, cuts2) = (
+            cancel.clone(),
+            down_bytes.clone(),
+            cut.clone(),
+            cut_epoch.clone(),
+            cuts.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let (client, _) = tokio::select! {
@@ -83,10 +101,15 @@ impl LinkProxy {
                     },
                 };
                 let (bucket, c2, counter) = (bucket.clone(), c.clone(), counter.clone());
+                let cut = Cut {
+                    over: cut2.clone(),
+                    epoch: epoch2.clone(),
+                    count: cuts2.clone(),
+                };
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = c2.cancelled() => {}
-                        r = relay(client, upstream, profile, bucket, counter) => {
+                        r = relay(client, upstream, profile, bucket, counter, cut) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "link proxy connection ended");
                             }
@@ -99,8 +122,24 @@ impl LinkProxy {
             addr,
             profile,
             down_bytes,
+            cut,
+            cut_epoch,
+            cuts,
             cancel,
         })
+    }
+
+    /// From now on, drops every connection once it has sent more than `bytes` towards
+    /// the store (counted from this call, so pooled connections start afresh); `None`
+    /// stops cutting.
+    pub fn cut_uploads_over(&self, bytes: Option<u64>) {
+        self.cut.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.cut_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections dropped by [`Self::cut_uploads_over`] so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::Relaxed)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -128,12 +167,20 @@ impl Drop for LinkProxy {
     }
 }
 
+/// The upload cut of one proxy: the threshold and how many connections it dropped.
+struct Cut {
+    over: Arc<AtomicU64>,
+    epoch: Arc<AtomicU64>,
+    count: Arc<AtomicU64>,
+}
+
 async fn relay(
     client: TcpStream,
     upstream: SocketAddr,
     profile: LinkProfile,
     bucket: Arc<Mutex<Bucket>>,
     counter: Arc<AtomicU64>,
+    cut: Cut,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let server = TcpStream::connect(upstream).await?;
@@ -141,9 +188,30 @@ async fn relay(
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let up = async {
-        let r = tokio::io::copy(&mut cr, &mut sw).await;
-        let _ = sw.shutdown().await;
-        r
+        let mut buf = vec![0u8; 64 * 1024];
+        // Bytes sent since the cut setting last changed.
+        let (mut sent, mut epoch) = (0u64, cut.epoch.load(Ordering::Relaxed));
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                let _ = sw.shutdown().await;
+                return Ok::<u64, std::io::Error>(sent);
+            }
+            let now = cut.epoch.load(Ordering::Relaxed);
+            if now != epoch {
+                (sent, epoch) = (0, now);
+            }
+            sent += n as u64;
+            if sent > cut.over.load(Ordering::Relaxed) {
+                cut.count.fetch_add(1, Ordering::Relaxed);
+                // Dropping both halves (by failing the join) resets the connection.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "upload cut by the link proxy",
+                ));
+            }
+            sw.write_all(&buf[..n]).await?;
+        }
     };
     let down = async {
         let mut buf = vec![0u8; 64 * 1024];
@@ -165,9 +233,7 @@ async fn relay(
             counter.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
-    let (a, b) = tokio::join!(up, down);
-    a?;
-    b?;
+    tokio::try_join!(up, down)?;
     Ok(())
 }
 

@@ -33,6 +33,23 @@ pub fn local_identity(op: &Operator, path: &str) -> Option<String> {
     Some(identity_of(&m))
 }
 
+/// [`local_identity`] of each of `paths`, one `lstat` each on the blocking pool, or
+/// `None` without a stat when `op` is not a `file://` store (its listing already carries
+/// the ETags).
+pub async fn local_identities(
+    op: &Operator,
+    paths: Vec<String>,
+) -> Result<Option<Vec<Option<String>>>> {
+    if op.info().scheme() != "fs" {
+        return Ok(None);
+    }
+    let op = op.clone();
+    tokio::task::spawn_blocking(move || paths.iter().map(|p| local_identity(&op, p)).collect())
+        .await
+        .map(Some)
+        .map_err(|e| Error::internal(format!("stat task failed: {e}")))
+}
+
 fn identity_of(m: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);

@@ -100,6 +100,7 @@ impl Rig {
                 uri: uri.into(),
                 options: options.into_iter().collect(),
                 read_write: false,
+                ..Default::default()
             })
             .await
             .map_err(Error::from)?;

@@ -1,15 +1,16 @@
-//! `shoal dataset create|list|show|refresh|delete|grant|revoke`.
+//! `shoal dataset create|list|show|update|refresh|delete|grant|revoke`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use shoal_common::size::human_bytes;
 use shoal_proto::v1::{
-    CreateDatasetRequest, Dataset, DatasetGrants, DeleteDatasetRequest, GetDatasetRequest,
-    GrantDatasetRequest, ListDatasetsRequest, RefreshDatasetRequest, RevokeDatasetGrantRequest,
+    CreateDatasetRequest, Dataset, DatasetConsistency, DatasetGrants, DeleteDatasetRequest,
+    GetDatasetRequest, GrantDatasetRequest, ListDatasetsRequest, RefreshDatasetRequest,
+    RevokeDatasetGrantRequest, UpdateDatasetRequest,
 };
 
 use super::Context;
@@ -21,6 +22,33 @@ pub struct MasterFlag {
     /// Master address (HOST:PORT) [default: 127.0.0.1:7700].
     #[arg(long, env = "SHOAL_MASTER", value_name = "HOST:PORT", global = true)]
     pub master: Option<String>,
+}
+
+/// What an open of a dataset's file checks against the store.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Consistency {
+    /// Opens use the metadata as last synced (fast; no store call per open).
+    Cached,
+    /// Every open stats the file in the store first (close-to-open, like NFS).
+    Strict,
+}
+
+impl Consistency {
+    fn proto(self) -> DatasetConsistency {
+        match self {
+            Consistency::Cached => DatasetConsistency::Cached,
+            Consistency::Strict => DatasetConsistency::Strict,
+        }
+    }
+}
+
+/// `--sync-interval`: a duration, or 0/off for none.
+fn parse_interval(s: &str) -> Result<u64, String> {
+    if matches!(s.trim(), "0" | "off" | "none") {
+        return Ok(0);
+    }
+    let d = shoal_common::time::parse_duration(s).map_err(|e| e.to_string())?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("sync interval `{s}` is too long"))
 }
 
 #[derive(Subcommand)]
@@ -38,6 +66,26 @@ pub enum DatasetCommand {
         /// Allow writes through mounts (default: read-only).
         #[arg(long)]
         read_write: bool,
+        /// Re-list the store this often (e.g. 30s, 5m), so objects added, changed or
+        /// deleted in it show in mounts without `shoal dataset refresh` [default: off].
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "off")]
+        sync_interval: u64,
+        /// What each open checks: `cached` uses the metadata as last synced; `strict`
+        /// stats the file in the store at every open (one request per open).
+        #[arg(long, value_enum, default_value = "cached")]
+        consistency: Consistency,
+        #[command(flatten)]
+        m: MasterFlag,
+    },
+    /// Change a dataset's sync interval or consistency mode (admin only).
+    Update {
+        name: String,
+        /// Re-list the store this often; 0 or `off` stops periodic syncs.
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+        sync_interval: Option<u64>,
+        /// `cached` or `strict` (see `shoal dataset create --help`).
+        #[arg(long, value_enum)]
+        consistency: Option<Consistency>,
         #[command(flatten)]
         m: MasterFlag,
     },
@@ -127,6 +175,8 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             uri,
             options,
             read_write,
+            sync_interval,
+            consistency,
             m,
         } => {
             let options = parse_options(&options)?;
@@ -138,6 +188,8 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
                     uri,
                     options,
                     read_write,
+                    sync_interval_ms: sync_interval,
+                    consistency: consistency.proto() as i32,
                 })
                 .await;
             pb.finish_and_clear();
@@ -193,6 +245,32 @@ pub async fn run(ctx: &Context, c: DatasetCommand) -> anyhow::Result<ExitCode> {
             let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
             let d = client
                 .get_dataset(GetDatasetRequest { name })
+                .await
+                .map_err(connect::status)?
+                .into_inner();
+            match ctx.output {
+                OutputFormat::Json => print_json(&dataset_json(&d))?,
+                OutputFormat::Table => print_fields(&show_fields(&d))?,
+            }
+        }
+        DatasetCommand::Update {
+            name,
+            sync_interval,
+            consistency,
+            m,
+        } => {
+            if sync_interval.is_none() && consistency.is_none() {
+                anyhow::bail!(
+                    "nothing to change: give --sync-interval and/or --consistency (see `shoal dataset update --help`)"
+                );
+            }
+            let mut client = connect::user_master(ctx, m.master.as_deref()).await?;
+            let d = client
+                .update_dataset(UpdateDatasetRequest {
+                    name,
+                    sync_interval_ms: sync_interval,
+                    consistency: consistency.map(|c| c.proto() as i32),
+                })
                 .await
                 .map_err(connect::status)?
                 .into_inner();
@@ -291,6 +369,27 @@ fn mode(d: &Dataset) -> &'static str {
     if d.read_write { "rw" } else { "ro" }
 }
 
+/// `30s`, `5m`, or `off`.
+fn interval_display(ms: u64) -> String {
+    if ms == 0 {
+        return "off".into();
+    }
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn consistency_label(d: &Dataset) -> &'static str {
+    match d.consistency() {
+        DatasetConsistency::Strict => "strict",
+        _ => "cached",
+    }
+}
+
 fn options_display(d: &Dataset) -> String {
     let mut parts: Vec<String> = d.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
     parts.extend(d.redacted_options.iter().map(|k| format!("{k}=<hidden>")));
@@ -309,6 +408,8 @@ fn show_fields(d: &Dataset) -> Vec<(&'static str, String)> {
         ("uri", d.uri.clone()),
         ("mode", mode(d).into()),
         ("options", options_display(d)),
+        ("sync_interval", interval_display(d.sync_interval_ms)),
+        ("consistency", consistency_label(d).into()),
         ("phase", s.phase().label().into()),
         ("files", s.file_count.to_string()),
         (
@@ -338,6 +439,8 @@ pub fn dataset_json(d: &Dataset) -> serde_json::Value {
         "read_write": d.read_write,
         "options": d.options,
         "redacted_options": d.redacted_options,
+        "sync_interval_ms": d.sync_interval_ms,
+        "consistency": consistency_label(d),
         "status": {
             "phase": s.phase().label(),
             "ufs_total_bytes": s.ufs_total_bytes,

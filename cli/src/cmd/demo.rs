@@ -292,6 +292,7 @@ async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
                 uri: uri.clone(),
                 options: options.clone().into_iter().collect(),
                 read_write: false,
+                ..Default::default()
             })
             .await
             .map_err(connect::status)

@@ -74,6 +74,11 @@ pub struct MountArgs {
     /// Mount read-only [default: read-only when --dataset names a read-only dataset].
     #[arg(long)]
     read_only: bool,
+    /// Where files being written are spooled so they can be read back before they are
+    /// closed (anonymous 0600 files) [default: $XDG_STATE_HOME/shoal/spool, else
+    /// ~/.local/state/shoal/spool, else /var/lib/shoal/spool].
+    #[arg(long, env = "SHOAL_MOUNT_SPOOL_DIR", value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
     /// Serve Prometheus /metrics on this address [default: off].
     #[arg(long, env = "SHOAL_MOUNT_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
@@ -132,6 +137,7 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     cfg.passthrough = !a.no_passthrough;
     cfg.direct_io = a.direct_io;
     cfg.allow_other = a.allow_other;
+    cfg.spool_dir = a.spool_dir.clone();
     cfg.tls = ctx.tls.clone();
     if a.read_only {
         cfg.read_only = Some(true);

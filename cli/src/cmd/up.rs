@@ -120,6 +120,7 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
                     uri: uri.clone(),
                     options,
                     read_write: false,
+                    ..Default::default()
                 })
                 .await;
             if let Err(s) = r {

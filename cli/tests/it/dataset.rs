@@ -96,6 +96,7 @@ async fn s3_and_local_datasets_report_exact_counts_and_survive_restart() {
             .lookup_file(shoal_proto::v1::LookupFileRequest {
                 dataset: "s3set".into(),
                 path: f.path().into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -88,6 +88,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
             uri: format!("file://{}", ds_dir.display()),
             options: Default::default(),
             read_write: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -102,6 +103,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
             m.lookup_file(pb::LookupFileRequest {
                 dataset: ds.clone(),
                 path: path.clone(),
+                ..Default::default()
             })
             .await,
         );
@@ -183,6 +185,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         .lookup_file(pb::LookupFileRequest {
             dataset: ds.clone(),
             path: "/etc/passwd".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -191,6 +194,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         .lookup_file(pb::LookupFileRequest {
             dataset: ds.clone(),
             path: "/sub/./b.txt".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -200,6 +204,7 @@ async fn paths_outside_the_dataset_are_refused_at_every_entry_point() {
         .lookup_file(pb::LookupFileRequest {
             dataset: ds.clone(),
             path: "link".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

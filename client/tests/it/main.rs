@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod identity;
 mod read;

@@ -116,12 +116,10 @@ pub fn readdirplus(fs: &Arc<Fs>, fh: u64, offset: u64, mut reply: ReplyDirectory
                 Err(e) => return reply.error(e),
             };
             let ino = fs2.inodes.lookup(&item.key, item.is_dir);
-            let rw = item
-                .dataset
-                .as_ref()
-                .or(info.as_ref())
-                .is_some_and(|d| d.read_write);
-            let (ttl, _) = fs2.cfg.ttls(rw);
+            let ds = item.dataset.as_ref().or(info.as_ref());
+            let rw = ds.is_some_and(|d| d.read_write);
+            // Strict datasets included: their attributes are not cached by the kernel.
+            let (ttl, _) = fs2.ttls(ds);
             let attr = match &item.entry {
                 Some(e) => fs2.entry_attr(ino, e, rw),
                 None => fs2.dir_attr(ino, rw, UNIX_EPOCH),

@@ -102,7 +102,12 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
     let Some(ds) = &key.dataset else {
         return Some(reply);
     };
-    let Some(info) = fs.meta.dataset_cached(ds).filter(|d| !d.read_write) else {
+    // STRICT datasets revalidate every open against the store: never inline.
+    let Some(info) = fs
+        .meta
+        .dataset_cached(ds)
+        .filter(|d| !d.read_write && !d.strict)
+    else {
         return Some(reply);
     };
     let Some(entry) = fs.meta.cached(ds, &key.path) else {
@@ -284,7 +289,7 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
                 reply.data(&b)
             }
             Err(e) if e.is(shoal_common::ErrorKind::Stale) => {
-                stale(&fs2, &h, &e);
+                stale(&fs2, &h, &e).await;
                 reply.error(Errno::ESTALE)
             }
             Err(e) => {
@@ -298,16 +303,22 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
     });
 }
 
-/// The version `h` opened is gone from the store: the reader gets `ESTALE`, the file's
-/// attributes are dropped so the next open asks for the current version, and the first
-/// such read of each version is logged with the fix.
-fn stale(fs: &Fs, h: &ReadHandle, e: &shoal_common::Error) {
+/// The version `h` opened is gone from the store: the reader gets `ESTALE` once the
+/// file's metadata was re-read from the store (so the next open gets the current
+/// version, not the catalogue's last listing), and the first such read of each version
+/// is logged with the fix.
+async fn stale(fs: &Fs, h: &ReadHandle, e: &shoal_common::Error) {
     fs.m.stale_reads.increment(1);
     fs.m.error(Op::Read);
-    fs.meta.invalidate(&h.dataset.name, &h.key.path);
     if fs.first_stale(h.dataset.id.0, h.file.version.0) {
         tracing::warn!(dataset = %h.dataset.name, path = %h.key.path, error = %e,
             "a reader's version of this file is gone from the store; reads answer ESTALE until the file is opened again");
+    }
+    if let Err(e) = fs.meta.revalidate(&h.dataset, &h.key.path).await {
+        // The next open still asks the master, whose answer may then be the old
+        // listing until its next sync; the reader is told ESTALE either way.
+        fs.meta.invalidate(&h.dataset.name, &h.key.path);
+        tracing::debug!(dataset = %h.dataset.name, path = %h.key.path, error = %e, "revalidating a stale file failed");
     }
 }
 

@@ -9,7 +9,14 @@
 //! nobody wrote to is committed empty. After a commit the object is final: writing
 //! more through the same handle fails with EOPNOTSUPP (unless nothing had been written,
 //! as when a shell closes the original descriptor of a redirection). Until then the
-//! file is visible through this mount with its size so far.
+//! file is visible through this mount with its size so far, under a version of its
+//! own, and reads of it are served from the writer's spool (`spool.rs`).
+//!
+//! On a `file://` dataset the bytes go to a temporary file beside the target
+//! (`shoal_common::ids::upload_temp_path`), renamed over it at commit, so the file a
+//! reader sees is the old one until the new one is complete. A failed upload is
+//! aborted: the temporary file is removed, an S3 multipart upload is aborted (no
+//! orphaned parts), and the old object and the catalogue stay as they were.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -21,10 +28,11 @@ use fuser::{
     ReplyWrite,
 };
 use shoal_common::Error;
+use shoal_common::ids::upload_temp_path;
 use shoal_proto::v1 as pb;
 
 use super::lookup::child_key;
-use super::{Fs, GENERATION, Handle};
+use super::{Fs, GENERATION, Handle, Spool};
 use crate::inode::NodeKey;
 use crate::meta::PendingFile;
 use crate::metrics::Op;
@@ -40,6 +48,9 @@ pub struct WriteHandle {
 #[derive(Default)]
 struct WriteState {
     writer: Option<opendal::Writer>,
+    /// Where the writer writes, when not at the file's own path (a temporary file
+    /// beside it on `file://`, renamed over it at commit).
+    upload_path: Option<String>,
     written: u64,
     /// The UFS object and the catalogue hold every byte written so far.
     committed: bool,
@@ -48,7 +59,7 @@ struct WriteState {
 }
 
 impl WriteHandle {
-    /// The file as seen through this handle (size so far).
+    /// The file as seen through this handle (size so far, this session's version).
     pub fn entry(&self) -> pb::FileEntry {
         pb::FileEntry {
             path: self.key.path.clone(),
@@ -56,8 +67,16 @@ impl WriteHandle {
             size: self.pending.size.load(Ordering::Relaxed),
             mtime_ms: self.pending.mtime_ms,
             etag: String::new(),
-            version: 0,
+            version: self.pending.version,
         }
+    }
+
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    pub fn pending(&self) -> &Arc<PendingFile> {
+        &self.pending
     }
 }
 
@@ -69,8 +88,23 @@ async fn writable(fs: &Fs, key: &NodeKey) -> Result<Dataset, Errno> {
     }
 }
 
+/// A private spool file for a new write session (`None`, logged, when the spool
+/// directory cannot take one: the file is still written, only reading it before it is
+/// committed fails).
+fn new_spool(fs: &Fs, key: &NodeKey) -> Option<Spool> {
+    match Spool::create(&fs.cfg.spool_dir()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(path = %key.path, error = %e, "no spool file for a written file; reading it before it is closed will fail");
+            None
+        }
+    }
+}
+
 fn new_handle(fs: &Fs, key: &NodeKey, info: Dataset) -> Arc<WriteHandle> {
-    let pending = fs.meta.add_pending(&info.name, &key.path);
+    let pending = fs
+        .meta
+        .add_pending(&info.name, &key.path, new_spool(fs, key));
     Arc::new(WriteHandle {
         key: key.clone(),
         dataset: info,
@@ -97,7 +131,7 @@ pub fn create(fs: &Arc<Fs>, parent: u64, name: &OsStr, _flags: i32, reply: Reply
         };
         let h = new_handle(&fs2, &key, info);
         let ino = fs2.inodes.lookup(&key, false);
-        fs2.inodes.open_version(ino, 0);
+        fs2.inodes.open_version(ino, h.pending.version);
         let attr = fs2.entry_attr(ino, &h.entry(), true);
         let fh = fs2.add_handle(Handle::Write(h));
         let (ttl, _) = fs2.cfg.ttls(true);
@@ -126,7 +160,7 @@ pub fn open_for_write(fs: &Arc<Fs>, ino: u64, key: NodeKey, flags: OpenFlags, re
             }
         }
         let h = new_handle(&fs2, &key, info);
-        fs2.inodes.open_version(ino, 0);
+        fs2.inodes.open_version(ino, h.pending.version);
         let fh = fs2.add_handle(Handle::Write(h));
         reply.opened(FileHandle(fh), FopenFlags::empty());
     });
@@ -176,46 +210,67 @@ async fn append(fs: &Fs, h: &WriteHandle, offset: u64, data: Bytes) -> Result<u3
     let len = data.len();
     if st.writer.is_none() {
         match start_upload(fs, h).await {
-            Ok(w) => st.writer = Some(w),
+            Ok((w, at)) => {
+                st.writer = Some(w);
+                st.upload_path = at;
+            }
             Err(e) => {
                 st.failed = Some(fs.fail(Op::Write, &h.key, &e));
                 return Err(Errno::EIO);
             }
         }
     }
+    if let Some(spool) = h.pending.spool() {
+        spool.write_at(offset, data.clone()).await;
+    }
     let Some(w) = st.writer.as_mut() else {
         return Err(Errno::EIO);
     };
     let r = tokio::time::timeout(fs.cfg.data_timeout, w.write(data)).await;
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let e =
-                shoal_ufs::ufs_error(&e, &format!("upload {}", h.key.path), &Default::default());
-            st.failed = Some(fs.fail(Op::Write, &h.key, &e));
-            return Err(Errno::EIO);
-        }
-        Err(_) => {
-            let e = Error::unavailable(format!("upload of {} timed out", h.key.path));
-            st.failed = Some(fs.fail(Op::Write, &h.key, &e));
-            return Err(Errno::EIO);
-        }
+    let err = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(shoal_ufs::ufs_error(
+            &e,
+            &format!("upload {}", h.key.path),
+            &Default::default(),
+        )),
+        Err(_) => Some(Error::unavailable(format!(
+            "upload of {} timed out",
+            h.key.path
+        ))),
+    };
+    if let Some(e) = err {
+        st.failed = Some(fs.fail(Op::Write, &h.key, &e));
+        abort_upload(fs, h, &mut st).await;
+        return Err(Errno::EIO);
     }
     st.written += len as u64;
-    h.pending.size.store(st.written, Ordering::Relaxed);
+    // Release: a reader that sees this size finds the bytes in the spool.
+    h.pending.size.store(st.written, Ordering::Release);
     fs.m.write_bytes.increment(len as u64);
     u32::try_from(len).map_err(|_| Errno::EIO)
 }
 
-async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error> {
+/// Where an upload of `path` writes: the path itself on object stores (an object
+/// appears only when its upload completes), a temporary file beside it on `file://`
+/// (where writing the path itself would truncate the live file at once).
+fn upload_path(store: &opendal::Operator, path: &str) -> Option<String> {
+    (store.info().scheme() == "fs").then(|| upload_temp_path(path, rand::random()))
+}
+
+async fn start_upload(
+    fs: &Fs,
+    h: &WriteHandle,
+) -> Result<(opendal::Writer, Option<String>), Error> {
     let store = fs.client.catalog().store(&h.dataset).await?;
     shoal_ufs::check_confined(&store, &h.key.path)?;
+    let at = upload_path(&store, &h.key.path);
     let fut = store
-        .writer_with(&h.key.path)
+        .writer_with(at.as_deref().unwrap_or(&h.key.path))
         .chunk(fs.cfg.write_chunk_bytes)
         .concurrent(fs.cfg.write_concurrency);
     match tokio::time::timeout(fs.cfg.data_timeout, fut).await {
-        Ok(Ok(w)) => Ok(w),
+        Ok(Ok(w)) => Ok((w, at)),
         Ok(Err(e)) => Err(shoal_ufs::ufs_error(
             &e,
             &format!("start upload of {}", h.key.path),
@@ -226,6 +281,31 @@ async fn start_upload(fs: &Fs, h: &WriteHandle) -> Result<opendal::Writer, Error
             h.key.path
         ))),
     }
+}
+
+/// Gives up a failed upload so that nothing of it stays in the store: the writer is
+/// aborted (an S3 multipart upload is aborted, its parts deleted) and a temporary
+/// file is removed. The object at the file's path is untouched.
+async fn abort_upload(fs: &Fs, h: &WriteHandle, st: &mut WriteState) {
+    if let Some(mut w) = st.writer.take() {
+        match tokio::time::timeout(fs.cfg.data_timeout, w.abort()).await {
+            Ok(Ok(())) => {}
+            // fs without an atomic-write directory cannot abort: the file goes below.
+            Ok(Err(e)) if e.kind() == opendal::ErrorKind::Unsupported => {}
+            Ok(Err(e)) => {
+                tracing::warn!(path = %h.key.path, error = %shoal_ufs::ufs_error(&e, "abort", &Default::default()),
+                    "could not abort the failed upload; the store may keep its parts until its lifecycle rules remove them")
+            }
+            Err(_) => tracing::warn!(path = %h.key.path, "aborting the failed upload timed out"),
+        }
+    }
+    if let Some(tmp) = st.upload_path.take()
+        && let Ok(store) = fs.client.catalog().store(&h.dataset).await
+        && let Err(e) = store.delete(&tmp).await
+    {
+        tracing::warn!(path = %h.key.path, temp = %tmp, error = %e, "could not remove the temporary file of a failed upload");
+    }
+    fs.m.aborted_uploads.increment(1);
 }
 
 pub fn flush(fs: &Arc<Fs>, fh: u64, reply: ReplyEmpty) {
@@ -251,42 +331,9 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
         return Ok(());
     }
     let ds = &h.dataset.name;
-    let upload = match st.writer.take() {
-        Some(mut w) => tokio::time::timeout(fs.cfg.data_timeout * 4, w.close())
-            .await
-            .map(|r| r.map(drop)),
-        None => match fs.client.catalog().store(&h.dataset).await {
-            Ok(d) if shoal_ufs::check_confined(&d, &h.key.path).is_err() => {
-                Ok(Err(opendal::Error::new(
-                    opendal::ErrorKind::PermissionDenied,
-                    "the path leads outside the dataset through a symbolic link",
-                )))
-            }
-            Ok(d) => {
-                tokio::time::timeout(fs.cfg.data_timeout, d.write(&h.key.path, Vec::<u8>::new()))
-                    .await
-                    .map(|r| r.map(drop))
-            }
-            Err(e) => {
-                st.failed = Some(fs.fail(Op::Write, &h.key, &e));
-                return Err(Errno::EIO);
-            }
-        },
-    };
-    let err = match upload {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(shoal_ufs::ufs_error(
-            &e,
-            &format!("complete upload of {}", h.key.path),
-            &Default::default(),
-        )),
-        Err(_) => Some(Error::unavailable(format!(
-            "completing the upload of {} timed out",
-            h.key.path
-        ))),
-    };
-    if let Some(e) = err {
+    if let Err(e) = complete_upload(fs, h, &mut st).await {
         st.failed = Some(fs.fail(Op::Write, &h.key, &e));
+        abort_upload(fs, h, &mut st).await;
         return Err(Errno::EIO);
     }
     let req = pb::CommitFileRequest {
@@ -300,6 +347,7 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
     {
         Ok(entry) => {
             fs.meta.remove_pending(ds, &h.key.path, &h.pending);
+            h.pending.drop_spool();
             fs.meta.put(ds, entry);
             fs.m.commits.increment(1);
             st.committed = true;
@@ -316,11 +364,50 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
     }
 }
 
+/// Completes the upload (or writes an empty file), and on `file://` renames the
+/// temporary file over the target: the object at the file's path is replaced only
+/// here, whole.
+async fn complete_upload(fs: &Fs, h: &WriteHandle, st: &mut WriteState) -> Result<(), Error> {
+    let ctx = format!("complete upload of {}", h.key.path);
+    let store = fs.client.catalog().store(&h.dataset).await?;
+    shoal_ufs::check_confined(&store, &h.key.path)?;
+    let timed_out = || Error::unavailable(format!("{ctx}: timed out"));
+    let ufs = |e: opendal::Error| shoal_ufs::ufs_error(&e, &ctx, &Default::default());
+    match &mut st.writer {
+        Some(w) => {
+            tokio::time::timeout(fs.cfg.data_timeout * 4, w.close())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(ufs)?;
+            st.writer = None;
+        }
+        None => {
+            // Nothing was written: an empty file, through a temporary one on file://.
+            let at = upload_path(&store, &h.key.path);
+            st.upload_path = at.clone();
+            let to = at.as_deref().unwrap_or(&h.key.path);
+            tokio::time::timeout(fs.cfg.data_timeout, store.write(to, Vec::<u8>::new()))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(ufs)?;
+        }
+    }
+    if let Some(tmp) = &st.upload_path {
+        tokio::time::timeout(fs.cfg.data_timeout, store.rename(tmp, &h.key.path))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(ufs)?;
+        st.upload_path = None;
+    }
+    Ok(())
+}
+
 /// The last close: commit if nobody did, and stop showing an uncommitted file.
 pub async fn release(fs: &Fs, h: &WriteHandle) {
     let _ = finish(fs, h).await;
     fs.meta
         .remove_pending(&h.dataset.name, &h.key.path, &h.pending);
+    h.pending.drop_spool();
 }
 
 /// What a `setattr` asks to change.
@@ -394,7 +481,8 @@ async fn replace_with_empty(fs: &Fs, info: &Dataset, key: &NodeKey) -> Result<()
     let h = WriteHandle {
         key: key.clone(),
         dataset: info.clone(),
-        pending: fs.meta.add_pending(&info.name, &key.path),
+        // Nothing is written: nothing to spool.
+        pending: fs.meta.add_pending(&info.name, &key.path, None),
         state: tokio::sync::Mutex::new(WriteState::default()),
     };
     let r = finish(fs, &h).await;

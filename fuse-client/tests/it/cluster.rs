@@ -139,3 +139,44 @@ pub fn sha256_file(path: &Path, chunk: usize) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// Creates dataset `name` over the cluster's S3 prefix `name/` (reached through the
+/// slow link when there is one), with a sync interval and a consistency mode.
+pub async fn create_s3_dataset_with(
+    c: &Cluster,
+    name: &str,
+    read_write: bool,
+    sync_interval: Duration,
+    consistency: shoal_proto::v1::DatasetConsistency,
+) -> shoal_proto::v1::Dataset {
+    let mut options = c.s3().options();
+    if let Some(l) = c.link() {
+        options.insert("endpoint".into(), l.endpoint());
+    }
+    c.master_client()
+        .await
+        .create_dataset(shoal_proto::v1::CreateDatasetRequest {
+            name: name.into(),
+            uri: c.s3().uri(name),
+            options: options.into_iter().collect(),
+            read_write,
+            sync_interval_ms: sync_interval.as_millis() as u64,
+            consistency: consistency as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The dataset's phase as the master reports it.
+pub async fn phase(c: &Cluster, name: &str) -> shoal_proto::v1::DatasetPhase {
+    c.master_client()
+        .await
+        .get_dataset(shoal_proto::v1::GetDatasetRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .phase()
+}

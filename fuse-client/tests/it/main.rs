@@ -5,7 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod failed_upload;
 mod failover;
+mod freshness;
 mod lifecycle;
+mod pending;
 mod read;
 mod write;

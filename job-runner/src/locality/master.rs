@@ -99,6 +99,7 @@ impl ClusterLink {
                 .lookup_file(pb::LookupFileRequest {
                     dataset: dataset.into(),
                     path: path.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| self.unreachable(&format!("look up input `{dataset}/{path}`"), s))?
@@ -118,6 +119,7 @@ impl ClusterLink {
                         path: dir.clone(),
                         start_after: after.clone(),
                         limit: LIST_PAGE,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| self.unreachable(&format!("list `{dataset}/{dir}`"), s))?

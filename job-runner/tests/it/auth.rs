@@ -292,7 +292,34 @@ async fn every_method_refuses_missing_unknown_and_foreign_tokens() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(all.len() >= 38, "walked only {} methods", all.len());
+    assert!(all.len() >= 40, "walked only {} methods", all.len());
+
+    // The change feed names paths of every dataset: cluster members only, not even an
+    // owner with a grant (A may read auth-ds-a, yet may not follow the feed).
+    let denied = c
+        .master_client_as(Some(&a))
+        .await
+        .watch_changes(pb::WatchChangesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    c.master_client_as(Some(&c.cluster_token))
+        .await
+        .watch_changes(pb::WatchChangesRequest {})
+        .await
+        .unwrap();
+    // Changing a dataset's settings is an admin's call.
+    let denied = c
+        .master_client_as(Some(&a))
+        .await
+        .update_dataset(pb::UpdateDatasetRequest {
+            name: "auth-ds-a".into(),
+            sync_interval_ms: Some(0),
+            consistency: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
 
     // Nothing B tried touched A's job.
     let mut ra = runner_as(&raddr, &a).await;

@@ -1,17 +1,27 @@
-//! Dataset RPCs: create, get, list, delete, refresh, and the user-facing view of a
-//! dataset (status figures, secrets removed).
+//! Dataset RPCs: create, get, list, delete, refresh, update, and the user-facing view
+//! of a dataset (status figures, settings, secrets removed).
 
 use shoal_common::Result;
 use shoal_proto::v1::{
-    CreateDatasetRequest, Dataset, DatasetPhase, DatasetStatus, DeleteDatasetRequest,
-    DeleteDatasetResponse, GetDatasetRequest, ListDatasetsRequest, ListDatasetsResponse,
-    RefreshDatasetRequest,
+    CreateDatasetRequest, Dataset, DatasetConsistency, DatasetPhase, DatasetStatus,
+    DeleteDatasetRequest, DeleteDatasetResponse, GetDatasetRequest, ListDatasetsRequest,
+    ListDatasetsResponse, RefreshDatasetRequest, UpdateDatasetRequest,
 };
 use tonic::Status;
 
 use crate::catalog::public_options;
 use crate::state::MasterState;
-use crate::store::{DatasetRecord, NewDataset, Phase};
+use crate::store::{Consistency, DatasetRecord, DatasetUpdate, NewDataset, Phase};
+
+fn consistency_of(v: i32) -> Result<Consistency> {
+    match DatasetConsistency::try_from(v) {
+        Ok(DatasetConsistency::Unspecified | DatasetConsistency::Cached) => Ok(Consistency::Cached),
+        Ok(DatasetConsistency::Strict) => Ok(Consistency::Strict),
+        Err(_) => Err(shoal_common::Error::invalid(format!(
+            "unknown consistency mode {v}; use cached or strict"
+        ))),
+    }
+}
 
 pub async fn create(s: &MasterState, r: CreateDatasetRequest) -> Result<Dataset, Status> {
     let d = s
@@ -21,8 +31,19 @@ pub async fn create(s: &MasterState, r: CreateDatasetRequest) -> Result<Dataset,
             uri: r.uri,
             options: r.options.into_iter().collect(),
             read_write: r.read_write,
+            sync_interval_ms: r.sync_interval_ms,
+            consistency: consistency_of(r.consistency)?,
         })
         .await?;
+    Ok(to_proto(s, &d)?)
+}
+
+pub async fn update(s: &MasterState, r: UpdateDatasetRequest) -> Result<Dataset, Status> {
+    let u = DatasetUpdate {
+        sync_interval_ms: r.sync_interval_ms,
+        consistency: r.consistency.map(consistency_of).transpose()?,
+    };
+    let d = s.catalog.update(&r.name, u).await?;
     Ok(to_proto(s, &d)?)
 }
 
@@ -105,5 +126,10 @@ pub fn to_proto(s: &MasterState, d: &DatasetRecord) -> Result<Dataset> {
         }),
         created_at_ms: d.created_at_ms,
         refreshed_at_ms: d.refreshed_at_ms,
+        sync_interval_ms: d.sync_interval_ms,
+        consistency: match d.consistency {
+            Consistency::Cached => DatasetConsistency::Cached,
+            Consistency::Strict => DatasetConsistency::Strict,
+        } as i32,
     })
 }

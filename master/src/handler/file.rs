@@ -1,7 +1,8 @@
-//! File-metadata RPCs for clients: lookup by path, paged directory listing, and the
-//! internal UFS access grant for workers and clients that read the UFS themselves.
+//! File-metadata RPCs for clients: lookup by path (optionally revalidated against the
+//! store, for STRICT datasets), paged directory listing, and the internal UFS access
+//! grant for workers and clients that read the UFS themselves.
 
-use shoal_common::ids::{FileVersion, normalize_dataset_path};
+use shoal_common::ids::{DatasetId, FileVersion, normalize_dataset_path};
 use shoal_common::{Error, ErrorKind};
 use shoal_proto::v1::{
     DatasetAccess, FileEntry, GetDatasetAccessRequest, ListDirectoryRequest, ListDirectoryResponse,
@@ -10,7 +11,7 @@ use shoal_proto::v1::{
 use tonic::Status;
 
 use crate::state::MasterState;
-use crate::store::FileRecord;
+use crate::store::{DatasetRecord, FileRecord};
 
 /// Upper bound on one page, so a client cannot make the master build a huge response.
 const MAX_PAGE: u32 = 5000;
@@ -32,10 +33,30 @@ pub fn to_entry(f: FileRecord) -> FileEntry {
     }
 }
 
+/// The dataset `name`, which must still be the one the caller resolved (`id`, when
+/// given): a dataset deleted and created again under the same name is another one,
+/// and answering for it would mix the two (ids key cached bytes).
+async fn resolved(s: &MasterState, name: &str, id: u64) -> Result<DatasetRecord, Error> {
+    let d = s.catalog.get(name).await?;
+    if id != 0 && d.id != DatasetId(id) {
+        return Err(Error::not_found(format!(
+            "dataset `{name}` #{id} no longer exists (the name now belongs to dataset #{}, created since); resolve the name again",
+            d.id
+        )));
+    }
+    Ok(d)
+}
+
 pub async fn lookup(s: &MasterState, r: LookupFileRequest) -> Result<FileEntry, Status> {
-    let d = s.catalog.get(&r.dataset).await?;
+    let d = resolved(s, &r.dataset, r.dataset_id).await?;
     let path = normalize_dataset_path(&r.path)?;
-    match s.catalog.store().lookup(d.id, &path).await? {
+    let known = s.catalog.store().lookup(d.id, &path).await?;
+    let current = if r.revalidate && !path.is_empty() {
+        revalidate(s, &d, &path, known).await?
+    } else {
+        known
+    };
+    match current {
         Some(f) => Ok(to_entry(f)),
         None if path.is_empty() => Ok(FileEntry {
             is_dir: true,
@@ -49,11 +70,57 @@ pub async fn lookup(s: &MasterState, r: LookupFileRequest) -> Result<FileEntry, 
     }
 }
 
+/// What the store says of `path` now: the catalogue is updated (and the change
+/// published) when the object changed, appeared or went. Directories have no content
+/// to go stale and are answered from the catalogue.
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %d.name, path = %path))]
+async fn revalidate(
+    s: &MasterState,
+    d: &DatasetRecord,
+    path: &str,
+    known: Option<FileRecord>,
+) -> Result<Option<FileRecord>, Error> {
+    if known.as_ref().is_some_and(|k| k.is_dir) {
+        return Ok(known);
+    }
+    let op = s.catalog.operator(d)?;
+    shoal_ufs::check_confined(&op, path)?;
+    metrics::counter!("shoal_master_revalidations_total").increment(1);
+    let mut now = match op.stat(path).await {
+        Ok(meta) if meta.is_file() => Some(FileRecord::from_ufs(path.to_owned(), &meta)),
+        Ok(_) => None,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(shoal_ufs::ufs_error(
+                &e,
+                &format!("stat {path}"),
+                &d.options,
+            ));
+        }
+    };
+    if let Some(rec) = now.as_mut() {
+        crate::catalog::pin_local(&op, std::slice::from_mut(rec)).await?;
+    }
+    if now == known {
+        return Ok(known);
+    }
+    let store = s.catalog.store();
+    match &now {
+        Some(rec) => store.upsert_entry(d.id, rec.clone()).await?,
+        None => {
+            store.remove_entry(d.id, path).await?;
+        }
+    }
+    tracing::info!(dataset = %d.name, path, present = now.is_some(), "revalidation found the object changed in the store");
+    s.catalog.changes().paths(d.id, &d.name, [path.to_owned()]);
+    Ok(now)
+}
+
 pub async fn list_directory(
     s: &MasterState,
     r: ListDirectoryRequest,
 ) -> Result<ListDirectoryResponse, Status> {
-    let d = s.catalog.get(&r.dataset).await?;
+    let d = resolved(s, &r.dataset, r.dataset_id).await?;
     let path = normalize_dataset_path(&r.path)?;
     if !path.is_empty() {
         match s.catalog.store().lookup(d.id, &path).await? {

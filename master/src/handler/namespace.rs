@@ -1,6 +1,8 @@
 //! Namespace changes on read-write datasets: commit a written file, remove, mkdir,
 //! rename. The master performs the UFS metadata operation and updates the catalogue in
 //! one request, so every client sees the same namespace; file bytes never pass here.
+//! Each change is published on the change feed, so other mounts drop what they cached
+//! about the paths at once.
 
 use shoal_common::ids::normalize_dataset_path;
 use shoal_common::{Error, ErrorKind};
@@ -8,7 +10,7 @@ use shoal_proto::v1::{
     CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
     RenameFileRequest,
 };
-use shoal_ufs::{build_operator, check_confined, ufs_error};
+use shoal_ufs::{check_confined, ufs_error};
 use tonic::Status;
 use tracing::info;
 
@@ -27,8 +29,15 @@ async fn writable(
             "dataset `{name}` is read-only; create it with --read-write to allow changes"
         )));
     }
-    let op = build_operator(&d.uri, &d.options, &s.catalog.tuning())?;
+    let op = s.catalog.operator(&d)?;
     Ok((d, op))
+}
+
+/// Tells every mount that `paths` of `d` changed.
+fn publish(s: &MasterState, d: &DatasetRecord, paths: &[&str]) {
+    s.catalog
+        .changes()
+        .paths(d.id, &d.name, paths.iter().map(|p| (*p).to_owned()));
 }
 
 fn non_root(path: &str) -> Result<String, Error> {
@@ -55,7 +64,10 @@ async fn stat_into_record(
         .stat(path)
         .await
         .map_err(|e| ufs_error(&e, &format!("stat {path}"), &d.options))?;
-    Ok(FileRecord::from_ufs(path.to_owned(), &meta))
+    let mut rec = [FileRecord::from_ufs(path.to_owned(), &meta)];
+    crate::catalog::pin_local(op, &mut rec).await?;
+    let [rec] = rec;
+    Ok(rec)
 }
 
 pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, Status> {
@@ -63,6 +75,7 @@ pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, 
     let path = confined(&op, &r.path)?;
     let rec = stat_into_record(&op, &d, &path).await?;
     s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
+    publish(s, &d, &[&path]);
     info!(dataset = %d.name, path = %path, size = rec.size, "file committed");
     Ok(to_entry(rec))
 }
@@ -103,6 +116,7 @@ pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathR
             .map_err(|e| ufs_error(&e, &ctx, &d.options))?;
     }
     store.remove_entry(d.id, &path).await?;
+    publish(s, &d, &[&path]);
     info!(dataset = %d.name, path = %path, "path removed");
     Ok(RemovePathResponse {})
 }
@@ -128,6 +142,7 @@ pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry
         etag: String::new(),
     };
     s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
+    publish(s, &d, &[&path]);
     Ok(to_entry(rec))
 }
 
@@ -167,6 +182,7 @@ pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, 
     let rec = stat_into_record(&op, &d, &to).await?;
     store.upsert_entry(d.id, rec.clone()).await?;
     store.remove_entry(d.id, &from).await?;
+    publish(s, &d, &[&from, &to]);
     info!(dataset = %d.name, from = %from, to = %to, "file renamed");
     Ok(to_entry(rec))
 }

@@ -2,7 +2,13 @@
 //! data dir, WAL mode, created with 0600 permissions because it holds credentials.
 //!
 //! One writer connection and a small pool of readers; every call runs on the blocking
-//! thread pool so the async runtime never waits on disk.
+//! thread pool so the async runtime never waits on disk. Sync generations and the
+//! namespace changes made while a sync runs are in `sync.rs`.
+
+mod access;
+mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +16,46 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use shoal_common::ids::{DatasetId, split_parent};
+use shoal_common::ids::DatasetId;
 use shoal_common::{Error, Result};
 
 use super::{
-    CatalogStore, DatasetRecord, FileRecord, GrantRecord, LoadRecord, NewDataset, Phase,
-    TokenRecord,
+    CatalogStore, Consistency, DatasetRecord, DatasetUpdate, Dropped, FileRecord, GrantRecord,
+    LoadRecord, NewDataset, Phase, TokenRecord,
 };
+
+/// Columns added after the first release, created on older catalogues at open:
+/// (table, column, declaration).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("datasets", "sync_interval_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("datasets", "consistency", "INTEGER NOT NULL DEFAULT 0"),
+    // The last generation handed out; see `sync.rs`.
+    ("datasets", "next_gen", "INTEGER NOT NULL DEFAULT 0"),
+    // The generation of the sync in progress, 0 when none.
+    ("datasets", "running_gen", "INTEGER NOT NULL DEFAULT 0"),
+    // The running generation when a namespace change last wrote the row.
+    ("files", "touched_gen", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Adds the columns of [`ADDED_COLUMNS`] a catalogue does not have yet.
+fn migrate(conn: &Connection) -> Result<()> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
+                ),
+                [column],
+                |r| r.get(0),
+            )
+            .map_err(db_err("read schema"))?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                .map_err(db_err("upgrade schema"))?;
+        }
+    }
+    Ok(())
+}
 
 const READERS: usize = 4;
 
@@ -39,6 +78,12 @@ CREATE TABLE IF NOT EXISTS datasets (
     refreshed_at_ms INTEGER NOT NULL DEFAULT 0,
     sync_gen        INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS sync_tombstones (
+    dataset_id INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    gen        INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, path)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     dataset_id INTEGER NOT NULL,
     path       TEXT NOT NULL,
@@ -85,17 +130,6 @@ pub struct SqliteCatalog {
     path: PathBuf,
 }
 
-fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: r.get(0)?,
-        owner: r.get(1)?,
-        admin: r.get(2)?,
-        secret_hash: r.get(3)?,
-        created_at_ms: r.get(4)?,
-        revoked_at_ms: r.get(5)?,
-    })
-}
-
 fn db_err(step: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
     shoal_db::failed("catalog", step)
 }
@@ -107,6 +141,7 @@ impl SqliteCatalog {
         writer
             .execute_batch(SCHEMA)
             .map_err(db_err("create schema"))?;
+        migrate(&writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open_conn(&path, true)?);
@@ -175,7 +210,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     shoal_db::open(path, "catalog", access)
 }
 
-const DATASET_COLS: &str = "id, name, uri, options, read_write, phase, message, file_count, total_bytes, created_at_ms, refreshed_at_ms, sync_gen";
+const DATASET_COLS: &str = "id, name, uri, options, read_write, phase, message, file_count, total_bytes, created_at_ms, refreshed_at_ms, sync_gen, sync_interval_ms, consistency";
 
 fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
     let options: String = r.get(3)?;
@@ -195,6 +230,8 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         created_at_ms: r.get(9)?,
         refreshed_at_ms: r.get(10)?,
         sync_gen: r.get(11)?,
+        sync_interval_ms: r.get::<_, i64>(12)?.max(0) as u64,
+        consistency: Consistency::from_i64(r.get(13)?),
     })
 }
 
@@ -247,8 +284,18 @@ impl CatalogStore for SqliteCatalog {
             let options = serde_json::to_string(&d.options)
                 .map_err(|e| Error::internal(format!("encode options: {e}")))?;
             let r = conn.execute(
-                "INSERT INTO datasets (name, uri, options, read_write, phase, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![d.name, d.uri, options, d.read_write as i64, Phase::Syncing.as_i64(), now_ms],
+                "INSERT INTO datasets (name, uri, options, read_write, phase, created_at_ms, sync_interval_ms, consistency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    d.name,
+                    d.uri,
+                    options,
+                    d.read_write as i64,
+                    Phase::Syncing.as_i64(),
+                    now_ms,
+                    i64::try_from(d.sync_interval_ms).unwrap_or(i64::MAX),
+                    d.consistency.as_i64()
+                ],
             );
             match r {
                 Ok(_) => {}
@@ -303,6 +350,11 @@ impl CatalogStore for SqliteCatalog {
                 .map_err(db_err("delete files"))?;
             tx.execute("DELETE FROM grants WHERE dataset_id = ?1", [id.0 as i64])
                 .map_err(db_err("delete grants"))?;
+            tx.execute(
+                "DELETE FROM sync_tombstones WHERE dataset_id = ?1",
+                [id.0 as i64],
+            )
+            .map_err(db_err("delete tombstones"))?;
             let n = tx
                 .execute("DELETE FROM datasets WHERE id = ?1", [id.0 as i64])
                 .map_err(db_err("delete dataset"))?;
@@ -325,43 +377,40 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    async fn update_dataset(&self, id: DatasetId, u: DatasetUpdate) -> Result<DatasetRecord> {
+        self.write(move |conn| {
+            let interval = u
+                .sync_interval_ms
+                .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+            conn.execute(
+                "UPDATE datasets SET sync_interval_ms = COALESCE(?1, sync_interval_ms),
+                   consistency = COALESCE(?2, consistency) WHERE id = ?3",
+                params![
+                    interval,
+                    u.consistency.map(Consistency::as_i64),
+                    id.0 as i64
+                ],
+            )
+            .map_err(db_err("update dataset"))?;
+            get_dataset_where(conn, "id = ?1", &(id.0 as i64))?
+                .ok_or_else(|| Error::not_found(format!("dataset #{id} not found")))
+        })
+        .await
+    }
+
+    // Sync generations and namespace changes: see `sync.rs`.
+    async fn begin_sync(&self, id: DatasetId) -> Result<i64> {
+        self.write(move |conn| sync::begin(conn, id)).await
+    }
+
     async fn apply_sync_batch(
         &self,
         id: DatasetId,
         sync_gen: i64,
         batch: Vec<FileRecord>,
-    ) -> Result<()> {
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err("begin sync batch"))?;
-            {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                         ON CONFLICT (dataset_id, path) DO UPDATE SET
-                           is_dir = excluded.is_dir, size = excluded.size, mtime_ms = excluded.mtime_ms,
-                           etag = excluded.etag, gen = excluded.gen",
-                    )
-                    .map_err(db_err("prepare upsert"))?;
-                for f in &batch {
-                    let (parent, name) = split_parent(&f.path);
-                    st.execute(params![
-                        id.0 as i64,
-                        f.path,
-                        parent,
-                        name,
-                        f.is_dir as i64,
-                        f.size as i64,
-                        f.mtime_ms,
-                        f.etag,
-                        sync_gen
-                    ])
-                    .map_err(db_err("upsert file"))?;
-                }
-            }
-            tx.commit().map_err(db_err("commit sync batch"))
-        })
-        .await
+    ) -> Result<Vec<String>> {
+        self.write(move |conn| sync::apply_batch(conn, id, sync_gen, batch))
+            .await
     }
 
     async fn finish_sync(
@@ -369,119 +418,27 @@ impl CatalogStore for SqliteCatalog {
         id: DatasetId,
         sync_gen: i64,
         now_ms: i64,
-    ) -> Result<DatasetRecord> {
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err("begin finish sync"))?;
-            tx.execute(
-                "DELETE FROM files WHERE dataset_id = ?1 AND gen < ?2",
-                params![id.0 as i64, sync_gen],
-            )
-            .map_err(db_err("drop vanished files"))?;
-            let (count, bytes): (i64, i64) = tx
-                .query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE dataset_id = ?1 AND is_dir = 0",
-                    [id.0 as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(db_err("count files"))?;
-            tx.execute(
-                "UPDATE datasets SET phase = ?1, message = '', file_count = ?2, total_bytes = ?3,
-                 refreshed_at_ms = ?4, sync_gen = ?5 WHERE id = ?6",
-                params![Phase::Ready.as_i64(), count, bytes, now_ms, sync_gen, id.0 as i64],
-            )
-            .map_err(db_err("update dataset after sync"))?;
-            let d = get_dataset_where(&tx, "id = ?1", &(id.0 as i64))?
-                .ok_or_else(|| Error::not_found("dataset was deleted during its sync"))?;
-            tx.commit().map_err(db_err("commit finish sync"))?;
-            Ok(d)
-        })
-        .await
+        max_dropped: usize,
+    ) -> Result<(DatasetRecord, Dropped)> {
+        self.write(move |conn| sync::finish(conn, id, sync_gen, now_ms, max_dropped))
+            .await
+    }
+
+    async fn abort_sync(&self, id: DatasetId, message: &str) -> Result<()> {
+        let message = message.to_owned();
+        self.write(move |conn| sync::abort(conn, id, &message))
+            .await
     }
 
     async fn upsert_entry(&self, id: DatasetId, rec: FileRecord) -> Result<()> {
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err("begin upsert"))?;
-            let gen_: i64 = tx
-                .query_row("SELECT sync_gen FROM datasets WHERE id = ?1", [id.0 as i64], |r| r.get(0))
-                .optional()
-                .map_err(db_err("read dataset generation"))?
-                .ok_or_else(|| Error::not_found(format!("dataset #{id} not found")))?;
-            let old: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT is_dir, size FROM files WHERE dataset_id = ?1 AND path = ?2",
-                    params![id.0 as i64, rec.path],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err("read old entry"))?;
-            let mut entries = vec![];
-            let mut end = 0;
-            while let Some(i) = rec.path[end..].find('/') {
-                entries.push(FileRecord { path: rec.path[..end + i].to_owned(), is_dir: true, size: 0, mtime_ms: 0, etag: String::new() });
-                end += i + 1;
-            }
-            for anc in &entries {
-                let (parent, name) = split_parent(&anc.path);
-                tx.execute(
-                    "INSERT OR IGNORE INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
-                     VALUES (?1, ?2, ?3, ?4, 1, 0, 0, '', ?5)",
-                    params![id.0 as i64, anc.path, parent, name, gen_],
-                )
-                .map_err(db_err("insert ancestor"))?;
-            }
-            let (parent, name) = split_parent(&rec.path);
-            tx.execute(
-                "INSERT INTO files (dataset_id, path, parent, name, is_dir, size, mtime_ms, etag, gen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (dataset_id, path) DO UPDATE SET
-                   is_dir = excluded.is_dir, size = excluded.size, mtime_ms = excluded.mtime_ms,
-                   etag = excluded.etag, gen = excluded.gen",
-                params![id.0 as i64, rec.path, parent, name, rec.is_dir as i64, rec.size as i64, rec.mtime_ms, rec.etag, gen_],
-            )
-            .map_err(db_err("upsert entry"))?;
-            let (old_files, old_bytes) = match old {
-                Some((0, size)) => (1, size),
-                _ => (0, 0),
-            };
-            let (new_files, new_bytes) = if rec.is_dir { (0, 0) } else { (1, rec.size as i64) };
-            tx.execute(
-                "UPDATE datasets SET file_count = file_count + ?1, total_bytes = total_bytes + ?2 WHERE id = ?3",
-                params![new_files - old_files, new_bytes - old_bytes, id.0 as i64],
-            )
-            .map_err(db_err("adjust counts"))?;
-            tx.commit().map_err(db_err("commit upsert"))
-        })
-        .await
+        self.write(move |conn| sync::upsert_entry(conn, id, rec))
+            .await
     }
 
     async fn remove_entry(&self, id: DatasetId, path: &str) -> Result<bool> {
         let path = path.to_owned();
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(db_err("begin remove"))?;
-            let old: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT is_dir, size FROM files WHERE dataset_id = ?1 AND path = ?2",
-                    params![id.0 as i64, path],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err("read entry"))?;
-            let Some((is_dir, size)) = old else {
-                return Ok(false);
-            };
-            tx.execute("DELETE FROM files WHERE dataset_id = ?1 AND path = ?2", params![id.0 as i64, path])
-                .map_err(db_err("delete entry"))?;
-            if is_dir == 0 {
-                tx.execute(
-                    "UPDATE datasets SET file_count = file_count - 1, total_bytes = total_bytes - ?1 WHERE id = ?2",
-                    params![size, id.0 as i64],
-                )
-                .map_err(db_err("adjust counts"))?;
-            }
-            tx.commit().map_err(db_err("commit remove"))?;
-            Ok(true)
-        })
-        .await
+        self.write(move |conn| sync::remove_entry(conn, id, &path))
+            .await
     }
 
     async fn lookup(&self, id: DatasetId, path: &str) -> Result<Option<FileRecord>> {
@@ -561,114 +518,34 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    // Tokens and grants: see `access.rs`.
     async fn create_token(&self, t: TokenRecord) -> Result<()> {
-        self.write(move |conn| {
-            let r = conn.execute(
-                "INSERT INTO tokens (id, owner, admin, secret_hash, created_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    t.id,
-                    t.owner,
-                    t.admin,
-                    t.secret_hash,
-                    t.created_at_ms,
-                    t.revoked_at_ms
-                ],
-            );
-            match r {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(Error::already_exists(format!(
-                        "token {} already exists",
-                        t.id
-                    )))
-                }
-                Err(e) => Err(db_err("insert token")(e)),
-            }
-        })
-        .await
+        self.write(move |conn| access::create_token(conn, t)).await
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-                 FROM tokens WHERE id = ?1",
-                [id],
-                row_to_token,
-            )
-            .optional()
-            .map_err(db_err("read token"))
-        })
-        .await
+        self.read(move |conn| access::get_token(conn, &id)).await
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.read(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-                     FROM tokens ORDER BY created_at_ms, id",
-                )
-                .map_err(db_err("list tokens"))?;
-            let rows = st
-                .query_map([], row_to_token)
-                .map_err(db_err("list tokens"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list tokens"))
-        })
-        .await
+        self.read(access::list_tokens).await
     }
 
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
         let id = id.to_owned();
-        self.write(move |conn| {
-            let n = conn
-                .execute(
-                    "UPDATE tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms = 0",
-                    params![now_ms, id],
-                )
-                .map_err(db_err("revoke token"))?;
-            if n > 0 {
-                return Ok(true);
-            }
-            let exists: Option<i64> = conn
-                .query_row("SELECT 1 FROM tokens WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()
-                .map_err(db_err("read token"))?;
-            Ok(exists.is_some())
-        })
-        .await
+        self.write(move |conn| access::revoke_token(conn, &id, now_ms))
+            .await
     }
 
     async fn set_grant(&self, g: GrantRecord) -> Result<()> {
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO grants (dataset_id, owner, write) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (dataset_id, owner) DO UPDATE SET write = excluded.write",
-                params![g.dataset.0 as i64, g.owner, g.write],
-            )
-            .map_err(db_err("save grant"))?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| access::set_grant(conn, g)).await
     }
 
     async fn remove_grant(&self, dataset: DatasetId, owner: &str) -> Result<bool> {
         let owner = owner.to_owned();
-        self.write(move |conn| {
-            let n = conn
-                .execute(
-                    "DELETE FROM grants WHERE dataset_id = ?1 AND owner = ?2",
-                    params![dataset.0 as i64, owner],
-                )
-                .map_err(db_err("remove grant"))?;
-            Ok(n > 0)
-        })
-        .await
+        self.write(move |conn| access::remove_grant(conn, dataset, &owner))
+            .await
     }
 
     async fn list_grants(
@@ -677,27 +554,8 @@ impl CatalogStore for SqliteCatalog {
         owner: Option<&str>,
     ) -> Result<Vec<GrantRecord>> {
         let owner = owner.map(str::to_owned);
-        self.read(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT dataset_id, owner, write FROM grants
-                     WHERE (?1 IS NULL OR dataset_id = ?1) AND (?2 IS NULL OR owner = ?2)
-                     ORDER BY dataset_id, owner",
-                )
-                .map_err(db_err("list grants"))?;
-            let rows = st
-                .query_map(params![dataset.map(|d| d.0 as i64), owner], |r| {
-                    Ok(GrantRecord {
-                        dataset: DatasetId(r.get::<_, i64>(0)? as u64),
-                        owner: r.get(1)?,
-                        write: r.get(2)?,
-                    })
-                })
-                .map_err(db_err("list grants"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list grants"))
-        })
-        .await
+        self.read(move |conn| access::list_grants(conn, dataset, owner.as_deref()))
+            .await
     }
 
     async fn save_load(&self, l: LoadRecord) -> Result<()> {
@@ -770,218 +628,5 @@ impl CatalogStore for SqliteCatalog {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(path: &str, size: u64) -> FileRecord {
-        FileRecord {
-            path: path.into(),
-            is_dir: false,
-            size,
-            mtime_ms: 1,
-            etag: "e".into(),
-        }
-    }
-
-    fn dir(path: &str) -> FileRecord {
-        FileRecord {
-            path: path.into(),
-            is_dir: true,
-            size: 0,
-            mtime_ms: 0,
-            etag: String::new(),
-        }
-    }
-
-    fn new_ds(name: &str) -> NewDataset {
-        let mut options = BTreeMap::new();
-        options.insert("secret_access_key".into(), "s".into());
-        NewDataset {
-            name: name.into(),
-            uri: "memory://".into(),
-            options,
-            read_write: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn sync_generations_replace_listing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = SqliteCatalog::open(tmp.path()).unwrap();
-        let d = s.create_dataset(new_ds("a"), 1).await.unwrap();
-        s.apply_sync_batch(
-            d.id,
-            1,
-            vec![
-                dir(""),
-                dir("x"),
-                file("x/1", 10),
-                file("x/2", 5),
-                file("y", 1),
-            ],
-        )
-        .await
-        .unwrap();
-        let d1 = s.finish_sync(d.id, 1, 2).await.unwrap();
-        assert_eq!(
-            (d1.file_count, d1.total_bytes, d1.phase),
-            (3, 16, Phase::Ready)
-        );
-        // Second sync: x/2 vanished, z appeared.
-        s.apply_sync_batch(
-            d.id,
-            2,
-            vec![dir(""), dir("x"), file("x/1", 10), file("z", 7)],
-        )
-        .await
-        .unwrap();
-        let d2 = s.finish_sync(d.id, 2, 3).await.unwrap();
-        assert_eq!((d2.file_count, d2.total_bytes), (2, 17));
-        assert!(s.lookup(d.id, "x/2").await.unwrap().is_none());
-        let names: Vec<_> = s
-            .list_dir(d.id, "", "", 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        assert_eq!(names, ["x", "z"]);
-        let page: Vec<_> = s
-            .list_dir(d.id, "", "x", 1)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        assert_eq!(page, ["z"]);
-    }
-
-    #[tokio::test]
-    async fn files_under_prefix_page_in_order() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = SqliteCatalog::open(tmp.path()).unwrap();
-        let d = s.create_dataset(new_ds("a"), 1).await.unwrap();
-        s.apply_sync_batch(
-            d.id,
-            1,
-            vec![
-                file("a", 1),
-                file("a/b", 1),
-                file("a/c/d", 1),
-                file("a-b", 1),
-                file("a0", 1),
-                file("b", 1),
-            ],
-        )
-        .await
-        .unwrap();
-        let under = |p: &'static str, after: &'static str| {
-            let s = &s;
-            async move {
-                s.list_files_under(d.id, p, after, 10)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|f| f.path)
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(under("a", "").await, ["a", "a/b", "a/c/d"]);
-        assert_eq!(under("a", "a").await, ["a/b", "a/c/d"]);
-        assert_eq!(under("a", "a/b").await, ["a/c/d"]);
-        assert_eq!(under("", "a0").await, ["b"]);
-    }
-
-    #[tokio::test]
-    async fn duplicate_names_and_permissions() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = SqliteCatalog::open(tmp.path()).unwrap();
-        s.create_dataset(new_ds("a"), 1).await.unwrap();
-        let e = s.create_dataset(new_ds("a"), 1).await.unwrap_err();
-        assert!(e.kind() == shoal_common::ErrorKind::AlreadyExists, "{e}");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(tmp.path().join("catalog.db"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[tokio::test]
-    async fn tokens_and_grants_persist_and_die_with_their_dataset() {
-        let tmp = tempfile::tempdir().unwrap();
-        let t = TokenRecord {
-            id: "0123456789abcdef".into(),
-            owner: "team-a".into(),
-            admin: false,
-            secret_hash: "h".repeat(64),
-            created_at_ms: 5,
-            revoked_at_ms: 0,
-        };
-        let d = {
-            let s = SqliteCatalog::open(tmp.path()).unwrap();
-            s.create_token(t.clone()).await.unwrap();
-            let e = s.create_token(t.clone()).await.unwrap_err();
-            assert!(e.kind() == shoal_common::ErrorKind::AlreadyExists, "{e}");
-            let d = s.create_dataset(new_ds("g"), 1).await.unwrap();
-            for (owner, write) in [("team-a", false), ("team-b", true), ("team-a", true)] {
-                s.set_grant(GrantRecord {
-                    dataset: d.id,
-                    owner: owner.into(),
-                    write,
-                })
-                .await
-                .unwrap();
-            }
-            d.id
-        };
-        let s = SqliteCatalog::open(tmp.path()).unwrap();
-        assert_eq!(s.get_token(&t.id).await.unwrap(), Some(t.clone()));
-        assert!(s.revoke_token(&t.id, 9).await.unwrap());
-        assert!(
-            s.revoke_token(&t.id, 10).await.unwrap(),
-            "revoking twice is fine"
-        );
-        assert_eq!(s.get_token(&t.id).await.unwrap().unwrap().revoked_at_ms, 9);
-        assert!(!s.revoke_token("ffffffffffffffff", 9).await.unwrap());
-        assert_eq!(s.list_tokens().await.unwrap().len(), 1);
-        let g = s.list_grants(Some(d), None).await.unwrap();
-        assert_eq!(
-            g.iter()
-                .map(|g| (g.owner.as_str(), g.write))
-                .collect::<Vec<_>>(),
-            [("team-a", true), ("team-b", true)]
-        );
-        assert!(s.remove_grant(d, "team-b").await.unwrap());
-        assert!(!s.remove_grant(d, "team-b").await.unwrap());
-        assert_eq!(s.list_grants(None, Some("team-a")).await.unwrap().len(), 1);
-        assert!(s.delete_dataset(d).await.unwrap());
-        assert!(s.list_grants(None, None).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn state_survives_reopen() {
-        let tmp = tempfile::tempdir().unwrap();
-        let id = {
-            let s = SqliteCatalog::open(tmp.path()).unwrap();
-            let d = s.create_dataset(new_ds("keep"), 1).await.unwrap();
-            s.apply_sync_batch(d.id, 1, vec![file("f", 3)])
-                .await
-                .unwrap();
-            s.finish_sync(d.id, 1, 2).await.unwrap();
-            s.store_epoch(9).await.unwrap();
-            d.id
-        };
-        let s = SqliteCatalog::open(tmp.path()).unwrap();
-        let d = s.get_dataset("keep").await.unwrap().unwrap();
-        assert_eq!((d.id, d.file_count, d.options.len()), (id, 1, 1));
-        assert_eq!(s.load_epoch().await.unwrap(), 9);
-        assert!(s.delete_dataset(id).await.unwrap());
-        assert!(s.lookup(id, "f").await.unwrap().is_none());
     }
 }

@@ -52,6 +52,7 @@ async fn syncs_100k_objects_and_pages_directories() {
                 path: String::new(),
                 start_after: after.clone(),
                 limit: 64,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -77,6 +78,7 @@ async fn syncs_100k_objects_and_pages_directories() {
         .lookup_file(LookupFileRequest {
             dataset: "big".into(),
             path: "/d042/f0999".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -87,6 +89,7 @@ async fn syncs_100k_objects_and_pages_directories() {
         .lookup_file(LookupFileRequest {
             dataset: "big".into(),
             path: "../etc/passwd".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

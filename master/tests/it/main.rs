@@ -5,4 +5,5 @@
 mod large_sync;
 mod membership;
 mod namespace;
+mod periodic;
 mod support;

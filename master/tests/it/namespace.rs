@@ -88,6 +88,7 @@ async fn commit_mkdir_rename_remove() {
         .lookup_file(LookupFileRequest {
             dataset: "rw".into(),
             path: "sub/new.bin".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
