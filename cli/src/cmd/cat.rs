@@ -92,6 +92,16 @@ pub async fn cat(ctx: &Context, a: CatArgs) -> anyhow::Result<ExitCode> {
             let (ds, file) = c.lookup_again(dataset, path).await?;
             c.read_to(&ds, &file, &mut out).await?;
         }
+        Err(e) if e.is(shoal_common::ErrorKind::Stale) => {
+            out.flush().await?;
+            // Let the catalogue learn the store's current version, so the next
+            // command gets it without waiting for a sync.
+            let _ = c.lookup_again(dataset, path).await;
+            return Err(anyhow::Error::new(e).context(format!(
+                "`{}` changed in the store while it was being printed: the {} bytes printed are the start of the old version; run the command again for the new one",
+                a.source, out.written
+            )));
+        }
         r => {
             r?;
         }

@@ -15,3 +15,4 @@ mod runner_mount;
 mod secrets;
 mod support;
 mod tls;
+mod torn;

@@ -377,7 +377,8 @@ async fn fetch_range(
     let mut out = BytesMut::new();
     let single = parts.len() == 1;
     for (i, p) in blocks.zip(parts) {
-        let b = p.map_err(|e| shoal_common::Error::unavailable(e.to_string()))?;
+        // The shared fetch's error keeps its kind (a stale version is ESTALE, not EIO).
+        let b = p.map_err(|e| shoal_common::Error::clone(&e))?;
         let start = i * bs;
         let part =
             slice(&b, offset.max(start) - start, end.min(start + bs) - start).ok_or_else(|| {
