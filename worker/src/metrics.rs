@@ -19,6 +19,10 @@ pub struct TierMetrics {
     pub disk_errors: Counter,
     /// Evictions skipped because a same-node reader pinned the data file.
     pub pinned_skips: Counter,
+    /// Bytes the scrub read back and checked.
+    pub scrub_bytes: Counter,
+    /// Blocks the scrub found bad (and dropped).
+    pub scrub_failures: Counter,
     pub used_bytes: Gauge,
     pub quota_bytes: Gauge,
 }
@@ -35,6 +39,8 @@ impl TierMetrics {
             checksum_failures: counter!("shoal_worker_checksum_failures_total", &l),
             disk_errors: counter!("shoal_worker_disk_errors_total", &l),
             pinned_skips: counter!("shoal_worker_eviction_pinned_skips_total", &l),
+            scrub_bytes: counter!("shoal_worker_scrub_bytes_total", &l),
+            scrub_failures: counter!("shoal_worker_scrub_failures_total", &l),
             used_bytes: gauge!("shoal_worker_tier_used_bytes", &l),
             quota_bytes: gauge!("shoal_worker_tier_quota_bytes", &l),
         }
@@ -58,6 +64,9 @@ pub struct WorkerMetrics {
     /// Operations on cached blocks refused or postponed because the process was out
     /// of file descriptors (`EMFILE`/`ENFILE`); the blocks stay cached.
     pub fd_exhausted: Counter,
+    /// Versions waiting for the scrub (those found at start-up are not eligible for
+    /// passthrough until it has read them).
+    pub scrub_pending: Gauge,
 }
 
 impl WorkerMetrics {
@@ -79,6 +88,7 @@ impl WorkerMetrics {
             served_bytes_tcp: plane("tcp"),
             served_bytes_grpc: plane("grpc"),
             fd_exhausted: counter!("shoal_worker_fd_exhausted_total", &l),
+            scrub_pending: gauge!("shoal_worker_scrub_pending_versions", &l),
         }
     }
 }
