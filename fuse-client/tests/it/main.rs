@@ -8,4 +8,5 @@ mod cluster;
 mod failover;
 mod lifecycle;
 mod read;
+mod scrub;
 mod write;
