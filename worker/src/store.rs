@@ -21,6 +21,8 @@
 //! - **Pinning**: before punching, eviction takes `flock(LOCK_EX | LOCK_NB)` on the data
 //!   file; a same-node reader holding a shared lock makes it skip the block (it goes
 //!   back into the index and moka picks other victims later).
+//! - **Protection** ([`protect`]): segments a holder (the runner, for open prewarm
+//!   gates) protects under a lease are skipped by eviction the same way.
 //! - **Quotas are hard**: a write reserves its bytes first and the reservation never
 //!   passes the quota. When nothing can be evicted the bytes are served uncached.
 //! - **Promotion**: a block read `promote_after_reads` times from a lower tier moves to
@@ -43,6 +45,7 @@
 
 pub mod index;
 pub mod open_files;
+pub mod protect;
 mod read;
 pub mod scrub;
 pub mod stats;
@@ -135,6 +138,8 @@ struct Inner {
     datasets: Arc<Datasets>,
     stats: StatsMap,
     files: OpenFiles,
+    /// Segments eviction leaves alone (open prewarm gates).
+    protected: protect::Protections,
     m: WorkerMetrics,
 }
 
@@ -189,6 +194,7 @@ impl BlockStore {
                 datasets,
                 stats: StatsMap::default(),
                 files: OpenFiles::new(cfg.open_data_files),
+                protected: protect::Protections::default(),
                 m: WorkerMetrics::new(&cfg.node),
             }),
         };
@@ -321,6 +327,21 @@ impl BlockStore {
     /// Whether `block` is in some tier's index (no disk access).
     pub fn is_resident(&self, block: &BlockId) -> bool {
         self.inner.is_resident(block)
+    }
+
+    /// Replaces `holder`'s protected segments (see [`protect`]) and renews its lease.
+    pub fn protect(
+        &self,
+        holder: &str,
+        segments: std::collections::HashSet<protect::SegmentKey>,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        self.inner.protected.set(holder, segments, lease)?;
+        self.inner
+            .m
+            .protection_holders
+            .set(self.inner.protected.holders() as f64);
+        Ok(())
     }
 
     /// The name of the highest tier holding `block`, if any.

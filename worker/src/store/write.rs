@@ -114,13 +114,20 @@ impl Inner {
         }
     }
 
-    /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it.
+    /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it or a
+    /// holder protects it.
     fn evict(&self, ti: usize, id: &BlockId, e: Arc<Entry>) {
         let tier = &self.tiers[ti];
         let _w = tier.disk.write();
         if tier.index.contains_key(id) {
             // Filled again since moka chose it: those bytes carry their own reservation.
             tier.release(disk_bytes(e.len));
+            return;
+        }
+        if self.protected.covers(id, self.layout.segment_blocks()) {
+            // An open prewarm gate holds it: moka picks another victim next time.
+            tier.m.protected_skips.increment(1);
+            tier.index.insert(*id, e);
             return;
         }
         let dir = layout::block_dir(&tier.root, id);
