@@ -328,6 +328,10 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(s) => return Err(connect::status(s)),
             };
+            // On stderr in every output format: JSON on stdout stays one document.
+            for w in &job.warnings {
+                eprintln!("warning: {w}");
+            }
             if !wait {
                 match ctx.output {
                     OutputFormat::Json => print_json(&job_json(&job))?,

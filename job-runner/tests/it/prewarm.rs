@@ -65,13 +65,15 @@ fn percent(l: &pb::LoadJob) -> f64 {
     }
 }
 
-/// `waiting-prewarm:DS NN%` → NN.
+/// `waiting-prewarm:DS NN%` (the load's progress) or `waiting-prewarm:DS NN% resident
+/// (loaded MM%)` (what the workers hold) → NN.
 fn gate_percent(reason: &str, dataset: &str) -> Option<u32> {
-    reason
-        .strip_prefix(&format!("waiting-prewarm:{dataset} "))?
-        .strip_suffix('%')?
-        .parse()
-        .ok()
+    let rest = reason.strip_prefix(&format!("waiting-prewarm:{dataset} "))?;
+    let (nn, tail) = rest.split_once('%')?;
+    if !(tail.is_empty() || tail.starts_with(" resident (loaded ") && tail.ends_with("%)")) {
+        return None;
+    }
+    nn.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,7 +125,10 @@ tasks:
         for i in &task(&j, "train").instance_list {
             if state(i.state) == S::Runnable && i.reason.starts_with("waiting-prewarm") {
                 let nn = gate_percent(&i.reason, "slow").unwrap_or_else(|| {
-                    panic!("reason `{}` is not waiting-prewarm:slow NN%", i.reason)
+                    panic!(
+                        "reason `{}` is not waiting-prewarm:slow NN%[ resident (loaded MM%)]",
+                        i.reason
+                    )
                 });
                 assert!((nn as f64) < threshold, "still waiting at {nn}%");
                 assert!(
