@@ -334,7 +334,11 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
             }
             if !wait {
                 match ctx.output {
-                    OutputFormat::Json => print_json(&job_json(&job))?,
+                    OutputFormat::Json => {
+                        let mut j = job_json(&job);
+                        j["warnings"] = json!(job.warnings);
+                        print_json(&j)?
+                    }
                     OutputFormat::Table => println!(
                         "submitted {} ({}, owner {}, {} instances in {} tasks)",
                         job.id,
