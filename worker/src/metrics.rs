@@ -74,6 +74,8 @@ pub struct WorkerMetrics {
     /// Holders (open prewarm gates) protecting segments from eviction, as of the last
     /// `ProtectSegments` call.
     pub protection_holders: Gauge,
+    /// Segments those holders protect, as of the last `ProtectSegments` call.
+    pub protected_segments: Gauge,
 }
 
 impl WorkerMetrics {
@@ -97,6 +99,7 @@ impl WorkerMetrics {
             fd_exhausted: counter!("shoal_worker_fd_exhausted_total", &l),
             scrub_pending: gauge!("shoal_worker_scrub_pending_versions", &l),
             protection_holders: gauge!("shoal_worker_protection_holders", &l),
+            protected_segments: gauge!("shoal_worker_protected_segments", &l),
         }
     }
 }

@@ -337,10 +337,9 @@ impl BlockStore {
         lease: std::time::Duration,
     ) -> Result<()> {
         self.inner.protected.set(holder, segments, lease)?;
-        self.inner
-            .m
-            .protection_holders
-            .set(self.inner.protected.holders() as f64);
+        let (holders, segments) = self.inner.protected.live();
+        self.inner.m.protection_holders.set(holders as f64);
+        self.inner.m.protected_segments.set(segments as f64);
         Ok(())
     }
 

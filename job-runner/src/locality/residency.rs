@@ -2,7 +2,7 @@
 //! to its owner under the current placement, and the owners are asked which bytes
 //! they hold (`SegmentResidency`, batched per worker and asked of all workers at once).
 //! What the prewarm gate opens on and what the submit-time capacity check compares
-//! against the free cache; [`by_owner`] is also what an open gate protects. A worker that does not answer counts as holding nothing, so
+//! against the free cache; [`assign`] also maps what an open gate protects. A worker that does not answer counts as holding nothing, so
 //! the figure never overstates what a reader would find.
 
 use shoal_common::Result;
@@ -37,7 +37,7 @@ impl Residency {
 
 /// Every segment of `files` (of dataset `dataset_id`) as a query for its owner under
 /// the worker set `set`: one list per worker, in the order of `set.workers`. What
-/// residency is asked with, and what an open gate protects (`prewarm/hold.rs`).
+/// residency is asked with.
 pub fn by_owner(
     set: &pb::WorkerSet,
     dataset_id: u64,
@@ -47,6 +47,23 @@ pub fn by_owner(
         Some(l) => BlockLayout::new(l.block_size, l.segment_blocks)?,
         None => BlockLayout::default(),
     };
+    let all = files.iter().flat_map(|f| {
+        (0..layout.segment_count(f.size)).map(move |s| pb::SegmentQuery {
+            dataset_id,
+            version: f.version,
+            file_size: f.size,
+            segment_index: s,
+        })
+    });
+    Ok(assign(set, all))
+}
+
+/// `segments` split by owner under the worker set `set`: one list per worker, in the
+/// order of `set.workers`. A segment without an owner (no live worker) is left out.
+pub fn assign(
+    set: &pb::WorkerSet,
+    segments: impl IntoIterator<Item = pb::SegmentQuery>,
+) -> Vec<Vec<pb::SegmentQuery>> {
     let placement = Placement::new(
         set.epoch,
         set.workers.iter().map(|w| PlacementNode {
@@ -61,28 +78,21 @@ pub fn by_owner(
         .map(|(i, w)| (w.id.as_str(), i))
         .collect();
     let mut by_worker: Vec<Vec<pb::SegmentQuery>> = vec![Vec::new(); set.workers.len()];
-    for f in files {
-        for s in 0..layout.segment_count(f.size) {
-            let key = SegmentId {
-                dataset: DatasetId(dataset_id),
-                version: FileVersion(f.version),
-                index: s,
-            }
-            .placement_key();
-            let Some(owner) = placement.owner(&key) else {
-                continue;
-            };
-            if let Some(q) = index.get(owner).and_then(|&i| by_worker.get_mut(i)) {
-                q.push(pb::SegmentQuery {
-                    dataset_id,
-                    version: f.version,
-                    file_size: f.size,
-                    segment_index: s,
-                });
-            }
+    for q in segments {
+        let key = SegmentId {
+            dataset: DatasetId(q.dataset_id),
+            version: FileVersion(q.version),
+            index: q.segment_index,
+        }
+        .placement_key();
+        let Some(owner) = placement.owner(&key) else {
+            continue;
+        };
+        if let Some(list) = index.get(owner).and_then(|&i| by_worker.get_mut(i)) {
+            list.push(q);
         }
     }
-    Ok(by_worker)
+    by_worker
 }
 
 /// Asks each owner about its segments of `files` (of dataset `dataset_id`) under the

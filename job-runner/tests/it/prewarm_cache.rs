@@ -1,8 +1,8 @@
 //! Prewarm gates against a cache smaller than what is asked of it (a real master, one
-//! worker with an 8 MiB tier, moto): a gate the cache can never hold is refused at
-//! submit with the numbers; a gate opens on what the worker holds now, not on what
-//! the load once loaded; an open gate's input is not evicted by another owner's
-//! prewarm until its job ends.
+//! worker with a tier of 8 or 8.5 MiB, moto): a gate the cache can never hold is
+//! refused at submit with the numbers; a gate opens on what the worker holds now, not
+//! on what the load once loaded; an open gate's input is not evicted by another
+//! owner's prewarm until its job ends, and only what the gate opened on is kept.
 
 use std::time::Duration;
 
@@ -352,6 +352,69 @@ tasks:
     .unwrap();
     load_succeeded(&c, "c-in").await;
     assert!(resident(&c, "a-in", &a_ds).await < 4 * MIB);
+    r.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_gate_keeps_what_it_opened_on_not_the_whole_cache() {
+    // At most 8 whole 1 MiB blocks; eviction goes down to 5.95 MiB, so once 5 blocks
+    // are in, at least 5 stay.
+    let c = small_cache(8 * MIB + MIB / 2).await;
+    let ds = one_file(&c, "big", 66, 16 * MIB).await;
+    let dir = shoal_testkit::temp_dir("prewarm-keep");
+    let go = dir.path().join("go");
+    let (r, mut client) = runner(&c, dir.path()).await;
+    let job = submit(
+        &mut client,
+        &format!(
+            r#"
+name: quarter
+datasets: [{{name: big}}]
+tasks:
+  - name: read
+    env: {{GO: "{go}"}}
+    command: ["sh", "-c", "while [ ! -e \"$GO\" ]; do sleep 0.05; done"]
+    inputs: [{{dataset: big, prewarm: {{min_cached_percent: 25, timeout: 1m}}}}]
+"#,
+            go = go.display()
+        ),
+    )
+    .await;
+    wait_until(Duration::from_secs(60), "the gated instance to run", || {
+        let mut client = client.clone();
+        let id = job.id.clone();
+        async move {
+            let j = get(&mut client, &id).await;
+            state(task(&j, "read").instance_list[0].state) == S::Running
+        }
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to protect the input",
+        || async { c.worker_metric("shoal_worker_protection_holders").await >= 1.0 },
+    )
+    .await;
+    // The load goes on past the gate; what it adds is not protected, or the 16 MiB
+    // input would claim the whole cache until the job ends.
+    load_succeeded(&c, "big").await;
+    let kept = c.worker_metric("shoal_worker_protected_segments").await;
+    assert!(
+        (4.0..=8.0).contains(&kept),
+        "{kept} segments protected: the gate opened on at least 4 of 16, and no more than 8 fit"
+    );
+    assert!(resident(&c, "big", &ds).await >= kept as u64 * MIB);
+
+    std::fs::write(&go, b"").unwrap();
+    let j = wait_final(&mut client, &job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(j.state), S::Succeeded, "{}", describe(&j));
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to release the input",
+        || async { c.worker_metric("shoal_worker_protected_segments").await == 0.0 },
+    )
+    .await;
     r.shutdown().await;
     c.shutdown().await;
 }

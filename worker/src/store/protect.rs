@@ -92,14 +92,15 @@ impl Protections {
             .any(|h| h.until > now && h.segments.contains(&key))
     }
 
-    /// Holders whose lease has not run out.
-    pub fn holders(&self) -> usize {
+    /// Holders whose lease has not run out, and the segments they protect (a segment
+    /// two holders protect counts twice).
+    pub fn live(&self) -> (usize, usize) {
         let now = Instant::now();
         self.holders
             .read()
             .values()
             .filter(|h| h.until > now)
-            .count()
+            .fold((0, 0), |(n, s), h| (n + 1, s + h.segments.len()))
     }
 }
 
@@ -135,7 +136,7 @@ mod tests {
         p.set("b", HashSet::from([(1, 7, 3)]), min).unwrap();
         p.set("a", HashSet::new(), min).unwrap();
         assert!(p.covers(&block(1, 7, 12), 4), "b still holds it");
-        assert_eq!(p.holders(), 1);
+        assert_eq!(p.live(), (1, 1));
         // A lease that ran out protects nothing.
         p.set("b", HashSet::from([(1, 7, 3)]), Duration::ZERO)
             .unwrap();
@@ -144,7 +145,7 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(1));
         assert!(!p.covers(&block(1, 7, 12), 4), "expired");
-        assert_eq!(p.holders(), 0);
+        assert_eq!(p.live(), (0, 0));
     }
 
     #[test]

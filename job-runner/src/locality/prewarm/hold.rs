@@ -2,11 +2,16 @@
 //! instances read that input; another prewarm (another owner's, or a `shoal prewarm`)
 //! loading into a full cache would otherwise evict it under them, and they would read
 //! it from the store again. So from the first opened gate until the job ends, the
-//! runner asks the owner of every segment of the input to keep it (`ProtectSegments`,
+//! runner asks the owners of the input's segments to keep them (`ProtectSegments`,
 //! `worker/src/store/protect.rs`): eviction passes those blocks over and takes others,
 //! and when only protected blocks are left, the other load's bytes go uncached and its
 //! own gate waits (its reason shows how much is resident) until this job ends or its
 //! timeout passes.
+//!
+//! What is protected is the segments that were resident when the gate opened: what the
+//! gate opened on. The input's load may go on past the threshold (a gate below 100%),
+//! but what it adds is cached like anything else, so a gate on an input larger than
+//! the cache does not end up pinning the whole cache.
 //!
 //! The protection is leased ([`LEASE`]) and renewed every [`RENEW`], each time under
 //! the current worker set, so a worker that joins or restarts is told within one
@@ -18,6 +23,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
+use shoal_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -48,7 +54,8 @@ pub fn holder(runner: &str, job: &str, dataset: &str, path: &str) -> String {
     name
 }
 
-/// Protects `listing` for `holder` until `cancel`, then releases it if `release()`.
+/// Protects the segments of `listing` resident now for `holder` until `cancel`, then
+/// releases them if `release()`.
 pub async fn hold(
     link: &ClusterLink,
     holder: &str,
@@ -58,10 +65,12 @@ pub async fn hold(
 ) {
     // Batches last asked of each worker (by address): fewer next time releases the rest.
     let mut asked: HashMap<String, usize> = HashMap::new();
+    // The segments to keep, found on the first round that reached every owner.
+    let mut kept: Option<Vec<pb::SegmentQuery>> = None;
     let mut first = true;
     loop {
         let ok = tokio::select! {
-            ok = renew(link, holder, listing, &mut asked, first) => ok,
+            ok = renew(link, holder, listing, &mut kept, &mut asked, first) => ok,
             _ = cancel.cancelled() => break,
         };
         first &= !ok;
@@ -91,11 +100,41 @@ fn batch_holder(holder: &str, batch: usize) -> String {
     format!("{holder}#{batch}")
 }
 
+/// The input's segments that some owner under `set` holds bytes of now.
+async fn resident_segments(
+    link: &ClusterLink,
+    set: &pb::WorkerSet,
+    listing: &Listing,
+) -> shoal_common::Result<Vec<pb::SegmentQuery>> {
+    let by_worker = residency::by_owner(set, listing.dataset_id, &listing.files)?;
+    let asks = set
+        .workers
+        .iter()
+        .zip(by_worker)
+        .filter(|(_, q)| !q.is_empty())
+        .map(|(w, q)| async move {
+            let bytes = link.residency(&w.grpc_addr, &q).await?;
+            Ok::<_, shoal_common::Error>(
+                q.into_iter()
+                    .zip(bytes)
+                    .filter(|(_, b)| *b > 0)
+                    .map(|(q, _)| q)
+                    .collect::<Vec<_>>(),
+            )
+        });
+    let mut out = Vec::new();
+    for r in futures::future::join_all(asks).await {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
 /// One round of protection under the current worker set. Whether every owner took it.
 async fn renew(
     link: &ClusterLink,
     holder: &str,
     listing: &Listing,
+    kept: &mut Option<Vec<pb::SegmentQuery>>,
     asked: &mut HashMap<String, usize>,
     first: bool,
 ) -> bool {
@@ -106,13 +145,19 @@ async fn renew(
             return false;
         }
     };
-    let by_worker = match residency::by_owner(&set, listing.dataset_id, &listing.files) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!("cannot keep the gated input in the cache: {e}");
-            return false;
-        }
+    let segments = match kept {
+        Some(k) => k.clone(),
+        None => match resident_segments(link, &set, listing).await {
+            Ok(k) => kept.insert(k).clone(),
+            Err(e) => {
+                warn!(
+                    "cannot tell which of the gated input to keep in the cache: {e}; trying again"
+                );
+                return false;
+            }
+        },
     };
+    let by_worker = residency::assign(&set, segments);
     let mut now: HashMap<String, usize> = HashMap::new();
     let mut asks = Vec::new();
     for (w, queries) in set.workers.iter().zip(by_worker) {
@@ -157,6 +202,7 @@ async fn renew(
         info!(
             resident_bytes = resident,
             total_bytes = total,
+            segments = kept.as_ref().map_or(0, Vec::len),
             workers = asked.len(),
             "keeping the gated input in the cache until the job ends"
         );
