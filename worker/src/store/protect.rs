@@ -141,11 +141,16 @@ mod tests {
         p.set("b", HashSet::from([(1, 7, 3)]), Duration::ZERO)
             .unwrap();
         assert!(!p.covers(&block(1, 7, 12), 4));
-        p.set("c", HashSet::from([(1, 7, 3)]), Duration::from_nanos(1))
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1));
+        // A holder whose lease ran out (as if it stopped renewing a while ago).
+        p.set("c", HashSet::from([(1, 7, 3)]), min).unwrap();
+        if let Some(h) = p.holders.write().get_mut("c") {
+            h.until = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        }
         assert!(!p.covers(&block(1, 7, 12), 4), "expired");
         assert_eq!(p.live(), (0, 0));
+        // The next call drops it.
+        p.set("d", HashSet::new(), min).unwrap();
+        assert!(p.holders.read().is_empty());
     }
 
     #[test]
