@@ -10,7 +10,8 @@
 //! - [`PrewarmGate`]: how much of a prewarmed input is in the cache. A task's
 //!   instances stay RUNNABLE with reason `waiting-prewarm:DS NN%` (the load's
 //!   progress), then `waiting-prewarm:DS NN% resident (loaded MM%)` (what the workers
-//!   hold now), until the gate opens or the input's `prewarm.timeout` passes.
+//!   hold now; `checking residency (loaded MM%)` while they are asked), until the gate
+//!   opens or the input's `prewarm.timeout` passes.
 //!
 //! The implementations against a real cluster are [`inputs::MasterInputs`] and
 //! [`prewarm::MasterPrewarm`]; both talk to the master (and, for residency, to the
@@ -150,24 +151,48 @@ pub struct GateWait {
     /// The load job's progress, `done_bytes / total_bytes`, 0 to 100.
     pub loaded_percent: f64,
     /// The share of the input resident on its segments' owners now, 0 to 100: known
-    /// once the load has reached the threshold and the workers were asked.
+    /// once the load has reached the threshold and the workers were asked, and below
+    /// the threshold (a measurement at or above it opens the gate, or is stale and
+    /// taken again).
     pub resident_percent: Option<f64>,
+    /// The load reached the threshold, and the workers are being asked what they hold.
+    pub measuring: bool,
 }
 
 impl GateWait {
     /// The reason's figure: `NN%` while the load runs, `NN% resident (loaded MM%)`
-    /// once measured. Floored, so a gate short of 100% never shows "100%".
+    /// once measured, `checking residency (loaded MM%)` in between. Floored, so a gate
+    /// short of 100% never shows "100%"; a waiting gate's first figure is always below
+    /// its threshold.
     pub fn describe(&self) -> String {
-        let floor = |p: f64| p.clamp(0.0, 100.0).floor() as u32;
-        match self.resident_percent {
-            None => format!("{}%", floor(self.loaded_percent)),
-            Some(r) => format!(
+        match (self.resident_percent, self.measuring) {
+            (Some(r), _) => format!(
                 "{}% resident (loaded {}%)",
                 floor(r),
                 floor(self.loaded_percent)
             ),
+            (None, true) => format!(
+                "checking residency (loaded {}%)",
+                floor(self.loaded_percent)
+            ),
+            (None, false) => format!("{}%", floor(self.loaded_percent)),
         }
     }
+
+    /// Why a gate needing `min` percent failed at its timeout, after `prewarm of `DS` `.
+    pub fn shortfall(&self, min: f64) -> String {
+        match (self.resident_percent, self.measuring) {
+            (None, true) => format!(
+                "loaded {}%, but what the workers hold of it was not measured in time (it needs {min}%)",
+                floor(self.loaded_percent)
+            ),
+            _ => format!("reached only {} of {min}%", self.describe()),
+        }
+    }
+}
+
+fn floor(p: f64) -> u32 {
+    p.clamp(0.0, 100.0).floor() as u32
 }
 
 pub trait PrewarmGate: Send + Sync + 'static {
@@ -224,16 +249,36 @@ mod tests {
 
     #[test]
     fn a_waiting_gate_says_what_it_measured() {
-        let w = |loaded_percent, resident_percent| GateWait {
+        let w = |loaded_percent, resident_percent, measuring| GateWait {
             loaded_percent,
             resident_percent,
+            measuring,
         };
-        assert_eq!(w(63.9, None).describe(), "63%");
-        assert_eq!(w(99.99, None).describe(), "99%");
+        assert_eq!(w(63.9, None, false).describe(), "63%");
+        assert_eq!(w(99.99, None, false).describe(), "99%");
         assert_eq!(
-            w(100.0, Some(41.7)).describe(),
+            w(100.0, Some(41.7), false).describe(),
             "41% resident (loaded 100%)"
         );
-        assert_eq!(w(120.0, Some(-1.0)).describe(), "0% resident (loaded 100%)");
+        assert_eq!(
+            w(120.0, Some(-1.0), false).describe(),
+            "0% resident (loaded 100%)"
+        );
+        assert_eq!(
+            w(67.2, None, true).describe(),
+            "checking residency (loaded 67%)"
+        );
+        assert_eq!(
+            w(42.0, None, false).shortfall(90.0),
+            "reached only 42% of 90%"
+        );
+        assert_eq!(
+            w(100.0, Some(41.0), false).shortfall(90.0),
+            "reached only 41% resident (loaded 100%) of 90%"
+        );
+        assert_eq!(
+            w(95.0, None, true).shortfall(90.0),
+            "loaded 95%, but what the workers hold of it was not measured in time (it needs 90%)"
+        );
     }
 }

@@ -283,10 +283,9 @@ fn gate(
                         OnTimeout::Fail => {
                             fail(
                                 format!(
-                                    "prewarm of `{}` reached only {} of {}% within {:?}",
+                                    "prewarm of `{}` {} within {:?}",
                                     input.dataset,
-                                    w.describe(),
-                                    pw.min_cached_percent,
+                                    w.shortfall(pw.min_cached_percent),
                                     pw.timeout
                                 ),
                                 out,

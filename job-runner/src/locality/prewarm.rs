@@ -12,7 +12,8 @@
 //! The load's progress only says what was loaded, not what is still there: once it
 //! reaches a gate's `min_cached_percent` (or the load ends), the gate measures what the
 //! workers hold of the input now and opens only on that ([`resident`]); the reason
-//! then reads `NN% resident (loaded MM%)`. From the first gate on an input that opens
+//! then reads `checking residency (loaded MM%)`, and `NN% resident (loaded MM%)` once
+//! measured. From the first gate on an input that opens
 //! until the job ends, its owners keep it out of eviction ([`hold`]), so another
 //! prewarm cannot evict it under the instances reading it.
 //!
@@ -189,6 +190,7 @@ impl MasterPrewarm {
                 GateState::Waiting(GateWait {
                     loaded_percent: loaded,
                     resident_percent,
+                    measuring: resident_percent.is_none(),
                 })
             }
         }
@@ -344,6 +346,7 @@ impl PrewarmGate for MasterPrewarm {
             Phase::Starting | Phase::Running => GateState::Waiting(GateWait {
                 loaded_percent: loaded,
                 resident_percent: None,
+                measuring: false,
             }),
         }
     }

@@ -55,7 +55,8 @@ struct State {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Verdict {
     Open,
-    /// Resident percent of the last measurement, if any; `measure`: the caller must
+    /// Resident percent of the last measurement, if any and below the threshold;
+    /// `measure`: the caller must
     /// start a measurement now (and call [`ResidentCheck::record`] when it ends).
     Waiting {
         resident_percent: Option<f64>,
@@ -99,8 +100,9 @@ impl ResidentCheck {
             st.in_flight = true;
             st.started = Some(now);
         }
+        // A stale measurement at or above `min` says nothing about now: not shown.
         Verdict::Waiting {
-            resident_percent: st.last.map(|m| m.residency.percent()),
+            resident_percent: st.last.map(|m| m.residency.percent()).filter(|&p| p < min),
             measure,
         }
     }
@@ -202,9 +204,10 @@ mod tests {
         assert_eq!(
             c.verdict("t", 50.0),
             Verdict::Waiting {
-                resident_percent: Some(100.0),
+                resident_percent: None,
                 measure: true
-            }
+            },
+            "a stale 100% is not shown, and is measured again"
         );
         // A failed measurement leaves the last figure and allows the next one.
         assert!(!c.record(None, false, 50.0));
