@@ -4,13 +4,20 @@
 //!
 //! The worker keeps each cached file version as one sparse data file per tier
 //! (`shoal_tier::layout`), with one marker per complete block. The file qualifies
-//! when, in a single tier of a worker on this node, the markers cover block 0 to the
-//! last block with the right lengths and the data file is at least the file's size.
+//! when, in a single tier of a worker on this node:
+//! - the markers cover block 0 to the last block with the right lengths, and the data
+//!   file is at least the file's size;
+//! - the version directory's seal says the worker process that owns the tier now
+//!   verified every block (it wrote them itself after checksumming them, or its scrub
+//!   read them back), and the data file has not changed since
+//!   (`shoal_tier::block_file::is_verified`): a restarted worker's files wait for its
+//!   scrub, and a data file written by anyone but the worker is refused.
+//!
 //! Presence is checked after the shared `flock` pin is taken, and the pin lasts as long
 //! as the [`LocalFile`]: eviction and promotion skip pinned data files, so the bytes the
-//! kernel reads cannot be punched out underneath. The crc32c in the markers is not
-//! checked here (that would read the whole file at open); a marker is written only after
-//! its block was complete, which is the same guarantee short-circuit reads start from.
+//! kernel reads cannot be punched out underneath. The crc32c of each block is not
+//! checked here (that would read the whole file at open); the seal stands for it.
+//! Short-circuit reads, which go through shoal, still check every block they read.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -64,7 +71,7 @@ impl LocalFile {
         }
         for root in tiers {
             let dir = layout::version_dir(root, dataset, version);
-            if let Some(f) = complete_in(&dir, layout, size) {
+            if let Some(f) = complete_in(root, &dir, layout, size) {
                 return Some(f);
             }
         }
@@ -78,7 +85,7 @@ pub struct LocalPin {
     _pin: BlockFile,
 }
 
-fn complete_in(dir: &Path, layout: &BlockLayout, size: u64) -> Option<LocalFile> {
+fn complete_in(root: &Path, dir: &Path, layout: &BlockLayout, size: u64) -> Option<LocalFile> {
     let pin = BlockFile::open_read(dir).ok()?;
     if !matches!(pin.try_lock_shared(), Ok(true)) {
         return None;
@@ -94,6 +101,12 @@ fn complete_in(dir: &Path, layout: &BlockLayout, size: u64) -> Option<LocalFile>
     let path = dir.join(layout::DATA_FILE);
     let file = File::open(&path).ok()?;
     if file.metadata().ok()?.len() < size {
+        return None;
+    }
+    // Checked on the descriptor the kernel will get, after the markers: a file that
+    // changes from here on changes under the pin only by the worker's own fills.
+    if !block_file::is_verified(root, dir, &file).unwrap_or(false) {
+        tracing::debug!(dir = %dir.display(), "complete but not verified by the running worker; no passthrough");
         return None;
     }
     Some(LocalFile {
@@ -135,12 +148,15 @@ impl ShoalClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_tier::layout::Marker;
+    use shoal_tier::layout::{Marker, Seal};
 
     const DS: DatasetId = DatasetId(4);
     const V: FileVersion = FileVersion(0x77);
 
-    /// A 3-block file of which blocks `present` are in the tier at `root`.
+    const BOOT: u64 = 0x5ca1ab1e;
+
+    /// A 3-block file of which blocks `present` are in the tier at `root`, written and
+    /// sealed the way the running worker (boot [`BOOT`]) does.
     fn write_blocks(root: &Path, layout: &BlockLayout, size: u64, present: &[u64]) {
         let dir = layout::version_dir(root, DS, V);
         let f = BlockFile::open_for_write(&dir).unwrap();
@@ -155,6 +171,12 @@ mod tests {
             };
             block_file::create_marker(&dir, &m).unwrap();
         }
+        block_file::write_boot(root, BOOT).unwrap();
+        let seal = Seal {
+            boot: BOOT,
+            stamp: f.stamp().unwrap(),
+        };
+        block_file::write_seal(&dir, &seal).unwrap();
     }
 
     #[test]
@@ -195,6 +217,40 @@ mod tests {
         let last = block_file::find_marker(&dir, 2).unwrap().unwrap();
         block_file::remove_marker(&dir, 2).unwrap();
         std::fs::File::create(dir.join(last.legacy_name())).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
+    }
+
+    #[test]
+    fn only_files_verified_by_the_running_worker_qualify() {
+        let layout = BlockLayout::new(4096, 4).unwrap();
+        let size = 2 * 4096 + 5;
+        let t = tempfile::tempdir().unwrap();
+        let tiers = vec![t.path().to_path_buf()];
+        let dir = layout::version_dir(t.path(), DS, V);
+        write_blocks(t.path(), &layout, size, &[0, 1, 2]);
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_some());
+
+        // A worker restarted on the tier: its boot id is new, the seal names the old.
+        block_file::write_boot(t.path(), BOOT + 1).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
+        block_file::write_boot(t.path(), BOOT).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_some());
+
+        // No seal: never verified whole (e.g. found at start-up, not scrubbed yet).
+        let seal = block_file::read_seal(&dir).unwrap().unwrap();
+        block_file::remove_seal(&dir).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
+        block_file::write_seal(&dir, &seal).unwrap();
+        assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_some());
+
+        // A byte flipped in the data file by someone else after sealing: its ctime
+        // moved (written again until the kernel's timestamp tick has passed).
+        let f = BlockFile::open_existing(&dir).unwrap();
+        let start = std::time::Instant::now();
+        while f.stamp().unwrap() == seal.stamp {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            f.write_block(100, &[0xee]).unwrap();
+        }
         assert!(LocalFile::find(&tiers, &layout, DS, V, size).is_none());
     }
 }

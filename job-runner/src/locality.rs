@@ -7,9 +7,11 @@
 //!   for it to have room, and records node and score on the instance), and for
 //!   `shard: by_file` inputs its deterministic 1/N share of the files, which the
 //!   instance finds listed in the file named by `SHOAL_INPUT_LIST`.
-//! - [`PrewarmGate`]: how much of a prewarmed input is cached. A task's instances stay
-//!   RUNNABLE with reason `waiting-prewarm:DS NN%` until the gate opens or the input's
-//!   `prewarm.timeout` passes.
+//! - [`PrewarmGate`]: how much of a prewarmed input is in the cache. A task's
+//!   instances stay RUNNABLE with reason `waiting-prewarm:DS NN%` (the load's
+//!   progress), then `waiting-prewarm:DS NN% resident (loaded MM%)` (what the workers
+//!   hold now; `checking residency (loaded MM%)` while they are asked), until the gate
+//!   opens or the input's `prewarm.timeout` passes.
 //!
 //! The implementations against a real cluster are [`inputs::MasterInputs`] and
 //! [`prewarm::MasterPrewarm`]; both talk to the master (and, for residency, to the
@@ -17,9 +19,11 @@
 //! memory, and [`Wake`] the engine when an answer changes. A runner without a master
 //! has neither: it rejects specs that need them and schedules without locality.
 
+pub mod capacity;
 pub mod inputs;
 pub mod master;
 pub mod prewarm;
+pub mod residency;
 pub mod score;
 
 use std::sync::Arc;
@@ -135,12 +139,60 @@ pub trait InputResolver: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GateState {
     Open,
-    /// Not cached enough yet.
-    Waiting {
-        cached_percent: f64,
-    },
+    /// Not in the cache enough yet.
+    Waiting(GateWait),
     /// The prewarm itself failed.
     Failed(String),
+}
+
+/// What a waiting gate has measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GateWait {
+    /// The load job's progress, `done_bytes / total_bytes`, 0 to 100.
+    pub loaded_percent: f64,
+    /// The share of the input resident on its segments' owners now, 0 to 100: known
+    /// once the load has reached the threshold and the workers were asked, and below
+    /// the threshold (a measurement at or above it opens the gate, or is stale and
+    /// taken again).
+    pub resident_percent: Option<f64>,
+    /// The load reached the threshold, and the workers are being asked what they hold.
+    pub measuring: bool,
+}
+
+impl GateWait {
+    /// The reason's figure: `NN%` while the load runs, `NN% resident (loaded MM%)`
+    /// once measured, `checking residency (loaded MM%)` in between. Floored, so a gate
+    /// short of 100% never shows "100%"; a waiting gate's first figure is always below
+    /// its threshold.
+    pub fn describe(&self) -> String {
+        match (self.resident_percent, self.measuring) {
+            (Some(r), _) => format!(
+                "{}% resident (loaded {}%)",
+                floor(r),
+                floor(self.loaded_percent)
+            ),
+            (None, true) => format!(
+                "checking residency (loaded {}%)",
+                floor(self.loaded_percent)
+            ),
+            (None, false) => format!("{}%", floor(self.loaded_percent)),
+        }
+    }
+
+    /// Why a gate needing `min` percent failed at its timeout, after `prewarm of `DS` `.
+    pub fn shortfall(&self, min: f64) -> String {
+        match (self.resident_percent, self.measuring) {
+            (None, true) => format!(
+                "loaded {}%, but what the workers hold of it was not measured in time (it needs {min}%)",
+                floor(self.loaded_percent)
+            ),
+            _ => format!("reached only {} of {min}%", self.describe()),
+        }
+    }
+}
+
+fn floor(p: f64) -> u32 {
+    p.clamp(0.0, 100.0).floor() as u32
 }
 
 pub trait PrewarmGate: Send + Sync + 'static {
@@ -193,5 +245,40 @@ mod tests {
         assert_eq!(one, ["f01", "f04", "f07"]);
         // More instances than files: the extra ones get nothing.
         assert_eq!(shard_by_file(&files, 12, 20).count(), 0);
+    }
+
+    #[test]
+    fn a_waiting_gate_says_what_it_measured() {
+        let w = |loaded_percent, resident_percent, measuring| GateWait {
+            loaded_percent,
+            resident_percent,
+            measuring,
+        };
+        assert_eq!(w(63.9, None, false).describe(), "63%");
+        assert_eq!(w(99.99, None, false).describe(), "99%");
+        assert_eq!(
+            w(100.0, Some(41.7), false).describe(),
+            "41% resident (loaded 100%)"
+        );
+        assert_eq!(
+            w(120.0, Some(-1.0), false).describe(),
+            "0% resident (loaded 100%)"
+        );
+        assert_eq!(
+            w(67.2, None, true).describe(),
+            "checking residency (loaded 67%)"
+        );
+        assert_eq!(
+            w(42.0, None, false).shortfall(90.0),
+            "reached only 42% of 90%"
+        );
+        assert_eq!(
+            w(100.0, Some(41.0), false).shortfall(90.0),
+            "reached only 41% resident (loaded 100%) of 90%"
+        );
+        assert_eq!(
+            w(95.0, None, true).shortfall(90.0),
+            "loaded 95%, but what the workers hold of it was not measured in time (it needs 90%)"
+        );
     }
 }

@@ -168,6 +168,7 @@ impl RunnerServer {
             cfg: cfg.clone(),
             master,
             admission,
+            link: link.clone(),
         });
         let svc = RunnerServiceServer::new(handler::RunnerRpc::new(
             engine.clone(),

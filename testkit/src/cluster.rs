@@ -57,6 +57,7 @@ pub struct ClusterBuilder {
     worker_expiry: Duration,
     s3: bool,
     link: Option<LinkProfile>,
+    scrub: Option<(u64, Duration)>,
 }
 
 impl ClusterBuilder {
@@ -84,6 +85,13 @@ impl ClusterBuilder {
     /// heartbeats). Longer where tests load the machine with child processes.
     pub fn worker_expiry(mut self, expiry: Duration) -> Self {
         self.worker_expiry = expiry;
+        self
+    }
+
+    /// Every worker's scrub: its rate limit and the time between full passes (default:
+    /// the worker's defaults, a pass a day).
+    pub fn scrub(mut self, bytes_per_sec: u64, interval: Duration) -> Self {
+        self.scrub = Some((bytes_per_sec, interval));
         self
     }
 
@@ -140,6 +148,7 @@ impl ClusterBuilder {
             s3,
             link,
             tiers: self.tiers,
+            scrub: self.scrub,
             tag,
             dirs,
         };
@@ -164,6 +173,7 @@ pub struct Cluster {
     s3: Option<S3Fixture>,
     link: Option<LinkProxy>,
     tiers: Vec<(String, u64)>,
+    scrub: Option<(u64, Duration)>,
     tag: String,
     /// Master and tier directories, removed last.
     dirs: tempfile::TempDir,
@@ -179,6 +189,7 @@ impl Cluster {
             worker_expiry: Duration::from_secs(2),
             s3: false,
             link: None,
+            scrub: None,
         }
     }
 
@@ -222,6 +233,10 @@ impl Cluster {
         cfg.master = Some(self.master_addr.clone());
         cfg.heartbeat_interval = HEARTBEAT;
         cfg.cluster_token = self.cluster_token.clone();
+        if let Some((rate, interval)) = self.scrub {
+            cfg.scrub_bytes_per_sec = rate;
+            cfg.scrub_interval = interval;
+        }
         self.workers
             .push(Some(WorkerServer::start(cfg).await.unwrap()));
         self.nodes.push(node);

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::layout::{self, DATA_FILE, Marker};
+use crate::layout::{
+    self, BOOT_FILE, DATA_FILE, FileStamp, Marker, SEAL_NAME, SEAL_TMP_NAME, Seal,
+};
 
 /// Process-wide disk I/O totals of the block store (all tiers, all workers in the
 /// process). The per-tier Prometheus series are recorded by the callers.
@@ -182,6 +184,11 @@ impl BlockFile {
     pub fn is_unlinked(&self) -> io::Result<bool> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.nlink() == 0)
+    }
+
+    /// The data file's inode and ctime (see [`FileStamp`]).
+    pub fn stamp(&self) -> io::Result<FileStamp> {
+        Ok(FileStamp::of(&self.file.metadata()?))
     }
 
     /// Size and allocated bytes (`st_blocks * 512`) of the data file.
@@ -343,15 +350,14 @@ fn has_markers(dir: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Removes a version directory that holds no marker any more (data file included).
-/// Returns whether it was removed.
+/// Removes a version directory that holds no marker any more (data file and seal
+/// included). Returns whether it was removed.
 pub fn remove_version_dir_if_empty(dir: &Path) -> io::Result<bool> {
     if has_markers(dir)? {
         return Ok(false);
     }
-    match std::fs::remove_file(dir.join(DATA_FILE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    for name in [DATA_FILE, SEAL_NAME, SEAL_TMP_NAME] {
+        remove_if_present(&dir.join(name))?;
     }
     match std::fs::remove_dir(dir) {
         Ok(()) => {}
@@ -364,6 +370,71 @@ pub fn remove_version_dir_if_empty(dir: &Path) -> io::Result<bool> {
         let _ = std::fs::remove_dir(parent);
     }
     Ok(true)
+}
+
+/// The stamp of the data file in `dir`; `None` when there is none.
+pub fn data_stamp(dir: &Path) -> io::Result<Option<FileStamp>> {
+    match std::fs::metadata(dir.join(DATA_FILE)) {
+        Ok(m) => Ok(Some(FileStamp::of(&m))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records in the tier's root that worker process `boot` owns it now (write to a
+/// temporary name, then rename, so a reader never sees half a file).
+pub fn write_boot(root: &Path, boot: u64) -> io::Result<()> {
+    let tmp = root.join(format!("{BOOT_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{}\n", layout::format_boot(boot)))?;
+    std::fs::rename(&tmp, root.join(BOOT_FILE))
+}
+
+/// The worker process that owns the tier at `root` now; `None` when no worker wrote
+/// one (or it is not readable as one).
+pub fn read_boot(root: &Path) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(root.join(BOOT_FILE)) {
+        Ok(s) => Ok(layout::parse_boot(&s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Seals the version directory `dir` (replacing any seal atomically: a new link under
+/// a temporary name, renamed over the old one).
+pub fn write_seal(dir: &Path, seal: &Seal) -> io::Result<()> {
+    let tmp = dir.join(SEAL_TMP_NAME);
+    remove_if_present(&tmp)?;
+    std::os::unix::fs::symlink(seal.target(), &tmp)?;
+    std::fs::rename(&tmp, dir.join(SEAL_NAME))
+}
+
+/// The seal of `dir`, if it has one that parses.
+pub fn read_seal(dir: &Path) -> io::Result<Option<Seal>> {
+    match std::fs::read_link(dir.join(SEAL_NAME)) {
+        Ok(target) => Ok(target.to_str().and_then(Seal::from_target)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the seal of `dir`; a seal already gone is not an error.
+pub fn remove_seal(dir: &Path) -> io::Result<()> {
+    remove_if_present(&dir.join(SEAL_NAME))
+}
+
+/// Whether `data`, the open data file of version directory `dir` in the tier at
+/// `tier_root`, was verified whole by the worker process that owns the tier now and
+/// has not changed since: the seal names the tier's current boot and `data`'s stamp.
+/// What a same-node reader checks before handing the file to the kernel.
+pub fn is_verified(tier_root: &Path, dir: &Path, data: &File) -> io::Result<bool> {
+    let Some(boot) = read_boot(tier_root)? else {
+        return Ok(false);
+    };
+    let Some(seal) = read_seal(dir)? else {
+        return Ok(false);
+    };
+    Ok(seal.boot == boot && seal.stamp == FileStamp::of(&data.metadata()?))
 }
 
 /// Checks that `root` is writable and supports `FALLOC_FL_PUNCH_HOLE`, which eviction
@@ -531,5 +602,44 @@ mod tests {
     fn probe_accepts_tmp() {
         let t = tempfile::tempdir().unwrap();
         probe_tier_dir(t.path()).unwrap();
+    }
+
+    #[test]
+    fn a_seal_holds_only_for_the_current_boot_and_an_unchanged_file() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let dir = root.join("blocks/1/00000000000000aa");
+        let f = BlockFile::open_for_write(&dir).unwrap();
+        f.write_block(0, &[1u8; 4096]).unwrap();
+        let data = File::open(dir.join(DATA_FILE)).unwrap();
+        assert!(!is_verified(root, &dir, &data).unwrap(), "no boot, no seal");
+        write_boot(root, 42).unwrap();
+        assert_eq!(read_boot(root).unwrap(), Some(42));
+        assert!(!is_verified(root, &dir, &data).unwrap(), "no seal");
+        let stamp = f.stamp().unwrap();
+        assert_eq!(data_stamp(&dir).unwrap(), Some(stamp));
+        write_seal(&dir, &Seal { boot: 42, stamp }).unwrap();
+        assert!(is_verified(root, &dir, &data).unwrap());
+        // Another worker process owns the tier now.
+        write_boot(root, 43).unwrap();
+        assert!(!is_verified(root, &dir, &data).unwrap());
+        write_seal(&dir, &Seal { boot: 43, stamp }).unwrap();
+        assert!(is_verified(root, &dir, &data).unwrap());
+        // Someone writes into the data file: its ctime moves on (once the kernel's
+        // timestamp tick has passed; write again until it has).
+        let start = std::time::Instant::now();
+        while f.stamp().unwrap() == stamp {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            f.write_block(7, &[9]).unwrap();
+        }
+        assert!(!is_verified(root, &dir, &data).unwrap());
+        // A version directory with only its seal left is removed whole.
+        remove_seal(&dir).unwrap();
+        remove_seal(&dir).unwrap();
+        write_seal(&dir, &Seal { boot: 43, stamp }).unwrap();
+        assert!(remove_version_dir_if_empty(&dir).unwrap());
+        assert!(!dir.exists());
+        assert_eq!(data_stamp(&dir).unwrap(), None);
+        assert_eq!(read_seal(&dir).unwrap(), None);
     }
 }

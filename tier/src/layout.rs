@@ -9,7 +9,12 @@
 //! ```text
 //! <tier>/blocks/<dataset_id>/<version:016x>/data
 //! <tier>/blocks/<dataset_id>/<version:016x>/<block_index>.m -> <len>.<crc32c:08x>
+//! <tier>/blocks/<dataset_id>/<version:016x>/verified -> <boot>.<ino>.<ctime>.<nsec>
+//! <tier>/boot
 //! ```
+//!
+//! The `verified` seal and the tier's `boot` file say which data files the running
+//! worker process has verified whole ([`SEAL_NAME`]); only FUSE passthrough needs them.
 //!
 //! A marker is created only after the block's bytes are fully written and removed
 //! before its bytes are punched out, so "marker present" always means "bytes were
@@ -136,6 +141,100 @@ pub fn parse_version_dir(name: &str) -> Option<FileVersion> {
     u64::from_str_radix(name, 16).ok().map(FileVersion)
 }
 
+/// Name of a version directory's *seal*: a symbolic link whose target ([`Seal`])
+/// records that every block of the data file was verified by the worker process
+/// named in the tier's [`BOOT_FILE`], and the data file's [`FileStamp`] at that time.
+///
+/// A same-node reader that hands the whole data file to the kernel (FUSE passthrough)
+/// cannot check each block's crc32c at open without reading the whole file, so it
+/// trusts a data file only when the seal names the tier's current worker process and
+/// the file's stamp still matches: a restarted worker's files are not trusted until
+/// its scrub has read them again, and a data file written by anyone but the worker
+/// since it was sealed (its ctime moved) is not trusted either.
+pub const SEAL_NAME: &str = "verified";
+/// Temporary name a new seal is created under before it is renamed over the old one.
+pub const SEAL_TMP_NAME: &str = "verified.tmp";
+/// File in a tier's root naming the worker process that owns the tier now
+/// (`<boot:016x>\n`), rewritten by every worker start.
+pub const BOOT_FILE: &str = "boot";
+
+/// Identity and last change of a data file: inode number and ctime. Every write and
+/// hole punch moves the ctime (to the kernel's timestamp granularity), and a file
+/// replaced by another has another inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub ino: u64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            ctime_sec: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        }
+    }
+}
+
+/// What a version directory's seal records ([`SEAL_NAME`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seal {
+    /// The worker process that verified the data file ([`BOOT_FILE`]).
+    pub boot: u64,
+    /// The data file as it was when sealed.
+    pub stamp: FileStamp,
+}
+
+impl Seal {
+    /// The seal's link target: `<boot:016x>.<ino>.<ctime_sec>.<ctime_nsec>`.
+    pub fn target(&self) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            format_boot(self.boot),
+            self.stamp.ino,
+            self.stamp.ctime_sec,
+            self.stamp.ctime_nsec
+        )
+    }
+
+    /// Parses a seal's link target; `None` when it is not one.
+    pub fn from_target(target: &str) -> Option<Seal> {
+        let mut parts = target.split('.');
+        let boot = parse_boot(parts.next()?)?;
+        let ino = parse_decimal(parts.next()?)?;
+        let ctime_sec = parts.next()?.parse().ok()?;
+        let ctime_nsec = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Seal {
+            boot,
+            stamp: FileStamp {
+                ino,
+                ctime_sec,
+                ctime_nsec,
+            },
+        })
+    }
+}
+
+/// A boot id as written in [`BOOT_FILE`] and seals: 16 hex digits.
+pub fn format_boot(boot: u64) -> String {
+    format!("{boot:016x}")
+}
+
+/// Parses [`format_boot`]'s output (surrounding whitespace allowed).
+pub fn parse_boot(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +301,31 @@ mod tests {
             Some(FileVersion(0xab))
         );
         assert_eq!(parse_version_dir("ab"), None);
+    }
+
+    #[test]
+    fn seal_round_trip() {
+        let seal = Seal {
+            boot: 0x00ab_cdef_0123_4567,
+            stamp: FileStamp {
+                ino: 991,
+                ctime_sec: 1_700_000_000,
+                ctime_nsec: 123_456_789,
+            },
+        };
+        assert_eq!(seal.target(), "00abcdef01234567.991.1700000000.123456789");
+        assert_eq!(Seal::from_target(&seal.target()), Some(seal));
+        for bad in [
+            "",
+            "00abcdef01234567",
+            "abc.1.2.3",
+            "00abcdef01234567.x.2.3",
+            "00abcdef01234567.1.2",
+            "00abcdef01234567.1.2.3.4",
+        ] {
+            assert_eq!(Seal::from_target(bad), None, "{bad}");
+        }
+        assert_eq!(parse_boot(&format!("{}\n", format_boot(7))), Some(7));
+        assert_eq!(parse_boot("7"), None);
     }
 }

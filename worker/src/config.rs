@@ -20,6 +20,10 @@ pub const DEFAULT_PROMOTE_AFTER_READS: u32 = 2;
 pub const DEFAULT_VERIFIED_BUFFER_BYTES: u64 = 64 << 20;
 pub const DEFAULT_UFS_PARALLELISM: usize = 8;
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// The scrub reads cached blocks back at most this fast by default.
+pub const DEFAULT_SCRUB_BYTES_PER_SEC: u64 = 64 << 20;
+/// A full scrub pass starts this long after the previous one started, by default.
+pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Upper end of the default [`WorkerConfig::open_data_files`].
 pub const MAX_DEFAULT_OPEN_DATA_FILES: usize = 4096;
 
@@ -132,6 +136,13 @@ pub struct WorkerConfig {
     /// Tier data files kept open between reads (one per tier and file version); 0 opens
     /// the file for every read. Bounds the descriptors the block store holds on to.
     pub open_data_files: usize,
+    /// Rate limit of the background scrub, which reads cached blocks back and checks
+    /// their crc32c (data files found at start-up are eligible for FUSE passthrough
+    /// only once it has read them); 0 turns it off.
+    pub scrub_bytes_per_sec: u64,
+    /// Time between the starts of two full scrub passes (the first pass, over what
+    /// was found at start-up, begins at once).
+    pub scrub_interval: Duration,
     /// Deadline of every call to the master.
     pub rpc_timeout: Duration,
     /// Block geometry used standalone; with a master, the master's layout wins.
@@ -169,6 +180,8 @@ impl WorkerConfig {
             verified_buffer_bytes: DEFAULT_VERIFIED_BUFFER_BYTES,
             ufs_parallelism: DEFAULT_UFS_PARALLELISM,
             open_data_files: default_open_data_files(),
+            scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
+            scrub_interval: DEFAULT_SCRUB_INTERVAL,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             layout: BlockLayout::default(),
             // Standalone: a fresh token nobody else knows until the caller shares it.
@@ -247,6 +260,10 @@ impl WorkerConfig {
             ),
             cluster_token,
             open_data_files: file.open_data_files.unwrap_or_else(default_open_data_files),
+            scrub_bytes_per_sec: file
+                .scrub_bytes_per_sec
+                .map_or(DEFAULT_SCRUB_BYTES_PER_SEC, |b| b.0),
+            scrub_interval: file.scrub_interval.unwrap_or(DEFAULT_SCRUB_INTERVAL),
             ..WorkerConfig::for_tiers("", &[])
         };
         cfg.validate()?;
@@ -336,6 +353,11 @@ pub struct WorkerToml {
     pub heartbeat_interval: Option<std::time::Duration>,
     /// See [`WorkerConfig::open_data_files`].
     pub open_data_files: Option<usize>,
+    /// See [`WorkerConfig::scrub_bytes_per_sec`] (`"64MiB"`; `0` turns the scrub off).
+    pub scrub_bytes_per_sec: Option<ByteSize>,
+    /// See [`WorkerConfig::scrub_interval`] (`"24h"`).
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub scrub_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,9 +429,12 @@ mod tests {
         assert_eq!(c.tiers.len(), 2);
         assert_eq!(c.capacity_bytes(), 3 << 30);
         assert_eq!(c.open_data_files, default_open_data_files());
+        assert_eq!(c.scrub_bytes_per_sec, DEFAULT_SCRUB_BYTES_PER_SEC);
         let file = toml_worker(
             r#"master = "m:1"
-            open_data_files = 7"#,
+            open_data_files = 7
+            scrub_bytes_per_sec = "8MiB"
+            scrub_interval = "90m""#,
         );
         let c = WorkerConfig::resolve(
             WorkerArgs {
@@ -420,6 +445,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.open_data_files, 7);
+        assert_eq!(c.scrub_bytes_per_sec, 8 << 20);
+        assert_eq!(c.scrub_interval, Duration::from_secs(90 * 60));
     }
 
     #[test]

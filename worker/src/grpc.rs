@@ -1,8 +1,10 @@
 //! The `WorkerService` gRPC handlers: `LoadSegment` (driven by the master's prewarm
 //! jobs) and `ReadRange`, the gRPC variant of the read path kept for comparison with
 //! the framed-TCP data plane; `SegmentResidency` (in `grpc/residency.rs`) for the runner's
-//! locality scores.
+//! locality scores and prewarm gates, and `ProtectSegments` (in `grpc/protect.rs`) for
+//! the inputs of open prewarm gates.
 
+mod protect;
 mod residency;
 
 use std::pin::Pin;
@@ -47,6 +49,14 @@ impl WorkerService for WorkerGrpc {
     ) -> Result<Response<pb::SegmentResidencyResponse>, Status> {
         crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "SegmentResidency")?;
         residency::segment_residency(&self.store, req.into_inner()).map(Response::new)
+    }
+
+    async fn protect_segments(
+        &self,
+        req: Request<pb::ProtectSegmentsRequest>,
+    ) -> Result<Response<pb::ProtectSegmentsResponse>, Status> {
+        crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "ProtectSegments")?;
+        protect::protect_segments(&self.store, req.into_inner()).map(Response::new)
     }
 
     type ReadRangeStream = ChunkStream;

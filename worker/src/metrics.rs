@@ -19,6 +19,13 @@ pub struct TierMetrics {
     pub disk_errors: Counter,
     /// Evictions skipped because a same-node reader pinned the data file.
     pub pinned_skips: Counter,
+    /// Evictions skipped because a holder protected the block's segment (an open
+    /// prewarm gate).
+    pub protected_skips: Counter,
+    /// Bytes the scrub read back and checked.
+    pub scrub_bytes: Counter,
+    /// Blocks the scrub found bad (and dropped).
+    pub scrub_failures: Counter,
     pub used_bytes: Gauge,
     pub quota_bytes: Gauge,
 }
@@ -35,6 +42,9 @@ impl TierMetrics {
             checksum_failures: counter!("shoal_worker_checksum_failures_total", &l),
             disk_errors: counter!("shoal_worker_disk_errors_total", &l),
             pinned_skips: counter!("shoal_worker_eviction_pinned_skips_total", &l),
+            protected_skips: counter!("shoal_worker_eviction_protected_skips_total", &l),
+            scrub_bytes: counter!("shoal_worker_scrub_bytes_total", &l),
+            scrub_failures: counter!("shoal_worker_scrub_failures_total", &l),
             used_bytes: gauge!("shoal_worker_tier_used_bytes", &l),
             quota_bytes: gauge!("shoal_worker_tier_quota_bytes", &l),
         }
@@ -60,6 +70,14 @@ pub struct WorkerMetrics {
     /// Operations on cached blocks refused or postponed because the process was out
     /// of file descriptors (`EMFILE`/`ENFILE`); the blocks stay cached.
     pub fd_exhausted: Counter,
+    /// Versions waiting for the scrub (those found at start-up are not eligible for
+    /// passthrough until it has read them).
+    pub scrub_pending: Gauge,
+    /// Holders (open prewarm gates) protecting segments from eviction, as of the last
+    /// `ProtectSegments` call.
+    pub protection_holders: Gauge,
+    /// Segments those holders protect, as of the last `ProtectSegments` call.
+    pub protected_segments: Gauge,
 }
 
 impl WorkerMetrics {
@@ -82,6 +100,9 @@ impl WorkerMetrics {
             served_bytes_tcp: plane("tcp"),
             served_bytes_grpc: plane("grpc"),
             fd_exhausted: counter!("shoal_worker_fd_exhausted_total", &l),
+            scrub_pending: gauge!("shoal_worker_scrub_pending_versions", &l),
+            protection_holders: gauge!("shoal_worker_protection_holders", &l),
+            protected_segments: gauge!("shoal_worker_protected_segments", &l),
         }
     }
 }

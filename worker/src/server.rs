@@ -22,6 +22,7 @@ use crate::config::WorkerConfig;
 use crate::data_plane;
 use crate::datasets::Datasets;
 use crate::grpc::WorkerGrpc;
+use crate::store::scrub::{ScrubConfig, Scrubber};
 use crate::store::{BlockStore, StoreConfig};
 
 pub struct WorkerServer;
@@ -39,6 +40,9 @@ pub struct RunningWorker {
     cluster_token: Token,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The background scrub thread, stopped (and joined) on shutdown and crash so it
+    /// never touches tiers a restarted worker owns.
+    scrub: Option<Scrubber>,
     metrics: MetricsServer,
 }
 
@@ -92,6 +96,10 @@ impl WorkerServer {
         let store = tokio::task::spawn_blocking(move || BlockStore::open(store_cfg, datasets))
             .await
             .map_err(|e| Error::internal(format!("store open task failed: {e}")))??;
+        let scrub = store.start_scrub(ScrubConfig {
+            bytes_per_sec: cfg.scrub_bytes_per_sec,
+            interval: cfg.scrub_interval,
+        })?;
 
         let (grpc_listener, grpc_addr) =
             shoal_wire::listen::bind("worker gRPC", &cfg.listen, "--listen").await?;
@@ -170,6 +178,7 @@ impl WorkerServer {
             cluster_token: cfg.cluster_token.clone(),
             cancel,
             tasks,
+            scrub,
             metrics,
         })
     }
@@ -221,6 +230,7 @@ impl RunningWorker {
         for t in self.tasks {
             let _ = t.await;
         }
+        stop_scrub(self.scrub).await;
         self.metrics.shutdown().await;
         tracing::info!(worker = %self.node, "worker stopped");
     }
@@ -236,7 +246,15 @@ impl RunningWorker {
         for t in self.tasks {
             let _ = t.await;
         }
+        stop_scrub(self.scrub).await;
         self.metrics.shutdown().await;
+    }
+}
+
+/// Stops the scrub thread off the runtime (joining it waits for one block read).
+async fn stop_scrub(scrub: Option<Scrubber>) {
+    if let Some(s) = scrub {
+        let _ = tokio::task::spawn_blocking(move || s.stop()).await;
     }
 }
 

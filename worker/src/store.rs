@@ -21,15 +21,22 @@
 //! - **Pinning**: before punching, eviction takes `flock(LOCK_EX | LOCK_NB)` on the data
 //!   file; a same-node reader holding a shared lock makes it skip the block (it goes
 //!   back into the index and moka picks other victims later).
+//! - **Protection** ([`protect`]): segments a holder (the runner, for open prewarm
+//!   gates) protects under a lease are skipped by eviction the same way.
 //! - **Quotas are hard**: a write reserves its bytes first and the reservation never
 //!   passes the quota. When nothing can be evicted the bytes are served uncached.
 //! - **Promotion**: a block read `promote_after_reads` times from a lower tier moves to
 //!   the top tier.
 //! - **Restart**: [`index::rebuild`] rebuilds each tier's index from the markers.
 //! - **Statistics** per dataset ([`stats`]) are atomics behind a read-mostly map.
+//! - **Scrub** ([`scrub`]): a throttled background thread reads cached blocks back and
+//!   drops bad ones; with the seals every change above keeps, it decides which data
+//!   files same-node readers may hand to the kernel whole. Each start writes a new boot
+//!   id into every tier, which invalidates the previous process's seals.
 //!
 //! Files: `read.rs` (tier reads, read-through), `write.rs` (fills, eviction, demotion,
-//! promotion, drops), `tier.rs` (one tier's index and accounting), `index.rs` (restart).
+//! promotion, drops), `tier.rs` (one tier's index and accounting), `index.rs` (restart),
+//! `scrub.rs` and `scrub/seal.rs` (scrub, seals).
 //!
 //! Lock order: a thread holds tier locks only in increasing tier order (an eviction of
 //! tier *i* may write into tier *i+1* while holding *i*), and never across an await.
@@ -38,7 +45,9 @@
 
 pub mod index;
 pub mod open_files;
+pub mod protect;
 mod read;
+pub mod scrub;
 pub mod stats;
 pub mod tier;
 mod write;
@@ -51,7 +60,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use shoal_common::block::BlockLayout;
-use shoal_common::ids::{BlockId, DatasetId};
+use shoal_common::ids::{BlockId, DatasetId, FileVersion};
 use shoal_common::{Error, Result};
 
 use crate::config::TierConfig;
@@ -124,9 +133,13 @@ struct Inner {
     /// dropped, so a cancelled prewarm or a vanished reader stops its store traffic
     /// instead of finishing reads nobody wants.
     inflight: Mutex<HashMap<BlockId, WeakFetch>>,
+    /// Versions waiting for the scrub.
+    scrub: scrub::Queue,
     datasets: Arc<Datasets>,
     stats: StatsMap,
     files: OpenFiles,
+    /// Segments eviction leaves alone (open prewarm gates).
+    protected: protect::Protections,
     m: WorkerMetrics,
 }
 
@@ -135,6 +148,9 @@ impl BlockStore {
     pub fn open(cfg: StoreConfig, datasets: Arc<Datasets>) -> Result<BlockStore> {
         // Metric handles created before the recorder exists would be no-ops.
         shoal_telemetry::metrics_handle();
+        // This process's id: seals written by an earlier process name another one, so
+        // its data files are not trusted for passthrough until scrubbed again.
+        let boot: u64 = rand::random();
         let mut tiers = Vec::with_capacity(cfg.tiers.len());
         for t in &cfg.tiers {
             let low = (t.quota_bytes as f64 * t.low_watermark) as u64;
@@ -151,7 +167,13 @@ impl BlockStore {
             block_file::probe_tier_dir(&t.path)
                 .map_err(|e| Error::invalid(format!("tier `{}`: {e}", t.name)))?;
             index::check_layout(&t.path, &cfg.layout)?;
-            tiers.push(Tier::new(t, &cfg.node));
+            block_file::write_boot(&t.path, boot).map_err(|e| {
+                Error::io(
+                    format!("tier `{}`: write {}", t.name, shoal_tier::layout::BOOT_FILE),
+                    e,
+                )
+            })?;
+            tiers.push(Tier::new(t, &cfg.node, boot));
         }
         let verified = (cfg.verified_buffer_bytes > 0).then(|| {
             moka::sync::Cache::builder()
@@ -168,9 +190,11 @@ impl BlockStore {
                 ufs_parallelism: cfg.ufs_parallelism.max(1),
                 verified,
                 inflight: Mutex::new(HashMap::new()),
+                scrub: scrub::Queue::default(),
                 datasets,
                 stats: StatsMap::default(),
                 files: OpenFiles::new(cfg.open_data_files),
+                protected: protect::Protections::default(),
                 m: WorkerMetrics::new(&cfg.node),
             }),
         };
@@ -180,6 +204,8 @@ impl BlockStore {
             let bytes: u64 = found.iter().map(|f| f.marker.len).sum();
             for f in &found {
                 inner.stats.add_cached(f.id.dataset, f.marker.len as i64);
+                // Written by an earlier process: the scrub's first pass reads it back.
+                inner.scrub.push(ti, (f.id.dataset, f.id.version));
             }
             tracing::info!(worker = %inner.node, tier = %tier.name, blocks = found.len(), bytes,
                 "rebuilt tier index from markers");
@@ -303,6 +329,20 @@ impl BlockStore {
         self.inner.is_resident(block)
     }
 
+    /// Replaces `holder`'s protected segments (see [`protect`]) and renews its lease.
+    pub fn protect(
+        &self,
+        holder: &str,
+        segments: std::collections::HashSet<protect::SegmentKey>,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        self.inner.protected.set(holder, segments, lease)?;
+        let (holders, segments) = self.inner.protected.live();
+        self.inner.m.protection_holders.set(holders as f64);
+        self.inner.m.protected_segments.set(segments as f64);
+        Ok(())
+    }
+
     /// The name of the highest tier holding `block`, if any.
     pub fn tier_of(&self, block: &BlockId) -> Option<&str> {
         self.inner
@@ -333,6 +373,22 @@ impl BlockStore {
     /// `StoreConfig::open_data_files`).
     pub fn open_data_files(&self) -> usize {
         self.inner.files.len()
+    }
+
+    /// Starts the background scrub (`None` when `cfg` turns it off). Stop it with
+    /// [`scrub::Scrubber::stop`] before the store's tiers are used by anyone else.
+    pub fn start_scrub(&self, cfg: scrub::ScrubConfig) -> Result<Option<scrub::Scrubber>> {
+        scrub::Scrubber::start(self.inner.clone(), cfg)
+            .map_err(|e| Error::io("start the scrub thread", e))
+    }
+
+    /// Whether every block of `version` in tier `tier` (by index, fastest first) was
+    /// verified by this process: written by it, or read back by its scrub.
+    pub fn is_verified(&self, tier: usize, dataset: DatasetId, version: FileVersion) -> bool {
+        self.inner
+            .tiers
+            .get(tier)
+            .is_some_and(|t| t.seals.is_verified((dataset, version)))
     }
 
     /// Finishes evictions that moka decided lazily (blocking disk I/O).

@@ -328,9 +328,17 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(s) => return Err(connect::status(s)),
             };
+            // On stderr in every output format: JSON on stdout stays one document.
+            for w in &job.warnings {
+                eprintln!("warning: {w}");
+            }
             if !wait {
                 match ctx.output {
-                    OutputFormat::Json => print_json(&job_json(&job))?,
+                    OutputFormat::Json => {
+                        let mut j = job_json(&job);
+                        j["warnings"] = json!(job.warnings);
+                        print_json(&j)?
+                    }
                     OutputFormat::Table => println!(
                         "submitted {} ({}, owner {}, {} instances in {} tasks)",
                         job.id,

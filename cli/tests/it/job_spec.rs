@@ -1,18 +1,19 @@
 //! `shoal job submit` of a spec with several problems, against a real standalone
 //! runner: every problem is printed with its place, as JSON (one string each) and as
-//! the table report, from the problems the runner sends as data.
+//! the table report, from the problems the runner sends as data. And of prewarms the
+//! cache cannot hold, against a runner with a master: refused, or warned, with the
+//! numbers.
 
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_testkit::temp_dir;
+use shoal_testkit::{TestProcess, temp_dir};
 
 use crate::support::shoal_as;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
-    let dir = temp_dir("job-spec-problems");
-    let data = dir.path().join("runner");
+/// `shoal runner` on 127.0.0.1:0 over `data` (no mount), with `args` added; its
+/// address once it listens.
+async fn start_runner(data: &std::path::Path, args: &[&str]) -> (TestProcess, String) {
     let mut cmd = Command::new(crate::support::SHOAL);
     cmd.args([
         "runner",
@@ -21,10 +22,11 @@ async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
         "--no-mount",
         "--data-dir",
     ])
-    .arg(&data)
+    .arg(data)
+    .args(args)
     .env_remove("SHOAL_CONFIG")
     .env_remove("SHOAL_MASTER");
-    let mut runner = shoal_testkit::TestProcess::spawn("shoal runner", cmd).unwrap();
+    let mut runner = TestProcess::spawn("shoal runner", cmd).unwrap();
     let addr = shoal_testkit::wait_for(Duration::from_secs(30), "shoal runner to listen", || {
         let log = runner.log_contents();
         let running = runner.is_running();
@@ -37,6 +39,14 @@ async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
         }
     })
     .await;
+    (runner, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
+    let dir = temp_dir("job-spec-problems");
+    let data = dir.path().join("runner");
+    let (mut runner, addr) = start_runner(&data, &[]).await;
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let spec = dir.path().join("bad.yaml");
     std::fs::write(
@@ -87,4 +97,93 @@ async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
         )
     );
     runner.terminate(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prewarm_the_cache_cannot_hold_is_refused_and_one_above_it_warned() {
+    const MIB: u64 = 1 << 20;
+    let c = shoal_testkit::Cluster::builder()
+        .workers(1)
+        .tiers(&[("disk", 8 * MIB)])
+        .layout(shoal_common::block::BlockLayout::new(MIB, 1).unwrap())
+        .s3()
+        .start()
+        .await;
+    let ds = shoal_testkit::GeneratedDataset::builder(17)
+        .small_files(0, 1, 1)
+        .empty_files(0)
+        .large_file(16 * MIB)
+        .build();
+    c.create_s3_dataset("big", &ds, false).await;
+    let dir = temp_dir("job-prewarm-cache");
+    let data = dir.path().join("runner");
+    let token_file = c.master_dir().join("cluster.token");
+    let (mut runner, addr) = start_runner(
+        &data,
+        &[
+            "--master",
+            c.master_addr.as_str(),
+            "--cluster-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // A runner with a master takes the master's tokens.
+    let token = c.admin_token.reveal();
+    let env = [("SHOAL_RUNNER", addr.as_str())];
+    let spec = |name: &str, percent: u32| {
+        let p = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name: {name}\ndatasets: [{{name: big}}]\ntasks:\n  - name: t\n    command: [\"true\"]\n    inputs: [{{dataset: big, prewarm: {{min_cached_percent: {percent}, timeout: 1m}}}}]\n"
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+
+    // All 16 MiB resident at once in an 8 MiB cache: never. Refused, with what to do.
+    let refused = spec("too-big", 100);
+    let out = shoal_as(
+        "127.0.0.1:1",
+        Some(token.trim()),
+        &env,
+        &["job", "submit", &refused],
+    );
+    assert_eq!(out.code, 4, "{out:#?}");
+    for part in [
+        &format!("{refused} cannot run on this cluster"),
+        "tasks[0].inputs[0].prewarm: `big` is 16.0 MiB, and min_cached_percent 100 needs 16.0 MiB of it in the cache at once, but the whole cache (1 live worker) holds 8.0 MiB: the gate could never open",
+        "Lower min_cached_percent to at most 50",
+    ] {
+        assert!(out.stderr.contains(part), "`{part}` not in: {}", out.stderr);
+    }
+
+    // A quarter of it can be resident, but loading all of it evicts its own start:
+    // accepted, and the warning reaches the user (stderr; JSON keeps it as data).
+    let warned = spec("warned", 25);
+    let want = "tasks[0].inputs[0].prewarm: the prewarm loads all of `big` (16.0 MiB) into a cache that holds 8.0 MiB: it evicts its own early blocks, and the gate opens only if 4.0 MiB (25%) are still resident when the load ends";
+    let table = shoal_as(
+        "127.0.0.1:1",
+        Some(token.trim()),
+        &env,
+        &["job", "submit", &warned],
+    );
+    assert_eq!(table.code, 0, "{table:#?}");
+    assert!(
+        table.stderr.contains(&format!("warning: {want}\n")),
+        "{table:#?}"
+    );
+    assert!(table.stdout.starts_with("submitted job-"), "{table:#?}");
+    let json = shoal_as(
+        "127.0.0.1:1",
+        Some(token.trim()),
+        &env,
+        &["-o", "json", "job", "submit", &warned],
+    );
+    assert_eq!(json.code, 0, "{json:#?}");
+    assert_eq!(json.json()["warnings"], serde_json::json!([want]));
+    runner.terminate(Duration::from_secs(10)).await;
+    c.shutdown().await;
 }

@@ -276,15 +276,17 @@ fn gate(
                 );
                 return Some("prewarm-failed".into());
             }
-            GateState::Waiting { cached_percent } => {
+            GateState::Waiting(w) => {
                 if waited >= pw.timeout {
                     match pw.on_timeout {
                         OnTimeout::Proceed => continue,
                         OnTimeout::Fail => {
                             fail(
                                 format!(
-                                    "prewarm of `{}` reached only {cached_percent:.0}% of {}% within {:?}",
-                                    input.dataset, pw.min_cached_percent, pw.timeout
+                                    "prewarm of `{}` {} within {:?}",
+                                    input.dataset,
+                                    w.shortfall(pw.min_cached_percent),
+                                    pw.timeout
                                 ),
                                 out,
                                 owner,
@@ -294,11 +296,10 @@ fn gate(
                     }
                 }
                 out.skipped.push("waiting-prewarm");
-                // Floored, so a gate short of 100% never shows "100%".
                 return Some(format!(
-                    "waiting-prewarm:{} {}%",
+                    "waiting-prewarm:{} {}",
                     input.dataset,
-                    cached_percent.clamp(0.0, 100.0).floor() as u32
+                    w.describe()
                 ));
             }
         }

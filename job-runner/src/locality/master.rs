@@ -1,7 +1,8 @@
 //! [`ClusterLink`]: the runner's calls into the cache cluster, each with a deadline:
 //! the master for datasets, file listings, the worker set and load (prewarm) jobs, and
-//! the workers for which segments they hold (`SegmentResidency`). The runner never
-//! reads dataset bytes.
+//! the workers for which segments they hold (`SegmentResidency`) and to keep the
+//! inputs of open prewarm gates (`ProtectSegments`). The runner never reads dataset
+//! bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -195,5 +196,29 @@ impl ClusterLink {
             out.extend(r.resident_bytes);
         }
         Ok(out)
+    }
+
+    /// Protects `segments` on the worker at `addr` for `holder` during `lease` (an
+    /// empty list releases the holder's). Returns the bytes of them resident now.
+    pub async fn protect(
+        &self,
+        addr: &str,
+        holder: &str,
+        segments: Vec<pb::SegmentQuery>,
+        lease: Duration,
+    ) -> Result<u64> {
+        let r = self
+            .worker(addr)?
+            .protect_segments(pb::ProtectSegmentsRequest {
+                holder: holder.to_owned(),
+                segments,
+                lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            })
+            .await
+            .map_err(|s| {
+                Error::from(s).context(format!("ask worker {addr} to keep a gated input"))
+            })?
+            .into_inner();
+        Ok(r.resident_bytes)
     }
 }

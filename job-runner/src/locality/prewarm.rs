@@ -4,10 +4,18 @@
 //! input's path), started when the job is accepted, so the inputs of downstream tasks
 //! warm while upstream tasks still run; an input not started that way (a job resumed
 //! after a runner restart) starts on its first `check`. A follower task watches the
-//! load (`WatchLoad`) and keeps its cached percentage, `done_bytes / total_bytes`, in
-//! memory; the gate answers from it without blocking and wakes the engine whenever the
-//! whole percentage changes or the load ends. When the job ends, its loads that are
-//! still running are cancelled.
+//! load (`WatchLoad`) and keeps its progress, `done_bytes / total_bytes`, in memory;
+//! the gate answers from it without blocking and wakes the engine whenever the whole
+//! percentage changes or the load ends. When the job ends, its loads that are still
+//! running are cancelled.
+//!
+//! The load's progress only says what was loaded, not what is still there: once it
+//! reaches a gate's `min_cached_percent` (or the load ends), the gate measures what the
+//! workers hold of the input now and opens only on that ([`resident`]); the reason
+//! then reads `checking residency (loaded MM%)`, and `NN% resident (loaded MM%)` once
+//! measured. From the first gate on an input that opens
+//! until the job ends, its owners keep it out of eviction ([`hold`]), so another
+//! prewarm cannot evict it under the instances reading it.
 //!
 //! While the master cannot be reached (or has no live worker) the follower retries;
 //! the input then stays at its last percentage and the spec's `prewarm.timeout`
@@ -26,8 +34,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::master::ClusterLink;
-use super::{GateState, PrewarmGate, Wake};
+use super::residency::{self, Residency};
+use super::{GateState, GateWait, PrewarmGate, Wake};
 use crate::spec::{InputSpec, JobSpec, TaskSpec};
+
+mod hold;
+mod resident;
+
+use resident::{Listing, ResidentCheck, Verdict};
 
 /// How long a `WatchLoad` stream may stay silent (the master sends every 200 ms).
 const WATCH_IDLE: Duration = Duration::from_secs(30);
@@ -59,6 +73,10 @@ struct Load {
     cancel: CancellationToken,
     /// Cancel the master's load job too when the follower stops (the job ended).
     cancel_load: AtomicBool,
+    /// What the workers hold of the input now, once the load reached a threshold.
+    resident: ResidentCheck,
+    /// A gate on the input opened: it is kept in the cache until the job ends.
+    held: AtomicBool,
 }
 
 struct Shared {
@@ -116,6 +134,8 @@ impl MasterPrewarm {
             }),
             cancel: self.shared.cancel.child_token(),
             cancel_load: AtomicBool::new(false),
+            resident: ResidentCheck::default(),
+            held: AtomicBool::new(false),
         });
         loads.insert(key.clone(), load.clone());
         drop(loads);
@@ -140,6 +160,138 @@ impl MasterPrewarm {
     }
 }
 
+impl MasterPrewarm {
+    /// The gate of a load that reached the task's threshold: open on what is
+    /// resident now, measuring it when due.
+    fn resident_gate(
+        &self,
+        job_id: &str,
+        task: &TaskSpec,
+        input: &InputSpec,
+        load: Arc<Load>,
+        loaded: f64,
+    ) -> GateState {
+        let min = input
+            .prewarm
+            .as_ref()
+            .map_or(100.0, |p| p.min_cached_percent);
+        match load.resident.verdict(&task.name, min) {
+            Verdict::Open => {
+                self.hold(Self::key(job_id, input), &load);
+                GateState::Open
+            }
+            Verdict::Waiting {
+                resident_percent,
+                measure,
+            } => {
+                if measure {
+                    self.measure(Self::key(job_id, input), load, min);
+                }
+                GateState::Waiting(GateWait {
+                    loaded_percent: loaded,
+                    resident_percent,
+                    measuring: resident_percent.is_none(),
+                })
+            }
+        }
+    }
+
+    /// Keeps the input in the cache from the first opened gate on it until the job
+    /// ends ([`hold`]).
+    fn hold(&self, key: Key, load: &Arc<Load>) {
+        if load.held.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(listing) = load.resident.listing() else {
+            // A gate opens only on a measurement, which lists the input first.
+            warn!(job = %key.0, dataset = %key.1, path = %key.2, "an opened gate's input was never listed; not holding it in the cache");
+            return;
+        };
+        metrics::counter!("shoal_runner_prewarm_holds_total", "runner" => self.shared.runner.clone())
+            .increment(1);
+        let holder = hold::holder(&self.shared.runner, &key.0, &key.1, &key.2);
+        let span = info_span!("prewarm_hold", job = %key.0, dataset = %key.1, path = %key.2);
+        let (link, l) = (self.link.clone(), load.clone());
+        self.rt.spawn(
+            async move {
+                // The job's end releases at once; the runner stopping leaves it to the
+                // lease (a resumed job's instances may still be reading).
+                hold::hold(&link, &holder, &listing, &l.cancel, || {
+                    l.cancel_load.load(Ordering::SeqCst)
+                })
+                .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Measures in the background what the workers hold of the input, then wakes the
+    /// engine.
+    fn measure(&self, key: Key, load: Arc<Load>, min: f64) {
+        let (link, shared) = (self.link.clone(), self.shared.clone());
+        let span = info_span!("prewarm_residency", job = %key.0, dataset = %key.1, path = %key.2);
+        self.rt.spawn(
+            async move {
+                let cancel = load.cancel.clone();
+                let r = tokio::select! {
+                    r = resident_now(&link, &load.resident, &key.1, &key.2) => r,
+                    _ = cancel.cancelled() => return,
+                };
+                metrics::counter!("shoal_runner_prewarm_residency_checks_total", "runner" => shared.runner.clone())
+                    .increment(1);
+                let finished = load
+                    .progress
+                    .lock()
+                    .is_ok_and(|p| matches!(p.phase, Phase::Ended(_)));
+                let r = match r {
+                    Ok(r) => {
+                        debug!(resident_bytes = r.resident_bytes, total_bytes = r.total_bytes, epoch = r.epoch, "prewarmed input residency");
+                        Some(r)
+                    }
+                    Err(e) => {
+                        warn!("cannot measure what the workers hold of the prewarmed input: {e}; asking again");
+                        None
+                    }
+                };
+                if load.resident.record(r, finished, min)
+                    && let Some(r) = r
+                {
+                    warn!(
+                        resident_bytes = r.resident_bytes,
+                        total_bytes = r.total_bytes,
+                        "the load finished but only {:.0}% of the input is resident (the gate needs {min}%): blocks loaded early were evicted, by this load itself when the input is larger than the cache, or by other prewarms; the gate waits for its timeout",
+                        r.percent()
+                    );
+                }
+                shared.wake();
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// What the workers hold of the input now (listing it on first use).
+async fn resident_now(
+    link: &ClusterLink,
+    check: &ResidentCheck,
+    dataset: &str,
+    path: &str,
+) -> shoal_common::Result<Residency> {
+    let listing = match check.listing() {
+        Some(l) => l,
+        None => {
+            let l = Arc::new(Listing {
+                dataset_id: link.dataset_id(dataset).await?,
+                files: link.list_files(dataset, path).await?,
+            });
+            check.set_listing(l.clone());
+            l
+        }
+    };
+    let set = link.worker_set().await?;
+    residency::measure(link, &set, listing.dataset_id, &listing.files).await
+}
+
 impl PrewarmGate for MasterPrewarm {
     fn attach(&self, wake: Wake) {
         let _ = self.shared.wake.set(wake);
@@ -156,7 +308,7 @@ impl PrewarmGate for MasterPrewarm {
     fn check(
         &self,
         job_id: &str,
-        _task: &TaskSpec,
+        task: &TaskSpec,
         input: &InputSpec,
         _waited: Duration,
     ) -> GateState {
@@ -169,10 +321,15 @@ impl PrewarmGate for MasterPrewarm {
         let Ok(p) = load.progress.lock().map(|p| p.clone()) else {
             return GateState::Failed("prewarm state poisoned".into());
         };
+        let loaded = p.percent;
         match p.phase {
             Phase::Refused => GateState::Failed(p.message),
-            _ if p.percent >= pw.min_cached_percent => GateState::Open,
-            Phase::Ended(pb::LoadState::Succeeded) => GateState::Open,
+            _ if loaded >= pw.min_cached_percent => {
+                self.resident_gate(job_id, task, input, load, loaded)
+            }
+            Phase::Ended(pb::LoadState::Succeeded) => {
+                self.resident_gate(job_id, task, input, load, loaded)
+            }
             Phase::Ended(s) => GateState::Failed(format!(
                 "load {} ended {} at {:.0}% cached{}",
                 p.load_id,
@@ -186,9 +343,11 @@ impl PrewarmGate for MasterPrewarm {
                     format!(": {}", p.message)
                 }
             )),
-            Phase::Starting | Phase::Running => GateState::Waiting {
-                cached_percent: p.percent,
-            },
+            Phase::Starting | Phase::Running => GateState::Waiting(GateWait {
+                loaded_percent: loaded,
+                resident_percent: None,
+                measuring: false,
+            }),
         }
     }
 

@@ -24,6 +24,8 @@ use super::auth::{bearer, caller, check_submit};
 use super::render;
 use crate::config::RunnerConfig;
 use crate::engine::{Command, EngineHandle, LogTarget};
+use crate::locality::capacity;
+use crate::locality::master::ClusterLink;
 use crate::model::JobView;
 use crate::plan::{self, Admission};
 use crate::spec::SpecFormat;
@@ -38,11 +40,13 @@ pub struct RunnerRpc {
 }
 
 /// What authorization needs: the quotas (priority limits) and the master (grants);
-/// and what specs are admitted against.
+/// and what specs are admitted against, the cache cluster included (prewarms larger
+/// than the cache, `locality::capacity`).
 pub struct Access {
     pub cfg: RunnerConfig,
     pub master: Option<MasterServiceClient<AuthChannel>>,
     pub admission: Admission,
+    pub link: Option<Arc<ClusterLink>>,
 }
 
 impl RunnerRpc {
@@ -52,6 +56,41 @@ impl RunnerRpc {
             cancel,
             access,
         }
+    }
+
+    /// Refuses a spec whose prewarm gate the cache could never hold; otherwise the
+    /// warnings about prewarms larger than the free cache (logged too).
+    async fn weigh_prewarms(
+        &self,
+        spec: &crate::spec::JobSpec,
+        source: &str,
+    ) -> Result<Vec<String>, Error> {
+        let Some(link) = &self.access.link else {
+            return Ok(Vec::new());
+        };
+        if !spec
+            .tasks
+            .iter()
+            .any(|t| t.inputs.iter().any(|i| i.prewarm.is_some()))
+        {
+            return Ok(Vec::new());
+        }
+        let c = capacity::check(link, spec).await;
+        if !c.refusals.is_empty() {
+            let name = if source.is_empty() {
+                "job spec"
+            } else {
+                source
+            };
+            return Err(Error::failed_precondition(format!(
+                "{name} cannot run on this cluster:\n  {}",
+                c.refusals.join("\n  ")
+            )));
+        }
+        for w in &c.warnings {
+            tracing::warn!(job = %spec.name, owner = %spec.owner, "accepted with a warning: {w}");
+        }
+        Ok(c.warnings)
     }
 
     /// The job `id`, if `who` may act on it.
@@ -104,12 +143,14 @@ impl RunnerService for RunnerRpc {
         // one without is authorized against what the caller may do before it is
         // weighed against the runner's limits and abilities.
         let access = self.access.clone();
+        let source = r.source_name.clone();
         let draft =
             off_runtime(move || plan::draft(r.spec, format, &r.source_name, &access.admission))
                 .await?
                 .map_err(render::refusal)?;
         let master = self.access.master.as_ref().zip(token.as_ref());
         check_submit(&who, draft.spec(), &self.access.cfg, master).await?;
+        let warnings = self.weigh_prewarms(draft.spec(), &source).await?;
         let access = self.access.clone();
         let plan = off_runtime(move || draft.admit(&access.admission))
             .await?
@@ -121,7 +162,9 @@ impl RunnerService for RunnerRpc {
                 reply,
             })
             .await?;
-        Ok(Response::new(render::job(job)))
+        let mut job = render::job(job);
+        job.warnings = warnings;
+        Ok(Response::new(job))
     }
 
     async fn get_job(&self, r: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {

@@ -46,6 +46,7 @@ pub fn job(j: JobView) -> pb::Job {
         submitted_at_ms: j.submitted_at_ms,
         ended_at_ms: j.ended_at_ms,
         spec: j.spec_text.to_string(),
+        warnings: Vec::new(),
     }
 }
 

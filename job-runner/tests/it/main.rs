@@ -12,6 +12,7 @@ mod hardening;
 mod kubernetes;
 mod locality;
 mod prewarm;
+mod prewarm_cache;
 mod recovery;
 mod retry;
 mod scheduling;

@@ -2,6 +2,9 @@
 //! byte accounting). The cross-tier moves (fill, demotion, promotion) live in
 //! `store.rs`; this file only knows about itself.
 //!
+//! Each tier also keeps its [`Seals`]: which of its data files this worker process has
+//! verified whole.
+//!
 //! Accounting: `used` counts bytes on disk (block lengths rounded up to 4 KiB pages)
 //! plus bytes reserved by writes in progress. A write reserves before it touches the
 //! disk and never exceeds the quota, which is how the quota stays hard.
@@ -15,6 +18,7 @@ use moka::policy::EvictionPolicy;
 use parking_lot::{Mutex, RwLock};
 use shoal_common::ids::BlockId;
 
+use super::scrub::seal::Seals;
 use crate::config::TierConfig;
 use crate::metrics::TierMetrics;
 
@@ -61,11 +65,14 @@ pub struct Tier {
     /// Readers (pread) share it; writers of markers, data and holes take it alone, so a
     /// reader never sees a block half-punched by this worker.
     pub disk: RwLock<()>,
+    /// Which data files this process has verified whole (for passthrough readers).
+    pub seals: Seals,
     pub m: TierMetrics,
 }
 
 impl Tier {
-    pub fn new(cfg: &TierConfig, worker: &str) -> Tier {
+    /// `boot`: this worker process's id, which its seals name.
+    pub fn new(cfg: &TierConfig, worker: &str, boot: u64) -> Tier {
         let victims: Victims = Arc::default();
         let q = cfg.quota_bytes as f64;
         let high_bytes = ((q * cfg.high_watermark) as u64).min(cfg.quota_bytes);
@@ -95,6 +102,7 @@ impl Tier {
             victims,
             used: AtomicU64::new(0),
             disk: RwLock::new(()),
+            seals: Seals::new(boot, worker),
             m,
         }
     }

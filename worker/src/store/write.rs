@@ -8,6 +8,10 @@
 //! of a version leaves, its directory is removed and its cached read descriptor
 //! forgotten under the same lock. Running out of descriptors keeps a block where it is
 //! (eviction is retried later); it never drops one.
+//!
+//! Every change to a data file is bracketed by its tier's seals (`scrub/seal.rs`), so a
+//! data file this process verified stays verified through its own changes, and one
+//! changed behind its back is noticed and queued for the scrub.
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use shoal_tier::block_file::{self, BlockFile};
 use shoal_tier::layout::{self, Marker};
 
 use super::Inner;
+use super::scrub::seal::Before;
 use super::tier::{Entry, disk_bytes};
 
 /// An I/O error as a typed error; running out of descriptors is transient.
@@ -71,6 +76,7 @@ impl Inner {
                 crc,
             };
             let offset = id.index * self.layout.block_size();
+            let before = self.before_change(ti, id, &dir);
             let r = self
                 .files
                 .open(|| BlockFile::open_for_write(&dir))
@@ -80,6 +86,9 @@ impl Inner {
                         let _ = f.punch(offset, n);
                     })
                 });
+            // The bytes were checksummed in memory before they were written: a
+            // verified version stays verified (and a new data file starts so).
+            tier.seals.after((id.dataset, id.version), &dir, &before);
             if r.is_ok() {
                 tier.index.insert(*id, Entry::new(len, crc));
             }
@@ -105,13 +114,20 @@ impl Inner {
         }
     }
 
-    /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it.
+    /// Demotes (or, from the last tier, drops) one victim, unless a reader pins it or a
+    /// holder protects it.
     fn evict(&self, ti: usize, id: &BlockId, e: Arc<Entry>) {
         let tier = &self.tiers[ti];
         let _w = tier.disk.write();
         if tier.index.contains_key(id) {
             // Filled again since moka chose it: those bytes carry their own reservation.
             tier.release(disk_bytes(e.len));
+            return;
+        }
+        if self.protected.covers(id, self.layout.segment_blocks()) {
+            // An open prewarm gate holds it: moka picks another victim next time.
+            tier.m.protected_skips.increment(1);
+            tier.index.insert(*id, e);
             return;
         }
         let dir = layout::block_dir(&tier.root, id);
@@ -235,20 +251,42 @@ impl Inner {
     /// Punches the block's bytes (its marker is already gone) and forgets it. Called
     /// with the tier's disk lock held.
     fn punch_and_forget(&self, ti: usize, id: &BlockId, e: &Entry, f: &BlockFile, offset: u64) {
+        let seals = &self.tiers[ti].seals;
+        let key = (id.dataset, id.version);
+        let before = self.before_change(ti, id, f.dir());
         if let Err(err) = f.punch(offset, disk_bytes(e.len)) {
             // The bytes stay allocated until the next restart's rebuild punches them;
             // keep them counted so the quota stays honest.
             tracing::warn!(worker = %self.node, block = %id, error = %err, "cannot punch hole; space stays used");
+            seals.after(key, f.dir(), &before);
             self.stats.add_cached(id.dataset, -(e.len as i64));
             return;
         }
         match block_file::remove_version_dir_if_empty(f.dir()) {
             // Its data file is unlinked: a cached descriptor would read a ghost.
-            Ok(true) => self.files.remove(&(ti, id.dataset, id.version)),
-            Ok(false) => {}
-            Err(err) => tracing::debug!(block = %id, error = %err, "version directory not removed"),
+            Ok(true) => {
+                self.files.remove(&(ti, id.dataset, id.version));
+                seals.forget(key);
+            }
+            Ok(false) => seals.after(key, f.dir(), &before),
+            Err(err) => {
+                tracing::debug!(block = %id, error = %err, "version directory not removed");
+                seals.after(key, f.dir(), &before);
+            }
         }
         self.forget(ti, id, e);
+    }
+
+    /// What the seals know of `id`'s data file in tier `ti` before the store changes
+    /// it (disk write lock held); a change made behind the store's back queues the
+    /// version for the scrub.
+    fn before_change(&self, ti: usize, id: &BlockId, dir: &std::path::Path) -> Before {
+        let key = (id.dataset, id.version);
+        let before = self.tiers[ti].seals.before(key, dir);
+        if before.changed_behind {
+            self.scrub.push(ti, key);
+        }
+        before
     }
 
     fn forget(&self, ti: usize, id: &BlockId, e: &Entry) {

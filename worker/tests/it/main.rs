@@ -5,5 +5,6 @@
 
 mod data_plane;
 mod hot_path;
+mod scrub;
 mod store;
 mod support;

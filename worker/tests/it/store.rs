@@ -1,5 +1,5 @@
 //! The tiered block store: read-through, coalescing, quotas with demotion and
-//! promotion, restart from markers, checksum failures, pinning.
+//! promotion, restart from markers, checksum failures, pinning, protection.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -252,6 +252,97 @@ async fn pinned_data_file_is_not_evicted() {
     );
     assert_eq!(ufs_requests(&node), before);
     drop(reader);
+    w.shutdown().await;
+}
+
+/// `ProtectSegments` through the worker's gRPC: a protected file stays resident while
+/// another file streams through a cache a quarter its size, and is evicted like any
+/// other once released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protected_segments_are_not_evicted_until_released() {
+    use shoal_proto::v1 as pb;
+
+    let ufs = Ufs::with_files(&[("held", 8 * MIB), ("other", 64 * MIB)]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = unique_node("protect");
+    let mut cfg = shoal_worker::WorkerConfig::for_tiers(
+        &node,
+        &[("mem", dir.path().to_path_buf(), 16 * MIB)],
+    );
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let held = ufs.file("held");
+    read_all(&w, &held).await;
+    let mut g = grpc(&w).await;
+    // 4 MiB blocks, 16 per segment: the file is segment 0.
+    let protect = |segments: Vec<pb::SegmentQuery>| pb::ProtectSegmentsRequest {
+        holder: "runner/job-1/ds/held".into(),
+        segments,
+        lease_ms: 60_000,
+    };
+    let query = pb::SegmentQuery {
+        dataset_id: held.dataset.0,
+        version: held.version.0,
+        file_size: held.size,
+        segment_index: 0,
+    };
+    let r = g
+        .protect_segments(protect(vec![query]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.resident_bytes, 8 * MIB);
+
+    let other = ufs.file("other");
+    let stream = |w: &shoal_worker::RunningWorker| {
+        let store = w.store().clone();
+        let other = other.clone();
+        async move {
+            for i in 0..16 {
+                store.read_block(&other, i).await.unwrap();
+                store.run_maintenance();
+            }
+        }
+    };
+    stream(&w).await;
+    assert!(
+        metric(
+            "shoal_worker_eviction_protected_skips_total",
+            &node,
+            Some("mem")
+        ) >= 1.0,
+        "eviction never even chose the protected blocks"
+    );
+    for i in 0..2 {
+        assert!(w.store().is_resident(&held.block(i)), "block {i} evicted");
+    }
+    assert!(allocated_bytes(dir.path()) <= 16 * MIB);
+    let before = ufs_requests(&node);
+    assert_eq!(read_all(&w, &held).await, ufs.files["held"]);
+    assert_eq!(
+        ufs_requests(&node),
+        before,
+        "the protected file was refetched"
+    );
+
+    // Released: the next stream evicts it.
+    g.protect_segments(protect(vec![])).await.unwrap();
+    stream(&w).await;
+    assert!(
+        (0..2).all(|i| !w.store().is_resident(&held.block(i))),
+        "released blocks stayed"
+    );
+
+    // Bad requests are refused with a reason.
+    let e = g
+        .protect_segments(pb::ProtectSegmentsRequest {
+            holder: String::new(),
+            segments: vec![query],
+            lease_ms: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     w.shutdown().await;
 }
 
