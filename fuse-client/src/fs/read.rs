@@ -377,7 +377,9 @@ async fn fetch_range(
     let mut out = BytesMut::new();
     let single = parts.len() == 1;
     for (i, p) in blocks.zip(parts) {
-        let b = p.map_err(|e| shoal_common::Error::unavailable(e.to_string()))?;
+        // The fetch's own error, kind included: a block whose version is gone from the
+        // store must answer ESTALE like a direct read, not EIO.
+        let b = p.map_err(|e| (*e).clone())?;
         let start = i * bs;
         let part =
             slice(&b, offset.max(start) - start, end.min(start + bs) - start).ok_or_else(|| {
