@@ -11,4 +11,5 @@ mod freshness;
 mod lifecycle;
 mod pending;
 mod read;
+mod stress;
 mod write;
