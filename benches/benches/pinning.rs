@@ -2,7 +2,7 @@
 //! read path (`shoal_benches::pinning`), pinned against unpinned in the same run, over
 //! S3 (moto) directly and behind a slow link, and a `file://` directory on tmpfs.
 //! `SHOAL_BENCH_FILES`, `SHOAL_BENCH_LARGE`, `SHOAL_BENCH_ROUNDS` and `SHOAL_BENCH_LINK`
-//! override the 400 × 64 KiB files, the 128 MiB file, the 4 rounds and the link
+//! override the 400 × 64 KiB files, the 128 MiB file, the 6 rounds and the link
 //! (`20ms,400Mbit`); without `--bench` (as `cargo test --benches` runs it) the sizes are
 //! tiny. Needs moto (as the tests).
 

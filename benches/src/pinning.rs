@@ -4,9 +4,10 @@
 //! against the same read unpinned (the `FileRef`'s etag cleared: the worker then reads
 //! the store plainly), measured in the same run.
 //!
-//! One in-process master and worker; three datasets over the same bytes: S3 (moto) on
-//! loopback, the same bucket behind the test kit's [`LinkProxy`] (20 ms first byte,
-//! 400 Mbit/s by default), and a `file://` directory on tmpfs. Every (round, mode) has
+//! One in-process master and worker (its tier on tmpfs); three datasets over the same
+//! bytes: S3 (moto) on loopback, the same bucket behind the test kit's
+//! [`LinkProxy`](shoal_testkit::LinkProxy) (20 ms first byte, 400 Mbit/s by default),
+//! and a `file://` directory on tmpfs. Every (round, mode) has
 //! files of its own, never read before, so each read is cold: the worker fetches every
 //! block from the store and fills its tier. Rounds alternate which mode goes first;
 //! each figure is the median over rounds. Small files are read 8 at a time (files/s),
@@ -48,13 +49,13 @@ pub struct Options {
 }
 
 impl Options {
-    /// 400 × 64 KiB and 128 MiB, 4 rounds.
+    /// 400 × 64 KiB and 128 MiB, 6 rounds.
     pub fn full() -> Options {
         Options {
             small_files: 400,
             small_bytes: 64 << 10,
             large_bytes: 128 << 20,
-            rounds: 4,
+            rounds: 6,
             link: LinkProfile::remote(),
         }
     }
@@ -297,14 +298,14 @@ async fn create(
     Ok(())
 }
 
-fn local_dir() -> Result<tempfile::TempDir> {
+/// tmpfs when there is one: the local store and the worker's tier live there.
+fn scratch() -> PathBuf {
     let shm = Path::new("/dev/shm");
-    let parent = if shm.is_dir() {
+    if shm.is_dir() {
         shm.to_path_buf()
     } else {
         std::env::temp_dir()
-    };
-    tempfile::tempdir_in(parent).map_err(|e| Error::io("create the local store dir", e))
+    }
 }
 
 /// Writes every planned file to the bucket (under `pin/`) and to `dir`, and the probes.
@@ -361,13 +362,17 @@ pub async fn run(o: &Options) -> Result<Report> {
     // Every byte read is cached once: the tier holds all of it, so no eviction runs
     // during a measurement.
     let read_total = STORES.len() as u64 * (o.rounds as u64 * 2 * o.set_bytes() + PROBE_BYTES);
+    let dir =
+        tempfile::tempdir_in(scratch()).map_err(|e| Error::io("create the local store dir", e))?;
+    // The tier on tmpfs too: a cold read fills it, and disk writeback in the middle of
+    // a round measured as noise larger than what pinning costs.
     let c = Cluster::builder()
         .workers(1)
         .tiers(&[("mem", read_total + read_total / 4 + (64 << 20))])
+        .dir_in(&scratch())
         .s3()
         .start()
         .await;
-    let dir = local_dir()?;
     let probes: Vec<&str> = STORES.iter().map(|(d, _)| *d).collect();
     populate(o, &c, dir.path(), &probes).await?;
     let (_link, linked) = crate::suite::remote_link(c.s3(), o.link).await?;
@@ -472,7 +477,7 @@ pub async fn run(o: &Options) -> Result<Report> {
         ));
     }
     notes.push(format!(
-        "Medians over {} rounds; each round reads files never read before in each mode, the first mode alternating. Pinned on S3: the same GETs with `If-Match`; on `file://`: two `stat`s around each block read. A probe checked that a replaced object is refused pinned (stale) and served unpinned.",
+        "Medians over {} rounds; each round reads files never read before in each mode, the first mode alternating. Pinned on S3: the same GETs with `If-Match`; on `file://`: two `stat`s around each block read. A probe checked that a replaced object is refused pinned (stale) and served unpinned. The worker's tier and the `file://` store are on tmpfs.",
         o.rounds
     ));
     notes.push(format!(
