@@ -28,7 +28,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use shoal_common::block::BlockLayout;
 use shoal_proto::v1::DatasetConsistency;
-use shoal_testkit::{registry_metric, wait_until};
+use shoal_testkit::registry_metric;
 
 use crate::cluster::*;
 
@@ -303,13 +303,16 @@ async fn readers_through_two_mounts_only_ever_see_whole_versions_while_the_store
         }
     }
     let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (op, history, keys) = (op.clone(), history.clone(), keys.clone());
+        .map(|w| {
+            // Each file has one writer, so the order of its recorded versions is the
+            // order the store took them in, and the last one recorded is the store's.
+            let mine: Vec<String> = keys.iter().skip(w).step_by(WRITERS).cloned().collect();
+            let (op, history) = (op.clone(), history.clone());
             let mut rng = StdRng::seed_from_u64(rng.random());
             tokio::spawn(async move {
                 let mut writes = 0u64;
                 while Instant::now() < deadline {
-                    let key = &keys[rng.random_range(0..keys.len())];
+                    let key = &mine[rng.random_range(0..mine.len())];
                     let size = if rng.random_bool(0.5) {
                         history.size_of_last(key)
                     } else {
@@ -417,18 +420,36 @@ async fn readers_through_two_mounts_only_ever_see_whole_versions_while_the_store
     for mount in [&local, &remote] {
         for key in &keys {
             let (path, want) = (mount.path().join(key), history.last_sha(key));
-            wait_until(
+            let seen = Arc::new(Mutex::new(String::new()));
+            let converged = shoal_testkit::try_wait_for(
                 Duration::from_secs(20),
                 &format!("{} to read as its last version", path.display()),
                 || {
-                    let (path, want) = (path.clone(), want.clone());
+                    let (path, want, seen) = (path.clone(), want.clone(), seen.clone());
+                    let history = history.clone();
+                    let key = key.clone();
                     blocking(move || {
-                        read_whole(&path, 1 << 20)
-                            .is_ok_and(|b| hex::encode(Sha256::digest(&b)) == want)
+                        let (what, done) = match read_whole(&path, 1 << 20) {
+                            Ok(b) => {
+                                let sha = hex::encode(Sha256::digest(&b));
+                                let v = history.find(&key, &sha);
+                                (format!("{} bytes, version {v:?}", b.len()), sha == want)
+                            }
+                            Err(e) => (format!("error {e}"), false),
+                        };
+                        *seen.lock() = what;
+                        done.then_some(())
                     })
                 },
             )
             .await;
+            let versions = history.files.lock()[key.as_str()].len();
+            assert!(
+                converged.is_ok(),
+                "{converged:?}: last read {}; the last of {versions} versions is v{}",
+                seen.lock(),
+                versions - 1
+            );
         }
     }
     remote.unmount().await;
