@@ -12,10 +12,14 @@
 //! - [`scheduling`]: the job runner's scheduler (decisions/s through the engine with
 //!   the no-op executor) and end-to-end instances/s
 //!   (`cargo bench -p shoal-benches --bench scheduling`).
+//! - [`pinning`]: what pinned reads (`If-Match` on S3, two `stat`s on `file://`) cost
+//!   on the cold read path through a worker, against unpinned reads in the same run
+//!   (`cargo bench -p shoal-benches --bench pinning`).
 //! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
 //!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
 
 pub mod dataplane;
+pub mod pinning;
 pub mod prewarm;
 pub mod report;
 pub mod scheduling;

@@ -232,7 +232,7 @@ impl Options {
 }
 
 /// `20ms,400Mbit`: first-byte latency and bandwidth in Mbit/s.
-fn parse_link(v: &str) -> Result<LinkProfile> {
+pub(crate) fn parse_link(v: &str) -> Result<LinkProfile> {
     let bad = || {
         Error::invalid(format!(
             "SHOAL_BENCH_LINK={v}: expected e.g. `20ms,400Mbit`"

@@ -4,11 +4,19 @@
 //! `mkdir` and each `readdirplus` entry) and returns it with `forget`; a node is dropped
 //! when its count reaches zero, so walking a huge dataset does not grow the table
 //! without bound. Inode numbers are never reused within a mount.
+//!
+//! A file's inode shows one version of it from the store (`Node::shows`): the kernel
+//! keeps one size and one page cache per inode, so two versions open at once (a
+//! reader still on the old one while another opens the new one) must not share an
+//! inode, or the old reader's pages would serve the new reader and the new size would
+//! cut the old reader short. A lookup that finds another version gives the name a
+//! fresh inode; the old one lives on for its open files until the kernel forgets it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use shoal_proto::v1 as pb;
 
 /// The root inode (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT: u64 = 1;
@@ -80,6 +88,16 @@ pub struct Node {
     nlookup: u64,
     /// The file version whose pages the kernel may hold (last opened version).
     cached_version: Option<u64>,
+    /// The store version of the file this inode shows (see [`pinned`]); `None` for
+    /// directories, files this mount is writing, and stores without identities.
+    shows: Option<Arc<pb::FileEntry>>,
+}
+
+/// Whether an inode handing out `e` is bound to its version: a file the store
+/// identifies (an ETag or a `file://` identity). A file being written through this
+/// mount has no identity yet: its writer's view changes under one inode.
+pub fn pinned(e: &pb::FileEntry) -> bool {
+    !e.is_dir && !e.etag.is_empty()
 }
 
 struct Table {
@@ -104,6 +122,7 @@ impl InodeTable {
                 is_dir: true,
                 nlookup: 1,
                 cached_version: None,
+                shows: None,
             },
         );
         InodeTable {
@@ -141,12 +160,29 @@ impl InodeTable {
     /// The inode for `key`, created if needed, with one more lookup count. A path that
     /// changed kind (file replaced by a directory) gets a fresh inode.
     pub fn lookup(&self, key: &NodeKey, is_dir: bool) -> u64 {
+        self.lookup_entry(key, is_dir, None)
+    }
+
+    /// [`Self::lookup`] of a name whose attributes are `entry`: a file whose store
+    /// version differs from the one its inode shows gets a fresh inode (see the module
+    /// docs), and an inode that showed no version takes this one.
+    pub fn lookup_entry(
+        &self,
+        key: &NodeKey,
+        is_dir: bool,
+        entry: Option<&Arc<pb::FileEntry>>,
+    ) -> u64 {
+        let pin = entry.filter(|e| pinned(e));
         let mut t = self.t.lock();
         if let Some(&ino) = t.by_key.get(key)
             && let Some(n) = t.by_ino.get_mut(&ino)
             && (n.is_dir == is_dir || ino == ROOT)
+            && !matches!((&n.shows, pin), (Some(a), Some(b)) if a.version != b.version)
         {
             n.nlookup += 1;
+            if let Some(e) = pin {
+                n.shows = Some(e.clone());
+            }
             return ino;
         }
         let ino = t.next;
@@ -159,9 +195,49 @@ impl InodeTable {
                 is_dir,
                 nlookup: 1,
                 cached_version: None,
+                shows: pin.cloned(),
             },
         );
         ino
+    }
+
+    /// Whether `ino` may be opened as `current`: an inode showing another version
+    /// may not (the caller answers ESTALE, on which the kernel looks the name up again
+    /// and opens the new version's inode). An inode that showed no version takes
+    /// `current`'s.
+    pub fn may_open(&self, ino: u64, current: &Arc<pb::FileEntry>) -> bool {
+        let mut t = self.t.lock();
+        let Some(n) = t.by_ino.get_mut(&ino) else {
+            return true;
+        };
+        match &n.shows {
+            Some(a) => !pinned(current) || a.version == current.version,
+            None => {
+                if pinned(current) {
+                    n.shows = Some(current.clone());
+                }
+                true
+            }
+        }
+    }
+
+    /// The attributes `ino` answers when the name's are `current`: its own version's
+    /// when it shows another one (so the kernel never gives an old version's open file
+    /// the new one's size), else `current`.
+    pub fn attr_entry(&self, ino: u64, current: Arc<pb::FileEntry>) -> Arc<pb::FileEntry> {
+        let t = self.t.lock();
+        match t.by_ino.get(&ino).and_then(|n| n.shows.as_ref()) {
+            Some(a) if pinned(&current) && a.version != current.version => a.clone(),
+            _ => current,
+        }
+    }
+
+    /// This mount is writing `ino`: its writer's view (size so far, then the committed
+    /// version) is what the inode shows from now on.
+    pub fn unpin(&self, ino: u64) {
+        if let Some(n) = self.t.lock().by_ino.get_mut(&ino) {
+            n.shows = None;
+        }
     }
 
     /// The kernel dropped `n` references to `ino`; returns whether the inode is gone.
@@ -192,6 +268,9 @@ impl InodeTable {
         if let Some(ino) = t.by_key.remove(from) {
             if let Some(n) = t.by_ino.get_mut(&ino) {
                 n.key = to.clone();
+                // A file's version depends on its path: the renamed one is this
+                // mount's own change, shown as the catalogue has it now.
+                n.shows = None;
             }
             t.by_key.insert(to.clone(), ino);
         }
@@ -250,6 +329,55 @@ mod tests {
         assert!(!t.open_version(dir, 7));
         assert!(t.open_version(dir, 7));
         assert!(!t.open_version(dir, 8));
+    }
+
+    #[test]
+    fn a_new_store_version_gets_a_new_inode() {
+        let t = InodeTable::new(NodeKey::dataset_root("ds"));
+        let f = NodeKey::dataset_root("ds").child("f");
+        let v = |version: u64, size: u64| {
+            Arc::new(pb::FileEntry {
+                path: "f".into(),
+                size,
+                version,
+                etag: format!("etag-{version}"),
+                ..Default::default()
+            })
+        };
+        let (v1, v2) = (v(1, 10), v(2, 20));
+        let a = t.lookup_entry(&f, false, Some(&v1));
+        assert_eq!(t.lookup_entry(&f, false, Some(&v1)), a);
+        assert!(t.may_open(a, &v1));
+        // The store now has v2: `a` keeps answering v1's size and opens nothing else.
+        assert!(!t.may_open(a, &v2));
+        assert_eq!(t.attr_entry(a, v2.clone()).size, 10);
+        let b = t.lookup_entry(&f, false, Some(&v2));
+        assert_ne!(a, b);
+        assert_eq!(t.peek(&f), Some(b));
+        assert!(t.may_open(b, &v2));
+        assert_eq!(t.attr_entry(b, v2.clone()).size, 20);
+        // The old inode lives for its open files until forgotten, without the name.
+        assert!(t.get(a).is_some());
+        assert!(t.forget(a, 2));
+        assert_eq!(t.peek(&f), Some(b));
+
+        // Written through this mount: no identity while pending, one inode throughout,
+        // and the committed version is the writer's inode's.
+        let pending = Arc::new(pb::FileEntry {
+            path: "f".into(),
+            size: 3,
+            version: 99,
+            ..Default::default()
+        });
+        t.unpin(b);
+        assert_eq!(t.lookup_entry(&f, false, Some(&pending)), b);
+        assert!(t.may_open(b, &pending));
+        assert_eq!(t.attr_entry(b, pending).size, 3);
+        let v3 = v(3, 30);
+        assert_eq!(t.attr_entry(b, v3.clone()).size, 30);
+        assert!(t.may_open(b, &v3));
+        assert!(!t.may_open(b, &v2));
+        assert_eq!(t.lookup_entry(&f, false, Some(&v3)), b);
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   `shoal_fuse_aborted_uploads_total`;
 //! - `shoal_fuse_stale_reads_total`: reads answered `ESTALE` because the version the
 //!   reader opened is gone from the store and the block was not cached;
+//! - `shoal_fuse_version_reopens_total`: opens of a file's new version through the
+//!   inode of an older one, answered `ESTALE` so the kernel looks the name up again
+//!   and opens the new version's inode (the application does not see it);
 //! - `shoal_fuse_read_bytes_total{path="spool"}`: reads of files being written,
 //!   answered from the writer's spool;
 //! - `shoal_fuse_change_batches_total` (change batches received from the master),
@@ -57,6 +60,7 @@ pub struct FuseMetrics {
     pub write_bytes: Counter,
     pub commits: Counter,
     pub stale_reads: Counter,
+    pub reopens: Counter,
     pub aborted_uploads: Counter,
     pub change_batches: Counter,
     pub kernel_invalidations: Counter,
@@ -92,6 +96,7 @@ impl FuseMetrics {
             write_bytes: one("shoal_fuse_write_bytes_total"),
             commits: one("shoal_fuse_commits_total"),
             stale_reads: one("shoal_fuse_stale_reads_total"),
+            reopens: one("shoal_fuse_version_reopens_total"),
             aborted_uploads: one("shoal_fuse_aborted_uploads_total"),
             change_batches: one("shoal_fuse_change_batches_total"),
             kernel_invalidations: one("shoal_fuse_kernel_invalidations_total"),

@@ -58,6 +58,7 @@ pub struct ClusterBuilder {
     s3: bool,
     link: Option<LinkProfile>,
     scrub: Option<(u64, Duration)>,
+    dir_in: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -110,6 +111,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Where the master's and workers' directories (tiers included) are made
+    /// (default: the system temp dir). Benchmarks put them on tmpfs so that disk
+    /// writeback does not add its noise to what they measure.
+    pub fn dir_in(mut self, parent: &Path) -> Self {
+        self.dir_in = Some(parent.to_path_buf());
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         shoal_telemetry::init_tracing();
         let (s3, link) = if self.s3 {
@@ -126,7 +135,13 @@ impl ClusterBuilder {
         } else {
             (None, None)
         };
-        let dirs = crate::temp_dir("cluster");
+        let dirs = match &self.dir_in {
+            Some(parent) => tempfile::Builder::new()
+                .prefix("shoal-cluster-")
+                .tempdir_in(parent)
+                .unwrap_or_else(|e| panic!("create a cluster dir in {}: {e}", parent.display())),
+            None => crate::temp_dir("cluster"),
+        };
         let mut cfg = MasterConfig::new(dirs.path().join("master"));
         cfg.listen = "127.0.0.1:0".into();
         cfg.metrics_listen = Some("127.0.0.1:0".into());
@@ -190,6 +205,7 @@ impl Cluster {
             s3: false,
             link: None,
             scrub: None,
+            dir_in: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The integration tests of shoal-benches: every benchmark also runs tiny, so it
 //! cannot rot.
 
+mod pinning_smoke;
 mod scheduling_smoke;
 mod suite_smoke;

@@ -115,7 +115,9 @@ pub fn readdirplus(fs: &Arc<Fs>, fh: u64, offset: u64, mut reply: ReplyDirectory
                 Ok(None) => break,
                 Err(e) => return reply.error(e),
             };
-            let ino = fs2.inodes.lookup(&item.key, item.is_dir);
+            let ino = fs2
+                .inodes
+                .lookup_entry(&item.key, item.is_dir, item.entry.as_ref());
             let ds = item.dataset.as_ref().or(info.as_ref());
             let rw = ds.is_some_and(|d| d.read_write);
             // Strict datasets included: their attributes are not cached by the kernel.

@@ -68,7 +68,7 @@ fn lookup_cached(fs: &Fs, key: &NodeKey) -> Option<Result<Found, Errno>> {
     }
     let info = fs.meta.dataset_cached(ds)?;
     let e = fs.meta.cached(ds, &key.path)?;
-    let ino = fs.inodes.lookup(key, e.is_dir);
+    let ino = fs.inodes.lookup_entry(key, e.is_dir, Some(&e));
     let (attr_ttl, entry_ttl) = fs.ttls(Some(&info));
     Some(Ok(Found {
         attr: fs.entry_attr(ino, &e, info.read_write),
@@ -102,7 +102,7 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
     let (attr_ttl, entry_ttl) = fs.ttls(Some(&info));
     match fs.meta.entry(ds, &key.path).await {
         Ok(e) => {
-            let ino = fs.inodes.lookup(key, e.is_dir);
+            let ino = fs.inodes.lookup_entry(key, e.is_dir, Some(&e));
             Ok(Found {
                 attr: fs.entry_attr(ino, &e, info.read_write),
                 attr_ttl,
@@ -155,7 +155,7 @@ fn getattr_cached(fs: &Fs, ino: u64, key: &NodeKey) -> Option<(FileAttr, Duratio
     if key.path.is_empty() {
         return Some((fs.dir_attr(ino, info.read_write, UNIX_EPOCH), ttl));
     }
-    let e = fs.meta.cached(ds, &key.path)?;
+    let e = fs.inodes.attr_entry(ino, fs.meta.cached(ds, &key.path)?);
     Some((fs.entry_attr(ino, &e, info.read_write), ttl))
 }
 
@@ -169,7 +169,10 @@ async fn getattr_remote(fs: &Fs, ino: u64, key: &NodeKey) -> Result<(FileAttr, D
         return Ok((fs.dir_attr(ino, info.read_write, UNIX_EPOCH), ttl));
     }
     match fs.meta.entry(ds, &key.path).await {
-        Ok(e) => Ok((fs.entry_attr(ino, &e, info.read_write), ttl)),
+        Ok(e) => {
+            let e = fs.inodes.attr_entry(ino, e);
+            Ok((fs.entry_attr(ino, &e, info.read_write), ttl))
+        }
         Err(e) => Err(fs.fail(Op::Getattr, key, &e)),
     }
 }

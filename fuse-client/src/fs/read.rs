@@ -117,6 +117,10 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
         reply.error(Errno::EISDIR);
         return None;
     }
+    if !fs.inodes.may_open(ino, &entry) {
+        other_version(fs, key, reply);
+        return None;
+    }
     if !passthrough_on(fs) {
         answer(fs, ino, key, info, entry, reply, None);
         return None;
@@ -138,6 +142,17 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
             None
         }
     }
+}
+
+/// The inode shows an older version of the file than the one to open now: `ESTALE`
+/// makes the kernel look the name up again (`LOOKUP_REVAL`), which hands it the new
+/// version's inode, and retry the open there, while the old inode keeps the size and
+/// pages of the version its open files read (see `crate::inode`).
+fn other_version(fs: &Fs, key: &NodeKey, reply: ReplyOpen) {
+    fs.m.reopens.increment(1);
+    tracing::debug!(dataset = key.dataset.as_deref().unwrap_or(""), path = %key.path,
+        "open of a file's new version through its old inode: ESTALE, the kernel looks it up again");
+    reply.error(Errno::ESTALE);
 }
 
 /// Registers the handle and replies, with the backing file when there is one.
@@ -192,6 +207,10 @@ async fn open_read(
     };
     if entry.is_dir {
         return Err((reply, Errno::EISDIR));
+    }
+    if !fs.inodes.may_open(ino, &entry) {
+        other_version(fs, key, reply);
+        return Ok(());
     }
     if !passthrough_on(fs) {
         answer(fs, ino, key, info, entry, reply, None);

@@ -131,6 +131,7 @@ pub fn create(fs: &Arc<Fs>, parent: u64, name: &OsStr, _flags: i32, reply: Reply
         };
         let h = new_handle(&fs2, &key, info);
         let ino = fs2.inodes.lookup(&key, false);
+        fs2.inodes.unpin(ino);
         fs2.inodes.open_version(ino, h.pending.version);
         let attr = fs2.entry_attr(ino, &h.entry(), true);
         let fh = fs2.add_handle(Handle::Write(h));
@@ -160,6 +161,7 @@ pub fn open_for_write(fs: &Arc<Fs>, ino: u64, key: NodeKey, flags: OpenFlags, re
             }
         }
         let h = new_handle(&fs2, &key, info);
+        fs2.inodes.unpin(ino);
         fs2.inodes.open_version(ino, h.pending.version);
         let fh = fs2.add_handle(Handle::Write(h));
         reply.opened(FileHandle(fh), FopenFlags::empty());

@@ -12,4 +12,5 @@ mod lifecycle;
 mod pending;
 mod read;
 mod scrub;
+mod stress;
 mod write;
