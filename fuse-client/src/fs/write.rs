@@ -336,6 +336,11 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
     if let Err(e) = complete_upload(fs, h, &mut st).await {
         st.failed = Some(fs.fail(Op::Write, &h.key, &e));
         abort_upload(fs, h, &mut st).await;
+        // Nothing changed in the store: stop showing the written bytes now, not at
+        // `release`, which the kernel sends after `close` has already returned (a
+        // reader opening the file right after the failed close must get the old one).
+        fs.meta.remove_pending(ds, &h.key.path, &h.pending);
+        h.pending.drop_spool();
         return Err(Errno::EIO);
     }
     let req = pb::CommitFileRequest {
