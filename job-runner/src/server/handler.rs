@@ -431,12 +431,17 @@ impl RunnerRpc {
 }
 
 /// Up to one chunk of `path` from `off`; empty at the end (or if it does not exist yet).
+/// The file is opened without following a link and must be a plain file (see
+/// `executor::files`): the runner reads it with its own rights, often root's.
 async fn read_from(path: &std::path::Path, off: u64) -> Result<Vec<u8>, Error> {
-    let mut f = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+    let p = path.to_path_buf();
+    let f = tokio::task::spawn_blocking(move || crate::executor::files::open_regular(&p))
+        .await
+        .map_err(|e| Error::internal(format!("log reader: {e}")))??;
+    let Some(f) = f else {
+        return Ok(Vec::new());
     };
+    let mut f = tokio::fs::File::from_std(f);
     f.seek(std::io::SeekFrom::Start(off))
         .await
         .map_err(|e| Error::io(format!("seek {}", path.display()), e))?;
