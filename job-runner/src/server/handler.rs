@@ -47,6 +47,8 @@ pub struct Access {
     pub master: Option<MasterServiceClient<AuthChannel>>,
     pub admission: Admission,
     pub link: Option<Arc<ClusterLink>>,
+    /// Per-owner submissions of the last minute.
+    pub submits: super::rate::SubmitRate,
 }
 
 impl RunnerRpc {
@@ -111,7 +113,7 @@ impl RunnerRpc {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Runs `f` on a blocking thread: parsing a spec of up to 16 MiB must not hold up the
+/// Runs `f` on a blocking thread: parsing a spec of up to `--max-spec-size` must not hold up the
 /// runtime (nor the engine).
 async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -136,8 +138,19 @@ impl RunnerService for RunnerRpc {
             pb::SpecFormat::Yaml => SpecFormat::Yaml,
             pb::SpecFormat::Unspecified => SpecFormat::from_path(&r.source_name),
         };
-        if r.spec.len() > 16 << 20 {
-            return Err(Error::invalid("the job spec is larger than 16 MiB").into());
+        if let Some(owner) = who.owner() {
+            self.access
+                .submits
+                .admit(owner, std::time::Instant::now())?;
+        }
+        let max = self.access.cfg.max_spec_bytes;
+        if r.spec.len() as u64 > max {
+            return Err(Error::invalid(format!(
+                "the job spec is {} bytes but this runner takes specs of at most {max} bytes ({}, --max-spec-size); make it smaller or ask the operator to raise --max-spec-size",
+                r.spec.len(),
+                shoal_common::size::human_bytes(max)
+            ))
+            .into());
         }
         // The one parse: a spec with problems of its own is refused with all of them;
         // one without is authorized against what the caller may do before it is
