@@ -62,6 +62,18 @@ impl Identity {
         }
     }
 
+    /// Refuses everything but the cluster identity itself, admins included: for calls
+    /// whose answer is a secret only cluster members need (store credentials).
+    pub fn require_cluster_member(&self, what: &str) -> Result<()> {
+        match self {
+            Identity::Cluster => Ok(()),
+            Identity::Owner { name, admin } => Err(Error::permission_denied(format!(
+                "{what} is for cluster members only; {} `{name}` may not call it (workers and mounts present the cluster token, DATA_DIR/cluster.token on the master)",
+                if *admin { "admin" } else { "owner" }
+            ))),
+        }
+    }
+
     /// Refuses the cluster identity: user-facing calls are made by owners.
     pub fn require_owner(&self, what: &str) -> Result<&str> {
         match self {
@@ -253,6 +265,17 @@ mod tests {
         };
         assert!(a.may_act_for("a") && !a.may_act_for("b"));
         assert!(a.require_cluster("x").is_err());
+        let admin = Identity::Owner {
+            name: "r".into(),
+            admin: true,
+        };
+        assert!(admin.require_cluster("x").is_ok());
+        let e = admin
+            .require_cluster_member("GetDatasetAccess")
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied);
+        assert!(e.message().contains("admin `r`"), "{e}");
+        assert!(Identity::Cluster.require_cluster_member("x").is_ok());
         assert!(Identity::Cluster.may_act_for("b"));
         assert!(
             Identity::Owner {

@@ -166,18 +166,7 @@ impl MountConfig {
         if let Some(d) = &self.spool_dir {
             return d.clone();
         }
-        let state = std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".local/state"))
-            });
-        match state {
-            Some(s) => s.join("shoal/spool"),
-            None => PathBuf::from("/var/lib/shoal/spool"),
-        }
+        state_dir().join("spool")
     }
 
     /// (attribute TTL, entry TTL) for a dataset of this kind: writable datasets, and
@@ -202,4 +191,23 @@ pub struct MountToml {
     pub attr_ttl: Option<std::time::Duration>,
     #[serde(default, with = "shoal_common::time::opt_duration")]
     pub entry_ttl: Option<std::time::Duration>,
+}
+
+/// The mount's own directory for what it keeps on this machine (spool, background
+/// logs): `$XDG_STATE_HOME/shoal`, else `~/.local/state/shoal`, else `/var/lib/shoal`.
+/// Never a shared temporary dir, where another user could predict and pre-create the
+/// path.
+pub fn state_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        });
+    match state {
+        Some(s) => s.join("shoal"),
+        None => PathBuf::from("/var/lib/shoal"),
+    }
 }

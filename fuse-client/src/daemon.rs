@@ -27,6 +27,36 @@ pub struct Background {
     pub log: PathBuf,
 }
 
+/// Opens (creating it 0600, its missing parent dirs 0700) the log of a background
+/// mount for appending. A link at that name is refused rather than followed: the file
+/// collects everything the mount prints.
+pub fn open_log(log: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("create the log dir {}", dir.display()), e))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(log)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::invalid(format!(
+                    "log file {} is a symbolic link; pass --log-file with the real path",
+                    log.display()
+                ))
+            } else {
+                Error::io(format!("open log file {}", log.display()), e)
+            }
+        })
+}
+
 /// Starts `exe args` detached, with output appended to `log`, and waits up to
 /// `timeout` for it to report. On failure the child is stopped and the error carries
 /// its one-line reason (or points at the log).
@@ -36,11 +66,7 @@ pub fn spawn_and_wait(
     log: &Path,
     timeout: Duration,
 ) -> Result<Background> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| Error::io(format!("open log file {}", log.display()), e))?;
+    let out = open_log(log)?;
     let err = out
         .try_clone()
         .map_err(|e| Error::io("duplicate the log file", e))?;

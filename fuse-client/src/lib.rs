@@ -44,5 +44,5 @@ mod metrics;
 pub mod mount;
 mod watch;
 
-pub use config::MountConfig;
+pub use config::{MountConfig, state_dir};
 pub use mount::{RunningMount, mount, mount_is_live, unmount_path};

@@ -225,7 +225,21 @@ pub struct RunnerConfig {
     /// TLS of the gRPC listener (`cert`/`key`) and of the calls to the master, the
     /// workers and the managed mount's (`ca`).
     pub tls: shoal_wire::tls::TlsConfig,
+    /// The most instances one job may have, all tasks together (`--max-job-instances`).
+    pub max_job_instances: u64,
+    /// The largest spec text accepted at submit, in bytes (`--max-spec-size`).
+    pub max_spec_bytes: u64,
+    /// How many jobs one owner may submit per minute (`--max-submits-per-minute`);
+    /// 0 is no limit.
+    pub max_submits_per_minute: u32,
 }
+
+/// Default of [`RunnerConfig::max_job_instances`].
+pub const DEFAULT_MAX_JOB_INSTANCES: u64 = 100_000;
+/// Default of [`RunnerConfig::max_spec_bytes`].
+pub const DEFAULT_MAX_SPEC_BYTES: u64 = 16 << 20;
+/// Default of [`RunnerConfig::max_submits_per_minute`].
+pub const DEFAULT_MAX_SUBMITS_PER_MINUTE: u32 = 120;
 
 impl RunnerConfig {
     /// A config for `data_dir` with one local node and every other value at its default.
@@ -252,6 +266,9 @@ impl RunnerConfig {
             local_tokens: Vec::new(),
             run_as: None,
             tls: Default::default(),
+            max_job_instances: DEFAULT_MAX_JOB_INSTANCES,
+            max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
+            max_submits_per_minute: DEFAULT_MAX_SUBMITS_PER_MINUTE,
         }
     }
 
@@ -290,6 +307,11 @@ impl RunnerConfig {
         if self.schedule_interval.is_zero() {
             return Err(Error::invalid("schedule interval must be more than 0"));
         }
+        if self.max_job_instances == 0 || self.max_spec_bytes == 0 {
+            return Err(Error::invalid(
+                "--max-job-instances and --max-spec-size must be more than 0",
+            ));
+        }
         Ok(())
     }
 }
@@ -325,6 +347,12 @@ pub struct RunnerToml {
     pub locality_wait: Option<std::time::Duration>,
     /// The unprivileged user a root runner starts instances as.
     pub run_as: Option<String>,
+    /// The most instances one job may have, all tasks together.
+    pub max_job_instances: Option<u64>,
+    /// The largest spec accepted at submit.
+    pub max_spec_size: Option<ByteSize>,
+    /// Jobs one owner may submit per minute (0: no limit).
+    pub max_submits_per_minute: Option<u32>,
 }
 
 /// One executor node of the runner.

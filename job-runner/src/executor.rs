@@ -14,6 +14,7 @@
 //! - `adopt` re-attaches to an attempt that a previous runner process started, so an
 //!   instance is never lost nor run twice.
 
+pub mod files;
 pub mod kubernetes;
 pub mod local;
 pub mod mount;

@@ -50,6 +50,7 @@ impl Admission {
                 .collect(),
             quota_cpu_millis: quota.cpu_millis,
             quota_memory_bytes: quota.memory_bytes,
+            max_job_instances: self.cfg.max_job_instances,
         }
     }
 }

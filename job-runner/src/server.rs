@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod handler;
+pub mod rate;
 pub mod render;
 
 use std::net::SocketAddr;
@@ -169,6 +170,7 @@ impl RunnerServer {
             master,
             admission,
             link: link.clone(),
+            submits: rate::SubmitRate::new(cfg.max_submits_per_minute),
         });
         let svc = RunnerServiceServer::new(handler::RunnerRpc::new(
             engine.clone(),

@@ -108,7 +108,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn get_dataset_access(&self, r: Request<GetDatasetAccessRequest>) -> Resp<DatasetAccess> {
-        identity(&r)?.require_cluster("GetDatasetAccess (it returns credentials)")?;
+        identity(&r)?.require_cluster_member("GetDatasetAccess (it returns store credentials)")?;
         file::access(&self.state, r.into_inner())
             .await
             .map(Response::new)

@@ -15,8 +15,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::io::Write as _;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,12 +68,13 @@ pub struct BlockFile {
 impl BlockFile {
     /// Opens (creating the directory and the file if needed) for writing blocks.
     pub fn open_for_write(dir: &Path) -> io::Result<BlockFile> {
-        std::fs::create_dir_all(dir)?;
+        private_dirs(dir)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(FILE_MODE)
             .open(dir.join(DATA_FILE))?;
         Ok(BlockFile {
             file,
@@ -385,7 +387,8 @@ pub fn data_stamp(dir: &Path) -> io::Result<Option<FileStamp>> {
 /// temporary name, then rename, so a reader never sees half a file).
 pub fn write_boot(root: &Path, boot: u64) -> io::Result<()> {
     let tmp = root.join(format!("{BOOT_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{}\n", layout::format_boot(boot)))?;
+    remove_if_present(&tmp)?;
+    private_file(&tmp)?.write_all(format!("{}\n", layout::format_boot(boot)).as_bytes())?;
     std::fs::rename(&tmp, root.join(BOOT_FILE))
 }
 
@@ -437,10 +440,121 @@ pub fn is_verified(tier_root: &Path, dir: &Path, data: &File) -> io::Result<bool
     Ok(seal.boot == boot && seal.stamp == FileStamp::of(&data.metadata()?))
 }
 
-/// Checks that `root` is writable and supports `FALLOC_FL_PUNCH_HOLE`, which eviction
-/// needs to give space back.
+/// Mode of every directory under a tier: only the worker's user may list or enter it.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file under a tier.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`].
+pub fn private_dirs(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Creates (or truncates) `path` with [`FILE_MODE`], never following a link.
+pub fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Checks that `root` can be trusted as a tier directory, creating it (mode 0700) when
+/// it does not exist. The worker serves what it finds in a tier as cached data, so a
+/// tier root that another user owns, that others may write into, or that is a symlink
+/// is refused: blocks planted there (a predictable path such as `/dev/shm/shoal`) would
+/// otherwise be served as verified. One the worker owns with wider read bits (from an
+/// older version) is narrowed to 0700.
+pub fn check_tier_root(root: &Path) -> Result<(), String> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    let meta = match std::fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = root.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(DIR_MODE)
+                .create(root)
+                .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+            std::fs::symlink_metadata(root)
+                .map_err(|e| format!("cannot stat {}: {e}", root.display()))?
+        }
+        Err(e) => return Err(format!("cannot stat {}: {e}", root.display())),
+    };
+    let mode = meta.mode() & 0o7777;
+    let what = format!(
+        "{} (owner uid {}{}, mode {:04o})",
+        root.display(),
+        meta.uid(),
+        user_name(meta.uid())
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default(),
+        mode
+    );
+    let me = format!(
+        "uid {euid}{}",
+        user_name(euid).map(|n| format!(" {n}")).unwrap_or_default()
+    );
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "refusing tier directory {}: it is a symbolic link; give --tier the real directory, or remove the link so the worker creates the directory itself",
+            root.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", root.display()));
+    }
+    if meta.uid() != euid {
+        return Err(format!(
+            "refusing tier directory {what}: it is not owned by the worker's user ({me}), so blocks planted in it could be served as cached data; remove it (`rm -rf {}`) so the worker creates it, or use another --tier path",
+            root.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refusing tier directory {what}: others may write into it, so blocks planted in it could be served as cached data; remove it (`rm -rf {}`) so the worker creates it with mode 0700, or use another --tier path",
+            root.display()
+        ));
+    }
+    if mode != DIR_MODE {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| format!("cannot chmod 0700 {}: {e}", root.display()))?;
+    }
+    Ok(())
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid_r writes into the buffers we pass and nothing else.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) != 0
+            || out.is_null()
+        {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// Checks that `root` is a tier directory the worker can trust ([`check_tier_root`]),
+/// writable and supporting `FALLOC_FL_PUNCH_HOLE`, which eviction needs to give space
+/// back.
 pub fn probe_tier_dir(root: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    check_tier_root(root)?;
     let probe = root.join(format!(".shoal-probe-{}", std::process::id()));
     let result = (|| -> io::Result<()> {
         let f = OpenOptions::new()
@@ -448,6 +562,8 @@ pub fn probe_tier_dir(root: &Path) -> Result<(), String> {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&probe)?;
         f.write_all_at(&[1u8; 8192], 0)?;
         punch_hole(&f, 0, 4096)
@@ -602,6 +718,49 @@ mod tests {
     fn probe_accepts_tmp() {
         let t = tempfile::tempdir().unwrap();
         probe_tier_dir(t.path()).unwrap();
+    }
+
+    #[test]
+    fn a_link_or_a_dir_others_may_write_is_refused_and_a_new_one_is_0700() {
+        let t = tempfile::tempdir().unwrap();
+        let new = t.path().join("a/tier");
+        probe_tier_dir(&new).unwrap();
+        assert_eq!(std::fs::metadata(&new).unwrap().mode() & 0o7777, 0o700);
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = probe_tier_dir(&open).unwrap_err();
+        assert!(
+            e.contains("mode 0777") && e.contains("others may write"),
+            "{e}"
+        );
+        assert!(e.contains("rm -rf"), "{e}");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        let e = probe_tier_dir(&link).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        let wide = t.path().join("wide");
+        std::fs::create_dir(&wide).unwrap();
+        std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o755)).unwrap();
+        probe_tier_dir(&wide).unwrap();
+        assert_eq!(std::fs::metadata(&wide).unwrap().mode() & 0o7777, 0o700);
+        let dir = new.join("blocks/1/00000000000000aa");
+        BlockFile::open_for_write(&dir).unwrap();
+        write_boot(&new, 7).unwrap();
+        for p in [new.join("blocks"), new.join("blocks/1"), dir.clone()] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().mode() & 0o7777,
+                0o700,
+                "{p:?}"
+            );
+        }
+        for p in [dir.join(DATA_FILE), new.join(BOOT_FILE)] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().mode() & 0o7777,
+                0o600,
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

@@ -54,8 +54,10 @@ fn split_source(s: &str) -> anyhow::Result<(&str, &str)> {
 
 async fn client(ctx: &Context, f: &ClientFlags) -> anyhow::Result<ShoalClient> {
     let mut cfg = ClientConfig::new(&connect::master_addr(ctx, f.m.master.as_deref()));
-    // Reading through workers (and the UFS fallback, with the dataset's credentials)
-    // needs an admin token; owners read through the mounts of their jobs.
+    // Reading through workers needs an admin token; owners read through the mounts of
+    // their jobs. The UFS fallback needs the dataset's credentials, which the master
+    // gives the cluster identity only, so with an admin token a file no worker can
+    // serve is an error rather than a direct store read.
     cfg.token = crate::auth::user_token(ctx)?;
     cfg.node = f
         .node

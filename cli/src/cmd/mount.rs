@@ -37,7 +37,9 @@ pub struct MountArgs {
     /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
     #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     cluster_token_file: Option<PathBuf>,
-    /// Log file of a --background mount [default: <tmp>/shoal-mount-<mountpoint>.log].
+    /// Log file of a --background mount, created 0600 [default:
+    /// $XDG_STATE_HOME/shoal/logs/mount-<mountpoint>.log, else under ~/.local/state,
+    /// else /var/lib/shoal/logs].
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// The node this mount runs on: blocks cached by a worker of the same node are
@@ -250,7 +252,9 @@ fn default_log(mountpoint: &std::path::Path) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    std::env::temp_dir().join(format!("shoal-mount-{}.log", name.trim_matches('_')))
+    shoal_fuse::state_dir()
+        .join("logs")
+        .join(format!("mount-{}.log", name.trim_matches('_')))
 }
 
 pub fn umount(a: UmountArgs) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use shoal_common::config::pick;
+use shoal_common::size::ByteSize;
 use shoal_job_runner::{ExecutorKind, NodeConfig, Quota, RunnerConfig, RunnerServer};
 
 use super::Context;
@@ -77,6 +78,15 @@ pub struct RunnerArgs {
     /// their working and log dirs (0700) are given to the user [default: the runner's user].
     #[arg(long, env = "SHOAL_RUNNER_RUN_AS", value_name = "USER")]
     run_as: Option<String>,
+    /// The most instances one job may have, all tasks together [default: 100000].
+    #[arg(long, env = "SHOAL_RUNNER_MAX_JOB_INSTANCES", value_name = "N")]
+    max_job_instances: Option<u64>,
+    /// The largest job spec accepted at submit [default: 16MiB].
+    #[arg(long, env = "SHOAL_RUNNER_MAX_SPEC_SIZE", value_name = "SIZE")]
+    max_spec_size: Option<ByteSize>,
+    /// Jobs one owner may submit per minute; 0 is no limit [default: 120].
+    #[arg(long, env = "SHOAL_RUNNER_MAX_SUBMITS_PER_MINUTE", value_name = "N")]
+    max_submits_per_minute: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,6 +113,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         executor,
         name,
         run_as,
+        max_job_instances,
+        max_spec_size,
+        max_submits_per_minute,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -204,6 +217,15 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.name = n;
     }
     cfg.run_as = run_as.or_else(|| f.run_as.clone());
+    if let Some(n) = max_job_instances.or(f.max_job_instances) {
+        cfg.max_job_instances = n;
+    }
+    if let Some(b) = max_spec_size.or(f.max_spec_size) {
+        cfg.max_spec_bytes = b.0;
+    }
+    if let Some(n) = max_submits_per_minute.or(f.max_submits_per_minute) {
+        cfg.max_submits_per_minute = n;
+    }
     cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(

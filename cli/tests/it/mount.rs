@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use shoal_testkit::{TestProcess, wait_until};
 
-use crate::support::{MasterProcess, SHOAL, shoal};
+use crate::support::{MasterProcess, SHOAL, shoal, shoal_env};
 
 /// Detaches the mount at `path` and kills `pid` when dropped, whatever happened.
 pub(crate) struct MountedProcess {
@@ -114,6 +114,81 @@ async fn background_mount_then_umount_leaves_no_mount_and_no_process() {
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("unmounted"), "{text}");
+    drop(guard);
+}
+
+/// Issue 10: a background mount without --log-file logs under its state dir, in a
+/// file only its user may read, never at a predictable path in /tmp.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_background_mounts_default_log_is_private_and_not_in_tmp() {
+    use std::os::unix::fs::MetadataExt;
+    let (master, _data, _ufs) = setup().await;
+    let (_dir, mp) = mountpoint();
+    let state = tempfile::tempdir().unwrap();
+    let mut guard = MountedProcess {
+        path: mp.clone(),
+        pid: None,
+    };
+    let mp_s = mp.to_str().unwrap();
+    let name: String = mp_s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = name.trim_matches('_');
+    let old = std::env::temp_dir().join(format!("shoal-mount-{name}.log"));
+    let _ = std::fs::remove_file(&old);
+    let out = shoal_env(
+        &master.addr,
+        &["mount", mp_s, "--background"],
+        &[("XDG_STATE_HOME", state.path().to_str().unwrap())],
+    );
+    out.ok();
+    let pid: u32 = out
+        .stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:#?}"));
+    guard.pid = Some(pid);
+    let log = state.path().join(format!("shoal/logs/mount-{name}.log"));
+    assert!(
+        out.stderr.contains(&format!("log {}", log.display())),
+        "{out:#?}"
+    );
+    let m = std::fs::symlink_metadata(&log).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(m.mode() & 0o777, 0o600, "{}", log.display());
+    let dir = std::fs::metadata(log.parent().unwrap()).unwrap();
+    assert_eq!(dir.mode() & 0o777, 0o700);
+    assert!(!old.exists(), "{} was written", old.display());
+    shoal(&master.addr, &["umount", mp_s]).ok();
+    wait_until(
+        Duration::from_secs(10),
+        "the mount daemon to exit",
+        || async move { !alive(pid) },
+    )
+    .await;
+    assert!(std::fs::read_to_string(&log).unwrap().contains("unmounted"));
+
+    // A link planted at a log path is refused, not followed.
+    let target = state.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = state.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    shoal(
+        &master.addr,
+        &[
+            "mount",
+            mp_s,
+            "--background",
+            "--log-file",
+            link.to_str().unwrap(),
+        ],
+    )
+    .assert_clean_failure("is a symbolic link");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert!(!is_mounted(&mp));
     drop(guard);
 }
 

@@ -3,29 +3,36 @@
 //! The command runs under a tiny `/bin/sh` wrapper, which is the group leader:
 //!
 //! ```sh
-//! trap : TERM INT HUP; echo $$ > "$0.pid"; "$@"; c=$?; echo $c > "$0.exit"; exit $c
+//! trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&-; c=$?; echo $c >&4; exit $c
 //! ```
 //!
 //! - `"$@"` executes the user's argv as is: it is never re-parsed by the shell.
 //! - The trap is a handler, not an ignore, so the user's command starts with default
 //!   signal dispositions; when the group gets SIGTERM the command dies (or handles it)
 //!   and the wrapper still records its exit code (143 for a default SIGTERM death).
-//! - `$0` is the attempt's control-file prefix (`logs/JOB/TASK/I/attempt-A`): the
-//!   wrapper writes the pid file first and the exit file last. While the runner is the
+//! - fds 3 and 4 are the attempt's pid and exit files (`logs/JOB/TASK/I/attempt-A.pid`
+//!   and `.exit`), which the runner creates and opens itself; the command gets neither.
+//!   The wrapper writes its pid first and the exit code last. While the runner is the
 //!   parent it gets the exit status from `wait`; after a runner restart the new runner
 //!   is no longer the parent, so it polls the pid (checking its start time in
 //!   `/proc/PID/stat` so a reused pid is never mistaken) and reads the exit file.
 //!
+//! Every file in the log dir is created by the runner (see [`super::files`]): the
+//! instance cannot aim the runner's writes or reads at another file with a link.
+//!
 //! When an attempt ends, whatever is left in its process group is SIGKILLed, so an
 //! instance never leaks background processes.
 //!
-//! With a [`RunAs`] user (`--run-as`, for a root runner), the instance's working dir,
-//! log dir and input list belong to that user and the wrapper and command run with its
-//! uid and gid (no supplementary groups), with `HOME`, `USER` and `LOGNAME` set to it.
+//! With a [`RunAs`] user (`--run-as`, for a root runner), the instance's working dir
+//! and input list belong to that user (its log dir stays the runner's, mode 0711) and
+//! the wrapper and command run with its uid and gid (no supplementary groups), with
+//! `HOME`, `USER` and `LOGNAME` set to it.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,11 +43,12 @@ use shoal_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::files::{self, read_number};
 use super::run_as::RunAs;
 use super::{Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
-    r#"trap : TERM INT HUP; echo $$ > "$0.pid"; "$@"; c=$?; echo $c > "$0.exit"; exit $c"#;
+    r#"trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&-; c=$?; echo $c >&4; exit $c"#;
 const ADOPT_POLL: Duration = Duration::from_millis(100);
 
 /// Credentials of the runner itself that instances never inherit from its environment
@@ -133,14 +141,93 @@ fn searchable_parents(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn private_file(p: &Path) -> Result<std::fs::File> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)
-        .map_err(|e| Error::io(format!("create {}", p.display()), e))
+/// Puts the attempt's pid and exit files at fds 3 and 4 for the wrapper. They pass
+/// through fresh fds of 10 and up first, so that neither source is itself 3 or 4 and
+/// overwritten by the other `dup2`. Runs in the forked child.
+fn control_fds(pid_fd: RawFd, exit_fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: plain fd syscalls on fds this process holds; no memory is touched.
+    unsafe {
+        let a = libc::fcntl(pid_fd, libc::F_DUPFD, 10);
+        let b = libc::fcntl(exit_fd, libc::F_DUPFD, 10);
+        if a < 0 || b < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(a);
+        libc::close(b);
+    }
+    Ok(())
+}
+
+/// The dataset links to make in an instance's working dir, as C strings ready for the
+/// forked child. They are made there, after the switch to the instance's user and the
+/// chdir into its working dir: that dir belongs to the instance, so the runner (root)
+/// never creates anything under a path the instance could have swapped for a link.
+struct LinkPlan {
+    /// Parent dirs to create, shallowest first, relative to the working dir.
+    dirs: Vec<CString>,
+    /// (link, target)
+    links: Vec<(CString, CString)>,
+}
+
+impl LinkPlan {
+    fn new(links: &[(String, std::path::PathBuf)]) -> Result<LinkPlan> {
+        let c = |s: &[u8]| {
+            CString::new(s).map_err(|_| Error::invalid("a link path contains a NUL byte"))
+        };
+        let mut plan = LinkPlan {
+            dirs: Vec::new(),
+            links: Vec::new(),
+        };
+        for (rel, target) in links {
+            let rel_path = Path::new(rel);
+            let mut parents: Vec<&Path> = rel_path
+                .ancestors()
+                .skip(1)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+            parents.reverse();
+            for p in parents {
+                let p = c(p.as_os_str().as_bytes())?;
+                if !plan.dirs.contains(&p) {
+                    plan.dirs.push(p);
+                }
+            }
+            plan.links
+                .push((c(rel.as_bytes())?, c(target.as_os_str().as_bytes())?));
+        }
+        Ok(plan)
+    }
+
+    /// Runs in the forked child: async-signal-safe calls only.
+    fn create(&self) -> std::io::Result<()> {
+        for d in &self.dirs {
+            // SAFETY: a NUL-terminated path prepared before the fork.
+            if unsafe { libc::mkdir(d.as_ptr(), 0o755) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+        }
+        for (link, target) in &self.links {
+            // SAFETY: NUL-terminated paths prepared before the fork.
+            unsafe {
+                if libc::unlink(link.as_ptr()) < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        return Err(e);
+                    }
+                }
+                if libc::symlink(target.as_ptr(), link.as_ptr()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Executor for LocalExecutor {
@@ -150,43 +237,42 @@ impl Executor for LocalExecutor {
 
     fn start(&self, l: Launch, on_exit: ExitSink) -> Result<Started> {
         private_dir(&l.work_dir)?;
-        if let Some(d) = l.files.stdout.parent() {
-            private_dir(d)?;
-        }
-        for (rel, target) in &l.links {
-            let link = l.work_dir.join(rel);
-            if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+        let log_dir = l
+            .files
+            .stdout
+            .parent()
+            .ok_or_else(|| Error::internal("an attempt's stdout has no log dir"))?;
+        // The log dir stays the runner's: with --run-as the user may only search it (to
+        // read its input list), never add, remove or replace an entry.
+        let log_mode = if self.run_as.is_some() { 0o711 } else { 0o700 };
+        files::runner_dir(log_dir, log_mode)?;
+        let input_list = match &l.input_list {
+            Some(list) => {
+                use std::io::Write as _;
+                let mut f = files::fresh_file(&list.path, 0o600)?;
+                f.write_all(list.text.as_bytes())
+                    .map_err(|e| Error::io(format!("write {}", list.path.display()), e))?;
+                Some(f)
             }
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(target, &link)
-                .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
-        }
-        // A pid or exit file from an earlier run of the same attempt number (a start
-        // the runner never confirmed) must not be mistaken for this one.
-        let _ = std::fs::remove_file(&l.files.pid_file);
-        let _ = std::fs::remove_file(&l.files.exit_file);
-        if let Some(list) = &l.input_list {
-            use std::io::Write as _;
-            private_file(&list.path)?
-                .write_all(list.text.as_bytes())
-                .map_err(|e| Error::io(format!("write {}", list.path.display()), e))?;
-        }
-        let stdout = private_file(&l.files.stdout)?;
-        let stderr = private_file(&l.files.stderr)?;
-        let prefix = l.files.exit_file.with_extension("");
+            None => None,
+        };
+        let stdout = files::fresh_file(&l.files.stdout, 0o600)?;
+        let stderr = files::fresh_file(&l.files.stderr, 0o600)?;
+        // Fresh control files, so a pid or exit file from an earlier run of the same
+        // attempt number (a start the runner never confirmed) is never mistaken for
+        // this one. The wrapper writes them through fds 3 and 4.
+        let pid_file = files::fresh_file(&l.files.pid_file, 0o600)?;
+        let exit_file = files::fresh_file(&l.files.exit_file, 0o600)?;
+        let links = LinkPlan::new(&l.links)?;
         let mut cmd = tokio::process::Command::new("/bin/sh");
         if let Some(u) = &self.run_as {
-            // The wrapper writes its pid and exit files into the log dir.
             u.chown(&l.work_dir)?;
             searchable_parents(&l.work_dir)?;
-            if let Some(d) = l.files.stdout.parent() {
-                u.chown(d)?;
-                searchable_parents(d)?;
-            }
-            if let Some(list) = &l.input_list {
-                u.chown(&list.path)?;
+            searchable_parents(log_dir)?;
+            if let (Some(list), Some(f)) = (&l.input_list, &input_list) {
+                std::os::unix::fs::fchown(f, Some(u.uid), Some(u.gid)).map_err(|e| {
+                    Error::io(format!("give {} to {}", list.path.display(), u.name), e)
+                })?;
             }
             cmd.uid(u.uid)
                 .gid(u.gid)
@@ -194,12 +280,23 @@ impl Executor for LocalExecutor {
                 .env("USER", &u.name)
                 .env("LOGNAME", &u.name);
         }
+        drop(input_list);
         for k in NOT_INHERITED {
             cmd.env_remove(k);
         }
+        let (pid_fd, exit_fd) = (pid_file.as_raw_fd(), exit_file.as_raw_fd());
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (fcntl, dup2, close, mkdir, unlink, symlink) on data
+        // prepared beforehand; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                control_fds(pid_fd, exit_fd)?;
+                links.create()
+            });
+        }
         cmd.arg("-c")
             .arg(WRAPPER)
-            .arg(&prefix)
+            .arg("shoal-instance")
             .args(&l.command)
             .envs(l.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&l.work_dir)
@@ -213,6 +310,7 @@ impl Executor for LocalExecutor {
             cmd.spawn()
                 .map_err(|e| Error::io(format!("start `{}`", l.command.join(" ")), e))?
         };
+        drop((pid_file, exit_file));
         let pid = child
             .id()
             .ok_or_else(|| Error::internal("started process has no pid"))?;
@@ -335,10 +433,6 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
         (None, Some(sig)) => 128 + sig,
         (None, None) => -1,
     }
-}
-
-fn read_number(p: &Path) -> Option<i64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 fn read_exit(p: &Path) -> AttemptExit {

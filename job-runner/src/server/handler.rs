@@ -47,6 +47,8 @@ pub struct Access {
     pub master: Option<MasterServiceClient<AuthChannel>>,
     pub admission: Admission,
     pub link: Option<Arc<ClusterLink>>,
+    /// Per-owner submissions of the last minute.
+    pub submits: super::rate::SubmitRate,
 }
 
 impl RunnerRpc {
@@ -111,7 +113,7 @@ impl RunnerRpc {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Runs `f` on a blocking thread: parsing a spec of up to 16 MiB must not hold up the
+/// Runs `f` on a blocking thread: parsing a spec of up to `--max-spec-size` must not hold up the
 /// runtime (nor the engine).
 async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -136,8 +138,19 @@ impl RunnerService for RunnerRpc {
             pb::SpecFormat::Yaml => SpecFormat::Yaml,
             pb::SpecFormat::Unspecified => SpecFormat::from_path(&r.source_name),
         };
-        if r.spec.len() > 16 << 20 {
-            return Err(Error::invalid("the job spec is larger than 16 MiB").into());
+        if let Some(owner) = who.owner() {
+            self.access
+                .submits
+                .admit(owner, std::time::Instant::now())?;
+        }
+        let max = self.access.cfg.max_spec_bytes;
+        if r.spec.len() as u64 > max {
+            return Err(Error::invalid(format!(
+                "the job spec is {} bytes but this runner takes specs of at most {max} bytes ({}, --max-spec-size); make it smaller or ask the operator to raise --max-spec-size",
+                r.spec.len(),
+                shoal_common::size::human_bytes(max)
+            ))
+            .into());
         }
         // The one parse: a spec with problems of its own is refused with all of them;
         // one without is authorized against what the caller may do before it is
@@ -431,12 +444,17 @@ impl RunnerRpc {
 }
 
 /// Up to one chunk of `path` from `off`; empty at the end (or if it does not exist yet).
+/// The file is opened without following a link and must be a plain file (see
+/// `executor::files`): the runner reads it with its own rights, often root's.
 async fn read_from(path: &std::path::Path, off: u64) -> Result<Vec<u8>, Error> {
-    let mut f = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+    let p = path.to_path_buf();
+    let f = tokio::task::spawn_blocking(move || crate::executor::files::open_regular(&p))
+        .await
+        .map_err(|e| Error::internal(format!("log reader: {e}")))??;
+    let Some(f) = f else {
+        return Ok(Vec::new());
     };
+    let mut f = tokio::fs::File::from_std(f);
     f.seek(std::io::SeekFrom::Start(off))
         .await
         .map_err(|e| Error::io(format!("seek {}", path.display()), e))?;

@@ -13,10 +13,24 @@ pub struct Limits {
     /// The owner's quota, if it caps CPU or memory.
     pub quota_cpu_millis: Option<u64>,
     pub quota_memory_bytes: Option<u64>,
+    /// The most instances one job may have (`--max-job-instances`); 0 is no limit.
+    pub max_job_instances: u64,
 }
 
 /// Records every request of `spec` that `limits` can never meet.
 pub fn check(spec: &JobSpec, limits: &Limits, locs: &SpecLocs<'_>, c: &mut Checker) {
+    let total: u64 = spec.tasks.iter().map(|t| u64::from(t.instances)).sum();
+    if limits.max_job_instances > 0 && total > limits.max_job_instances {
+        c.hint(
+            locs.at(&[PathSeg::Key("tasks")]),
+            "tasks",
+            format!(
+                "the job has {total} instances in all but this runner takes at most {} per job (--max-job-instances)",
+                limits.max_job_instances
+            ),
+            "split it into several jobs, or ask the operator to raise --max-job-instances",
+        );
+    }
     for (ti, t) in spec.tasks.iter().enumerate() {
         let r = t.resources;
         let path = format!("tasks[{ti}].resources");

@@ -10,7 +10,7 @@ use shoal_job_runner::executor::run_as::{RunAs, effective_uid};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::InstanceState as S;
 
-use crate::support::{Harness, config, connect, state, task, wait_final};
+use crate::support::{Harness, config, connect, describe, state, task, wait_final};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_nobody_runs_instances_unprivileged_in_their_own_0700_dirs() {
@@ -76,22 +76,130 @@ debug: {{keep_failed: true}}
     );
     assert!(!std::path::Path::new(probe).exists());
 
-    // Its working dir, log dir and the file it wrote belong to nobody; the dirs are 0700.
+    // Its working dir and the file it wrote belong to nobody (0700); its log dir stays
+    // the runner's (0711: nobody may reach its input list but not change the entries).
     let work = data.join("work").join(&job.id).join("t").join("0");
-    for d in [&work, &log_dir] {
-        let m = std::fs::metadata(d).unwrap();
-        assert_eq!(
-            (m.uid(), m.mode() & 0o777),
-            (nobody.uid, 0o700),
-            "{}",
-            d.display()
-        );
-    }
+    let m = std::fs::metadata(&work).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (nobody.uid, 0o700));
+    let m = std::fs::metadata(&log_dir).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o711));
     assert_eq!(
         std::fs::metadata(work.join("mine")).unwrap().uid(),
         nobody.uid
     );
     runner.shutdown().await;
+}
+
+/// A root runner with `--run-as nobody` over a data dir nobody can reach, and a file
+/// only root may read or write, under the same temp dir.
+async fn run_as_runner(label: &str) -> (Harness, std::path::PathBuf) {
+    assert_eq!(
+        effective_uid(),
+        0,
+        "this test checks what a root runner opens and needs a root test run"
+    );
+    let dir = shoal_testkit::temp_dir(label);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let root_only = dir.path().join("root-only");
+    std::fs::write(&root_only, "ROOT SECRET\n").unwrap();
+    std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = config(dir.path());
+    cfg.run_as = Some("nobody".into());
+    let runner = RunnerServer::start(cfg).await.unwrap();
+    let client = connect(&runner.grpc_addr.to_string()).await;
+    let h = Harness {
+        dir,
+        runner: Some(runner),
+        client,
+    };
+    (h, root_only)
+}
+
+async fn stdout_of(h: &mut Harness, job: &str, attempt: u32) -> Result<String, tonic::Status> {
+    let mut s = h
+        .client
+        .get_logs(pb::GetLogsRequest {
+            job_id: job.into(),
+            task: "t".into(),
+            index: 0,
+            attempt,
+            follow: false,
+            stream: "stdout".into(),
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = s.message().await? {
+        out.extend(c.data);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Issue 10: an instance swaps its stdout file for a link to a root-only file, so that
+/// `shoal job logs` (read by the root runner) would print that file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_make_the_log_rpc_read_a_root_file_through_a_link() {
+    let (mut h, root_only) = run_as_runner("log-link-read").await;
+    // The working dir is DATA/work/JOB/t/0, its log dir DATA/logs/JOB/t/0.
+    let job = h
+        .submit(&format!(
+            r#"
+name: peek
+tasks:
+  - name: t
+    command: [sh, -c, 'd=../../../../logs/$SHOAL_JOB_ID/t/0; ln -sf {s} $d/attempt-1.stdout 2>&1; ln -sf {s} $d/attempt-1.stderr 2>&1; echo planted']
+"#,
+            s = root_only.display()
+        ))
+        .await;
+    let job = h.wait_final(&job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(job.state), S::Succeeded, "{}", describe(&job));
+    let out = match stdout_of(&mut h, &job.id, 1).await {
+        Ok(out) => out,
+        Err(e) => e.message().to_owned(),
+    };
+    assert!(
+        !out.contains("ROOT SECRET"),
+        "the runner printed a root-only file: {out}"
+    );
+    assert!(out.contains("planted"), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    h.stop().await;
+}
+
+/// Issue 10: attempt 1 plants links where attempt 2's log and control files will be
+/// created, aiming the root runner's writes at a root-owned file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_aim_the_next_attempts_files_at_a_root_file() {
+    let (mut h, root_only) = run_as_runner("log-link-write").await;
+    let job = h
+        .submit(&format!(
+            r#"
+name: aim
+tasks:
+  - name: t
+    command: [sh, -c, 'if [ "$SHOAL_ATTEMPT" = 1 ]; then for f in stdout stderr pid exit; do ln -s {s} ../../../../logs/$SHOAL_JOB_ID/t/0/attempt-2.$f; done; exit 3; fi; echo PWNED; echo PWNED >&2']
+    retry: {{attempts: 2, backoff: {{initial: 10ms}}}}
+"#,
+            s = root_only.display()
+        ))
+        .await;
+    let job = h.wait_final(&job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(job.state), S::Succeeded, "{}", describe(&job));
+    assert_eq!(task(&job, "t").instance_list[0].attempt, 2);
+    assert_eq!(
+        std::fs::read_to_string(&root_only).unwrap(),
+        "ROOT SECRET\n",
+        "the runner wrote an attempt's output through a planted link"
+    );
+    assert_eq!(stdout_of(&mut h, &job.id, 2).await.unwrap(), "PWNED\n");
+    let log_dir = h.dir.path().join(format!("runner/logs/{}/t/0", job.id));
+    for f in ["stdout", "stderr", "pid", "exit"] {
+        let m = std::fs::symlink_metadata(log_dir.join(format!("attempt-2.{f}"))).unwrap();
+        assert!(m.file_type().is_file(), "attempt-2.{f} is {m:?}");
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "attempt-2.{f}");
+    }
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ fn render(name: &str, text: &str) -> String {
         nodes: vec![("node-1".into(), 4000, 8 << 30)],
         quota_cpu_millis: Some(4000),
         quota_memory_bytes: None,
+        max_job_instances: 0,
     };
     let opts = ParseOptions {
         format: SpecFormat::from_path(name),

@@ -225,3 +225,79 @@ async fn every_problem_of_a_refused_spec_arrives_as_data() {
     );
     h.stop().await;
 }
+
+async fn submit_raw(h: &mut Harness, yaml: &str) -> Result<pb::Job, tonic::Status> {
+    h.client
+        .submit_job(pb::SubmitJobRequest {
+            spec: yaml.into(),
+            format: pb::SpecFormat::Yaml as i32,
+            source_name: "limits.yaml".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Issue 10: a job with more instances than `--max-job-instances`, a spec larger than
+/// `--max-spec-size` and an owner's submissions past `--max-submits-per-minute` are
+/// refused at submit, each naming its limit; nothing refused is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_spec_size_and_submission_rate_limits_are_refused_with_their_names() {
+    let mut h = Harness::start("limits", |c| {
+        c.max_job_instances = 5;
+        c.max_spec_bytes = 2000;
+        c.max_submits_per_minute = 3;
+    })
+    .await;
+    let e = submit_raw(
+        &mut h,
+        "name: wide\ntasks:\n  - {name: a, command: [\"true\"], instances: 3}\n  - {name: b, command: [\"true\"], instances: 3}\n",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("6 instances in all")
+            && e.message()
+                .contains("at most 5 per job (--max-job-instances)"),
+        "{}",
+        e.message()
+    );
+
+    let big = format!(
+        "name: big\ntasks:\n  - {{name: a, command: [\"true\"]}}\n# {}\n",
+        "x".repeat(2000)
+    );
+    let e = submit_raw(&mut h, &big).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("the job spec is {} bytes", big.len()))
+            && e.message().contains("at most 2000 bytes")
+            && e.message().contains("--max-spec-size"),
+        "{}",
+        e.message()
+    );
+
+    // Both refusals counted towards the minute: a third submission passes, a fourth
+    // is refused with the limit and when to try again.
+    let ok = "name: ok\ntasks:\n  - {name: a, command: [\"true\"], instances: 5}\n";
+    submit_raw(&mut h, ok).await.unwrap();
+    let e = submit_raw(&mut h, ok).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .contains("owner `test-admin` submitted 3 jobs in the last minute")
+            && e.message().contains("--max-submits-per-minute 3")
+            && e.message().contains("submit again in"),
+        "{}",
+        e.message()
+    );
+    let jobs = h
+        .client
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jobs.jobs.len(), 1, "a refused job was stored");
+    h.stop().await;
+}

@@ -2,6 +2,7 @@
 // Tests unwrap: a panic is the failure report we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod large_sync;
 mod membership;
 mod namespace;

@@ -46,7 +46,9 @@ pub fn check_layout(root: &Path, layout: &BlockLayout) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     }
-    std::fs::write(&path, want).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    shoal_tier::block_file::private_file(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, want.as_bytes()))
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 /// Scans `<tier>/blocks`, inserts every valid block into the tier's index and counts

@@ -424,3 +424,114 @@ async fn disk_faults_never_serve_bad_bytes() {
     block_file::set_fault_hook(None);
     w.shutdown().await;
 }
+
+/// Issue 10: tier dirs and files are the worker's alone (0700/0600, unreadable by
+/// another user), and a tier directory that someone else prepared, with blocks that
+/// pass their checksums, is refused with the path, owner, mode and the fix instead
+/// of being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tier_files_are_private_and_a_foreign_or_open_tier_dir_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test plays another user and needs a root test run"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let ufs = Ufs::with_files(&[("f", 3 * MIB)]);
+    let f = ufs.file("f");
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mem = base.path().join("mem");
+    let node = unique_node("private-tier");
+    let cfg = || shoal_worker::WorkerConfig::for_tiers(&node, &[("mem", mem.clone(), 64 * MIB)]);
+    let w = start(cfg(), &ufs).await;
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    w.shutdown().await;
+
+    let mut stack = vec![mem.clone()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        let m = std::fs::symlink_metadata(&d).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (euid, 0o700), "{d:?}");
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                files += 1;
+                assert_eq!((m.uid(), m.mode() & 0o7777), (euid, 0o600), "{p:?}");
+            }
+        }
+    }
+    assert!(files >= 2, "no tier files were checked");
+    let data = layout::version_dir(&mem, f.dataset, f.version).join("data");
+    let cat = std::process::Command::new("cat")
+        .arg(&data)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    assert!(!cat.status.success(), "another user read a tier file");
+    assert!(
+        String::from_utf8_lossy(&cat.stderr).contains("Permission denied"),
+        "{cat:?}"
+    );
+
+    // The same blocks in a directory another user owns (one that user created in
+    // advance at the predictable path): never served, the worker does not start.
+    std::os::unix::fs::lchown(&mem, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    let e = shoal_worker::WorkerServer::start(cfg())
+        .await
+        .err()
+        .unwrap();
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!("refusing tier directory {}", mem.display())),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("owner uid {} nobody", nobody.uid)) && m.contains("mode 0700"),
+        "{m}"
+    );
+    assert!(m.contains(&format!("rm -rf {}", mem.display())), "{m}");
+
+    // Ours, but others may write into it.
+    std::os::unix::fs::lchown(&mem, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let m = shoal_worker::WorkerServer::start(cfg())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        m.contains("mode 1777") && m.contains("others may write"),
+        "{m}"
+    );
+
+    // A link to it.
+    std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&mem, &link).unwrap();
+    let cfg_link = shoal_worker::WorkerConfig::for_tiers(&node, &[("mem", link.clone(), 64 * MIB)]);
+    let m = shoal_worker::WorkerServer::start(cfg_link)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(m.contains("symbolic link"), "{m}");
+
+    // Given back to its worker, it is served again.
+    let w = start(cfg(), &ufs).await;
+    let before = ufs_requests(&node);
+    assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
+    assert_eq!(
+        ufs_requests(&node),
+        before,
+        "its own cached blocks were not used"
+    );
+    w.shutdown().await;
+}
