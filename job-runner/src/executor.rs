@@ -30,6 +30,8 @@ use shoal_common::Result;
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub job_id: String,
+    /// The job's owner (the sandbox gives each owner its own uid).
+    pub owner: String,
     pub task: String,
     pub index: u32,
     pub count: u32,
@@ -49,6 +51,18 @@ pub struct Launch {
     pub input_list: Option<InputList>,
     /// What the task asks for (container executors turn it into resource requests).
     pub resources: crate::spec::Resources,
+    /// The job's datasets as the instance sees them.
+    pub datasets: Vec<DatasetView>,
+}
+
+/// One of a job's datasets as its instances see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetView {
+    pub name: String,
+    /// The path in `SHOAL_DATA_<NAME>`.
+    pub path: PathBuf,
+    /// The owner's grant allows writing; otherwise the instance gets it read-only.
+    pub write: bool,
 }
 
 /// A file listing an instance's share of its inputs, one path per line.

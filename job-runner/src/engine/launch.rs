@@ -11,7 +11,7 @@ use shoal_common::{Error, Result};
 use super::schedule::Placement;
 use super::state::InstKey;
 use super::{Command, Engine, TimerKind};
-use crate::executor::{AttemptRef, ExitSink, InputList, Launch};
+use crate::executor::{AttemptRef, DatasetView, ExitSink, InputList, Launch};
 use crate::spec::{TaskSpec, data_env_name};
 
 impl Engine {
@@ -124,6 +124,7 @@ impl Engine {
         ));
         env.push(("SHOAL_ATTEMPT".into(), inst.attempt().to_string()));
         let mut links = Vec::new();
+        let mut datasets = Vec::new();
         let mut roots = HashMap::new();
         for d in &job.spec.datasets {
             let path = self.parts.mounts.dataset_path(&node, &d.name)?;
@@ -131,6 +132,11 @@ impl Engine {
             if let Some(m) = &d.mount {
                 links.push((m.clone(), path.clone()));
             }
+            datasets.push(DatasetView {
+                name: d.name.clone(),
+                path: path.clone(),
+                write: false,
+            });
             roots.insert(d.name.as_str(), path);
         }
         let input_list = if task.needs_listing() {
@@ -159,6 +165,7 @@ impl Engine {
         };
         Ok(Launch {
             job_id: job.id.clone(),
+            owner: job.spec.owner.clone(),
             task: task.spec.name.clone(),
             index: k.index,
             count: task.spec.instances,
@@ -173,6 +180,7 @@ impl Engine {
             links,
             input_list,
             resources: task.spec.resources,
+            datasets,
         })
     }
 }

@@ -46,6 +46,7 @@ fn launch(dir: &Path, job: &str, task: &str, index: u32, attempt: u32) -> Launch
     let l = layout(dir);
     Launch {
         job_id: job.into(),
+        owner: "team-a".into(),
         task: task.into(),
         index,
         count: 4,
@@ -61,6 +62,7 @@ fn launch(dir: &Path, job: &str, task: &str, index: u32, attempt: u32) -> Launch
             cpu_millis: 500,
             memory_bytes: 64 << 20,
         },
+        datasets: Vec::new(),
     }
 }
 
