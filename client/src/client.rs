@@ -5,9 +5,17 @@
 //! on this node, else over the framed-TCP data plane. When the owner fails the next
 //! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
 //! piece records its path in `shoal_client_reads_total{path}`.
+//!
+//! No read waits on the master: the worker set is refreshed by a background task
+//! (every `worker_set_ttl`, sooner after a worker failed, with jittered backoff while
+//! the master does not answer) and a read uses the last set fetched. A hung worker
+//! costs a read at most `worker_timeout`, and after `breaker_failures` in a row it is
+//! skipped altogether (see [`crate::breaker`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -21,6 +29,7 @@ use shoal_wire::connect::Dial;
 use shoal_wire::frame::ReadRequest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::breaker::{BreakerConfig, Breakers};
 use crate::catalog::{Catalog, Dataset};
 use crate::config::ClientConfig;
 use crate::data_plane::DataPlaneClient;
@@ -30,7 +39,8 @@ use crate::worker_set::{WorkerEntry, WorkerSetView};
 
 /// Largest piece sent in one data-plane request.
 const MAX_PIECE: u64 = 16 << 20;
-/// A failed worker makes the next read re-fetch the worker set, at most this often.
+/// A failed worker makes the background task re-fetch the worker set, at most this
+/// often; also the first delay of its backoff while the master does not answer.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
 
 /// Reads dataset files through the shoal cache. Cheap to clone.
@@ -45,10 +55,21 @@ struct Inner {
     catalog: Catalog,
     set: RwLock<Arc<WorkerSetView>>,
     refresh: tokio::sync::Mutex<()>,
-    stale: Mutex<bool>,
+    /// Wakes the background refresh early (a worker failed).
+    stale: Arc<tokio::sync::Notify>,
+    refresher: Mutex<Option<tokio::task::AbortHandle>>,
+    breakers: Breakers,
     data: DataPlaneClient,
     local: ShortCircuit,
     m: ClientMetrics,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.refresher.lock().take() {
+            h.abort();
+        }
+    }
 }
 
 impl ShoalClient {
@@ -69,9 +90,22 @@ impl ShoalClient {
             master,
             set: RwLock::new(Arc::new(set)),
             refresh: tokio::sync::Mutex::new(()),
-            stale: Mutex::new(false),
-            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone())
-                .with_tls(cfg.tls.connector()?),
+            stale: Arc::new(tokio::sync::Notify::new()),
+            refresher: Mutex::new(None),
+            breakers: Breakers::new(
+                BreakerConfig {
+                    failures: cfg.breaker_failures,
+                    cooldown: cfg.breaker_cooldown,
+                },
+                &cfg.name,
+            ),
+            data: DataPlaneClient::new(
+                cfg.connect_timeout.min(cfg.worker_timeout),
+                cfg.data_timeout,
+                cfg.token.clone(),
+            )
+            .with_worker_timeout(cfg.worker_timeout)
+            .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
             } else {
@@ -80,9 +114,13 @@ impl ShoalClient {
             m: ClientMetrics::new(&cfg.name),
             cfg,
         };
-        Ok(ShoalClient {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let task = tokio::spawn(refresh_in_background(
+            Arc::downgrade(&inner),
+            inner.stale.clone(),
+        ));
+        *inner.refresher.lock() = Some(task.abort_handle());
+        Ok(ShoalClient { inner })
     }
 
     /// The master client, for calls this library does not wrap.
@@ -99,29 +137,15 @@ impl ShoalClient {
         &self.inner.cfg
     }
 
-    /// The worker set in use, refreshed from the master when it is older than
-    /// `worker_set_ttl`, or (at most every 200 ms) after a worker failed.
+    /// The worker set in use: the last one fetched. Never waits for the master (a
+    /// background task keeps it fresh).
     pub async fn worker_set(&self) -> Result<Arc<WorkerSetView>> {
-        let cur = self.inner.set.read().clone();
-        let age = cur.fetched_at.elapsed();
-        let stale = *self.inner.stale.lock() && age >= MIN_REFRESH_GAP;
-        if !stale && age < self.inner.cfg.worker_set_ttl {
-            return Ok(cur);
-        }
-        let _g = self.inner.refresh.lock().await;
-        let cur = self.inner.set.read().clone();
-        if cur.fetched_at.elapsed() < age {
-            // Someone else refreshed while we waited.
-            return Ok(cur);
-        }
-        match self.fetch_and_store().await {
-            Ok(set) => Ok(set),
-            Err(e) => {
-                // Keep reading with the set we have (owners, replicas, UFS still work).
-                tracing::warn!(error = %e, "cannot refresh the worker set; using epoch {}", cur.epoch);
-                Ok(cur)
-            }
-        }
+        Ok(self.inner.set.read().clone())
+    }
+
+    /// Whether reads skip `worker` now (its breaker is open).
+    pub fn worker_skipped(&self, worker: &str) -> bool {
+        self.inner.breakers.is_open(worker)
     }
 
     /// Fetches the worker set from the master now.
@@ -142,7 +166,6 @@ impl ShoalClient {
             );
         }
         *self.inner.set.write() = set.clone();
-        *self.inner.stale.lock() = false;
         Ok(set)
     }
 
@@ -236,12 +259,31 @@ impl ShoalClient {
                 self.inner.m.record(ReadPath::Local, bytes.len() as u64);
                 return Ok(bytes);
             }
+            if !self.inner.breakers.admit(&w.id) {
+                self.inner.m.workers_skipped.increment(1);
+                continue;
+            }
             let req = ReadRequest {
                 file: file.clone(),
                 offset: a,
                 length: b - a,
             };
-            match self.inner.data.read(&w.data_addr, &req).await {
+            let r = self.inner.data.read(&w.data_addr, &req).await;
+            match &r {
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        ErrorKind::Stale
+                            | ErrorKind::InvalidArgument
+                            | ErrorKind::FailedPrecondition
+                    ) =>
+                {
+                    self.inner.breakers.failure(&w.id)
+                }
+                // It answered, if only to say the request was wrong.
+                _ => self.inner.breakers.success(&w.id),
+            }
+            match r {
                 Ok(bytes) if bytes.len() as u64 == b - a => {
                     let path = if rank == 0 {
                         ReadPath::Owner
@@ -271,7 +313,7 @@ impl ShoalClient {
                 Err(e) => {
                     self.inner.m.worker_failures.increment(1);
                     self.inner.data.forget(&w.data_addr);
-                    *self.inner.stale.lock() = true;
+                    self.inner.stale.notify_one();
                     tracing::warn!(worker = %w.id, dataset = %file.dataset, path = %file.path, segment,
                         error = %e, "worker read failed; falling back");
                 }
@@ -337,6 +379,72 @@ impl ShoalClient {
                     self.inner.cfg.data_timeout
                 ))
             })?
+    }
+}
+
+/// Keeps `inner`'s worker set fresh until the client is dropped: every
+/// `worker_set_ttl`, or [`MIN_REFRESH_GAP`] after a worker failed; while the master
+/// does not answer, again after a jittered, growing delay (up to the TTL). Reads never
+/// wait for this: they use the set of the last success.
+async fn refresh_in_background(inner: Weak<Inner>, stale: Arc<tokio::sync::Notify>) {
+    let Some(ttl) = inner.upgrade().map(|i| i.cfg.worker_set_ttl) else {
+        return;
+    };
+    let ttl = ttl.max(MIN_REFRESH_GAP);
+    let backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(MIN_REFRESH_GAP)
+            .with_max_delay(ttl)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    let mut failing = false;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let wait = if failing {
+            delays.next().unwrap_or(ttl)
+        } else {
+            ttl
+        };
+        // No strong reference is held while waiting: dropping the last client ends
+        // (aborts) this task.
+        if failing {
+            // A worker failing while the master does not answer changes nothing.
+            tokio::time::sleep_until(last + wait).await;
+        } else {
+            tokio::select! {
+                _ = stale.notified() => {
+                    tokio::time::sleep_until(last + MIN_REFRESH_GAP).await;
+                }
+                _ = tokio::time::sleep_until(last + wait) => {}
+            }
+        }
+        let Some(i) = inner.upgrade() else { return };
+        last = tokio::time::Instant::now();
+        let client = ShoalClient { inner: i };
+        let r = {
+            let _g = client.inner.refresh.lock().await;
+            client.fetch_and_store().await
+        };
+        match r {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("the master answers again; worker set refreshed");
+                }
+                failing = false;
+                delays = backoff();
+            }
+            Err(e) => {
+                client.inner.m.worker_set_refresh_failures.increment(1);
+                if !failing {
+                    tracing::warn!(error = %e, epoch = client.inner.set.read().epoch,
+                        "cannot refresh the worker set; reads keep using the last one, retrying in the background");
+                }
+                failing = true;
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod auth;
 mod dataset;
+mod faults;
 mod demo;
 mod deploy_config;
 mod fresh;
