@@ -92,9 +92,7 @@ impl Breakers {
         }
         let until = Instant::now() + self.cfg.cooldown;
         let mut states = self.states.lock();
-        let s = states
-            .entry(worker.to_owned())
-            .or_insert(State::Closed(0));
+        let s = states.entry(worker.to_owned()).or_insert(State::Closed(0));
         let opened = match *s {
             State::Closed(n) if n + 1 >= self.cfg.failures => {
                 *s = State::Open(until);

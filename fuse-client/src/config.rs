@@ -162,7 +162,9 @@ impl MountConfig {
         if self.write_concurrency == 0 {
             return Err(Error::invalid("write concurrency must be at least 1"));
         }
-        if self.rpc_timeout.is_zero() || self.data_timeout.is_zero() || self.worker_timeout.is_zero()
+        if self.rpc_timeout.is_zero()
+            || self.data_timeout.is_zero()
+            || self.worker_timeout.is_zero()
         {
             return Err(Error::invalid("timeouts must be greater than zero"));
         }

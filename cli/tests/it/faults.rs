@@ -123,7 +123,10 @@ async fn setup(tag: &str) -> Setup {
         let addr = addr.clone();
         async move {
             let out = shoal(&addr, &["-o", "json", "worker", "list"]);
-            out.code == 0 && out.json()["workers"].as_array().is_some_and(|a| a.len() == 2)
+            out.code == 0
+                && out.json()["workers"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 2)
         }
     })
     .await;
@@ -176,6 +179,15 @@ struct Tally {
     failed: AtomicU64,
     wrong: AtomicU64,
     longest_us: AtomicU64,
+}
+
+/// Stops the readers when dropped, so a failing test does not leave them spinning.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// [`READERS`] threads reading random ranges of the files and checking them until
@@ -264,6 +276,7 @@ async fn a_stopped_master_stalls_no_read_and_the_mount_stays_live() {
     let files = Arc::new(std::mem::take(&mut s.files));
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let readers = start_readers(&s.mp, &files, &stop, &tally);
+    let _stop = StopOnDrop(stop.clone());
     reads_go_on(&tally, 200).await;
     let before = report("before", &tally);
     tally.longest_us.store(0, Ordering::Relaxed);
@@ -273,13 +286,21 @@ async fn a_stopped_master_stalls_no_read_and_the_mount_stays_live() {
     tokio::time::sleep_until((since + MASTER_STOP - Duration::from_secs(2)).into()).await;
     // The master has been stopped longer than every cache's TTL.
     let mp = s.mp.clone();
-    let (live, took) = tokio::task::spawn_blocking(move || {
-        (shoal_mounts::mount_is_live(&mp), statfs_ok(&mp))
-    })
-    .await
-    .unwrap();
-    assert!(live, "the runner's liveness check saw the mount dead while the master was stopped");
-    assert!(took < Duration::from_millis(500), "statfs took {took:?} while the master was stopped");
+    let live = tokio::task::spawn_blocking(move || shoal_mounts::mount_is_live(&mp))
+        .await
+        .unwrap();
+    assert!(
+        live,
+        "the runner's liveness check saw the mount dead while the master was stopped"
+    );
+    let mp = s.mp.clone();
+    let took = tokio::task::spawn_blocking(move || statfs_ok(&mp))
+        .await
+        .unwrap();
+    assert!(
+        took < Duration::from_millis(500),
+        "statfs took {took:?} while the master was stopped"
+    );
     tokio::time::sleep_until((since + MASTER_STOP).into()).await;
     let during = report("master stopped", &tally);
     drop(stopped);
@@ -290,7 +311,10 @@ async fn a_stopped_master_stalls_no_read_and_the_mount_stays_live() {
         r.join().unwrap();
     }
     let after = report("after SIGCONT", &tally);
-    assert!(during.0 > before.0 + 100, "reads went on while the master was stopped");
+    assert!(
+        during.0 > before.0 + 100,
+        "reads went on while the master was stopped"
+    );
     assert_eq!(after.1, 0, "failed reads");
     assert_eq!(after.2, 0, "reads returned wrong bytes");
     assert!(
@@ -298,7 +322,11 @@ async fn a_stopped_master_stalls_no_read_and_the_mount_stays_live() {
         "a read stalled {:?} while the master was stopped",
         after.3
     );
-    assert!(s.mount.is_running(), "the mount exited:\n{}", s.mount.log_contents());
+    assert!(
+        s.mount.is_running(),
+        "the mount exited:\n{}",
+        s.mount.log_contents()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,6 +335,7 @@ async fn a_stopped_worker_costs_a_read_at_most_the_documented_bound() {
     let files = Arc::new(std::mem::take(&mut s.files));
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let readers = start_readers(&s.mp, &files, &stop, &tally);
+    let _stop = StopOnDrop(stop.clone());
     reads_go_on(&tally, 200).await;
     report("before", &tally);
     tally.longest_us.store(0, Ordering::Relaxed);

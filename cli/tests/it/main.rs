@@ -4,9 +4,9 @@
 
 mod auth;
 mod dataset;
-mod faults;
 mod demo;
 mod deploy_config;
+mod faults;
 mod fresh;
 mod job_spec;
 mod mount;
