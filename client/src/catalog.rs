@@ -357,6 +357,12 @@ impl Catalog {
     /// The dataset's store, opened once per dataset id with the credentials the master
     /// gives cluster members. A dataset re-created under the same name has a new id, so
     /// it never reaches the old location.
+    /// Whether `ds`'s store is already open (reads can fall back to it without the
+    /// master).
+    pub fn has_store(&self, ds: &Dataset) -> bool {
+        self.stores.lock().contains_key(&ds.id)
+    }
+
     pub async fn store(&self, ds: &Dataset) -> Result<Operator> {
         if let Some(op) = self.stores.lock().get(&ds.id) {
             return Ok(op.clone());
