@@ -8,8 +8,9 @@
 //!
 //! No read waits on the master: the worker set is refreshed by a background task
 //! (every `worker_set_ttl`, sooner after a worker failed, with jittered backoff while
-//! the master does not answer) and a read uses the last set fetched. A hung worker
-//! costs a read at most `worker_timeout`, and after `breaker_failures` in a row it is
+//! the master does not answer) and a read uses the last set fetched. A worker that has
+//! not answered within `worker_timeout` is hedged (the next path is asked too, the
+//! first answer wins), and after `breaker_failures` failures or timeouts in a row it is
 //! skipped altogether (see [`crate::breaker`]).
 
 use std::sync::{Arc, Weak};
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 
 use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parking_lot::{Mutex, RwLock};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
@@ -99,12 +101,12 @@ impl ShoalClient {
                 },
                 &cfg.name,
             ),
+            // A live worker accepts and answers the opening frame at once, cached or not.
             data: DataPlaneClient::new(
                 cfg.connect_timeout.min(cfg.worker_timeout),
                 cfg.data_timeout,
                 cfg.token.clone(),
             )
-            .with_worker_timeout(cfg.worker_timeout)
             .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
@@ -241,6 +243,12 @@ impl ShoalClient {
     }
 
     /// One piece (inside one segment): local, owner, replicas, then the UFS.
+    ///
+    /// Hedged: a worker that has not answered within `worker_timeout` keeps its
+    /// request, and the next replica (then the store) is asked as well; the first whole
+    /// answer wins. A failure moves on at once. So hung workers cost a piece at most
+    /// `worker_timeout` each before the store is asked, and a slow but working worker
+    /// (a cold block) still serves it if it answers first.
     async fn read_piece(
         &self,
         ds: &Dataset,
@@ -251,40 +259,81 @@ impl ShoalClient {
         b: u64,
     ) -> Result<Bytes> {
         let owners = set.owners(&file.segment(segment), self.inner.cfg.replicas.max(1));
-        for (rank, w) in owners.iter().enumerate() {
-            if rank == 0
-                && self.is_local(w)
-                && let Some(bytes) = self.read_local(set, w, file, a, b).await
-            {
-                self.inner.m.record(ReadPath::Local, bytes.len() as u64);
-                return Ok(bytes);
-            }
-            if !self.inner.breakers.admit(&w.id) {
-                self.inner.m.workers_skipped.increment(1);
-                continue;
-            }
-            let req = ReadRequest {
-                file: file.clone(),
-                offset: a,
-                length: b - a,
-            };
-            let r = self.inner.data.read(&w.data_addr, &req).await;
-            match &r {
-                Err(e)
-                    if !matches!(
-                        e.kind(),
-                        ErrorKind::Stale
-                            | ErrorKind::InvalidArgument
-                            | ErrorKind::FailedPrecondition
-                    ) =>
-                {
-                    self.inner.breakers.failure(&w.id)
+        if let Some(w) = owners.first()
+            && self.is_local(w)
+            && let Some(bytes) = self.read_local(set, w, file, a, b).await
+        {
+            self.inner.m.record(ReadPath::Local, bytes.len() as u64);
+            return Ok(bytes);
+        }
+        let req = ReadRequest {
+            file: file.clone(),
+            offset: a,
+            length: b - a,
+        };
+        let hedge_after = self.inner.cfg.worker_timeout;
+        let mut inflight = FuturesUnordered::new();
+        // (rank, started) of the worker requests in flight.
+        let mut pending: Vec<(usize, Instant)> = Vec::new();
+        let mut next = 0;
+        let mut store_asked = false;
+        let mut last_err = None;
+        let hedge = tokio::time::sleep(hedge_after);
+        tokio::pin!(hedge);
+        loop {
+            let launch = inflight.is_empty() || hedge.is_elapsed();
+            if launch {
+                // The next admitted worker, else the store, else nothing left to ask.
+                while next < owners.len() && !self.inner.breakers.admit(&owners[next].id) {
+                    self.inner.m.workers_skipped.increment(1);
+                    next += 1;
                 }
-                // It answered, if only to say the request was wrong.
-                _ => self.inner.breakers.success(&w.id),
+                if next < owners.len() {
+                    let (rank, w, req) = (next, owners[next], &req);
+                    inflight.push(
+                        async move { (Some(rank), self.inner.data.read(&w.data_addr, req).await) }
+                            .boxed(),
+                    );
+                    pending.push((rank, Instant::now()));
+                    next += 1;
+                } else if !store_asked {
+                    store_asked = true;
+                    inflight
+                        .push(async move { (None, self.read_ufs(ds, file, a, b).await) }.boxed());
+                } else if inflight.is_empty() {
+                    return Err(last_err.unwrap_or_else(|| {
+                        Error::unavailable(format!("no worker and no store to read {}", file.path))
+                    }));
+                }
+                hedge
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + hedge_after);
             }
+            let (rank, r) = tokio::select! {
+                Some(done) = inflight.next() => done,
+                _ = &mut hedge => continue,
+            };
+            let Some(rank) = rank else {
+                // The store's answer.
+                match r {
+                    Ok(bytes) => {
+                        self.give_up_on(&owners, &pending);
+                        self.inner.m.record(ReadPath::Ufs, bytes.len() as u64);
+                        return Ok(bytes);
+                    }
+                    Err(e) if e.is(ErrorKind::Stale) => return Err(e),
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                }
+            };
+            pending.retain(|(r, _)| *r != rank);
+            let w = owners[rank];
             match r {
                 Ok(bytes) if bytes.len() as u64 == b - a => {
+                    self.inner.breakers.success(&w.id);
+                    self.give_up_on(&owners, &pending);
                     let path = if rank == 0 {
                         ReadPath::Owner
                     } else {
@@ -294,11 +343,15 @@ impl ShoalClient {
                     return Ok(bytes);
                 }
                 Ok(bytes) => {
+                    self.inner.breakers.success(&w.id);
                     tracing::warn!(worker = %w.id, got = bytes.len(), want = b - a, "worker returned a short read; trying the next path");
                 }
                 // The store no longer holds this version: another worker or the store
                 // itself would say the same, and a reader must never get other bytes.
-                Err(e) if e.is(ErrorKind::Stale) => return Err(e),
+                Err(e) if e.is(ErrorKind::Stale) => {
+                    self.inner.breakers.success(&w.id);
+                    return Err(e);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -306,22 +359,37 @@ impl ShoalClient {
                     ) =>
                 {
                     // The request itself is wrong (e.g. the object changed): another worker
-                    // would say the same, and the UFS read below decides.
+                    // would say the same, and the UFS read decides.
+                    self.inner.breakers.success(&w.id);
                     tracing::warn!(worker = %w.id, error = %e, "worker refused the read");
-                    break;
+                    next = owners.len();
+                    last_err = Some(e);
                 }
                 Err(e) => {
+                    self.inner.breakers.failure(&w.id);
                     self.inner.m.worker_failures.increment(1);
                     self.inner.data.forget(&w.data_addr);
                     self.inner.stale.notify_one();
                     tracing::warn!(worker = %w.id, dataset = %file.dataset, path = %file.path, segment,
                         error = %e, "worker read failed; falling back");
+                    last_err = Some(e);
                 }
             }
+            // Move on now rather than at the next hedge.
+            hedge.as_mut().reset(tokio::time::Instant::now());
         }
-        let bytes = self.read_ufs(ds, file, a, b).await?;
-        self.inner.m.record(ReadPath::Ufs, bytes.len() as u64);
-        Ok(bytes)
+    }
+
+    /// Another path answered: a worker whose request has been pending for longer than
+    /// the worker timeout counts as failed (a hung worker never answers, and without
+    /// this its breaker would never open).
+    fn give_up_on(&self, owners: &[&WorkerEntry], pending: &[(usize, Instant)]) {
+        for (rank, started) in pending {
+            if started.elapsed() >= self.inner.cfg.worker_timeout {
+                self.inner.breakers.failure(&owners[*rank].id);
+                self.inner.m.worker_failures.increment(1);
+            }
+        }
     }
 
     fn is_local(&self, w: &WorkerEntry) -> bool {

@@ -19,9 +19,9 @@ pub struct ClientConfig {
     /// Deadline of one data-plane request (connect included).
     pub data_timeout: Duration,
     pub connect_timeout: Duration,
-    /// How long a worker has to start answering a read (connect included), and the
-    /// longest gap allowed inside its answer; then the next replica or the store is
-    /// tried. A read stalls on hung workers at most this times `replicas`.
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store (the first whole answer wins); also the deadline to connect to a
+    /// worker. A read stalls on hung workers at most this times `replicas`.
     pub worker_timeout: Duration,
     /// Failed or timed-out reads in a row after which a worker is skipped for
     /// `breaker_cooldown` (0: never skipped).

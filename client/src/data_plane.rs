@@ -2,12 +2,6 @@
 //! (`shoal_wire::frame`), with a small pool of reusable connections per worker and a
 //! deadline on every request. With a TLS connector (a client `--ca`) every connection
 //! is TLS, checked against the worker's address.
-//!
-//! Two deadlines bound a request: the worker must start answering (connect, handshake
-//! and the response head included) within the *worker timeout*, and no gap between
-//! the body's chunks may exceed it, so a worker that hangs costs a reader one worker
-//! timeout, not the whole request deadline (which only caps slow, still-moving
-//! transfers).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,8 +28,6 @@ pub struct DataPlaneClient {
     pool: Mutex<HashMap<String, Vec<Conn>>>,
     connect_timeout: Duration,
     request_timeout: Duration,
-    /// Until a worker starts answering, and between chunks of its answer.
-    worker_timeout: Duration,
     /// Sent in the opening frame of every connection.
     token: Option<Token>,
     tls: Option<TlsConnector>,
@@ -52,17 +44,9 @@ impl DataPlaneClient {
             pool: Mutex::new(HashMap::new()),
             connect_timeout,
             request_timeout,
-            worker_timeout: request_timeout,
             token,
             tls: None,
         }
-    }
-
-    /// Gives up on a worker that has not started answering within `t` (connect
-    /// included), or whose answer stalls that long (default: the request deadline).
-    pub fn with_worker_timeout(mut self, t: Duration) -> DataPlaneClient {
-        self.worker_timeout = t;
-        self
     }
 
     /// Connects over TLS with `tls` (see `shoal_wire::tls::TlsConfig::connector`).
@@ -71,18 +55,18 @@ impl DataPlaneClient {
         self
     }
 
-    /// Reads `req` from the worker at `addr`. Transport failures and timeouts are
-    /// `Unavailable`; the worker's own errors keep their kind.
+    /// Reads `req` from the worker at `addr`. Transport failures are `Unavailable`;
+    /// the worker's own errors keep their kind.
     pub async fn read(&self, addr: &str, req: &ReadRequest) -> Result<Bytes> {
         // A pooled connection may have been closed by a restarted worker: one retry on
-        // a fresh connection tells that apart from a dead worker. A pooled connection
-        // that timed out is a hung worker: a new connection would hang as well.
+        // a fresh connection tells that apart from a dead worker.
         if let Some(conn) = self.take(addr) {
             match self.exchange(conn, req).await {
                 Ok((bytes, conn)) => {
                     self.put(addr, conn);
                     return bytes;
                 }
+                // A hung worker, not a restarted one: a new connection would hang too.
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     return Err(Error::unavailable(format!("data plane {addr}: {e}")));
                 }
@@ -91,18 +75,9 @@ impl DataPlaneClient {
                 }
             }
         }
-        let started = tokio::time::Instant::now();
-        let conn = tokio::time::timeout(self.worker_timeout, self.connect(addr))
-            .await
-            .map_err(|_| {
-                Error::unavailable(format!(
-                    "data plane {addr}: no answer to the opening frame within {:?}",
-                    self.worker_timeout
-                ))
-            })??;
-        let left = self.worker_timeout.saturating_sub(started.elapsed());
+        let conn = self.connect(addr).await?;
         let (bytes, conn) = self
-            .exchange_within(conn, req, left)
+            .exchange(conn, req)
             .await
             .map_err(|e| Error::unavailable(format!("data plane {addr}: {e}")))?;
         self.put(addr, conn);
@@ -166,34 +141,16 @@ impl DataPlaneClient {
         }
     }
 
-    /// One request/response under the deadlines. The outer error means the connection
+    /// One request/response under the deadline. The outer error means the connection
     /// is unusable; the inner result is the worker's answer.
     async fn exchange(
         &self,
-        conn: Conn,
-        req: &ReadRequest,
-    ) -> std::io::Result<(Result<Bytes>, Conn)> {
-        self.exchange_within(conn, req, self.worker_timeout).await
-    }
-
-    /// [`Self::exchange`] with `first_byte` to get the response head (what is left of
-    /// the worker timeout after connecting).
-    async fn exchange_within(
-        &self,
         mut conn: Conn,
         req: &ReadRequest,
-        first_byte: Duration,
     ) -> std::io::Result<(Result<Bytes>, Conn)> {
-        let stall = self.worker_timeout;
         let fut = async {
-            let head = async {
-                frame::write_request(conn.get_mut(), req).await?;
-                frame::read_response_head(&mut conn).await
-            };
-            let head = tokio::time::timeout(first_byte, head)
-                .await
-                .map_err(|_| timed_out(format!("no answer within {stall:?}")))??;
-            match head {
+            frame::write_request(conn.get_mut(), req).await?;
+            match frame::read_response_head(&mut conn).await? {
                 Ok(n) => {
                     if n > req.length {
                         return Err(std::io::Error::new(
@@ -202,21 +159,7 @@ impl DataPlaneClient {
                         ));
                     }
                     let mut buf = BytesMut::zeroed(n as usize);
-                    let mut pos = 0;
-                    while pos < buf.len() {
-                        let got = tokio::time::timeout(stall, conn.read(&mut buf[pos..]))
-                            .await
-                            .map_err(|_| {
-                                timed_out(format!("answer stalled for {stall:?} at byte {pos}"))
-                            })??;
-                        if got == 0 {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                format!("connection closed at byte {pos} of {n}"),
-                            ));
-                        }
-                        pos += got;
-                    }
+                    conn.read_exact(&mut buf).await?;
                     Ok(Ok(buf.freeze()))
                 }
                 Err(e) => Ok(Err(e)),
@@ -225,7 +168,10 @@ impl DataPlaneClient {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(Ok(r)) => Ok((r, conn)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(timed_out("data-plane request timed out".to_owned())),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "data-plane request timed out",
+            )),
         }
     }
 
@@ -240,8 +186,4 @@ impl DataPlaneClient {
             v.push(conn);
         }
     }
-}
-
-fn timed_out(msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, msg)
 }

@@ -63,8 +63,8 @@ pub struct MountConfig {
     pub rpc_timeout: Duration,
     /// Deadline of each data-plane or UFS read.
     pub data_timeout: Duration,
-    /// How long a worker has to start answering a read, and the longest pause inside
-    /// its answer, before the next replica or the store (default 1 s).
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store; the first answer wins (default 1 s).
     pub worker_timeout: Duration,
     /// Failed reads in a row after which a worker is skipped (default 3; 0 never).
     pub breaker_failures: u32,

@@ -84,8 +84,8 @@ pub struct MountArgs {
     /// Serve Prometheus /metrics on this address [default: off].
     #[arg(long, env = "SHOAL_MOUNT_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
-    /// How long a worker has to start answering a read (and the longest pause inside
-    /// its answer) before the next replica or the store is tried [default: 1s].
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store; the first answer wins [default: 1s].
     #[arg(long, env = "SHOAL_MOUNT_WORKER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     worker_timeout: Option<Duration>,
     /// Failed reads in a row after which a worker is skipped [default: 3; 0 never skips].
