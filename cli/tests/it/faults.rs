@@ -4,7 +4,8 @@
 //! master or a worker is stopped with SIGSTOP:
 //!
 //! - master stopped: no read fails, none stalls more than 1 s, and the mount's
-//!   `statfs` (the runner's liveness check) keeps answering;
+//!   `statfs` (the runner's liveness check) keeps answering; a stopped mount daemon
+//!   is still reported dead;
 //! - worker stopped: no read fails, none stalls longer than the documented bound
 //!   (`worker_timeout` × replicas, docs/posix.md) plus slack.
 //!
@@ -327,6 +328,15 @@ async fn a_stopped_master_stalls_no_read_and_the_mount_stays_live() {
         "the mount exited:\n{}",
         s.mount.log_contents()
     );
+
+    // The check still sees a daemon that hangs itself.
+    let stopped = Stopped::new(s.mount.pid());
+    let mp = s.mp.clone();
+    let live = tokio::task::spawn_blocking(move || shoal_mounts::mount_is_live(&mp))
+        .await
+        .unwrap();
+    drop(stopped);
+    assert!(!live, "a stopped mount daemon was reported live");
 }
 
 #[tokio::test(flavor = "multi_thread")]
