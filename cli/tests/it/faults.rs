@@ -7,7 +7,8 @@
 //!   `statfs` (the runner's liveness check) keeps answering; a stopped mount daemon
 //!   is still reported dead;
 //! - worker stopped: no read fails, none stalls longer than the documented bound
-//!   (`worker_timeout` × replicas, docs/posix.md) plus slack.
+//!   (`worker_timeout` × replicas, docs/posix.md) plus slack;
+//! - master and both workers stopped: the same, every read served by the store.
 //!
 //! Every stopped process gets SIGCONT and every mount is detached in all exit paths
 //! (a failing assertion included), through [`Stopped`], `TestProcess` and
@@ -41,8 +42,22 @@ impl Stopped {
         let pid = pid as i32;
         // SAFETY: plain kill(2) on a child this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        Stopped(pid)
+        let stopped = Stopped(pid);
+        // The signal takes effect when the process is next scheduled: until then it
+        // still answers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state(pid) != Some('T') {
+            assert!(Instant::now() < deadline, "pid {pid} did not stop");
+            std::thread::yield_now();
+        }
+        stopped
     }
+}
+
+/// The state letter of `pid` in /proc (`T`: stopped).
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
 impl Drop for Stopped {
@@ -380,5 +395,47 @@ async fn a_stopped_worker_costs_a_read_at_most_the_documented_bound() {
     assert!(
         metrics.contains("skipping it"),
         "the stopped worker's breaker never opened:\n{metrics}"
+    );
+}
+
+/// The master and every worker stopped at once: reads go to the store, which the mount
+/// opened when the files were opened (while the master answered), each within twice
+/// the worker timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_master_and_every_worker_stopped_reads_come_from_the_store() {
+    let mut s = setup("all").await;
+    let files = Arc::new(std::mem::take(&mut s.files));
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let readers = start_readers(&s.mp, &files, &stop, &tally);
+    let _stop = StopOnDrop(stop.clone());
+    reads_go_on(&tally, 200).await;
+    report("before", &tally);
+    tally.longest_us.store(0, Ordering::Relaxed);
+
+    let stopped = [
+        Stopped::new(s.master.proc.pid()),
+        Stopped::new(s.workers[0].pid()),
+        Stopped::new(s.workers[1].pid()),
+    ];
+    let since = Instant::now();
+    reads_go_on(&tally, 200).await;
+    tokio::time::sleep_until((since + Duration::from_secs(4)).into()).await;
+    let during = report("master and workers stopped", &tally);
+    drop(stopped);
+
+    reads_go_on(&tally, 100).await;
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let after = report("after SIGCONT", &tally);
+    assert!(during.0 > 400, "reads went on while everything was stopped");
+    assert_eq!(after.1, 0, "failed reads");
+    assert_eq!(after.2, 0, "reads returned wrong bytes");
+    let bound = WORKER_BOUND + Duration::from_millis(750);
+    assert!(
+        after.3 <= bound,
+        "a read stalled {:?} with the master and the workers stopped (bound {bound:?})",
+        after.3
     );
 }
