@@ -24,7 +24,7 @@
 //!
 //! Every master call carries the configured deadline ([`Catalog::rpc`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +93,8 @@ pub struct Catalog {
     by_name: Mutex<HashMap<Arc<str>, (Dataset, Instant)>>,
     attrs: moka::sync::Cache<Key, Cached>,
     stores: Mutex<HashMap<DatasetId, Operator>>,
+    /// Stores being opened ahead of need.
+    opening: Mutex<HashSet<DatasetId>>,
 }
 
 impl Catalog {
@@ -111,6 +113,7 @@ impl Catalog {
                 .time_to_live(longest.max(Duration::from_millis(1)))
                 .build(),
             stores: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashSet::new()),
         }
     }
 
@@ -357,6 +360,20 @@ impl Catalog {
     /// The dataset's store, opened once per dataset id with the credentials the master
     /// gives cluster members. A dataset re-created under the same name has a new id, so
     /// it never reaches the old location.
+    /// Whether the caller should open `ds`'s store ahead of need (with
+    /// [`Catalog::open_store_ahead`]): it is not open and nobody is opening it. Reads
+    /// fall back to the store without the master only once it is open.
+    pub fn claim_store_open(&self, ds: &Dataset) -> bool {
+        !self.stores.lock().contains_key(&ds.id) && self.opening.lock().insert(ds.id)
+    }
+
+    /// Opens `ds`'s store after [`Catalog::claim_store_open`].
+    pub async fn open_store_ahead(&self, ds: &Dataset) -> Result<()> {
+        let r = self.store(ds).await;
+        self.opening.lock().remove(&ds.id);
+        r.map(|_| ())
+    }
+
     pub async fn store(&self, ds: &Dataset) -> Result<Operator> {
         if let Some(op) = self.stores.lock().get(&ds.id) {
             return Ok(op.clone());

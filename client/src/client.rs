@@ -5,12 +5,22 @@
 //! on this node, else over the framed-TCP data plane. When the owner fails the next
 //! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
 //! piece records its path in `shoal_client_reads_total{path}`.
+//!
+//! No read waits on the master: the worker set is refreshed by a background task
+//! (every `worker_set_ttl`, sooner after a worker failed, with jittered backoff while
+//! the master does not answer) and a read uses the last set fetched. A worker that has
+//! not answered within `worker_timeout` is hedged (the next path is asked too, the
+//! first answer wins), and after `breaker_failures` failures or timeouts in a row it is
+//! skipped altogether (see [`crate::breaker`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
+
 use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parking_lot::{Mutex, RwLock};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
@@ -21,6 +31,7 @@ use shoal_wire::connect::Dial;
 use shoal_wire::frame::ReadRequest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::breaker::{BreakerConfig, Breakers};
 use crate::catalog::{Catalog, Dataset};
 use crate::config::ClientConfig;
 use crate::data_plane::DataPlaneClient;
@@ -30,7 +41,8 @@ use crate::worker_set::{WorkerEntry, WorkerSetView};
 
 /// Largest piece sent in one data-plane request.
 const MAX_PIECE: u64 = 16 << 20;
-/// A failed worker makes the next read re-fetch the worker set, at most this often.
+/// A failed worker makes the background task re-fetch the worker set, at most this
+/// often; also the first delay of its backoff while the master does not answer.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
 
 /// Reads dataset files through the shoal cache. Cheap to clone.
@@ -45,10 +57,21 @@ struct Inner {
     catalog: Catalog,
     set: RwLock<Arc<WorkerSetView>>,
     refresh: tokio::sync::Mutex<()>,
-    stale: Mutex<bool>,
+    /// Wakes the background refresh early (a worker failed).
+    stale: Arc<tokio::sync::Notify>,
+    refresher: Mutex<Option<tokio::task::AbortHandle>>,
+    breakers: Breakers,
     data: DataPlaneClient,
     local: ShortCircuit,
     m: ClientMetrics,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.refresher.lock().take() {
+            h.abort();
+        }
+    }
 }
 
 impl ShoalClient {
@@ -69,9 +92,22 @@ impl ShoalClient {
             master,
             set: RwLock::new(Arc::new(set)),
             refresh: tokio::sync::Mutex::new(()),
-            stale: Mutex::new(false),
-            data: DataPlaneClient::new(cfg.connect_timeout, cfg.data_timeout, cfg.token.clone())
-                .with_tls(cfg.tls.connector()?),
+            stale: Arc::new(tokio::sync::Notify::new()),
+            refresher: Mutex::new(None),
+            breakers: Breakers::new(
+                BreakerConfig {
+                    failures: cfg.breaker_failures,
+                    cooldown: cfg.breaker_cooldown,
+                },
+                &cfg.name,
+            ),
+            // A live worker accepts and answers the opening frame at once, cached or not.
+            data: DataPlaneClient::new(
+                cfg.connect_timeout.min(cfg.worker_timeout),
+                cfg.data_timeout,
+                cfg.token.clone(),
+            )
+            .with_tls(cfg.tls.connector()?),
             local: ShortCircuit::new(if cfg.short_circuit {
                 cfg.local_buffer_bytes
             } else {
@@ -80,9 +116,13 @@ impl ShoalClient {
             m: ClientMetrics::new(&cfg.name),
             cfg,
         };
-        Ok(ShoalClient {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let task = tokio::spawn(refresh_in_background(
+            Arc::downgrade(&inner),
+            inner.stale.clone(),
+        ));
+        *inner.refresher.lock() = Some(task.abort_handle());
+        Ok(ShoalClient { inner })
     }
 
     /// The master client, for calls this library does not wrap.
@@ -99,29 +139,15 @@ impl ShoalClient {
         &self.inner.cfg
     }
 
-    /// The worker set in use, refreshed from the master when it is older than
-    /// `worker_set_ttl`, or (at most every 200 ms) after a worker failed.
+    /// The worker set in use: the last one fetched. Never waits for the master (a
+    /// background task keeps it fresh).
     pub async fn worker_set(&self) -> Result<Arc<WorkerSetView>> {
-        let cur = self.inner.set.read().clone();
-        let age = cur.fetched_at.elapsed();
-        let stale = *self.inner.stale.lock() && age >= MIN_REFRESH_GAP;
-        if !stale && age < self.inner.cfg.worker_set_ttl {
-            return Ok(cur);
-        }
-        let _g = self.inner.refresh.lock().await;
-        let cur = self.inner.set.read().clone();
-        if cur.fetched_at.elapsed() < age {
-            // Someone else refreshed while we waited.
-            return Ok(cur);
-        }
-        match self.fetch_and_store().await {
-            Ok(set) => Ok(set),
-            Err(e) => {
-                // Keep reading with the set we have (owners, replicas, UFS still work).
-                tracing::warn!(error = %e, "cannot refresh the worker set; using epoch {}", cur.epoch);
-                Ok(cur)
-            }
-        }
+        Ok(self.inner.set.read().clone())
+    }
+
+    /// Whether reads skip `worker` now (its breaker is open).
+    pub fn worker_skipped(&self, worker: &str) -> bool {
+        self.inner.breakers.is_open(worker)
     }
 
     /// Fetches the worker set from the master now.
@@ -142,7 +168,6 @@ impl ShoalClient {
             );
         }
         *self.inner.set.write() = set.clone();
-        *self.inner.stale.lock() = false;
         Ok(set)
     }
 
@@ -218,6 +243,12 @@ impl ShoalClient {
     }
 
     /// One piece (inside one segment): local, owner, replicas, then the UFS.
+    ///
+    /// Hedged: a worker that has not answered within `worker_timeout` keeps its
+    /// request, and the next replica (then the store) is asked as well; the first whole
+    /// answer wins. A failure moves on at once. So hung workers cost a piece at most
+    /// `worker_timeout` each before the store is asked, and a slow but working worker
+    /// (a cold block) still serves it if it answers first.
     async fn read_piece(
         &self,
         ds: &Dataset,
@@ -228,21 +259,81 @@ impl ShoalClient {
         b: u64,
     ) -> Result<Bytes> {
         let owners = set.owners(&file.segment(segment), self.inner.cfg.replicas.max(1));
-        for (rank, w) in owners.iter().enumerate() {
-            if rank == 0
-                && self.is_local(w)
-                && let Some(bytes) = self.read_local(set, w, file, a, b).await
-            {
-                self.inner.m.record(ReadPath::Local, bytes.len() as u64);
-                return Ok(bytes);
+        if let Some(w) = owners.first()
+            && self.is_local(w)
+            && let Some(bytes) = self.read_local(set, w, file, a, b).await
+        {
+            self.inner.m.record(ReadPath::Local, bytes.len() as u64);
+            return Ok(bytes);
+        }
+        let req = ReadRequest {
+            file: file.clone(),
+            offset: a,
+            length: b - a,
+        };
+        let hedge_after = self.inner.cfg.worker_timeout;
+        let mut inflight = FuturesUnordered::new();
+        // (rank, started) of the worker requests in flight.
+        let mut pending: Vec<(usize, Instant)> = Vec::new();
+        let mut next = 0;
+        let mut store_asked = false;
+        let mut last_err = None;
+        let hedge = tokio::time::sleep(hedge_after);
+        tokio::pin!(hedge);
+        loop {
+            let launch = inflight.is_empty() || hedge.is_elapsed();
+            if launch {
+                // The next admitted worker, else the store, else nothing left to ask.
+                while next < owners.len() && !self.inner.breakers.admit(&owners[next].id) {
+                    self.inner.m.workers_skipped.increment(1);
+                    next += 1;
+                }
+                if next < owners.len() {
+                    let (rank, w, req) = (next, owners[next], &req);
+                    inflight.push(
+                        async move { (Some(rank), self.inner.data.read(&w.data_addr, req).await) }
+                            .boxed(),
+                    );
+                    pending.push((rank, Instant::now()));
+                    next += 1;
+                } else if !store_asked {
+                    store_asked = true;
+                    inflight
+                        .push(async move { (None, self.read_ufs(ds, file, a, b).await) }.boxed());
+                } else if inflight.is_empty() {
+                    return Err(last_err.unwrap_or_else(|| {
+                        Error::unavailable(format!("no worker and no store to read {}", file.path))
+                    }));
+                }
+                hedge
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + hedge_after);
             }
-            let req = ReadRequest {
-                file: file.clone(),
-                offset: a,
-                length: b - a,
+            let (rank, r) = tokio::select! {
+                Some(done) = inflight.next() => done,
+                _ = &mut hedge => continue,
             };
-            match self.inner.data.read(&w.data_addr, &req).await {
+            let Some(rank) = rank else {
+                // The store's answer.
+                match r {
+                    Ok(bytes) => {
+                        self.give_up_on(&owners, &pending);
+                        self.inner.m.record(ReadPath::Ufs, bytes.len() as u64);
+                        return Ok(bytes);
+                    }
+                    Err(e) if e.is(ErrorKind::Stale) => return Err(e),
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                }
+            };
+            pending.retain(|(r, _)| *r != rank);
+            let w = owners[rank];
+            match r {
                 Ok(bytes) if bytes.len() as u64 == b - a => {
+                    self.inner.breakers.success(&w.id);
+                    self.give_up_on(&owners, &pending);
                     let path = if rank == 0 {
                         ReadPath::Owner
                     } else {
@@ -252,11 +343,15 @@ impl ShoalClient {
                     return Ok(bytes);
                 }
                 Ok(bytes) => {
+                    self.inner.breakers.success(&w.id);
                     tracing::warn!(worker = %w.id, got = bytes.len(), want = b - a, "worker returned a short read; trying the next path");
                 }
                 // The store no longer holds this version: another worker or the store
                 // itself would say the same, and a reader must never get other bytes.
-                Err(e) if e.is(ErrorKind::Stale) => return Err(e),
+                Err(e) if e.is(ErrorKind::Stale) => {
+                    self.inner.breakers.success(&w.id);
+                    return Err(e);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -264,22 +359,37 @@ impl ShoalClient {
                     ) =>
                 {
                     // The request itself is wrong (e.g. the object changed): another worker
-                    // would say the same, and the UFS read below decides.
+                    // would say the same, and the UFS read decides.
+                    self.inner.breakers.success(&w.id);
                     tracing::warn!(worker = %w.id, error = %e, "worker refused the read");
-                    break;
+                    next = owners.len();
+                    last_err = Some(e);
                 }
                 Err(e) => {
+                    self.inner.breakers.failure(&w.id);
                     self.inner.m.worker_failures.increment(1);
                     self.inner.data.forget(&w.data_addr);
-                    *self.inner.stale.lock() = true;
+                    self.inner.stale.notify_one();
                     tracing::warn!(worker = %w.id, dataset = %file.dataset, path = %file.path, segment,
                         error = %e, "worker read failed; falling back");
+                    last_err = Some(e);
                 }
             }
+            // Move on now rather than at the next hedge.
+            hedge.as_mut().reset(tokio::time::Instant::now());
         }
-        let bytes = self.read_ufs(ds, file, a, b).await?;
-        self.inner.m.record(ReadPath::Ufs, bytes.len() as u64);
-        Ok(bytes)
+    }
+
+    /// Another path answered: a worker whose request has been pending for longer than
+    /// the worker timeout counts as failed (a hung worker never answers, and without
+    /// this its breaker would never open).
+    fn give_up_on(&self, owners: &[&WorkerEntry], pending: &[(usize, Instant)]) {
+        for (rank, started) in pending {
+            if started.elapsed() >= self.inner.cfg.worker_timeout {
+                self.inner.breakers.failure(&owners[*rank].id);
+                self.inner.m.worker_failures.increment(1);
+            }
+        }
     }
 
     fn is_local(&self, w: &WorkerEntry) -> bool {
@@ -337,6 +447,72 @@ impl ShoalClient {
                     self.inner.cfg.data_timeout
                 ))
             })?
+    }
+}
+
+/// Keeps `inner`'s worker set fresh until the client is dropped: every
+/// `worker_set_ttl`, or [`MIN_REFRESH_GAP`] after a worker failed; while the master
+/// does not answer, again after a jittered, growing delay (up to the TTL). Reads never
+/// wait for this: they use the set of the last success.
+async fn refresh_in_background(inner: Weak<Inner>, stale: Arc<tokio::sync::Notify>) {
+    let Some(ttl) = inner.upgrade().map(|i| i.cfg.worker_set_ttl) else {
+        return;
+    };
+    let ttl = ttl.max(MIN_REFRESH_GAP);
+    let backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(MIN_REFRESH_GAP)
+            .with_max_delay(ttl)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    let mut failing = false;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let wait = if failing {
+            delays.next().unwrap_or(ttl)
+        } else {
+            ttl
+        };
+        // No strong reference is held while waiting: dropping the last client ends
+        // (aborts) this task.
+        if failing {
+            // A worker failing while the master does not answer changes nothing.
+            tokio::time::sleep_until(last + wait).await;
+        } else {
+            tokio::select! {
+                _ = stale.notified() => {
+                    tokio::time::sleep_until(last + MIN_REFRESH_GAP).await;
+                }
+                _ = tokio::time::sleep_until(last + wait) => {}
+            }
+        }
+        let Some(i) = inner.upgrade() else { return };
+        last = tokio::time::Instant::now();
+        let client = ShoalClient { inner: i };
+        let r = {
+            let _g = client.inner.refresh.lock().await;
+            client.fetch_and_store().await
+        };
+        match r {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("the master answers again; worker set refreshed");
+                }
+                failing = false;
+                delays = backoff();
+            }
+            Err(e) => {
+                client.inner.m.worker_set_refresh_failures.increment(1);
+                if !failing {
+                    tracing::warn!(error = %e, epoch = client.inner.set.read().epoch,
+                        "cannot refresh the worker set; reads keep using the last one, retrying in the background");
+                }
+                failing = true;
+            }
+        }
     }
 }
 

@@ -19,11 +19,21 @@ pub struct ClientConfig {
     /// Deadline of one data-plane request (connect included).
     pub data_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store (the first whole answer wins); also the deadline to connect to a
+    /// worker. A read stalls on hung workers at most this times `replicas`.
+    pub worker_timeout: Duration,
+    /// Failed or timed-out reads in a row after which a worker is skipped for
+    /// `breaker_cooldown` (0: never skipped).
+    pub breaker_failures: u32,
+    /// How long a failing worker is skipped before one read probes it again.
+    pub breaker_cooldown: Duration,
     /// How long file attributes of a read-only dataset are cached.
     pub attr_ttl_read_only: Duration,
     /// How long file attributes of a read-write dataset are cached.
     pub attr_ttl_read_write: Duration,
-    /// How long a worker set is used before it is fetched again.
+    /// How often the worker set is fetched again, in the background (a read always
+    /// uses the last set fetched and never waits for the master).
     pub worker_set_ttl: Duration,
     /// Workers tried per segment (owner first, then replicas) before the UFS.
     pub replicas: usize,
@@ -51,6 +61,9 @@ impl ClientConfig {
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            worker_timeout: Duration::from_secs(1),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(5),
             attr_ttl_read_only: Duration::from_secs(2),
             attr_ttl_read_write: Duration::from_secs(2),
             worker_set_ttl: Duration::from_secs(5),

@@ -66,6 +66,10 @@ impl DataPlaneClient {
                     self.put(addr, conn);
                     return bytes;
                 }
+                // A hung worker, not a restarted one: a new connection would hang too.
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(Error::unavailable(format!("data plane {addr}: {e}")));
+                }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "pooled connection failed; reconnecting")
                 }

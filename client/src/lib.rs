@@ -10,6 +10,8 @@
 //!   short-circuit ([`short_circuit::ShortCircuit`]) when the owner runs on this node,
 //!   else over the framed-TCP data plane ([`data_plane::DataPlaneClient`]); then the
 //!   next replica; then the UFS. Metrics: `shoal_client_reads_total{client,path}`.
+//! - The worker set is refreshed in the background, never on a read's path; a worker
+//!   that fails or hangs is skipped for a while by its [`breaker::Breakers`] entry.
 //! - [`ClientConfig`] holds the master address, this node's name and every deadline.
 //!
 //! ```no_run
@@ -23,6 +25,7 @@
 //!
 //! Invariant: never decides placement on its own; it calls `shoal_common::placement`.
 
+pub mod breaker;
 mod catalog;
 mod client;
 pub mod config;

@@ -1,5 +1,7 @@
 //! The client's Prometheus series: which path served each read (`local` short-circuit,
-//! `owner`, `replica`, `ufs`), labelled `client="<name>"`.
+//! `owner`, `replica`, `ufs`), labelled `client="<name>"`; worker failures, reads that
+//! skipped a worker whose breaker is open, and failed background refreshes of the
+//! worker set. Breaker transitions are counted in [`crate::breaker`].
 
 use metrics::{Counter, counter};
 
@@ -28,6 +30,9 @@ pub struct ClientMetrics {
     reads: [Counter; 4],
     bytes: [Counter; 4],
     pub worker_failures: Counter,
+    /// Reads that skipped a worker whose breaker is open.
+    pub workers_skipped: Counter,
+    pub worker_set_refresh_failures: Counter,
 }
 
 impl ClientMetrics {
@@ -53,6 +58,14 @@ impl ClientMetrics {
             bytes: paths.map(|p| mk("shoal_client_read_bytes_total", p)),
             worker_failures: counter!(
                 "shoal_client_worker_failures_total",
+                &[("client", client.to_owned())]
+            ),
+            workers_skipped: counter!(
+                "shoal_client_workers_skipped_total",
+                &[("client", client.to_owned())]
+            ),
+            worker_set_refresh_failures: counter!(
+                "shoal_client_worker_set_refresh_failures_total",
                 &[("client", client.to_owned())]
             ),
         }

@@ -63,6 +63,13 @@ pub struct MountConfig {
     pub rpc_timeout: Duration,
     /// Deadline of each data-plane or UFS read.
     pub data_timeout: Duration,
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store; the first answer wins (default 1 s).
+    pub worker_timeout: Duration,
+    /// Failed reads in a row after which a worker is skipped (default 3; 0 never).
+    pub breaker_failures: u32,
+    /// How long a skipped worker is skipped before one read probes it (default 5 s).
+    pub breaker_cooldown: Duration,
     /// Part size of uploads of written files (default 8 MiB; S3 needs >= 5 MiB).
     pub write_chunk_bytes: usize,
     /// Parts uploaded concurrently per written file (default 4).
@@ -106,6 +113,9 @@ impl MountConfig {
             read_only: None,
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
+            worker_timeout: Duration::from_secs(1),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(5),
             write_chunk_bytes: 8 << 20,
             write_concurrency: 4,
             spool_dir: None,
@@ -152,7 +162,10 @@ impl MountConfig {
         if self.write_concurrency == 0 {
             return Err(Error::invalid("write concurrency must be at least 1"));
         }
-        if self.rpc_timeout.is_zero() || self.data_timeout.is_zero() {
+        if self.rpc_timeout.is_zero()
+            || self.data_timeout.is_zero()
+            || self.worker_timeout.is_zero()
+        {
             return Err(Error::invalid("timeouts must be greater than zero"));
         }
         if let Some(d) = &self.dataset {

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use shoal_client::{Catalog, Dataset, ShoalClient};
@@ -69,6 +69,10 @@ pub struct Metadata {
     client: ShoalClient,
     only: Option<String>,
     pending: Mutex<HashMap<Key, Arc<PendingFile>>>,
+    /// The last dataset list fetched, however old: `statfs` answers from it.
+    last_listing: Mutex<Option<Arc<Vec<Dataset>>>>,
+    /// A background fetch of the dataset list (for `statfs`) is running.
+    listing_refresh: AtomicBool,
 }
 
 impl Metadata {
@@ -78,6 +82,8 @@ impl Metadata {
             client,
             only,
             pending: Mutex::new(HashMap::new()),
+            last_listing: Mutex::new(None),
+            listing_refresh: AtomicBool::new(false),
         }
     }
 
@@ -87,7 +93,31 @@ impl Metadata {
 
     /// The datasets this mount shows (one with `--dataset`), cached for 5 s.
     pub async fn datasets(&self) -> Result<Arc<Vec<Dataset>>> {
-        self.catalog().datasets(self.only.as_deref()).await
+        let list = self.catalog().datasets(self.only.as_deref()).await?;
+        *self.last_listing.lock() = Some(list.clone());
+        Ok(list)
+    }
+
+    /// The last dataset list fetched, however old, without asking the master, and
+    /// whether the caller should fetch a fresh one (with [`Self::refresh_listing`]):
+    /// the cached list expired and no fetch is running.
+    pub fn datasets_known(&self) -> (Option<Arc<Vec<Dataset>>>, bool) {
+        let last = self.last_listing.lock().clone();
+        let fresh = self.catalog().datasets_cached().is_some() && last.is_some();
+        let fetch = !fresh
+            && self
+                .listing_refresh
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        (last, fetch)
+    }
+
+    /// Fetches the dataset list after [`Self::datasets_known`] said to.
+    pub async fn refresh_listing(&self) {
+        if let Err(e) = self.datasets().await {
+            tracing::debug!(error = %e, "refreshing the dataset list for statfs failed");
+        }
+        self.listing_refresh.store(false, Ordering::Release);
     }
 
     /// A dataset by name (see `Catalog::dataset`); a `--dataset` mount knows no other.

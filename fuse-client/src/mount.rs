@@ -47,6 +47,9 @@ pub async fn mount(mut cfg: MountConfig) -> Result<RunningMount> {
     ccfg.name = format!("fuse:{}", cfg.name);
     ccfg.rpc_timeout = cfg.rpc_timeout;
     ccfg.data_timeout = cfg.data_timeout;
+    ccfg.worker_timeout = cfg.worker_timeout;
+    ccfg.breaker_failures = cfg.breaker_failures;
+    ccfg.breaker_cooldown = cfg.breaker_cooldown;
     ccfg.token = cfg.token.clone();
     ccfg.tls = cfg.tls.clone();
     ccfg.attr_ttl_read_only = cfg.ro_attr_ttl;

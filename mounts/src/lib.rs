@@ -129,7 +129,9 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// Whether a shoal mount at `path` is up and answering (its daemon replies to statfs
-/// within 3 s). A supervisor (the runner) polls this to restart dead mounts.
+/// within 3 s). A supervisor (the runner) polls this to restart dead mounts. A shoal
+/// mount answers statfs from memory, never after a master call, so a slow or stopped
+/// master never makes a live mount look dead.
 pub fn mount_is_live(path: &Path) -> bool {
     let Ok(abs) = absolute(path) else {
         return false;

@@ -84,6 +84,16 @@ pub struct MountArgs {
     /// Serve Prometheus /metrics on this address [default: off].
     #[arg(long, env = "SHOAL_MOUNT_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// How long a read waits for a worker before it asks the next replica as well, then
+    /// the store; the first answer wins [default: 1s].
+    #[arg(long, env = "SHOAL_MOUNT_WORKER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    worker_timeout: Option<Duration>,
+    /// Failed reads in a row after which a worker is skipped [default: 3; 0 never skips].
+    #[arg(long, env = "SHOAL_MOUNT_BREAKER_FAILURES", value_name = "N")]
+    breaker_failures: Option<u32>,
+    /// How long a skipped worker is skipped before one read probes it [default: 5s].
+    #[arg(long, env = "SHOAL_MOUNT_BREAKER_COOLDOWN", value_name = "DURATION", value_parser = parse_duration)]
+    breaker_cooldown: Option<Duration>,
     #[command(flatten)]
     m: MasterFlag,
 }
@@ -141,6 +151,9 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     cfg.allow_other = a.allow_other;
     cfg.spool_dir = a.spool_dir.clone();
     cfg.tls = ctx.tls.clone();
+    cfg.worker_timeout = a.worker_timeout.unwrap_or(cfg.worker_timeout);
+    cfg.breaker_failures = a.breaker_failures.unwrap_or(cfg.breaker_failures);
+    cfg.breaker_cooldown = a.breaker_cooldown.unwrap_or(cfg.breaker_cooldown);
     if a.read_only {
         cfg.read_only = Some(true);
     }

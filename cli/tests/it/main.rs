@@ -6,6 +6,7 @@ mod auth;
 mod dataset;
 mod demo;
 mod deploy_config;
+mod faults;
 mod fresh;
 mod job_spec;
 mod mount;

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod hung_worker;
 mod identity;
 mod read;

@@ -1,5 +1,6 @@
 //! Names and attributes: `lookup`, `getattr`, `statfs`, `access`. Answers come from
-//! the metadata cache inline when they can, else from the master in a task.
+//! the metadata cache inline when they can, else from the master in a task; `statfs`
+//! always answers inline.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -177,33 +178,36 @@ async fn getattr_remote(fs: &Fs, ino: u64, key: &NodeKey) -> Result<(FileAttr, D
     }
 }
 
+/// Answered on the FUSE thread from what the mount already knows (the last dataset
+/// list), never after a master call: supervisors (the runner) take a `statfs` that does
+/// not answer within seconds for a hung daemon, and a slow master must not look like
+/// one. An expired list is fetched again in the background for the next call.
 pub fn statfs(fs: &Arc<Fs>, reply: ReplyStatfs) {
     fs.m.request(Op::Other);
-    let fs2 = fs.clone();
-    fs.spawn(async move {
-        const BSIZE: u64 = 4096;
-        let list = match fs2.meta.datasets().await {
-            Ok(l) => l,
-            Err(e) => return reply.error(fs2.fail(Op::Other, &NodeKey::mount_root(), &e)),
-        };
-        let bytes: u64 = list.iter().map(|d| d.total_bytes).sum();
-        let files: u64 = list.iter().map(|d| d.file_count).sum();
-        // Read-write datasets live in an object store without a meaningful free-space
-        // figure: report plenty so tools do not refuse to write.
-        let rw = list.iter().any(|d| d.read_write);
-        let (free, ffree) = if rw { (1 << 38, 1 << 32) } else { (0, 0) };
-        let blocks = bytes.div_ceil(BSIZE) + free;
-        reply.statfs(
-            blocks,
-            free,
-            free,
-            files + ffree,
-            ffree,
-            BSIZE as u32,
-            255,
-            BSIZE as u32,
-        );
-    });
+    const BSIZE: u64 = 4096;
+    let (list, fetch) = fs.meta.datasets_known();
+    if fetch {
+        let fs2 = fs.clone();
+        fs.spawn(async move { fs2.meta.refresh_listing().await });
+    }
+    let list = list.as_deref().map(Vec::as_slice).unwrap_or_default();
+    let bytes: u64 = list.iter().map(|d| d.total_bytes).sum();
+    let files: u64 = list.iter().map(|d| d.file_count).sum();
+    // Read-write datasets live in an object store without a meaningful free-space
+    // figure: report plenty so tools do not refuse to write.
+    let rw = list.iter().any(|d| d.read_write);
+    let (free, ffree) = if rw { (1 << 38, 1 << 32) } else { (0, 0) };
+    let blocks = bytes.div_ceil(BSIZE) + free;
+    reply.statfs(
+        blocks,
+        free,
+        free,
+        files + ffree,
+        ffree,
+        BSIZE as u32,
+        255,
+        BSIZE as u32,
+    );
 }
 
 pub fn access(fs: &Arc<Fs>, ino: u64, mask: AccessFlags, reply: ReplyEmpty) {

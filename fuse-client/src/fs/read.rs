@@ -170,6 +170,16 @@ fn answer(
         Ok(f) => f,
         Err(e) => return reply.error(fs.fail(Op::Open, key, &e)),
     };
+    if fs.client.catalog().claim_store_open(&info) {
+        // Reads fall back to the store when no worker answers, and opening it takes the
+        // master: open it now, not when a worker has failed and the master may be down.
+        let (client, ds) = (fs.client.clone(), info.clone());
+        fs.spawn(async move {
+            if let Err(e) = client.catalog().open_store_ahead(&ds).await {
+                tracing::debug!(dataset = %ds.name, error = %e, "opening the store ahead of need failed");
+            }
+        });
+    }
     let keep = fs.inodes.open_version(ino, entry.version);
     let mut flags = keep_cache(keep, fs.cfg.direct_io) | FopenFlags::FOPEN_NOFLUSH;
     let h = Arc::new(ReadHandle {
