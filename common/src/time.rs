@@ -48,7 +48,10 @@ mod tests {
 
     #[test]
     fn retentions() {
-        assert_eq!(parse_retention("7d").unwrap(), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(
+            parse_retention("7d").unwrap(),
+            Some(Duration::from_secs(7 * 86400))
+        );
         assert_eq!(parse_retention("1s").unwrap(), Some(Duration::from_secs(1)));
         assert_eq!(parse_retention("0").unwrap(), None);
         assert_eq!(parse_retention("off").unwrap(), None);

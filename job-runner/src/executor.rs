@@ -106,9 +106,7 @@ impl Layout {
         self.data_dir.join("logs").join(job_id)
     }
     pub fn log_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
-        self.job_log_dir(job_id)
-            .join(task)
-            .join(index.to_string())
+        self.job_log_dir(job_id).join(task).join(index.to_string())
     }
     pub fn attempt_files(
         &self,

@@ -75,7 +75,9 @@ pub enum Write {
     },
     /// Removes a job and everything recorded about it (its instances and their
     /// history). Its sequence number is never handed out again.
-    DeleteJob { seq: u64 },
+    DeleteJob {
+        seq: u64,
+    },
 }
 
 /// A job as loaded back at start-up.

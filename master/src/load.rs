@@ -253,7 +253,10 @@ impl LoadJobs {
             }
         }
         if !gone.is_empty() {
-            info!(jobs = gone.len(), "deleted load jobs finished longer ago than --retain-finished");
+            info!(
+                jobs = gone.len(),
+                "deleted load jobs finished longer ago than --retain-finished"
+            );
         }
         Ok(gone)
     }

@@ -55,8 +55,17 @@ mod tests {
 
     #[test]
     fn interval_follows_the_period_within_bounds() {
-        assert_eq!(sweep_interval(Duration::from_secs(7 * 86400)), Duration::from_secs(60));
-        assert_eq!(sweep_interval(Duration::from_secs(1)), Duration::from_millis(250));
-        assert_eq!(sweep_interval(Duration::from_millis(10)), Duration::from_millis(100));
+        assert_eq!(
+            sweep_interval(Duration::from_secs(7 * 86400)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
     }
 }

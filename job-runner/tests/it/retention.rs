@@ -143,7 +143,11 @@ async fn delete_removes_rows_logs_and_work_dirs_but_nothing_a_link_points_at() {
     assert_eq!(get_code(&mut ca, &job.id).await, Code::NotFound);
     assert!(!listed(&mut h.client, &job.id).await);
     assert_eq!(rows(&dir, seq), (0, 0, 0));
-    assert!(!work.exists() && !work.is_symlink(), "{} left", work.display());
+    assert!(
+        !work.exists() && !work.is_symlink(),
+        "{} left",
+        work.display()
+    );
     assert!(!logs.exists(), "{} left", logs.display());
     // The links were removed, not followed.
     assert_eq!(
@@ -334,10 +338,14 @@ async fn the_master_forgets_finished_load_jobs_after_its_retention() {
     assert_eq!(done.state(), pb::LoadState::Succeeded, "{done:?}");
     // Just finished: still there.
     assert!(get_load(&mut m).await.is_ok());
-    shoal_testkit::wait_until(Duration::from_secs(30), "the load job to be forgotten", || {
-        let f = get_load(&mut m);
-        async move { f.await.is_err_and(|e| e.code() == Code::NotFound) }
-    })
+    shoal_testkit::wait_until(
+        Duration::from_secs(30),
+        "the load job to be forgotten",
+        || {
+            let f = get_load(&mut m);
+            async move { f.await.is_err_and(|e| e.code() == Code::NotFound) }
+        },
+    )
     .await;
     let listed = m
         .list_loads(pb::ListLoadsRequest::default())
