@@ -408,4 +408,17 @@ mod tests {
         assert!(Quota::parse("gpus=1").is_err());
         assert_eq!(Quota::parse("unlimited").unwrap(), Quota::default());
     }
+
+    #[test]
+    fn retain_finished_in_the_file_keeps_forever_or_sets_a_period() {
+        let parse = |j: &str| serde_json::from_str::<RunnerToml>(j).map(|t| t.retain_finished);
+        assert_eq!(parse("{}").unwrap(), None);
+        assert_eq!(parse(r#"{"retain_finished": "off"}"#).unwrap(), Some(None));
+        assert_eq!(parse(r#"{"retain_finished": "0"}"#).unwrap(), Some(None));
+        assert_eq!(
+            parse(r#"{"retain_finished": "30d"}"#).unwrap(),
+            Some(Some(Duration::from_secs(30 * 86400)))
+        );
+        assert!(parse(r#"{"retain_finished": "soon"}"#).is_err());
+    }
 }
