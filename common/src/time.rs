@@ -27,9 +27,36 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     humantime::parse_duration(t).map_err(|_| bad())
 }
 
+/// Parses a retention period (`--retain-finished`): a duration as [`parse_duration`]
+/// reads it, or `0`/`off`/`never` to keep forever (`None`).
+pub fn parse_retention(s: &str) -> Result<Option<Duration>> {
+    let t = s.trim();
+    if matches!(t.to_ascii_lowercase().as_str(), "off" | "never" | "forever") {
+        return Ok(None);
+    }
+    let d = parse_duration(t).map_err(|_| {
+        Error::invalid(format!(
+            "invalid retention `{s}`: write a duration (e.g. 7d, 12h, 30m) or `off` to keep forever"
+        ))
+    })?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retentions() {
+        assert_eq!(
+            parse_retention("7d").unwrap(),
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(parse_retention("1s").unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retention("0").unwrap(), None);
+        assert_eq!(parse_retention("off").unwrap(), None);
+        assert!(parse_retention("soon").is_err());
+    }
 
     #[test]
     fn durations() {
@@ -53,6 +80,22 @@ pub mod opt_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Serde support for an optional retention period written as text (`"7d"`, `"off"`):
+/// the outer `Option` is whether the key is there, the inner one `None` for "keep
+/// forever". `#[serde(default, with = "shoal_common::time::opt_retention")]`.
+pub mod opt_retention {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Duration>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| super::parse_retention(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
 }

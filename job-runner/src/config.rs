@@ -232,6 +232,9 @@ pub struct RunnerConfig {
     /// How many jobs one owner may submit per minute (`--max-submits-per-minute`);
     /// 0 is no limit.
     pub max_submits_per_minute: u32,
+    /// Jobs final for longer than this are deleted with their logs and working dirs
+    /// (`--retain-finished`); `None` keeps them forever.
+    pub retain_finished: Option<Duration>,
 }
 
 /// Default of [`RunnerConfig::max_job_instances`].
@@ -240,6 +243,8 @@ pub const DEFAULT_MAX_JOB_INSTANCES: u64 = 100_000;
 pub const DEFAULT_MAX_SPEC_BYTES: u64 = 16 << 20;
 /// Default of [`RunnerConfig::max_submits_per_minute`].
 pub const DEFAULT_MAX_SUBMITS_PER_MINUTE: u32 = 120;
+/// Default of [`RunnerConfig::retain_finished`]: a week.
+pub const DEFAULT_RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl RunnerConfig {
     /// A config for `data_dir` with one local node and every other value at its default.
@@ -269,6 +274,7 @@ impl RunnerConfig {
             max_job_instances: DEFAULT_MAX_JOB_INSTANCES,
             max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
             max_submits_per_minute: DEFAULT_MAX_SUBMITS_PER_MINUTE,
+            retain_finished: Some(DEFAULT_RETAIN_FINISHED),
         }
     }
 
@@ -353,6 +359,9 @@ pub struct RunnerToml {
     pub max_spec_size: Option<ByteSize>,
     /// Jobs one owner may submit per minute (0: no limit).
     pub max_submits_per_minute: Option<u32>,
+    /// How long finished jobs are kept (`"7d"`; `"off"` keeps them forever).
+    #[serde(default, with = "shoal_common::time::opt_retention")]
+    pub retain_finished: Option<Option<Duration>>,
 }
 
 /// One executor node of the runner.
@@ -398,5 +407,18 @@ mod tests {
         assert_eq!(q.memory_bytes, None);
         assert!(Quota::parse("gpus=1").is_err());
         assert_eq!(Quota::parse("unlimited").unwrap(), Quota::default());
+    }
+
+    #[test]
+    fn retain_finished_in_the_file_keeps_forever_or_sets_a_period() {
+        let parse = |j: &str| serde_json::from_str::<RunnerToml>(j).map(|t| t.retain_finished);
+        assert_eq!(parse("{}").unwrap(), None);
+        assert_eq!(parse(r#"{"retain_finished": "off"}"#).unwrap(), Some(None));
+        assert_eq!(parse(r#"{"retain_finished": "0"}"#).unwrap(), Some(None));
+        assert_eq!(
+            parse(r#"{"retain_finished": "30d"}"#).unwrap(),
+            Some(Some(Duration::from_secs(30 * 86400)))
+        );
+        assert!(parse(r#"{"retain_finished": "soon"}"#).is_err());
     }
 }

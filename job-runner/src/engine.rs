@@ -22,11 +22,13 @@
 //!   backoffs and timeouts;
 //! - [`launch`]: placing and starting attempts;
 //! - [`control`]: `cancel`, `retry` and log look-ups;
+//! - [`delete`]: removing finished jobs (`delete`, the retention sweep);
 //! - [`schedule`]: the scheduling pass;
 //! - [`recover`]: loading and re-adopting after a restart;
 //! - [`view`]: the views commands answer with.
 
 pub mod control;
+pub mod delete;
 pub mod instance;
 pub mod launch;
 pub mod recover;
@@ -92,6 +94,18 @@ pub enum Command {
     },
     Nodes {
         reply: Reply<Vec<NodeView>>,
+    },
+    /// Removes a final job: its rows, logs and working dirs. Answers with the job as
+    /// it was; a job that is not final is refused.
+    Delete {
+        id: String,
+        reply: Reply<JobView>,
+    },
+    /// Deletes every job final since at or before this wall-clock time (ms);
+    /// answers with their ids (`--retain-finished`).
+    Sweep {
+        ended_before_ms: i64,
+        reply: Reply<Vec<String>>,
     },
     Logs {
         id: String,
@@ -349,6 +363,18 @@ impl Engine {
             }
             Command::Nodes { reply } => {
                 let _ = reply.send(Ok(self.node_views()));
+            }
+            Command::Delete { id, reply } => {
+                let r = self
+                    .seq_of(&id)
+                    .and_then(|seq| self.delete(seq, delete::DeleteReason::User));
+                let _ = reply.send(r);
+            }
+            Command::Sweep {
+                ended_before_ms,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.sweep(ended_before_ms)));
             }
             Command::Logs {
                 id,

@@ -101,12 +101,12 @@ impl Layout {
     pub fn input_list(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
         self.log_dir(job_id, task, index).join("input-list")
     }
+    /// Every log dir of the job, removed with it.
+    pub fn job_log_dir(&self, job_id: &str) -> PathBuf {
+        self.data_dir.join("logs").join(job_id)
+    }
     pub fn log_dir(&self, job_id: &str, task: &str, index: u32) -> PathBuf {
-        self.data_dir
-            .join("logs")
-            .join(job_id)
-            .join(task)
-            .join(index.to_string())
+        self.job_log_dir(job_id).join(task).join(index.to_string())
     }
     pub fn attempt_files(
         &self,

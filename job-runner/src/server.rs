@@ -1,11 +1,12 @@
 //! Starting and stopping a runner: open the job store, recover and re-adopt, start the
 //! engine thread, serve gRPC `RunnerService` ([`handler`], rendering proto with
-//! [`render`]) and `/metrics`.
+//! [`render`]) and `/metrics`, and sweep old finished jobs ([`retention`]).
 
 pub mod auth;
 pub mod handler;
 pub mod rate;
 pub mod render;
+pub mod retention;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,6 +183,9 @@ impl RunnerServer {
         let mut tasks = Vec::new();
         if let Some(m) = supervised {
             tasks.push(m.supervise(cancel.clone()));
+        }
+        if let Some(retain) = cfg.retain_finished {
+            tasks.push(retention::spawn(engine.clone(), retain, cancel.clone()));
         }
         let c = cancel.clone();
         let server = cfg.tls.server_builder()?;

@@ -73,6 +73,11 @@ pub enum Write {
         index: u32,
         t: Transition,
     },
+    /// Removes a job and everything recorded about it (its instances and their
+    /// history). Its sequence number is never handed out again.
+    DeleteJob {
+        seq: u64,
+    },
 }
 
 /// A job as loaded back at start-up.
@@ -85,7 +90,7 @@ pub struct StoredJob {
 }
 
 pub trait JobStore: Send {
-    /// The next unused job sequence number.
+    /// The next unused job sequence number (deleted jobs' numbers count as used).
     fn next_job_seq(&mut self) -> Result<u64>;
     /// Applies every write atomically, in order.
     fn apply(&mut self, writes: &[Write]) -> Result<()>;

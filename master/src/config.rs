@@ -35,7 +35,13 @@ pub struct MasterConfig {
     pub cluster_token: Option<shoal_wire::auth::Token>,
     /// TLS of the gRPC listener (`cert`/`key`) and of the master's calls to workers (`ca`).
     pub tls: TlsConfig,
+    /// Load jobs finished longer ago than this are deleted (`--retain-finished`);
+    /// `None` keeps them forever.
+    pub retain_finished: Option<Duration>,
 }
+
+/// Default of [`MasterConfig::retain_finished`]: a week.
+pub const DEFAULT_RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl MasterConfig {
     /// A config for `data_dir` with every other value at its default.
@@ -51,6 +57,7 @@ impl MasterConfig {
             load: LoadLimits::default(),
             cluster_token: None,
             tls: TlsConfig::default(),
+            retain_finished: Some(DEFAULT_RETAIN_FINISHED),
         }
     }
 
@@ -81,4 +88,7 @@ pub struct MasterToml {
     pub worker_expiry: Option<std::time::Duration>,
     pub block_size: Option<ByteSize>,
     pub segment_blocks: Option<u64>,
+    /// How long finished load jobs are kept (`"7d"`; `"off"` keeps them forever).
+    #[serde(default, with = "shoal_common::time::opt_retention")]
+    pub retain_finished: Option<Option<std::time::Duration>>,
 }

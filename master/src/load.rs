@@ -5,6 +5,9 @@
 //! A job's state is persisted when it starts, about once a second while it runs, and when
 //! it ends. A master that restarts finds unfinished jobs in the store and runs them again:
 //! segments that were already loaded are cached, so the rerun skips them cheaply.
+//!
+//! Finished jobs are kept for `--retain-finished` (a week by default) and then
+//! removed by [`LoadJobs::sweep`], which the server runs at start and every minute.
 
 mod dispatch;
 mod run;
@@ -221,6 +224,41 @@ impl LoadJobs {
             let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
         }
         self.get(id).await
+    }
+
+    /// Removes every finished job that ended at or before `ended_before_ms` (wall
+    /// clock, ms); answers with their ids. A job still running in this process is
+    /// never removed, even if its stored state is already final.
+    pub async fn sweep(&self, ended_before_ms: i64) -> Result<Vec<String>> {
+        let store = self.ctx.catalog.store();
+        let mut gone = Vec::new();
+        for rec in store.list_loads(None).await? {
+            if !LoadState::try_from(rec.state).is_ok_and(LoadState::is_final)
+                || self.lock()?.contains_key(&rec.id)
+            {
+                continue;
+            }
+            // A record that no longer decodes is dated by its creation.
+            let ended = decode(&rec)
+                .ok()
+                .map(|(_, j)| j.finished_at_ms)
+                .filter(|&t| t > 0)
+                .unwrap_or(rec.created_at_ms);
+            if ended > ended_before_ms {
+                continue;
+            }
+            if store.delete_load(&rec.id, rec.state).await? {
+                metrics::counter!("shoal_master_load_jobs_deleted_total").increment(1);
+                gone.push(rec.id);
+            }
+        }
+        if !gone.is_empty() {
+            info!(
+                jobs = gone.len(),
+                "deleted load jobs finished longer ago than --retain-finished"
+            );
+        }
+        Ok(gone)
     }
 
     /// The job's state now and at every change, ending after its final state.

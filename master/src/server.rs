@@ -109,6 +109,30 @@ impl MasterServer {
             cancel.clone(),
         )));
 
+        if let Some(retain) = cfg.retain_finished {
+            let (s, c) = (state.clone(), cancel.clone());
+            // Every minute, more often for a period of a few minutes or less (tests).
+            let every = (retain / 4).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(60),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut iv = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = c.cancelled() => break,
+                        _ = iv.tick() => {
+                            let before = shoal_common::time::now_ms()
+                                .saturating_sub(retain.as_millis() as i64);
+                            if let Err(e) = s.loads.sweep(before).await {
+                                warn!(error = %e, "load job retention sweep failed");
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+
         let (s, c) = (state.clone(), cancel.clone());
         let tick = (cfg.worker_expiry / 4).max(std::time::Duration::from_millis(50));
         tasks.push(tokio::spawn(async move {

@@ -289,6 +289,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get_load(&self, id: &str) -> Result<Option<LoadRecord>>;
     /// Load jobs, newest first, optionally only those of one dataset.
     async fn list_loads(&self, dataset: Option<&str>) -> Result<Vec<LoadRecord>>;
+    /// Removes a load job if it is still in `state` (a `LoadState` number); true if
+    /// it was removed.
+    async fn delete_load(&self, id: &str, state: i32) -> Result<bool>;
 
     /// Stores a new token. Fails with `AlreadyExists` on a duplicate id.
     async fn create_token(&self, t: TokenRecord) -> Result<()>;

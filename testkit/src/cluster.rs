@@ -59,6 +59,7 @@ pub struct ClusterBuilder {
     link: Option<LinkProfile>,
     scrub: Option<(u64, Duration)>,
     dir_in: Option<PathBuf>,
+    retain_finished: Option<Duration>,
 }
 
 impl ClusterBuilder {
@@ -119,6 +120,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long the master keeps finished load jobs (default: the master's, a week).
+    pub fn retain_finished(mut self, retain: Duration) -> Self {
+        self.retain_finished = Some(retain);
+        self
+    }
+
     pub async fn start(self) -> Cluster {
         shoal_telemetry::init_tracing();
         let (s3, link) = if self.s3 {
@@ -148,6 +155,9 @@ impl ClusterBuilder {
         cfg.worker_expiry = self.worker_expiry;
         cfg.heartbeat_interval = HEARTBEAT;
         cfg.layout = self.layout;
+        if let Some(r) = self.retain_finished {
+            cfg.retain_finished = Some(r);
+        }
         let master = MasterServer::start(cfg).await.unwrap();
         // Workers of every cluster in this process share one metrics registry, whose
         // series they tell apart by node name.
@@ -206,6 +216,7 @@ impl Cluster {
             link: None,
             scrub: None,
             dir_in: None,
+            retain_finished: None,
         }
     }
 

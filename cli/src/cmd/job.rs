@@ -1,4 +1,4 @@
-//! `shoal job submit|list|show|logs|cancel|retry|nodes`: talk to a runner.
+//! `shoal job submit|list|show|logs|cancel|retry|delete|nodes`: talk to a runner.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -93,6 +93,17 @@ pub enum JobCommand {
         /// Show progress until the job ends; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        r: RunnerFlag,
+    },
+    /// Delete a finished job now: its records, logs and working dirs (the runner
+    /// also deletes jobs finished longer ago than its --retain-finished).
+    Delete {
+        job: String,
+        /// Cancel the job first if it is still running, and delete it once its
+        /// instances have stopped.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         r: RunnerFlag,
     },
@@ -509,6 +520,24 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                         counts_line(&j.counts)
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Delete { job, force, r } => {
+            let mut client = client(ctx, &r).await?;
+            let j = client
+                .delete_job(pb::DeleteJobRequest { id: job, force })
+                .await
+                .map_err(connect::status)?
+                .into_inner();
+            match ctx.output {
+                OutputFormat::Json => print_json(&job_json(&j))?,
+                OutputFormat::Table => println!(
+                    "deleted {} ({}, {}): its records, logs and working dirs are gone",
+                    j.id,
+                    j.name,
+                    j.state().label()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -35,6 +35,10 @@ pub struct MasterArgs {
     /// Blocks per segment, the unit of placement [default: 16].
     #[arg(long, env = "SHOAL_SEGMENT_BLOCKS", value_name = "N")]
     segment_blocks: Option<u64>,
+    /// Delete load (prewarm) jobs finished longer ago than this; `0` or `off` keeps
+    /// them forever [default: 7d].
+    #[arg(long, env = "SHOAL_MASTER_RETAIN_FINISHED", value_name = "DURATION", value_parser = super::runner::parse_retention)]
+    retain_finished: Option<super::runner::Retention>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -91,6 +95,9 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(3),
     );
+    if let Some(r) = a.retain_finished.map(|r| r.0).or(f.retain_finished) {
+        cfg.retain_finished = r;
+    }
     cfg.tls = ctx.tls.clone();
     cfg.validate()?;
     Ok(cfg)

@@ -87,6 +87,21 @@ pub struct RunnerArgs {
     /// Jobs one owner may submit per minute; 0 is no limit [default: 120].
     #[arg(long, env = "SHOAL_RUNNER_MAX_SUBMITS_PER_MINUTE", value_name = "N")]
     max_submits_per_minute: Option<u32>,
+    /// Delete jobs finished longer ago than this, with their logs and working dirs;
+    /// `0` or `off` keeps them forever [default: 7d].
+    #[arg(long, env = "SHOAL_RUNNER_RETAIN_FINISHED", value_name = "DURATION", value_parser = parse_retention)]
+    retain_finished: Option<Retention>,
+}
+
+/// A parsed `--retain-finished`: `None` keeps forever. A type of its own because clap
+/// reads `Option<Option<T>>` as a flag whose value may be left out.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention(pub Option<Duration>);
+
+pub fn parse_retention(s: &str) -> Result<Retention, String> {
+    shoal_common::time::parse_retention(s)
+        .map(Retention)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,6 +131,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         max_job_instances,
         max_spec_size,
         max_submits_per_minute,
+        retain_finished,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -225,6 +241,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     }
     if let Some(n) = max_submits_per_minute.or(f.max_submits_per_minute) {
         cfg.max_submits_per_minute = n;
+    }
+    if let Some(r) = retain_finished.map(|r| r.0).or(f.retain_finished) {
+        cfg.retain_finished = r;
     }
     cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {

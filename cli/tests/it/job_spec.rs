@@ -187,3 +187,59 @@ async fn a_prewarm_the_cache_cannot_hold_is_refused_and_one_above_it_warned() {
     runner.terminate(Duration::from_secs(10)).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_delete_removes_a_finished_job_refuses_a_running_one_and_exits_3_when_unknown() {
+    let dir = temp_dir("job-delete");
+    let data = dir.path().join("runner");
+    let bad = Command::new(crate::support::SHOAL)
+        .args(["runner", "--retain-finished", "soon", "--data-dir"])
+        .arg(&data)
+        .env_remove("SHOAL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`off` to keep forever"));
+    let (mut runner, addr) =
+        start_runner(&data, &["--retain-finished", "off", "--kill-grace", "1s"]).await;
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let env = [("SHOAL_RUNNER", addr.as_str())];
+    let shoal = |args: &[&str]| shoal_as("127.0.0.1:1", Some(token.trim()), &env, args);
+    let quick = dir.path().join("quick.yaml");
+    std::fs::write(
+        &quick,
+        "name: quick\ntasks:\n  - name: t\n    command: [\"true\"]\n",
+    )
+    .unwrap();
+    let long = dir.path().join("long.yaml");
+    std::fs::write(
+        &long,
+        "name: long\ntasks:\n  - name: t\n    command: [sleep, \"1000\"]\n",
+    )
+    .unwrap();
+    shoal(&["job", "submit", "--wait", quick.to_str().unwrap()]).ok();
+    let running = shoal(&["-o", "json", "job", "submit", long.to_str().unwrap()]);
+    let running = running.ok().json()["id"].as_str().unwrap().to_owned();
+    assert!(data.join("logs/job-1").exists());
+
+    let refused = shoal(&["job", "delete", &running]);
+    refused.exit(4).assert_clean_failure("shoal job cancel");
+    let deleted = shoal(&["job", "delete", "job-1"]);
+    deleted.ok();
+    assert!(
+        deleted
+            .stdout
+            .starts_with("deleted job-1 (quick, succeeded)"),
+        "{deleted:#?}"
+    );
+    assert!(!data.join("logs/job-1").exists());
+    shoal(&["job", "show", "job-1"]).exit(3);
+    shoal(&["job", "delete", "job-1"])
+        .exit(3)
+        .assert_clean_failure("no job `job-1`");
+
+    let forced = shoal(&["-o", "json", "job", "delete", "--force", &running]);
+    assert_eq!(forced.ok().json()["state"], "CANCELLED", "{forced:#?}");
+    shoal(&["job", "show", &running]).exit(3);
+    runner.terminate(Duration::from_secs(10)).await;
+}

@@ -313,6 +313,24 @@ impl RunnerService for RunnerRpc {
         Ok(Response::new(render::job(job)))
     }
 
+    async fn delete_job(
+        &self,
+        r: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&r, "DeleteJob")?;
+        let r = r.into_inner();
+        let job = self.own_job(&who, &r.id).await?;
+        if r.force && !job.state.is_final() {
+            self.cancel_until_final(&r.id).await?;
+        }
+        let id = r.id;
+        let job = self
+            .engine
+            .call(|reply| Command::Delete { id, reply })
+            .await?;
+        Ok(Response::new(render::job(job)))
+    }
+
     type GetLogsStream = BoxStream<pb::LogChunk>;
 
     async fn get_logs(
@@ -429,6 +447,52 @@ impl RunnerService for RunnerRpc {
 }
 
 impl RunnerRpc {
+    /// Cancels job `id` and waits until it is final: its running attempts get the
+    /// kill grace and then SIGKILL, so a little longer than the grace is enough.
+    async fn cancel_until_final(&self, id: &str) -> Result<(), Error> {
+        let mut changes = self.engine.changes();
+        let job = self
+            .engine
+            .call(|reply| Command::Cancel {
+                id: id.to_owned(),
+                task: None,
+                index: None,
+                reply,
+            })
+            .await?;
+        if job.state.is_final() {
+            return Ok(());
+        }
+        let wait = self.access.cfg.kill_grace + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                c = changes.changed() => if c.is_err() {
+                    return Err(Error::unavailable("the runner is shutting down"));
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::unavailable(format!(
+                        "job {id} was cancelled but its instances did not stop within {wait:?}; run `shoal job delete {id}` again once `shoal job show {id}` says it is cancelled"
+                    )));
+                }
+                _ = self.cancel.cancelled() => {
+                    return Err(Error::unavailable("the runner is shutting down"));
+                }
+            }
+            let job = self
+                .engine
+                .call(|reply| Command::Get {
+                    id: id.to_owned(),
+                    include_instances: false,
+                    reply,
+                })
+                .await?;
+            if job.state.is_final() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn logs(&self, r: &pb::GetLogsRequest, attempt: u32) -> Result<LogTarget, Error> {
         let (id, task, index) = (r.job_id.clone(), r.task.clone(), r.index);
         self.engine

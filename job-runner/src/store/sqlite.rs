@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS transitions (
     attempt INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transitions_by_instance ON transitions (job_seq, task, idx, id);
+-- The highest sequence number of a deleted job: ids are never reused, so a deleted
+-- job's id never names another job (nor its leftover files, were a removal to fail).
+CREATE TABLE IF NOT EXISTS seq_floor (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
 "#;
 
 pub struct SqliteJobStore {
@@ -94,7 +100,11 @@ impl JobStore for SqliteJobStore {
     fn next_job_seq(&mut self) -> Result<u64> {
         let max: Option<i64> = self
             .conn
-            .query_row("SELECT MAX(seq) FROM jobs", [], |r| r.get(0))
+            .query_row(
+                "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM jobs UNION ALL SELECT seq FROM seq_floor)",
+                [],
+                |r| r.get(0),
+            )
             .map_err(db_err("read job sequence"))?;
         Ok(max.unwrap_or(0) as u64 + 1)
     }
@@ -129,6 +139,17 @@ impl JobStore for SqliteJobStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(db_err("prepare transition insert"))?;
+            let mut delete = [
+                "DELETE FROM transitions WHERE job_seq = ?1",
+                "DELETE FROM instances WHERE job_seq = ?1",
+                "DELETE FROM jobs WHERE seq = ?1",
+                "INSERT INTO seq_floor (one, seq) VALUES (1, ?1)
+                 ON CONFLICT (one) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            ]
+            .into_iter()
+            .map(|sql| tx.prepare_cached(sql))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err("prepare job delete"))?;
             for w in writes {
                 match w {
                     Write::NewJob(j) => {
@@ -192,6 +213,12 @@ impl JobStore for SqliteJobStore {
                                 t.attempt
                             ])
                             .map_err(db_err("insert transition"))?;
+                    }
+                    Write::DeleteJob { seq } => {
+                        for st in &mut delete {
+                            st.execute(params![*seq as i64])
+                                .map_err(db_err("delete job"))?;
+                        }
                     }
                 }
             }
@@ -393,5 +420,54 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn delete_removes_every_row_and_never_reuses_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteJobStore::open(dir.path()).unwrap();
+        let t = |seq| Write::Transition {
+            job_seq: seq,
+            task: 0,
+            index: 3,
+            t: Transition {
+                state: InstanceState::Submitted,
+                at_ms: 5,
+                reason: String::new(),
+                attempt: 1,
+            },
+        };
+        for seq in [1, 2] {
+            s.apply(&[
+                Write::NewJob(job(seq)),
+                Write::Instance {
+                    job_seq: seq,
+                    rec: inst(InstanceState::Submitted),
+                },
+                t(seq),
+            ])
+            .unwrap();
+        }
+        s.apply(&[Write::DeleteJob { seq: 2 }]).unwrap();
+        let n = |s: &SqliteJobStore, sql: &str| -> i64 {
+            s.conn.query_row(sql, [2], |r| r.get(0)).unwrap()
+        };
+        for sql in [
+            "SELECT COUNT(*) FROM jobs WHERE seq = ?1",
+            "SELECT COUNT(*) FROM instances WHERE job_seq = ?1",
+            "SELECT COUNT(*) FROM transitions WHERE job_seq = ?1",
+        ] {
+            assert_eq!(n(&s, sql), 0, "{sql}");
+        }
+        drop(s);
+        let mut s = SqliteJobStore::open(dir.path()).unwrap();
+        let all = s.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].job.seq, 1);
+        assert_eq!(all[0].history.len(), 1);
+        // Job 2 was the newest: its number stays used.
+        assert_eq!(s.next_job_seq().unwrap(), 3);
+        s.apply(&[Write::DeleteJob { seq: 1 }]).unwrap();
+        assert_eq!(s.next_job_seq().unwrap(), 3);
     }
 }

@@ -14,6 +14,7 @@ mod locality;
 mod prewarm;
 mod prewarm_cache;
 mod recovery;
+mod retention;
 mod retry;
 mod scheduling;
 mod spec_validation;

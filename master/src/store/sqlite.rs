@@ -604,6 +604,20 @@ impl CatalogStore for SqliteCatalog {
         .await
     }
 
+    async fn delete_load(&self, id: &str, state: i32) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM load_jobs WHERE id = ?1 AND state = ?2",
+                    params![id, state],
+                )
+                .map_err(db_err("delete load job"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn load_epoch(&self) -> Result<u64> {
         self.read(|conn| {
             let v: Option<String> = conn
