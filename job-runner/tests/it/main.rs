@@ -15,6 +15,7 @@ mod prewarm;
 mod prewarm_cache;
 mod recovery;
 mod retry;
+mod sandbox;
 mod scheduling;
 mod spec_validation;
 mod submit;

@@ -1,0 +1,265 @@
+//! The instance's private mount namespace, planned in the runner and set up in the
+//! forked child.
+//!
+//! [`MountPlan::new`] turns "hide these paths, show these few things inside them"
+//! into C strings and open descriptors before the fork; [`MountPlan::apply`] then runs
+//! in the child (as root, before it drops to the instance's uid) with raw syscalls
+//! only, allocating nothing:
+//!
+//! 1. `unshare(CLONE_NEWNS)` and make every mount a slave: nothing the instance mounts
+//!    leaks out, and the host's later mounts still reach it;
+//! 2. cover each hidden dir with an empty tmpfs (a hidden file with `/dev/null`);
+//! 3. create the mount targets inside those fresh tmpfs mounts (dirs 0711, empty
+//!    files), which only this child can see, so no target is a path the instance or
+//!    any other user could have planted or swapped;
+//! 4. bind each shown thing from a descriptor the runner opened before step 2
+//!    (`/proc/self/fd/N`: the source is never looked up again by path), read-only
+//!    unless it is a writable dataset or the instance's own work dir;
+//! 5. remount each covering tmpfs read-only.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use shoal_common::{Error, Result};
+
+/// What an instance sees inside the hidden dirs.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub path: PathBuf,
+    pub write: bool,
+    /// Why it is shown, for the error when it cannot be opened.
+    pub what: String,
+}
+
+struct Bind {
+    source: CString,
+    target: CString,
+    write: bool,
+}
+
+/// Everything the child needs, prepared before the fork.
+pub struct MountPlan {
+    /// Dirs to cover with an empty tmpfs, none inside another.
+    cover_dirs: Vec<CString>,
+    /// Files to cover with `/dev/null`.
+    cover_files: Vec<CString>,
+    /// Mount targets to create in the tmpfs mounts, parents first.
+    mkdirs: Vec<CString>,
+    touch: Vec<CString>,
+    binds: Vec<Bind>,
+    /// The bind sources, open until the child has bound them.
+    _sources: Vec<File>,
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("path {} contains a NUL byte", p.display())))
+}
+
+impl MountPlan {
+    /// Plans a namespace where every path of `hide` (that exists) is gone except the
+    /// `shown` paths. Shown paths outside every hidden dir are bound onto themselves
+    /// (to make them read-only) only when they are not writable.
+    pub fn new(hide: &[PathBuf], shown: &[Shown]) -> Result<MountPlan> {
+        // The instance's uid owns nothing on the host: a dir on the way to something
+        // shown that others cannot search (a 0700 home or temp dir) is covered too,
+        // so the shown path is reachable through the tmpfs's 0711 dirs instead.
+        let mut hide = hide.to_vec();
+        for s in shown {
+            let closed = s.path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev().find(|a| {
+                std::fs::metadata(a).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 == 0)
+            });
+            if let Some(c) = closed {
+                hide.push(c.to_owned());
+            }
+        }
+        // Outermost first; a dir inside another hidden dir is covered with it.
+        let mut hidden: Vec<&PathBuf> = hide.iter().collect();
+        hidden.sort_by_key(|p| p.components().count());
+        let mut covers: Vec<(&Path, bool)> = Vec::new();
+        for h in hidden {
+            if covers.iter().any(|(c, _)| h.starts_with(c)) {
+                continue;
+            }
+            match std::fs::symlink_metadata(h) {
+                Ok(m) if m.is_dir() => covers.push((h, true)),
+                Ok(_) => covers.push((h, false)),
+                Err(_) => {}
+            }
+        }
+        let mut plan = MountPlan {
+            cover_dirs: Vec::new(),
+            cover_files: Vec::new(),
+            mkdirs: Vec::new(),
+            touch: Vec::new(),
+            binds: Vec::new(),
+            _sources: Vec::new(),
+        };
+        for (c, dir) in &covers {
+            if *dir {
+                plan.cover_dirs.push(cstr(c)?);
+            } else {
+                plan.cover_files.push(cstr(c)?);
+            }
+        }
+        for s in shown {
+            let under = covers
+                .iter()
+                .find(|(c, dir)| *dir && s.path.starts_with(c) && s.path != *c);
+            if under.is_none() && s.write {
+                continue;
+            }
+            // O_PATH: no read is made through it, and it works for FUSE roots as well
+            // as plain files; the runner's own paths, so following links is fine here.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(&s.path)
+                .map_err(|e| {
+                    Error::unavailable(format!(
+                        "{} at {} cannot be shown to the instance: {e} (is its mount gone?)",
+                        s.what,
+                        s.path.display()
+                    ))
+                })?;
+            let is_dir = f
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {}", s.path.display()), e))?
+                .is_dir();
+            if let Some((c, _)) = under {
+                let rel = s.path.strip_prefix(c).unwrap_or(&s.path);
+                let mut at = c.to_path_buf();
+                let parts: Vec<_> = rel.components().collect();
+                for (i, part) in parts.iter().enumerate() {
+                    at.push(part);
+                    let last = i + 1 == parts.len();
+                    let p = cstr(&at)?;
+                    if last && !is_dir {
+                        if !plan.touch.contains(&p) {
+                            plan.touch.push(p);
+                        }
+                    } else if !plan.mkdirs.contains(&p) {
+                        plan.mkdirs.push(p);
+                    }
+                }
+            }
+            plan.binds.push(Bind {
+                source: CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                    .map_err(|_| Error::internal("fd path with a NUL"))?,
+                target: cstr(&s.path)?,
+                write: s.write,
+            });
+            plan._sources.push(f);
+        }
+        Ok(plan)
+    }
+
+    /// Runs in the forked child, as root: async-signal-safe calls only.
+    pub fn apply(&self) -> std::io::Result<()> {
+        let err = std::io::Error::last_os_error;
+        // SAFETY: every pointer is a NUL-terminated string prepared before the fork
+        // (or a static literal); the calls touch no memory of ours otherwise.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                return Err(err());
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) < 0
+            {
+                return Err(err());
+            }
+            for d in &self.cover_dirs {
+                if libc::mount(
+                    c"shoal-hidden".as_ptr(),
+                    d.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=0711,size=64k".as_ptr().cast(),
+                ) < 0
+                {
+                    return Err(err());
+                }
+            }
+            for f in &self.cover_files {
+                if libc::mount(
+                    c"/dev/null".as_ptr(),
+                    f.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(err());
+                }
+            }
+            for d in &self.mkdirs {
+                if libc::mkdir(d.as_ptr(), 0o711) < 0 {
+                    let e = err();
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(e);
+                    }
+                }
+            }
+            for f in &self.touch {
+                let fd = libc::open(
+                    f.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o600,
+                );
+                if fd < 0 {
+                    return Err(err());
+                }
+                libc::close(fd);
+            }
+            for b in &self.binds {
+                if libc::mount(
+                    b.source.as_ptr(),
+                    b.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(err());
+                }
+                let ro = if b.write { 0 } else { libc::MS_RDONLY };
+                if libc::mount(
+                    std::ptr::null(),
+                    b.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | ro,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(err());
+                }
+            }
+            for d in &self.cover_dirs {
+                if libc::mount(
+                    std::ptr::null(),
+                    d.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(err());
+                }
+            }
+        }
+        Ok(())
+    }
+}
