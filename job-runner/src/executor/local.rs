@@ -337,7 +337,7 @@ impl Executor for LocalExecutor {
             // setres[ug]id, chdir, fcntl, dup2, close, unlink, symlink) on data
             // prepared beforehand; it allocates nothing. The control fds are placed
             // last: the sandbox's own descriptors may sit at 3 or 4 until then.
-            Some(entry) => unsafe {
+            Some(mut entry) => unsafe {
                 cmd.pre_exec(move || {
                     entry.enter()?;
                     links.create()?;

@@ -234,7 +234,7 @@ pub fn environment(cmd: &mut tokio::process::Command, l: &Launch) {
 impl Entry {
     /// Runs in the forked child, as root: async-signal-safe calls only, on data
     /// prepared before the fork.
-    pub fn enter(&self) -> std::io::Result<()> {
+    pub fn enter(&mut self) -> std::io::Result<()> {
         let err = std::io::Error::last_os_error;
         // SAFETY: raw syscalls on fds and NUL-terminated strings prepared before the
         // fork; nothing is allocated.
@@ -262,7 +262,13 @@ impl Entry {
         // SAFETY: as above.
         unsafe {
             // A setuid binary inside must not give the instance back any privilege.
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            if libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) < 0 {
                 return Err(err());
             }
             if libc::setgroups(0, std::ptr::null()) < 0

@@ -12,14 +12,13 @@
 //! 3. create the mount targets inside those fresh tmpfs mounts (dirs 0711, empty
 //!    files), which only this child can see, so no target is a path the instance or
 //!    any other user could have planted or swapped;
-//! 4. bind each shown thing from a descriptor the runner opened before step 2
-//!    (`/proc/self/fd/N`: the source is never looked up again by path), read-only
-//!    unless it is a writable dataset or the instance's own work dir;
+//! 4. bind each shown thing from a descriptor opened right after step 1, before
+//!    anything was covered (`/proc/self/fd/N`), read-only unless it is a writable
+//!    dataset or the instance's own work dir;
 //! 5. remount each covering tmpfs read-only.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -41,6 +40,30 @@ struct Bind {
     write: bool,
 }
 
+/// `/proc/self/fd/<fd>` as a C string in `buf`, without allocating (for the child).
+fn fd_path(fd: i32, buf: &mut [u8; 32]) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.unsigned_abs(), 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = PREFIX.len();
+    while len > 0 {
+        len -= 1;
+        buf[at] = digits[len];
+        at += 1;
+    }
+    buf[at] = 0;
+    buf.as_ptr().cast()
+}
+
 /// Everything the child needs, prepared before the fork.
 pub struct MountPlan {
     /// Dirs to cover with an empty tmpfs, none inside another.
@@ -51,8 +74,10 @@ pub struct MountPlan {
     mkdirs: Vec<CString>,
     touch: Vec<CString>,
     binds: Vec<Bind>,
-    /// The bind sources, open until the child has bound them.
-    _sources: Vec<File>,
+    /// The child's descriptors of the bind sources, one per bind: filled in the child
+    /// (this is allocated before the fork), since a bind's source must be a mount of
+    /// the child's own namespace.
+    source_fds: Vec<RawFd>,
 }
 
 fn cstr(p: &Path) -> Result<CString> {
@@ -97,7 +122,7 @@ impl MountPlan {
             mkdirs: Vec::new(),
             touch: Vec::new(),
             binds: Vec::new(),
-            _sources: Vec::new(),
+            source_fds: Vec::new(),
         };
         for (c, dir) in &covers {
             if *dir {
@@ -113,8 +138,10 @@ impl MountPlan {
             if under.is_none() && s.write {
                 continue;
             }
-            // O_PATH: no read is made through it, and it works for FUSE roots as well
-            // as plain files; the runner's own paths, so following links is fine here.
+            // Checked here so a gone mount fails the start with its name; the child
+            // opens it again in its namespace. O_PATH: no read is made through it, and
+            // it works for FUSE roots as well as plain files; these are the runner's
+            // own paths (an instance controls none of their components).
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -148,18 +175,17 @@ impl MountPlan {
                 }
             }
             plan.binds.push(Bind {
-                source: CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
-                    .map_err(|_| Error::internal("fd path with a NUL"))?,
+                source: cstr(&s.path)?,
                 target: cstr(&s.path)?,
                 write: s.write,
             });
-            plan._sources.push(f);
+            plan.source_fds.push(-1);
         }
         Ok(plan)
     }
 
     /// Runs in the forked child, as root: async-signal-safe calls only.
-    pub fn apply(&self) -> std::io::Result<()> {
+    pub fn apply(&mut self) -> std::io::Result<()> {
         let err = std::io::Error::last_os_error;
         // SAFETY: every pointer is a NUL-terminated string prepared before the fork
         // (or a static literal); the calls touch no memory of ours otherwise.
@@ -176,6 +202,13 @@ impl MountPlan {
             ) < 0
             {
                 return Err(err());
+            }
+            // Before anything is covered: the sources as this namespace sees them.
+            for (b, fd) in self.binds.iter().zip(self.source_fds.iter_mut()) {
+                *fd = libc::open(b.source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if *fd < 0 {
+                    return Err(err());
+                }
             }
             for d in &self.cover_dirs {
                 if libc::mount(
@@ -220,9 +253,10 @@ impl MountPlan {
                 }
                 libc::close(fd);
             }
-            for b in &self.binds {
+            let mut buf = [0u8; 32];
+            for (b, fd) in self.binds.iter().zip(self.source_fds.iter()) {
                 if libc::mount(
-                    b.source.as_ptr(),
+                    fd_path(*fd, &mut buf),
                     b.target.as_ptr(),
                     std::ptr::null(),
                     libc::MS_BIND,
