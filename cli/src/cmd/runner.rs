@@ -141,7 +141,9 @@ impl SandboxArgs {
         if let Some(r) = sandbox_uids.or_else(|| f.sandbox_uids.clone()) {
             sb.uids = parse_uid_range(&r).context("--sandbox-uids")?;
         }
-        if let Some(c) = sandbox_cgroup_root.or_else(|| f.sandbox_cgroup_root.as_ref().map(PathBuf::from)) {
+        if let Some(c) =
+            sandbox_cgroup_root.or_else(|| f.sandbox_cgroup_root.as_ref().map(PathBuf::from))
+        {
             sb.cgroup_root = c;
         }
         if let Some(n) = sandbox_pids_max.or(f.sandbox_pids_max) {

@@ -268,7 +268,8 @@ impl Entry {
                 0 as libc::c_ulong,
                 0 as libc::c_ulong,
                 0 as libc::c_ulong,
-            ) < 0 {
+            ) < 0
+            {
                 return Err(err());
             }
             if libc::setgroups(0, std::ptr::null()) < 0

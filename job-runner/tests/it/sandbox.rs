@@ -67,7 +67,9 @@ async fn each_owner_runs_as_its_own_uid_with_no_groups_and_a_clean_env() {
     .await;
     let addr = h.runner.as_ref().unwrap().grpc_addr.to_string();
     let spec = |owner: &str| {
-        format!("name: whoami\nowner: {owner}\ntasks:\n  - name: t\n    command: [sh, -c, 'id -u; id -g; id -G; echo \"$HOME\"; pwd; env']\n")
+        format!(
+            "name: whoami\nowner: {owner}\ntasks:\n  - name: t\n    command: [sh, -c, 'id -u; id -g; id -G; echo \"$HOME\"; pwd; env']\n"
+        )
     };
     let mut uids = Vec::new();
     for (t, name) in tokens.iter().zip(["team-a", "team-b"]) {
@@ -167,17 +169,35 @@ echo mine > own && cat own
         "SECRET-RUNNER-TOKEN",
         "SECRET-OTHER-WORK",
     ] {
-        assert!(!out.contains(secret) && !err.contains(secret), "{secret} leaked:\n{out}\n{err}");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}\n{err}"
+        );
     }
     // Not visible: the data dir shows only the way to the instance's own work dir.
-    let listing: Vec<&str> = out.lines().take_while(|l| !l.starts_with("ls-data=")).collect();
+    let listing: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.starts_with("ls-data="))
+        .collect();
     assert!(
         listing.iter().all(|l| *l == "work"),
         "the data dir lists more than `work`: {out}"
     );
-    assert!(!out.contains("admin.token") && !out.contains("cluster.token") && !out.contains("runner.db"), "{out}");
+    assert!(
+        !out.contains("admin.token")
+            && !out.contains("cluster.token")
+            && !out.contains("runner.db"),
+        "{out}"
+    );
     // Not readable.
-    for probe in ["cat-data", "cat-db", "cat-admin", "cat-cluster", "cat-other", "ls-other"] {
+    for probe in [
+        "cat-data",
+        "cat-db",
+        "cat-admin",
+        "cat-cluster",
+        "cat-other",
+        "ls-other",
+    ] {
         assert!(
             !out.contains(&format!("{probe}=0")),
             "{probe} succeeded:\n{out}\n{err}"
@@ -253,7 +273,12 @@ tasks:
     let job = h.wait_final(&job.id, Duration::from_secs(60)).await;
     let inst = &task(&job, "t").instance_list[0];
     assert_eq!(state(inst.state), S::Failed, "{}", describe(&job));
-    assert_eq!(inst.attempt, 2, "retried once per policy: {}", describe(&job));
+    assert_eq!(
+        inst.attempt,
+        2,
+        "retried once per policy: {}",
+        describe(&job)
+    );
     assert!(inst.reason.starts_with("OOMKilled"), "{}", inst.reason);
     assert!(
         inst.history
@@ -274,7 +299,11 @@ tasks:
 /// CPU time (ns) the attempt's cgroup has used, from cpuacct (v1) or cpu.stat (v2).
 fn cgroup_cpu_ns(job: &str) -> Option<u64> {
     let name = format!("{job}_t_0_1");
-    for (hier, file) in [("cpuacct", "cpuacct.usage"), ("cpu", "cpuacct.usage"), ("", "cpu.stat")] {
+    for (hier, file) in [
+        ("cpuacct", "cpuacct.usage"),
+        ("cpu", "cpuacct.usage"),
+        ("", "cpu.stat"),
+    ] {
         let base = Path::new("/sys/fs/cgroup").join(hier);
         let Ok(parents) = std::fs::read_dir(&base) else {
             continue;
@@ -312,7 +341,11 @@ async fn half_a_cpu_holds_two_spinning_threads_to_half_a_core() {
         .await;
     let start = shoal_testkit::wait_for(Duration::from_secs(20), "the spinner's cgroup", || {
         let id = job.id.clone();
-        async move { cgroup_cpu_ns(&id).filter(|n| *n > 0).map(|n| (n, Instant::now())) }
+        async move {
+            cgroup_cpu_ns(&id)
+                .filter(|n| *n > 0)
+                .map(|n| (n, Instant::now()))
+        }
     })
     .await;
     // Measure over ~3 s of its life, reading the counter while it runs.
@@ -334,7 +367,10 @@ async fn half_a_cpu_holds_two_spinning_threads_to_half_a_core() {
         .unwrap();
     let end = h.wait_final(&job.id, Duration::from_secs(30)).await;
     assert!(cores <= 0.6, "cpu: 0.5 used {cores:.2} cores");
-    assert!(cores >= 0.2, "the spinner barely ran ({cores:.2} cores): nothing was measured");
+    assert!(
+        cores >= 0.2,
+        "the spinner barely ran ({cores:.2} cores): nothing was measured"
+    );
     assert_eq!(state(task(&end, "t").instance_list[0].state), S::Cancelled);
     // Its cgroup is gone with it.
     assert_eq!(cgroup_cpu_ns(&job.id), None);
@@ -399,8 +435,11 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
     for d in ["rw", "ro"] {
         std::fs::create_dir_all(jobs.join(d)).unwrap();
         // World-writable underneath: only the read-only bind may stop the write.
-        std::fs::set_permissions(jobs.join(d), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(
+            jobs.join(d),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
     }
     let view = |name: &str, write: bool| DatasetView {
         name: name.into(),
@@ -436,7 +475,10 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
     let l = launch(1, vec![view("rw", true), view("ro", false)]);
     let files = l.files.clone();
     ex.start(l, Box::new(move |e| drop(tx.send(e)))).unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit, AttemptExit::Exited(0));
     let out = std::fs::read_to_string(&files.stdout).unwrap();
     assert!(out.contains("rw=0"), "{out}");
@@ -454,6 +496,9 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("dataset `gone`") && e.contains("mount gone"), "{e}");
+    assert!(
+        e.contains("dataset `gone`") && e.contains("mount gone"),
+        "{e}"
+    );
     ex.shutdown();
 }

@@ -58,7 +58,8 @@ pub struct AttemptCgroup {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    std::fs::write(path, value).map_err(|e| Error::io(format!("write {value} to {}", path.display()), e))
+    std::fs::write(path, value)
+        .map_err(|e| Error::io(format!("write {value} to {}", path.display()), e))
 }
 
 fn missing(root: &Path, what: &str) -> Error {
@@ -162,8 +163,12 @@ impl Cgroups {
     fn create_parents(&self, root: &Path) -> Result<()> {
         if let Version::V2(r) = &self.version {
             // Children get the controllers only if every level enables them.
-            write(&r.join("cgroup.subtree_control"), "+memory +cpu +pids")
-                .map_err(|e| missing(root, &format!("the controllers cannot be enabled for children ({e})")))?;
+            write(&r.join("cgroup.subtree_control"), "+memory +cpu +pids").map_err(|e| {
+                missing(
+                    root,
+                    &format!("the controllers cannot be enabled for children ({e})"),
+                )
+            })?;
         }
         for h in self.hierarchies() {
             let p = h.join(&self.parent);

@@ -95,9 +95,17 @@ impl MountPlan {
         // so the shown path is reachable through the tmpfs's 0711 dirs instead.
         let mut hide = hide.to_vec();
         for s in shown {
-            let closed = s.path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev().find(|a| {
-                std::fs::metadata(a).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 == 0)
-            });
+            let closed = s
+                .path
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .find(|a| {
+                    std::fs::metadata(a)
+                        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 == 0)
+                });
             if let Some(c) = closed {
                 hide.push(c.to_owned());
             }

@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn a_range_holding_a_real_user_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let e = OwnerUids::open(d.path(), (0, 10)).err().unwrap().to_string();
+        let e = OwnerUids::open(d.path(), (0, 10))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("`root` (id 0)"), "{e}");
     }
 }
