@@ -502,3 +502,53 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
     );
     ex.shutdown();
 }
+
+/// A runner restart in the middle of a sandboxed attempt: the new runner adopts it,
+/// finds its cgroup again by name, still sees the memory limit's kill, and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_attempt_keeps_its_cgroup_and_its_oom_kill_is_still_seen() {
+    need_root();
+    let dir = shoal_testkit::temp_dir("sandbox-adopt");
+    let mut cfg = crate::support::config(dir.path());
+    sandboxed(&mut cfg);
+    let first = RunnerServer::start(cfg.clone()).await.unwrap();
+    let mut c = crate::support::connect(&first.grpc_addr.to_string()).await;
+    let job = submit(
+        &mut c,
+        r#"
+name: late-hog
+tasks:
+  - name: t
+    resources: {memory: 64MiB}
+    command: [sh, -c, 'sleep 3; exec python3 -c "b = bytearray(512 << 20)"']
+"#,
+    )
+    .await;
+    shoal_testkit::wait_for(Duration::from_secs(20), "the instance to run", || {
+        let mut c = c.clone();
+        let id = job.id.clone();
+        async move {
+            let j = crate::support::get(&mut c, &id).await;
+            (state(task(&j, "t").instance_list[0].state) == S::Running).then_some(())
+        }
+    })
+    .await;
+    first.shutdown().await;
+    assert!(
+        cgroup_cpu_ns(&job.id).is_some(),
+        "the cgroup outlives the runner"
+    );
+
+    let second = RunnerServer::start(cfg).await.unwrap();
+    let mut c = crate::support::connect(&second.grpc_addr.to_string()).await;
+    let end = wait_final(&mut c, &job.id, Duration::from_secs(60)).await;
+    let inst = &task(&end, "t").instance_list[0];
+    assert_eq!(state(inst.state), S::Failed, "{}", describe(&end));
+    assert!(inst.reason.starts_with("OOMKilled"), "{}", inst.reason);
+    assert_eq!(
+        cgroup_cpu_ns(&job.id),
+        None,
+        "the adopted attempt's cgroup is removed"
+    );
+    second.shutdown().await;
+}
