@@ -305,3 +305,60 @@ impl MountPlan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths_are_spelled_in_a_stack_buffer() {
+        let mut buf = [0u8; 32];
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
+            let p = fd_path(fd, &mut buf);
+            // SAFETY: fd_path NUL-terminates inside `buf`.
+            let got = unsafe { std::ffi::CStr::from_ptr(p) };
+            assert_eq!(got.to_str().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn nested_hidden_dirs_are_covered_once_and_shown_paths_get_their_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let work = data.join("work/j/t/0");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = MountPlan::new(
+            &[data.clone(), data.join("work"), d.path().join("absent")],
+            &[Shown {
+                path: work.clone(),
+                write: true,
+                what: "work dir".into(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(plan.cover_dirs, vec![cstr(&data).unwrap()]);
+        let dirs: Vec<_> = ["work", "work/j", "work/j/t", "work/j/t/0"]
+            .iter()
+            .map(|p| cstr(&data.join(p)).unwrap())
+            .collect();
+        assert_eq!(plan.mkdirs, dirs);
+        assert_eq!(plan.binds.len(), 1);
+        let gone = MountPlan::new(
+            &[data.clone()],
+            &[Shown {
+                path: data.join("mnt/gone"),
+                write: false,
+                what: "dataset `gone`".into(),
+            }],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(gone.contains("dataset `gone`"), "{gone}");
+    }
+}
