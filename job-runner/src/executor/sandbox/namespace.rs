@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(plan.mkdirs, dirs);
         assert_eq!(plan.binds.len(), 1);
         let gone = MountPlan::new(
-            &[data.clone()],
+            std::slice::from_ref(&data),
             &[Shown {
                 path: data.join("mnt/gone"),
                 write: false,
