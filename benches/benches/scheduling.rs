@@ -11,6 +11,7 @@
 //! 2. end-to-end instances/s: the whole runner (SQLite, local executor) running
 //!    `true`, as a ratio to spawning the same `true` processes directly at the same
 //!    concurrency in the same run.
+//! 3. end-to-end instances/s with the sandbox off and on (as root only), as a ratio.
 
 use shoal_benches::scheduling as benchmark;
 
@@ -60,6 +61,24 @@ fn main() {
             ),
             Err(e) => {
                 eprintln!("end-to-end benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("end to end with the sandbox: skipped (the sandbox needs root)");
+            return;
+        }
+        match benchmark::end_to_end_sandbox(e2e, 8).await {
+            Ok((off, on)) => println!(
+                "end to end, sandbox off vs on (`true`, 8 at a time): {} instances; off {:.0} instances/s, on {:.0} instances/s; on/off ratio {:.2}",
+                on.instances,
+                off.per_second(),
+                on.per_second(),
+                on.per_second() / off.per_second()
+            ),
+            Err(e) => {
+                eprintln!("sandbox end-to-end benchmark failed: {e}");
                 std::process::exit(1);
             }
         }

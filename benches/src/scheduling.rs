@@ -8,12 +8,13 @@
 //! - [`end_to_end`]: the whole runner (SQLite, local executor) running `true`,
 //!   against a baseline in the same run: the same number of `true` processes
 //!   spawned directly, at the same concurrency, without a runner.
+//! - [`end_to_end_sandbox`]: the same runner with the sandbox off and on, in one run.
 
 use std::time::{Duration, Instant};
 
 use shoal_common::{Error, Result};
 
-use shoal_job_runner::config::{ExecutorKind, NodeConfig, Quota, RunnerConfig};
+use shoal_job_runner::config::{ExecutorKind, NodeConfig, Quota, RunnerConfig, SandboxMode};
 use shoal_job_runner::engine::{Command, Engine, EngineHandle, Parts};
 use shoal_job_runner::executor::MountRoot;
 use shoal_job_runner::executor::noop::NoopExecutor;
@@ -203,6 +204,43 @@ pub async fn end_to_end(instances: u32, concurrency: u32) -> Result<(Measured, M
         elapsed: start.elapsed(),
     };
     Ok((runner_m, base))
+}
+
+/// The whole runner running `instances` × `true` (`concurrency` at a time) without and
+/// then with the sandbox, in one run: (off, on). Instances ask for a whole CPU and
+/// 64 MiB, so the sandbox's limits are set but never bind `true`. Needs root (the
+/// sandbox refuses to start otherwise).
+pub async fn end_to_end_sandbox(instances: u32, concurrency: u32) -> Result<(Measured, Measured)> {
+    let off = runner_rate(instances, concurrency, SandboxMode::Off).await?;
+    let on = runner_rate(instances, concurrency, SandboxMode::On).await?;
+    Ok((off, on))
+}
+
+async fn runner_rate(instances: u32, concurrency: u32, mode: SandboxMode) -> Result<Measured> {
+    let dir = tempdir()?;
+    let mut cfg = RunnerConfig::new(dir.join("runner"));
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.sandbox.mode = mode;
+    cfg.nodes = vec![NodeConfig {
+        name: "bench".into(),
+        cpu_millis: u64::from(concurrency) * 1000,
+        memory_bytes: 1 << 40,
+    }];
+    let admission = Admission::new(&cfg, false, false);
+    let runner = shoal_job_runner::RunnerServer::start(cfg).await?;
+    let text = format!(
+        "name: e2e\nowner: bench\ntasks:\n  - name: t0\n    instances: {instances}\n    resources: {{cpu: 1, memory: 64MiB}}\n    command: [\"true\"]\n"
+    );
+    let start = Instant::now();
+    let id = submit(&runner.engine, &admission, text).await?;
+    wait_all(&runner.engine, &[id], Duration::from_secs(600)).await?;
+    let m = Measured {
+        instances: u64::from(instances),
+        elapsed: start.elapsed(),
+    };
+    runner.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(m)
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {

@@ -34,6 +34,9 @@ pub struct EmbeddedOptions {
     pub mount: Option<PathBuf>,
     /// How often workers report (and so how fresh `dataset show` is).
     pub heartbeat: Duration,
+    /// The runner's sandbox; the whole data dir and the mem tiers are added to what
+    /// it hides, so the master's and workers' state never reaches an instance.
+    pub sandbox: shoal_job_runner::config::SandboxConfig,
 }
 
 pub struct Embedded {
@@ -152,6 +155,9 @@ impl Embedded {
         }
 
         let mut rcfg = RunnerConfig::new(data_dir.join("runner"));
+        rcfg.sandbox = o.sandbox.clone();
+        rcfg.sandbox.hide.push(data_dir.clone());
+        rcfg.sandbox.hide.push(mem_root.clone());
         rcfg.listen = o.runner_listen.clone();
         rcfg.metrics_listen = Some("127.0.0.1:0".into());
         rcfg.master = Some(master_addr.clone());

@@ -235,6 +235,74 @@ pub struct RunnerConfig {
     /// Jobs final for longer than this are deleted with their logs and working dirs
     /// (`--retain-finished`); `None` keeps them forever.
     pub retain_finished: Option<Duration>,
+    /// Sandboxed instances on the local executor ([`crate::executor::sandbox`]).
+    pub sandbox: SandboxConfig,
+}
+
+/// Whether the local executor sandboxes instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Never (`--no-sandbox`, and the library default so embedders opt in).
+    Off,
+    /// When the runner is root and no `--run-as` user is set (the CLI's default);
+    /// a root runner then refuses to start if the kernel lacks a piece.
+    Auto,
+    /// Always: the runner refuses to start without every piece.
+    On,
+}
+
+/// How instances are sandboxed: a uid per owner, a cgroup per attempt, a private mount
+/// namespace that hides `hide`.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    /// Instances' uids (and gids) are allocated from here, one per owner, inclusive.
+    pub uids: (u32, u32),
+    /// Where the cgroup hierarchies are mounted (v2, or one v1 dir per controller).
+    pub cgroup_root: PathBuf,
+    /// The most processes and threads one attempt may have at once.
+    pub pids_max: u64,
+    /// Paths an instance never sees, besides the runner's data dir (each covered by an
+    /// empty read-only tmpfs; a file by an empty device).
+    pub hide: Vec<PathBuf>,
+}
+
+/// Default of [`SandboxConfig::uids`].
+pub const DEFAULT_SANDBOX_UIDS: (u32, u32) = (200_000, 299_999);
+/// Default of [`SandboxConfig::pids_max`].
+pub const DEFAULT_SANDBOX_PIDS_MAX: u64 = 4096;
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let mut hide = Vec::new();
+        // The system-wide config dir may hold token files.
+        if std::path::Path::new("/etc/shoal").exists() {
+            hide.push(PathBuf::from("/etc/shoal"));
+        }
+        SandboxConfig {
+            mode: SandboxMode::Off,
+            uids: DEFAULT_SANDBOX_UIDS,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            pids_max: DEFAULT_SANDBOX_PIDS_MAX,
+            hide,
+        }
+    }
+}
+
+/// Parses `FIRST-LAST`, e.g. `200000-299999`.
+pub fn parse_uid_range(s: &str) -> Result<(u32, u32)> {
+    let bad = || {
+        Error::invalid(format!(
+            "invalid uid range `{s}`: write FIRST-LAST with 0 < FIRST <= LAST, e.g. 200000-299999"
+        ))
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u32 = a.trim().parse().map_err(|_| bad())?;
+    let b: u32 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// Default of [`RunnerConfig::max_job_instances`].
@@ -275,6 +343,7 @@ impl RunnerConfig {
             max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
             max_submits_per_minute: DEFAULT_MAX_SUBMITS_PER_MINUTE,
             retain_finished: Some(DEFAULT_RETAIN_FINISHED),
+            sandbox: SandboxConfig::default(),
         }
     }
 
@@ -362,6 +431,17 @@ pub struct RunnerToml {
     /// How long finished jobs are kept (`"7d"`; `"off"` keeps them forever).
     #[serde(default, with = "shoal_common::time::opt_retention")]
     pub retain_finished: Option<Option<Duration>>,
+    /// `false` runs instances without the sandbox (as `--no-sandbox`).
+    pub sandbox: Option<bool>,
+    /// The uids instances get, one per owner: `FIRST-LAST`.
+    pub sandbox_uids: Option<String>,
+    /// Where the cgroup hierarchies are mounted.
+    pub sandbox_cgroup_root: Option<String>,
+    /// Most processes one attempt may have.
+    pub sandbox_pids_max: Option<u64>,
+    /// More paths instances never see.
+    #[serde(default)]
+    pub sandbox_hide: Vec<String>,
 }
 
 /// One executor node of the runner.

@@ -20,6 +20,7 @@ pub mod local;
 pub mod mount;
 pub mod noop;
 pub mod run_as;
+pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,6 +134,9 @@ pub enum AttemptExit {
     Exited(i32),
     /// It is gone and how it ended is unknown (or it never started).
     Lost(String),
+    /// Its memory limit killed it (the kernel's OOM killer, inside its cgroup); the
+    /// exit code it ended with (137 when the killed process was the command).
+    OomKilled(i32),
 }
 
 /// Receives an attempt's end, once.

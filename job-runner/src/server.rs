@@ -81,13 +81,22 @@ impl RunnerServer {
             Some(s) => s,
             None => Box::new(SqliteJobStore::open(&cfg.data_dir)?),
         };
-        let run_as = crate::executor::run_as::for_runner(&cfg)?;
+        let sandbox = match plugins.executor {
+            Some(_) => None,
+            None => crate::executor::sandbox::Sandbox::for_runner(&cfg)?,
+        };
+        let sandboxed = sandbox.is_some();
+        let run_as = match sandboxed {
+            true => None,
+            false => crate::executor::run_as::for_runner(&cfg)?,
+        };
         let executor: Arc<dyn Executor> = match plugins.executor {
             Some(e) => e,
             None => match cfg.executor {
                 ExecutorKind::Local => Arc::new(
                     LocalExecutor::new(tokio::runtime::Handle::current())
-                        .with_run_as(run_as.clone()),
+                        .with_run_as(run_as.clone())
+                        .with_sandbox(sandbox),
                 ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
                 ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
@@ -108,7 +117,7 @@ impl RunnerServer {
                 let m = Arc::new(
                     ManagedMount::new(&cfg.mount_root, master, program, token_file, &cfg.name)
                         // Instances run as another user than the mount's.
-                        .with_allow_other(run_as.is_some())
+                        .with_allow_other(run_as.is_some() || sandboxed)
                         .with_ca(cfg.tls.ca.clone()),
                 );
                 m.ensure().await?;

@@ -259,6 +259,11 @@ async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
         runner_listen: "127.0.0.1:0".into(),
         mount: Some(mount.clone()),
         heartbeat: Duration::from_millis(500),
+        // As `shoal up`: sandboxed when run as root.
+        sandbox: shoal_job_runner::config::SandboxConfig {
+            mode: shoal_job_runner::config::SandboxMode::Auto,
+            ..Default::default()
+        },
     };
     res.starting = Some(tokio::spawn(Embedded::start(opts)));
 

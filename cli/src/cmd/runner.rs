@@ -91,6 +91,8 @@ pub struct RunnerArgs {
     /// `0` or `off` keeps them forever [default: 7d].
     #[arg(long, env = "SHOAL_RUNNER_RETAIN_FINISHED", value_name = "DURATION", value_parser = parse_retention)]
     retain_finished: Option<Retention>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 /// A parsed `--retain-finished`: `None` keeps forever. A type of its own because clap
@@ -102,6 +104,70 @@ pub fn parse_retention(s: &str) -> Result<Retention, String> {
     shoal_common::time::parse_retention(s)
         .map(Retention)
         .map_err(|e| e.to_string())
+}
+
+/// The sandbox flags, shared by `shoal runner` and `shoal up`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SandboxArgs {
+    /// Run instances without the sandbox. By default a root runner starts each
+    /// instance as a uid of its owner, in its own cgroup (the spec's cpu and memory
+    /// enforced) and in a private mount namespace that hides the runner's, master's
+    /// and workers' data; it refuses to start if the kernel lacks a piece.
+    #[arg(long, env = "SHOAL_NO_SANDBOX")]
+    pub no_sandbox: bool,
+    /// The uids (and gids) instances get, one per owner, FIRST-LAST; no user or
+    /// group of this machine may be in it [default: 200000-299999].
+    #[arg(long, env = "SHOAL_SANDBOX_UIDS", value_name = "FIRST-LAST")]
+    pub sandbox_uids: Option<String>,
+    /// Where the cgroup v2 hierarchy, or the v1 memory/cpu/pids hierarchies, are
+    /// mounted [default: /sys/fs/cgroup].
+    #[arg(long, env = "SHOAL_SANDBOX_CGROUP_ROOT", value_name = "DIR")]
+    pub sandbox_cgroup_root: Option<PathBuf>,
+    /// The most processes and threads one instance may have at once [default: 4096].
+    #[arg(long, env = "SHOAL_SANDBOX_PIDS_MAX", value_name = "N")]
+    pub sandbox_pids_max: Option<u64>,
+    /// A path instances never see (covered by an empty tmpfs), besides the runner's
+    /// data dir, the cluster token's dir and /etc/shoal. Repeatable.
+    #[arg(long = "sandbox-hide", value_name = "PATH")]
+    pub sandbox_hide: Vec<PathBuf>,
+}
+
+impl SandboxArgs {
+    /// Applies the flags (over the config file's `[runner]` values) to `cfg`: the
+    /// sandbox is on when the runner is root, unless `--no-sandbox`.
+    pub fn apply(
+        self,
+        f: &shoal_job_runner::config::RunnerToml,
+        sb: &mut shoal_job_runner::config::SandboxConfig,
+    ) -> anyhow::Result<()> {
+        use shoal_job_runner::config::{SandboxMode, parse_uid_range};
+        let SandboxArgs {
+            no_sandbox,
+            sandbox_uids,
+            sandbox_cgroup_root,
+            sandbox_pids_max,
+            sandbox_hide,
+        } = self;
+        sb.mode = if no_sandbox || f.sandbox == Some(false) {
+            SandboxMode::Off
+        } else {
+            SandboxMode::Auto
+        };
+        if let Some(r) = sandbox_uids.or_else(|| f.sandbox_uids.clone()) {
+            sb.uids = parse_uid_range(&r).context("--sandbox-uids")?;
+        }
+        if let Some(c) =
+            sandbox_cgroup_root.or_else(|| f.sandbox_cgroup_root.as_ref().map(PathBuf::from))
+        {
+            sb.cgroup_root = c;
+        }
+        if let Some(n) = sandbox_pids_max.or(f.sandbox_pids_max) {
+            sb.pids_max = n;
+        }
+        sb.hide.extend(f.sandbox_hide.iter().map(PathBuf::from));
+        sb.hide.extend(sandbox_hide);
+        Ok(())
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -132,6 +198,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         max_spec_size,
         max_submits_per_minute,
         retain_finished,
+        sandbox,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -245,6 +312,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     if let Some(r) = retain_finished.map(|r| r.0).or(f.retain_finished) {
         cfg.retain_finished = r;
     }
+    sandbox.apply(f, &mut cfg.sandbox)?;
     cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(

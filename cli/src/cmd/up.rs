@@ -48,6 +48,8 @@ pub struct UpArgs {
     /// Runner gRPC address.
     #[arg(long, default_value = "127.0.0.1:7701", value_name = "HOST:PORT")]
     runner_listen: String,
+    #[command(flatten)]
+    sandbox: super::runner::SandboxArgs,
 }
 
 fn dataset_name_from(uri: &str) -> String {
@@ -76,7 +78,7 @@ fn dataset_name_from(uri: &str) -> String {
     }
 }
 
-pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
     shoal_telemetry::init_tracing();
     let data_dir = a
         .data_dir
@@ -94,6 +96,8 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         );
         None
     };
+    let mut sandbox = shoal_job_runner::config::SandboxConfig::default();
+    a.sandbox.apply(&ctx.file.runner, &mut sandbox)?;
     let up = Embedded::start(EmbeddedOptions {
         data_dir: data_dir.clone(),
         workers: a.workers,
@@ -103,6 +107,7 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         runner_listen: a.runner_listen,
         mount,
         heartbeat: Duration::from_secs(1),
+        sandbox,
     })
     .await?;
     if let Some(uri) = &a.ufs {

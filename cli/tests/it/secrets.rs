@@ -226,6 +226,10 @@ async fn instances_do_not_inherit_the_runners_credentials() {
         "--metrics-listen",
         "127.0.0.1:0",
         "--no-mount",
+        // Without the sandbox instances inherit the runner's environment, credentials
+        // filtered out: that filter is what this checks. A sandboxed instance gets a
+        // clean environment (job-runner/tests/it/sandbox.rs).
+        "--no-sandbox",
         "--master",
         &master.addr,
         "--data-dir",

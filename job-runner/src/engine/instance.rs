@@ -354,7 +354,7 @@ impl Inst {
         if !self.state.is_active() || self.attempt != attempt {
             return None;
         }
-        if let AttemptExit::Exited(c) = exit {
+        if let AttemptExit::Exited(c) | AttemptExit::OomKilled(c) = exit {
             self.exit_code = Some(*c);
         }
         self.ended_at_ms = now_ms();

@@ -188,18 +188,31 @@ impl Engine {
                     "timeout after {:?}{}",
                     timeout.unwrap_or_default(),
                     match e {
-                        AttemptExit::Exited(c) => format!(" (exit code {c})"),
+                        AttemptExit::Exited(c) | AttemptExit::OomKilled(c) => {
+                            format!(" (exit code {c})")
+                        }
                         AttemptExit::Lost(_) => String::new(),
                     }
                 ),
                 code: match e {
-                    AttemptExit::Exited(c) => Some(c),
+                    AttemptExit::Exited(c) | AttemptExit::OomKilled(c) => Some(c),
                     AttemptExit::Lost(_) => None,
                 },
                 retryable: true,
             },
             (None, AttemptExit::Exited(c)) => Outcome::Failed {
                 reason: format!("exit code {c}"),
+                code: Some(c),
+                retryable: retry_code(c, self),
+            },
+            // Retried like any exit with that code (137 for a SIGKILL).
+            (None, AttemptExit::OomKilled(c)) => Outcome::Failed {
+                reason: format!(
+                    "OOMKilled: the instance used more than its memory ({}; raise `resources.memory`), exit code {c}",
+                    self.task_spec(k)
+                        .map(|t| shoal_common::size::human_bytes(t.resources.memory_bytes))
+                        .unwrap_or_default()
+                ),
                 code: Some(c),
                 retryable: retry_code(c, self),
             },

@@ -45,6 +45,7 @@ use tracing::{debug, warn};
 
 use super::files::{self, read_number};
 use super::run_as::RunAs;
+use super::sandbox::{self, Sandbox};
 use super::{Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
@@ -74,6 +75,7 @@ pub struct LocalExecutor {
     cancel: CancellationToken,
     live: Arc<Mutex<HashMap<AttemptKey, Arc<Live>>>>,
     run_as: Option<RunAs>,
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl LocalExecutor {
@@ -84,7 +86,37 @@ impl LocalExecutor {
             cancel: CancellationToken::new(),
             live: Arc::new(Mutex::new(HashMap::new())),
             run_as: None,
+            sandbox: None,
         }
+    }
+
+    /// Confines every instance in `sandbox` (the runner must be root).
+    pub fn with_sandbox(mut self, sandbox: Option<Sandbox>) -> Self {
+        self.sandbox = sandbox.map(Arc::new);
+        self
+    }
+
+    /// How an attempt that ended with `code` ended, and its cgroup removed (with
+    /// anything left in it), when it was sandboxed.
+    async fn ended(
+        sandbox: Option<Arc<Sandbox>>,
+        key: AttemptKey,
+        exit: AttemptExit,
+    ) -> AttemptExit {
+        let Some(sb) = sandbox else {
+            return exit;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let cg = sb.attempt_cgroup(&key.0, &key.1, key.2, key.3);
+            let exit = match exit {
+                AttemptExit::Exited(c) => sandbox::exit_of(c, &cg),
+                other => other,
+            };
+            cg.remove();
+            exit
+        })
+        .await;
+        done.unwrap_or_else(|e| AttemptExit::Lost(format!("check the attempt's cgroup: {e}")))
     }
 
     /// Starts every command as `user` (the runner must be root).
@@ -244,7 +276,11 @@ impl Executor for LocalExecutor {
             .ok_or_else(|| Error::internal("an attempt's stdout has no log dir"))?;
         // The log dir stays the runner's: with --run-as the user may only search it (to
         // read its input list), never add, remove or replace an entry.
-        let log_mode = if self.run_as.is_some() { 0o711 } else { 0o700 };
+        let log_mode = if self.run_as.is_some() && self.sandbox.is_none() {
+            0o711
+        } else {
+            0o700
+        };
         files::runner_dir(log_dir, log_mode)?;
         let input_list = match &l.input_list {
             Some(list) => {
@@ -265,7 +301,20 @@ impl Executor for LocalExecutor {
         let exit_file = files::fresh_file(&l.files.exit_file, 0o600)?;
         let links = LinkPlan::new(&l.links)?;
         let mut cmd = tokio::process::Command::new("/bin/sh");
-        if let Some(u) = &self.run_as {
+        let mut entry = None;
+        if let Some(sb) = &self.sandbox {
+            let uid = sb.uid_for(&l.owner)?;
+            std::os::unix::fs::lchown(&l.work_dir, Some(uid), Some(uid))
+                .map_err(|e| Error::io(format!("give {} to uid {uid}", l.work_dir.display()), e))?;
+            if let (Some(list), Some(f)) = (&l.input_list, &input_list) {
+                std::os::unix::fs::fchown(f, Some(uid), Some(uid)).map_err(|e| {
+                    Error::io(format!("give {} to uid {uid}", list.path.display()), e)
+                })?;
+            }
+            let c = sb.confine(&l)?;
+            sandbox::environment(&mut cmd, &l);
+            entry = Some(c.entry);
+        } else if let Some(u) = &self.run_as {
             u.chown(&l.work_dir)?;
             searchable_parents(&l.work_dir)?;
             searchable_parents(log_dir)?;
@@ -281,34 +330,61 @@ impl Executor for LocalExecutor {
                 .env("LOGNAME", &u.name);
         }
         drop(input_list);
-        for k in NOT_INHERITED {
-            cmd.env_remove(k);
-        }
         let (pid_fd, exit_fd) = (pid_file.as_raw_fd(), exit_file.as_raw_fd());
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (fcntl, dup2, close, mkdir, unlink, symlink) on data
-        // prepared beforehand; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                control_fds(pid_fd, exit_fd)?;
-                links.create()
-            });
+        match entry {
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // async-signal-safe calls (write, open, unshare, mount, mkdir, setgroups,
+            // setres[ug]id, chdir, fcntl, dup2, close, unlink, symlink) on data
+            // prepared beforehand; it allocates nothing. The control fds are placed
+            // last: the sandbox's own descriptors may sit at 3 or 4 until then.
+            Some(mut entry) => unsafe {
+                cmd.pre_exec(move || {
+                    entry.enter()?;
+                    links.create()?;
+                    control_fds(pid_fd, exit_fd)
+                });
+            },
+            None => {
+                for k in NOT_INHERITED {
+                    cmd.env_remove(k);
+                }
+                cmd.envs(l.env.iter().map(|(k, v)| (k, v)))
+                    .current_dir(&l.work_dir);
+                // SAFETY: the closure runs in the forked child before exec and only
+                // makes async-signal-safe calls (fcntl, dup2, close, mkdir, unlink,
+                // symlink) on data prepared beforehand; it allocates nothing.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        control_fds(pid_fd, exit_fd)?;
+                        links.create()
+                    });
+                }
+            }
         }
         cmd.arg("-c")
             .arg(WRAPPER)
             .arg("shoal-instance")
             .args(&l.command)
-            .envs(l.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&l.work_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = {
+        let spawned = {
             let _guard = self.rt.enter();
             cmd.spawn()
-                .map_err(|e| Error::io(format!("start `{}`", l.command.join(" ")), e))?
+        };
+        // The sandbox's descriptors (in the pre_exec closure) are closed here.
+        drop(cmd);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(sb) = &self.sandbox {
+                    sb.attempt_cgroup(&l.job_id, &l.task, l.index, l.attempt)
+                        .remove();
+                }
+                return Err(Error::io(format!("start `{}`", l.command.join(" ")), e));
+            }
         };
         drop((pid_file, exit_file));
         let pid = child
@@ -319,6 +395,7 @@ impl Executor for LocalExecutor {
         let live_entry = self.register(key.clone(), pid as i32);
         let live = self.live.clone();
         let cancel = self.cancel.clone();
+        let sandbox = self.sandbox.clone();
         debug!(job = %l.job_id, task = %l.task, index = l.index, attempt = l.attempt, pid, "instance started");
         self.rt.spawn(async move {
             tokio::select! {
@@ -328,6 +405,7 @@ impl Executor for LocalExecutor {
                         Err(e) => AttemptExit::Lost(format!("wait for process: {e}")),
                     };
                     LocalExecutor::finish(&live, &key, &live_entry);
+                    let exit = LocalExecutor::ended(sandbox, key, exit).await;
                     on_exit(exit);
                 }
                 // Runner shutdown: leave the process running for the next runner.
@@ -385,7 +463,20 @@ impl Executor for LocalExecutor {
             }
         };
         if !alive {
-            return Adoption::Ended(read_exit(&a.files.exit_file));
+            let exit = read_exit(&a.files.exit_file);
+            let exit = match &self.sandbox {
+                Some(sb) => {
+                    let cg = sb.attempt_cgroup(&a.job_id, &a.task, a.index, a.attempt);
+                    let exit = match exit {
+                        AttemptExit::Exited(c) => sandbox::exit_of(c, &cg),
+                        other => other,
+                    };
+                    cg.remove();
+                    exit
+                }
+                None => exit,
+            };
+            return Adoption::Ended(exit);
         }
         let pid_start = a.started.pid_start.or_else(|| proc_start_time(pid));
         let key = key_of(a);
@@ -393,6 +484,7 @@ impl Executor for LocalExecutor {
         let live = self.live.clone();
         let cancel = self.cancel.clone();
         let exit_file = a.files.exit_file.clone();
+        let sandbox = self.sandbox.clone();
         self.rt.spawn(async move {
             loop {
                 tokio::select! {
@@ -402,7 +494,8 @@ impl Executor for LocalExecutor {
                 let still = proc_alive(pid) && proc_start_time(pid) == pid_start;
                 if !still {
                     LocalExecutor::finish(&live, &key, &live_entry);
-                    on_exit(read_exit(&exit_file));
+                    let exit = LocalExecutor::ended(sandbox, key, read_exit(&exit_file)).await;
+                    on_exit(exit);
                     return;
                 }
             }
@@ -423,6 +516,9 @@ impl Executor for LocalExecutor {
 
     fn shutdown(&self) {
         self.cancel.cancel();
+        if let Some(sb) = &self.sandbox {
+            sb.shutdown();
+        }
     }
 }
 

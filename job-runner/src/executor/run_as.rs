@@ -94,7 +94,7 @@ pub fn for_runner(cfg: &crate::config::RunnerConfig) -> Result<Option<RunAs>> {
     let Some(user) = &cfg.run_as else {
         if euid == 0 && cfg.executor == crate::config::ExecutorKind::Local {
             tracing::warn!(
-                "the runner runs as root, so instances run as root too; start it with --run-as USER (e.g. nobody) to run them unprivileged"
+                "the runner runs as root without the sandbox, so instances run as root too; drop --no-sandbox, or start it with --run-as USER (e.g. nobody) to run them unprivileged"
             );
         }
         return Ok(None);

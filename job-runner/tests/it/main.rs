@@ -16,6 +16,7 @@ mod prewarm_cache;
 mod recovery;
 mod retention;
 mod retry;
+mod sandbox;
 mod scheduling;
 mod spec_validation;
 mod submit;

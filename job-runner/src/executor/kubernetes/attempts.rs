@@ -170,7 +170,7 @@ impl Shared {
             }
             let result = match &exit {
                 AttemptExit::Exited(0) => "succeeded",
-                AttemptExit::Exited(_) => "failed",
+                AttemptExit::Exited(_) | AttemptExit::OomKilled(_) => "failed",
                 AttemptExit::Lost(_) => "lost",
             };
             metrics::counter!("shoal_runner_pods_ended_total", "runner" => this.settings.runner.clone(), "result" => result).increment(1);
