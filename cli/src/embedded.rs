@@ -176,7 +176,11 @@ impl Embedded {
             rcfg.mount_program =
                 Some(std::env::current_exe().context("find the shoal binary to mount with")?);
         }
-        let rcfg_mount = rcfg.mount_program.as_ref().map(|_| rcfg.mount_root.clone());
+        // Each job's datasets are mounted under here, with the job's own credential.
+        let rcfg_mount = rcfg
+            .mount_program
+            .as_ref()
+            .map(|_| rcfg.data_dir.join("jobs"));
         let runner = RunnerServer::start(rcfg)
             .await
             .with_context(|| format!("start the runner on {}", o.runner_listen))?;
@@ -230,7 +234,10 @@ impl Embedded {
             metrics(self.runner.metrics_addr)
         ));
         if let Some(m) = &self.mount {
-            s.push_str(&format!("  mount   {} (kept by the runner)\n", m.display()));
+            s.push_str(&format!(
+                "  mounts  {}/<job>/mnt (one per job, kept by the runner)\n",
+                m.display()
+            ));
         }
         s
     }
@@ -238,12 +245,19 @@ impl Embedded {
     /// Stops everything, unmounting first, and removes the mem tiers (cache only).
     pub async fn shutdown(self) {
         self.runner.shutdown().await;
-        // The mount is its own process so that it outlives a runner restart; here the
-        // whole system stops, so it goes too (its daemon exits once unmounted).
-        if let Some(m) = &self.mount
-            && let Err(e) = shoal_fuse::unmount_path(m, true)
+        // Job mounts are processes of their own so that they outlive a runner restart;
+        // here the whole system stops, so they go too (a daemon exits once unmounted).
+        if let Some(jobs) = &self.mount
+            && let Ok(rd) = std::fs::read_dir(jobs)
         {
-            eprintln!("warning: unmount {} failed: {e}", m.display());
+            for d in rd.flatten() {
+                let m = d.path().join("mnt");
+                if shoal_mounts::mountinfo::find(&m).is_some()
+                    && let Err(e) = shoal_fuse::unmount_path(&m, true)
+                {
+                    eprintln!("warning: unmount {} failed: {e}", m.display());
+                }
+            }
         }
         for w in self.workers {
             w.shutdown().await;

@@ -232,6 +232,9 @@ pub struct RunnerConfig {
     /// How many jobs one owner may submit per minute (`--max-submits-per-minute`);
     /// 0 is no limit.
     pub max_submits_per_minute: u32,
+    /// Lifetime of each job's credential between renewals (`--job-credential-ttl`); the
+    /// runner renews it at a third of this while the job runs.
+    pub job_credential_ttl: Duration,
 }
 
 /// Default of [`RunnerConfig::max_job_instances`].
@@ -269,6 +272,7 @@ impl RunnerConfig {
             max_job_instances: DEFAULT_MAX_JOB_INSTANCES,
             max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
             max_submits_per_minute: DEFAULT_MAX_SUBMITS_PER_MINUTE,
+            job_credential_ttl: crate::executor::job_mount::DEFAULT_CREDENTIAL_TTL,
         }
     }
 
@@ -281,6 +285,14 @@ impl RunnerConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.tls.validate()?;
+        if self.job_credential_ttl < Duration::from_secs(1)
+            || self.job_credential_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(Error::invalid(format!(
+                "--job-credential-ttl {:?} is out of range: use 1s to 7d (default 1h)",
+                self.job_credential_ttl
+            )));
+        }
         if self.nodes.is_empty() {
             return Err(Error::invalid(
                 "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",
@@ -353,6 +365,9 @@ pub struct RunnerToml {
     pub max_spec_size: Option<ByteSize>,
     /// Jobs one owner may submit per minute (0: no limit).
     pub max_submits_per_minute: Option<u32>,
+    /// Lifetime of a job's credential between renewals.
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub job_credential_ttl: Option<std::time::Duration>,
 }
 
 /// One executor node of the runner.

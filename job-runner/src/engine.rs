@@ -224,6 +224,7 @@ impl Engine {
                 let _ = tx.send(Command::Wake);
             })
         };
+        engine.parts.mounts.attach(wake.clone());
         if let Some(r) = &engine.parts.inputs {
             r.attach(wake.clone());
         }
@@ -393,6 +394,7 @@ impl Engine {
 
     fn schedule(&mut self) {
         let inputs = PassInputs {
+            mounts: self.parts.mounts.as_ref(),
             inputs: self.parts.inputs.as_deref(),
             prewarm: self.parts.prewarm.as_deref(),
             locality_wait: self.cfg.locality_wait,
@@ -454,6 +456,7 @@ impl Engine {
             if let Some(g) = &self.parts.prewarm {
                 g.job_ended(&id);
             }
+            self.parts.mounts.job_ended(&id);
         }
     }
 

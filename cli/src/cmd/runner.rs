@@ -87,6 +87,10 @@ pub struct RunnerArgs {
     /// Jobs one owner may submit per minute; 0 is no limit [default: 120].
     #[arg(long, env = "SHOAL_RUNNER_MAX_SUBMITS_PER_MINUTE", value_name = "N")]
     max_submits_per_minute: Option<u32>,
+    /// Lifetime of each job's data credential between renewals (renewed at a third of
+    /// it while the job runs, revoked when it ends) [default: 1h].
+    #[arg(long, env = "SHOAL_RUNNER_JOB_CREDENTIAL_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    job_credential_ttl: Option<Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,6 +120,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         max_job_instances,
         max_spec_size,
         max_submits_per_minute,
+        job_credential_ttl,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -225,6 +230,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     }
     if let Some(n) = max_submits_per_minute.or(f.max_submits_per_minute) {
         cfg.max_submits_per_minute = n;
+    }
+    if let Some(t) = job_credential_ttl.or(f.job_credential_ttl) {
+        cfg.job_credential_ttl = t;
     }
     cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {

@@ -7,6 +7,7 @@ mod dataset;
 mod demo;
 mod deploy_config;
 mod fresh;
+mod job_credentials;
 mod job_spec;
 mod mount;
 mod paths;
