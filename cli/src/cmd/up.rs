@@ -131,6 +131,21 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
             }
             eprintln!("created dataset `{name}` from {uri}");
         }
+        // Jobs without `owner:` belong to `default`; each job's mount holds a
+        // credential scoped to its owner's grants, so the quick start's jobs need one.
+        let r = m
+            .grant_dataset(shoal_proto::v1::GrantDatasetRequest {
+                dataset: name.clone(),
+                owner: "default".into(),
+                write: false,
+            })
+            .await;
+        if let Err(s) = r {
+            up.shutdown().await;
+            return Err(
+                connect::status(s).context(format!("grant dataset `{name}` to owner `default`"))
+            );
+        }
     }
     eprintln!(
         "shoal is up (state in {})\n{}",
