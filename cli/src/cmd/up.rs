@@ -102,6 +102,7 @@ pub async fn run(_ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         master_listen: a.master_listen,
         runner_listen: a.runner_listen,
         mount,
+        operator_mount: None,
         heartbeat: Duration::from_secs(1),
     })
     .await?;
