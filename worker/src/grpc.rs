@@ -66,6 +66,11 @@ impl WorkerService for WorkerGrpc {
         req: Request<pb::ReadRangeRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let who = shoal_wire::auth::identity(&req)?;
+        // Owners are refused before the request is even parsed; a job's scope is
+        // checked once its file reference is.
+        if !who.is_job() {
+            crate::auth::require_member(&who, "ReadRange")?;
+        }
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
         crate::auth::require_reader(&who, &file, "ReadRange")?;
