@@ -32,6 +32,10 @@ pub struct EmbeddedOptions {
     pub master_listen: String,
     pub runner_listen: String,
     pub mount: Option<PathBuf>,
+    /// An operator's own mount of every dataset here, with the cluster token (`shoal
+    /// demo` reads its data back through it). Never handed to instances: they get
+    /// per-job mounts with job credentials.
+    pub operator_mount: Option<PathBuf>,
     /// How often workers report (and so how fresh `dataset show` is).
     pub heartbeat: Duration,
     /// The runner's sandbox; the whole data dir and the mem tiers are added to what
@@ -51,6 +55,7 @@ pub struct Embedded {
     pub runner: RunningRunner,
     /// Where the runner keeps the FUSE mount, if any.
     pub mount: Option<PathBuf>,
+    pub operator_mount: Option<PathBuf>,
     /// The mem tier root under /dev/shm, removed at shutdown (it holds only cache).
     mem_root: PathBuf,
     pub tiers: Vec<Vec<(String, PathBuf, u64)>>,
@@ -182,12 +187,42 @@ impl Embedded {
             rcfg.mount_program =
                 Some(std::env::current_exe().context("find the shoal binary to mount with")?);
         }
-        let rcfg_mount = rcfg.mount_program.as_ref().map(|_| rcfg.mount_root.clone());
+        // Each job's datasets are mounted under here, with the job's own credential.
+        let rcfg_mount = rcfg
+            .mount_program
+            .as_ref()
+            .map(|_| rcfg.data_dir.join("jobs"));
         let runner = RunnerServer::start(rcfg)
             .await
             .with_context(|| format!("start the runner on {}", o.runner_listen))?;
 
         let mount = rcfg_mount;
+        if let Some(m) = &o.operator_mount {
+            std::fs::create_dir_all(m)
+                .with_context(|| format!("create mountpoint {}", m.display()))?;
+            let out = tokio::process::Command::new(
+                std::env::current_exe().context("find the shoal binary to mount with")?,
+            )
+            .arg("mount")
+            .arg("--master")
+            .arg(&master_addr)
+            .arg("--cluster-token-file")
+            .arg(data_dir.join("master").join("cluster.token"))
+            .arg("--background")
+            .arg(m)
+            .env_remove("SHOAL_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("start `shoal mount`")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "`shoal mount` at {} failed: {}",
+                    m.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
         Ok(Embedded {
             master,
             admin_token,
@@ -196,6 +231,7 @@ impl Embedded {
             workers,
             runner,
             mount,
+            operator_mount: o.operator_mount.clone(),
             mem_root,
             tiers,
         })
@@ -236,7 +272,10 @@ impl Embedded {
             metrics(self.runner.metrics_addr)
         ));
         if let Some(m) = &self.mount {
-            s.push_str(&format!("  mount   {} (kept by the runner)\n", m.display()));
+            s.push_str(&format!(
+                "  mounts  {}/<job>/mnt (one per job, kept by the runner)\n",
+                m.display()
+            ));
         }
         s
     }
@@ -244,12 +283,24 @@ impl Embedded {
     /// Stops everything, unmounting first, and removes the mem tiers (cache only).
     pub async fn shutdown(self) {
         self.runner.shutdown().await;
-        // The mount is its own process so that it outlives a runner restart; here the
-        // whole system stops, so it goes too (its daemon exits once unmounted).
-        if let Some(m) = &self.mount
+        if let Some(m) = &self.operator_mount
             && let Err(e) = shoal_fuse::unmount_path(m, true)
         {
             eprintln!("warning: unmount {} failed: {e}", m.display());
+        }
+        // Job mounts are processes of their own so that they outlive a runner restart;
+        // here the whole system stops, so they go too (a daemon exits once unmounted).
+        if let Some(jobs) = &self.mount
+            && let Ok(rd) = std::fs::read_dir(jobs)
+        {
+            for d in rd.flatten() {
+                let m = d.path().join("mnt");
+                if shoal_mounts::mountinfo::find(&m).is_some()
+                    && let Err(e) = shoal_fuse::unmount_path(&m, true)
+                {
+                    eprintln!("warning: unmount {} failed: {e}", m.display());
+                }
+            }
         }
         for w in self.workers {
             w.shutdown().await;

@@ -6,8 +6,9 @@
 //! metadata as `Bearer <token>`, and in the data plane's opening frame.
 //!
 //! An **identity** is what a verified token stands for: an owner (a tenant, optionally
-//! an admin), or the cluster itself (workers, mounts and the runner talking to each other
-//! with the shared cluster token).
+//! an admin), the cluster itself (workers, mounts and the runner talking to each other
+//! with the shared cluster token), or a job (a short-lived credential the master issues
+//! to the runner for one job: it reads, and where granted writes, only the job's datasets).
 //!
 //! How tokens travel and are checked (gRPC metadata, the data plane's opening frame,
 //! token files) is `shoal-wire`'s; this module is only the vocabulary.
@@ -17,6 +18,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::ids::DatasetId;
 
 const PREFIX: &str = "shoal_";
 
@@ -27,6 +29,23 @@ pub enum Identity {
     Cluster,
     /// A tenant. Admins may act on every owner's resources.
     Owner { name: String, admin: bool },
+    /// One job's credential: the datasets in `grants` and nothing else. It is neither
+    /// its owner (it cannot mint tokens, submit or list jobs) nor a cluster member.
+    Job {
+        owner: String,
+        job: String,
+        grants: Vec<JobGrant>,
+    },
+}
+
+/// One dataset a job credential may use, as the master resolved it: by id too, so a
+/// dataset deleted and created again under the same name is not in scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobGrant {
+    pub dataset: String,
+    pub id: DatasetId,
+    /// Namespace changes too; only where the owner's own grant is `--write`.
+    pub write: bool,
 }
 
 impl Identity {
@@ -39,10 +58,40 @@ impl Identity {
         matches!(self, Identity::Cluster) || self.is_admin()
     }
 
+    /// The owner this identity acts as. `None` for the cluster and for a job: a job's
+    /// credential must not pass where its owner's token would.
     pub fn owner(&self) -> Option<&str> {
         match self {
             Identity::Owner { name, .. } => Some(name),
-            Identity::Cluster => None,
+            Identity::Cluster | Identity::Job { .. } => None,
+        }
+    }
+
+    /// A job credential's grant on dataset `name`, if it has one.
+    pub fn job_grant(&self, name: &str) -> Option<&JobGrant> {
+        match self {
+            Identity::Job { grants, .. } => grants.iter().find(|g| g.dataset == name),
+            _ => None,
+        }
+    }
+
+    /// A job credential's grant on the dataset with id `id`, if it has one.
+    pub fn job_grant_by_id(&self, id: DatasetId) -> Option<&JobGrant> {
+        match self {
+            Identity::Job { grants, .. } => grants.iter().find(|g| g.id == id),
+            _ => None,
+        }
+    }
+
+    pub fn is_job(&self) -> bool {
+        matches!(self, Identity::Job { .. })
+    }
+
+    /// Refuses a job credential: for calls only owners, admins or the cluster make.
+    pub fn refuse_job(&self, what: &str) -> Result<()> {
+        match self {
+            Identity::Job { .. } => Err(job_refused(self, what)),
+            _ => Ok(()),
         }
     }
 
@@ -59,6 +108,7 @@ impl Identity {
             Identity::Owner { name, .. } => Err(Error::permission_denied(format!(
                 "{what} is for cluster members and admins; owner `{name}` may not call it"
             ))),
+            Identity::Job { .. } => Err(job_refused(self, what)),
         }
     }
 
@@ -71,6 +121,7 @@ impl Identity {
                 "{what} is for cluster members only; {} `{name}` may not call it (workers and mounts present the cluster token, DATA_DIR/cluster.token on the master)",
                 if *admin { "admin" } else { "owner" }
             ))),
+            Identity::Job { .. } => Err(job_refused(self, what)),
         }
     }
 
@@ -81,6 +132,7 @@ impl Identity {
             Identity::Cluster => Err(Error::permission_denied(format!(
                 "{what} is for owners; the cluster token may not call it (use an owner token)"
             ))),
+            Identity::Job { .. } => Err(job_refused(self, what)),
         }
     }
 
@@ -106,10 +158,17 @@ impl Identity {
     }
 }
 
+fn job_refused(who: &Identity, what: &str) -> Error {
+    Error::permission_denied(format!(
+        "{what} may not be called with a job credential ({who}); it only reads and writes the job's own datasets (use an owner token)"
+    ))
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Cluster => f.write_str("cluster"),
+            Identity::Job { owner, job, .. } => write!(f, "job {job} of owner {owner}"),
             Identity::Owner { name, admin: true } => write!(f, "{name} (admin)"),
             Identity::Owner { name, .. } => f.write_str(name),
         }
@@ -276,6 +335,23 @@ mod tests {
         assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied);
         assert!(e.message().contains("admin `r`"), "{e}");
         assert!(Identity::Cluster.require_cluster_member("x").is_ok());
+        let job = Identity::Job {
+            owner: "a".into(),
+            job: "j1".into(),
+            grants: vec![JobGrant {
+                dataset: "d".into(),
+                id: DatasetId(4),
+                write: false,
+            }],
+        };
+        assert!(!job.may_act_for("a") && !job.sees_everything());
+        assert!(job.require_owner("x").is_err());
+        assert!(job.require_cluster("x").is_err());
+        assert!(job.require_cluster_member("x").is_err());
+        assert!(job.require_admin("x").is_err());
+        assert!(job.refuse_job("x").is_err() && Identity::Cluster.refuse_job("x").is_ok());
+        assert_eq!(job.job_grant("d").map(|g| g.id), Some(DatasetId(4)));
+        assert!(job.job_grant("e").is_none() && job.job_grant_by_id(DatasetId(5)).is_none());
         assert!(Identity::Cluster.may_act_for("b"));
         assert!(
             Identity::Owner {

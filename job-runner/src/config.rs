@@ -237,6 +237,9 @@ pub struct RunnerConfig {
     pub retain_finished: Option<Duration>,
     /// Sandboxed instances on the local executor ([`crate::executor::sandbox`]).
     pub sandbox: SandboxConfig,
+    /// Lifetime of each job's credential between renewals (`--job-credential-ttl`); the
+    /// runner renews it at a third of this while the job runs.
+    pub job_credential_ttl: Duration,
 }
 
 /// Whether the local executor sandboxes instances.
@@ -344,6 +347,7 @@ impl RunnerConfig {
             max_submits_per_minute: DEFAULT_MAX_SUBMITS_PER_MINUTE,
             retain_finished: Some(DEFAULT_RETAIN_FINISHED),
             sandbox: SandboxConfig::default(),
+            job_credential_ttl: crate::executor::job_mount::DEFAULT_CREDENTIAL_TTL,
         }
     }
 
@@ -356,6 +360,14 @@ impl RunnerConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.tls.validate()?;
+        if self.job_credential_ttl < Duration::from_secs(1)
+            || self.job_credential_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(Error::invalid(format!(
+                "--job-credential-ttl {:?} is out of range: use 1s to 7d (default 1h)",
+                self.job_credential_ttl
+            )));
+        }
         if self.nodes.is_empty() {
             return Err(Error::invalid(
                 "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",
@@ -442,6 +454,9 @@ pub struct RunnerToml {
     /// More paths instances never see.
     #[serde(default)]
     pub sandbox_hide: Vec<String>,
+    /// Lifetime of a job's credential between renewals.
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub job_credential_ttl: Option<std::time::Duration>,
 }
 
 /// One executor node of the runner.

@@ -238,6 +238,7 @@ impl Engine {
                 let _ = tx.send(Command::Wake);
             })
         };
+        engine.parts.mounts.attach(wake.clone());
         if let Some(r) = &engine.parts.inputs {
             r.attach(wake.clone());
         }
@@ -419,6 +420,7 @@ impl Engine {
 
     fn schedule(&mut self) {
         let inputs = PassInputs {
+            mounts: self.parts.mounts.as_ref(),
             inputs: self.parts.inputs.as_deref(),
             prewarm: self.parts.prewarm.as_deref(),
             locality_wait: self.cfg.locality_wait,
@@ -480,6 +482,7 @@ impl Engine {
             if let Some(g) = &self.parts.prewarm {
                 g.job_ended(&id);
             }
+            self.parts.mounts.job_ended(&id);
         }
     }
 

@@ -15,6 +15,7 @@
 //!   instance is never lost nor run twice.
 
 pub mod files;
+pub mod job_mount;
 pub mod kubernetes;
 pub mod local;
 pub mod mount;
@@ -183,13 +184,46 @@ pub trait Executor: Send + Sync + 'static {
     fn shutdown(&self);
 }
 
-/// The hook that makes a dataset visible on a node. The runner keeps one FUSE mount
-/// per node with every dataset under `<mount root>/<dataset>`; starting,
-/// health-checking and restarting that mount belongs to the FUSE issue and plugs in
-/// here. Until then, [`MountRoot`] only computes the path.
+/// Where a job's view of its datasets stands ([`DatasetMounts::prepare_job`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobViewState {
+    Ready,
+    /// Being set up; the mounts wake the engine when it is done.
+    Pending,
+    /// Cannot be set up (for example a dataset its owner has no grant on).
+    Failed(String),
+}
+
+/// The hook that makes a dataset visible on a node. With a master the local runner
+/// mounts each job's datasets with that job's own credential (`job_mount::JobMounts`,
+/// issue 14); without one, [`MountRoot`] only computes `<mount root>/<dataset>`.
 pub trait DatasetMounts: Send + Sync + 'static {
+    /// Gives the mounts the way to ask for a scheduling pass.
+    fn attach(&self, _wake: crate::locality::Wake) {}
+
+    /// Called on scheduling passes until it answers `Ready`, before any instance of
+    /// the job starts. Must not block: the first call starts the work.
+    fn prepare_job(&self, _job_id: &str, _owner: &str, _datasets: &[String]) -> JobViewState {
+        JobViewState::Ready
+    }
+
     /// The path where `dataset` is visible on `node`, making sure it is mounted.
     fn dataset_path(&self, node: &str, dataset: &str) -> Result<PathBuf>;
+
+    /// `dataset` as job `job_id`'s instances on `node` see it.
+    fn job_dataset(&self, _job_id: &str, node: &str, dataset: &str) -> Result<DatasetView> {
+        Ok(DatasetView {
+            name: dataset.to_owned(),
+            path: self.dataset_path(node, dataset)?,
+            write: false,
+        })
+    }
+
+    /// The job reached a final state: take its view down.
+    fn job_ended(&self, _job_id: &str) {}
+
+    /// At start: take down the views of every job not in `live_jobs`.
+    fn keep_only(&self, _live_jobs: &[String]) {}
 }
 
 /// `<root>/<dataset>` on every node, with nothing started.

@@ -21,8 +21,8 @@ use tracing::{info, warn};
 
 use crate::config::{ExecutorKind, RunnerConfig};
 use crate::engine::{Engine, EngineHandle, Parts};
+use crate::executor::job_mount::{JobMountConfig, JobMounts};
 use crate::executor::local::LocalExecutor;
-use crate::executor::mount::ManagedMount;
 use crate::executor::noop::NoopExecutor;
 use crate::executor::{DatasetMounts, Executor, MountRoot};
 use crate::locality::inputs::MasterInputs;
@@ -102,27 +102,32 @@ impl RunnerServer {
                 ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
             },
         };
-        // One managed FUSE mount when the runner has a master and the shoal binary to
-        // mount with; otherwise datasets are expected at `<mount_root>/<name>`.
-        let mut supervised = None;
+        // Stops the gRPC server and, through child tokens, the job mounts' checks.
+        let cancel = CancellationToken::new();
+        // With a master and the shoal binary to mount with, the local executor mounts
+        // each job's datasets with the job's own credential (never the cluster token);
+        // otherwise datasets are expected at `<mount_root>/<name>`.
         let mounts: Arc<dyn DatasetMounts> = match (plugins.mounts, &cfg.master, &cfg.mount_program)
         {
             (Some(m), _, _) => m,
             (None, Some(master), Some(program)) => {
-                let token_file = cfg.cluster_token_file.as_deref().ok_or_else(|| {
-                    Error::invalid(
-                        "the runner keeps a FUSE mount but has no cluster token file to give it (--cluster-token-file)",
-                    )
-                })?;
-                let m = Arc::new(
-                    ManagedMount::new(&cfg.mount_root, master, program, token_file, &cfg.name)
+                let link =
+                    ClusterLink::new(master, cfg.master_timeout, &cfg.cluster_token, &cfg.tls)?;
+                Arc::new(JobMounts::new(
+                    JobMountConfig {
+                        root: cfg.data_dir.join("jobs"),
+                        master_addr: master.clone(),
+                        program: program.clone(),
+                        runner: cfg.name.clone(),
                         // Instances run as another user than the mount's.
-                        .with_allow_other(run_as.is_some() || sandboxed)
-                        .with_ca(cfg.tls.ca.clone()),
-                );
-                m.ensure().await?;
-                supervised = Some(m.clone());
-                m
+                        allow_other: run_as.is_some() || sandboxed,
+                        ca: cfg.tls.ca.clone(),
+                        ttl: cfg.job_credential_ttl,
+                    },
+                    link.master(),
+                    tokio::runtime::Handle::current(),
+                    cancel.child_token(),
+                )?)
             }
             _ => Arc::new(MountRoot(cfg.mount_root.clone())),
         };
@@ -172,7 +177,6 @@ impl RunnerServer {
                 .await
                 .map_err(|e| Error::internal(format!("engine start task failed: {e}")))??
         };
-        let cancel = CancellationToken::new();
         let master = link.as_ref().map(|l| l.master());
         let verifier = auth::verifier(&cfg, master.clone());
         let access = Arc::new(handler::Access {
@@ -190,9 +194,6 @@ impl RunnerServer {
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
         let mut tasks = Vec::new();
-        if let Some(m) = supervised {
-            tasks.push(m.supervise(cancel.clone()));
-        }
         if let Some(retain) = cfg.retain_finished {
             tasks.push(retention::spawn(engine.clone(), retain, cancel.clone()));
         }

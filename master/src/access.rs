@@ -9,8 +9,14 @@
 //!   changes). An owner without a grant learns nothing, not even whether the dataset
 //!   exists.
 //!
-//! Invariant: token secrets are never stored, logged or returned after `CreateToken`;
-//! only token ids appear in logs.
+//! - Job credentials ([`Access::issue_job`]): short-lived tokens the runner asks for
+//!   one job. Their scope is fixed at issue (the job's datasets, each of which the owner
+//!   must hold a grant on; write only where the owner's grant is `--write`), and every
+//!   [`Access::verify`] intersects it again with the owner's current grants, so revoking
+//!   a grant cuts running jobs off. Expired ones are refused and swept from the table.
+//!
+//! Invariant: token secrets are never stored, logged or returned after `CreateToken`
+//! (or `IssueJobCredential`); only token ids appear in logs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -20,7 +26,8 @@ use shoal_common::ids::DatasetId;
 use shoal_common::time::now_ms;
 use shoal_common::{Error, Result};
 use shoal_wire::auth::{
-    BoxFuture, ClusterSecret, Identity, Token, Verifier, constant_time_eq, write_token_file,
+    BoxFuture, ClusterSecret, Identity, JobGrant, Token, Verifier, constant_time_eq,
+    write_token_file,
 };
 use tracing::info;
 
@@ -62,10 +69,133 @@ impl Access {
         if rec.revoked_at_ms != 0 || !constant_time_eq(&rec.secret_hash, &t.secret_hash()) {
             return Err(unknown());
         }
-        Ok(Identity::Owner {
-            name: rec.owner,
-            admin: rec.admin,
+        if rec.job.is_empty() {
+            return Ok(Identity::Owner {
+                name: rec.owner,
+                admin: rec.admin,
+            });
+        }
+        let now = now_ms();
+        if rec.expires_at_ms <= now {
+            // Swept here as well as at issue: a stopped runner never revokes its last ones.
+            if let Err(e) = self.store.delete_expired_tokens(now).await {
+                tracing::warn!(error = %e, "could not delete expired job credentials");
+            }
+            return Err(Error::unauthenticated(format!(
+                "job credential {} for job {} expired; the runner renews it while the job runs",
+                t.id(),
+                rec.job
+            )));
+        }
+        let grants = self.current_scope(&rec.owner, &rec.scope).await?;
+        Ok(Identity::Job {
+            owner: rec.owner,
+            job: rec.job,
+            grants,
         })
+    }
+
+    /// `scope` cut down to what `owner` is granted now: a grant revoked since the
+    /// credential was issued drops its dataset, a grant narrowed to read-only drops write.
+    async fn current_scope(&self, owner: &str, scope: &[JobGrant]) -> Result<Vec<JobGrant>> {
+        let held = self.store.list_grants(None, Some(owner)).await?;
+        Ok(scope
+            .iter()
+            .filter_map(|s| {
+                let g = held.iter().find(|g| g.dataset == s.id)?;
+                Some(JobGrant {
+                    dataset: s.dataset.clone(),
+                    id: s.id,
+                    write: s.write && g.write,
+                })
+            })
+            .collect())
+    }
+
+    /// Issues a credential for `owner`'s job `job`, scoped to `datasets`, valid for
+    /// `ttl_ms`. Every dataset must be granted to `owner`; the first one that is not is
+    /// named in the error (a dataset that does not exist reads the same, as for owners).
+    pub async fn issue_job(
+        &self,
+        owner: &str,
+        job: &str,
+        datasets: &[String],
+        ttl_ms: u64,
+    ) -> Result<(TokenRecord, Token)> {
+        validate_owner(owner)?;
+        if job.is_empty() || job.len() > 128 {
+            return Err(Error::invalid(
+                "a job credential needs the job's id (1-128 characters)",
+            ));
+        }
+        let ttl = job_ttl(ttl_ms)?;
+        let held = self.store.list_grants(None, Some(owner)).await?;
+        let mut scope: Vec<JobGrant> = Vec::with_capacity(datasets.len());
+        for name in datasets {
+            if scope.iter().any(|g| &g.dataset == name) {
+                continue;
+            }
+            let denied = || {
+                Error::permission_denied(format!(
+                    "job {job} of owner `{owner}` names dataset `{name}`, which `{owner}` has no grant on; an admin can share it with `shoal dataset grant {name} --owner {owner}`, or remove it from the job spec"
+                ))
+            };
+            let d = self.store.get_dataset(name).await?.ok_or_else(denied)?;
+            let g = held.iter().find(|g| g.dataset == d.id).ok_or_else(denied)?;
+            scope.push(JobGrant {
+                dataset: d.name,
+                id: d.id,
+                write: g.write,
+            });
+        }
+        let now = now_ms();
+        if let Err(e) = self.store.delete_expired_tokens(now).await {
+            tracing::warn!(error = %e, "could not delete expired job credentials");
+        }
+        let t = Token::generate();
+        let rec = TokenRecord {
+            id: t.id().to_owned(),
+            owner: owner.to_owned(),
+            admin: false,
+            secret_hash: t.secret_hash(),
+            created_at_ms: now,
+            revoked_at_ms: 0,
+            job: job.to_owned(),
+            scope,
+            expires_at_ms: now.saturating_add(ttl),
+        };
+        self.store.create_token(rec.clone()).await?;
+        info!(token = %rec.id, owner, job, datasets = rec.scope.len(), "job credential issued");
+        Ok((rec, t))
+    }
+
+    /// Extends job credential `id` to `ttl_ms` from now.
+    pub async fn renew_job(&self, id: &str, ttl_ms: u64) -> Result<TokenRecord> {
+        let now = now_ms();
+        let at = now.saturating_add(job_ttl(ttl_ms)?);
+        if !self.store.renew_token(id, at, now).await? {
+            return Err(Error::not_found(format!(
+                "no live job credential with id `{id}` (revoked, expired or never issued); issue a new one"
+            )));
+        }
+        self.job_record(id).await
+    }
+
+    /// Revokes job credential `id` (idempotent).
+    pub async fn revoke_job(&self, id: &str) -> Result<TokenRecord> {
+        let rec = self.job_record(id).await?;
+        self.store.revoke_token(id, now_ms()).await?;
+        info!(token = %id, job = %rec.job, "job credential revoked");
+        self.job_record(id).await
+    }
+
+    async fn job_record(&self, id: &str) -> Result<TokenRecord> {
+        match self.store.get_token(id).await? {
+            Some(r) if !r.job.is_empty() => Ok(r),
+            _ => Err(Error::not_found(format!(
+                "no job credential with id `{id}` (expired ones are deleted)"
+            ))),
+        }
     }
 
     /// Issues a token for `owner`. The returned [`Token`] is the only copy of its secret.
@@ -79,6 +209,9 @@ impl Access {
             secret_hash: t.secret_hash(),
             created_at_ms: now_ms(),
             revoked_at_ms: 0,
+            job: String::new(),
+            scope: Vec::new(),
+            expires_at_ms: 0,
         };
         self.store.create_token(rec.clone()).await?;
         info!(token = %rec.id, owner, admin, "token issued");
@@ -128,6 +261,19 @@ impl Access {
         if who.sees_everything() {
             return Ok(d);
         }
+        if who.is_job() {
+            // `verify` already cut the scope down to the owner's current grants. Out
+            // of scope reads as absent, so a job learns nothing of other datasets.
+            let absent = || Error::not_found(format!("dataset `{name}` does not exist"));
+            let g = who.job_grant(name).ok_or_else(absent)?;
+            let d = d.filter(|d| d.id == g.id).ok_or_else(absent)?;
+            if need == Need::Write && !g.write {
+                return Err(Error::permission_denied(format!(
+                    "this job's credential ({who}) may only read dataset `{name}`: its owner's grant is read-only (an admin can change that with `shoal dataset grant {name} --owner OWNER --write`)"
+                )));
+            }
+            return Ok(Some(d));
+        }
         let owner = who.owner().unwrap_or_default();
         let denied = || {
             Error::permission_denied(format!(
@@ -150,6 +296,9 @@ impl Access {
     pub async fn readable(&self, who: &Identity) -> Result<Option<HashSet<DatasetId>>> {
         if who.sees_everything() {
             return Ok(None);
+        }
+        if let Identity::Job { grants, .. } = who {
+            return Ok(Some(grants.iter().map(|g| g.id).collect()));
         }
         let owner = who.owner().unwrap_or_default();
         Ok(Some(
@@ -194,6 +343,21 @@ impl Access {
             .await?
             .ok_or_else(|| Error::not_found(format!("dataset `{name}` does not exist")))?
             .id)
+    }
+}
+
+/// The default lifetime of a job credential between renewals.
+pub const DEFAULT_JOB_TTL_MS: u64 = 60 * 60 * 1000;
+/// The longest lifetime a job credential may be given at once.
+pub const MAX_JOB_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+fn job_ttl(ttl_ms: u64) -> Result<i64> {
+    match ttl_ms {
+        0 => Ok(DEFAULT_JOB_TTL_MS as i64),
+        t if t <= MAX_JOB_TTL_MS => Ok(t as i64),
+        t => Err(Error::invalid(format!(
+            "job credential lifetime {t} ms is longer than the limit of {MAX_JOB_TTL_MS} ms (7 days); renew it instead"
+        ))),
     }
 }
 

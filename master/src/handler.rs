@@ -21,6 +21,13 @@ use tonic::{Request, Response, Status};
 use crate::access::Need;
 use crate::state::MasterState;
 
+/// Only the cluster token itself (the runner), not admins: a job credential is a
+/// token for some owner's data, and only the runner has a job to scope it to.
+fn cluster_itself<T>(r: &Request<T>, what: &str) -> Result<(), Status> {
+    identity(r)?.require_cluster_member(what)?;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct MasterRpc {
     pub state: Arc<MasterState>,
@@ -76,6 +83,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn refresh_dataset(&self, r: Request<RefreshDatasetRequest>) -> Resp<Dataset> {
+        identity(&r)?.refuse_job("RefreshDataset")?;
         self.dataset(&identity(&r)?, &r.get_ref().name, Need::Read)
             .await?;
         dataset::refresh(&self.state, r.into_inner())
@@ -108,7 +116,15 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn get_dataset_access(&self, r: Request<GetDatasetAccessRequest>) -> Resp<DatasetAccess> {
-        identity(&r)?.require_cluster_member("GetDatasetAccess (it returns store credentials)")?;
+        let who = identity(&r)?;
+        if who.is_job() {
+            // The job's mount daemon reads through to the store and uploads with these;
+            // it runs in the runner, outside the instance, so the credentials never
+            // reach the job's processes (docs/security.md).
+            self.dataset(&who, &r.get_ref().name, Need::Read).await?;
+        } else {
+            who.require_cluster_member("GetDatasetAccess (it returns store credentials)")?;
+        }
         file::access(&self.state, r.into_inner())
             .await
             .map(Response::new)
@@ -120,9 +136,19 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<WatchChangesRequest>,
     ) -> Resp<Self::WatchChangesStream> {
-        // Cluster only: paths of every dataset, whatever the caller's grants.
-        identity(&r)?.require_cluster("WatchChanges (it names paths of every dataset)")?;
+        let who = identity(&r)?;
         let s = self.state.catalog.changes().subscribe();
+        if let Identity::Job { grants, .. } = who {
+            // A job's mount hears only of its own datasets, and of "drop everything"
+            // (dataset 0), which names nothing.
+            let ids: Vec<u64> = grants.iter().map(|g| g.id.0).collect();
+            let s = futures::StreamExt::filter(s, move |b| {
+                std::future::ready(b.dataset_id == 0 || ids.contains(&b.dataset_id))
+            });
+            return Ok(Response::new(Box::pin(futures::StreamExt::map(s, Ok))));
+        }
+        // Otherwise cluster only: paths of every dataset, whatever the caller's grants.
+        who.require_cluster("WatchChanges (it names paths of every dataset)")?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(s, Ok))))
     }
 
@@ -175,12 +201,18 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn get_worker_set(&self, r: Request<GetWorkerSetRequest>) -> Resp<WorkerSet> {
-        identity(&r)?.require_cluster("GetWorkerSet")?;
+        let who = identity(&r)?;
+        // A job's mount needs the placement to read from workers; the workers check
+        // the job's scope themselves.
+        if !who.is_job() {
+            who.require_cluster("GetWorkerSet")?;
+        }
         worker::worker_set(&self.state, r.into_inner()).map(Response::new)
     }
 
     async fn start_load(&self, r: Request<StartLoadRequest>) -> Resp<LoadJob> {
         let who = identity(&r)?;
+        who.refuse_job("StartLoad")?;
         self.dataset(&who, &r.get_ref().dataset, Need::Read).await?;
         load::start(&self.state, r.into_inner(), who.owner().unwrap_or_default())
             .await
@@ -201,6 +233,7 @@ impl MasterService for MasterRpc {
     }
     async fn list_loads(&self, r: Request<ListLoadsRequest>) -> Resp<ListLoadsResponse> {
         let who = identity(&r)?;
+        who.refuse_job("ListLoads")?;
         let mut resp = load::list(&self.state, r.into_inner()).await?;
         if !who.sees_everything() {
             let me = who.owner().unwrap_or_default();
@@ -239,6 +272,33 @@ impl MasterService for MasterRpc {
             .into());
         }
         access::verify_token(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn issue_job_credential(
+        &self,
+        r: Request<IssueJobCredentialRequest>,
+    ) -> Resp<JobCredential> {
+        cluster_itself(&r, "IssueJobCredential")?;
+        access::issue_job(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn renew_job_credential(
+        &self,
+        r: Request<RenewJobCredentialRequest>,
+    ) -> Resp<JobCredential> {
+        cluster_itself(&r, "RenewJobCredential")?;
+        access::renew_job(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn revoke_job_credential(
+        &self,
+        r: Request<RevokeJobCredentialRequest>,
+    ) -> Resp<JobCredential> {
+        cluster_itself(&r, "RevokeJobCredential")?;
+        access::revoke_job(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }

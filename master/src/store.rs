@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use shoal_common::Result;
+use shoal_common::auth::JobGrant;
 use shoal_common::ids::DatasetId;
 use shoal_ufs::secret::DebugOptions;
 
@@ -208,6 +209,13 @@ pub struct TokenRecord {
     pub created_at_ms: i64,
     /// 0 while the token is valid.
     pub revoked_at_ms: i64,
+    /// A job credential's job; empty for an owner's token.
+    pub job: String,
+    /// A job credential's datasets as issued (the owner's grants are checked again at
+    /// every use); empty for an owner's token.
+    pub scope: Vec<JobGrant>,
+    /// When a job credential lapses unless renewed; 0 never (owner tokens).
+    pub expires_at_ms: i64,
 }
 
 /// One owner's access to one dataset.
@@ -300,6 +308,11 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Marks a token revoked. Returns false if there is no such token.
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// Moves a live job credential's expiry to `expires_at_ms`. Returns false if there
+    /// is no such job credential, or it is revoked or expired at `now_ms`.
+    async fn renew_token(&self, id: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool>;
+    /// Deletes job credentials that expired before `now_ms`; returns how many.
+    async fn delete_expired_tokens(&self, now_ms: i64) -> Result<u64>;
 
     /// Inserts or replaces one owner's grant on a dataset.
     async fn set_grant(&self, g: GrantRecord) -> Result<()>;

@@ -18,7 +18,9 @@ use std::pin::Pin;
 pub use ask::ask_master;
 pub use channel::{AuthChannel, TokenInterceptor, set_token, with_token};
 pub use layer::{AuthLayer, AuthService, identity, parse_bearer};
-pub use shoal_common::auth::{ClusterSecret, Identity, Token, constant_time_eq, hash_secret};
+pub use shoal_common::auth::{
+    ClusterSecret, Identity, JobGrant, Token, constant_time_eq, hash_secret,
+};
 pub use token_file::{load_or_create_token_file, read_token_file, write_token_file};
 pub use verify::{AskIssuer, ClusterOnly, RemoteVerifier, VERDICT_TTL, Verifier};
 

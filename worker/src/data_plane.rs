@@ -22,7 +22,8 @@ use shoal_wire::frame::{self, MAX_READ_LEN};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `cancel` fires, then drops every connection. Each one must
-/// open with a token `verifier` accepts for a cluster member or an admin.
+/// open with a token `verifier` accepts for a cluster member or an admin, or a job
+/// credential (whose every request is then checked against its scope).
 pub async fn serve(
     listener: TcpListener,
     store: BlockStore,
@@ -102,13 +103,16 @@ where
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no opening frame"))??;
     let admitted = match hello {
         Ok(token) => verifier.verify(token).await.and_then(|who| {
-            crate::auth::require_member(&who, "the data plane")?;
+            crate::auth::require_connect(&who)?;
             Ok(who)
         }),
         Err(e) => Err(e),
     };
-    match admitted {
-        Ok(_) => frame::write_ok_header(&mut wr, 0).await?,
+    let who = match admitted {
+        Ok(who) => {
+            frame::write_ok_header(&mut wr, 0).await?;
+            who
+        }
         Err(e) => {
             frame::write_error(&mut wr, &e).await?;
             return Err(std::io::Error::new(
@@ -116,7 +120,7 @@ where
                 format!("connection refused: {e}"),
             ));
         }
-    }
+    };
     wr.flush().await?;
     let mut readahead = Readahead::default();
     let mut prev_end = None;
@@ -125,7 +129,7 @@ where
             .as_ref()
             .ok()
             .map(|r| (r.file.clone(), r.offset, r.length));
-        match serve_one(req, store).await {
+        match serve_one(req, store, &who).await {
             Ok(slices) => {
                 let total: u64 = slices.iter().map(|b| b.len() as u64).sum();
                 // Sequential reader: verify the next block while this one is on the wire.
@@ -189,8 +193,10 @@ impl Drop for Readahead {
 async fn serve_one(
     req: std::result::Result<frame::ReadRequest, Error>,
     store: &BlockStore,
+    who: &shoal_wire::auth::Identity,
 ) -> Result<Vec<bytes::Bytes>> {
     let req = req?;
+    crate::auth::require_reader(who, &req.file, "data-plane read")?;
     if req.length > MAX_READ_LEN {
         return Err(Error::invalid(format!(
             "read of {} bytes is larger than the data-plane limit of {MAX_READ_LEN}; split it",

@@ -65,9 +65,15 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<pb::ReadRangeRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        crate::auth::require_member(&shoal_wire::auth::identity(&req)?, "ReadRange")?;
+        let who = shoal_wire::auth::identity(&req)?;
+        // Owners are refused before the request is even parsed; a job's scope is
+        // checked once its file reference is.
+        if !who.is_job() {
+            crate::auth::require_member(&who, "ReadRange")?;
+        }
         let req = req.into_inner();
         let file = FileRef::from_proto(req.file.as_ref())?;
+        crate::auth::require_reader(&who, &file, "ReadRange")?;
         if req.length > MAX_READ_LEN {
             return Err(Status::invalid_argument(format!(
                 "read of {} bytes is larger than the limit of {MAX_READ_LEN}; split it",

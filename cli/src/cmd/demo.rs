@@ -257,7 +257,8 @@ async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
         disk_quota: Some((4 * bytes).max(256 * MIB)),
         master_listen: "127.0.0.1:0".into(),
         runner_listen: "127.0.0.1:0".into(),
-        mount: Some(mount.clone()),
+        mount: Some(work.join("runner-mnt")),
+        operator_mount: Some(mount.clone()),
         heartbeat: Duration::from_millis(500),
         // As `shoal up`: sandboxed when run as root.
         sandbox: shoal_job_runner::config::SandboxConfig {
@@ -302,6 +303,16 @@ async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
             .await
             .map_err(connect::status)
             .with_context(|| format!("create dataset {name}"))?;
+        // The fan-out jobs belong to `default`; their mounts see what it is granted.
+        master
+            .grant_dataset(shoal_proto::v1::GrantDatasetRequest {
+                dataset: name.into(),
+                owner: "default".into(),
+                write: false,
+            })
+            .await
+            .map_err(connect::status)
+            .with_context(|| format!("grant dataset {name} to owner default"))?;
     }
     wait_visible(&mount, &[COLD, WARM]).await?;
     eprintln!(

@@ -93,6 +93,10 @@ pub struct RunnerArgs {
     retain_finished: Option<Retention>,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// Lifetime of each job's data credential between renewals (renewed at a third of
+    /// it while the job runs, revoked when it ends) [default: 1h].
+    #[arg(long, env = "SHOAL_RUNNER_JOB_CREDENTIAL_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    job_credential_ttl: Option<Duration>,
 }
 
 /// A parsed `--retain-finished`: `None` keeps forever. A type of its own because clap
@@ -199,6 +203,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         max_submits_per_minute,
         retain_finished,
         sandbox,
+        job_credential_ttl,
     } = a;
     let data_dir = pick(
         data_dir,
@@ -313,6 +318,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.retain_finished = r;
     }
     sandbox.apply(f, &mut cfg.sandbox)?;
+    if let Some(t) = job_credential_ttl.or(f.job_credential_ttl) {
+        cfg.job_credential_ttl = t;
+    }
     cfg.tls = ctx.tls.clone();
     if !no_mount && cfg.master.is_some() && cfg.executor == ExecutorKind::Local {
         cfg.mount_program = Some(

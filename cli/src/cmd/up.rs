@@ -106,6 +106,7 @@ pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         master_listen: a.master_listen,
         runner_listen: a.runner_listen,
         mount,
+        operator_mount: None,
         heartbeat: Duration::from_secs(1),
         sandbox,
     })
@@ -135,6 +136,21 @@ pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             eprintln!("created dataset `{name}` from {uri}");
+        }
+        // Jobs without `owner:` belong to `default`; each job's mount holds a
+        // credential scoped to its owner's grants, so the quick start's jobs need one.
+        let r = m
+            .grant_dataset(shoal_proto::v1::GrantDatasetRequest {
+                dataset: name.clone(),
+                owner: "default".into(),
+                write: false,
+            })
+            .await;
+        if let Err(s) = r {
+            up.shutdown().await;
+            return Err(
+                connect::status(s).context(format!("grant dataset `{name}` to owner `default`"))
+            );
         }
     }
     eprintln!(

@@ -8,6 +8,7 @@ mod demo;
 mod deploy_config;
 mod faults;
 mod fresh;
+mod job_credentials;
 mod job_spec;
 mod mount;
 mod paths;

@@ -1,7 +1,7 @@
-//! Issue 6: the runner keeps one FUSE mount per node, instances read their datasets
-//! through `SHOAL_DATA_<NAME>`, and a mount that dies is restarted by the runner.
-//! Everything runs as real processes: `shoal up` (master, worker, runner) and the
-//! `shoal mount` daemon the runner starts.
+//! Issue 6 (per job since issue 14): the runner keeps a FUSE mount for each running
+//! job, instances read their datasets through `SHOAL_DATA_<NAME>`, and a mount that
+//! dies is restarted by the runner. Everything runs as real processes: `shoal up`
+//! (master, worker, runner) and the `shoal mount` daemon the runner starts.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,23 +32,6 @@ fn mount_daemon_pid(dir: &Path) -> Option<i32> {
     None
 }
 
-fn submit(runner: &str, token: &str, spec: &Path) -> serde_json::Value {
-    let out = Command::new(SHOAL)
-        .args(["-o", "json", "job", "submit", "--wait"])
-        .arg(spec)
-        .env("SHOAL_RUNNER", runner)
-        .env("SHOAL_TOKEN", token)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "job submit printed no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn logs(runner: &str, token: &str, job: &str) -> String {
     let out = Command::new(SHOAL)
         .args(["job", "logs", job, "--stream", "stdout"])
@@ -72,7 +55,6 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         .unwrap();
 
     let dir = temp_dir("runner-mount");
-    let mnt = dir.path().join("mnt");
     let mut cmd = Command::new(SHOAL);
     cmd.args(["up", "--workers", "1", "--mem", "64MiB", "--disk", "256MiB"])
         .args([
@@ -83,8 +65,6 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         ])
         .arg("--data-dir")
         .arg(dir.path().join("state"))
-        .arg("--mount")
-        .arg(&mnt)
         .args(["--ufs", &s3.uri("rm"), "--dataset", "rm"])
         .env_remove("SHOAL_CONFIG");
     for (k, v) in s3.options() {
@@ -111,39 +91,44 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
     let token = std::fs::read_to_string(dir.path().join("state/master/admin.token")).unwrap();
     let token = token.trim();
 
+    let go = dir.path().join("go");
     let spec = dir.path().join("read.yaml");
+    let hash = format!(
+        "sha256sum \"$SHOAL_DATA_RM/{}\" \"$SHOAL_DATA_RM/{}\"",
+        big.path(),
+        small.path()
+    );
+    let script = format!(
+        "{hash}; while [ ! -e {} ]; do sleep 0.1; done; {hash}",
+        go.display()
+    );
     std::fs::write(
         &spec,
         format!(
-            "name: read\ndatasets: [{{name: rm}}]\ntasks:\n  - name: hash\n    instances: 1\n    command: [\"sh\", \"-c\", \"sha256sum \\\"$SHOAL_DATA_RM/{}\\\" \\\"$SHOAL_DATA_RM/{}\\\"\"]\n",
-            big.path(),
-            small.path()
+            "name: read\ndatasets: [{{name: rm}}]\ntasks:\n  - name: hash\n    instances: 1\n    command: [\"sh\", \"-c\", {}]\n",
+            serde_json::to_string(&script).unwrap()
         ),
     )
     .unwrap();
-    let job = submit(&runner, token, &spec);
-    let all = |id: &str| {
-        let o = Command::new(SHOAL)
-            .args(["job", "logs", id])
-            .env("SHOAL_RUNNER", &runner)
-            .env("SHOAL_TOKEN", token)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    assert_eq!(
-        job["state"],
-        "SUCCEEDED",
-        "{job}\nlogs: {}",
-        all(job["id"].as_str().unwrap())
-    );
-    let out = logs(&runner, token, job["id"].as_str().unwrap());
-    assert!(
-        out.contains(big.sha256()) && out.contains(small.sha256()),
-        "instance output: {out}"
-    );
+    let out = Command::new(SHOAL)
+        .args(["-o", "json", "job", "submit"])
+        .arg(&spec)
+        .env("SHOAL_RUNNER", &runner)
+        .env("SHOAL_TOKEN", token)
+        .output()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    // The job's first read went through its own mount.
+    wait_until(Duration::from_secs(60), "the first hash", || {
+        let out = logs(&runner, token, &id);
+        async move { out.contains(big.sha256()) }
+    })
+    .await;
+    let mnt = dir.path().join("state/runner/jobs").join(&id).join("mnt");
 
-    // Kill the mount daemon outright: the runner notices and mounts again.
+    // Kill the job's mount daemon outright: the runner notices and mounts again, and
+    // the running instance reads through the new one.
     let pid = mount_daemon_pid(&mnt).expect("the runner started a `shoal mount` daemon");
     // SAFETY: kill(2) on a process this test's cluster started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -158,20 +143,49 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         },
     )
     .await;
-    let job = submit(&runner, token, &spec);
-    assert_eq!(job["state"], "SUCCEEDED", "{job}");
-    assert!(logs(&runner, token, job["id"].as_str().unwrap()).contains(big.sha256()));
+    std::fs::write(&go, b"").unwrap();
+    let job = submit_wait_for(&runner, token, &id).await;
+    assert_eq!(job, "SUCCEEDED");
+    let out = logs(&runner, token, &id);
+    assert_eq!(
+        out.matches(big.sha256()).count(),
+        2,
+        "instance output: {out}"
+    );
+    assert!(out.contains(small.sha256()), "instance output: {out}");
 
-    // Stopping `shoal up` takes the mount with it: no stale mount, no daemon left.
-    up.terminate(Duration::from_secs(20)).await;
-    wait_until(Duration::from_secs(10), "the mount daemon to exit", || {
-        let mnt = mnt.clone();
-        async move { mount_daemon_pid(&mnt).is_none() }
-    })
+    // The job ended: its mount goes with it.
+    wait_until(
+        Duration::from_secs(20),
+        "the job's mount daemon to exit",
+        || {
+            let mnt = mnt.clone();
+            async move { mount_daemon_pid(&mnt).is_none() && !mnt.exists() }
+        },
+    )
     .await;
+
+    // Stopping `shoal up` leaves no mount behind.
+    up.terminate(Duration::from_secs(20)).await;
     assert!(
         shoal_mounts::mountinfo::find(&std::path::absolute(&mnt).unwrap()).is_none(),
         "a mount was left at {}",
         mnt.display()
     );
+}
+
+/// Waits for job `id` to end; returns its state.
+async fn submit_wait_for(runner: &str, token: &str, id: &str) -> String {
+    wait_for(Duration::from_secs(60), "the job to end", || {
+        let o = Command::new(SHOAL)
+            .args(["-o", "json", "job", "show", id])
+            .env("SHOAL_RUNNER", runner)
+            .env("SHOAL_TOKEN", token)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let s = v["state"].as_str().unwrap_or_default().to_owned();
+        async move { matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(s) }
+    })
+    .await
 }

@@ -127,16 +127,13 @@ impl Engine {
         let mut datasets = Vec::new();
         let mut roots = HashMap::new();
         for d in &job.spec.datasets {
-            let path = self.parts.mounts.dataset_path(&node, &d.name)?;
+            let view: DatasetView = self.parts.mounts.job_dataset(&job.id, &node, &d.name)?;
+            let path = view.path.clone();
             env.push((data_env_name(&d.name), path.to_string_lossy().into_owned()));
             if let Some(m) = &d.mount {
                 links.push((m.clone(), path.clone()));
             }
-            datasets.push(DatasetView {
-                name: d.name.clone(),
-                path: path.clone(),
-                write: false,
-            });
+            datasets.push(view);
             roots.insert(d.name.as_str(), path);
         }
         let input_list = if task.needs_listing() {

@@ -83,6 +83,20 @@ impl Engine {
             self.by_id.insert(job.id.clone(), job.seq);
             self.jobs.insert(job.seq, job);
         }
+        // Job mounts of jobs that ended (or were removed) while no runner watched go;
+        // those of resumed jobs are adopted (credential renewed, health checks again)
+        // even when every instance is still running and nothing will be scheduled.
+        let live: Vec<String> = resume
+            .iter()
+            .filter_map(|s| self.jobs.get(s).map(|j| j.id.clone()))
+            .collect();
+        self.parts.mounts.keep_only(&live);
+        for seq in &resume {
+            if let Some(j) = self.jobs.get(seq) {
+                let names: Vec<String> = j.spec.datasets.iter().map(|d| d.name.clone()).collect();
+                self.parts.mounts.prepare_job(&j.id, &j.spec.owner, &names);
+            }
+        }
         for seq in resume {
             self.resume(seq);
         }

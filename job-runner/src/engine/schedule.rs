@@ -69,6 +69,7 @@ pub struct PassOutcome {
 }
 
 pub struct PassInputs<'a> {
+    pub mounts: &'a dyn crate::executor::DatasetMounts,
     pub inputs: Option<&'a dyn InputResolver>,
     pub prewarm: Option<&'a dyn PrewarmGate>,
     pub locality_wait: Duration,
@@ -154,7 +155,8 @@ impl Sched {
                     continue;
                 };
                 let req = job.tasks[ti as usize].spec.resources;
-                let waiting = gate(job, ti, inp, &mut out, owner)
+                let waiting = job_view(job, ti, inp, &mut out, owner)
+                    .or_else(|| gate(job, ti, inp, &mut out, owner))
                     .or_else(|| resolve_inputs(job, ti, inp, &mut out, owner));
                 if let Some(reason) = waiting {
                     let t = &mut job.tasks[ti as usize];
@@ -235,6 +237,31 @@ impl Sched {
             }
         }
         out
+    }
+}
+
+/// Makes sure the job's datasets are mounted with its own credential before any of
+/// its instances start. Returns the reason to wait, or `None` when the group may start.
+fn job_view(
+    job: &Job,
+    ti: u32,
+    inp: &PassInputs<'_>,
+    out: &mut PassOutcome,
+    owner: &mut OwnerQueue,
+) -> Option<String> {
+    use crate::executor::JobViewState;
+    let names: Vec<String> = job.spec.datasets.iter().map(|d| d.name.clone()).collect();
+    match inp.mounts.prepare_job(&job.id, &job.spec.owner, &names) {
+        JobViewState::Ready => None,
+        JobViewState::Pending => {
+            out.skipped.push("mounting-datasets");
+            Some("mounting-datasets".into())
+        }
+        JobViewState::Failed(why) => {
+            let why = format!("could not mount the job's datasets: {why}");
+            fail_group(job, ti, &why, out, owner);
+            Some("datasets-failed".into())
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! [`ManagedMount`]: the one FUSE mount per node that a local runner keeps for its
-//! instances (issue 6). The runner starts `shoal mount --background` at its mount root,
+//! [`ManagedMount`]: a FUSE mount the local runner keeps for its instances (issue 6);
+//! since issue 14 one per job, made by `job_mount::JobMounts` with the job's credential. The runner starts `shoal mount --background` at its mount root,
 //! checks every few seconds that it answers, and restarts it (cleaning up a stale mount
 //! first) when it does not. The mount is a process of its own, so it outlives a runner
 //! restart: the next runner finds it live and adopts it, and re-adopted instances keep
@@ -70,6 +70,11 @@ impl ManagedMount {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the last check found the mount answering.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
     }
 
     async fn is_live(&self) -> bool {

@@ -3,10 +3,11 @@
 
 use shoal_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, DatasetGrant, DatasetGrants, GrantDatasetRequest,
-    ListTokensResponse, RevokeDatasetGrantRequest, RevokeTokenRequest, TokenInfo,
-    VerifyTokenRequest, VerifyTokenResponse,
+    IssueJobCredentialRequest, JobCredential, JobDatasetGrant, ListTokensResponse,
+    RenewJobCredentialRequest, RevokeDatasetGrantRequest, RevokeJobCredentialRequest,
+    RevokeTokenRequest, TokenInfo, VerifyTokenRequest, VerifyTokenResponse,
 };
-use shoal_wire::auth::{Identity, Token};
+use shoal_wire::auth::{Identity, JobGrant, Token};
 use tonic::Status;
 
 use crate::state::MasterState;
@@ -19,7 +20,57 @@ fn info(t: TokenRecord) -> TokenInfo {
         admin: t.admin,
         created_at_ms: t.created_at_ms,
         revoked_at_ms: t.revoked_at_ms,
+        job: t.job,
+        expires_at_ms: t.expires_at_ms,
     }
+}
+
+fn job_grants(g: &[JobGrant]) -> Vec<JobDatasetGrant> {
+    g.iter()
+        .map(|g| JobDatasetGrant {
+            dataset: g.dataset.clone(),
+            dataset_id: g.id.0,
+            write: g.write,
+        })
+        .collect()
+}
+
+fn credential(t: TokenRecord, token: String) -> JobCredential {
+    JobCredential {
+        grants: job_grants(&t.scope),
+        id: t.id,
+        token,
+        owner: t.owner,
+        job: t.job,
+        expires_at_ms: t.expires_at_ms,
+    }
+}
+
+pub async fn issue_job(
+    s: &MasterState,
+    r: IssueJobCredentialRequest,
+) -> Result<JobCredential, Status> {
+    let (rec, t) = s
+        .access
+        .issue_job(&r.owner, &r.job, &r.datasets, r.ttl_ms)
+        .await?;
+    Ok(credential(rec, t.reveal()))
+}
+
+pub async fn renew_job(
+    s: &MasterState,
+    r: RenewJobCredentialRequest,
+) -> Result<JobCredential, Status> {
+    let rec = s.access.renew_job(&r.id, r.ttl_ms).await?;
+    Ok(credential(rec, String::new()))
+}
+
+pub async fn revoke_job(
+    s: &MasterState,
+    r: RevokeJobCredentialRequest,
+) -> Result<JobCredential, Status> {
+    let rec = s.access.revoke_job(&r.id).await?;
+    Ok(credential(rec, String::new()))
 }
 
 fn grants(dataset: &str, g: Vec<GrantRecord>) -> DatasetGrants {
@@ -67,9 +118,15 @@ pub async fn verify_token(
             ..Default::default()
         },
         Identity::Owner { name, admin } => VerifyTokenResponse {
-            cluster: false,
             owner: name,
             admin,
+            ..Default::default()
+        },
+        Identity::Job { owner, job, grants } => VerifyTokenResponse {
+            grants: job_grants(&grants),
+            owner,
+            job,
+            ..Default::default()
         },
     })
 }

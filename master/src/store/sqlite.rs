@@ -35,6 +35,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("datasets", "running_gen", "INTEGER NOT NULL DEFAULT 0"),
     // The running generation when a namespace change last wrote the row.
     ("files", "touched_gen", "INTEGER NOT NULL DEFAULT 0"),
+    // Job credentials (issue 14): their job, datasets (JSON) and expiry; see `access.rs`.
+    ("tokens", "job", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "scope", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "expires_at_ms", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] a catalogue does not have yet.
@@ -535,6 +539,17 @@ impl CatalogStore for SqliteCatalog {
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |conn| access::revoke_token(conn, &id, now_ms))
+            .await
+    }
+
+    async fn renew_token(&self, id: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| access::renew_token(conn, &id, expires_at_ms, now_ms))
+            .await
+    }
+
+    async fn delete_expired_tokens(&self, now_ms: i64) -> Result<u64> {
+        self.write(move |conn| access::delete_expired_tokens(conn, now_ms))
             .await
     }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod job_credential;
 mod large_sync;
 mod membership;
 mod namespace;

@@ -1,10 +1,12 @@
 //! [`ask_master`]: the master's `VerifyToken`, the one place a worker or the runner
-//! learns what an owner token stands for (the channel carries the cluster token).
+//! learns what an owner token or a job credential stands for (the channel carries the
+//! cluster token).
 
 use std::sync::Arc;
 
 use shoal_common::Error;
-use shoal_common::auth::{Identity, Token};
+use shoal_common::auth::{Identity, JobGrant, Token};
+use shoal_common::ids::DatasetId;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 
@@ -21,6 +23,20 @@ pub fn ask_master(master: MasterServiceClient<AuthChannel>) -> AskIssuer {
                 .into_inner();
             Ok(if r.cluster {
                 Identity::Cluster
+            } else if !r.job.is_empty() {
+                Identity::Job {
+                    owner: r.owner,
+                    job: r.job,
+                    grants: r
+                        .grants
+                        .into_iter()
+                        .map(|g| JobGrant {
+                            dataset: g.dataset,
+                            id: DatasetId(g.dataset_id),
+                            write: g.write,
+                        })
+                        .collect(),
+                }
             } else {
                 Identity::Owner {
                     name: r.owner,

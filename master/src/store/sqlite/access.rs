@@ -1,12 +1,59 @@
 //! Tokens and dataset grants in the SQLite catalogue: who may call the master, and
 //! which owner may read or change which dataset.
+//!
+//! Job credentials live in the same table as owner tokens (so `verify` has one place to
+//! look), with their job, their scope as JSON (`[{"dataset","id","write"}]`) and an
+//! expiry; owner tokens have an empty job and scope and expiry 0.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use shoal_common::auth::JobGrant;
 use shoal_common::ids::DatasetId;
 use shoal_common::{Error, Result};
 
 use super::db_err;
 use crate::store::{GrantRecord, TokenRecord};
+
+const TOKEN_COLUMNS: &str =
+    "id, owner, admin, secret_hash, created_at_ms, revoked_at_ms, job, scope, expires_at_ms";
+
+#[derive(Serialize, Deserialize)]
+struct StoredGrant {
+    dataset: String,
+    id: u64,
+    write: bool,
+}
+
+fn scope_to_text(scope: &[JobGrant]) -> String {
+    if scope.is_empty() {
+        return String::new();
+    }
+    let v: Vec<StoredGrant> = scope
+        .iter()
+        .map(|g| StoredGrant {
+            dataset: g.dataset.clone(),
+            id: g.id.0,
+            write: g.write,
+        })
+        .collect();
+    serde_json::to_string(&v).unwrap_or_default()
+}
+
+fn scope_from_text(s: &str) -> rusqlite::Result<Vec<JobGrant>> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Vec<StoredGrant> = serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(v.into_iter()
+        .map(|g| JobGrant {
+            dataset: g.dataset,
+            id: DatasetId(g.id),
+            write: g.write,
+        })
+        .collect())
+}
 
 fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
@@ -16,20 +63,27 @@ fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         secret_hash: r.get(3)?,
         created_at_ms: r.get(4)?,
         revoked_at_ms: r.get(5)?,
+        job: r.get(6)?,
+        scope: scope_from_text(&r.get::<_, String>(7)?)?,
+        expires_at_ms: r.get(8)?,
     })
 }
 
 pub fn create_token(conn: &Connection, t: TokenRecord) -> Result<()> {
     let r = conn.execute(
-        "INSERT INTO tokens (id, owner, admin, secret_hash, created_at_ms, revoked_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
         params![
             t.id,
             t.owner,
             t.admin,
             t.secret_hash,
             t.created_at_ms,
-            t.revoked_at_ms
+            t.revoked_at_ms,
+            t.job,
+            scope_to_text(&t.scope),
+            t.expires_at_ms,
         ],
     );
     match r {
@@ -48,8 +102,7 @@ pub fn create_token(conn: &Connection, t: TokenRecord) -> Result<()> {
 
 pub fn get_token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
     conn.query_row(
-        "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-         FROM tokens WHERE id = ?1",
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
         [id],
         row_to_token,
     )
@@ -59,10 +112,9 @@ pub fn get_token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
 
 pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
     let mut st = conn
-        .prepare_cached(
-            "SELECT id, owner, admin, secret_hash, created_at_ms, revoked_at_ms
-             FROM tokens ORDER BY created_at_ms, id",
-        )
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at_ms, id"
+        ))
         .map_err(db_err("list tokens"))?;
     let rows = st
         .query_map([], row_to_token)
@@ -86,6 +138,28 @@ pub fn revoke_token(conn: &Connection, id: &str, now_ms: i64) -> Result<bool> {
         .optional()
         .map_err(db_err("read token"))?;
     Ok(exists.is_some())
+}
+
+pub fn renew_token(conn: &Connection, id: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool> {
+    let n = conn
+        .execute(
+            "UPDATE tokens SET expires_at_ms = ?1
+             WHERE id = ?2 AND job != '' AND revoked_at_ms = 0 AND expires_at_ms > ?3",
+            params![expires_at_ms, id, now_ms],
+        )
+        .map_err(db_err("renew token"))?;
+    Ok(n > 0)
+}
+
+pub fn delete_expired_tokens(conn: &Connection, now_ms: i64) -> Result<u64> {
+    // Owner tokens have expiry 0 and are never swept; revoked ones stay listed.
+    let n = conn
+        .execute(
+            "DELETE FROM tokens WHERE job != '' AND expires_at_ms != 0 AND expires_at_ms <= ?1",
+            [now_ms],
+        )
+        .map_err(db_err("delete expired tokens"))?;
+    Ok(n as u64)
 }
 
 pub fn set_grant(conn: &Connection, g: GrantRecord) -> Result<()> {

@@ -155,6 +155,9 @@ async fn tokens_and_grants_persist_and_die_with_their_dataset() {
         secret_hash: "h".repeat(64),
         created_at_ms: 5,
         revoked_at_ms: 0,
+        job: String::new(),
+        scope: Vec::new(),
+        expires_at_ms: 0,
     };
     let d = {
         let s = SqliteCatalog::open(tmp.path()).unwrap();
@@ -383,4 +386,57 @@ async fn an_older_catalogue_is_upgraded_in_place() {
     let (d, dropped) = s.finish_sync(d.id, g, 3, 10).await.unwrap();
     assert!(dropped.paths.is_empty());
     assert_eq!(d.file_count, 1);
+}
+
+#[tokio::test]
+async fn job_credentials_keep_their_scope_renew_and_are_swept_when_expired() {
+    use shoal_common::auth::JobGrant;
+    let tmp = tempfile::tempdir().unwrap();
+    // A catalogue from before job credentials: the tokens table lacks their columns.
+    {
+        let c = rusqlite::Connection::open(tmp.path().join("catalog.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE tokens (id TEXT PRIMARY KEY, owner TEXT NOT NULL, admin INTEGER NOT NULL,
+             secret_hash TEXT NOT NULL, created_at_ms INTEGER NOT NULL,
+             revoked_at_ms INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO tokens VALUES ('00000000000000aa', 'team-a', 0, 'h', 1, 0);",
+        )
+        .unwrap();
+    }
+    let s = SqliteCatalog::open(tmp.path()).unwrap();
+    let old = s.get_token("00000000000000aa").await.unwrap().unwrap();
+    assert_eq!((old.job.as_str(), old.expires_at_ms), ("", 0));
+    let job = TokenRecord {
+        id: "00000000000000bb".into(),
+        owner: "team-a".into(),
+        admin: false,
+        secret_hash: "h".repeat(64),
+        created_at_ms: 5,
+        revoked_at_ms: 0,
+        job: "j-1".into(),
+        scope: vec![JobGrant {
+            dataset: "d".into(),
+            id: DatasetId(3),
+            write: true,
+        }],
+        expires_at_ms: 100,
+    };
+    s.create_token(job.clone()).await.unwrap();
+    assert_eq!(s.get_token(&job.id).await.unwrap(), Some(job.clone()));
+    assert!(s.renew_token(&job.id, 200, 50).await.unwrap());
+    assert!(
+        !s.renew_token(&job.id, 900, 250).await.unwrap(),
+        "an expired credential is not renewed"
+    );
+    assert!(
+        !s.renew_token(&old.id, 900, 50).await.unwrap(),
+        "an owner token has no expiry to renew"
+    );
+    assert_eq!(s.delete_expired_tokens(150).await.unwrap(), 0);
+    assert_eq!(s.delete_expired_tokens(200).await.unwrap(), 1);
+    assert!(s.get_token(&job.id).await.unwrap().is_none());
+    assert!(
+        s.get_token(&old.id).await.unwrap().is_some(),
+        "owner tokens stay"
+    );
 }
