@@ -56,17 +56,30 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
 
     let dir = temp_dir("runner-mount");
     let mut cmd = Command::new(SHOAL);
-    cmd.args(["up", "--workers", "1", "--mem", "64MiB", "--disk", "256MiB"])
-        .args([
-            "--master-listen",
-            "127.0.0.1:0",
-            "--runner-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("state"))
-        .args(["--ufs", &s3.uri("rm"), "--dataset", "rm"])
-        .env_remove("SHOAL_CONFIG");
+    // Without the sandbox: a sandboxed instance holds a bind of the dead daemon's
+    // mount in its own namespace and loses its datasets when the daemon dies (its
+    // attempt fails and is retried; see ARCHITECTURE.md, "Sandboxed instances").
+    // Reading through the job's mount with the sandbox on is `job_credentials.rs`.
+    cmd.args([
+        "up",
+        "--no-sandbox",
+        "--workers",
+        "1",
+        "--mem",
+        "64MiB",
+        "--disk",
+        "256MiB",
+    ])
+    .args([
+        "--master-listen",
+        "127.0.0.1:0",
+        "--runner-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("state"))
+    .args(["--ufs", &s3.uri("rm"), "--dataset", "rm"])
+    .env_remove("SHOAL_CONFIG");
     for (k, v) in s3.options() {
         cmd.arg("--option").arg(format!("{k}={v}"));
     }
