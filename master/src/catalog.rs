@@ -23,7 +23,7 @@ use opendal::Operator;
 use shoal_common::ids::{DatasetId, is_upload_temp, normalize_dataset_path, validate_dataset_name};
 use shoal_common::time::now_ms;
 use shoal_common::{Error, ErrorKind, Result};
-use shoal_ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
+use shoal_ufs::{UfsTuning, build_operator, check_confined_async, check_reachable, ufs_error};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -402,7 +402,7 @@ impl Catalog {
             };
             let meta = entry.metadata();
             // A symbolic link in a file:// dataset that leads outside it is not served.
-            if let Err(e) = check_confined(&op, &path) {
+            if let Err(e) = check_confined_async(&op, &path).await {
                 warn!(dataset = %d.name, path = %path, error = %e, "skipping entry");
                 continue;
             }
