@@ -92,15 +92,16 @@ impl Inner {
                             let _ = f.punch(offset, n);
                         })
                 });
-            if r.is_err() {
-                // A data file this write created and left empty goes too.
-                if let Ok(true) = block_file::remove_version_dir_if_empty(&dir) {
-                    self.files.remove(&(ti, id.dataset, id.version));
-                }
+            let key = (id.dataset, id.version);
+            // A data file this write created and left empty goes too.
+            if r.is_err() && matches!(block_file::remove_version_dir_if_empty(&dir), Ok(true)) {
+                self.files.remove(&(ti, id.dataset, id.version));
+                tier.seals.forget(key);
+            } else {
+                // The bytes were checksummed in memory before they were written: a
+                // verified version stays verified (and a new data file starts so).
+                tier.seals.after(key, &dir, &before);
             }
-            // The bytes were checksummed in memory before they were written: a
-            // verified version stays verified (and a new data file starts so).
-            tier.seals.after((id.dataset, id.version), &dir, &before);
             match r {
                 Ok(()) => {
                     tier.index.insert(*id, Entry::new(len, crc));

@@ -61,8 +61,8 @@ fn used(w: &shoal_worker::RunningWorker) -> Vec<u64> {
         .collect()
 }
 
-/// Samples every tier's accounted and allocated bytes until `stop`, failing the test
-/// (through the returned maxima) when either passes the quota.
+/// Samples every tier's accounted and allocated bytes until `stop`; returns how many
+/// samples it took and the first ones that found either over the quota.
 fn sample_quotas(
     w: &shoal_worker::RunningWorker,
     roots: Vec<(PathBuf, u64)>,
@@ -75,7 +75,7 @@ fn sample_quotas(
         while !stop.load(Ordering::Acquire) {
             for (t, (root, quota)) in store.tier_usage().iter().zip(&roots) {
                 let alloc = allocated_bytes(root);
-                if t.used_bytes > t.quota_bytes || alloc > *quota {
+                if (t.used_bytes > t.quota_bytes || alloc > *quota) && over.len() < 5 {
                     over.push(format!(
                         "tier {}: accounted {} allocated {} quota {}",
                         t.name, t.used_bytes, alloc, quota
