@@ -266,6 +266,8 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     }
     // SAFETY: rc == 0, so the kernel filled `st`.
     let st = unsafe { st.assume_init() };
+    // fsblkcnt_t and c_ulong are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
