@@ -7,7 +7,9 @@
 //! on it, and it closes, lock included, when the operation ends. When the last block
 //! of a version leaves, its directory is removed and its cached read descriptor
 //! forgotten under the same lock. Running out of descriptors keeps a block where it is
-//! (eviction is retried later); it never drops one.
+//! (eviction is retried later); it never drops one. A fill that fails punches what it
+//! wrote before its reservation is released, and `ENOSPC` marks the tier full
+//! (`tier.rs`) instead of failing anyone's read.
 //!
 //! Every change to a data file is bracketed by its tier's seals (`scrub/seal.rs`), so a
 //! data file this process verified stays verified through its own changes, and one
