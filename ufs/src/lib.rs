@@ -246,6 +246,20 @@ pub async fn check_confined_async(op: &Operator, path: &str) -> Result<()> {
         .map_err(|e| Error::internal(format!("confinement check task failed: {e}")))?
 }
 
+/// [`check_confined`] for many paths of one dataset in one blocking task, one verdict
+/// per path in order: a sync checks every listed entry, and a hop to the blocking pool
+/// per entry would cost more than the checks.
+pub async fn check_confined_many(op: &Operator, paths: Vec<String>) -> Result<Vec<Result<()>>> {
+    let info = op.info();
+    if info.scheme() != "fs" {
+        return Ok(paths.iter().map(|_| Ok(())).collect());
+    }
+    let root = info.root().to_owned();
+    tokio::task::spawn_blocking(move || paths.iter().map(|p| confined_in(&root, p)).collect())
+        .await
+        .map_err(|e| Error::internal(format!("confinement check task failed: {e}")))
+}
+
 /// For a local directory (`file://`) dataset: refuses `path` when its real location,
 /// with symbolic links resolved, is outside the dataset's root (a link inside the
 /// directory pointing elsewhere). A path that does not exist yet (a file being
@@ -423,6 +437,12 @@ mod tests {
         for ok in ["sub/f", "in", "sub", "not/yet/created"] {
             check_confined_async(&op, ok).await.unwrap();
         }
+        let many = ["in", "out", "sub/f", "dirout/secret"].map(String::from);
+        let verdicts = check_confined_many(&op, many.to_vec()).await.unwrap();
+        assert_eq!(
+            verdicts.iter().map(|v| v.is_ok()).collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
         for bad in ["out", "dirout/secret", "dirout/ds/../secret", "dirout/new"] {
             let e = check_confined_async(&op, bad).await.unwrap_err();
             assert!(e.is(ErrorKind::PermissionDenied), "{bad}: {e}");
