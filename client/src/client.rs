@@ -437,7 +437,7 @@ impl ShoalClient {
     async fn read_ufs(&self, ds: &Dataset, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let what = format!("{}/{}", ds.name, file.path);
         let store = self.inner.catalog.store(ds).await?;
-        shoal_ufs::check_confined(&store, &file.path)?;
+        shoal_ufs::check_confined_async(&store, &file.path).await?;
         let fut = shoal_ufs::read_pinned(&store, &file.path, a..b, &file.etag, file.size, &what);
         tokio::time::timeout(self.inner.cfg.data_timeout, fut)
             .await

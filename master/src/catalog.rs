@@ -23,7 +23,7 @@ use opendal::Operator;
 use shoal_common::ids::{DatasetId, is_upload_temp, normalize_dataset_path, validate_dataset_name};
 use shoal_common::time::now_ms;
 use shoal_common::{Error, ErrorKind, Result};
-use shoal_ufs::{UfsTuning, build_operator, check_confined, check_reachable, ufs_error};
+use shoal_ufs::{UfsTuning, build_operator, check_confined_many, check_reachable, ufs_error};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -367,7 +367,12 @@ impl Catalog {
             // opendal lists a missing directory as an empty one: a sync must not take an
             // unmounted disk for "every file was deleted".
             let root = op.info().root().to_string();
-            if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
+            let r = root.clone();
+            // A hung local disk must not stall a runtime thread.
+            let is_dir = tokio::task::spawn_blocking(move || std::fs::metadata(r))
+                .await
+                .is_ok_and(|m| m.is_ok_and(|m| m.is_dir()));
+            if !is_dir {
                 return Err(Error::unavailable(format!(
                     "{ctx}: `{root}` is missing or not a directory; the previous metadata is kept (is the disk mounted?)"
                 )));
@@ -382,6 +387,8 @@ impl Catalog {
         let mut batch = Vec::with_capacity(SYNC_BATCH);
         batch.push(dir_record(""));
         let mut listed = 0u64;
+        // Listed entries waiting for their confinement check, done per SYNC_BATCH.
+        let mut pending: Vec<(String, opendal::Metadata)> = Vec::with_capacity(SYNC_BATCH);
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => {
@@ -389,39 +396,52 @@ impl Catalog {
                 }
                 n = lister.try_next() => n.map_err(|e| ufs_error(&e, &ctx, &d.options))?,
             };
-            let Some(entry) = next else { break };
-            let path = match normalize_dataset_path(entry.path()) {
-                // A mount's upload in progress is not a file of the dataset yet.
-                Ok(p) if is_upload_temp(&p) => continue,
-                Ok(p) if !p.is_empty() => p,
-                Ok(_) => continue,
-                Err(e) => {
-                    warn!(path = entry.path(), error = %e, "skipping object whose key cannot be a dataset path");
+            let done = next.is_none();
+            if let Some(entry) = next {
+                let path = match normalize_dataset_path(entry.path()) {
+                    // A mount's upload in progress is not a file of the dataset yet.
+                    Ok(p) if is_upload_temp(&p) => continue,
+                    Ok(p) if !p.is_empty() => p,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        warn!(path = entry.path(), error = %e, "skipping object whose key cannot be a dataset path");
+                        continue;
+                    }
+                };
+                pending.push((path, entry.metadata().clone()));
+                if pending.len() < SYNC_BATCH {
                     continue;
                 }
-            };
-            let meta = entry.metadata();
-            // A symbolic link in a file:// dataset that leads outside it is not served.
-            if let Err(e) = check_confined(&op, &path) {
-                warn!(dataset = %d.name, path = %path, error = %e, "skipping entry");
-                continue;
             }
-            add_ancestors(&path, &mut dirs, &mut batch);
-            if meta.is_dir() {
-                if dirs.insert(path.clone()) {
-                    batch.push(dir_record(&path));
+            // A symbolic link in a file:// dataset that leads outside it is not served;
+            // resolving links is blocking disk I/O, done off the runtime per batch.
+            let paths = pending.iter().map(|(p, _)| p.clone()).collect();
+            let verdicts = check_confined_many(&op, paths).await?;
+            for ((path, meta), verdict) in std::mem::take(&mut pending).into_iter().zip(verdicts) {
+                if let Err(e) = verdict {
+                    warn!(dataset = %d.name, path = %path, error = %e, "skipping entry");
+                    continue;
                 }
-            } else {
-                listed += 1;
-                batch.push(FileRecord::from_ufs(path, meta));
+                add_ancestors(&path, &mut dirs, &mut batch);
+                if meta.is_dir() {
+                    if dirs.insert(path.clone()) {
+                        batch.push(dir_record(&path));
+                    }
+                } else {
+                    listed += 1;
+                    batch.push(FileRecord::from_ufs(path, &meta));
+                }
+                if batch.len() >= SYNC_BATCH {
+                    pin_local(&op, &mut batch).await?;
+                    changed.add(
+                        self.store
+                            .apply_sync_batch(d.id, gen_, std::mem::take(&mut batch))
+                            .await?,
+                    );
+                }
             }
-            if batch.len() >= SYNC_BATCH {
-                pin_local(&op, &mut batch).await?;
-                changed.add(
-                    self.store
-                        .apply_sync_batch(d.id, gen_, std::mem::take(&mut batch))
-                        .await?,
-                );
+            if done {
+                break;
             }
         }
         if !batch.is_empty() {

@@ -246,6 +246,31 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// Whether an error means the file system (or the user's disk quota) is out of space
+/// (`ENOSPC`, `EDQUOT`): the tier is full, the block is not bad.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Bytes an unprivileged writer can still allocate on the file system holding `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is writable space for one statvfs,
+    // which the call fills completely when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: rc == 0, so the kernel filled `st`.
+    let st = unsafe { st.assume_init() };
+    // fsblkcnt_t and c_ulong are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Creates the marker recording that `marker.index` is present and complete (an
 /// existing marker of that index is replaced).
 pub fn create_marker(dir: &Path, marker: &Marker) -> io::Result<()> {
@@ -701,6 +726,18 @@ mod tests {
         )));
         assert!(!is_fd_exhaustion(&io::Error::from_raw_os_error(libc::EIO)));
         assert!(!is_fd_exhaustion(&io::Error::other("x")));
+    }
+
+    #[test]
+    fn out_of_space_is_recognised_and_free_space_is_measured() {
+        assert!(is_out_of_space(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(is_out_of_space(&io::Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(!is_out_of_space(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        let d = tempfile::tempdir().unwrap();
+        assert!(available_bytes(d.path()).unwrap() > 0);
+        assert!(available_bytes(&d.path().join("missing")).is_err());
     }
 
     #[test]

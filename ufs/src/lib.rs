@@ -230,16 +230,51 @@ pub fn build_operator(
         .layer(LoggingLayer::new(UfsLog)))
 }
 
+/// [`check_confined`] from async code: resolving links is blocking disk I/O (a slow
+/// or hung local disk would stall a runtime thread, and every read and sync entry of a
+/// `file://` dataset asks), so it runs on the blocking pool. Other stores answer at
+/// once without leaving the task.
+pub async fn check_confined_async(op: &Operator, path: &str) -> Result<()> {
+    let info = op.info();
+    if info.scheme() != "fs" {
+        return Ok(());
+    }
+    let root = info.root().to_owned();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || confined_in(&root, &path))
+        .await
+        .map_err(|e| Error::internal(format!("confinement check task failed: {e}")))?
+}
+
+/// [`check_confined`] for many paths of one dataset in one blocking task, one verdict
+/// per path in order: a sync checks every listed entry, and a hop to the blocking pool
+/// per entry would cost more than the checks.
+pub async fn check_confined_many(op: &Operator, paths: Vec<String>) -> Result<Vec<Result<()>>> {
+    let info = op.info();
+    if info.scheme() != "fs" {
+        return Ok(paths.iter().map(|_| Ok(())).collect());
+    }
+    let root = info.root().to_owned();
+    tokio::task::spawn_blocking(move || paths.iter().map(|p| confined_in(&root, p)).collect())
+        .await
+        .map_err(|e| Error::internal(format!("confinement check task failed: {e}")))
+}
+
 /// For a local directory (`file://`) dataset: refuses `path` when its real location,
 /// with symbolic links resolved, is outside the dataset's root (a link inside the
 /// directory pointing elsewhere). A path that does not exist yet (a file being
 /// created) is judged by its deepest existing parent. Other stores have no links.
+/// Blocking: async callers use [`check_confined_async`].
 pub fn check_confined(op: &Operator, path: &str) -> Result<()> {
     let info = op.info();
     if info.scheme() != "fs" {
         return Ok(());
     }
-    let root = std::path::PathBuf::from(info.root());
+    confined_in(&info.root(), path)
+}
+
+fn confined_in(root: &str, path: &str) -> Result<()> {
+    let root = std::path::PathBuf::from(root);
     let Ok(real_root) = std::fs::canonicalize(&root) else {
         return Ok(());
     };
@@ -386,6 +421,38 @@ fn short_s3_code(detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn confinement_is_kept_off_the_runtime() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("ds");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(top.path().join("secret"), b"x").unwrap();
+        std::fs::write(root.join("sub/f"), b"y").unwrap();
+        std::os::unix::fs::symlink("../secret", root.join("out")).unwrap();
+        std::os::unix::fs::symlink("sub/f", root.join("in")).unwrap();
+        std::os::unix::fs::symlink(top.path(), root.join("dirout")).unwrap();
+        let uri = format!("file://{}", root.display());
+        let op = build_operator(&uri, &BTreeMap::new(), &UfsTuning::default()).unwrap();
+        for ok in ["sub/f", "in", "sub", "not/yet/created"] {
+            check_confined_async(&op, ok).await.unwrap();
+        }
+        let many = ["in", "out", "sub/f", "dirout/secret"].map(String::from);
+        let verdicts = check_confined_many(&op, many.to_vec()).await.unwrap();
+        assert_eq!(
+            verdicts.iter().map(|v| v.is_ok()).collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
+        for bad in ["out", "dirout/secret", "dirout/ds/../secret", "dirout/new"] {
+            let e = check_confined_async(&op, bad).await.unwrap_err();
+            assert!(e.is(ErrorKind::PermissionDenied), "{bad}: {e}");
+            assert_eq!(
+                check_confined(&op, bad).unwrap_err().kind(),
+                e.kind(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn parses_uris() {

@@ -28,6 +28,10 @@ pub struct TierMetrics {
     pub scrub_failures: Counter,
     pub used_bytes: Gauge,
     pub quota_bytes: Gauge,
+    /// 1 while the tier is full (a write met `ENOSPC`, no space came back yet).
+    pub full: Gauge,
+    /// Writes that met `ENOSPC` (or `EDQUOT`) in this tier.
+    pub out_of_space: Counter,
 }
 
 impl TierMetrics {
@@ -47,6 +51,8 @@ impl TierMetrics {
             scrub_failures: counter!("shoal_worker_scrub_failures_total", &l),
             used_bytes: gauge!("shoal_worker_tier_used_bytes", &l),
             quota_bytes: gauge!("shoal_worker_tier_quota_bytes", &l),
+            full: gauge!("shoal_worker_tier_full", &l),
+            out_of_space: counter!("shoal_worker_tier_enospc_total", &l),
         }
     }
 }

@@ -25,6 +25,12 @@
 //!   gates) protects under a lease are skipped by eviction the same way.
 //! - **Quotas are hard**: a write reserves its bytes first and the reservation never
 //!   passes the quota. When nothing can be evicted the bytes are served uncached.
+//!   Accounting is exact: a reservation is committed to an index entry or released,
+//!   and an entry's bytes are released by whoever takes it out of the index, once
+//!   (see [`tier`]).
+//! - **A full disk** (`ENOSPC` below the quota): the half-written block is punched
+//!   out, and the tier is marked full and skipped by writes, not reads, until space
+//!   returns; the block goes to the next tier or is served uncached.
 //! - **Promotion**: a block read `promote_after_reads` times from a lower tier moves to
 //!   the top tier.
 //! - **Restart**: [`index::rebuild`] rebuilds each tier's index from the markers.

@@ -265,7 +265,7 @@ async fn start_upload(
     h: &WriteHandle,
 ) -> Result<(opendal::Writer, Option<String>), Error> {
     let store = fs.client.catalog().store(&h.dataset).await?;
-    shoal_ufs::check_confined(&store, &h.key.path)?;
+    shoal_ufs::check_confined_async(&store, &h.key.path).await?;
     let at = upload_path(&store, &h.key.path);
     let fut = store
         .writer_with(at.as_deref().unwrap_or(&h.key.path))
@@ -377,7 +377,7 @@ pub async fn finish(fs: &Fs, h: &WriteHandle) -> Result<(), Errno> {
 async fn complete_upload(fs: &Fs, h: &WriteHandle, st: &mut WriteState) -> Result<(), Error> {
     let ctx = format!("complete upload of {}", h.key.path);
     let store = fs.client.catalog().store(&h.dataset).await?;
-    shoal_ufs::check_confined(&store, &h.key.path)?;
+    shoal_ufs::check_confined_async(&store, &h.key.path).await?;
     let timed_out = || Error::unavailable(format!("{ctx}: timed out"));
     let ufs = |e: opendal::Error| shoal_ufs::ufs_error(&e, &ctx, &Default::default());
     match &mut st.writer {

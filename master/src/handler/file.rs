@@ -84,7 +84,7 @@ async fn revalidate(
         return Ok(known);
     }
     let op = s.catalog.operator(d)?;
-    shoal_ufs::check_confined(&op, path)?;
+    shoal_ufs::check_confined_async(&op, path).await?;
     metrics::counter!("shoal_master_revalidations_total").increment(1);
     let mut now = match op.stat(path).await {
         Ok(meta) if meta.is_file() => Some(FileRecord::from_ufs(path.to_owned(), &meta)),

@@ -10,7 +10,7 @@ use shoal_proto::v1::{
     CommitFileRequest, FileEntry, MakeDirectoryRequest, RemovePathRequest, RemovePathResponse,
     RenameFileRequest,
 };
-use shoal_ufs::{check_confined, ufs_error};
+use shoal_ufs::{check_confined_async, ufs_error};
 use tonic::Status;
 use tracing::info;
 
@@ -49,9 +49,9 @@ fn non_root(path: &str) -> Result<String, Error> {
 }
 
 /// [`non_root`], and for a file:// dataset not through a link out of it.
-fn confined(op: &opendal::Operator, path: &str) -> Result<String, Error> {
+async fn confined(op: &opendal::Operator, path: &str) -> Result<String, Error> {
     let p = non_root(path)?;
-    check_confined(op, &p)?;
+    check_confined_async(op, &p).await?;
     Ok(p)
 }
 
@@ -72,7 +72,7 @@ async fn stat_into_record(
 
 pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = confined(&op, &r.path)?;
+    let path = confined(&op, &r.path).await?;
     let rec = stat_into_record(&op, &d, &path).await?;
     s.catalog.store().upsert_entry(d.id, rec.clone()).await?;
     publish(s, &d, &[&path]);
@@ -82,7 +82,7 @@ pub async fn commit(s: &MasterState, r: CommitFileRequest) -> Result<FileEntry, 
 
 pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathResponse, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = confined(&op, &r.path)?;
+    let path = confined(&op, &r.path).await?;
     let store = s.catalog.store();
     let Some(rec) = store.lookup(d.id, &path).await? else {
         return Err(Error::not_found(format!("`{}/{path}` not found", d.name)).into());
@@ -123,7 +123,7 @@ pub async fn remove(s: &MasterState, r: RemovePathRequest) -> Result<RemovePathR
 
 pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let path = confined(&op, &r.path)?;
+    let path = confined(&op, &r.path).await?;
     if let Some(existing) = s.catalog.store().lookup(d.id, &path).await? {
         return Err(Error::already_exists(format!(
             "`{path}` already exists as a {}",
@@ -148,8 +148,8 @@ pub async fn mkdir(s: &MasterState, r: MakeDirectoryRequest) -> Result<FileEntry
 
 pub async fn rename(s: &MasterState, r: RenameFileRequest) -> Result<FileEntry, Status> {
     let (d, op) = writable(s, &r.dataset).await?;
-    let from = confined(&op, &r.from)?;
-    let to = confined(&op, &r.to)?;
+    let from = confined(&op, &r.from).await?;
+    let to = confined(&op, &r.to).await?;
     let store = s.catalog.store();
     match store.lookup(d.id, &from).await? {
         None => return Err(Error::not_found(format!("`{}/{from}` not found", d.name)).into()),

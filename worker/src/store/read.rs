@@ -133,7 +133,7 @@ impl Inner {
         len: u64,
     ) -> Result<Bytes> {
         let op = self.datasets.operator(&file).await?;
-        shoal_ufs::check_confined(&op, &file.path)?;
+        shoal_ufs::check_confined_async(&op, &file.path).await?;
         let range = self.layout.block_range(file.size, id.index);
         self.m.ufs_read_requests.increment(1);
         // Pinned to the version this block belongs to: bytes of any other version never

@@ -7,7 +7,9 @@
 //! on it, and it closes, lock included, when the operation ends. When the last block
 //! of a version leaves, its directory is removed and its cached read descriptor
 //! forgotten under the same lock. Running out of descriptors keeps a block where it is
-//! (eviction is retried later); it never drops one.
+//! (eviction is retried later); it never drops one. A fill that fails punches what it
+//! wrote before its reservation is released, and `ENOSPC` marks the tier full
+//! (`tier.rs`) instead of failing anyone's read.
 //!
 //! Every change to a data file is bracketed by its tier's seals (`scrub/seal.rs`), so a
 //! data file this process verified stays verified through its own changes, and one
@@ -51,22 +53,25 @@ impl Inner {
     }
 
     /// Reserves room (evicting if the write would pass the high watermark), writes the
-    /// bytes and the marker, and indexes the block. `Ok(false)` when there is no room.
+    /// bytes and the marker, and indexes the block. `Ok(false)` when there is no room:
+    /// over the quota, or the tier is full (its file system said `ENOSPC`).
     fn insert_into_tier(&self, ti: usize, id: &BlockId, data: &[u8], crc: u32) -> Result<bool> {
         let tier = &self.tiers[ti];
         let len = data.len() as u64;
         let n = disk_bytes(len);
+        if tier.is_full(n) {
+            return Ok(false);
+        }
         if tier.used().saturating_add(n) > tier.high_bytes {
             tier.index.run_pending_tasks();
             self.drain(ti);
         }
-        if !tier.try_reserve(n, tier.quota) {
+        let Some(reservation) = tier.reserve(n, tier.quota) else {
             return Ok(false);
-        }
-        let written = {
+        };
+        {
             let _w = tier.disk.write();
             if tier.index.contains_key(id) {
-                tier.release(n);
                 return Ok(true);
             }
             let dir = layout::block_dir(&tier.root, id);
@@ -81,30 +86,48 @@ impl Inner {
                 .files
                 .open(|| BlockFile::open_for_write(&dir))
                 .and_then(|f| {
-                    f.write_block(offset, data)?;
-                    block_file::create_marker(&dir, &marker).inspect_err(|_| {
-                        let _ = f.punch(offset, n);
-                    })
+                    // A failed write (ENOSPC halfway) may leave pages allocated that
+                    // no reservation covers: punch them before the reservation goes.
+                    f.write_block(offset, data)
+                        .and_then(|()| block_file::create_marker(&dir, &marker))
+                        .inspect_err(|_| {
+                            let _ = f.punch(offset, n);
+                        })
                 });
-            // The bytes were checksummed in memory before they were written: a
-            // verified version stays verified (and a new data file starts so).
-            tier.seals.after((id.dataset, id.version), &dir, &before);
-            if r.is_ok() {
-                tier.index.insert(*id, Entry::new(len, crc));
+            let key = (id.dataset, id.version);
+            // A data file this write created and left empty goes too.
+            if r.is_err() && matches!(block_file::remove_version_dir_if_empty(&dir), Ok(true)) {
+                self.files.remove(&(ti, id.dataset, id.version));
+                tier.seals.forget(key);
+            } else {
+                // The bytes were checksummed in memory before they were written: a
+                // verified version stays verified (and a new data file starts so).
+                tier.seals.after(key, &dir, &before);
             }
-            r.map_err(|e| disk_error(format!("write block {id} into {}", dir.display()), e))
-        };
-        match written {
-            Ok(()) => {
-                self.stats.add_cached(id.dataset, len as i64);
-                self.drain(ti);
-                Ok(true)
-            }
-            Err(e) => {
-                tier.release(n);
-                Err(e)
+            match r {
+                Ok(()) => {
+                    tier.index.insert(*id, Entry::new(len, crc));
+                    reservation.commit();
+                }
+                Err(e) if block_file::is_out_of_space(&e) => {
+                    tier.m.out_of_space.increment(1);
+                    if tier.mark_full() {
+                        tracing::warn!(worker = %self.node, tier = %tier.name, block = %id, error = %e,
+                            "tier's file system is full below its quota; no new blocks go there until space returns");
+                    }
+                    return Ok(false);
+                }
+                Err(e) => {
+                    return Err(disk_error(
+                        format!("write block {id} into {}", dir.display()),
+                        e,
+                    ));
+                }
             }
         }
+        self.stats.add_cached(id.dataset, len as i64);
+        self.drain(ti);
+        Ok(true)
     }
 
     /// Evicts every block moka has chosen in tier `ti` (blocking).
@@ -200,42 +223,50 @@ impl Inner {
         }
         let tier = &self.tiers[ti];
         tier.m.promotions.increment(1);
-        tier.index.invalidate(id);
         let _w = tier.disk.write();
+        // Evicted since it was read: the eviction owns (and releases) the lower copy.
+        let Some(e) = tier.remove(id) else {
+            return;
+        };
         let dir = layout::block_dir(&tier.root, id);
         let f = match self.files.open(|| BlockFile::open_existing(&dir)) {
             Ok(f) => f,
             Err(err) if block_file::is_fd_exhaustion(&err) => {
                 // Keep the lower copy too; it leaves when it is evicted.
                 self.m.fd_exhausted.increment(1);
-                tier.index.insert(*id, e.clone());
+                tier.index.insert(*id, e);
                 return;
             }
             Err(_) => {
-                self.forget(ti, id, e);
+                self.forget(ti, id, &e);
                 return;
             }
         };
         if !matches!(f.try_lock_exclusive(), Ok(true)) {
             // Pinned by a reader: keep the lower copy too.
-            tier.index.insert(*id, e.clone());
+            tier.index.insert(*id, e);
             return;
         }
         let _ = block_file::remove_marker(&dir, id.index);
-        self.punch_and_forget(ti, id, e, &f, id.index * self.layout.block_size());
+        self.punch_and_forget(ti, id, &e, &f, id.index * self.layout.block_size());
     }
 
     /// Removes a bad block from tier `ti` (index, marker, bytes), pinned or not: a
     /// corrupt block is no use to anyone, so no lock is needed.
     pub(super) fn drop_block(&self, ti: usize, id: &BlockId, e: &Arc<Entry>) {
         let tier = &self.tiers[ti];
-        tier.index.invalidate(id);
         if let Some(v) = &self.verified {
             v.invalidate(id);
         }
         let _w = tier.disk.write();
-        if tier.index.contains_key(id) {
-            tier.release(disk_bytes(e.len));
+        // Evicted since it was read: the eviction owns (and releases) it, and verifies
+        // it before any demotion.
+        let Some(cur) = tier.remove(id) else {
+            return;
+        };
+        if !Arc::ptr_eq(&cur, e) {
+            // Filled again since it was read: a fresh copy, not the one found bad.
+            tier.index.insert(*id, cur);
             return;
         }
         let dir = layout::block_dir(&tier.root, id);
@@ -274,6 +305,7 @@ impl Inner {
                 seals.after(key, f.dir(), &before);
             }
         }
+        self.tiers[ti].freed_space();
         self.forget(ti, id, e);
     }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod data_plane;
+mod disks;
 mod hot_path;
 mod scrub;
 mod store;

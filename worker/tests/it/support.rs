@@ -136,7 +136,10 @@ pub fn allocated_bytes(root: &Path) -> u64 {
             continue;
         };
         for e in rd.flatten() {
-            let m = e.metadata().unwrap();
+            // Gone since the listing (a concurrent eviction): it holds nothing now.
+            let Ok(m) = e.metadata() else {
+                continue;
+            };
             if m.is_dir() {
                 stack.push(e.path());
             } else if e.file_name() == "data" {
