@@ -149,8 +149,13 @@ async fn a_job_sees_only_its_datasets_through_its_own_mount_and_credential() {
          cat \"$(dirname \"$SHOAL_DATA_A\")/b/f.txt\" && echo LEAKED-B; \
          ls \"$(dirname \"$SHOAL_DATA_A\")/b\" && echo LISTED-B; \
          touch \"$SHOAL_DATA_A/new.txt\" 2>/dev/null && echo WROTE-A; \
-         while [ ! -e {} ]; do sleep 0.1; done; true",
-        go.display()
+         echo uid=$(id -u); \
+         cat {state}/master/admin.token && echo READ-ADMIN-TOKEN; \
+         cat {state}/master/cluster.token && echo READ-CLUSTER-TOKEN; \
+         ls {state} && echo LISTED-STATE; \
+         while [ ! -e {go} ]; do sleep 0.1; done; true",
+        go = go.display(),
+        state = state.display(),
     );
     std::fs::write(
         &spec,
@@ -221,6 +226,17 @@ async fn a_job_sees_only_its_datasets_through_its_own_mount_and_credential() {
         !out.contains("LEAKED-B") && !out.contains("LISTED-B"),
         "{out}"
     );
+    // The attack of issue 14 under the default `shoal up`: the instance is not root
+    // and cannot read the master's token files (so cannot mint an admin token).
+    let uid: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("uid="))
+        .and_then(|u| u.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no uid line: {out}"));
+    assert_ne!(uid, 0, "the instance ran as root: {out}");
+    for leak in ["READ-ADMIN-TOKEN", "READ-CLUSTER-TOKEN", "LISTED-STATE"] {
+        assert!(!out.contains(leak), "{leak}: {out}");
+    }
     assert!(
         !out.contains("WROTE-A"),
         "read-only grant but the job wrote: {out}"
