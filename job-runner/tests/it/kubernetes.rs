@@ -67,7 +67,7 @@ fn settings() -> PodSettings {
         node_label: "kubernetes.io/hostname".into(),
         affinity_weight: 100,
         worker_cache_path: Some(PathBuf::from("/var/lib/shoal/cache")),
-        cluster_token_secret: Some("shoal-cluster-token".into()),
+        tls_ca: false,
         image_pull_policy: Some("IfNotPresent".into()),
         sidecar_cpu_millis: 250,
         sidecar_memory_bytes: 512 << 20,
