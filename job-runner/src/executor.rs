@@ -15,6 +15,7 @@
 //!   instance is never lost nor run twice.
 
 pub mod files;
+pub mod job_credential;
 pub mod job_mount;
 pub mod kubernetes;
 pub mod local;

@@ -90,6 +90,11 @@ impl RunnerServer {
             true => None,
             false => crate::executor::run_as::for_runner(&cfg)?,
         };
+        // Stops the gRPC server and, through child tokens, the job mounts' checks and
+        // the job credentials' renewals.
+        let cancel = CancellationToken::new();
+        // The Kubernetes executor hands each job's credential to its Pods itself.
+        let mut pod_credentials: Option<Arc<dyn DatasetMounts>> = None;
         let executor: Arc<dyn Executor> = match plugins.executor {
             Some(e) => e,
             None => match cfg.executor {
@@ -99,16 +104,22 @@ impl RunnerServer {
                         .with_sandbox(sandbox),
                 ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
-                ExecutorKind::Kubernetes => crate::executor::kubernetes::connect(&cfg).await?,
+                ExecutorKind::Kubernetes => {
+                    let (e, m) =
+                        crate::executor::kubernetes::connect(&cfg, cancel.child_token()).await?;
+                    pod_credentials = Some(m);
+                    e
+                }
             },
         };
-        // Stops the gRPC server and, through child tokens, the job mounts' checks.
-        let cancel = CancellationToken::new();
         // With a master and the shoal binary to mount with, the local executor mounts
         // each job's datasets with the job's own credential (never the cluster token);
         // otherwise datasets are expected at `<mount_root>/<name>`.
-        let mounts: Arc<dyn DatasetMounts> = match (plugins.mounts, &cfg.master, &cfg.mount_program)
-        {
+        let mounts: Arc<dyn DatasetMounts> = match (
+            plugins.mounts.or(pod_credentials.take()),
+            &cfg.master,
+            &cfg.mount_program,
+        ) {
             (Some(m), _, _) => m,
             (None, Some(master), Some(program)) => {
                 let link =

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use shoal_wire::auth::{AuthChannel, Token, read_token_file, write_token_file};
+use shoal_wire::auth::{AuthChannel, read_token_file, write_token_file};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use super::job_credential;
 
 use super::mount::ManagedMount;
 use super::{DatasetMounts, DatasetView, JobViewState};
@@ -131,43 +133,25 @@ async fn prepare(
     let dir = cfg.root.join(&job_id);
     let token_file = dir.join("token");
     let mnt = dir.join("mnt");
-    let ttl_ms = cfg.ttl.as_millis() as u64;
     // A previous runner's credential and mount, if they are still good.
     let mut adopted = None;
     if let Ok(t) = read_token_file(&token_file) {
-        match master
-            .renew_job_credential(pb::RenewJobCredentialRequest {
-                id: t.id().to_owned(),
-                ttl_ms,
-            })
-            .await
-        {
-            Ok(c) => adopted = Some((t, c.into_inner())),
-            Err(s) if s.code() == tonic::Code::NotFound => {
+        match job_credential::renew_once(&mut master, t.id(), cfg.ttl).await? {
+            Some(c) => adopted = Some((t, c)),
+            None => {
                 info!(job = %job_id, "the job's credential lapsed while the runner was away; issuing a new one");
                 remove_mount(&mnt);
             }
-            Err(s) => return Err(Error::from(s).context("renew the job's credential")),
         }
     }
     let (token, cred) = match adopted {
         Some(x) => x,
         None => {
-            let c = master
-                .issue_job_credential(pb::IssueJobCredentialRequest {
-                    owner,
-                    job: job_id.clone(),
-                    datasets,
-                    ttl_ms,
-                })
-                .await
-                .map_err(|s| Error::from(s).context("get the job's credential from the master"))?
-                .into_inner();
-            let t = Token::parse(&c.token)?;
+            let c = job_credential::issue(&mut master, &owner, &job_id, &datasets, cfg.ttl).await?;
             make_dir(&dir, if cfg.allow_other { 0o711 } else { 0o700 })?;
             let _ = std::fs::remove_file(&token_file);
-            write_token_file(&token_file, &t)?;
-            (t, c)
+            write_token_file(&token_file, &c.token)?;
+            (c.token, c.issued)
         }
     };
     let mount = Arc::new(
@@ -182,11 +166,11 @@ async fn prepare(
         .with_ca(cfg.ca.clone()),
     );
     if let Err(e) = mount.ensure().await {
-        revoke(&mut master, token.id()).await;
+        job_credential::revoke(&mut master, token.id()).await;
         return Err(e);
     }
     mount.clone().supervise(cancel.clone());
-    tokio::spawn(renew(
+    tokio::spawn(job_credential::renew(
         master,
         token.id().to_owned(),
         cfg.ttl,
@@ -198,44 +182,6 @@ async fn prepare(
         grants: grants_of(&cred),
         cancel,
     })
-}
-
-/// Renews the credential at a third of its lifetime until cancelled.
-async fn renew(
-    mut master: MasterServiceClient<AuthChannel>,
-    id: String,
-    ttl: Duration,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(ttl / 3) => {}
-        }
-        let r = master
-            .renew_job_credential(pb::RenewJobCredentialRequest {
-                id: id.clone(),
-                ttl_ms: ttl.as_millis() as u64,
-            })
-            .await;
-        if let Err(e) = r {
-            warn!(token = %id, error = %e, "renewing a job credential failed; will retry");
-        }
-    }
-}
-
-async fn revoke(master: &mut MasterServiceClient<AuthChannel>, id: &str) {
-    let r = master
-        .revoke_job_credential(pb::RevokeJobCredentialRequest { id: id.to_owned() })
-        .await;
-    match r {
-        Ok(_) => {}
-        // Expired and swept: nothing left to revoke.
-        Err(s) if s.code() == tonic::Code::NotFound => {}
-        Err(e) => {
-            warn!(token = %id, error = %e, "revoking a job credential failed; it lapses at its expiry")
-        }
-    }
 }
 
 fn remove_mount(mnt: &Path) {
@@ -250,7 +196,7 @@ fn remove_mount(mnt: &Path) {
 /// removes the directory.
 async fn tear_down(mut master: MasterServiceClient<AuthChannel>, dir: PathBuf) {
     if let Ok(t) = read_token_file(&dir.join("token")) {
-        revoke(&mut master, t.id()).await;
+        job_credential::revoke(&mut master, t.id()).await;
     }
     let mnt = dir.join("mnt");
     let d = dir.clone();

@@ -8,7 +8,9 @@
 //!   - `status`: an attempt's end from its Pod's status;
 //!   - `KubernetesExecutor` (in `attempts`): creates, watches (`watch`), follows
 //!     the logs of (`logs`) and deletes those Pods;
-//!   - [`connect`]: builds it from the runner's config, in-cluster or from a
+//!   - `secrets`: each job's credential, in a per-job Secret its Pods' sidecars
+//!     mount (the cluster token never reaches a Pod);
+//!   - [`connect`]: builds both from the runner's config, in-cluster or from a
 //!     kubeconfig.
 //!
 //! Without the feature, [`connect`] explains how to get it. deploy/kubernetes holds the
@@ -25,6 +27,8 @@ mod logs;
 #[cfg(feature = "kubernetes")]
 pub mod render;
 #[cfg(feature = "kubernetes")]
+pub mod secrets;
+#[cfg(feature = "kubernetes")]
 pub mod status;
 #[cfg(feature = "kubernetes")]
 mod watch;
@@ -36,15 +40,21 @@ use std::sync::Arc;
 
 use shoal_common::Result;
 
-use super::Executor;
+use tokio_util::sync::CancellationToken;
+
+use super::{DatasetMounts, Executor};
 use crate::config::RunnerConfig;
 
 /// The Kubernetes executor for `cfg` (its `kubernetes` options, name, master, mount
 /// root and kill grace), connected to the cluster the runner runs in, or to the
-/// current kubeconfig context outside one.
+/// current kubeconfig context outside one, and the [`secrets::JobSecrets`] that give
+/// its job Pods their job's credential (renewals stop with `shutdown`).
 #[cfg(feature = "kubernetes")]
-pub async fn connect(cfg: &RunnerConfig) -> Result<Arc<dyn Executor>> {
-    use k8s_openapi::api::core::v1::Pod;
+pub async fn connect(
+    cfg: &RunnerConfig,
+    shutdown: CancellationToken,
+) -> Result<(Arc<dyn Executor>, Arc<dyn DatasetMounts>)> {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
     use shoal_common::Error;
 
     let k = &cfg.kubernetes;
@@ -63,7 +73,8 @@ pub async fn connect(cfg: &RunnerConfig) -> Result<Arc<dyn Executor>> {
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let api: kube::Api<Pod> = kube::Api::namespaced(client, &namespace);
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
+    let secret_api: kube::Api<Secret> = kube::Api::namespaced(client, &namespace);
     let sidecar_image = match &k.sidecar_image {
         Some(i) => i.clone(),
         None => own_image(&api, k.api_timeout).await?,
@@ -89,19 +100,54 @@ pub async fn connect(cfg: &RunnerConfig) -> Result<Arc<dyn Executor>> {
         node_label: k.node_label.clone(),
         affinity_weight: k.affinity_weight,
         worker_cache_path: k.worker_cache_path.clone(),
-        cluster_token_secret: k.cluster_token_secret.clone(),
+        tls_ca: cfg.tls.ca.is_some(),
         image_pull_policy: k.image_pull_policy.clone(),
         sidecar_cpu_millis: k.sidecar_cpu_millis,
         sidecar_memory_bytes: k.sidecar_memory_bytes,
         grace: cfg.kill_grace,
     };
+    // The runner's own link to the master (with the cluster token) issues the jobs'
+    // credentials; only those reach the Pods.
+    let runner_master = cfg.master.as_deref().unwrap_or(&settings.master);
+    let link = crate::locality::master::ClusterLink::new(
+        runner_master,
+        cfg.master_timeout,
+        &cfg.cluster_token,
+        &cfg.tls,
+    )?;
+    let ca = match &cfg.tls.ca {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            Error::io(
+                format!(
+                    "read the CA bundle {} for the job Pods' sidecars",
+                    p.display()
+                ),
+                e,
+            )
+        })?),
+        None => None,
+    };
+    let secrets = secrets::JobSecrets::new(
+        secrets::JobSecretConfig {
+            runner: cfg.name.clone(),
+            mount_root: cfg.mount_root.clone(),
+            ttl: cfg.job_credential_ttl,
+            api_timeout: k.api_timeout,
+            ca,
+        },
+        secret_api,
+        link.master(),
+        tokio::runtime::Handle::current(),
+        shutdown,
+    );
     tracing::info!(namespace = %settings.namespace, sidecar = %settings.sidecar_image, job_image = %settings.job_image, "kubernetes executor connected");
-    Ok(Arc::new(KubernetesExecutor::new(
+    let executor = Arc::new(KubernetesExecutor::new(
         api,
         settings,
         k.clone(),
         tokio::runtime::Handle::current(),
-    )))
+    ));
+    Ok((executor, Arc::new(secrets)))
 }
 
 /// The image of the runner's own Pod (its name is the host name), so that the
@@ -144,7 +190,10 @@ async fn own_image(
 
 /// Without the `kubernetes` feature: a clear error.
 #[cfg(not(feature = "kubernetes"))]
-pub async fn connect(_cfg: &RunnerConfig) -> Result<Arc<dyn Executor>> {
+pub async fn connect(
+    _cfg: &RunnerConfig,
+    _shutdown: CancellationToken,
+) -> Result<(Arc<dyn Executor>, Arc<dyn DatasetMounts>)> {
     Err(shoal_common::Error::invalid(
         "this shoal was built without the kubernetes executor: build it with \
          `--features shoal-job-runner/kubernetes` (the container image in \

@@ -20,7 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod, VolumeMount};
 use shoal_common::block::BlockLayout;
 use shoal_job_runner::RunnerServer;
-use shoal_job_runner::executor::kubernetes::render::{PodSettings, render_pod};
+use shoal_job_runner::executor::kubernetes::render::{PodSettings, job_secret_name, render_pod};
 use shoal_job_runner::executor::{
     Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started,
 };
@@ -67,7 +67,7 @@ fn settings() -> PodSettings {
         node_label: "kubernetes.io/hostname".into(),
         affinity_weight: 100,
         worker_cache_path: Some(PathBuf::from("/var/lib/shoal/cache")),
-        cluster_token_secret: Some("shoal-cluster-token".into()),
+        tls_ca: false,
         image_pull_policy: Some("IfNotPresent".into()),
         sidecar_cpu_millis: 250,
         sidecar_memory_bytes: 512 << 20,
@@ -275,36 +275,57 @@ tasks:
                 "shoal",
                 "mount",
                 "--cluster-token-file",
-                "/var/run/shoal/cluster-token/cluster.token",
+                "/var/run/shoal/job-token/job.token",
                 "--allow-other",
                 "/shoal"
             ]
         );
-        // The cluster token reaches the sidecar only, read-only, from the Secret.
+        // Issue 14: the sidecar gets the job's own credential, read-only, from the
+        // job's Secret; the cluster token Secret is referenced nowhere in the Pod.
         let tv = spec
             .volumes
             .as_ref()
             .unwrap()
             .iter()
-            .find(|v| v.name == "cluster-token")
+            .find(|v| v.name == "job-token")
             .unwrap();
         let sec = tv.secret.as_ref().unwrap();
-        assert_eq!(sec.secret_name.as_deref(), Some("shoal-cluster-token"));
+        assert_eq!(
+            sec.secret_name.as_deref(),
+            Some(job_secret_name("runner", &job.id).as_str())
+        );
         assert_eq!(sec.default_mode, Some(0o400));
+        let keys: Vec<_> = sec
+            .items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(keys, ["job.token"], "no CA without TLS");
         assert!(
             fuse.volume_mounts
                 .as_ref()
                 .unwrap()
                 .iter()
-                .any(|m| m.name == "cluster-token" && m.read_only == Some(true))
+                .any(|m| m.name == "job-token"
+                    && m.mount_path == "/var/run/shoal/job-token"
+                    && m.read_only == Some(true))
         );
         assert!(
             c.volume_mounts
                 .as_ref()
                 .unwrap()
                 .iter()
-                .all(|m| m.name != "cluster-token"),
-            "the job container never sees the cluster token"
+                .all(|m| m.name != "job-token"),
+            "the job container never sees the job's credential"
+        );
+        let rendered = serde_json::to_string(p).unwrap();
+        assert!(
+            !rendered.contains("shoal-cluster-token")
+                && !rendered.contains("/var/run/shoal/cluster-token")
+                && !rendered.contains("cluster.token"),
+            "the Pod references the cluster token: {rendered}"
         );
         let fenv = fuse.env.as_ref().unwrap();
         assert_eq!(fenv[0].name, "SHOAL_MASTER");
@@ -368,7 +389,7 @@ tasks:
             .collect();
         assert_eq!(
             vols.keys().copied().collect::<Vec<_>>(),
-            ["cluster-token", "mnt", "work", "worker-cache"]
+            ["job-token", "mnt", "work", "worker-cache"]
         );
         assert!(vols["mnt"].empty_dir.is_some());
         assert!(vols["work"].empty_dir.is_some());

@@ -44,10 +44,6 @@ pub struct KubernetesConfig {
     pub image_pull_deadline: Duration,
     /// Pod creations in flight at once (a fan-out of hundreds is created in waves).
     pub create_parallelism: usize,
-    /// Secret (key `cluster.token`) holding the cluster token the FUSE sidecar
-    /// authenticates with, mounted read-only (mode 0400) into the sidecar only, never
-    /// into the job container. `None` mounts without a token (the master refuses it).
-    pub cluster_token_secret: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -67,7 +63,6 @@ impl Default for KubernetesConfig {
             api_timeout: Duration::from_secs(30),
             image_pull_deadline: Duration::from_secs(300),
             create_parallelism: 16,
-            cluster_token_secret: Some("shoal-cluster-token".into()),
         }
     }
 }
@@ -88,7 +83,6 @@ pub const ENV_VARS: &[&str] = &[
     "SHOAL_K8S_API_TIMEOUT",
     "SHOAL_K8S_IMAGE_PULL_DEADLINE",
     "SHOAL_K8S_CREATE_PARALLELISM",
-    "SHOAL_K8S_CLUSTER_TOKEN_SECRET",
 ];
 
 impl KubernetesConfig {
@@ -152,9 +146,6 @@ impl KubernetesConfig {
             c.create_parallelism = v
                 .parse()
                 .map_err(|_| bad("SHOAL_K8S_CREATE_PARALLELISM", &v, "a positive number"))?;
-        }
-        if let Some(v) = var("SHOAL_K8S_CLUSTER_TOKEN_SECRET") {
-            c.cluster_token_secret = (!v.is_empty()).then_some(v);
         }
         c.validate()?;
         Ok(c)

@@ -77,8 +77,9 @@ pub struct PodSettings {
     pub node_label: String,
     pub affinity_weight: i32,
     pub worker_cache_path: Option<PathBuf>,
-    /// Secret with the cluster token (key `cluster.token`), for the sidecar only.
-    pub cluster_token_secret: Option<String>,
+    /// TLS is on: the job's Secret also carries the runner's CA bundle (key
+    /// [`CA_KEY`]), which the sidecar verifies the master with (`--ca`).
+    pub tls_ca: bool,
     pub image_pull_policy: Option<String>,
     pub sidecar_cpu_millis: u64,
     pub sidecar_memory_bytes: u64,
@@ -86,8 +87,12 @@ pub struct PodSettings {
     pub grace: Duration,
 }
 
-/// Where the sidecar finds the cluster token Secret.
-pub const CLUSTER_TOKEN_DIR: &str = "/var/run/shoal/cluster-token";
+/// Where the sidecar finds its job's credential (the job's Secret, key [`JOB_TOKEN_KEY`]).
+pub const JOB_TOKEN_DIR: &str = "/var/run/shoal/job-token";
+/// The key of the job's credential in its Secret.
+pub const JOB_TOKEN_KEY: &str = "job.token";
+/// The key of the CA bundle in a job's Secret when TLS is on.
+pub const CA_KEY: &str = "ca.crt";
 
 /// The Pod of one attempt.
 pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
@@ -222,29 +227,38 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         });
     }
     let mut sidecar_command = vec!["shoal".to_owned(), "mount".to_owned()];
-    if let Some(secret) = &s.cluster_token_secret {
-        volumes.push(Volume {
-            name: "cluster-token".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                default_mode: Some(0o400),
-                items: Some(vec![KeyToPath {
-                    key: "cluster.token".into(),
-                    path: "cluster.token".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
+    // The job's own credential (issue 14), never the cluster token: a Pod that
+    // escapes its job reaches only the datasets the job was granted.
+    volumes.push(Volume {
+        name: "job-token".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(job_secret_name(&s.runner, &l.job_id)),
+            default_mode: Some(0o400),
+            items: Some(
+                std::iter::once(JOB_TOKEN_KEY)
+                    .chain(s.tls_ca.then_some(CA_KEY))
+                    .map(|k| KeyToPath {
+                        key: k.into(),
+                        path: k.into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             ..Default::default()
-        });
-        sidecar_mounts.push(VolumeMount {
-            name: "cluster-token".into(),
-            mount_path: CLUSTER_TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        sidecar_command.push("--cluster-token-file".into());
-        sidecar_command.push(format!("{CLUSTER_TOKEN_DIR}/cluster.token"));
+        }),
+        ..Default::default()
+    });
+    sidecar_mounts.push(VolumeMount {
+        name: "job-token".into(),
+        mount_path: JOB_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    sidecar_command.push("--cluster-token-file".into());
+    sidecar_command.push(format!("{JOB_TOKEN_DIR}/{JOB_TOKEN_KEY}"));
+    if s.tls_ca {
+        sidecar_command.push("--ca".into());
+        sidecar_command.push(format!("{JOB_TOKEN_DIR}/{CA_KEY}"));
     }
     sidecar_command.push("--allow-other".into());
     sidecar_command.push(mount_root.to_owned());
@@ -435,6 +449,16 @@ fn node_affinity(s: &PodSettings, node: &str) -> Affinity {
 /// The Pod name of an attempt: readable, a valid DNS label (at most 63 characters),
 /// and the same every time, so a restarted runner finds the Pod again. The hash of
 /// the exact names keeps two attempts apart even when cleaning their names collides.
+/// The name of the Secret holding job `job_id`'s credential: per runner and job,
+/// stable, so a restarted runner finds it and its Pods mount it by name.
+pub fn job_secret_name(runner: &str, job_id: &str) -> String {
+    let base = format!("shoal-{}-{}", dns_label(runner), dns_label(job_id));
+    let h = fnv1a(format!("{runner}\0{job_id}").as_bytes());
+    let mut base = base;
+    base.truncate(63 - 1 - 8 - 6);
+    format!("{}-{:08x}-token", base.trim_end_matches('-'), h as u32)
+}
+
 pub fn pod_name(runner: &str, job_id: &str, task: &str, index: u32, attempt: u32) -> String {
     let exact = format!("{runner}\u{0}{job_id}\u{0}{task}\u{0}{index}\u{0}{attempt}");
     let hash = format!("{:08x}", fnv1a(exact.as_bytes()) as u32);

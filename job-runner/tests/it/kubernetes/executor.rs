@@ -416,3 +416,124 @@ tasks:
     runner.shutdown().await;
     kubelet.abort();
 }
+
+/// Issue 14: with the Kubernetes executor a job's credential (never the cluster token)
+/// is issued before its first Pod and stored in the job's own Secret (the name the
+/// rendered sidecar mounts), with the CA when TLS is on; a restarted runner adopts it;
+/// when the job ends the Secret is deleted and the credential revoked at the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jobs_credential_lives_in_its_own_secret_until_the_job_ends() {
+    use shoal_common::block::BlockLayout;
+    use shoal_job_runner::executor::kubernetes::render::job_secret_name;
+    use shoal_job_runner::executor::kubernetes::secrets::{JobSecretConfig, JobSecrets};
+    use shoal_job_runner::executor::{DatasetMounts, JobViewState};
+    use shoal_testkit::GeneratedDataset;
+    use shoal_wire::auth::Token;
+
+    let c = crate::cluster::cluster(1, BlockLayout::new(crate::cluster::MIB, 2).unwrap())
+        .start()
+        .await;
+    let ds = GeneratedDataset::builder(93)
+        .small_files(2, 1024, 4096)
+        .build();
+    c.create_s3_dataset("k8s-cred-ds", &ds, false).await;
+    c.master_client()
+        .await
+        .grant_dataset(pb::GrantDatasetRequest {
+            dataset: "k8s-cred-ds".into(),
+            owner: "team-a".into(),
+            write: false,
+        })
+        .await
+        .unwrap();
+    let served = FakeApi::serve().await;
+    let api = served.api.clone();
+    let secrets_for = |master| {
+        let cfg = kube::Config::new(format!("http://{}", served.addr).parse().unwrap());
+        let client = kube::Client::try_from(cfg).unwrap();
+        std::sync::Arc::new(JobSecrets::new(
+            JobSecretConfig {
+                runner: "runner".into(),
+                mount_root: PathBuf::from("/shoal"),
+                ttl: Duration::from_secs(60),
+                api_timeout: Duration::from_secs(5),
+                ca: Some(b"--- a CA bundle ---\n".to_vec()),
+            },
+            kube::Api::namespaced(client, "shoal"),
+            master,
+            tokio::runtime::Handle::current(),
+            tokio_util::sync::CancellationToken::new(),
+        ))
+    };
+    let ready = |s: std::sync::Arc<JobSecrets>| async move {
+        let datasets = vec!["k8s-cred-ds".to_owned()];
+        shoal_testkit::wait_until(WAIT, "the job's credential to be ready", || {
+            let st = s.prepare_job("job-7", "team-a", &datasets);
+            assert!(!matches!(st, JobViewState::Failed(_)), "{st:?}");
+            async move { st == JobViewState::Ready }
+        })
+        .await;
+    };
+    let secrets = secrets_for(c.master_client_as(Some(&c.cluster_token)).await);
+    let name = job_secret_name("runner", "job-7");
+    assert!(api.secret(&name).is_none());
+    ready(secrets.clone()).await;
+
+    let s = api
+        .secret(&name)
+        .expect("the job's Secret exists once it is ready");
+    let labels = s.metadata.labels.clone().unwrap();
+    assert_eq!(labels["shoal.io/job"], "job-7");
+    assert_eq!(labels["shoal.io/runner"], "runner");
+    let data = s.data.clone().unwrap();
+    let token = Token::parse(std::str::from_utf8(&data["job.token"].0).unwrap().trim()).unwrap();
+    assert_ne!(
+        token.reveal(),
+        c.cluster_token.reveal(),
+        "never the cluster token"
+    );
+    assert_eq!(data["ca.crt"].0, b"--- a CA bundle ---\n");
+    let mut cluster_master = c.master_client_as(Some(&c.cluster_token)).await;
+    cluster_master
+        .renew_job_credential(pb::RenewJobCredentialRequest {
+            id: token.id().to_owned(),
+            ttl_ms: 60_000,
+        })
+        .await
+        .expect("the Secret holds a live job credential");
+    // The job's view follows its grants.
+    let v = secrets
+        .job_dataset("job-7", "node-1", "k8s-cred-ds")
+        .unwrap();
+    assert_eq!(v.path, PathBuf::from("/shoal/k8s-cred-ds"));
+    assert!(!v.write);
+    assert!(secrets.job_dataset("job-7", "node-1", "other-ds").is_err());
+
+    // A restarted runner adopts the Secret: running sidecars keep their credential.
+    let again = secrets_for(c.master_client_as(Some(&c.cluster_token)).await);
+    ready(again.clone()).await;
+    let s2 = api.secret(&name).unwrap();
+    assert_eq!(s2.data.unwrap()["job.token"], data["job.token"]);
+    drop(again);
+
+    secrets.job_ended("job-7");
+    let api2 = api.clone();
+    let n2 = name.clone();
+    shoal_testkit::wait_until(WAIT, "the job's Secret to be deleted", || {
+        let gone = api2.secret(&n2).is_none();
+        async move { gone }
+    })
+    .await;
+    assert!(api.secret_deletes().contains(&name));
+    let r = cluster_master
+        .renew_job_credential(pb::RenewJobCredentialRequest {
+            id: token.id().to_owned(),
+            ttl_ms: 60_000,
+        })
+        .await;
+    assert_eq!(
+        r.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "the job's credential is revoked when the job ends"
+    );
+}

@@ -18,7 +18,7 @@ use axum::response::Response;
 use axum::routing::get;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodStatus,
+    ContainerStatus, Pod, PodStatus, Secret,
 };
 use tokio::sync::Notify;
 
@@ -39,6 +39,9 @@ struct Inner {
     /// (name, grace seconds) of every DELETE.
     deletes: Vec<(String, Option<u64>)>,
     creates: Vec<String>,
+    secrets: BTreeMap<String, Secret>,
+    /// Names of every Secret DELETE.
+    secret_deletes: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -137,6 +140,14 @@ impl FakeApi {
                 get(get_pod).delete(delete_pod),
             )
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs))
+            .route(
+                "/api/v1/namespaces/{ns}/secrets",
+                get(list_secrets).post(create_secret),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets/{name}",
+                get(get_secret).delete(delete_secret),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -187,6 +198,14 @@ impl FakeApi {
 
     pub fn creates(&self) -> Vec<String> {
         self.inner.lock().unwrap().creates.clone()
+    }
+
+    pub fn secret(&self, name: &str) -> Option<Secret> {
+        self.inner.lock().unwrap().secrets.get(name).cloned()
+    }
+
+    pub fn secret_deletes(&self) -> Vec<String> {
+        self.inner.lock().unwrap().secret_deletes.clone()
     }
 
     /// Puts a Pod in place as if an earlier runner had created it.
@@ -475,4 +494,74 @@ async fn logs(
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+async fn create_secret(State(api): State<FakeApi>, body: Bytes) -> Response {
+    let s: Secret = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return status(400, "BadRequest", &e.to_string()),
+    };
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let mut inner = api.inner.lock().unwrap();
+    if inner.secrets.contains_key(&name) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("secrets \"{name}\" already exists"),
+        );
+    }
+    inner.secrets.insert(name, s.clone());
+    json(StatusCode::CREATED, &s)
+}
+
+async fn get_secret(
+    State(api): State<FakeApi>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    match api.secret(&name) {
+        Some(s) => json(StatusCode::OK, &s),
+        None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+    }
+}
+
+async fn delete_secret(
+    State(api): State<FakeApi>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    let mut inner = api.inner.lock().unwrap();
+    inner.secret_deletes.push(name.clone());
+    match inner.secrets.remove(&name) {
+        Some(s) => json(StatusCode::OK, &s),
+        None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+    }
+}
+
+async fn list_secrets(State(api): State<FakeApi>, RawQuery(q): RawQuery) -> Response {
+    let q = query(q);
+    let sel = q.get("labelSelector");
+    let items: Vec<Secret> = api
+        .inner
+        .lock()
+        .unwrap()
+        .secrets
+        .values()
+        .filter(|s| {
+            let Some(sel) = sel.filter(|s| !s.is_empty()) else {
+                return true;
+            };
+            let labels = s.metadata.labels.clone().unwrap_or_default();
+            sel.split(',').all(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                labels.get(k).map(String::as_str) == Some(v)
+            })
+        })
+        .cloned()
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "kind": "SecretList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "1"}, "items": items,
+        }),
+    )
 }
