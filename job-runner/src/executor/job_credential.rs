@@ -4,9 +4,11 @@
 //! Kubernetes executor's per-job Secrets (`kubernetes::secrets`), so both keep the
 //! same lifetimes and the same tolerance of a master that already swept a credential.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_common::{Error, Result};
+use shoal_common::{Error, ErrorKind, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_wire::auth::{AuthChannel, Token};
@@ -92,5 +94,28 @@ pub async fn revoke(master: &mut MasterServiceClient<AuthChannel>, id: &str) {
         Err(e) => {
             warn!(token = %id, error = %e, "revoking a job credential failed; it lapses at its expiry")
         }
+    }
+}
+
+/// A failure worth trying again later (the master unreachable or slow), as opposed to
+/// a refusal (no grant) that fails the job's instances with its reason.
+pub fn is_transient(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Cancelled
+    )
+}
+
+/// Records the outcome of preparing `job` in its slot. The job may have ended while it
+/// was being prepared: then its slot is gone and the outcome comes back, for the
+/// caller to undo (nothing of an ended job may stay).
+pub fn settle<E>(jobs: &Mutex<HashMap<String, E>>, job: &str, outcome: E) -> Option<E> {
+    let mut j = jobs.lock().ok()?;
+    match j.get_mut(job) {
+        Some(slot) => {
+            *slot = outcome;
+            None
+        }
+        None => Some(outcome),
     }
 }

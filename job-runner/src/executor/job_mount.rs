@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use shoal_common::{Error, ErrorKind, Result};
+use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_wire::auth::{AuthChannel, read_token_file, write_token_file};
@@ -245,12 +245,7 @@ impl DatasetMounts for JobMounts {
             let r = prepare(cfg, master.clone(), job.clone(), owner, datasets, cancel).await;
             let e = match r {
                 Ok(m) => Entry::Ready(Arc::new(m)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Cancelled
-                    ) =>
-                {
+                Err(e) if job_credential::is_transient(&e) => {
                     warn!(job = %job, error = %format!("{e:#}"), "job mount not ready; will retry");
                     Entry::Retry(Instant::now() + RETRY_AFTER)
                 }
@@ -258,16 +253,7 @@ impl DatasetMounts for JobMounts {
             };
             // The job may have ended meanwhile: then the entry is gone and the mount
             // must not stay.
-            let orphan = match jobs.lock() {
-                Ok(mut j) => match j.get_mut(&job) {
-                    Some(slot) => {
-                        *slot = e;
-                        None
-                    }
-                    None => Some(e),
-                },
-                Err(_) => None,
-            };
+            let orphan = job_credential::settle(&jobs, &job, e);
             if let Some(e) = orphan {
                 if let Entry::Ready(m) = e {
                     m.cancel.cancel();

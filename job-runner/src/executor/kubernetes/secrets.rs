@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use shoal_common::{Error, ErrorKind, Result};
+use shoal_common::{Error, Result};
 use shoal_proto::v1::master_service_client::MasterServiceClient;
 use shoal_wire::auth::{AuthChannel, Token};
 use tokio_util::sync::CancellationToken;
@@ -252,28 +252,14 @@ impl DatasetMounts for JobSecrets {
                     tokio::spawn(job_credential::renew(master.clone(), id, cfg.ttl, cancel.clone()));
                     Entry::Ready { grants, cancel }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Cancelled
-                    ) =>
-                {
+                Err(e) if job_credential::is_transient(&e) => {
                     warn!(job = %job, error = %format!("{e:#}"), "job credential not ready; will retry");
                     Entry::Retry(Instant::now() + RETRY_AFTER)
                 }
                 Err(e) => Entry::Failed(format!("{e:#}")),
             };
             // The job may have ended meanwhile: then its Secret must not stay.
-            let orphan = match jobs.lock() {
-                Ok(mut j) => match j.get_mut(&job) {
-                    Some(slot) => {
-                        *slot = e;
-                        None
-                    }
-                    None => Some(e),
-                },
-                Err(_) => None,
-            };
+            let orphan = job_credential::settle(&jobs, &job, e);
             if let Some(e) = orphan {
                 if let Entry::Ready { cancel, .. } = e {
                     cancel.cancel();
