@@ -9,10 +9,15 @@
 //! a store fail mid-upload, [`LinkProxy::cut_uploads_over`] drops every connection
 //! that carries more than a given number of bytes towards the store from then on (the
 //! large bodies of part uploads) while small requests still pass.
+//!
+//! Two faults of a store that hangs rather than fails: [`LinkProxy::blackhole`] keeps
+//! every connection open (new ones are still accepted) but forwards nothing in either
+//! direction until it is lifted, and [`LinkProxy::set_response_delay`] holds every
+//! response back for a while, as an overloaded store does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_common::{Error, Result};
@@ -58,13 +63,48 @@ pub struct LinkProxy {
     /// Bumped by every `cut_uploads_over`, so connections count from that moment.
     cut_epoch: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
+    hang: Arc<Hang>,
     cancel: CancellationToken,
+}
+
+/// The hanging faults, shared by every connection of one proxy.
+#[derive(Default)]
+struct Hang {
+    blackhole: AtomicBool,
+    /// Wakes connections held by the blackhole when it is lifted.
+    lifted: tokio::sync::Notify,
+    /// Milliseconds each response waits before its first byte is forwarded.
+    response_delay_ms: AtomicU64,
+}
+
+impl Hang {
+    /// Returns once the blackhole is off (at once when it is).
+    async fn pass(&self) {
+        loop {
+            let lifted = self.lifted.notified();
+            if !self.blackhole.load(Ordering::Acquire) {
+                return;
+            }
+            lifted.await;
+        }
+    }
 }
 
 impl LinkProxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr, profile: LinkProfile) -> Result<LinkProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), upstream, profile).await
+    }
+
+    /// Listens on `bind` and forwards to `upstream`. The sockets belong to the network
+    /// namespace of the thread that creates them: run this on a runtime whose thread
+    /// entered a namespace to put the proxy there.
+    pub async fn start_at(
+        bind: SocketAddr,
+        upstream: SocketAddr,
+        profile: LinkProfile,
+    ) -> Result<LinkProxy> {
+        let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| Error::io("bind link proxy", e))?;
         let addr = listener
@@ -81,6 +121,8 @@ impl LinkProxy {
         let cut = Arc::new(AtomicU64::new(u64::MAX));
         let cut_epoch = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
+        let hang = Arc::new(Hang::default());
+        let hang2 = hang.clone();
         let (c, counter, cut2, epoch2, cuts2) = (
             cancel.clone(),
             down_bytes.clone(),
@@ -106,10 +148,11 @@ impl LinkProxy {
                     epoch: epoch2.clone(),
                     count: cuts2.clone(),
                 };
+                let hang = hang2.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = c2.cancelled() => {}
-                        r = relay(client, upstream, profile, bucket, counter, cut) => {
+                        r = relay(client, upstream, profile, bucket, counter, cut, hang) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "link proxy connection ended");
                             }
@@ -125,8 +168,26 @@ impl LinkProxy {
             cut,
             cut_epoch,
             cuts,
+            hang,
             cancel,
         })
+    }
+
+    /// `true`: from now on nothing passes in either direction, on open connections
+    /// and new ones alike (which are still accepted), so callers see a store that
+    /// accepts and never answers. `false` lets the held bytes through.
+    pub fn blackhole(&self, on: bool) {
+        self.hang.blackhole.store(on, Ordering::Release);
+        if !on {
+            self.hang.lifted.notify_waiters();
+        }
+    }
+
+    /// Every response from now on waits `delay` before its first byte is forwarded
+    /// (`Duration::ZERO`: no delay), on top of the profile's first-byte latency.
+    pub fn set_response_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.hang.response_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// From now on, drops every connection once it has sent more than `bytes` towards
@@ -181,12 +242,16 @@ async fn relay(
     bucket: Arc<Mutex<Bucket>>,
     counter: Arc<AtomicU64>,
     cut: Cut,
+    hang: Arc<Hang>,
 ) -> std::io::Result<()> {
+    hang.pass().await;
     let _ = client.set_nodelay(true);
     let server = TcpStream::connect(upstream).await?;
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    // Set when a request goes up, taken by the first bytes of its response.
+    let awaiting = AtomicBool::new(false);
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
         // Bytes sent since the cut setting last changed.
@@ -210,6 +275,8 @@ async fn relay(
                     "upload cut by the link proxy",
                 ));
             }
+            hang.pass().await;
+            awaiting.store(true, Ordering::Relaxed);
             sw.write_all(&buf[..n]).await?;
         }
     };
@@ -226,6 +293,13 @@ async fn relay(
                 first = false;
                 tokio::time::sleep(profile.first_byte).await;
             }
+            if awaiting.swap(false, Ordering::Relaxed) {
+                let delay = hang.response_delay_ms.load(Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+            }
+            hang.pass().await;
             if profile.bandwidth > 0 {
                 take(&bucket, n as f64).await;
             }

@@ -37,3 +37,94 @@ async fn proxy_caps_bandwidth_and_keeps_bytes_intact() {
     );
     assert!(proxy.bytes_down() >= data.len() as u64);
 }
+
+/// A raw TCP upstream that answers every request line with `ok\n`, so the test
+/// sees the proxy's hanging faults without a store's own retries in the way.
+async fn answering_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(b"ok\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn ask(s: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"ping\n").await?;
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf).await?;
+    Ok(buf.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blackhole_holds_open_and_new_connections_until_lifted() {
+    let proxy = LinkProxy::start(
+        answering_upstream().await,
+        LinkProfile {
+            first_byte: Duration::ZERO,
+            bandwidth: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut open = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ask(&mut open).await.unwrap(), b"ok\n");
+
+    proxy.blackhole(true);
+    // New connections are still accepted (a silent store, not a refusing one).
+    let mut new = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    for s in [&mut open, &mut new] {
+        let r = tokio::time::timeout(Duration::from_millis(500), ask(s)).await;
+        assert!(r.is_err(), "an answer came through the blackhole: {r:?}");
+    }
+
+    proxy.blackhole(false);
+    // The held request goes through once lifted; a fresh request on the same
+    // connection is answered too.
+    let mut new = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), ask(&mut new)).await;
+    assert_eq!(r.unwrap().unwrap(), b"ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_delay_holds_every_response() {
+    let proxy = LinkProxy::start(
+        answering_upstream().await,
+        LinkProfile {
+            first_byte: Duration::ZERO,
+            bandwidth: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ask(&mut s).await.unwrap(), b"ok\n");
+    proxy.set_response_delay(Duration::from_millis(300));
+    for _ in 0..2 {
+        let t = Instant::now();
+        assert_eq!(ask(&mut s).await.unwrap(), b"ok\n");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "a response came back after {:?}",
+            t.elapsed()
+        );
+    }
+    proxy.set_response_delay(Duration::ZERO);
+    let t = Instant::now();
+    assert_eq!(ask(&mut s).await.unwrap(), b"ok\n");
+    assert!(t.elapsed() < Duration::from_millis(300));
+}
