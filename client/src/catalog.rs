@@ -23,6 +23,17 @@
 //!   store and for writes.
 //!
 //! Every master call carries the configured deadline ([`Catalog::rpc`]).
+//!
+//! A master that is down, hung or partitioned must not stall reads of what this client
+//! already knows. When the attributes of a file of a read-only (and not STRICT) dataset
+//! have expired, the master is given [`STALE_GRACE`] to answer; if it does not, or
+//! cannot be reached, the last attributes are used (counted in
+//! `shoal_client_stale_attrs_total`) and the master is left alone for
+//! [`MASTER_BACKOFF`] before the next lookup tries it again. Serving them is safe: a
+//! read-only dataset changes only through a sync, and each version's bytes are keyed by
+//! that version, so the worst a stale entry can do is show the previous version for as
+//! long as the master is away. Read-write and STRICT datasets, which promise that an
+//! open sees the latest commit, still wait for the master.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -47,6 +58,17 @@ const DATASETS_TTL: Duration = Duration::from_secs(5);
 const RECHECK_GAP: Duration = Duration::from_secs(1);
 /// Entries kept in the attribute cache.
 const ATTR_CAPACITY: u64 = 500_000;
+
+/// How long an expired read-only entry waits for the master before it is used as is.
+pub const STALE_GRACE: Duration = Duration::from_millis(300);
+
+/// After the master failed to answer in [`STALE_GRACE`], how long expired read-only
+/// entries are used without asking it.
+pub const MASTER_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long attributes are kept after they expire, to be used while the master is
+/// away.
+const STALE_KEEP: Duration = Duration::from_secs(3600);
 
 /// A dataset as a reader or writer needs it, resolved once by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +117,9 @@ pub struct Catalog {
     stores: Mutex<HashMap<DatasetId, Operator>>,
     /// Stores being opened ahead of need.
     opening: Mutex<HashSet<DatasetId>>,
+    /// Until when expired read-only entries are used without asking the master (it
+    /// did not answer the last time).
+    master_away_until: Mutex<Option<Instant>>,
 }
 
 impl Catalog {
@@ -110,10 +135,11 @@ impl Catalog {
             by_name: Mutex::new(HashMap::new()),
             attrs: moka::sync::Cache::builder()
                 .max_capacity(ATTR_CAPACITY)
-                .time_to_live(longest.max(Duration::from_millis(1)))
+                .time_to_live(longest.max(STALE_KEEP))
                 .build(),
             stores: Mutex::new(HashMap::new()),
             opening: Mutex::new(HashSet::new()),
+            master_away_until: Mutex::new(None),
         }
     }
 
@@ -263,11 +289,44 @@ impl Catalog {
 
     /// The attributes of `ds/path` (a normalised path): cached, or `LookupFile`
     /// (revalidated against the store on a STRICT dataset).
+    /// An expired entry of a read-only dataset is used when the master does not answer
+    /// in time (see the module docs).
     pub async fn entry(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
-        if let Some(e) = self.cached(ds, path) {
-            return Ok(e);
+        let stale = match self.attrs.get(&(ds.id, path.to_owned())) {
+            Some(c) if c.at.elapsed() < self.ttl(ds) => return Ok(c.entry),
+            Some(c) if !ds.read_write && !ds.strict => c.entry,
+            _ => return self.fetch_entry(ds, path, ds.strict).await,
+        };
+        let away = self
+            .master_away_until
+            .lock()
+            .is_some_and(|until| Instant::now() < until);
+        if away {
+            metrics::counter!("shoal_client_stale_attrs_total").increment(1);
+            return Ok(stale);
         }
-        self.fetch_entry(ds, path, ds.strict).await
+        match tokio::time::timeout(STALE_GRACE, self.fetch_entry(ds, path, false)).await {
+            Ok(Ok(e)) => {
+                *self.master_away_until.lock() = None;
+                Ok(e)
+            }
+            Ok(Err(e))
+                if !e.is(shoal_common::ErrorKind::Unavailable)
+                    && !e.is(shoal_common::ErrorKind::DeadlineExceeded) =>
+            {
+                Err(e)
+            }
+            answer => {
+                if let Ok(Err(e)) = answer {
+                    tracing::debug!(error = %e, "master unavailable; using expired attributes");
+                } else {
+                    tracing::debug!(grace = ?STALE_GRACE, "master slow; using expired attributes");
+                }
+                *self.master_away_until.lock() = Some(Instant::now() + MASTER_BACKOFF);
+                metrics::counter!("shoal_client_stale_attrs_total").increment(1);
+                Ok(stale)
+            }
+        }
     }
 
     /// The attributes of `ds/path` as the store has them now: the master stats the
@@ -408,8 +467,10 @@ impl Catalog {
     ) -> Result<T> {
         match tokio::time::timeout(self.rpc_timeout, fut).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(Error::from(s)),
-            Err(_) => Err(Error::deadline_exceeded(format!(
+            // The channel's own timeout (the same deadline) ends a call as CANCELLED;
+            // to callers it is the master not answering in time, like ours.
+            Ok(Err(s)) if s.code() != tonic::Code::Cancelled => Err(Error::from(s)),
+            Ok(Err(_)) | Err(_) => Err(Error::deadline_exceeded(format!(
                 "master {} did not answer {what} within {:?}",
                 self.master_addr, self.rpc_timeout
             ))),

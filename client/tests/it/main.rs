@@ -6,4 +6,5 @@
 mod cluster;
 mod hung_worker;
 mod identity;
+mod master_away;
 mod read;
