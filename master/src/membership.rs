@@ -98,7 +98,7 @@ impl Membership {
                         },
                     );
                 }
-                Ok(_) | Err(_) => {
+                _ => {
                     warn!(worker = %r.id, "dropping an unreadable membership record; the worker joins again at its next heartbeat");
                     changed = true;
                 }

@@ -69,11 +69,7 @@ impl WorkerServer {
             Some(m) => match master_layout(m, cfg.rpc_timeout).await {
                 Ok(l) => (l.unwrap_or(cfg.layout), true),
                 Err(e) if e.kind().is_transient() => {
-                    let l = cfg
-                        .tiers
-                        .first()
-                        .and_then(|t| index::recorded_master_layout(&t.path))
-                        .unwrap_or(cfg.layout);
+                    let l = offline_layout(&cfg);
                     tracing::warn!(worker = %cfg.node, master = master_addr, error = %e,
                         block_size = l.block_size(),
                         "master unreachable at start: serving with the block layout last adopted from it, registering in the background");
@@ -307,6 +303,21 @@ fn tier_status(store: &BlockStore) -> Vec<pb::TierStatus> {
             used_bytes: t.used_bytes,
         })
         .collect()
+}
+
+/// The layout to serve with while the master does not answer: the master's as last
+/// adopted, else the block size the first tier was written with, else the configured
+/// one (a first start).
+fn offline_layout(cfg: &WorkerConfig) -> BlockLayout {
+    let Some(root) = cfg.tiers.first().map(|t| t.path.as_path()) else {
+        return cfg.layout;
+    };
+    index::recorded_master_layout(root)
+        .or_else(|| {
+            let bs = index::recorded_block_size(root)?;
+            BlockLayout::new(bs, cfg.layout.segment_blocks()).ok()
+        })
+        .unwrap_or(cfg.layout)
 }
 
 /// The master's block layout, as its worker set carries it.

@@ -61,6 +61,18 @@ pub fn recorded_master_layout(root: &Path) -> Option<BlockLayout> {
     BlockLayout::new(block_size?, segment_blocks?).ok()
 }
 
+/// The block size a tier's blocks were written with, if it records one: the fallback
+/// of a worker that starts while the master is down and has no `master-layout` yet
+/// (tiers written before it was recorded), so it does not wipe them.
+pub fn recorded_block_size(root: &Path) -> Option<u64> {
+    std::fs::read_to_string(root.join(LAYOUT_FILE))
+        .ok()?
+        .trim()
+        .strip_prefix("block_size=")?
+        .parse()
+        .ok()
+}
+
 /// Wipes the tier's blocks when they were written with another block size.
 pub fn check_layout(root: &Path, layout: &BlockLayout) -> Result<()> {
     let want = format!("block_size={}\n", layout.block_size());
