@@ -161,18 +161,27 @@ impl WorkerServer {
                 timeout: cfg.rpc_timeout,
                 default_interval: cfg.heartbeat_interval,
             };
-            // One attempt before returning, so a worker started next to a running
-            // master is in the worker set when `start` returns. A master that does not
-            // answer is waited for in the background; one that refuses (a wrong
-            // cluster token) is a configuration error to report now.
-            let joined = match member.join().await {
-                Ok(interval) => Some(interval),
-                Err(e) if e.kind().is_transient() => None,
-                Err(e) if from_master => return Err(e),
-                Err(e) => {
-                    tracing::error!(worker = %member.id.node, error = %e, "registration refused; retrying in the background");
-                    None
+            // One attempt before returning when the master answered, so a worker
+            // started next to a running master is in the worker set when `start`
+            // returns (a master that did not answer is not waited for twice). One that
+            // stops answering is waited for in the background; one that refuses (a
+            // wrong cluster token) is a configuration error to report now.
+            let joined = if from_master {
+                match member.join().await {
+                    Ok(interval) => Some(interval),
+                    Err(e) if e.kind().is_transient() => None,
+                    Err(e) => {
+                        cancel.cancel();
+                        for t in tasks {
+                            let _ = t.await;
+                        }
+                        stop_scrub(scrub).await;
+                        metrics.shutdown().await;
+                        return Err(e);
+                    }
                 }
+            } else {
+                None
             };
             tasks.push(tokio::spawn(member.run(joined, cancel.clone())));
         } else {

@@ -131,3 +131,29 @@ async fn worker_starts_without_its_master_and_joins_when_it_listens() {
     w.shutdown().await;
     m.shutdown().await;
 }
+
+/// A master that answers but refuses the worker (another cluster's token) is a
+/// configuration error, reported at start rather than retried in the background.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_that_refuses_the_token_fails_the_start() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mdir = tempfile::tempdir().unwrap();
+    let m = start_master(
+        mdir.path(),
+        &addr,
+        &Token::generate(),
+        BlockLayout::default(),
+    )
+    .await;
+    let tiers = TierDirs::new();
+    let mut cfg = tiers.config(&unique_node("refused"), 64 * MIB, 64 * MIB);
+    cfg.master = Some(addr.clone());
+    cfg.cluster_token = Token::generate();
+    let e = match WorkerServer::start(cfg).await {
+        Ok(_) => panic!("a worker with a foreign token started"),
+        Err(e) => e,
+    };
+    assert!(!e.kind().is_transient(), "{e:#}");
+    assert!(format!("{e:#}").contains("cluster token"), "{e:#}");
+    m.shutdown().await;
+}
