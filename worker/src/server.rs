@@ -183,6 +183,9 @@ impl WorkerServer {
             } else {
                 None
             };
+            if joined.is_none() {
+                metrics::gauge!("shoal_worker_registered", "worker" => cfg.node.clone()).set(0.0);
+            }
             tasks.push(tokio::spawn(member.run(joined, cancel.clone())));
         } else {
             tasks.push(tokio::spawn(maintenance_loop(
@@ -394,6 +397,8 @@ impl Member {
         if let Some(l) = master_layout(&self.master, self.timeout).await?
             && l != self.layout
         {
+            metrics::counter!("shoal_worker_join_refusals_total", "worker" => self.id.node.clone())
+                .increment(1);
             return Err(Error::failed_precondition(format!(
                 "master {} uses {} B blocks and {} blocks per segment, but this worker serves with {} B and {}; restart the worker so it adopts the master's layout",
                 self.master_addr,
@@ -433,6 +438,7 @@ impl Member {
         .map_err(|s| Error::from(s).context("register with the master"))?
         .into_inner();
         tracing::info!(worker = %id.node, epoch = r.epoch, "registered with the master");
+        metrics::gauge!("shoal_worker_registered", "worker" => id.node.clone()).set(1.0);
         // The master decides when a silent worker expires, so its interval wins.
         Ok(if r.heartbeat_interval_ms > 0 {
             Duration::from_millis(r.heartbeat_interval_ms)
@@ -533,6 +539,8 @@ impl Member {
                 Ok(r) => r.into_inner().known,
                 Err(e) => {
                     failures += 1;
+                    metrics::gauge!("shoal_worker_registered", "worker" => id.node.clone())
+                        .set(0.0);
                     if log.due() {
                         tracing::warn!(worker = %id.node, master = %self.master_addr, error = %e,
                             failures, "heartbeat failed; serving on, retrying every interval");
@@ -540,12 +548,16 @@ impl Member {
                     continue;
                 }
             };
+            if known {
+                metrics::gauge!("shoal_worker_registered", "worker" => id.node.clone()).set(1.0);
+            }
             if failures > 0 {
                 tracing::info!(worker = %id.node, failures, "master answers heartbeats again");
                 failures = 0;
                 log = LogEvery::default();
             }
             if !known {
+                metrics::gauge!("shoal_worker_registered", "worker" => id.node.clone()).set(0.0);
                 tracing::info!(worker = %id.node, "master does not know this worker; registering again");
                 if let Err(e) = self.join().await {
                     tracing::warn!(worker = %id.node, error = %e, "re-registration failed");

@@ -14,7 +14,7 @@ use shoal_wire::FileRef;
 use shoal_wire::auth::{AuthChannel, Token, with_token};
 use shoal_worker::WorkerServer;
 
-use crate::support::{MIB, TierDirs, content, read_all, unique_node};
+use crate::support::{MIB, TierDirs, content, metric, read_all, unique_node};
 
 /// A port nothing listens on: bound by the OS, then released.
 fn free_port() -> u16 {
@@ -96,7 +96,8 @@ async fn worker_starts_without_its_master_and_joins_when_it_listens() {
     let mut c = admin(&m).await;
     let want = vec![(node.clone(), w.grpc_addr().to_string())];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while members(&mut c).await != want {
+    // Registered as the master sees it, and as the worker's own gauge says.
+    while members(&mut c).await != want || metric("shoal_worker_registered", &node, None) != 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the worker never registered: {:?}",
@@ -155,5 +156,46 @@ async fn a_master_that_refuses_the_token_fails_the_start() {
     };
     assert!(!e.kind().is_transient(), "{e:#}");
     assert!(format!("{e:#}").contains("cluster token"), "{e:#}");
+    m.shutdown().await;
+}
+
+/// A worker that started with one layout never joins a master with another: clients
+/// would read its blocks at the wrong offsets. It keeps serving and retrying.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_with_another_layout_is_not_joined() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let token = Token::generate();
+    let tiers = TierDirs::new();
+    let node = unique_node("otherlayout");
+    let config = || {
+        let mut cfg = tiers.config(&node, 64 * MIB, 64 * MIB);
+        cfg.master = Some(addr.clone());
+        cfg.cluster_token = token.clone();
+        cfg
+    };
+    let first = BlockLayout::new(MIB, 8).unwrap();
+    let dir1 = tempfile::tempdir().unwrap();
+    let m = start_master(dir1.path(), &addr, &token, first).await;
+    WorkerServer::start(config()).await.unwrap().crash().await;
+    m.shutdown().await;
+
+    let w = WorkerServer::start(config()).await.unwrap();
+    assert_eq!(w.store().layout(), first);
+    assert_eq!(metric("shoal_worker_registered", &node, None), 0.0);
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = BlockLayout::new(2 * MIB, 8).unwrap();
+    let m = start_master(dir2.path(), &addr, &token, other).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric("shoal_worker_join_refusals_total", &node, None) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never tried the master"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = admin(&m).await;
+    assert_eq!(members(&mut c).await, vec![]);
+    assert_eq!(metric("shoal_worker_registered", &node, None), 0.0);
+    w.crash().await;
     m.shutdown().await;
 }
