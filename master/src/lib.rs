@@ -8,8 +8,9 @@
 //!   create, on refresh, and every sync interval (`catalog::periodic`).
 //! - `changes::Changes` is the feed of changed paths behind `WatchChanges`, which
 //!   mounts follow to drop stale cached metadata.
-//! - `membership::Membership` keeps the live worker set and its epoch, and sums the
-//!   workers' cache reports into each dataset's status.
+//! - `membership::Membership` keeps the worker set and its epoch (both persisted, and
+//!   loaded unchanged at a restart), and sums the workers' cache reports into each
+//!   dataset's status.
 //! - `load::LoadJobs` runs prewarm jobs: each target segment is sent to its owning
 //!   worker(s), with progress streamed and persisted, cancellation, and resumption.
 //! - `access::Access` verifies tokens (the cluster token, and owner tokens stored

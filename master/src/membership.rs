@@ -1,16 +1,28 @@
 //! Worker membership and the placement epoch.
 //!
-//! The live worker set is kept in memory and rebuilt from registrations and heartbeats
-//! (workers re-register when a heartbeat answers `known = false`, e.g. after a master
-//! restart). Only the epoch is persisted, so it grows monotonically across restarts and
-//! a client can never mistake an old worker set for a new one. The epoch is bumped on
-//! every change that matters to placement or routing: a join, a leave, an expiry, or a
-//! worker coming back with new addresses or capacity.
+//! The worker set (each member's identity, addresses, tiers and capacity, and whether
+//! it is live, expired or left) is persisted with the epoch in the catalogue, written
+//! in one transaction on every change that matters to placement or routing: a join, a
+//! leave, an expiry, or a worker coming back with new addresses or capacity. Those
+//! changes, and only those, bump the epoch. Heartbeats change nothing persisted and
+//! write nothing.
+//!
+//! A master start loads the set as it was, at the same epoch: a restart is not a
+//! change of placement, so clients keep theirs and read through the same owners
+//! instead of falling back to the store all at once. (It used to bump the epoch and
+//! start empty, which moved placement twice per restart and sent every read to the
+//! store until each worker's next heartbeat.) Loaded live members are unconfirmed
+//! until they heartbeat or re-register, and get the normal expiry, counted from the
+//! start, to do so; one that does not expires as usual, which bumps the epoch. A
+//! worker that re-registers with the same addresses and capacity keeps its place and
+//! the epoch; new addresses or capacity bump it. The epoch still only grows, so a
+//! client can never mistake an old worker set for a new one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::DatasetId;
 use shoal_common::placement::{Placement, PlacementNode};
@@ -22,7 +34,7 @@ use shoal_proto::v1::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::store::CatalogStore;
+use crate::store::{CatalogStore, MemberRecord};
 
 struct Member {
     info: WorkerInfo,
@@ -61,21 +73,53 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Loads the last epoch and starts one past it: the in-memory set is empty, which is
-    /// itself a change every client must notice.
+    /// Loads the persisted worker set at its epoch. Live members count as seen now,
+    /// so each has the normal expiry from this start to heartbeat or re-register.
     pub async fn open(
         store: Arc<dyn CatalogStore>,
         expiry: Duration,
         layout: BlockLayout,
     ) -> Result<Self> {
-        let epoch = store.load_epoch().await? + 1;
-        store.store_epoch(epoch).await?;
+        let (mut epoch, records) = store.load_members().await?;
+        let now = Instant::now();
+        let mut workers = BTreeMap::new();
+        // A fresh catalogue, or one from before members were persisted, whose clients
+        // may hold a non-empty set at this epoch: the empty set must be a new epoch.
+        let mut changed = records.is_empty();
+        for r in records {
+            match WorkerInfo::decode(r.info.as_slice()) {
+                Ok(info) if info.id == r.id => {
+                    workers.insert(
+                        r.id,
+                        Member {
+                            info,
+                            last_seen: now,
+                            reports: HashMap::new(),
+                        },
+                    );
+                }
+                _ => {
+                    warn!(worker = %r.id, "dropping an unreadable membership record; the worker joins again at its next heartbeat");
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            epoch += 1;
+            store.store_epoch(epoch).await?;
+        }
+        let live = workers
+            .values()
+            .filter(|m| m.info.state == WorkerState::Live as i32)
+            .count();
+        info!(
+            epoch,
+            live, "membership loaded; live workers have until the expiry to check in"
+        );
+        metrics::gauge!("shoal_master_epoch").set(epoch as f64);
         let (epoch_tx, _) = watch::channel(epoch);
         Ok(Membership {
-            inner: Mutex::new(Inner {
-                epoch,
-                workers: BTreeMap::new(),
-            }),
+            inner: Mutex::new(Inner { epoch, workers }),
             store,
             expiry,
             layout,
@@ -106,11 +150,27 @@ impl Membership {
             .map_err(|_| Error::internal("membership lock poisoned"))
     }
 
-    async fn persist_epoch(&self) -> Result<()> {
+    /// Writes the epoch and the members `ids` as they are now. Taking the snapshot
+    /// under `persist` means a later write always carries the later state, so the
+    /// stored set and epoch never go backwards.
+    async fn persist(&self, ids: &[String]) -> Result<()> {
         let _g = self.persist.lock().await;
-        let e = self.lock()?.epoch;
-        self.store.store_epoch(e).await?;
-        self.epoch_tx.send_replace(e);
+        let (epoch, records) = {
+            let g = self.lock()?;
+            let records = ids
+                .iter()
+                .filter_map(|id| g.workers.get(id))
+                .map(|m| MemberRecord {
+                    id: m.info.id.clone(),
+                    state: m.info.state,
+                    info: m.info.encode_to_vec(),
+                })
+                .collect();
+            (g.epoch, records)
+        };
+        self.store.save_members(epoch, records).await?;
+        self.epoch_tx.send_replace(epoch);
+        metrics::gauge!("shoal_master_epoch").set(epoch as f64);
         Ok(())
     }
 
@@ -129,15 +189,16 @@ impl Membership {
         info.state = WorkerState::Live as i32;
         info.last_heartbeat_ms = now_ms();
         let id_for_log = info.id.clone();
-        let (bumped, epoch) = {
+        let (write, epoch) = {
             let mut g = self.lock()?;
-            let changed = match g.workers.get(&info.id) {
-                None => true,
+            let (changed, write) = match g.workers.get(&info.id) {
+                None => (true, true),
                 Some(m) => {
-                    m.info.state != WorkerState::Live as i32
+                    let changed = m.info.state != WorkerState::Live as i32
                         || m.info.data_addr != info.data_addr
                         || m.info.grpc_addr != info.grpc_addr
-                        || m.info.capacity_bytes != info.capacity_bytes
+                        || m.info.capacity_bytes != info.capacity_bytes;
+                    (changed, changed || !same_record(&m.info, &info))
                 }
             };
             if changed {
@@ -152,11 +213,10 @@ impl Membership {
                     reports: HashMap::new(),
                 },
             );
-            (changed, g.epoch)
+            (write, g.epoch)
         };
-        if bumped {
-            self.persist_epoch().await?;
-            metrics::gauge!("shoal_master_epoch").set(epoch as f64);
+        if write {
+            self.persist(std::slice::from_ref(&id_for_log)).await?;
         }
         info!(worker = %id_for_log, epoch, "worker registered");
         Ok(epoch)
@@ -198,7 +258,7 @@ impl Membership {
             }
             g.epoch
         };
-        self.persist_epoch().await?;
+        self.persist(&[id.to_owned()]).await?;
         info!(worker = id, epoch, "worker left");
         Ok(epoch)
     }
@@ -227,7 +287,7 @@ impl Membership {
             for id in &expired {
                 warn!(worker = %id, "worker expired: no heartbeat within {:?}", self.expiry);
             }
-            self.persist_epoch().await?;
+            self.persist(&expired).await?;
         }
         Ok(())
     }
@@ -300,6 +360,19 @@ impl Membership {
     }
 }
 
+/// Whether a re-registration leaves nothing persisted to update: the same node, the
+/// same metrics address and the same tiers (usage aside, which heartbeats carry).
+fn same_record(old: &WorkerInfo, new: &WorkerInfo) -> bool {
+    old.node == new.node
+        && old.metrics_addr == new.metrics_addr
+        && old.tiers.len() == new.tiers.len()
+        && old
+            .tiers
+            .iter()
+            .zip(&new.tiers)
+            .all(|(a, b)| a.name == b.name && a.path == b.path && a.quota_bytes == b.quota_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,13 +418,118 @@ mod tests {
         assert_eq!(m.snapshot(false).unwrap().workers.len(), 1);
         assert_eq!(m.snapshot(true).unwrap().workers.len(), 2);
         drop(m);
+        // A restart is not a change: same set (the left member included), same epoch.
         let m2 = Membership::open(store, Duration::from_secs(1), BlockLayout::default())
             .await
             .unwrap();
-        assert!(
-            m2.epoch().unwrap() > e3,
-            "epoch went backwards across restart"
-        );
+        assert_eq!(m2.epoch().unwrap(), e3);
+        assert_eq!(m2.snapshot(false).unwrap().workers.len(), 1);
+        assert_eq!(m2.snapshot(true).unwrap().workers.len(), 2);
+    }
+
+    /// A master restart on the same catalogue: the persisted members are served at
+    /// the epoch they had, heartbeats and identical re-registrations keep it, and a
+    /// member back with a new address moves it.
+    #[tokio::test]
+    async fn restart_keeps_members_and_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = {
+            let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(tmp.path()).unwrap());
+            let m = Membership::open(store, Duration::from_secs(60), BlockLayout::default())
+                .await
+                .unwrap();
+            m.register(worker("a", 10)).await.unwrap();
+            m.register(worker("b", 20)).await.unwrap()
+        };
+        let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(tmp.path()).unwrap());
+        let m = Membership::open(
+            store.clone(),
+            Duration::from_secs(60),
+            BlockLayout::default(),
+        )
+        .await
+        .unwrap();
+        let set = m.snapshot(false).unwrap();
+        assert_eq!(set.epoch, e);
+        let ids: Vec<_> = set.workers.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(m.placement().unwrap().placement.len(), 2);
+        assert_eq!(m.capacity_bytes().unwrap(), 30);
+        assert_eq!(m.heartbeat("a", vec![], vec![]).unwrap(), (e, true));
+        assert_eq!(m.heartbeat("b", vec![], vec![]).unwrap(), (e, true));
+        assert_eq!(m.register(worker("a", 10)).await.unwrap(), e);
+        let mut moved = worker("b", 20);
+        moved.data_addr = "127.0.0.1:2".into();
+        assert_eq!(m.register(moved).await.unwrap(), e + 1);
+        // The move was written with its epoch; heartbeats wrote nothing.
+        let (stored, recs) = store.load_members().await.unwrap();
+        assert_eq!(stored, e + 1);
+        let b = WorkerInfo::decode(recs[1].info.as_slice()).unwrap();
+        assert_eq!(b.data_addr, "127.0.0.1:2");
+    }
+
+    /// A persisted member that never checks in after a restart expires after the
+    /// normal expiry (counted from the start), which bumps the epoch, and stays
+    /// expired across the next restart.
+    #[tokio::test]
+    async fn member_silent_after_restart_expires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(tmp.path()).unwrap());
+        let e = {
+            let m = Membership::open(
+                store.clone(),
+                Duration::from_secs(60),
+                BlockLayout::default(),
+            )
+            .await
+            .unwrap();
+            m.register(worker("a", 10)).await.unwrap();
+            m.register(worker("b", 10)).await.unwrap()
+        };
+        let expiry = Duration::from_millis(300);
+        let m = Membership::open(store.clone(), expiry, BlockLayout::default())
+            .await
+            .unwrap();
+        // Within the grace both are served, even after an expiry pass.
+        m.expire().await.unwrap();
+        assert_eq!(m.snapshot(false).unwrap().workers.len(), 2);
+        // `a` checks in; `b` stays silent. Expiry is elapsed time: poll past it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.epoch().unwrap() == e {
+            assert!(Instant::now() < deadline, "b never expired");
+            assert!(m.heartbeat("a", vec![], vec![]).unwrap().1);
+            m.expire().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(m.epoch().unwrap(), e + 1);
+        let ids: Vec<_> = m
+            .snapshot(false)
+            .unwrap()
+            .workers
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(ids, ["a"]);
+        drop(m);
+        let m = Membership::open(store, expiry, BlockLayout::default())
+            .await
+            .unwrap();
+        assert_eq!(m.epoch().unwrap(), e + 1);
+        assert_eq!(m.snapshot(false).unwrap().workers.len(), 1);
+        assert!(!m.heartbeat("b", vec![], vec![]).unwrap().1);
+    }
+
+    /// A catalogue from before members were persisted has an epoch but no members:
+    /// its clients may hold a non-empty set at that epoch, so the empty one is new.
+    #[tokio::test]
+    async fn catalogue_without_members_moves_the_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(tmp.path()).unwrap());
+        store.store_epoch(7).await.unwrap();
+        let m = Membership::open(store, Duration::from_secs(1), BlockLayout::default())
+            .await
+            .unwrap();
+        assert_eq!(m.epoch().unwrap(), 8);
     }
 
     #[tokio::test]

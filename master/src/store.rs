@@ -199,6 +199,17 @@ pub struct LoadRecord {
     pub job: Vec<u8>,
 }
 
+/// One worker as the membership last wrote it. The description is kept as its
+/// protobuf encoding (`WorkerInfo`: addresses, tiers and their quotas, state), so the
+/// stored form and the wire form cannot drift apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: String,
+    /// `WorkerState` as its protobuf number (also inside `info`; kept apart to query).
+    pub state: i32,
+    pub info: Vec<u8>,
+}
+
 /// An issued access token as stored: never the secret, only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -328,4 +339,11 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// The placement epoch, persisted so it only ever grows across restarts.
     async fn load_epoch(&self) -> Result<u64>;
     async fn store_epoch(&self, epoch: u64) -> Result<()>;
+
+    /// The persisted worker set: every member ever registered (live, expired or left),
+    /// in id order, with the epoch it was last written at.
+    async fn load_members(&self) -> Result<(u64, Vec<MemberRecord>)>;
+    /// Writes `epoch` and upserts `changed` members in one transaction, so the stored
+    /// set and the stored epoch never disagree.
+    async fn save_members(&self, epoch: u64, changed: Vec<MemberRecord>) -> Result<()>;
 }

@@ -10,6 +10,7 @@ mod faults;
 mod fresh;
 mod job_credentials;
 mod job_spec;
+mod master_down;
 mod mount;
 mod paths;
 mod prewarm;

@@ -21,7 +21,7 @@ use shoal_common::{Error, Result};
 
 use super::{
     CatalogStore, Consistency, DatasetRecord, DatasetUpdate, Dropped, FileRecord, GrantRecord,
-    LoadRecord, NewDataset, Phase, TokenRecord,
+    LoadRecord, MemberRecord, NewDataset, Phase, TokenRecord,
 };
 
 /// Columns added after the first release, created on older catalogues at open:
@@ -125,6 +125,13 @@ CREATE TABLE IF NOT EXISTS grants (
     PRIMARY KEY (dataset_id, owner)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grants_by_owner ON grants (owner);
+-- Worker membership (issue 15): written on join, leave, expiry and change, never per
+-- heartbeat; catalogues from before it get the table empty.
+CREATE TABLE IF NOT EXISTS members (
+    id    TEXT PRIMARY KEY,
+    state INTEGER NOT NULL,
+    info  BLOB NOT NULL
+);
 "#;
 
 /// The embedded catalogue store.
@@ -274,6 +281,26 @@ fn get_dataset_where(
     )
     .optional()
     .map_err(db_err("read dataset"))
+}
+
+fn read_epoch(conn: &Connection) -> Result<u64> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db_err("read epoch"))?;
+    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+fn write_epoch(conn: &Connection, epoch: u64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [epoch.to_string()],
+    )
+    .map_err(db_err("store epoch"))?;
+    Ok(())
 }
 
 /// The smallest string greater than every path under `prefix/`: `/` + 1 is `0`.
@@ -634,27 +661,49 @@ impl CatalogStore for SqliteCatalog {
     }
 
     async fn load_epoch(&self) -> Result<u64> {
+        self.read(read_epoch).await
+    }
+
+    async fn store_epoch(&self, epoch: u64) -> Result<()> {
+        self.write(move |conn| write_epoch(conn, epoch)).await
+    }
+
+    async fn load_members(&self) -> Result<(u64, Vec<MemberRecord>)> {
         self.read(|conn| {
-            let v: Option<String> = conn
-                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-                    r.get(0)
+            let epoch = read_epoch(conn)?;
+            let mut st = conn
+                .prepare("SELECT id, state, info FROM members ORDER BY id")
+                .map_err(db_err("list members"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(MemberRecord {
+                        id: r.get(0)?,
+                        state: r.get(1)?,
+                        info: r.get(2)?,
+                    })
                 })
-                .optional()
-                .map_err(db_err("read epoch"))?;
-            Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+                .map_err(db_err("list members"))?;
+            let members = rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list members"))?;
+            Ok((epoch, members))
         })
         .await
     }
 
-    async fn store_epoch(&self, epoch: u64) -> Result<()> {
+    async fn save_members(&self, epoch: u64, changed: Vec<MemberRecord>) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [epoch.to_string()],
-            )
-            .map_err(db_err("store epoch"))?;
-            Ok(())
+            let tx = conn.transaction().map_err(db_err("begin member write"))?;
+            for m in &changed {
+                tx.execute(
+                    "INSERT INTO members (id, state, info) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, info = excluded.info",
+                    params![m.id, m.state, m.info],
+                )
+                .map_err(db_err("store member"))?;
+            }
+            write_epoch(&tx, epoch)?;
+            tx.commit().map_err(db_err("commit member write"))
         })
         .await
     }

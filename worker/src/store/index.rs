@@ -27,6 +27,52 @@ pub struct Found {
 /// `index * block_size`, so a tier written with another size is unusable.
 const LAYOUT_FILE: &str = "layout";
 
+/// File in the first tier recording the master's block layout as last adopted, so a
+/// worker that starts while the master is down serves with the same geometry as the
+/// clients that hold the master's worker set.
+const MASTER_LAYOUT_FILE: &str = "master-layout";
+
+/// Records `layout` (the master's) under `root`, replacing the file atomically.
+pub fn record_master_layout(root: &Path, layout: &BlockLayout) -> Result<()> {
+    let text = format!(
+        "block_size={}\nsegment_blocks={}\n",
+        layout.block_size(),
+        layout.segment_blocks()
+    );
+    let path = root.join(MASTER_LAYOUT_FILE);
+    let tmp = root.join(format!("{MASTER_LAYOUT_FILE}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// The master's layout as [`record_master_layout`] last wrote it under `root`, if any.
+pub fn recorded_master_layout(root: &Path) -> Option<BlockLayout> {
+    let text = std::fs::read_to_string(root.join(MASTER_LAYOUT_FILE)).ok()?;
+    let mut block_size = None;
+    let mut segment_blocks = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("block_size", v)) => block_size = v.parse().ok(),
+            Some(("segment_blocks", v)) => segment_blocks = v.parse().ok(),
+            _ => {}
+        }
+    }
+    BlockLayout::new(block_size?, segment_blocks?).ok()
+}
+
+/// The block size a tier's blocks were written with, if it records one: the fallback
+/// of a worker that starts while the master is down and has no `master-layout` yet
+/// (tiers written before it was recorded), so it does not wipe them.
+pub fn recorded_block_size(root: &Path) -> Option<u64> {
+    std::fs::read_to_string(root.join(LAYOUT_FILE))
+        .ok()?
+        .trim()
+        .strip_prefix("block_size=")?
+        .parse()
+        .ok()
+}
+
 /// Wipes the tier's blocks when they were written with another block size.
 pub fn check_layout(root: &Path, layout: &BlockLayout) -> Result<()> {
     let want = format!("block_size={}\n", layout.block_size());

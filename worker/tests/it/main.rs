@@ -6,6 +6,7 @@
 mod data_plane;
 mod disks;
 mod hot_path;
+mod master_down;
 mod scrub;
 mod store;
 mod support;

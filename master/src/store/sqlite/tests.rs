@@ -221,6 +221,32 @@ async fn state_survives_reopen() {
     assert!(s.lookup(id, "f").await.unwrap().is_none());
 }
 
+/// The member set is written with its epoch in one step and read back as written; a
+/// later write of one member replaces only that member.
+#[tokio::test]
+async fn members_survive_reopen_with_their_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = |id: &str, state: i32, info: &[u8]| MemberRecord {
+        id: id.into(),
+        state,
+        info: info.to_vec(),
+    };
+    {
+        let s = SqliteCatalog::open(tmp.path()).unwrap();
+        assert_eq!(s.load_members().await.unwrap(), (0, vec![]));
+        s.save_members(4, vec![rec("b", 1, b"b1"), rec("a", 1, b"a1")])
+            .await
+            .unwrap();
+        s.save_members(5, vec![rec("b", 2, b"b2")]).await.unwrap();
+    }
+    let s = SqliteCatalog::open(tmp.path()).unwrap();
+    assert_eq!(
+        s.load_members().await.unwrap(),
+        (5, vec![rec("a", 1, b"a1"), rec("b", 2, b"b2")])
+    );
+    assert_eq!(s.load_epoch().await.unwrap(), 5);
+}
+
 /// Commits, mkdirs, renames and removals made while a sync runs survive it, whatever
 /// order the sync's pages and the changes arrive in (see `sync.rs`).
 #[tokio::test]
