@@ -7,5 +7,6 @@ mod data_plane;
 mod disks;
 mod hot_path;
 mod scrub;
+mod silent_store;
 mod store;
 mod support;
