@@ -124,7 +124,7 @@ async fn a_blackholed_store_gives_readers_eio_at_the_deadline_and_memory_stays_f
     let data = temp_dir("silent-master");
     let wdir = temp_dir("silent-w0");
     let master = MasterProcess::start(data.path()).await;
-    let mut worker = start_worker(&master.addr, wdir.path()).await;
+    let worker = start_worker(&master.addr, wdir.path()).await;
     let uri = s3.uri("silent");
     let mut opts = s3.options();
     opts.insert("endpoint".into(), link.endpoint());
@@ -204,6 +204,7 @@ async fn a_blackholed_store_gives_readers_eio_at_the_deadline_and_memory_stays_f
     let (r, took) = timed_read(mp.join(format!("f{last}"))).await;
     let e = r.expect_err("a read of a cold file succeeded with the store blackholed");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    eprintln!("cold read with the store blackholed: EIO after {took:?}");
     assert!(took >= DEADLINE, "EIO after {took:?}, before the deadline");
     assert!(
         took < WORKER_TIMEOUT + DEADLINE + SLACK,
