@@ -7,3 +7,4 @@ mod cluster;
 mod hung_worker;
 mod identity;
 mod read;
+mod silent_store;
