@@ -108,6 +108,8 @@ pub struct Catalog {
     master: MasterServiceClient<AuthChannel>,
     master_addr: String,
     rpc_timeout: Duration,
+    /// Operators retry within the client's store deadline.
+    ufs: UfsTuning,
     ro_ttl: Duration,
     rw_ttl: Duration,
     listing: Mutex<Option<(Instant, Arc<Vec<Dataset>>)>>,
@@ -129,6 +131,7 @@ impl Catalog {
             master,
             master_addr: cfg.master.clone(),
             rpc_timeout: cfg.rpc_timeout,
+            ufs: UfsTuning::with_deadline(cfg.ufs_timeout),
             ro_ttl: cfg.attr_ttl_read_only,
             rw_ttl: cfg.attr_ttl_read_write,
             listing: Mutex::new(None),
@@ -454,7 +457,7 @@ impl Catalog {
             )));
         }
         let options: BTreeMap<String, String> = a.options.into_iter().collect();
-        let op = build_operator(&a.uri, &options, &UfsTuning::default())?;
+        let op = build_operator(&a.uri, &options, &self.ufs)?;
         self.stores.lock().insert(ds.id, op.clone());
         Ok(op)
     }

@@ -63,6 +63,8 @@ struct Inner {
     breakers: Breakers,
     data: DataPlaneClient,
     local: ShortCircuit,
+    /// Deadline and in-flight bound of direct store reads.
+    ufs: shoal_ufs::UfsGate,
     m: ClientMetrics,
 }
 
@@ -113,6 +115,11 @@ impl ShoalClient {
             } else {
                 0
             }),
+            ufs: shoal_ufs::UfsGate::new(
+                cfg.ufs_timeout,
+                cfg.ufs_max_inflight,
+                crate::metrics::ufs_gate_metrics(&cfg.name),
+            ),
             m: ClientMetrics::new(&cfg.name),
             cfg,
         };
@@ -437,16 +444,15 @@ impl ShoalClient {
     async fn read_ufs(&self, ds: &Dataset, file: &FileRef, a: u64, b: u64) -> Result<Bytes> {
         let what = format!("{}/{}", ds.name, file.path);
         let store = self.inner.catalog.store(ds).await?;
-        shoal_ufs::check_confined_async(&store, &file.path).await?;
-        let fut = shoal_ufs::read_pinned(&store, &file.path, a..b, &file.etag, file.size, &what);
-        tokio::time::timeout(self.inner.cfg.data_timeout, fut)
+        let call = async {
+            shoal_ufs::check_confined_async(&store, &file.path).await?;
+            shoal_ufs::read_pinned(&store, &file.path, a..b, &file.etag, file.size, &what).await
+        };
+        let op = format!("{} read {what} bytes {a}..{b}", self.inner.cfg.name);
+        self.inner
+            .ufs
+            .run(&shoal_ufs::store_name(&store), &op, call)
             .await
-            .map_err(|_| {
-                Error::deadline_exceeded(format!(
-                    "read {what} bytes {a}..{b} from the UFS: no answer within {:?}",
-                    self.inner.cfg.data_timeout
-                ))
-            })?
     }
 }
 

@@ -18,6 +18,13 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// Deadline of one data-plane request (connect included).
     pub data_timeout: Duration,
+    /// Deadline of one direct read of the store (a fallback when no worker answers),
+    /// retries and the wait for a slot included; after it the read fails (EIO in a
+    /// mount) and a warning names the store.
+    pub ufs_timeout: Duration,
+    /// Direct store reads of this process in flight at once; more queue for a slot,
+    /// their deadline counting.
+    pub ufs_max_inflight: usize,
     pub connect_timeout: Duration,
     /// How long a read waits for a worker before it asks the next replica as well, then
     /// the store (the first whole answer wins); also the deadline to connect to a
@@ -60,6 +67,8 @@ impl ClientConfig {
             name: "client".into(),
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
+            ufs_timeout: shoal_ufs::gate::DEFAULT_DEADLINE,
+            ufs_max_inflight: shoal_ufs::gate::DEFAULT_MAX_INFLIGHT,
             connect_timeout: Duration::from_secs(3),
             worker_timeout: Duration::from_secs(1),
             breaker_failures: 3,

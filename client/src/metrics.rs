@@ -3,7 +3,20 @@
 //! skipped a worker whose breaker is open, and failed background refreshes of the
 //! worker set. Breaker transitions are counted in [`crate::breaker`].
 
-use metrics::{Counter, counter};
+use metrics::{Counter, counter, gauge};
+
+/// `shoal_client_ufs_inflight` (direct store reads holding one of the
+/// `ufs_max_inflight` slots) and `shoal_client_ufs_timeouts_total` (direct store reads
+/// that hit `ufs_timeout`, queued or in flight). A mount's client is labelled
+/// `client="fuse:<mount>"`.
+pub fn ufs_gate_metrics(client: &str) -> shoal_ufs::GateMetrics {
+    shoal_telemetry::metrics_handle();
+    let l = [("client", client.to_owned())];
+    shoal_ufs::GateMetrics {
+        inflight: gauge!("shoal_client_ufs_inflight", &l),
+        timeouts: counter!("shoal_client_ufs_timeouts_total", &l),
+    }
+}
 
 /// Which path served a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

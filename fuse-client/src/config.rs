@@ -61,8 +61,13 @@ pub struct MountConfig {
     pub read_only: Option<bool>,
     /// Deadline of each master call.
     pub rpc_timeout: Duration,
-    /// Deadline of each data-plane or UFS read.
+    /// Deadline of each data-plane read.
     pub data_timeout: Duration,
+    /// Deadline of one direct read of the store (retries and the wait for a slot
+    /// included); after it the reader gets EIO (default 20 s).
+    pub ufs_timeout: Duration,
+    /// Direct store reads of this mount in flight at once (default 64).
+    pub ufs_max_inflight: usize,
     /// How long a read waits for a worker before it asks the next replica as well, then
     /// the store; the first answer wins (default 1 s).
     pub worker_timeout: Duration,
@@ -113,6 +118,8 @@ impl MountConfig {
             read_only: None,
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
+            ufs_timeout: shoal_ufs::gate::DEFAULT_DEADLINE,
+            ufs_max_inflight: shoal_ufs::gate::DEFAULT_MAX_INFLIGHT,
             worker_timeout: Duration::from_secs(1),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(5),
@@ -159,12 +166,18 @@ impl MountConfig {
                 "write chunk must be at least 5 MiB (the S3 multipart minimum)",
             ));
         }
+        if self.ufs_max_inflight == 0 {
+            return Err(Error::invalid(
+                "--ufs-max-inflight must be at least 1 (e.g. 64): with 0 no read could fall back to the store",
+            ));
+        }
         if self.write_concurrency == 0 {
             return Err(Error::invalid("write concurrency must be at least 1"));
         }
         if self.rpc_timeout.is_zero()
             || self.data_timeout.is_zero()
             || self.worker_timeout.is_zero()
+            || self.ufs_timeout.is_zero()
         {
             return Err(Error::invalid("timeouts must be greater than zero"));
         }

@@ -47,6 +47,8 @@ pub async fn mount(mut cfg: MountConfig) -> Result<RunningMount> {
     ccfg.name = format!("fuse:{}", cfg.name);
     ccfg.rpc_timeout = cfg.rpc_timeout;
     ccfg.data_timeout = cfg.data_timeout;
+    ccfg.ufs_timeout = cfg.ufs_timeout;
+    ccfg.ufs_max_inflight = cfg.ufs_max_inflight;
     ccfg.worker_timeout = cfg.worker_timeout;
     ccfg.breaker_failures = cfg.breaker_failures;
     ccfg.breaker_cooldown = cfg.breaker_cooldown;

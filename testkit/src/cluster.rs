@@ -60,6 +60,7 @@ pub struct ClusterBuilder {
     scrub: Option<(u64, Duration)>,
     dir_in: Option<PathBuf>,
     retain_finished: Option<Duration>,
+    ufs_deadline: Option<Duration>,
 }
 
 impl ClusterBuilder {
@@ -120,6 +121,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The deadline of every store call of the master and the workers (default: theirs,
+    /// 20 s), short where a test makes the store silent.
+    pub fn ufs_deadline(mut self, deadline: Duration) -> Self {
+        self.ufs_deadline = Some(deadline);
+        self
+    }
+
     /// How long the master keeps finished load jobs (default: the master's, a week).
     pub fn retain_finished(mut self, retain: Duration) -> Self {
         self.retain_finished = Some(retain);
@@ -158,6 +166,9 @@ impl ClusterBuilder {
         if let Some(r) = self.retain_finished {
             cfg.retain_finished = Some(r);
         }
+        if let Some(d) = self.ufs_deadline {
+            cfg.ufs = shoal_ufs::UfsTuning::with_deadline(d);
+        }
         let master = MasterServer::start(cfg).await.unwrap();
         // Workers of every cluster in this process share one metrics registry, whose
         // series they tell apart by node name.
@@ -174,6 +185,7 @@ impl ClusterBuilder {
             link,
             tiers: self.tiers,
             scrub: self.scrub,
+            ufs_deadline: self.ufs_deadline,
             tag,
             dirs,
         };
@@ -199,6 +211,7 @@ pub struct Cluster {
     link: Option<LinkProxy>,
     tiers: Vec<(String, u64)>,
     scrub: Option<(u64, Duration)>,
+    ufs_deadline: Option<Duration>,
     tag: String,
     /// Master and tier directories, removed last.
     dirs: tempfile::TempDir,
@@ -217,6 +230,7 @@ impl Cluster {
             scrub: None,
             dir_in: None,
             retain_finished: None,
+            ufs_deadline: None,
         }
     }
 
@@ -260,6 +274,9 @@ impl Cluster {
         cfg.master = Some(self.master_addr.clone());
         cfg.heartbeat_interval = HEARTBEAT;
         cfg.cluster_token = self.cluster_token.clone();
+        if let Some(d) = self.ufs_deadline {
+            cfg.ufs_timeout = d;
+        }
         if let Some((rate, interval)) = self.scrub {
             cfg.scrub_bytes_per_sec = rate;
             cfg.scrub_interval = interval;

@@ -5,7 +5,8 @@
 //! Options are opendal's own configuration keys for the service (docs/configuration.md).
 //! Every operator is wrapped in opendal's retry, timeout and logging layers; its
 //! credentials are registered with [`crate::secret`] first, so no log line can show
-//! them.
+//! them. Those layers bound one attempt; [`gate`] bounds a whole call (retries
+//! included) and how many calls a process has in flight.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,9 +18,11 @@ use shoal_common::{Error, ErrorKind, Result};
 
 use crate::secret::UfsLog;
 
+pub mod gate;
 pub mod pin;
 pub mod secret;
 
+pub use gate::{GateMetrics, UfsGate, store_name, within};
 pub use pin::{local_identity, read_pinned};
 
 /// Which object store or file system a dataset lives in.
@@ -158,11 +161,18 @@ impl UfsUri {
 /// Retry and timeout settings applied to every UFS operator.
 #[derive(Clone, Debug)]
 pub struct UfsTuning {
-    /// Deadline for metadata operations (stat, list page, delete).
+    /// Deadline of one attempt of a request (stat, list page, the start of a read),
+    /// at most half of `deadline`, so a hung first attempt leaves time for a retry.
     pub op_timeout: Duration,
-    /// Deadline for each chunk of data I/O.
+    /// Deadline for each chunk of data I/O, at most `deadline`.
     pub io_timeout: Duration,
     pub max_retries: usize,
+    /// Deadline of a whole call a reader waits for, retries and backoff included
+    /// (enforced by [`UfsGate`] or [`within`] around the call). 20 s by default: far
+    /// above a healthy store's answer for one block (a 4 MiB range at 10 MB/s takes
+    /// under half a second), short enough that a reader of a silent store gets EIO
+    /// instead of what looks like a hang.
+    pub deadline: Duration,
 }
 
 impl Default for UfsTuning {
@@ -171,9 +181,24 @@ impl Default for UfsTuning {
             op_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(20),
             max_retries: 3,
+            deadline: gate::DEFAULT_DEADLINE,
         }
     }
 }
+
+impl UfsTuning {
+    /// The defaults with an overall deadline of `deadline`.
+    pub fn with_deadline(deadline: Duration) -> UfsTuning {
+        UfsTuning {
+            deadline,
+            ..UfsTuning::default()
+        }
+    }
+}
+
+/// The shortest attempt timeout a tiny deadline can make: below it a healthy store
+/// on a loaded machine would be taken for a silent one.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// Builds an operator rooted at the dataset's URI. Apart from checking that a local
 /// root directory exists it does no I/O: call [`check_reachable`] to find out whether
@@ -213,11 +238,15 @@ pub fn build_operator(
     }
     let op = Operator::via_iter(parsed.scheme.opendal_scheme(), cfg)
         .map_err(|e| ufs_error(&e, "configure UFS", options))?;
+    // Attempts shorter than the overall deadline: otherwise one hung attempt would
+    // use it all up and the retry layer would never get a turn.
+    let op_timeout = tuning.op_timeout.min(tuning.deadline / 2).max(MIN_ATTEMPT);
+    let io_timeout = tuning.io_timeout.min(tuning.deadline).max(MIN_ATTEMPT);
     Ok(op
         .layer(
             TimeoutLayer::new()
-                .with_timeout(tuning.op_timeout)
-                .with_io_timeout(tuning.io_timeout),
+                .with_timeout(op_timeout)
+                .with_io_timeout(io_timeout),
         )
         .layer(
             RetryLayer::new()

@@ -104,6 +104,10 @@ pub struct WorkerArgs {
     pub high_watermark: Option<f64>,
     pub low_watermark: Option<f64>,
     pub heartbeat_interval: Option<Duration>,
+    /// See [`WorkerConfig::ufs_timeout`].
+    pub ufs_timeout: Option<Duration>,
+    /// See [`WorkerConfig::ufs_max_inflight`].
+    pub ufs_max_inflight: Option<usize>,
     /// Read by the CLI from `--cluster-token-file`/`cluster_token_file`; `None` is a
     /// fresh random token (a standalone worker).
     pub cluster_token: Option<Token>,
@@ -145,6 +149,12 @@ pub struct WorkerConfig {
     pub scrub_interval: Duration,
     /// Deadline of every call to the master.
     pub rpc_timeout: Duration,
+    /// Deadline of one block fetch from the store, retries and the wait for a slot
+    /// included; after it the reader gets an error (EIO in a mount), never a hang.
+    pub ufs_timeout: Duration,
+    /// Store reads in flight at once; more wait for a slot (their deadline counting),
+    /// so a silent store holds a bounded number of sockets and buffers.
+    pub ufs_max_inflight: usize,
     /// Block geometry used standalone; with a master, the master's layout wins.
     pub layout: BlockLayout,
     /// The cluster token: presented to the master, and accepted from the master, the
@@ -183,6 +193,8 @@ impl WorkerConfig {
             scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
             scrub_interval: DEFAULT_SCRUB_INTERVAL,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            ufs_timeout: shoal_ufs::gate::DEFAULT_DEADLINE,
+            ufs_max_inflight: shoal_ufs::gate::DEFAULT_MAX_INFLIGHT,
             layout: BlockLayout::default(),
             // Standalone: a fresh token nobody else knows until the caller shares it.
             cluster_token: Token::generate(),
@@ -202,6 +214,8 @@ impl WorkerConfig {
             high_watermark,
             low_watermark,
             heartbeat_interval,
+            ufs_timeout,
+            ufs_max_inflight,
             cluster_token,
         } = args;
         // The CLI always passes one (it refuses to start without a token file); a
@@ -264,6 +278,16 @@ impl WorkerConfig {
                 .scrub_bytes_per_sec
                 .map_or(DEFAULT_SCRUB_BYTES_PER_SEC, |b| b.0),
             scrub_interval: file.scrub_interval.unwrap_or(DEFAULT_SCRUB_INTERVAL),
+            ufs_timeout: pick(
+                ufs_timeout,
+                file.ufs_timeout,
+                shoal_ufs::gate::DEFAULT_DEADLINE,
+            ),
+            ufs_max_inflight: pick(
+                ufs_max_inflight,
+                file.ufs_max_inflight,
+                shoal_ufs::gate::DEFAULT_MAX_INFLIGHT,
+            ),
             ..WorkerConfig::for_tiers("", &[])
         };
         cfg.validate()?;
@@ -317,6 +341,16 @@ impl WorkerConfig {
         if self.heartbeat_interval.is_zero() {
             return Err(Error::invalid("heartbeat interval must be positive"));
         }
+        if self.ufs_timeout.is_zero() {
+            return Err(Error::invalid(
+                "--ufs-timeout must be positive (e.g. 20s): it is how long a block fetch may wait for the store",
+            ));
+        }
+        if self.ufs_max_inflight == 0 {
+            return Err(Error::invalid(
+                "--ufs-max-inflight must be at least 1 (e.g. 64): with 0 no block could be fetched from the store",
+            ));
+        }
         Ok(())
     }
 
@@ -358,6 +392,11 @@ pub struct WorkerToml {
     /// See [`WorkerConfig::scrub_interval`] (`"24h"`).
     #[serde(default, with = "shoal_common::time::opt_duration")]
     pub scrub_interval: Option<std::time::Duration>,
+    /// See [`WorkerConfig::ufs_timeout`] (`"20s"`).
+    #[serde(default, with = "shoal_common::time::opt_duration")]
+    pub ufs_timeout: Option<std::time::Duration>,
+    /// See [`WorkerConfig::ufs_max_inflight`].
+    pub ufs_max_inflight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -447,6 +486,24 @@ mod tests {
         assert_eq!(c.open_data_files, 7);
         assert_eq!(c.scrub_bytes_per_sec, 8 << 20);
         assert_eq!(c.scrub_interval, Duration::from_secs(90 * 60));
+        assert_eq!(c.ufs_timeout, shoal_ufs::gate::DEFAULT_DEADLINE);
+        assert_eq!(c.ufs_max_inflight, shoal_ufs::gate::DEFAULT_MAX_INFLIGHT);
+        let file = toml_worker(
+            r#"master = "m:1"
+            ufs_timeout = "5s"
+            ufs_max_inflight = 9"#,
+        );
+        let c = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["mem:/dev/shm/x:1GiB".into()],
+                ufs_max_inflight: Some(3),
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap();
+        assert_eq!(c.ufs_timeout, Duration::from_secs(5));
+        assert_eq!(c.ufs_max_inflight, 3);
     }
 
     #[test]
@@ -474,6 +531,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("share the directory"), "{e}");
+        let e = WorkerConfig::resolve(
+            WorkerArgs {
+                tiers: vec!["mem:/x:1GiB".into()],
+                ufs_max_inflight: Some(0),
+                ..Default::default()
+            },
+            &file,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--ufs-max-inflight"), "{e}");
     }
 
     fn toml_worker(body: &str) -> WorkerToml {

@@ -1,6 +1,8 @@
 //! [`Datasets`]: the UFS operator of each dataset a worker reads from, fetched once per
 //! dataset id from the master (`GetDatasetAccess`, credentials included) and cached.
 //! Standalone workers (tests, benchmarks) get operators injected with [`Datasets::insert`].
+//! Every store call of a block fetch goes through the worker's one [`UfsGate`]
+//! ([`Datasets::gate`]): one deadline per call, a bounded number in flight.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use shoal_common::ids::DatasetId;
 use shoal_common::{Error, Result};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::master_service_client::MasterServiceClient;
-use shoal_ufs::{UfsTuning, build_operator};
+use shoal_ufs::{GateMetrics, UfsGate, UfsTuning, build_operator};
 use shoal_wire::auth::AuthChannel;
 
 use shoal_wire::FileRef;
@@ -20,6 +22,8 @@ pub struct Datasets {
     ops: Mutex<HashMap<DatasetId, Operator>>,
     master: Option<MasterServiceClient<AuthChannel>>,
     rpc_timeout: Duration,
+    tuning: UfsTuning,
+    gate: UfsGate,
 }
 
 impl Datasets {
@@ -29,6 +33,12 @@ impl Datasets {
             ops: Mutex::new(HashMap::new()),
             master: None,
             rpc_timeout: Duration::from_secs(10),
+            tuning: UfsTuning::default(),
+            gate: UfsGate::new(
+                shoal_ufs::gate::DEFAULT_DEADLINE,
+                shoal_ufs::gate::DEFAULT_MAX_INFLIGHT,
+                GateMetrics::none(),
+            ),
         }
     }
 
@@ -37,10 +47,25 @@ impl Datasets {
         rpc_timeout: Duration,
     ) -> Datasets {
         Datasets {
-            ops: Mutex::new(HashMap::new()),
             master: Some(master),
             rpc_timeout,
+            ..Datasets::standalone()
         }
+    }
+
+    /// Store calls of this worker get `deadline` each (operators it builds retry
+    /// within it), at most `max_inflight` at once.
+    pub fn with_ufs_limits(self, deadline: Duration, max_inflight: usize, m: GateMetrics) -> Self {
+        Datasets {
+            tuning: UfsTuning::with_deadline(deadline),
+            gate: UfsGate::new(deadline, max_inflight, m),
+            ..self
+        }
+    }
+
+    /// The deadline and in-flight bound of every store call of this worker.
+    pub fn gate(&self) -> &UfsGate {
+        &self.gate
     }
 
     pub fn insert(&self, id: DatasetId, op: Operator) {
@@ -75,7 +100,7 @@ impl Datasets {
             )));
         }
         let options: BTreeMap<String, String> = access.options.into_iter().collect();
-        let op = build_operator(&access.uri, &options, &UfsTuning::default())?;
+        let op = build_operator(&access.uri, &options, &self.tuning)?;
         self.ops.lock().insert(file.dataset, op.clone());
         Ok(op)
     }

@@ -86,6 +86,18 @@ pub struct WorkerMetrics {
     pub protected_segments: Gauge,
 }
 
+/// `shoal_worker_ufs_inflight` (store calls holding one of the `--ufs-max-inflight`
+/// slots) and `shoal_worker_ufs_timeouts_total` (calls that hit `--ufs-timeout`,
+/// queued or in flight).
+pub fn ufs_gate_metrics(worker: &str) -> shoal_ufs::GateMetrics {
+    shoal_telemetry::metrics_handle();
+    let l = [("worker", worker.to_owned())];
+    shoal_ufs::GateMetrics {
+        inflight: gauge!("shoal_worker_ufs_inflight", &l),
+        timeouts: counter!("shoal_worker_ufs_timeouts_total", &l),
+    }
+}
+
 impl WorkerMetrics {
     pub fn new(worker: &str) -> WorkerMetrics {
         let l = [("worker", worker.to_owned())];

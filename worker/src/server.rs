@@ -83,10 +83,17 @@ impl WorkerServer {
             },
             None => (cfg.layout, false),
         };
-        let datasets = Arc::new(match &master {
-            Some(m) => Datasets::with_master(m.clone(), cfg.rpc_timeout),
-            None => Datasets::standalone(),
-        });
+        let datasets = Arc::new(
+            match &master {
+                Some(m) => Datasets::with_master(m.clone(), cfg.rpc_timeout),
+                None => Datasets::standalone(),
+            }
+            .with_ufs_limits(
+                cfg.ufs_timeout,
+                cfg.ufs_max_inflight,
+                crate::metrics::ufs_gate_metrics(&cfg.node),
+            ),
+        );
         let store_cfg = StoreConfig {
             node: cfg.node.clone(),
             tiers: cfg.tiers.clone(),

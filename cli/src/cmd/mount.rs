@@ -88,6 +88,14 @@ pub struct MountArgs {
     /// the store; the first answer wins [default: 1s].
     #[arg(long, env = "SHOAL_MOUNT_WORKER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     worker_timeout: Option<Duration>,
+    /// How long a direct read of the store (when no worker answers) may take, retries
+    /// included, before the reader gets EIO [default: 20s].
+    #[arg(long, env = "SHOAL_MOUNT_UFS_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    ufs_timeout: Option<Duration>,
+    /// Direct reads of the store in flight at once; more wait, their deadline counting
+    /// [default: 64].
+    #[arg(long, env = "SHOAL_MOUNT_UFS_MAX_INFLIGHT", value_name = "N")]
+    ufs_max_inflight: Option<usize>,
     /// Failed reads in a row after which a worker is skipped [default: 3; 0 never skips].
     #[arg(long, env = "SHOAL_MOUNT_BREAKER_FAILURES", value_name = "N")]
     breaker_failures: Option<u32>,
@@ -153,6 +161,8 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     cfg.tls = ctx.tls.clone();
     cfg.worker_timeout = a.worker_timeout.unwrap_or(cfg.worker_timeout);
     cfg.breaker_failures = a.breaker_failures.unwrap_or(cfg.breaker_failures);
+    cfg.ufs_timeout = a.ufs_timeout.unwrap_or(cfg.ufs_timeout);
+    cfg.ufs_max_inflight = a.ufs_max_inflight.unwrap_or(cfg.ufs_max_inflight);
     cfg.breaker_cooldown = a.breaker_cooldown.unwrap_or(cfg.breaker_cooldown);
     if a.read_only {
         cfg.read_only = Some(true);

@@ -65,6 +65,13 @@ struct WorkerServerArgs {
     /// Heartbeat interval [default: 3s, or what the master asks for].
     #[arg(long, value_parser = parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// How long a block fetch may wait for the store, retries included, before the
+    /// reader gets an error [default: 20s].
+    #[arg(long, env = "SHOAL_WORKER_UFS_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    ufs_timeout: Option<Duration>,
+    /// Store reads in flight at once; more wait, their deadline counting [default: 64].
+    #[arg(long, env = "SHOAL_WORKER_UFS_MAX_INFLIGHT", value_name = "N")]
+    ufs_max_inflight: Option<usize>,
     /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
     #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     cluster_token_file: Option<PathBuf>,
@@ -106,6 +113,8 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
             high_watermark: a.high,
             low_watermark: a.low,
             heartbeat_interval: a.heartbeat_interval,
+            ufs_timeout: a.ufs_timeout,
+            ufs_max_inflight: a.ufs_max_inflight,
             cluster_token: Some(token),
         },
         &ctx.file.worker,

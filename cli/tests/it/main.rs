@@ -16,6 +16,7 @@ mod paths;
 mod prewarm;
 mod runner_mount;
 mod secrets;
+mod silent_store;
 mod support;
 mod tls;
 mod torn;

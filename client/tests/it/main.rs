@@ -8,3 +8,4 @@ mod hung_worker;
 mod identity;
 mod master_away;
 mod read;
+mod silent_store;

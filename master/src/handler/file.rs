@@ -84,20 +84,29 @@ async fn revalidate(
         return Ok(known);
     }
     let op = s.catalog.operator(d)?;
-    shoal_ufs::check_confined_async(&op, path).await?;
     metrics::counter!("shoal_master_revalidations_total").increment(1);
-    let mut now = match op.stat(path).await {
-        Ok(meta) if meta.is_file() => Some(FileRecord::from_ufs(path.to_owned(), &meta)),
-        Ok(_) => None,
-        Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(shoal_ufs::ufs_error(
+    // A reader's open waits for this: one deadline over the retries of the stat.
+    let stat = async {
+        shoal_ufs::check_confined_async(&op, path).await?;
+        match op.stat(path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(FileRecord::from_ufs(path.to_owned(), &meta))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(shoal_ufs::ufs_error(
                 &e,
                 &format!("stat {path}"),
                 &d.options,
-            ));
+            )),
         }
     };
+    let what = format!("master stat {}/{path}", d.name);
+    let mut now = shoal_ufs::within(
+        s.catalog.tuning().deadline,
+        &shoal_ufs::store_name(&op),
+        &what,
+        stat,
+    )
+    .await?;
     if let Some(rec) = now.as_mut() {
         crate::catalog::pin_local(&op, std::slice::from_mut(rec)).await?;
     }

@@ -108,6 +108,7 @@ async fn stopped_fixture_is_unreachable_and_drop_reaps() {
         op_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(5),
         max_retries: 0,
+        deadline: Duration::from_secs(10),
     };
     let op = build_operator(&s3.uri(""), &opts, &tuning).unwrap();
     check_reachable(&op, &s3.uri(""), &opts).await.unwrap();

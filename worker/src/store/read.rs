@@ -133,13 +133,24 @@ impl Inner {
         len: u64,
     ) -> Result<Bytes> {
         let op = self.datasets.operator(&file).await?;
-        shoal_ufs::check_confined_async(&op, &file.path).await?;
         let range = self.layout.block_range(file.size, id.index);
         self.m.ufs_read_requests.increment(1);
         // Pinned to the version this block belongs to: bytes of any other version never
         // reach the tier (the read fails as stale instead).
         let what = format!("{}/{}", file.dataset_name, file.path);
-        let bytes = shoal_ufs::read_pinned(&op, &file.path, range, &file.etag, file.size, &what)
+        let call = async {
+            shoal_ufs::check_confined_async(&op, &file.path).await?;
+            shoal_ufs::read_pinned(&op, &file.path, range.clone(), &file.etag, file.size, &what)
+                .await
+        };
+        let op_name = format!(
+            "worker {} read {what} bytes {}..{}",
+            self.node, range.start, range.end
+        );
+        let bytes = self
+            .datasets
+            .gate()
+            .run(&shoal_ufs::store_name(&op), &op_name, call)
             .await
             .inspect_err(|e| {
                 self.m.ufs_read_errors.increment(1);

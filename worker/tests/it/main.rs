@@ -8,5 +8,6 @@ mod disks;
 mod hot_path;
 mod master_down;
 mod scrub;
+mod silent_store;
 mod store;
 mod support;

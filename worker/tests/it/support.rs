@@ -107,8 +107,13 @@ impl TierDirs {
 }
 
 pub async fn start(cfg: WorkerConfig, ufs: &Ufs) -> RunningWorker {
+    start_with_op(cfg, ufs.op.clone()).await
+}
+
+/// A standalone worker reading [`DATASET`] through `op`.
+pub async fn start_with_op(cfg: WorkerConfig, op: Operator) -> RunningWorker {
     let w = WorkerServer::start(cfg).await.unwrap();
-    w.add_dataset(DATASET, ufs.op.clone());
+    w.add_dataset(DATASET, op);
     w
 }
 
