@@ -145,6 +145,10 @@ async fn workers_with_a_low_open_file_limit_fail_no_read_and_drop_no_block() {
         "nofile",
         Options {
             worker_nofile: Some(NOFILE),
+            // Many one-block files: a read opens one of many block files, more than the
+            // worker keeps open, so descriptors run out under 16 readers.
+            files: 64,
+            file_size: 768 << 10,
             ..Options::default()
         },
     )
@@ -175,7 +179,18 @@ async fn workers_with_a_low_open_file_limit_fail_no_read_and_drop_no_block() {
         }
         exhausted += metric(&m, "shoal_worker_fd_exhausted_total", "");
     }
-    eprintln!("descriptors ran out {exhausted} times");
+    // The fault happened: descriptors ran out reading a block file, or accepting a
+    // reader's connection.
+    let emfile = c
+        .workers
+        .iter()
+        .filter(|w| w.log_contents().contains("Too many open files"))
+        .count();
+    eprintln!("descriptors ran out: {exhausted} block reads, in {emfile} workers' logs");
+    assert!(
+        exhausted > 0.0 || emfile > 0,
+        "no worker ran out of descriptors: the scenario did not test the fault"
+    );
     assert_eq!(dropped, 0.0, "cached blocks were dropped");
     assert_eq!(
         used(&c),
@@ -184,6 +199,6 @@ async fn workers_with_a_low_open_file_limit_fail_no_read_and_drop_no_block() {
     );
 }
 
-/// Enough for a worker to start and serve, few enough that 16 readers' connections
-/// and block files compete for them.
-const NOFILE: u64 = 64;
+/// Enough for a worker to start and serve (it holds 20 or so at rest), few enough that
+/// 16 readers' connections and block files compete for the rest.
+const NOFILE: u64 = 24;

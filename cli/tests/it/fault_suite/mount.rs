@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::cluster::{Cluster, Options};
-use super::readers::{FanOut, Stopped};
+use super::readers::{FanOut, READERS, Stopped};
 use super::report;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,7 +24,7 @@ async fn mount_kill_9_fails_reads_cleanly_and_hangs_none() {
         "reads of the dead mount to fail",
         || {
             let n = t.seen().enotconn;
-            async move { n >= 2 * super::readers::READERS as u64 }
+            async move { n >= 2 * READERS as u64 }
         },
     )
     .await;
@@ -32,9 +32,17 @@ async fn mount_kill_9_fails_reads_cleanly_and_hangs_none() {
     report("mount kill -9 (reads after it: ENOTCONN, expected)", &s);
     assert_eq!(before.failed, 0, "reads failed before the kill");
     assert_eq!(s.wrong_bytes, 0, "reads returned wrong bytes");
+    // The reads in flight at the kill are aborted (ECONNABORTED); every later one is
+    // refused (ENOTCONN).
     assert_eq!(
-        s.failed, s.enotconn,
-        "reads of a killed mount failed with something other than ENOTCONN"
+        s.failed,
+        s.enotconn + s.econnaborted,
+        "reads of a killed mount failed with something other than ENOTCONN or ECONNABORTED"
+    );
+    assert!(
+        s.econnaborted <= READERS as u64,
+        "{} reads aborted, more than were in flight at the kill",
+        s.econnaborted
     );
     assert!(
         s.longest_failed < Duration::from_secs(1),

@@ -70,6 +70,7 @@ pub struct Tally {
     longest_us: AtomicU64,
     eio: AtomicU64,
     enotconn: AtomicU64,
+    econnaborted: AtomicU64,
     longest_failed_us: AtomicU64,
 }
 
@@ -82,6 +83,8 @@ pub struct Seen {
     pub longest: Duration,
     pub eio: u64,
     pub enotconn: u64,
+    /// Reads in flight when a mount daemon died (the kernel aborts them).
+    pub econnaborted: u64,
     pub longest_failed: Duration,
 }
 
@@ -95,6 +98,7 @@ impl Tally {
             longest: d(&self.longest_us),
             eio: self.eio.load(Ordering::Relaxed),
             enotconn: self.enotconn.load(Ordering::Relaxed),
+            econnaborted: self.econnaborted.load(Ordering::Relaxed),
             longest_failed: d(&self.longest_failed_us),
         }
     }
@@ -195,6 +199,7 @@ fn read_until(mp: &Path, files: &[Vec<u8>], stop: &AtomicBool, tally: &Tally) {
                 match e.raw_os_error() {
                     Some(libc::EIO) => tally.eio.fetch_add(1, Ordering::Relaxed),
                     Some(libc::ENOTCONN) => tally.enotconn.fetch_add(1, Ordering::Relaxed),
+                    Some(libc::ECONNABORTED) => tally.econnaborted.fetch_add(1, Ordering::Relaxed),
                     _ => {
                         eprintln!("read f{f}@{off} failed: {e}");
                         0
