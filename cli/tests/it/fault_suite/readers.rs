@@ -3,6 +3,7 @@
 //! what they saw ([`Tally`]): reads attempted and failed, wrong bytes, the longest
 //! single read. Also [`Stopped`], a SIGSTOP that is undone in every exit path.
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -72,6 +73,11 @@ pub struct Tally {
     enotconn: AtomicU64,
     econnaborted: AtomicU64,
     longest_failed_us: AtomicU64,
+    /// `u64::MAX` until a read fails.
+    shortest_failed_us: AtomicU64,
+    /// When the first read failed, from the start of the fan-out (`u64::MAX`: none).
+    first_failure_us: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
 }
 
 /// A copy of a [`Tally`] at one moment.
@@ -86,6 +92,10 @@ pub struct Seen {
     /// Reads in flight when a mount daemon died (the kernel aborts them).
     pub econnaborted: u64,
     pub longest_failed: Duration,
+    /// `Duration::ZERO` when no read failed.
+    pub shortest_failed: Duration,
+    /// When the first failed read returned, from the start of the fan-out.
+    pub first_failure: Option<Duration>,
 }
 
 impl Tally {
@@ -100,6 +110,14 @@ impl Tally {
             enotconn: self.enotconn.load(Ordering::Relaxed),
             econnaborted: self.econnaborted.load(Ordering::Relaxed),
             longest_failed: d(&self.longest_failed_us),
+            shortest_failed: match self.shortest_failed_us.load(Ordering::Relaxed) {
+                u64::MAX => Duration::ZERO,
+                us => Duration::from_micros(us),
+            },
+            first_failure: match self.first_failure_us.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                us => Some(Duration::from_micros(us)),
+            },
         }
     }
 
@@ -107,6 +125,7 @@ impl Tally {
     pub fn reset_longest(&self) {
         self.longest_us.store(0, Ordering::Relaxed);
         self.longest_failed_us.store(0, Ordering::Relaxed);
+        self.shortest_failed_us.store(u64::MAX, Ordering::Relaxed);
     }
 }
 
@@ -121,13 +140,28 @@ impl FanOut {
     /// [`READERS`] threads reading the files `f0`..`fN` under `mp`, whose bytes are
     /// `files`, until stopped. Every file is opened before the first read.
     pub fn start(mp: &Path, files: &Arc<Vec<Vec<u8>>>) -> FanOut {
+        Self::start_on(mp, files, 0..files.len())
+    }
+
+    /// [`FanOut::start`] on the files whose numbers are in `which` only.
+    pub fn start_on(mp: &Path, files: &Arc<Vec<Vec<u8>>>, which: Range<usize>) -> FanOut {
         let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(Tally::default());
+        let tally = Arc::new(Tally {
+            first_failure_us: AtomicU64::new(u64::MAX),
+            started: Instant::now().into(),
+            ..Tally::default()
+        });
+        tally.reset_longest();
         let threads = (0..READERS)
             .map(|_| {
-                let (mp, files, stop, tally) =
-                    (mp.to_path_buf(), files.clone(), stop.clone(), tally.clone());
-                std::thread::spawn(move || read_until(&mp, &files, &stop, &tally))
+                let (mp, files, stop, tally, which) = (
+                    mp.to_path_buf(),
+                    files.clone(),
+                    stop.clone(),
+                    tally.clone(),
+                    which.clone(),
+                );
+                std::thread::spawn(move || read_until(&mp, &files, which, &stop, &tally))
             })
             .collect();
         FanOut {
@@ -178,17 +212,24 @@ impl Drop for FanOut {
     }
 }
 
-fn read_until(mp: &Path, files: &[Vec<u8>], stop: &AtomicBool, tally: &Tally) {
+fn read_until(mp: &Path, files: &[Vec<u8>], which: Range<usize>, stop: &AtomicBool, tally: &Tally) {
     let handles: Vec<_> = (0..files.len())
-        .map(|i| std::fs::File::open(mp.join(format!("f{i}"))).unwrap())
+        .map(|i| {
+            which
+                .contains(&i)
+                .then(|| std::fs::File::open(mp.join(format!("f{i}"))).unwrap())
+        })
         .collect();
     let mut buf = vec![0u8; READ_SIZE];
     while !stop.load(Ordering::Relaxed) {
-        let f = rand::random_range(0..files.len());
+        let f = rand::random_range(which.clone());
         let len = files[f].len();
         let off = rand::random_range(0..(len - READ_SIZE)) as u64;
         let t = Instant::now();
-        let r = handles[f].read_exact_at(&mut buf, off);
+        let r = handles[f]
+            .as_ref()
+            .expect("opened")
+            .read_exact_at(&mut buf, off);
         let us = t.elapsed().as_micros() as u64;
         tally.longest_us.fetch_max(us, Ordering::Relaxed);
         tally.reads.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +237,11 @@ fn read_until(mp: &Path, files: &[Vec<u8>], stop: &AtomicBool, tally: &Tally) {
             Err(e) => {
                 tally.failed.fetch_add(1, Ordering::Relaxed);
                 tally.longest_failed_us.fetch_max(us, Ordering::Relaxed);
+                tally.shortest_failed_us.fetch_min(us, Ordering::Relaxed);
+                if let Some(t0) = tally.started.get() {
+                    let at = t0.elapsed().as_micros() as u64;
+                    tally.first_failure_us.fetch_min(at, Ordering::Relaxed);
+                }
                 match e.raw_os_error() {
                     Some(libc::EIO) => tally.eio.fetch_add(1, Ordering::Relaxed),
                     Some(libc::ENOTCONN) => tally.enotconn.fetch_add(1, Ordering::Relaxed),
