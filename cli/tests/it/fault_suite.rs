@@ -37,13 +37,23 @@ use readers::Seen;
 
 /// Prints `scenario`'s row of the suite's table and appends it to `$SHOAL_FAULT_REPORT`.
 fn report(scenario: &str, s: &Seen) {
-    let row = format!(
+    append_row(&format!(
         "| {scenario} | {} | {} | {} | {:.2} s | - | - | - |",
         s.reads,
         s.failed,
         s.wrong_bytes,
         s.longest.as_secs_f64()
-    );
+    ));
+}
+
+/// The row of a scenario this build cannot run, so the table shows the gap.
+fn report_skipped(scenario: &str, why: &str) {
+    append_row(&format!(
+        "| {scenario} (SKIPPED: {why}) | - | - | - | - | - | - | - |"
+    ));
+}
+
+fn append_row(row: &str) {
     println!("{row}");
     if let Some(path) = std::env::var_os("SHOAL_FAULT_REPORT") {
         let mut f = std::fs::OpenOptions::new()

@@ -35,9 +35,7 @@ async fn a_blackholed_store_fails_cold_reads_with_eio_after_the_deadline_and_mem
             "\n*** SKIPPED: `shoal worker` has no --ufs-timeout (issue 15 part 4, store \
              deadlines, is not in this build). This scenario must run once it is merged. ***\n"
         );
-        println!(
-            "| store blackholed | SKIPPED: needs --ufs-timeout (issue 15 part 4) | - | - | - | - | - | - |"
-        );
+        super::report_skipped("store blackholed", "needs --ufs-timeout (issue 15 part 4)");
         return;
     }
     let t = format!("{}s", UFS_TIMEOUT.as_secs());
