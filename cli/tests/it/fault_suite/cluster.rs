@@ -239,6 +239,16 @@ impl Cluster {
         self.master = start_master(&self.master_node, self.master_dir.path()).await;
     }
 
+    /// The worker caching the most bytes: the one whose fault readers are sure to meet
+    /// (placement may give another worker no block of a small dataset at all).
+    pub fn busiest_worker(&self) -> usize {
+        (0..self.workers.len())
+            .max_by_key(|&i| {
+                metric(&self.worker_metrics(i), "shoal_worker_tier_used_bytes", "") as u64
+            })
+            .expect("a worker")
+    }
+
     /// Worker `i`'s Prometheus metrics.
     pub fn worker_metrics(&self, i: usize) -> String {
         scrape(&self.worker_nodes[i], &self.worker_nodes[i].at(7712))
