@@ -65,16 +65,20 @@ async fn mount_sigstop_2s_then_reads_resume_with_the_right_bytes() {
         .unwrap();
     tokio::time::sleep_until((since + Duration::from_secs(2)).into()).await;
     drop(stopped);
+    // At least 2 s: longer when the liveness check above outlasted that.
+    let stopped_for = since.elapsed();
     fan.go_on(300).await;
     let s = fan.stop(Duration::from_secs(10)).await;
     report("mount SIGSTOP 2 s (readers wait for it, expected)", &s);
     assert!(!live, "a stopped mount daemon was reported live");
     assert_eq!(s.failed, 0, "reads failed after the mount came back");
     assert_eq!(s.wrong_bytes, 0, "reads returned wrong bytes");
-    // The readers waited for the stopped daemon, and only for it.
+    // The readers waited for the stopped daemon, and only for it (1 s of slack for
+    // the backlog of 16 readers on two loaded cores).
     assert!(
-        s.longest >= Duration::from_millis(1500) && s.longest < Duration::from_secs(4),
-        "longest read {:?} across a 2 s stop of the mount",
+        s.longest >= Duration::from_millis(1500)
+            && s.longest <= stopped_for + Duration::from_secs(1),
+        "longest read {:?} across a {stopped_for:?} stop of the mount",
         s.longest
     );
 }
