@@ -107,6 +107,30 @@ impl LinkProxy {
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| Error::io("bind link proxy", e))?;
+        Self::serve(listener, upstream, profile)
+    }
+
+    /// Serves on a listener bound elsewhere, e.g. on a thread that entered another
+    /// network namespace: the proxy then answers inside that namespace while its
+    /// upstream connections are made from the namespace of the runtime's threads.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        upstream: SocketAddr,
+        profile: LinkProfile,
+    ) -> Result<LinkProxy> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("make link proxy listener non-blocking", e))?;
+        let listener = TcpListener::from_std(listener)
+            .map_err(|e| Error::io("adopt link proxy listener", e))?;
+        Self::serve(listener, upstream, profile)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        upstream: SocketAddr,
+        profile: LinkProfile,
+    ) -> Result<LinkProxy> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("link proxy address", e))?;

@@ -6,7 +6,7 @@ mod auth;
 mod dataset;
 mod demo;
 mod deploy_config;
-mod faults;
+mod fault_suite;
 mod fresh;
 mod job_credentials;
 mod job_spec;

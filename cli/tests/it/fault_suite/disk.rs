@@ -1,0 +1,204 @@
+//! Disks under a fan-out: every worker's tier on a tmpfs far smaller than its quota
+//! and than the dataset, so it fills (`ENOSPC`) while readers read; and workers whose
+//! open-file limit is low, so descriptors run out (`EMFILE`). No read fails, the quota
+//! is never exceeded, accounted bytes equal the bytes allocated on disk at the end, and
+//! no cached block is dropped for lack of descriptors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::cluster::{Cluster, Options, metric};
+use super::readers::FanOut;
+use super::{assert_clean, report};
+
+/// A tmpfs of `size` mounted on a fresh temp directory, unmounted when dropped (also
+/// when a test fails: panics unwind through it).
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = shoal_testkit::temp_dir("fs-tier");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount tmpfs on {} (needs root)",
+            dir.path().display()
+        );
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Bytes the tier's block data files hold on disk (st_blocks; exact on tmpfs).
+fn allocated_bytes(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![root.join("blocks")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            // Gone since the listing (a concurrent eviction): it holds nothing now.
+            let Ok(m) = e.metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == "data" {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+const TIER_FS: u64 = 8 << 20;
+const QUOTA: u64 = 256 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_filling_up_fails_no_read_and_accounting_stays_exact() {
+    let fs: Vec<SmallFs> = (0..3).map(|_| SmallFs::mount("8m")).collect();
+    let roots: Vec<PathBuf> = fs.iter().map(|f| f.path().join("t")).collect();
+    let tiers = roots.clone();
+    // The dataset (48 MiB) is far larger than all three tiers (24 MiB): the warm-up
+    // itself fills them.
+    let c = Cluster::start(
+        "tierfull",
+        Options {
+            tier: Some(Box::new(move |i| {
+                format!("ssd:{}:{}MiB", tiers[i].display(), QUOTA >> 20)
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let fan = FanOut::start(&c.mp, &c.files);
+    let since = Instant::now();
+    let mut over = Vec::new();
+    while Instant::now() < since + Duration::from_secs(6) {
+        for (i, root) in roots.iter().enumerate() {
+            let m = c.worker_metrics(i);
+            let used = metric(&m, "shoal_worker_tier_used_bytes", "") as u64;
+            let alloc = allocated_bytes(root);
+            if (used > QUOTA || alloc > QUOTA || used > TIER_FS) && over.len() < 5 {
+                over.push(format!("worker {i}: accounted {used} allocated {alloc}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = fan.stop(Duration::from_secs(10)).await;
+    report("tier on an 8 MiB tmpfs fills (quota 256 MiB)", &s);
+    assert_clean("tier filling up", &s, Duration::from_secs(3));
+    assert!(over.is_empty(), "over the quota or the disk: {over:?}");
+    let enospc: f64 = (0..3)
+        .map(|i| metric(&c.worker_metrics(i), "shoal_worker_tier_enospc_total", ""))
+        .sum();
+    assert!(
+        enospc > 0.0,
+        "no tier ever met ENOSPC: the scenario did not fill a disk"
+    );
+    // Quiet now: what each worker accounts is what its tier holds.
+    for (i, root) in roots.iter().enumerate() {
+        let (mut used, mut alloc) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            used = metric(&c.worker_metrics(i), "shoal_worker_tier_used_bytes", "") as u64;
+            alloc = allocated_bytes(root);
+            if used == alloc {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            used, alloc,
+            "worker {i}: accounted bytes differ from the bytes on disk"
+        );
+    }
+    drop(c);
+    drop(fs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_with_a_low_open_file_limit_fail_no_read_and_drop_no_block() {
+    let c = Cluster::start(
+        "nofile",
+        Options {
+            worker_nofile: Some(NOFILE),
+            // Many one-block files: a read opens one of many block files, more than the
+            // worker keeps open, so descriptors run out under 16 readers.
+            files: 64,
+            file_size: 768 << 10,
+            ..Options::default()
+        },
+    )
+    .await;
+    let used = |c: &Cluster| -> Vec<u64> {
+        (0..c.workers.len())
+            .map(|i| metric(&c.worker_metrics(i), "shoal_worker_tier_used_bytes", "") as u64)
+            .collect()
+    };
+    let warm = used(&c);
+    let fan = FanOut::start(&c.mp, &c.files);
+    let since = Instant::now();
+    fan.go_on(300).await;
+    tokio::time::sleep_until((since + Duration::from_secs(5)).into()).await;
+    let s = fan.stop(Duration::from_secs(10)).await;
+    report(&format!("workers with RLIMIT_NOFILE {NOFILE}"), &s);
+    assert_clean("low open-file limit", &s, Duration::from_secs(3));
+    let mut dropped = 0.0;
+    let mut exhausted = 0.0;
+    for i in 0..c.workers.len() {
+        let m = c.worker_metrics(i);
+        for name in [
+            "shoal_worker_checksum_failures_total",
+            "shoal_worker_disk_errors_total",
+            "shoal_worker_evictions_total",
+        ] {
+            dropped += metric(&m, name, "");
+        }
+        exhausted += metric(&m, "shoal_worker_fd_exhausted_total", "");
+    }
+    // The fault happened: descriptors ran out reading a block file, or accepting a
+    // reader's connection.
+    let emfile = c
+        .workers
+        .iter()
+        .filter(|w| w.log_contents().contains("Too many open files"))
+        .count();
+    eprintln!("descriptors ran out: {exhausted} block reads, in {emfile} workers' logs");
+    assert!(
+        exhausted > 0.0 || emfile > 0,
+        "no worker ran out of descriptors: the scenario did not test the fault"
+    );
+    assert_eq!(dropped, 0.0, "cached blocks were dropped");
+    assert_eq!(
+        used(&c),
+        warm,
+        "the workers' cached bytes changed: blocks were dropped"
+    );
+}
+
+/// Enough for a worker to start and serve (it holds 20 or so at rest), few enough that
+/// 16 readers' connections and block files compete for the rest.
+const NOFILE: u64 = 24;
