@@ -313,12 +313,7 @@ impl Catalog {
                 *self.master_away_until.lock() = None;
                 Ok(e)
             }
-            Ok(Err(e))
-                if !e.is(shoal_common::ErrorKind::Unavailable)
-                    && !e.is(shoal_common::ErrorKind::DeadlineExceeded) =>
-            {
-                Err(e)
-            }
+            Ok(Err(e)) if !master_did_not_answer(&e) => Err(e),
             answer => {
                 if let Ok(Err(e)) = answer {
                     tracing::debug!(error = %e, "master unavailable; using expired attributes");
@@ -479,4 +474,16 @@ impl Catalog {
             ))),
         }
     }
+}
+
+/// Whether `e` says the master gave no answer (unreachable, too slow, the connection
+/// broke, overloaded) rather than an answer (not found, not allowed, bad request):
+/// only then may an expired entry stand in for it. A broken HTTP/2 connection surfaces
+/// as UNKNOWN/INTERNAL, not UNAVAILABLE.
+fn master_did_not_answer(e: &Error) -> bool {
+    use shoal_common::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::Unavailable | K::DeadlineExceeded | K::Cancelled | K::Internal | K::ResourceExhausted
+    )
 }

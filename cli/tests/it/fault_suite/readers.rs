@@ -2,6 +2,11 @@
 //! random ranges of the dataset's files through the mount and checking every byte, and
 //! what they saw ([`Tally`]): reads attempted and failed, wrong bytes, the longest
 //! single read. Also [`Stopped`], a SIGSTOP that is undone in every exit path.
+//!
+//! Half the readers keep their files open; the other half open the file again for
+//! every read (lookup, open, read, close), as a job that walks its files each epoch
+//! does: their opens need attributes that expire, so a fault that stalls metadata
+//! (a master that stops answering) shows in their stalls.
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -153,7 +158,8 @@ impl FanOut {
         });
         tally.reset_longest();
         let threads = (0..READERS)
-            .map(|_| {
+            .map(|r| {
+                let reopen = r % 2 == 1;
                 let (mp, files, stop, tally, which) = (
                     mp.to_path_buf(),
                     files.clone(),
@@ -161,7 +167,7 @@ impl FanOut {
                     tally.clone(),
                     which.clone(),
                 );
-                std::thread::spawn(move || read_until(&mp, &files, which, &stop, &tally))
+                std::thread::spawn(move || read_until(&mp, &files, which, reopen, &stop, &tally))
             })
             .collect();
         FanOut {
@@ -212,13 +218,18 @@ impl Drop for FanOut {
     }
 }
 
-fn read_until(mp: &Path, files: &[Vec<u8>], which: Range<usize>, stop: &AtomicBool, tally: &Tally) {
+/// `reopen`: open the file for every read instead of once.
+fn read_until(
+    mp: &Path,
+    files: &[Vec<u8>],
+    which: Range<usize>,
+    reopen: bool,
+    stop: &AtomicBool,
+    tally: &Tally,
+) {
+    let path = |i: usize| mp.join(format!("f{i}"));
     let handles: Vec<_> = (0..files.len())
-        .map(|i| {
-            which
-                .contains(&i)
-                .then(|| std::fs::File::open(mp.join(format!("f{i}"))).unwrap())
-        })
+        .map(|i| (!reopen && which.contains(&i)).then(|| std::fs::File::open(path(i)).unwrap()))
         .collect();
     let mut buf = vec![0u8; READ_SIZE];
     while !stop.load(Ordering::Relaxed) {
@@ -226,10 +237,10 @@ fn read_until(mp: &Path, files: &[Vec<u8>], which: Range<usize>, stop: &AtomicBo
         let len = files[f].len();
         let off = rand::random_range(0..(len - READ_SIZE)) as u64;
         let t = Instant::now();
-        let r = handles[f]
-            .as_ref()
-            .expect("opened")
-            .read_exact_at(&mut buf, off);
+        let r = match &handles[f] {
+            Some(h) => h.read_exact_at(&mut buf, off),
+            None => std::fs::File::open(path(f)).and_then(|h| h.read_exact_at(&mut buf, off)),
+        };
         let us = t.elapsed().as_micros() as u64;
         tally.longest_us.fetch_max(us, Ordering::Relaxed);
         tally.reads.fetch_add(1, Ordering::Relaxed);
