@@ -16,7 +16,6 @@ mod paths;
 mod prewarm;
 mod runner_mount;
 mod secrets;
-mod silent_store;
 mod support;
 mod tls;
 mod torn;
