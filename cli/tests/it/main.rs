@@ -13,6 +13,7 @@ mod job_spec;
 mod mount;
 mod paths;
 mod prewarm;
+mod runner_faults;
 mod runner_mount;
 mod secrets;
 mod support;
