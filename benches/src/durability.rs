@@ -122,7 +122,7 @@ pub fn measure(dir: &Path, sync: Synchronous, submits: u32, transitions: u32) ->
 /// Both modes, each in a fresh store under `root`, best of `rounds` (alternating, so
 /// neither mode gets a warmer disk).
 pub fn compare(root: &Path, submits: u32, transitions: u32, rounds: u32) -> Result<(Rates, Rates)> {
-    let mut best = |a: &mut Option<Rates>, r: Rates| {
+    let best = |a: &mut Option<Rates>, r: Rates| {
         let b = a.get_or_insert(r);
         b.submits_per_s = b.submits_per_s.max(r.submits_per_s);
         b.transitions_per_s = b.transitions_per_s.max(r.transitions_per_s);
