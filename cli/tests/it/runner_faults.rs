@@ -133,10 +133,21 @@ fn stored(data: &Path) -> Vec<(St, u32)> {
 /// Polls the store as fast as it can until `pick` holds for at least `min` of its
 /// instances; returns that count.
 fn wait_stored(data: &Path, what: &str, min: usize, pick: impl Fn(St, u32) -> bool) -> usize {
+    wait_stored_and(data, what, min, pick, || true)
+}
+
+/// [`wait_stored`], and `also` holds at the same time.
+fn wait_stored_and(
+    data: &Path,
+    what: &str,
+    min: usize,
+    pick: impl Fn(St, u32) -> bool,
+    also: impl Fn() -> bool,
+) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = stored(data).iter().filter(|(s, a)| pick(*s, *a)).count();
-        if n >= min {
+        if n >= min && also() {
             return n;
         }
         assert!(Instant::now() < deadline, "no {what} within 30s");
@@ -239,20 +250,31 @@ async fn runner_kill_9_while_300_instances_start_loses_and_doubles_none() {
         .await
         .unwrap();
     // STARTING is committed for the whole pass before the first spawn, RUNNING after
-    // the last: kill inside that window.
-    wait_stored(&data, "STARTING instance", 1, |s, _| s == St::Starting);
+    // the last: kill inside that window, once some instances run their command (so
+    // the restart re-adopts some and starts the others).
+    let ran = || std::fs::read_dir(&m).map_or(0, |d| d.count());
+    wait_stored_and(
+        &data,
+        "STARTING instances, 20 of them running",
+        1,
+        |s, _| s == St::Starting,
+        || ran() >= 20,
+    );
     runner.kill();
     let starting = stored(&data)
         .iter()
         .filter(|(s, _)| *s == St::Starting)
         .count();
+    let ran_at_kill = ran();
     assert!(starting > 0, "nothing was STARTING at the kill");
     let (mut runner, addr) = start_runner(&data, &NODE).await;
     let mut c = connect(&addr, &data).await;
     let j = wait_final(&mut c, &job.id, Duration::from_secs(45)).await;
     let t = tally(&j, &marks(&m, 300));
     report(
-        &format!("runner kill -9, {starting} of 300 instances STARTING"),
+        &format!(
+            "runner kill -9, {starting} of 300 instances STARTING ({ran_at_kill} of them spawned)"
+        ),
         "-",
         &t.lost.to_string(),
         &t.twice.to_string(),
