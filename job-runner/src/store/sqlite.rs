@@ -394,6 +394,42 @@ impl JobStore for SqliteJobStore {
 mod tests {
     use super::*;
 
+    /// A tmpfs at `dir`, unmounted when dropped (also on a failed assertion).
+    struct Tmpfs<'a>(&'a Path);
+
+    impl Drop for Tmpfs<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+
+    fn mount(args: &[&str], dir: &Path) {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?} {} (needs root)", dir.display());
+    }
+
+    #[test]
+    fn a_full_or_read_only_file_system_is_named() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], d.path());
+        let _fs = Tmpfs(d.path());
+        assert_eq!(fs_state(d.path()), None);
+        {
+            let mut f = std::fs::File::create(d.path().join("fill")).unwrap();
+            while f.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+        }
+        assert_eq!(fs_state(d.path()), Some(FsState::Full));
+        std::fs::remove_file(d.path().join("fill")).unwrap();
+        mount(&["-o", "remount,ro"], d.path());
+        assert_eq!(fs_state(d.path()), Some(FsState::ReadOnly));
+    }
+
     fn job(seq: u64) -> JobRecord {
         JobRecord {
             seq,
