@@ -6,8 +6,10 @@
 //!   same data dir;
 //! - the same while 300 retries wait out their backoff;
 //! - `SIGSTOP` for 5 s, then `SIGCONT`;
-//! - the store's disk (a 64 MiB tmpfs made by the test) filled up: the runner exits
-//!   non-zero within seconds, and after space returns and a restart every job it
+//! - the store's disk (a 64 MiB tmpfs made by the test) filled up, and the store's
+//!   file system (ext4 on a loop device, `errors=remount-ro`) turned read-only by an
+//!   error (`/sys/fs/ext4/DEV/trigger_fs_error`): the runner exits non-zero within 5 s
+//!   naming the store and the cause, and after a repair and a restart every job it
 //!   acknowledged is there.
 //!
 //! Every instance appends `INDEX ATTEMPT` to its own file in a shared dir, so a start
@@ -15,9 +17,11 @@
 //! fault table (and appends it to `$SHOAL_FAULT_REPORT` when set):
 //! `| scenario | reads attempted | reads failed | wrong bytes | longest stall | instances lost | instances started twice | false timeouts |`.
 //!
-//! `mount -o remount,ro` of the store's file system is not one of the faults: Linux
-//! refuses it (EBUSY) while any file on it is open for writing, and the runner keeps
-//! `runner.db` open. A full disk makes every SQLite commit fail the same way.
+//! `mount -o remount,ro` is not how the read-only store is made: Linux refuses it
+//! (EBUSY) while any file on the file system is open for writing, and the runner keeps
+//! `runner.db` open. An ext4 error makes the kernel itself turn the mounted file system
+//! read-only under the open files, as a failing disk would. Mounts and loop devices
+//! are undone in every exit path ([`Tmpfs`], [`Ext4`]); every test needs root.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -438,15 +442,138 @@ fn fill(path: &Path) {
 async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job() {
     let dir = temp_dir("runner-store-full");
     let fs = Tmpfs::new(&dir.path().join("fs"), "64m");
-    let data = fs.0.join("runner");
-    let m = dir.path().join("marks");
-    let small = dir.path().join("small");
+    let filler = fs.0.join("filler");
+    store_fault(
+        dir.path(),
+        &fs.0,
+        "runner store disk full",
+        "disk is full",
+        true,
+        || fill(&filler),
+        || std::fs::remove_file(&filler).unwrap(),
+    )
+    .await;
+    drop(fs);
+}
+
+/// An ext4 file system on a loop device, mounted `errors=remount-ro`; unmounted and
+/// detached when dropped.
+struct Ext4 {
+    mnt: PathBuf,
+    dev: String,
+}
+
+impl Ext4 {
+    fn new(dir: &Path) -> Ext4 {
+        let img = dir.join("disk.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?} (root needed)");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let e = Ext4 { mnt, dev };
+        let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+        run(Command::new("mkfs.ext4").args(["-q", &e.dev]));
+        run(Command::new("mount")
+            .args(["-o", "errors=remount-ro", &e.dev])
+            .arg(&e.mnt));
+        e
+    }
+
+    /// Makes ext4 meet an error: it remounts itself read-only at once, with the
+    /// runner's files still open for writing (which `mount -o remount,ro` refuses).
+    fn break_read_only(&self) {
+        let name = Path::new(&self.dev).file_name().unwrap().to_owned();
+        let knob = Path::new("/sys/fs/ext4")
+            .join(name)
+            .join("trigger_fs_error");
+        std::fs::write(&knob, "shoal fault test").unwrap();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_store_read_only_exits_non_zero_and_keeps_every_acknowledged_job() {
+    let dir = temp_dir("runner-store-ro");
+    let fs = Ext4::new(dir.path());
+    let mnt = fs.mnt.clone();
+    let dev = fs.dev.clone();
+    store_fault(
+        dir.path(),
+        &fs.mnt,
+        "runner store read-only (ext4 error, remount-ro)",
+        "read-only",
+        false,
+        || {
+            // The standalone runner writes its admin token without an fsync (not its
+            // store, and outside this fault): make it durable as a long-running
+            // runner's would be, so only the store's own durability is tested.
+            let token = fs.mnt.join("runner/admin.token");
+            std::fs::File::open(token).unwrap().sync_all().unwrap();
+            fs.break_read_only();
+        },
+        || {
+            // An operator's fix: once the instances that were running on it have
+            // ended (they keep it busy), check the file system and mount it again.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !Command::new("umount").arg(&mnt).status().unwrap().success() {
+                assert!(Instant::now() < deadline, "{} stays busy", mnt.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let fsck = Command::new("e2fsck").args(["-fy", &dev]).status().unwrap();
+            assert!(fsck.code().is_some_and(|c| c <= 1), "e2fsck: {fsck:?}");
+            let ok = Command::new("mount")
+                .args(["-o", "errors=remount-ro", &dev])
+                .arg(&mnt)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount {dev} again");
+        },
+    )
+    .await;
+    drop(fs);
+}
+
+/// A runner on `fs_root`, 10 running instances and a few acknowledged jobs; `fault`
+/// breaks the store while a submitter keeps going; the runner must exit non-zero
+/// within 5 s naming the store and `cause`; after `repair` and a restart every
+/// acknowledged job is there and finishes. With `exits_survive`, the running
+/// instances (which end after the repair) are re-adopted and succeed; without (a disk
+/// that went read-only also refuses their exit files, which live on it), they must
+/// only end.
+async fn store_fault(
+    test_dir: &Path,
+    fs_root: &Path,
+    scenario: &str,
+    cause: &str,
+    exits_survive: bool,
+    fault: impl FnOnce(),
+    repair: impl FnOnce(),
+) {
+    let data = fs_root.join("runner");
+    let m = test_dir.join("marks");
+    let small = test_dir.join("small");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::create_dir_all(&small).unwrap();
     let (mut runner, addr) = start_runner(&data, &NODE).await;
     let mut c = connect(&addr, &data).await;
     // Running when the store fails: left alone, re-adopted by the next runner.
-    let running = submit(&mut c, &spec("running", 10, &m, "exec sleep 3", ""))
+    let running = submit(&mut c, &spec("running", 10, &m, "exec sleep 8", ""))
         .await
         .unwrap();
     let mut acknowledged = vec![running.id.clone()];
@@ -456,12 +583,13 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
             .unwrap();
         acknowledged.push(j.id);
     }
-    // Fill the disk while the WAL is still small, so the next commit needs a page.
-    let filled = Instant::now();
-    fill(&fs.0.join("filler"));
+    // Break the store while the WAL is still small (a full disk then fails the next
+    // commit: it needs a new page).
+    let broken = Instant::now();
+    fault();
     let mut refused = 0;
     let mut n = 0;
-    while runner.is_running() && filled.elapsed() < Duration::from_secs(20) {
+    while runner.is_running() && broken.elapsed() < Duration::from_secs(20) {
         n += 1;
         match submit(&mut c, &spec(&format!("after-{n}"), 1, &small, "true", "")).await {
             Ok(j) => acknowledged.push(j.id),
@@ -470,7 +598,7 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = runner.wait_exit(Duration::from_secs(10)).await.unwrap();
-    let exited_after = filled.elapsed();
+    let exited_after = broken.elapsed();
     let log = runner.log_contents();
     assert!(!status.success(), "the runner exited 0:\n{log}");
     assert!(refused > 0, "no submit was refused:\n{log}");
@@ -480,11 +608,10 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
     );
     let store = data.join("runner.db");
     assert!(
-        log.contains(&store.display().to_string()) && log.contains("disk is full"),
-        "the error names neither the store nor the cause:\n{log}"
+        log.contains(&store.display().to_string()) && log.contains(cause),
+        "the error names neither the store nor the cause ({cause}):\n{log}"
     );
-    // Space returns; a supervisor restarts the runner.
-    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    repair();
     let (mut runner, addr) = start_runner(&data, &NODE).await;
     let mut c = connect(&addr, &data).await;
     let mut lost = 0;
@@ -498,7 +625,8 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
         {
             Ok(_) => {
                 let j = wait_final(&mut c, id, Duration::from_secs(30)).await;
-                if j.state() != pb::InstanceState::Succeeded {
+                let must_succeed = exits_survive || *id != running.id;
+                if must_succeed && j.state() != pb::InstanceState::Succeeded {
                     lost += 1;
                 }
             }
@@ -506,10 +634,17 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
         }
     }
     let j = get(&mut c, &running.id).await;
-    let t = tally(&j, &marks(&m, 10));
+    let mut t = tally(&j, &marks(&m, 10));
+    let note = if exits_survive {
+        String::new()
+    } else {
+        // Their exit codes were refused by the same read-only disk: ended, not lost.
+        let ended = std::mem::take(&mut t.lost);
+        format!(", {ended} running instances' exit status lost with the disk")
+    };
     report(
         &format!(
-            "runner store disk full ({} acknowledged jobs, {refused} refused)",
+            "{scenario} ({} acknowledged jobs, {refused} refused{note})",
             acknowledged.len()
         ),
         &format!("exit after {:.1}s", exited_after.as_secs_f64()),
@@ -525,6 +660,4 @@ async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job(
     );
     assert_eq!((t.lost, t.twice, t.false_timeouts), (0, 0, 0), "{t:?}");
     runner.terminate(Duration::from_secs(10)).await;
-    drop(runner);
-    drop(fs);
 }

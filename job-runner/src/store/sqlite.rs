@@ -232,7 +232,8 @@ enum FsState {
     Full,
 }
 
-/// What is wrong with the file system holding `dir`, if `statvfs` can tell.
+/// What is wrong with the file system holding `dir`, if `statvfs` or a probe create
+/// can tell.
 fn fs_state(dir: &Path) -> Option<FsState> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
@@ -245,11 +246,26 @@ fn fs_state(dir: &Path) -> Option<FsState> {
         st
     };
     if st.f_flag & libc::ST_RDONLY != 0 {
-        Some(FsState::ReadOnly)
-    } else if st.f_bavail == 0 {
-        Some(FsState::Full)
-    } else {
-        None
+        return Some(FsState::ReadOnly);
+    }
+    if st.f_bavail == 0 {
+        return Some(FsState::Full);
+    }
+    // A file system that turned itself read-only after an error (ext4's
+    // `errors=remount-ro`) may still say read-write in statvfs: ask it with a create.
+    let probe = dir.join(format!(".shoal-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Some(FsState::ReadOnly),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Some(FsState::Full),
+        Err(_) => None,
     }
 }
 
