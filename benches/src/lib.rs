@@ -15,10 +15,14 @@
 //! - [`pinning`]: what pinned reads (`If-Match` on S3, two `stat`s on `file://`) cost
 //!   on the cold read path through a worker, against unpinned reads in the same run
 //!   (`cargo bench -p shoal-benches --bench pinning`).
+//! - [`durability`]: what `synchronous=FULL` costs the runner's job store (submits/s
+//!   and state transitions/s against `NORMAL` in the same run)
+//!   (`cargo bench -p shoal-benches --bench durability`).
 //! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
 //!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
 
 pub mod dataplane;
+pub mod durability;
 pub mod pinning;
 pub mod prewarm;
 pub mod report;

@@ -4,6 +4,13 @@
 //! - the file is created with mode 0600 before SQLite touches it (it holds token
 //!   hashes, dataset credentials and job specs), and narrowed to 0600 if it was wider;
 //! - writers use WAL, so readers never block the writer;
+//! - writers use `synchronous=FULL` ([`Synchronous::Full`]): every commit is on disk
+//!   before it returns, so an answer sent after a commit (a submitted job, a created
+//!   token, a committed file) survives a power loss. Both stores hold such acknowledged
+//!   state: the runner's jobs and their state changes, the master's datasets, grants,
+//!   tokens and file commits. `NORMAL` in WAL mode may lose the last commits on a
+//!   power loss (never on a process crash), so it is kept only for measuring the cost
+//!   (`benches/benches/durability.rs`);
 //! - every connection waits up to [`BUSY_TIMEOUT`] for a lock instead of failing.
 //!
 //! ```no_run
@@ -21,6 +28,24 @@ use shoal_common::{Error, Result};
 /// How long a connection waits for another one's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// SQLite's `synchronous` setting for a writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The WAL is synced at every commit: a returned commit survives a power loss.
+    Full,
+    /// The WAL is synced at checkpoints only: a power loss may drop the last commits.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// Creates the file (0600) if needed; WAL journal.
@@ -29,7 +54,13 @@ pub enum Access {
 }
 
 /// Opens the database at `path`; `what` names it in errors ("catalog", "job store").
+/// Writers get [`Synchronous::Full`].
 pub fn open(path: &Path, what: &str, access: Access) -> Result<Connection> {
+    open_with(path, what, access, Synchronous::Full)
+}
+
+/// [`open`] with an explicit `synchronous` setting for a writer.
+pub fn open_with(path: &Path, what: &str, access: Access, sync: Synchronous) -> Result<Connection> {
     let flags = match access {
         Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         Access::ReadWrite => {
@@ -48,8 +79,7 @@ pub fn open(path: &Path, what: &str, access: Access) -> Result<Connection> {
     if access == Access::ReadWrite {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| err("enable WAL", e))?;
-        // A crash may lose the last commits' fsync but never corrupts the file.
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", sync.pragma())
             .map_err(|e| err("set synchronous", e))?;
     }
     Ok(conn)
@@ -57,10 +87,20 @@ pub fn open(path: &Path, what: &str, access: Access) -> Result<Connection> {
 
 /// Creates `data_dir` if needed and opens `data_dir/file` for writing (see [`open`]).
 pub fn open_in(data_dir: &Path, file: &str, what: &str) -> Result<(Connection, PathBuf)> {
+    open_in_with(data_dir, file, what, Synchronous::Full)
+}
+
+/// [`open_in`] with an explicit `synchronous` setting.
+pub fn open_in_with(
+    data_dir: &Path,
+    file: &str,
+    what: &str,
+    sync: Synchronous,
+) -> Result<(Connection, PathBuf)> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| Error::io(format!("create data dir {}", data_dir.display()), e))?;
     let path = data_dir.join(file);
-    let conn = open(&path, what, Access::ReadWrite)?;
+    let conn = open_with(&path, what, Access::ReadWrite, sync)?;
     Ok((conn, path))
 }
 
@@ -98,6 +138,11 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+        // 2 is FULL: an acknowledged commit survives a power loss.
+        let sync: i64 = c
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
         let perm = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(perm, 0o600);
         let e = open(&dir.path().join("missing.db"), "test db", Access::ReadOnly).unwrap_err();

@@ -10,6 +10,13 @@
 //!    process exists, which is what makes recovery exact);
 //! 3. persists what the starts reported (RUNNING with the pid).
 //!
+//! A store that fails once (read-only, full, gone) ends the engine: it answers
+//! nothing more, starts nothing more, and publishes the error
+//! ([`EngineHandle::fault`]) so the server stops and `shoal runner` exits non-zero for
+//! a supervisor to restart it. Running instances are left alone (the next runner
+//! re-adopts them), and every answer sent before was sent after its commit, so
+//! nothing acknowledged is lost. Going on would let memory and store diverge.
+//!
 //! The engine never reads spec text: a submission arrives as a [`JobPlan`] built and
 //! validated off this thread ([`crate::plan`]), and every answer is a view from
 //! [`crate::model`] (the gRPC server renders proto).
@@ -131,6 +138,7 @@ pub enum Command {
 pub struct EngineHandle {
     tx: Sender<Command>,
     generation: watch::Receiver<u64>,
+    fault: watch::Receiver<Option<Error>>,
 }
 
 impl EngineHandle {
@@ -152,6 +160,21 @@ impl EngineHandle {
 
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
+    }
+
+    /// Resolves with the job store's error once the engine stopped because of it
+    /// (never for a normal shutdown).
+    pub async fn fault(&self) -> Error {
+        let mut rx = self.fault.clone();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // The engine is gone without a fault: a shutdown; never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -192,6 +215,9 @@ pub struct Engine {
     changed: bool,
     /// Jobs that became final in this batch (their inputs and prewarms are let go).
     ended_jobs: Vec<String>,
+    /// The store's first failure; the engine stops at the end of the command.
+    fault: Option<Error>,
+    fault_tx: watch::Sender<Option<Error>>,
 }
 
 const BATCH: usize = 4096;
@@ -204,6 +230,7 @@ impl Engine {
     ) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (gen_tx, gen_rx) = watch::channel(0u64);
+        let (fault_tx, fault_rx) = watch::channel(None);
         let nodes = cfg
             .nodes
             .iter()
@@ -231,6 +258,8 @@ impl Engine {
             dirty: true,
             changed: true,
             ended_jobs: Vec::new(),
+            fault: None,
+            fault_tx,
         };
         let wake = {
             let tx = tx.clone();
@@ -255,6 +284,7 @@ impl Engine {
             EngineHandle {
                 tx,
                 generation: gen_rx,
+                fault: fault_rx,
             },
             thread,
         ))
@@ -279,11 +309,17 @@ impl Engine {
             if let Some(c) = first {
                 stop |= self.handle(c);
                 for _ in 0..BATCH {
+                    if self.fault.is_some() {
+                        break;
+                    }
                     match rx.try_recv() {
                         Ok(c) => stop |= self.handle(c),
                         Err(_) => break,
                     }
                 }
+            }
+            if self.fault.is_some() {
+                break;
             }
             self.fire_timers();
             if Instant::now() >= next_tick {
@@ -294,8 +330,7 @@ impl Engine {
                 self.dirty = false;
                 self.schedule();
             }
-            if let Err(e) = self.flush() {
-                error!("persist runner state: {e}; stopping the engine so nothing runs unrecorded");
+            if self.flush().is_err() || self.fault.is_some() {
                 break;
             }
             self.let_go_of_ended_jobs();
@@ -310,7 +345,15 @@ impl Engine {
         if let Some(g) = &self.parts.prewarm {
             g.shutdown();
         }
-        info!("runner engine stopped");
+        // Dropping the channel's receiver first makes every later call fail at once.
+        drop(rx);
+        match self.fault.take() {
+            Some(e) => {
+                error!("runner engine stopped: the job store failed: {e}");
+                self.fault_tx.send_replace(Some(e));
+            }
+            None => info!("runner engine stopped"),
+        }
     }
 
     /// Applies one command; returns true on shutdown.
@@ -449,12 +492,9 @@ impl Engine {
         for p in &out.start {
             self.mark_starting(p);
         }
-        // STARTING must be durable before any process exists.
-        if let Err(e) = self.flush() {
-            error!("persist STARTING: {e}; not starting instances");
-            for p in &out.start {
-                self.start_failed(p.key, &format!("could not persist its start: {e}"));
-            }
+        // STARTING must be durable before any process exists. A failed store ends
+        // the engine (see `flush`): nothing is started.
+        if self.flush().is_err() {
             return;
         }
         for p in out.start {
@@ -486,11 +526,23 @@ impl Engine {
         }
     }
 
-    /// Writes pending changes in one transaction and tells watchers.
+    /// Writes pending changes in one transaction and tells watchers. A failure is
+    /// the engine's end: it is kept in `fault`, and every later flush fails with it,
+    /// so no answer is ever sent for a change that is not in the store.
     fn flush(&mut self) -> Result<()> {
+        if let Some(e) = &self.fault {
+            return Err(e.clone());
+        }
         if !self.writes.is_empty() {
             let writes = std::mem::take(&mut self.writes);
-            self.parts.store.apply(&writes)?;
+            if let Err(e) = self.parts.store.apply(&writes) {
+                let e = Error::unavailable(format!(
+                    "{}; the runner is stopping (its running instances are left to the next runner)",
+                    e.message()
+                ));
+                self.fault = Some(e.clone());
+                return Err(e);
+            }
         }
         if self.changed {
             self.changed = false;

@@ -84,6 +84,10 @@ pub struct AttemptFiles {
     pub pid_file: PathBuf,
     /// The wrapper writes the command's exit code here when it ends.
     pub exit_file: PathBuf,
+    /// Locked (`flock`) by the runner before the fork and held by the attempt's
+    /// wrapper until it exits: a held lock proves the attempt was spawned even when
+    /// its pid file is still empty (a runner crash between spawn and pid file).
+    pub launch_lock: PathBuf,
 }
 
 /// The on-disk layout under the runner's data dir.
@@ -125,6 +129,7 @@ impl Layout {
             stderr: f("stderr"),
             pid_file: f("pid"),
             exit_file: f("exit"),
+            launch_lock: f("launch"),
         }
     }
 }
@@ -167,7 +172,13 @@ pub struct AttemptRef {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Adoption {
     /// Still running; its end will come through the sink.
-    Running(Started),
+    Running {
+        started: Started,
+        /// When the attempt really started (wall clock, ms), as the executor knows it
+        /// (the process's start time, the Pod's). Its timeout counts from here; `None`
+        /// when the executor cannot tell, and then from the re-adoption.
+        started_at_ms: Option<i64>,
+    },
     /// It ended while nobody watched.
     Ended(AttemptExit),
     /// There is no trace it was ever started: start it again as the same attempt.

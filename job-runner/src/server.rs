@@ -241,6 +241,13 @@ impl RunnerServer {
 }
 
 impl RunningRunner {
+    /// Resolves once the engine stopped because the job store failed, with the store's
+    /// error (never for a normal shutdown). The caller then shuts the runner down and
+    /// exits non-zero, for a supervisor to restart it on a working store.
+    pub async fn fault(&self) -> Error {
+        self.engine.fault().await
+    }
+
     /// Stops serving and stops the engine (after it persisted its last batch).
     /// Running instances are left running for the next runner to re-adopt.
     pub async fn shutdown(mut self) {

@@ -356,7 +356,15 @@ pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "-".into()),
         nodes.join(", ")
     );
-    crate::signal::shutdown_signal().await?;
+    tokio::select! {
+        r = crate::signal::shutdown_signal() => r?,
+        e = runner.fault() => {
+            // Stop serving (its instances keep running for the next runner) and exit
+            // non-zero so a supervisor restarts it once the store works again.
+            runner.shutdown().await;
+            return Err(e.into());
+        }
+    }
     runner.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

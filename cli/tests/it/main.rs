@@ -14,6 +14,7 @@ mod master_down;
 mod mount;
 mod paths;
 mod prewarm;
+mod runner_faults;
 mod runner_mount;
 mod secrets;
 mod support;

@@ -290,6 +290,8 @@ impl Inst {
         self.exit_code = None;
         self.stop = None;
         self.started = Started::default();
+        // The previous attempt's start is not this one's (timeouts count from it).
+        self.started_at_ms = 0;
         self.go(
             &[Runnable],
             Starting,
@@ -311,8 +313,13 @@ impl Inst {
     }
 
     /// A running attempt a previous runner started was found alive: STARTING →
-    /// RUNNING, or RUNNING stays (`None`) with what the executor learnt.
-    pub fn readopt(&mut self, started: Started) -> Result<Option<Moved>, IllegalTransition> {
+    /// RUNNING, or RUNNING stays (`None`) with what the executor learnt, including
+    /// when the attempt really started (`started_at_ms`).
+    pub fn readopt(
+        &mut self,
+        started: Started,
+        started_at_ms: i64,
+    ) -> Result<Option<Moved>, IllegalTransition> {
         if !self.state.is_active() {
             return Err(IllegalTransition {
                 from: self.state,
@@ -320,9 +327,7 @@ impl Inst {
             });
         }
         self.started = started;
-        if self.started_at_ms == 0 {
-            self.started_at_ms = now_ms();
-        }
+        self.started_at_ms = started_at_ms;
         if self.state == Running {
             return Ok(None);
         }

@@ -179,12 +179,18 @@ impl Engine {
         };
         let sink = self.exit_sink(k, a.attempt);
         match self.parts.executor.adopt(&a, sink) {
-            Adoption::Running(started) => {
-                let started_at = self.inst(k).map_or(0, |i| i.started_at_ms());
+            Adoption::Running {
+                started,
+                started_at_ms,
+            } => {
+                // Never the stored start time: an attempt re-adopted from STARTING has
+                // none (0) or the previous attempt's. Unknown to the executor, the
+                // timeout counts from now: late rather than false.
+                let started_at = started_at_ms.unwrap_or_else(now_ms);
                 let Some(inst) = self.inst_mut(k) else {
                     return;
                 };
-                match inst.readopt(started) {
+                match inst.readopt(started, started_at) {
                     Ok(Some(moved)) => self.record_move(k, moved),
                     Ok(None) => self.persist_instance(k),
                     Err(e) => {

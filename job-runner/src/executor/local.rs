@@ -3,7 +3,7 @@
 //! The command runs under a tiny `/bin/sh` wrapper, which is the group leader:
 //!
 //! ```sh
-//! trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&-; c=$?; echo $c >&4; exit $c
+//! trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&- 5>&-; c=$?; echo $c >&4; exit $c
 //! ```
 //!
 //! - `"$@"` executes the user's argv as is: it is never re-parsed by the shell.
@@ -16,6 +16,17 @@
 //!   parent it gets the exit status from `wait`; after a runner restart the new runner
 //!   is no longer the parent, so it polls the pid (checking its start time in
 //!   `/proc/PID/stat` so a reused pid is never mistaken) and reads the exit file.
+//! - fd 5 is the attempt's launch lock (`attempt-A.launch`), which the runner creates
+//!   and `flock`s before the fork; the child inherits the locked open file, and the
+//!   wrapper keeps it (the command does not get it) until it exits. So the lock is
+//!   held exactly while an attempt's wrapper lives, from the instant of the fork: a
+//!   runner that died between the spawn and the pid file leaves a held lock, and the
+//!   next runner waits for the pid instead of starting the attempt a second time. A
+//!   free lock with no pid means the fork never happened (the runner's own copy of
+//!   the lock died with it), so starting the attempt then is its only start.
+//! - A re-adopted attempt's start time is the process's own (`/proc/PID/stat`
+//!   starttime plus the boot time), so its timeout counts from when it really
+//!   started.
 //!
 //! Every file in the log dir is created by the runner (see [`super::files`]): the
 //! instance cannot aim the runner's writes or reads at another file with a link.
@@ -49,8 +60,11 @@ use super::sandbox::{self, Sandbox};
 use super::{Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
-    r#"trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&-; c=$?; echo $c >&4; exit $c"#;
+    r#"trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&- 5>&-; c=$?; echo $c >&4; exit $c"#;
 const ADOPT_POLL: Duration = Duration::from_millis(100);
+/// How long re-adoption waits for the pid of an attempt whose launch lock is held but
+/// whose wrapper has not written its pid yet (it does so first thing after exec).
+const PID_WAIT: Duration = Duration::from_secs(10);
 
 /// Credentials of the runner itself that instances never inherit from its environment
 /// (a spec may still set them in its own `env`).
@@ -173,24 +187,71 @@ fn searchable_parents(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Puts the attempt's pid and exit files at fds 3 and 4 for the wrapper. They pass
-/// through fresh fds of 10 and up first, so that neither source is itself 3 or 4 and
-/// overwritten by the other `dup2`. Runs in the forked child.
-fn control_fds(pid_fd: RawFd, exit_fd: RawFd) -> std::io::Result<()> {
+/// Puts the attempt's pid and exit files and its launch lock at fds 3, 4 and 5 for the
+/// wrapper. They pass through fresh fds of 10 and up first, so that no source is
+/// itself 3, 4 or 5 and overwritten by another `dup2`. Runs in the forked child.
+fn control_fds(pid_fd: RawFd, exit_fd: RawFd, lock_fd: RawFd) -> std::io::Result<()> {
     // SAFETY: plain fd syscalls on fds this process holds; no memory is touched.
     unsafe {
         let a = libc::fcntl(pid_fd, libc::F_DUPFD, 10);
         let b = libc::fcntl(exit_fd, libc::F_DUPFD, 10);
-        if a < 0 || b < 0 {
+        let c = libc::fcntl(lock_fd, libc::F_DUPFD, 10);
+        if a < 0 || b < 0 || c < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+        if libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 || libc::dup2(c, 5) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         libc::close(a);
         libc::close(b);
+        libc::close(c);
     }
     Ok(())
+}
+
+/// Whether an attempt's launch lock is held by a live wrapper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaunchLock {
+    /// No lock file: started by a runner from before launch locks (or never).
+    Missing,
+    /// Nobody holds it: the wrapper has exited, or was never forked.
+    Free,
+    /// A wrapper of this attempt is alive.
+    Held,
+}
+
+fn launch_lock(path: &Path) -> LaunchLock {
+    let f = match files::open_regular(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return LaunchLock::Missing,
+        Err(e) => {
+            // Planted or unreadable: fall back to the pid and exit files.
+            warn!(path = %path.display(), "cannot check the launch lock: {e}");
+            return LaunchLock::Missing;
+        }
+    };
+    // SAFETY: flock(2) on a descriptor this process owns; it touches no memory.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        // Dropping `f` closes it and so releases the lock we just took.
+        LaunchLock::Free
+    } else {
+        LaunchLock::Held
+    }
+}
+
+/// Waits up to `limit` for the wrapper to write its pid.
+fn wait_for_pid(path: &Path, limit: Duration) -> Option<u32> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(p) = read_number(path) {
+            return u32::try_from(p).ok();
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The dataset links to make in an instance's working dir, as C strings ready for the
@@ -299,6 +360,14 @@ impl Executor for LocalExecutor {
         // this one. The wrapper writes them through fds 3 and 4.
         let pid_file = files::fresh_file(&l.files.pid_file, 0o600)?;
         let exit_file = files::fresh_file(&l.files.exit_file, 0o600)?;
+        let lock_file = files::fresh_file(&l.files.launch_lock, 0o600)?;
+        // SAFETY: flock(2) on a descriptor we own; it touches no memory.
+        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::io(
+                format!("lock {}", l.files.launch_lock.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
         let links = LinkPlan::new(&l.links)?;
         let mut cmd = tokio::process::Command::new("/bin/sh");
         let mut entry = None;
@@ -330,7 +399,11 @@ impl Executor for LocalExecutor {
                 .env("LOGNAME", &u.name);
         }
         drop(input_list);
-        let (pid_fd, exit_fd) = (pid_file.as_raw_fd(), exit_file.as_raw_fd());
+        let (pid_fd, exit_fd, lock_fd) = (
+            pid_file.as_raw_fd(),
+            exit_file.as_raw_fd(),
+            lock_file.as_raw_fd(),
+        );
         match entry {
             // SAFETY: the closure runs in the forked child before exec and only makes
             // async-signal-safe calls (write, open, unshare, mount, mkdir, setgroups,
@@ -341,7 +414,7 @@ impl Executor for LocalExecutor {
                 cmd.pre_exec(move || {
                     entry.enter()?;
                     links.create()?;
-                    control_fds(pid_fd, exit_fd)
+                    control_fds(pid_fd, exit_fd, lock_fd)
                 });
             },
             None => {
@@ -355,7 +428,7 @@ impl Executor for LocalExecutor {
                 // symlink) on data prepared beforehand; it allocates nothing.
                 unsafe {
                     cmd.pre_exec(move || {
-                        control_fds(pid_fd, exit_fd)?;
+                        control_fds(pid_fd, exit_fd, lock_fd)?;
                         links.create()
                     });
                 }
@@ -386,7 +459,8 @@ impl Executor for LocalExecutor {
                 return Err(Error::io(format!("start `{}`", l.command.join(" ")), e));
             }
         };
-        drop((pid_file, exit_file));
+        // From here only the child holds the launch lock.
+        drop((pid_file, exit_file, lock_file));
         let pid = child
             .id()
             .ok_or_else(|| Error::internal("started process has no pid"))?;
@@ -445,22 +519,40 @@ impl Executor for LocalExecutor {
     }
 
     fn adopt(&self, a: &AttemptRef, on_exit: ExitSink) -> Adoption {
-        let recorded = a.started.pid;
-        let pid = recorded.or_else(|| read_number(&a.files.pid_file).map(|v| v as u32));
-        let Some(pid) = pid else {
-            return Adoption::NeverStarted;
-        };
-        let alive = match a.started.pid_start {
-            Some(start) => proc_start_time(pid) == Some(start) && proc_alive(pid),
-            // Never confirmed by the old runner: it is ours only if it runs in this
-            // instance's working dir.
-            None => {
-                proc_alive(pid)
-                    && std::fs::read_link(format!("/proc/{pid}/cwd"))
-                        .ok()
-                        .as_deref()
-                        == Some(a.work_dir.as_path())
+        let lock = launch_lock(&a.files.launch_lock);
+        let mut pid = a
+            .started
+            .pid
+            .or_else(|| read_number(&a.files.pid_file).and_then(|v| u32::try_from(v).ok()));
+        if pid.is_none() && lock == LaunchLock::Held {
+            // The previous runner died between the fork and the wrapper's first line:
+            // the attempt exists, its pid is a moment away.
+            pid = wait_for_pid(&a.files.pid_file, PID_WAIT);
+            if pid.is_none() {
+                warn!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt,
+                    "the attempt's wrapper holds its launch lock but wrote no pid in {PID_WAIT:?}; watching the lock (it cannot be signalled)");
             }
+        }
+        let alive = match (lock, pid) {
+            (LaunchLock::Held, _) => true,
+            // A free lock with no pid: the wrapper never got to its first line, so the
+            // command never ran.
+            (LaunchLock::Free, None) | (LaunchLock::Missing, None) => {
+                return Adoption::NeverStarted;
+            }
+            (LaunchLock::Free, Some(_)) => false,
+            (LaunchLock::Missing, Some(pid)) => match a.started.pid_start {
+                Some(start) => proc_start_time(pid) == Some(start) && proc_alive(pid),
+                // Never confirmed by the old runner: it is ours only if it runs in this
+                // instance's working dir.
+                None => {
+                    proc_alive(pid)
+                        && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                            .ok()
+                            .as_deref()
+                            == Some(a.work_dir.as_path())
+                }
+            },
         };
         if !alive {
             let exit = read_exit(&a.files.exit_file);
@@ -478,12 +570,16 @@ impl Executor for LocalExecutor {
             };
             return Adoption::Ended(exit);
         }
-        let pid_start = a.started.pid_start.or_else(|| proc_start_time(pid));
+        let pid_start = a
+            .started
+            .pid_start
+            .or_else(|| pid.and_then(proc_start_time));
         let key = key_of(a);
-        let live_entry = self.register(key.clone(), pid as i32);
+        let live_entry = pid.map(|p| self.register(key.clone(), p as i32));
         let live = self.live.clone();
         let cancel = self.cancel.clone();
         let exit_file = a.files.exit_file.clone();
+        let lock_file = (lock != LaunchLock::Missing).then(|| a.files.launch_lock.clone());
         let sandbox = self.sandbox.clone();
         self.rt.spawn(async move {
             loop {
@@ -491,19 +587,25 @@ impl Executor for LocalExecutor {
                     _ = tokio::time::sleep(ADOPT_POLL) => {}
                     _ = cancel.cancelled() => return,
                 }
-                let still = proc_alive(pid) && proc_start_time(pid) == pid_start;
+                let still = match (&lock_file, pid) {
+                    (Some(l), _) => launch_lock(l) == LaunchLock::Held,
+                    (None, Some(pid)) => proc_alive(pid) && proc_start_time(pid) == pid_start,
+                    (None, None) => false,
+                };
                 if !still {
-                    LocalExecutor::finish(&live, &key, &live_entry);
+                    if let Some(l) = &live_entry {
+                        LocalExecutor::finish(&live, &key, l);
+                    }
                     let exit = LocalExecutor::ended(sandbox, key, read_exit(&exit_file)).await;
                     on_exit(exit);
                     return;
                 }
             }
         });
-        Adoption::Running(Started {
-            pid: Some(pid),
-            pid_start,
-        })
+        Adoption::Running {
+            started: Started { pid, pid_start },
+            started_at_ms: pid_start.and_then(start_ms),
+        }
     }
 
     fn remove_work_dir(&self, work_dir: &Path) {
@@ -549,6 +651,26 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Wall-clock ms at which a process started, from its `/proc/PID/stat` start time
+/// (clock ticks since boot) and the boot time in `/proc/stat`. Good to about a second
+/// (the boot time is whole seconds), which is plenty for timeouts.
+pub fn start_ms(ticks: u64) -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf(3) reads a constant of the system; it touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    let ticks = i64::try_from(ticks).ok()?;
+    Some(btime * 1000 + ticks * 1000 / hz as i64)
+}
+
 /// The process exists and is not a zombie.
 pub fn proc_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -584,5 +706,15 @@ mod tests {
         assert!(proc_alive(me));
         assert!(proc_start_time(me).is_some());
         assert!(!proc_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn start_time_is_the_wall_clock_of_the_start() {
+        let me = std::process::id();
+        let at = start_ms(proc_start_time(me).unwrap()).unwrap();
+        let now = shoal_common::time::now_ms();
+        // This test process started moments ago, never before boot nor in the future.
+        assert!(at <= now + 1000, "{at} > {now}");
+        assert!(at > now - 600_000, "{at} is long before {now}");
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 use shoal_common::{Error, Result};
 
+pub use shoal_db::Synchronous;
+
 use super::{InstanceRecord, JobRecord, JobStore, StoredJob, Write};
 use crate::model::{InstanceState, Transition};
 
@@ -70,11 +72,16 @@ fn db_err(step: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
 }
 
 impl SqliteJobStore {
-    /// Opens (or creates) `runner.db` under `data_dir`.
+    /// Opens (or creates) `runner.db` under `data_dir`, with `synchronous=FULL`: a
+    /// submit is answered, and an attempt started, only after its batch is on disk.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        // A crash may lose the last batches' fsync but never corrupts; the runner
-        // re-derives anything lost from the processes' pid and exit files.
-        let (conn, path) = shoal_db::open_in(data_dir, "runner.db", "job store")?;
+        Self::open_with(data_dir, Synchronous::Full)
+    }
+
+    /// [`SqliteJobStore::open`] with another `synchronous` setting (the durability
+    /// benchmark compares them).
+    pub fn open_with(data_dir: &Path, sync: Synchronous) -> Result<Self> {
+        let (conn, path) = shoal_db::open_in_with(data_dir, "runner.db", "job store", sync)?;
         conn.execute_batch(SCHEMA)
             .map_err(db_err("create schema"))?;
         Ok(SqliteJobStore { conn, path })
@@ -83,36 +90,8 @@ impl SqliteJobStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// Creates the file with mode 0600 before SQLite opens it.
-fn state_of(v: i64) -> rusqlite::Result<InstanceState> {
-    InstanceState::from_code(v).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Integer,
-            format!("unknown instance state code {v}").into(),
-        )
-    })
-}
-
-impl JobStore for SqliteJobStore {
-    fn next_job_seq(&mut self) -> Result<u64> {
-        let max: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM jobs UNION ALL SELECT seq FROM seq_floor)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db_err("read job sequence"))?;
-        Ok(max.unwrap_or(0) as u64 + 1)
-    }
-
-    fn apply(&mut self, writes: &[Write]) -> Result<()> {
-        if writes.is_empty() {
-            return Ok(());
-        }
+    /// Every write in one transaction.
+    fn apply_batch(&mut self, writes: &[Write]) -> Result<()> {
         let tx = self
             .conn
             .transaction()
@@ -226,6 +205,100 @@ impl JobStore for SqliteJobStore {
         tx.commit().map_err(db_err("commit"))
     }
 
+    /// Names the file and, from its file system, the likely cause and what to do.
+    fn explain(&self, e: Error) -> Error {
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let hint = match fs_state(dir) {
+            Some(FsState::ReadOnly) => {
+                "its file system is read-only: remount it read-write (or move --data-dir to a writable disk)"
+            }
+            Some(FsState::Full) => "its disk is full: free space on it",
+            None => "check the disk, its free space and the file's permissions",
+        };
+        Error::new(
+            e.kind(),
+            format!(
+                "the job store {} cannot be written ({}); {hint}, then restart the runner",
+                self.path.display(),
+                e.message()
+            ),
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FsState {
+    ReadOnly,
+    Full,
+}
+
+/// What is wrong with the file system holding `dir`, if `statvfs` or a probe create
+/// can tell.
+fn fs_state(dir: &Path) -> Option<FsState> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) fills the zeroed struct we own from a NUL-terminated path.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    if st.f_flag & libc::ST_RDONLY != 0 {
+        return Some(FsState::ReadOnly);
+    }
+    if st.f_bavail == 0 {
+        return Some(FsState::Full);
+    }
+    // A file system that turned itself read-only after an error (ext4's
+    // `errors=remount-ro`) may still say read-write in statvfs: ask it with a create.
+    let probe = dir.join(format!(".shoal-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Some(FsState::ReadOnly),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Some(FsState::Full),
+        Err(_) => None,
+    }
+}
+
+fn state_of(v: i64) -> rusqlite::Result<InstanceState> {
+    InstanceState::from_code(v).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Integer,
+            format!("unknown instance state code {v}").into(),
+        )
+    })
+}
+
+impl JobStore for SqliteJobStore {
+    fn next_job_seq(&mut self) -> Result<u64> {
+        let max: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM jobs UNION ALL SELECT seq FROM seq_floor)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err("read job sequence"))?;
+        Ok(max.unwrap_or(0) as u64 + 1)
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.apply_batch(writes).map_err(|e| self.explain(e))
+    }
+
     fn load_all(&mut self) -> Result<Vec<StoredJob>> {
         let mut jobs: BTreeMap<u64, StoredJob> = BTreeMap::new();
         {
@@ -336,6 +409,42 @@ impl JobStore for SqliteJobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tmpfs at `dir`, unmounted when dropped (also on a failed assertion).
+    struct Tmpfs<'a>(&'a Path);
+
+    impl Drop for Tmpfs<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+
+    fn mount(args: &[&str], dir: &Path) {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?} {} (needs root)", dir.display());
+    }
+
+    #[test]
+    fn a_full_or_read_only_file_system_is_named() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], d.path());
+        let _fs = Tmpfs(d.path());
+        assert_eq!(fs_state(d.path()), None);
+        {
+            let mut f = std::fs::File::create(d.path().join("fill")).unwrap();
+            while f.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+        }
+        assert_eq!(fs_state(d.path()), Some(FsState::Full));
+        std::fs::remove_file(d.path().join("fill")).unwrap();
+        mount(&["-o", "remount,ro"], d.path());
+        assert_eq!(fs_state(d.path()), Some(FsState::ReadOnly));
+    }
 
     fn job(seq: u64) -> JobRecord {
         JobRecord {

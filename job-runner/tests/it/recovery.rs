@@ -183,3 +183,134 @@ tasks:
     }
     runner2.terminate(Duration::from_secs(10)).await;
 }
+
+/// The files of attempt 1 of `job/t[0]` under `data`, with an empty pid and exit file
+/// and the launch lock, as the runner leaves them just before it forks.
+fn fresh_attempt(data: &Path) -> shoal_job_runner::executor::AttemptRef {
+    use shoal_job_runner::executor::{AttemptRef, Layout, Started};
+    let layout = Layout {
+        data_dir: data.to_owned(),
+    };
+    let files = layout.attempt_files("job-1", "t", 0, 1);
+    std::fs::create_dir_all(files.pid_file.parent().unwrap()).unwrap();
+    let work_dir = layout.work_dir("job-1", "t", 0);
+    std::fs::create_dir_all(&work_dir).unwrap();
+    for f in [&files.pid_file, &files.exit_file, &files.launch_lock] {
+        std::fs::write(f, b"").unwrap();
+    }
+    AttemptRef {
+        job_id: "job-1".into(),
+        task: "t".into(),
+        index: 0,
+        attempt: 1,
+        work_dir,
+        files,
+        started: Started::default(),
+    }
+}
+
+/// A runner that died after the fork but before the wrapper wrote its pid left a child
+/// holding the launch lock and an empty pid file. The next runner must adopt that
+/// child (wait for its pid), never start the attempt again; and its start time is the
+/// child's own, not the re-adoption's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_attempt_without_its_pid_is_adopted_not_started_again() {
+    use shoal_job_runner::executor::local::LocalExecutor;
+    use shoal_job_runner::executor::{Adoption, AttemptExit, Executor};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let dir = shoal_testkit::temp_dir("launch-lock");
+    let a = fresh_attempt(&dir.path().join("runner"));
+    let lock = std::fs::File::open(&a.files.launch_lock).unwrap();
+    // SAFETY: flock(2) on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let pid_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a.files.pid_file)
+        .unwrap();
+    let exit_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a.files.exit_file)
+        .unwrap();
+    let fds = [
+        pid_file.as_raw_fd(),
+        exit_file.as_raw_fd(),
+        lock.as_raw_fd(),
+    ];
+    let forked = shoal_common::time::now_ms();
+    // A wrapper that is slow to reach its first line: it writes its pid 1 s late.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "sleep 1; echo $$ >&3; exec 3>&-; sleep 1; echo 0 >&4; exit 0",
+    ]);
+    // SAFETY: dup2(2) in the forked child on descriptors prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The "runner" dies: its copies close, the child's keep the lock.
+    drop((lock, pid_file, exit_file));
+
+    let exec = LocalExecutor::new(tokio::runtime::Handle::current());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let adopted = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            exec.adopt(
+                &a,
+                Box::new(move |e| {
+                    let _ = tx.send(e);
+                }),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let Adoption::Running {
+        started,
+        started_at_ms,
+    } = adopted
+    else {
+        panic!("a live, forked attempt was not adopted: {adopted:?}");
+    };
+    assert_eq!(started.pid, Some(child.id()));
+    let at = started_at_ms.expect("the local executor knows a process's start");
+    assert!(
+        (forked - 1500..=forked + 1500).contains(&at),
+        "start time {at} is not the child's ({forked})"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, AttemptExit::Exited(0));
+    child.wait().unwrap();
+}
+
+/// A free launch lock and no pid: the fork never happened (or the wrapper died before
+/// its first line, before the command), so the attempt is started again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_never_forked_is_started_again() {
+    use shoal_job_runner::executor::local::LocalExecutor;
+    use shoal_job_runner::executor::{Adoption, Executor};
+
+    let dir = shoal_testkit::temp_dir("launch-lock-free");
+    let a = fresh_attempt(&dir.path().join("runner"));
+    let exec = LocalExecutor::new(tokio::runtime::Handle::current());
+    let adopted = tokio::task::spawn_blocking(move || exec.adopt(&a, Box::new(|_| {})))
+        .await
+        .unwrap();
+    assert_eq!(adopted, Adoption::NeverStarted);
+}

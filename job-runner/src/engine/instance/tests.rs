@@ -164,7 +164,7 @@ fn illegal_transitions_are_refused_and_change_nothing() {
         |i| i.back_off(None, "x".into()).map(|m| m.0),
         Runnable,
     );
-    assert!(fresh.readopt(Started::default()).is_err());
+    assert!(fresh.readopt(Started::default(), 1).is_err());
 
     let mut runnable = Inst::new();
     runnable.make_runnable("queued".into()).unwrap();

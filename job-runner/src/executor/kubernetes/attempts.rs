@@ -406,7 +406,17 @@ impl Executor for KubernetesExecutor {
                             )));
                         }
                         s.start_logs(&name, &a.files.stdout);
-                        Adoption::Running(Started::default())
+                        // The kubelet's acknowledgement of the Pod: the attempt's
+                        // timeout counts from it, not from this re-adoption.
+                        let started_at_ms = pod
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.start_time.as_ref())
+                            .map(|t| t.0.as_millisecond());
+                        Adoption::Running {
+                            started: Started::default(),
+                            started_at_ms,
+                        }
                     }
                 }
             }
@@ -420,7 +430,10 @@ impl Executor for KubernetesExecutor {
                     )));
                 }
                 s.start_logs(&name, &a.files.stdout);
-                Adoption::Running(Started::default())
+                Adoption::Running {
+                    started: Started::default(),
+                    started_at_ms: None,
+                }
             }
         }
     }
