@@ -173,7 +173,16 @@ pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "Next, in another terminal:\n  shoal dataset create mydata file:///path/to/data\n  shoal prewarm mydata\n  shoal job submit docs/examples/fanout.yaml --wait\n  shoal worker list\nCtrl-C stops everything."
     );
-    crate::signal::shutdown_signal().await?;
+    tokio::select! {
+        r = crate::signal::shutdown_signal() => r?,
+        e = up.runner.fault() => {
+            // As `shoal runner`: the job store failed, so stop everything and exit
+            // non-zero (running instances are re-adopted by the next start).
+            eprintln!("stopping: the runner's job store failed");
+            up.shutdown().await;
+            return Err(e.into());
+        }
+    }
     eprintln!("stopping…");
     up.shutdown().await;
     Ok(ExitCode::SUCCESS)

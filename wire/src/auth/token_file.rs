@@ -36,22 +36,44 @@ pub fn load_or_create_token_file(path: &std::path::Path) -> Result<(Token, bool)
     Ok((t, true))
 }
 
-/// Writes a token to `path` with mode 0600 (created that way, never widened).
+/// Writes a token to `path` with mode 0600 (created that way, never widened), durably
+/// and all at once: the token is written and synced under a temporary name, then
+/// linked into place (which, like `O_EXCL`, fails if `path` exists) and the directory
+/// synced. A crash never leaves an empty or partial token file that would stop the
+/// next start, and a token already handed out is on disk.
 pub fn write_token_file(path: &std::path::Path, token: &Token) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("create token file {}", path.display()), e))?;
-    f.write_all(format!("{}\n", token.reveal()).as_bytes())
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", Token::generate().id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{}\n", token.reveal()).as_bytes())?;
+        f.sync_all()
+    })();
+    let linked = written
         .map_err(|e| Error::io(format!("write token file {}", path.display()), e))
+        .and_then(|()| {
+            std::fs::hard_link(&tmp, path)
+                .map_err(|e| Error::io(format!("create token file {}", path.display()), e))
+        });
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("sync {}", dir.display()), e))
 }
 
 #[cfg(test)]
@@ -70,6 +92,10 @@ mod tests {
             0o600
         );
         assert_eq!(read_token_file(&p).unwrap(), t);
+        // Never replaces a token already there, and leaves no temporary file behind.
+        assert!(write_token_file(&p, &Token::generate()).is_err());
+        assert_eq!(read_token_file(&p).unwrap(), t);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         // A Kubernetes Secret volume with fsGroup: group-readable, nothing for others.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
         assert_eq!(read_token_file(&p).unwrap(), t);
