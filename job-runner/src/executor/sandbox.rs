@@ -80,6 +80,12 @@ fn refuse(what: &str) -> Error {
 
 /// FNV-1a, hex: a stable tag for this runner's cgroups (stable across builds, unlike
 /// std's hasher), so a restarted runner finds its attempts' cgroups.
+/// The parent cgroup (in each hierarchy) of the attempts of the runner whose data dir
+/// is `data_dir`: `shoal-<tag>`.
+pub fn cgroup_parent(data_dir: &Path) -> String {
+    format!("shoal-{}", tag(data_dir))
+}
+
 fn tag(data_dir: &Path) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data_dir.as_os_str().as_bytes() {

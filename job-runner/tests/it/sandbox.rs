@@ -296,9 +296,12 @@ tasks:
     h.stop().await;
 }
 
-/// CPU time (ns) the attempt's cgroup has used, from cpuacct (v1) or cpu.stat (v2).
-fn cgroup_cpu_ns(job: &str) -> Option<u64> {
+/// CPU time (ns) the cgroup of the first attempt of `job`'s instance `t`/0 has used,
+/// from cpuacct (v1) or cpu.stat (v2), in the parent of the runner whose data dir is
+/// `data` (tests running at once each have their own `job-1`).
+fn cgroup_cpu_ns(data: &Path, job: &str) -> Option<u64> {
     let name = format!("{job}_t_0_1");
+    let parent = shoal_job_runner::executor::sandbox::cgroup_parent(data);
     for (hier, file) in [
         ("cpuacct", "cpuacct.usage"),
         ("cpu", "cpuacct.usage"),
@@ -309,7 +312,7 @@ fn cgroup_cpu_ns(job: &str) -> Option<u64> {
             continue;
         };
         for p in parents.flatten() {
-            if !p.file_name().to_string_lossy().starts_with("shoal-") {
+            if p.file_name().to_string_lossy() != parent {
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(p.path().join(&name).join(file)) else {
@@ -334,15 +337,16 @@ fn cgroup_cpu_ns(job: &str) -> Option<u64> {
 async fn half_a_cpu_holds_two_spinning_threads_to_half_a_core() {
     need_root();
     let mut h = Harness::start("sandbox-cpu", sandboxed).await;
+    let data = h.dir.path().join("runner");
     let job = h
         .submit(
             "name: spin\ntasks:\n  - name: t\n    resources: {cpu: 0.5}\n    command: [sh, -c, 'while :; do :; done & while :; do :; done']\n",
         )
         .await;
     let start = shoal_testkit::wait_for(Duration::from_secs(20), "the spinner's cgroup", || {
-        let id = job.id.clone();
+        let (id, data) = (job.id.clone(), data.clone());
         async move {
-            cgroup_cpu_ns(&id)
+            cgroup_cpu_ns(&data, &id)
                 .filter(|n| *n > 0)
                 .map(|n| (n, Instant::now()))
         }
@@ -353,7 +357,7 @@ async fn half_a_cpu_holds_two_spinning_threads_to_half_a_core() {
     let mut last = (n0, t0);
     while last.1.duration_since(t0) < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(n) = cgroup_cpu_ns(&job.id) {
+        if let Some(n) = cgroup_cpu_ns(&data, &job.id) {
             last = (n, Instant::now());
         }
     }
@@ -373,7 +377,7 @@ async fn half_a_cpu_holds_two_spinning_threads_to_half_a_core() {
     );
     assert_eq!(state(task(&end, "t").instance_list[0].state), S::Cancelled);
     // Its cgroup is gone with it.
-    assert_eq!(cgroup_cpu_ns(&job.id), None);
+    assert_eq!(cgroup_cpu_ns(&data, &job.id), None);
     h.stop().await;
 }
 
@@ -535,10 +539,11 @@ tasks:
     .await;
     first.shutdown().await;
     assert!(
-        cgroup_cpu_ns(&job.id).is_some(),
+        cgroup_cpu_ns(&cfg.data_dir, &job.id).is_some(),
         "the cgroup outlives the runner"
     );
 
+    let data = cfg.data_dir.clone();
     let second = RunnerServer::start(cfg).await.unwrap();
     let mut c = crate::support::connect(&second.grpc_addr.to_string()).await;
     let end = wait_final(&mut c, &job.id, Duration::from_secs(60)).await;
@@ -546,7 +551,7 @@ tasks:
     assert_eq!(state(inst.state), S::Failed, "{}", describe(&end));
     assert!(inst.reason.starts_with("OOMKilled"), "{}", inst.reason);
     assert_eq!(
-        cgroup_cpu_ns(&job.id),
+        cgroup_cpu_ns(&data, &job.id),
         None,
         "the adopted attempt's cgroup is removed"
     );
