@@ -2,6 +2,13 @@
 //! [`RemoteVerifier`], used by servers that do not hold the token table (the runner
 //! and workers): the cluster token is checked locally, owner tokens are asked of the
 //! master and the answers cached briefly.
+//!
+//! A master that is down or hung must not stop reads that were allowed a moment ago
+//! (a job's mount reading through a worker): once an accepting verdict expired, the
+//! master gets [`VERIFY_WAIT`] to answer again; if it does not (or cannot be
+//! reached), the last verdict stands for up to [`VERDICT_GRACE`] and the master is not
+//! asked for a second. A definite answer (the token was revoked) always wins, so
+//! revocation keeps working whenever the master can say so.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +30,14 @@ pub type AskIssuer = Arc<dyn Fn(Token) -> BoxFuture<'static, Result<Identity>> +
 pub const VERDICT_TTL: Duration = Duration::from_secs(5);
 const MAX_CACHED: usize = 10_000;
 
+/// How long an expired accepting verdict may stand in while the master does not answer.
+pub const VERDICT_GRACE: Duration = Duration::from_secs(600);
+/// How long the master is given when an expired accepting verdict could stand in.
+pub const VERIFY_WAIT: Duration = Duration::from_millis(300);
+/// After the master did not answer in [`VERIFY_WAIT`], how long expired verdicts are
+/// used without asking it.
+const MASTER_BACKOFF: Duration = Duration::from_secs(1);
+
 /// A cached answer: `Err` holds the message of an `Unauthenticated` verdict.
 type Verdict = std::result::Result<Identity, String>;
 
@@ -32,6 +47,8 @@ pub struct RemoteVerifier {
     ttl: Duration,
     /// Keyed by token id and secret hash, so a wrong secret never hits a cached verdict.
     cache: Mutex<HashMap<String, (Instant, Verdict)>>,
+    /// Until when expired verdicts are used without asking the master.
+    master_away_until: Mutex<Option<Instant>>,
 }
 
 impl RemoteVerifier {
@@ -41,6 +58,28 @@ impl RemoteVerifier {
             issuer,
             ttl: VERDICT_TTL,
             cache: Mutex::new(HashMap::new()),
+            master_away_until: Mutex::new(None),
+        }
+    }
+
+    /// The identity of an expired accepting verdict still within its grace.
+    fn stale_accept(&self, key: &str) -> Option<Identity> {
+        let c = self.cache.lock().ok()?;
+        match c.get(key)? {
+            (at, Ok(id)) if at.elapsed() < self.ttl + VERDICT_GRACE => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    fn master_away(&self) -> bool {
+        self.master_away_until
+            .lock()
+            .is_ok_and(|g| g.is_some_and(|until| Instant::now() < until))
+    }
+
+    fn set_master_away(&self, away: bool) {
+        if let Ok(mut g) = self.master_away_until.lock() {
+            *g = away.then(|| Instant::now() + MASTER_BACKOFF);
         }
     }
 
@@ -60,7 +99,7 @@ impl RemoteVerifier {
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= MAX_CACHED {
                 let ttl = self.ttl;
-                c.retain(|_, (at, _)| at.elapsed() < ttl);
+                c.retain(|_, (at, _)| at.elapsed() < ttl + VERDICT_GRACE);
                 if c.len() >= MAX_CACHED {
                     c.clear();
                 }
@@ -81,14 +120,41 @@ impl Verifier for RemoteVerifier {
                 return v;
             }
             let id = token.id().to_owned();
-            let v = (self.issuer)(token).await;
+            let stale = self.stale_accept(&key);
+            let v = match stale {
+                None => (self.issuer)(token).await,
+                Some(stale) if self.master_away() => return Ok(stale),
+                Some(stale) => {
+                    match tokio::time::timeout(VERIFY_WAIT, (self.issuer)(token)).await {
+                        Ok(v) if v.as_ref().is_ok() || is_verdict(&v) => v,
+                        answer => {
+                            let why = match answer {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("no answer within {VERIFY_WAIT:?}"),
+                            };
+                            tracing::debug!(token = %id, %why,
+                            "master unavailable; the token's last verdict stands");
+                            self.set_master_away(true);
+                            return Ok(stale);
+                        }
+                    }
+                }
+            };
             if let Err(e) = &v {
                 tracing::debug!(token = %id, error = %e, "token not accepted");
+            }
+            if v.is_ok() || is_verdict(&v) {
+                self.set_master_away(false);
             }
             self.remember(key, &v);
             v
         })
     }
+}
+
+/// Whether `v` is the master's refusal of the token (as opposed to no answer).
+fn is_verdict(v: &Result<Identity>) -> bool {
+    matches!(v, Err(e) if e.is(ErrorKind::Unauthenticated))
 }
 
 /// Accepts only the cluster token (a component with no issuer to ask).
@@ -149,5 +215,88 @@ mod tests {
         let forged = Token::parse(&format!("shoal_{}_{}", good.id(), "0".repeat(64))).unwrap();
         assert!(v.verify(forged).await.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A master that stops answering keeps allowed tokens allowed (after one short
+    /// wait, then none for a second); one that answers "revoked" is obeyed at once.
+    #[tokio::test]
+    async fn expired_verdicts_stand_while_the_master_is_away_and_revocation_wins() {
+        use std::sync::atomic::AtomicU8;
+        const ACCEPT: u8 = 0;
+        const HANG: u8 = 1;
+        const DOWN: u8 = 2;
+        const REVOKED: u8 = 3;
+        let mode = Arc::new(AtomicU8::new(ACCEPT));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (m, n) = (mode.clone(), calls.clone());
+        let issuer: AskIssuer = Arc::new(move |_t: Token| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let mode = m.load(Ordering::SeqCst);
+            Box::pin(async move {
+                match mode {
+                    ACCEPT => Ok(Identity::Owner {
+                        name: "a".into(),
+                        admin: false,
+                    }),
+                    HANG => std::future::pending().await,
+                    DOWN => Err(Error::unavailable("master unreachable")),
+                    _ => Err(Error::unauthenticated("token revoked")),
+                }
+            })
+        });
+        let mut v = RemoteVerifier::new(ClusterSecret::new(Token::generate()), issuer);
+        v.ttl = Duration::from_millis(50);
+        let good = Token::generate();
+        assert!(v.verify(good.clone()).await.is_ok());
+        let expire = || tokio::time::sleep(Duration::from_millis(60));
+
+        // Hung master: one wait of VERIFY_WAIT, then the old verdict, then no wait.
+        mode.store(HANG, Ordering::SeqCst);
+        expire().await;
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(2), v.verify(good.clone())).await;
+        assert_eq!(
+            r.expect("waited for a silent master").unwrap().owner(),
+            Some("a")
+        );
+        let waited = t.elapsed();
+        assert!(
+            waited >= VERIFY_WAIT && waited < VERIFY_WAIT * 3,
+            "{waited:?}"
+        );
+        let before = calls.load(Ordering::SeqCst);
+        let t = Instant::now();
+        assert!(v.verify(good.clone()).await.is_ok());
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            before,
+            "asked a master known away"
+        );
+
+        // Unreachable master: the same, once the backoff is over.
+        mode.store(DOWN, Ordering::SeqCst);
+        tokio::time::sleep(MASTER_BACKOFF).await;
+        assert!(v.verify(good.clone()).await.is_ok());
+
+        // The master is back and says the token was revoked: refused at once.
+        mode.store(REVOKED, Ordering::SeqCst);
+        tokio::time::sleep(MASTER_BACKOFF).await;
+        let e = v.verify(good.clone()).await.unwrap_err();
+        assert!(e.is(ErrorKind::Unauthenticated), "{e}");
+        // A revoked token has no accepting verdict left to stand in: with the master
+        // silent again it is not let through.
+        mode.store(HANG, Ordering::SeqCst);
+        expire().await;
+        let r = tokio::time::timeout(Duration::from_millis(500), v.verify(good.clone())).await;
+        assert!(!matches!(r, Ok(Ok(_))), "a revoked token was accepted");
+
+        // A token never accepted gets no grace: a silent master is waited for.
+        let unknown = Token::generate();
+        let r = tokio::time::timeout(Duration::from_millis(500), v.verify(unknown)).await;
+        assert!(
+            r.is_err(),
+            "an unknown token was answered without the master"
+        );
     }
 }
