@@ -12,6 +12,8 @@
 //!   [`GeneratedDataset::write_to_dir`] on a local disk.
 //! - [`LinkProxy`]: a latency- and bandwidth-limited TCP proxy that makes the fixture
 //!   behave like a far-away store.
+//! - [`Tmpfs`]: a small tmpfs to fill, unmounted in every exit path;
+//!   [`tier_allocated_bytes`]: what a worker's tier holds on disk.
 //! - [`TestProcess`]: a child process (a `shoal` binary, moto) that dies with its test.
 //! - [`wait_until`] / [`wait_for`]: poll a real condition with a deadline instead of
 //!   sleeping; [`sha256_hex`]; [`temp_dir`].
@@ -34,6 +36,7 @@
 
 pub mod cluster;
 pub mod dataset;
+pub mod disk;
 pub mod link;
 pub mod process;
 pub mod s3;
@@ -41,6 +44,7 @@ pub mod wait;
 
 pub use cluster::{Cluster, ClusterBuilder, registry_metric, scrape};
 pub use dataset::{DatasetBuilder, DatasetFile, DirListing, GeneratedDataset};
+pub use disk::{Tmpfs, tier_allocated_bytes};
 pub use link::{LinkProfile, LinkProxy};
 pub use process::{TestProcess, forbid_in_logs, forbidden_in};
 pub use s3::{S3Fixture, S3FixtureConfig, S3Response};

@@ -34,6 +34,7 @@ mod worker;
 use std::io::Write;
 
 use readers::Seen;
+pub(crate) use readers::Stopped;
 
 /// Prints `scenario`'s row of the suite's table and appends it to `$SHOAL_FAULT_REPORT`.
 fn report(scenario: &str, s: &Seen) {
@@ -46,7 +47,9 @@ fn report(scenario: &str, s: &Seen) {
     ));
 }
 
-fn append_row(row: &str) {
+/// Prints a row of the fault table and appends it to `$SHOAL_FAULT_REPORT` if set
+/// (the runner's fault tests write theirs here too).
+pub(crate) fn append_row(row: &str) {
     println!("{row}");
     if let Some(path) = std::env::var_os("SHOAL_FAULT_REPORT") {
         let mut f = std::fs::OpenOptions::new()

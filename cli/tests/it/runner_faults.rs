@@ -33,7 +33,7 @@ use shoal_job_runner::store::JobStore;
 use shoal_job_runner::store::sqlite::SqliteJobStore;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::runner_service_client::RunnerServiceClient;
-use shoal_testkit::{TestProcess, temp_dir, wait_for};
+use shoal_testkit::{TestProcess, Tmpfs, temp_dir, wait_for};
 use shoal_wire::auth::{AuthChannel, with_token};
 
 use crate::support::SHOAL;
@@ -211,17 +211,27 @@ fn tally(job: &pb::Job, marks: &BTreeMap<u32, Vec<u32>>) -> Tally {
 }
 
 fn report(scenario: &str, stall: &str, lost: &str, twice: &str, false_timeouts: &str) {
-    let row = format!("| {scenario} | - | - | - | {stall} | {lost} | {twice} | {false_timeouts} |");
-    println!("{row}");
-    if let Some(path) = std::env::var_os("SHOAL_FAULT_REPORT") {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        writeln!(f, "{row}").unwrap();
-    }
+    crate::fault_suite::append_row(&format!(
+        "| {scenario} | - | - | - | {stall} | {lost} | {twice} | {false_timeouts} |"
+    ));
+}
+
+/// Reports `t` as `scenario`'s row and asserts nothing was lost, started twice or
+/// timed out falsely (the runner's log tail in the failure message).
+fn assert_every_instance_ran_once(scenario: &str, t: &Tally, runner: &TestProcess) {
+    report(
+        scenario,
+        "-",
+        &t.lost.to_string(),
+        &t.twice.to_string(),
+        &t.false_timeouts.to_string(),
+    );
+    assert_eq!(
+        (t.lost, t.twice, t.false_timeouts),
+        (0, 0, 0),
+        "{scenario}: {t:?}\n{}",
+        runner.log_tail(4096)
+    );
 }
 
 fn spec(name: &str, instances: u32, marks: &Path, body: &str, extra: &str) -> String {
@@ -275,20 +285,12 @@ async fn runner_kill_9_while_300_instances_start_loses_and_doubles_none() {
     let mut c = connect(&addr, &data).await;
     let j = wait_final(&mut c, &job.id, Duration::from_secs(45)).await;
     let t = tally(&j, &marks(&m, 300));
-    report(
+    assert_every_instance_ran_once(
         &format!(
             "runner kill -9, {starting} of 300 instances STARTING ({ran_at_kill} of them spawned)"
         ),
-        "-",
-        &t.lost.to_string(),
-        &t.twice.to_string(),
-        &t.false_timeouts.to_string(),
-    );
-    assert_eq!(
-        (t.lost, t.twice, t.false_timeouts),
-        (0, 0, 0),
-        "{t:?}\n{}",
-        runner.log_tail(4096)
+        &t,
+        &runner,
     );
     runner.terminate(Duration::from_secs(10)).await;
 }
@@ -320,43 +322,14 @@ async fn runner_kill_9_while_300_retries_wait_loses_and_doubles_none() {
     let j = wait_final(&mut c, &job.id, Duration::from_secs(45)).await;
     let seen = marks(&m, 300);
     let t = tally(&j, &seen);
-    report(
+    assert_every_instance_ran_once(
         &format!("runner kill -9, {waiting} of 300 retries waiting"),
-        "-",
-        &t.lost.to_string(),
-        &t.twice.to_string(),
-        &t.false_timeouts.to_string(),
-    );
-    assert_eq!(
-        (t.lost, t.twice, t.false_timeouts),
-        (0, 0, 0),
-        "{t:?}\n{}",
-        runner.log_tail(4096)
+        &t,
+        &runner,
     );
     // Every instance ran attempt 1 (failed) and attempt 2 (succeeded), once each.
     assert!(seen.values().all(|a| a == &[1, 2]), "{seen:?}");
     runner.terminate(Duration::from_secs(10)).await;
-}
-
-/// SIGSTOPs a process and SIGCONTs it when dropped, whatever happened in between.
-struct Stopped(i32);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        let pid = pid as i32;
-        // SAFETY: plain kill(2) on a child this test started.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on a child this test started.
-        unsafe {
-            libc::kill(self.0, libc::SIGCONT);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,51 +347,15 @@ async fn runner_sigstop_for_5s_loses_and_doubles_none() {
         s == St::Starting || s == St::Running
     });
     {
-        let _stopped = Stopped::new(runner.pid());
+        let _stopped = crate::fault_suite::Stopped::new(runner.pid());
         // The fault is the stop itself: its length is the scenario, not a wait for a
         // condition. The instances (sleep 2) end while the runner cannot see them.
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let j = wait_final(&mut c, &job.id, Duration::from_secs(45)).await;
     let t = tally(&j, &marks(&m, 200));
-    report(
-        "runner SIGSTOP 5s during 200 starts",
-        "-",
-        &t.lost.to_string(),
-        &t.twice.to_string(),
-        &t.false_timeouts.to_string(),
-    );
-    assert_eq!(
-        (t.lost, t.twice, t.false_timeouts),
-        (0, 0, 0),
-        "{t:?}\n{}",
-        runner.log_tail(4096)
-    );
+    assert_every_instance_ran_once("runner SIGSTOP 5s during 200 starts", &t, &runner);
     runner.terminate(Duration::from_secs(10)).await;
-}
-
-/// A tmpfs mounted by the test, lazily unmounted when dropped (its files may still be
-/// open by instances).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount a tmpfs at {} (root needed)", dir.display());
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Writes `path` until the file system is full.
@@ -441,11 +378,11 @@ fn fill(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_store_disk_full_exits_non_zero_and_keeps_every_acknowledged_job() {
     let dir = temp_dir("runner-store-full");
-    let fs = Tmpfs::new(&dir.path().join("fs"), "64m");
-    let filler = fs.0.join("filler");
+    let fs = Tmpfs::mount_at(&dir.path().join("fs"), "64m");
+    let filler = fs.path().join("filler");
     store_fault(
         dir.path(),
-        &fs.0,
+        fs.path(),
         "runner store disk full",
         "disk is full",
         true,

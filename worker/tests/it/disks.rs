@@ -3,7 +3,6 @@
 //! quota (`ENOSPC`) keeps serving without leaking the half-written block.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,46 +11,12 @@ use shoal_common::block::BlockLayout;
 use shoal_worker::config::WorkerConfig;
 
 use crate::support::*;
+use shoal_testkit::{Tmpfs, tier_allocated_bytes};
 
 const KIB: u64 = 1 << 10;
 
 /// A tmpfs of `size` mounted on a fresh temp directory, unmounted when dropped (also
 /// when a test fails: panics unwind through it).
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> SmallFs {
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mount tmpfs on {} (needs root)",
-            dir.path().display()
-        );
-        SmallFs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// Tier `i`'s accounted bytes, for every tier.
 fn used(w: &shoal_worker::RunningWorker) -> Vec<u64> {
     w.store()
@@ -74,7 +39,7 @@ fn sample_quotas(
         let mut over = Vec::new();
         while !stop.load(Ordering::Acquire) {
             for (t, (root, quota)) in store.tier_usage().iter().zip(&roots) {
-                let alloc = allocated_bytes(root);
+                let alloc = tier_allocated_bytes(root);
                 if (t.used_bytes > t.quota_bytes || alloc > *quota) && over.len() < 5 {
                     over.push(format!(
                         "tier {}: accounted {} allocated {} quota {}",
@@ -179,7 +144,10 @@ async fn accounting_stays_exact_through_a_storm_of_reads_evictions_and_promotion
     assert!(metric("shoal_worker_evictions_total", &node, Some("slow")) > 0.0);
 
     w.store().run_maintenance();
-    let allocated = vec![allocated_bytes(a.path()), allocated_bytes(b.path())];
+    let allocated = vec![
+        tier_allocated_bytes(a.path()),
+        tier_allocated_bytes(b.path()),
+    ];
     assert_eq!(
         used(&w),
         allocated,
@@ -192,7 +160,7 @@ async fn accounting_stays_exact_through_a_storm_of_reads_evictions_and_promotion
 async fn a_tier_that_fills_below_its_quota_is_skipped_until_space_returns() {
     let bs = 256 * KIB;
     let ufs = Ufs::with_files(&[("fill", 48 * bs)]);
-    let small = SmallFs::mount("8m");
+    let small = Tmpfs::mount("8m");
     // Someone else's file takes most of the file system: the tier's 32 MiB quota is a
     // promise the disk cannot keep.
     let ballast = small.path().join("ballast");
@@ -256,7 +224,10 @@ async fn a_tier_that_fills_below_its_quota_is_skipped_until_space_returns() {
     w.store().run_maintenance();
     assert_eq!(
         used(&w),
-        vec![allocated_bytes(&fast), allocated_bytes(slow.path())],
+        vec![
+            tier_allocated_bytes(&fast),
+            tier_allocated_bytes(slow.path())
+        ],
         "accounted bytes per tier differ from the bytes allocated on disk"
     );
 
@@ -287,7 +258,10 @@ async fn a_tier_that_fills_below_its_quota_is_skipped_until_space_returns() {
     w.store().run_maintenance();
     assert_eq!(
         used(&w),
-        vec![allocated_bytes(&fast), allocated_bytes(slow.path())],
+        vec![
+            tier_allocated_bytes(&fast),
+            tier_allocated_bytes(slow.path())
+        ],
     );
     w.shutdown().await;
     drop(small);

@@ -8,6 +8,7 @@ use shoal_tier::block_file::{self, DiskOp};
 use shoal_tier::layout;
 
 use crate::support::*;
+use shoal_testkit::tier_allocated_bytes;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn second_read_makes_no_ufs_request() {
@@ -89,8 +90,8 @@ async fn tiers_stay_under_quota_and_demoted_blocks_come_from_disk() {
             "block {i}"
         );
         let (mem, disk) = (
-            allocated_bytes(tiers.mem.path()),
-            allocated_bytes(tiers.disk.path()),
+            tier_allocated_bytes(tiers.mem.path()),
+            tier_allocated_bytes(tiers.disk.path()),
         );
         assert!(
             mem <= 16 * MIB,
@@ -129,7 +130,7 @@ async fn tiers_stay_under_quota_and_demoted_blocks_come_from_disk() {
     w.store().read_block(&f, on_disk).await.unwrap();
     assert_eq!(w.store().tier_of(&f.block(on_disk)), Some("mem"));
     assert!(metric("shoal_worker_promotions_total", &node, Some("disk")) >= 1.0);
-    assert!(allocated_bytes(tiers.mem.path()) <= 16 * MIB);
+    assert!(tier_allocated_bytes(tiers.mem.path()) <= 16 * MIB);
     assert_eq!(ufs_requests(&node), requests);
     w.shutdown().await;
 }
@@ -163,7 +164,7 @@ async fn restart_after_crash_serves_cached_blocks() {
     w.store().clear_verified_buffer();
     assert_eq!(read_all(&w, &f).await, ufs.files["f"]);
     assert_eq!(ufs_requests(&node), before, "restart went back to the UFS");
-    assert!(allocated_bytes(tiers.disk.path()) <= 64 * MIB);
+    assert!(tier_allocated_bytes(tiers.disk.path()) <= 64 * MIB);
     w.shutdown().await;
 }
 
@@ -244,7 +245,7 @@ async fn pinned_data_file_is_not_evicted() {
         ) >= 1.0
     );
     assert!(w.store().is_resident(&pinned.block(0)));
-    assert!(allocated_bytes(dir.path()) <= 16 * MIB);
+    assert!(tier_allocated_bytes(dir.path()) <= 16 * MIB);
     let before = ufs_requests(&node);
     assert_eq!(
         &w.store().read_block(&pinned, 0).await.unwrap()[..],
@@ -316,7 +317,7 @@ async fn protected_segments_are_not_evicted_until_released() {
     for i in 0..2 {
         assert!(w.store().is_resident(&held.block(i)), "block {i} evicted");
     }
-    assert!(allocated_bytes(dir.path()) <= 16 * MIB);
+    assert!(tier_allocated_bytes(dir.path()) <= 16 * MIB);
     let before = ufs_requests(&node);
     assert_eq!(read_all(&w, &held).await, ufs.files["held"]);
     assert_eq!(

@@ -2,7 +2,7 @@
 //! tier directories, and metric lookups.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opendal::Operator;
@@ -129,30 +129,6 @@ pub fn metric(name: &str, node: &str, tier: Option<&str>) -> f64 {
 
 pub fn ufs_requests(node: &str) -> f64 {
     metric("shoal_worker_ufs_read_requests_total", node, None)
-}
-
-/// Bytes really allocated on disk by every data file under a tier directory.
-pub fn allocated_bytes(root: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack: Vec<PathBuf> = vec![root.join("blocks")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            // Gone since the listing (a concurrent eviction): it holds nothing now.
-            let Ok(m) = e.metadata() else {
-                continue;
-            };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if e.file_name() == "data" {
-                total += m.blocks() * 512;
-            }
-        }
-    }
-    total
 }
 
 pub async fn read_all(w: &RunningWorker, f: &FileRef) -> Vec<u8> {

@@ -4,81 +4,20 @@
 //! is never exceeded, accounted bytes equal the bytes allocated on disk at the end, and
 //! no cached block is dropped for lack of descriptors.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cluster::{Cluster, Options, metric};
 use super::readers::FanOut;
 use super::{assert_clean, report};
-
-/// A tmpfs of `size` mounted on a fresh temp directory, unmounted when dropped (also
-/// when a test fails: panics unwind through it).
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> SmallFs {
-        let dir = shoal_testkit::temp_dir("fs-tier");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mount tmpfs on {} (needs root)",
-            dir.path().display()
-        );
-        SmallFs { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Bytes the tier's block data files hold on disk (st_blocks; exact on tmpfs).
-fn allocated_bytes(root: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![root.join("blocks")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            // Gone since the listing (a concurrent eviction): it holds nothing now.
-            let Ok(m) = e.metadata() else {
-                continue;
-            };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if e.file_name() == "data" {
-                total += m.blocks() * 512;
-            }
-        }
-    }
-    total
-}
+use shoal_testkit::{Tmpfs, tier_allocated_bytes};
 
 const TIER_FS: u64 = 8 << 20;
 const QUOTA: u64 = 256 << 20;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tier_filling_up_fails_no_read_and_accounting_stays_exact() {
-    let fs: Vec<SmallFs> = (0..3).map(|_| SmallFs::mount("8m")).collect();
+    let fs: Vec<Tmpfs> = (0..3).map(|_| Tmpfs::mount("8m")).collect();
     let roots: Vec<PathBuf> = fs.iter().map(|f| f.path().join("t")).collect();
     let tiers = roots.clone();
     // The dataset (48 MiB) is far larger than all three tiers (24 MiB): the warm-up
@@ -100,7 +39,7 @@ async fn a_tier_filling_up_fails_no_read_and_accounting_stays_exact() {
         for (i, root) in roots.iter().enumerate() {
             let m = c.worker_metrics(i);
             let used = metric(&m, "shoal_worker_tier_used_bytes", "") as u64;
-            let alloc = allocated_bytes(root);
+            let alloc = tier_allocated_bytes(root);
             if (used > QUOTA || alloc > QUOTA || used > TIER_FS) && over.len() < 5 {
                 over.push(format!("worker {i}: accounted {used} allocated {alloc}"));
             }
@@ -124,7 +63,7 @@ async fn a_tier_filling_up_fails_no_read_and_accounting_stays_exact() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             used = metric(&c.worker_metrics(i), "shoal_worker_tier_used_bytes", "") as u64;
-            alloc = allocated_bytes(root);
+            alloc = tier_allocated_bytes(root);
             if used == alloc {
                 break;
             }
@@ -162,7 +101,20 @@ async fn workers_with_a_low_open_file_limit_fail_no_read_and_drop_no_block() {
     let fan = FanOut::start(&c.mp, &c.files);
     let since = Instant::now();
     fan.go_on(300).await;
-    tokio::time::sleep_until((since + Duration::from_secs(5)).into()).await;
+    // Read until descriptors did run out somewhere (how soon depends on how the
+    // readers' requests happen to overlap), then a little longer.
+    let ran_out = |c: &Cluster| {
+        c.workers
+            .iter()
+            .any(|w| w.log_contents().contains("Too many open files"))
+            || (0..c.workers.len())
+                .any(|i| metric(&c.worker_metrics(i), "shoal_worker_fd_exhausted_total", "") > 0.0)
+    };
+    let deadline = since + Duration::from_secs(30);
+    while !ran_out(&c) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let s = fan.stop(Duration::from_secs(10)).await;
     report(&format!("workers with RLIMIT_NOFILE {NOFILE}"), &s);
     assert_clean("low open-file limit", &s, Duration::from_secs(3));
