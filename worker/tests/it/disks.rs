@@ -143,16 +143,27 @@ async fn accounting_stays_exact_through_a_storm_of_reads_evictions_and_promotion
     assert!(metric("shoal_worker_demotions_total", &node, Some("fast")) > 0.0);
     assert!(metric("shoal_worker_evictions_total", &node, Some("slow")) > 0.0);
 
-    w.store().run_maintenance();
-    let allocated = vec![
-        tier_allocated_bytes(a.path()),
-        tier_allocated_bytes(b.path()),
-    ];
-    assert_eq!(
-        used(&w),
-        allocated,
-        "accounted bytes per tier differ from the bytes allocated on disk"
-    );
+    // The index (moka) hands its evictions over in batches (`run_pending_tasks`) and
+    // deferred removals finish in the next maintenance pass: right after the storm one
+    // pass can leave work for the next. Run maintenance until the two figures agree;
+    // a real drift never settles and fails below.
+    let (a, b) = (a.path().to_path_buf(), b.path().to_path_buf());
+    let settled =
+        shoal_testkit::try_wait_for(Duration::from_secs(10), "accounting to settle", || {
+            w.store().run_maintenance();
+            let allocated = vec![tier_allocated_bytes(&a), tier_allocated_bytes(&b)];
+            let accounted = used(&w);
+            async move { (accounted == allocated).then_some(()) }
+        })
+        .await;
+    if settled.is_err() {
+        let allocated = vec![tier_allocated_bytes(&a), tier_allocated_bytes(&b)];
+        assert_eq!(
+            used(&w),
+            allocated,
+            "accounted bytes per tier differ from the bytes allocated on disk"
+        );
+    }
     w.shutdown().await;
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, Options, Store};
+use super::cluster::{Cluster, Options, Store, metric};
 use super::readers::{FanOut, rss};
 use super::{assert_clean, report};
 
@@ -14,7 +14,9 @@ const UFS_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn s3_options(extra_worker: &[&str], extra_mount: &[&str]) -> Options {
     Options {
-        files: 16,
+        // Half are warmed first: 16 one-block files leave a worker without any of them
+        // once in (3/2)^16 (about 1 in 660) runs.
+        files: 32,
         file_size: 1 << 20,
         store: Store::S3,
         warm: false,
@@ -41,6 +43,19 @@ async fn a_blackholed_store_fails_cold_reads_with_eio_after_the_deadline_and_mem
     fan.go_on(200).await;
     let warm = fan.stop(Duration::from_secs(30)).await;
     assert_clean("warm-up", &warm, Duration::from_secs(30));
+    // Each worker's baseline includes its store client at work: one that never
+    // fetched would count setting it up as growth under the blackhole.
+    for i in 0..c.workers.len() {
+        let fetched = metric(
+            &c.worker_metrics(i),
+            "shoal_worker_ufs_read_requests_total",
+            "",
+        );
+        assert!(
+            fetched > 0.0,
+            "worker {i} fetched nothing from the store during the warm-up (placement put none of the {half} warm files' blocks on it): its memory baseline would not be comparable"
+        );
+    }
     let worker_pids: Vec<u32> = c.workers.iter().map(|w| w.pid()).collect();
     let memory = |pids: &[u32], mount: u32| -> Vec<u64> {
         pids.iter().chain([&mount]).map(|&p| rss(p)).collect()
