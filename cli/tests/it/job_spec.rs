@@ -20,6 +20,8 @@ async fn start_runner(data: &std::path::Path, args: &[&str]) -> (TestProcess, St
         "--listen",
         "127.0.0.1:0",
         "--no-mount",
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--data-dir",
     ])
     .arg(data)
