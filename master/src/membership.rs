@@ -360,10 +360,13 @@ impl Membership {
     }
 }
 
-/// Whether a re-registration leaves nothing persisted to update: the same node, the
-/// same metrics address and the same tiers (usage aside, which heartbeats carry).
+/// Whether a re-registration leaves nothing persisted to update: the same node, host
+/// and process, the same metrics address and the same tiers (usage aside, which
+/// heartbeats carry).
 fn same_record(old: &WorkerInfo, new: &WorkerInfo) -> bool {
     old.node == new.node
+        && old.host == new.host
+        && old.instance == new.instance
         && old.metrics_addr == new.metrics_addr
         && old.tiers.len() == new.tiers.len()
         && old
