@@ -13,6 +13,13 @@ use shoal_testkit::{TestProcess, scrape, temp_dir, wait_for, wait_until};
 use crate::support::SHOAL;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> String {
+    let (ok, out, err) = try_run(args, env);
+    assert!(ok, "shoal {args:?}: {out}\n{err}");
+    out
+}
+
+/// (success, stdout, stderr).
+fn try_run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(SHOAL)
         .args(args)
         .env_remove("SHOAL_CONFIG")
@@ -20,13 +27,11 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> String {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
+    (
         out.status.success(),
-        "shoal {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,6 +86,7 @@ async fn a_job_reads_a_prewarmed_dataset_from_the_local_tier_without_the_data_pl
     let as_admin = [("SHOAL_MASTER", master.as_str()), ("SHOAL_TOKEN", &admin)];
     let uri = format!("file://{}", ufs.display());
     run(&["dataset", "create", "fp", &uri], &as_admin);
+    run(&["dataset", "grant", "fp", "--owner", "default"], &as_admin);
     run(&["prewarm", "fp", "--wait"], &as_admin);
 
     let go = dir.path().join("go");
@@ -105,7 +111,7 @@ async fn a_job_reads_a_prewarmed_dataset_from_the_local_tier_without_the_data_pl
     let job: serde_json::Value = serde_json::from_str(&submitted).unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
     wait_until(Duration::from_secs(60), "the job's hash", || {
-        let out = run(&["job", "logs", &id, "--stream", "stdout"], &as_user);
+        let (_, out, _) = try_run(&["job", "logs", &id, "--stream", "stdout"], &as_user);
         let want = want.clone();
         async move { out.contains(&want) }
     })
