@@ -41,6 +41,10 @@ pub struct EmbeddedOptions {
     /// The runner's sandbox; the whole data dir and the mem tiers are added to what
     /// it hides, so the master's and workers' state never reaches an instance.
     pub sandbox: shoal_job_runner::config::SandboxConfig,
+    /// Workers report their node names as host ids (simulated hosts): mounts here then
+    /// read over the data plane. Default: this machine's host id, so they read the
+    /// workers' tiers directly.
+    pub separate_hosts: bool,
 }
 
 pub struct Embedded {
@@ -152,6 +156,9 @@ impl Embedded {
             wcfg.master = Some(master_addr.clone());
             wcfg.heartbeat_interval = o.heartbeat;
             wcfg.cluster_token = cluster_token.clone();
+            if o.separate_hosts {
+                wcfg.host_id = Some(node.clone());
+            }
             let w = WorkerServer::start(wcfg)
                 .await
                 .with_context(|| format!("start worker {node}"))?;

@@ -2,7 +2,7 @@
 //!
 //! A read is cut into per-segment pieces; each piece goes to the segment's owner for
 //! the current epoch (placement in `shoal_common`), by short-circuit when the owner is
-//! on this node, else over the framed-TCP data plane. When the owner fails the next
+//! on this host (`crate::locality`), else over the framed-TCP data plane. When the owner fails the next
 //! replica is tried, then the UFS directly, so a dead worker never fails a read. Each
 //! piece records its path in `shoal_client_reads_total{path}`.
 //!
@@ -35,6 +35,7 @@ use crate::breaker::{BreakerConfig, Breakers};
 use crate::catalog::{Catalog, Dataset};
 use crate::config::ClientConfig;
 use crate::data_plane::DataPlaneClient;
+use crate::locality::Locality;
 use crate::metrics::{ClientMetrics, ReadPath};
 use crate::short_circuit::ShortCircuit;
 use crate::worker_set::{WorkerEntry, WorkerSetView};
@@ -63,6 +64,8 @@ struct Inner {
     breakers: Breakers,
     data: DataPlaneClient,
     local: ShortCircuit,
+    /// Which workers' tiers this client reads directly.
+    locality: Arc<Locality>,
     /// Deadline and in-flight bound of direct store reads.
     ufs: shoal_ufs::UfsGate,
     m: ClientMetrics,
@@ -81,7 +84,8 @@ impl ShoalClient {
     pub async fn connect(cfg: ClientConfig) -> Result<ShoalClient> {
         let master =
             Dial::new(&cfg.tls, cfg.token.as_ref(), cfg.rpc_timeout).master(&cfg.master)?;
-        let set = fetch_worker_set(&master, cfg.rpc_timeout)
+        let locality = Arc::new(Locality::new(&cfg));
+        let set = fetch_worker_set(&master, cfg.rpc_timeout, &locality)
             .await
             .map_err(|e| {
                 e.context(format!(
@@ -93,6 +97,7 @@ impl ShoalClient {
             catalog: Catalog::new(master.clone(), &cfg),
             master,
             set: RwLock::new(Arc::new(set)),
+            locality,
             refresh: tokio::sync::Mutex::new(()),
             stale: Arc::new(tokio::sync::Notify::new()),
             refresher: Mutex::new(None),
@@ -165,7 +170,14 @@ impl ShoalClient {
 
     async fn fetch_and_store(&self) -> Result<Arc<WorkerSetView>> {
         let cur = self.inner.set.read().clone();
-        let set = Arc::new(fetch_worker_set(&self.inner.master, self.inner.cfg.rpc_timeout).await?);
+        let set = Arc::new(
+            fetch_worker_set(
+                &self.inner.master,
+                self.inner.cfg.rpc_timeout,
+                &self.inner.locality,
+            )
+            .await?,
+        );
         if set.epoch != cur.epoch {
             tracing::debug!(
                 from = cur.epoch,
@@ -399,10 +411,9 @@ impl ShoalClient {
         }
     }
 
+    /// Whether `w`'s tiers may be read directly (see [`crate::locality`]).
     fn is_local(&self, w: &WorkerEntry) -> bool {
-        self.inner.cfg.short_circuit
-            && self.inner.cfg.node.as_deref() == Some(w.node.as_str())
-            && !w.tier_paths.is_empty()
+        !w.local_tiers.is_empty()
     }
 
     async fn read_local(
@@ -414,7 +425,7 @@ impl ShoalClient {
         b: u64,
     ) -> Option<Bytes> {
         let inner = self.inner.clone();
-        let tiers = w.tier_paths.clone();
+        let tiers = w.local_tiers.clone();
         let layout = set.layout;
         let file = file.clone();
         tokio::task::spawn_blocking(move || {
@@ -525,6 +536,7 @@ async fn refresh_in_background(inner: Weak<Inner>, stale: Arc<tokio::sync::Notif
 async fn fetch_worker_set(
     master: &MasterServiceClient<AuthChannel>,
     timeout: Duration,
+    locality: &Arc<Locality>,
 ) -> Result<WorkerSetView> {
     let started = Instant::now();
     let set = tokio::time::timeout(
@@ -542,7 +554,14 @@ async fn fetch_worker_set(
     })?
     .map_err(Error::from)?
     .into_inner();
-    WorkerSetView::from_proto(set)
+    let mut set = WorkerSetView::from_proto(set)?;
+    let locality = locality.clone();
+    tokio::task::spawn_blocking(move || {
+        locality.mark(&mut set);
+        set
+    })
+    .await
+    .map_err(|e| Error::internal(format!("check local tiers: {e}")))
 }
 
 /// Cuts `offset..end` at segment boundaries and at `MAX_PIECE`.

@@ -9,9 +9,13 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// Master gRPC address, `HOST:PORT`.
     pub master: String,
-    /// The node this client runs on. When it equals the owning worker's node and the
-    /// worker's tier directories are readable, blocks are read straight from them.
+    /// The node this client runs on: a worker of this node is local (its tiers read
+    /// directly) whatever its host id says.
     pub node: Option<String>,
+    /// This client's host id: a worker reporting the same one is local (see
+    /// `crate::locality`). `None`: this machine's boot id, which every worker on the
+    /// machine reports unless started with `--host-id`.
+    pub host_id: Option<String>,
     /// The `client` label of this client's metrics.
     pub name: String,
     /// Deadline of each master call (metadata, worker set, dataset access).
@@ -64,6 +68,7 @@ impl ClientConfig {
         ClientConfig {
             master: master.to_owned(),
             node: None,
+            host_id: None,
             name: "client".into(),
             rpc_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),

@@ -31,6 +31,7 @@ mod client;
 pub mod config;
 pub mod data_plane;
 mod local_file;
+mod locality;
 mod metrics;
 pub mod short_circuit;
 mod worker_set;

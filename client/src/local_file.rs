@@ -4,7 +4,8 @@
 //!
 //! The worker keeps each cached file version as one sparse data file per tier
 //! (`shoal_tier::layout`), with one marker per complete block. The file qualifies
-//! when, in a single tier of a worker on this node:
+//! when, in a single tier of a worker on this host that passed `crate::locality`'s
+//! ownership and identity checks:
 //! - the markers cover block 0 to the last block with the right lengths, and the data
 //!   file is at least the file's size;
 //! - the version directory's seal says the worker process that owns the tier now
@@ -117,19 +118,25 @@ fn complete_in(root: &Path, dir: &Path, layout: &BlockLayout, size: u64) -> Opti
 }
 
 impl ShoalClient {
-    /// The complete local copy of `entry` in a worker on this node (`ClientConfig::node`),
-    /// if there is one; `None` when short-circuit is off, no worker runs here, or some
-    /// block is missing.
+    /// The complete local copy of `entry` in a worker on this host (see
+    /// `crate::locality`), if there is one; `None` when short-circuit is off, no
+    /// worker's tiers here may be read directly, or some block is missing.
     pub async fn local_file(&self, dataset: DatasetId, entry: &pb::FileEntry) -> Option<LocalFile> {
         let cfg = self.config();
         if !cfg.short_circuit || entry.is_dir || entry.size == 0 {
             return None;
         }
-        let node = cfg.node.clone()?;
         let set = self.worker_set().await.ok()?;
         let mut tiers: Vec<PathBuf> = Vec::new();
-        for w in set.workers.values().filter(|w| w.node == node) {
-            tiers.extend(w.tier_paths.iter().cloned());
+        // In a stable order, so one version is always found in the same worker's tier.
+        let mut local: Vec<_> = set
+            .workers
+            .values()
+            .filter(|w| !w.local_tiers.is_empty())
+            .collect();
+        local.sort_by(|a, b| a.id.cmp(&b.id));
+        for w in local {
+            tiers.extend(w.local_tiers.iter().cloned());
         }
         if tiers.is_empty() {
             return None;

@@ -18,9 +18,16 @@ pub struct WorkerEntry {
     pub node: String,
     pub data_addr: String,
     pub grpc_addr: String,
-    /// Tier directories, fastest first (for short-circuit reads on the same node).
+    /// Tier directories, fastest first, as the worker advertises them.
     pub tier_paths: Vec<PathBuf>,
     pub capacity_bytes: u64,
+    /// The machine the worker says it runs on (empty: unknown).
+    pub host: String,
+    /// The worker process, as its tiers' `boot` files name it.
+    pub instance: u64,
+    /// The tiers this client may read directly (real paths, fastest first): empty
+    /// unless the worker is local and its tiers passed `crate::locality`'s checks.
+    pub local_tiers: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -57,6 +64,9 @@ impl WorkerSetView {
                     grpc_addr: w.grpc_addr,
                     tier_paths: w.tiers.iter().map(|t| PathBuf::from(&t.path)).collect(),
                     capacity_bytes: w.capacity_bytes,
+                    host: w.host,
+                    instance: w.instance,
+                    local_tiers: Vec::new(),
                 };
                 (w.id, e)
             })

@@ -23,8 +23,10 @@ pub struct MountConfig {
     /// Mount just this dataset at the mountpoint; `None` shows every dataset as a
     /// top-level directory.
     pub dataset: Option<String>,
-    /// This node's name: blocks cached by a worker of the same node are read from its
-    /// tier files (short-circuit) or handed to the kernel (passthrough). Default: none.
+    /// This node's name: a worker of the same node name counts as local whatever host
+    /// id it reports. Workers on this machine are local anyway (by host id): their
+    /// blocks are read from their tier files (short-circuit) or handed to the kernel
+    /// (passthrough). Default: none.
     pub node: Option<String>,
     /// Attribute TTL for read-only datasets (default 300 s).
     pub ro_attr_ttl: Duration,

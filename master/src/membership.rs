@@ -360,10 +360,13 @@ impl Membership {
     }
 }
 
-/// Whether a re-registration leaves nothing persisted to update: the same node, the
-/// same metrics address and the same tiers (usage aside, which heartbeats carry).
+/// Whether a re-registration leaves nothing persisted to update: the same node, host
+/// and process, the same metrics address and the same tiers (usage aside, which
+/// heartbeats carry).
 fn same_record(old: &WorkerInfo, new: &WorkerInfo) -> bool {
     old.node == new.node
+        && old.host == new.host
+        && old.instance == new.instance
         && old.metrics_addr == new.metrics_addr
         && old.tiers.len() == new.tiers.len()
         && old
@@ -425,6 +428,33 @@ mod tests {
         assert_eq!(m2.epoch().unwrap(), e3);
         assert_eq!(m2.snapshot(false).unwrap().workers.len(), 1);
         assert_eq!(m2.snapshot(true).unwrap().workers.len(), 2);
+    }
+
+    /// A worker back as a new process (new instance, maybe another host id) changes no
+    /// placement, but what same-host readers check is persisted and served at once.
+    #[tokio::test]
+    async fn a_new_instance_is_stored_without_an_epoch_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn CatalogStore> = Arc::new(SqliteCatalog::open(tmp.path()).unwrap());
+        let m = Membership::open(
+            store.clone(),
+            Duration::from_secs(60),
+            BlockLayout::default(),
+        )
+        .await
+        .unwrap();
+        let mut w = worker("a", 10);
+        w.host = "h1".into();
+        w.instance = 1;
+        let e = m.register(w.clone()).await.unwrap();
+        w.host = "h2".into();
+        w.instance = 2;
+        assert_eq!(m.register(w).await.unwrap(), e);
+        let served = &m.snapshot(false).unwrap().workers[0];
+        assert_eq!((served.host.as_str(), served.instance), ("h2", 2));
+        let (_, recs) = store.load_members().await.unwrap();
+        let stored = WorkerInfo::decode(recs[0].info.as_slice()).unwrap();
+        assert_eq!((stored.host.as_str(), stored.instance), ("h2", 2));
     }
 
     /// A master restart on the same catalogue: the persisted members are served at

@@ -61,6 +61,7 @@ pub struct ClusterBuilder {
     dir_in: Option<PathBuf>,
     retain_finished: Option<Duration>,
     ufs_deadline: Option<Duration>,
+    same_host: bool,
 }
 
 impl ClusterBuilder {
@@ -128,6 +129,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every worker reports this machine's host id, so clients here read their tiers
+    /// directly (short-circuit, passthrough). Default: each worker reports its node
+    /// name as its host id, simulating separate hosts, so reads take the data plane.
+    pub fn same_host(mut self) -> Self {
+        self.same_host = true;
+        self
+    }
+
     /// How long the master keeps finished load jobs (default: the master's, a week).
     pub fn retain_finished(mut self, retain: Duration) -> Self {
         self.retain_finished = Some(retain);
@@ -186,6 +195,7 @@ impl ClusterBuilder {
             tiers: self.tiers,
             scrub: self.scrub,
             ufs_deadline: self.ufs_deadline,
+            same_host: self.same_host,
             tag,
             dirs,
         };
@@ -212,6 +222,7 @@ pub struct Cluster {
     tiers: Vec<(String, u64)>,
     scrub: Option<(u64, Duration)>,
     ufs_deadline: Option<Duration>,
+    same_host: bool,
     tag: String,
     /// Master and tier directories, removed last.
     dirs: tempfile::TempDir,
@@ -231,6 +242,7 @@ impl Cluster {
             dir_in: None,
             retain_finished: None,
             ufs_deadline: None,
+            same_host: false,
         }
     }
 
@@ -274,6 +286,9 @@ impl Cluster {
         cfg.master = Some(self.master_addr.clone());
         cfg.heartbeat_interval = HEARTBEAT;
         cfg.cluster_token = self.cluster_token.clone();
+        if !self.same_host {
+            cfg.host_id = Some(node.clone());
+        }
         if let Some(d) = self.ufs_deadline {
             cfg.ufs_timeout = d;
         }

@@ -8,6 +8,8 @@
 //! - [`block_file::BlockFile`]: the one layer through which every tier disk operation
 //!   goes (pread/pwrite, hole punching, `flock` pins, markers), so disk I/O is counted
 //!   and faults are injected in one place.
+//! - [`locality`]: the host id, and the checks a reader makes before it trusts a
+//!   same-host worker's tier path.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -29,3 +31,4 @@
 
 pub mod block_file;
 pub mod layout;
+pub mod locality;

@@ -96,6 +96,8 @@ impl FromStr for TierSpec {
 pub struct WorkerArgs {
     pub master: Option<String>,
     pub node: Option<String>,
+    /// See [`WorkerConfig::host_id`].
+    pub host_id: Option<String>,
     pub listen: Option<String>,
     pub data_listen: Option<String>,
     pub metrics_listen: Option<String>,
@@ -121,6 +123,11 @@ pub struct WorkerConfig {
     pub master: Option<String>,
     /// Node name: the worker's identity in placement and the `worker` metrics label.
     pub node: String,
+    /// The machine this worker says it runs on; clients with the same host id read its
+    /// tiers directly (short-circuit, FUSE passthrough). `None`: this machine's boot id
+    /// (`shoal_tier::locality::host_id`). Set to simulate separate hosts on one
+    /// machine (tests, benchmarks).
+    pub host_id: Option<String>,
     /// gRPC listen address (`WorkerService`).
     pub listen: String,
     /// Framed-TCP data-plane listen address.
@@ -172,6 +179,7 @@ impl WorkerConfig {
         WorkerConfig {
             master: None,
             node: node.to_owned(),
+            host_id: None,
             listen: "127.0.0.1:0".into(),
             data_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
@@ -207,6 +215,7 @@ impl WorkerConfig {
         let WorkerArgs {
             master,
             node,
+            host_id,
             listen,
             data_listen,
             metrics_listen,
@@ -246,6 +255,7 @@ impl WorkerConfig {
         let cfg = WorkerConfig {
             master: Some(master),
             node,
+            host_id,
             listen: pick(listen, file.listen.clone(), "127.0.0.1:7710".into()),
             data_listen: pick(
                 data_listen,
@@ -299,6 +309,11 @@ impl WorkerConfig {
         self.tls.validate()?;
         if self.node.is_empty() {
             return Err(Error::invalid("the node name is empty; pass --node NAME"));
+        }
+        if self.host_id.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return Err(Error::invalid(
+                "the host id is empty; leave --host-id out to use this machine's boot id",
+            ));
         }
         if self.tiers.is_empty() {
             return Err(Error::invalid(

@@ -154,6 +154,14 @@ impl WorkerServer {
 
         let info = WorkerIdentity {
             node: cfg.node.clone(),
+            host: match &cfg.host_id {
+                Some(h) => h.clone(),
+                None => shoal_tier::locality::host_id().unwrap_or_else(|| {
+                    tracing::warn!(path = shoal_tier::locality::BOOT_ID_PATH,
+                        "cannot read the kernel's boot id; clients on this machine will read through the data plane (pass --host-id to name the host)");
+                    String::new()
+                }),
+            },
             grpc_addr: advertised(grpc_addr, &cfg.node),
             data_addr: advertised(data_addr, &cfg.node),
             metrics_addr: advertised(metrics.local_addr, &cfg.node),
@@ -297,6 +305,8 @@ async fn stop_scrub(scrub: Option<Scrubber>) {
 #[derive(Clone)]
 struct WorkerIdentity {
     node: String,
+    /// The host id clients compare with theirs ([`WorkerConfig::host_id`]).
+    host: String,
     grpc_addr: String,
     data_addr: String,
     metrics_addr: String,
@@ -430,6 +440,8 @@ impl Member {
             used_bytes: tiers.iter().map(|t| t.used_bytes).sum(),
             tiers,
             metrics_addr: id.metrics_addr.clone(),
+            host: id.host.clone(),
+            instance: self.store.instance(),
             ..Default::default()
         };
         let r = tokio::time::timeout(

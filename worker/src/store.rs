@@ -146,6 +146,8 @@ struct Inner {
     files: OpenFiles,
     /// Segments eviction leaves alone (open prewarm gates).
     protected: protect::Protections,
+    /// This process's id, written to every tier's `boot` file.
+    boot: u64,
     m: WorkerMetrics,
 }
 
@@ -201,6 +203,7 @@ impl BlockStore {
                 stats: StatsMap::default(),
                 files: OpenFiles::new(cfg.open_data_files),
                 protected: protect::Protections::default(),
+                boot,
                 m: WorkerMetrics::new(&cfg.node),
             }),
         };
@@ -220,6 +223,12 @@ impl BlockStore {
             inner.drain(ti);
         }
         Ok(store)
+    }
+
+    /// This worker process's random id, as its tiers' `boot` files name it: a
+    /// same-host reader checks it before reading a tier directly.
+    pub fn instance(&self) -> u64 {
+        self.inner.boot
     }
 
     pub fn layout(&self) -> BlockLayout {

@@ -38,8 +38,9 @@ pub struct CpArgs {
 pub struct ClientFlags {
     #[command(flatten)]
     m: MasterFlag,
-    /// The node this client runs on, for short-circuit reads of blocks cached by a
-    /// worker on the same node [default: host name].
+    /// The node this client runs on: a worker of this node name is read directly even
+    /// if it reports another host id (workers on this machine are read directly
+    /// anyway) [default: host name].
     #[arg(long, env = "SHOAL_NODE")]
     node: Option<String>,
 }

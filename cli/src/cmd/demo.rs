@@ -265,6 +265,7 @@ async fn steps(plan: &Plan, res: &mut Resources) -> anyhow::Result<Summary> {
             mode: shoal_job_runner::config::SandboxMode::Auto,
             ..Default::default()
         },
+        separate_hosts: false,
     };
     res.starting = Some(tokio::spawn(Embedded::start(opts)));
 

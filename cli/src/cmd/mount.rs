@@ -42,8 +42,9 @@ pub struct MountArgs {
     /// else /var/lib/shoal/logs].
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
-    /// The node this mount runs on: blocks cached by a worker of the same node are
-    /// read from its tier files [default: host name].
+    /// The node this mount runs on: a worker of this node name is read directly even
+    /// if it reports another host id (workers on this machine are read directly
+    /// anyway) [default: host name].
     #[arg(long, env = "SHOAL_NODE")]
     node: Option<String>,
     /// How long the kernel caches attributes [default: 5m read-only, 1s read-write].

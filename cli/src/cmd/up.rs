@@ -42,6 +42,11 @@ pub struct UpArgs {
     /// Run without the FUSE mount (jobs then cannot read datasets through it).
     #[arg(long)]
     no_mount: bool,
+    /// Each worker reports its node name as its host id, as if on a host of its own:
+    /// jobs then read every block over the data plane instead of the workers' tier
+    /// files (to measure or test the network path on one machine).
+    #[arg(long)]
+    separate_hosts: bool,
     /// Master gRPC address.
     #[arg(long, default_value = "127.0.0.1:7700", value_name = "HOST:PORT")]
     master_listen: String,
@@ -109,6 +114,7 @@ pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
         operator_mount: None,
         heartbeat: Duration::from_secs(1),
         sandbox,
+        separate_hosts: a.separate_hosts,
     })
     .await?;
     if let Some(uri) = &a.ufs {

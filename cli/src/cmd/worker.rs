@@ -44,6 +44,11 @@ struct WorkerServerArgs {
     /// Node name: the worker's identity in placement [default: host name].
     #[arg(long, env = "SHOAL_NODE")]
     node: Option<String>,
+    /// The host this worker reports: mounts and clients with the same host id read its
+    /// tiers directly. Simulates separate hosts on one machine (tests, benches)
+    /// [default: the kernel's boot id].
+    #[arg(long, env = "SHOAL_WORKER_HOST_ID", value_name = "ID")]
+    host_id: Option<String>,
     /// A cache tier, fastest first: NAME:PATH:QUOTA, e.g. mem:/dev/shm/shoal:2GiB. Repeatable.
     #[arg(long = "tier", value_name = "NAME:PATH:QUOTA")]
     tiers: Vec<String>,
@@ -106,6 +111,7 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         WorkerArgs {
             master,
             node: a.node,
+            host_id: a.host_id,
             listen: a.listen,
             data_listen: a.data_listen,
             metrics_listen: a.metrics_listen,

@@ -6,6 +6,7 @@ mod auth;
 mod dataset;
 mod demo;
 mod deploy_config;
+mod fast_path;
 mod fault_suite;
 mod fresh;
 mod job_credentials;

@@ -27,6 +27,9 @@ async fn start_worker(master: &str, dir: &Path) -> TestProcess {
         master,
         "--node",
         "secrets-w0",
+        // Another host, so reads go through the worker and its logs.
+        "--host-id",
+        "secrets-host",
         "--listen",
         "127.0.0.1:0",
         "--data-listen",

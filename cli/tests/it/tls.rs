@@ -152,6 +152,9 @@ async fn tls_round_trip_on_every_listener_and_clear_errors_without_the_ca() {
         &m,
         "--node",
         "tls-w0",
+        // Another host: `shoal cat` must take the TLS data plane, not the tier.
+        "--host-id",
+        "tls-host",
         "--listen",
         "127.0.0.1:0",
         "--data-listen",

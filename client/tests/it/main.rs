@@ -8,4 +8,5 @@ mod hung_worker;
 mod identity;
 mod master_away;
 mod read;
+mod same_host;
 mod silent_store;

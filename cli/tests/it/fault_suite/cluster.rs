@@ -345,6 +345,9 @@ async fn start_worker(
         master,
         "--node",
         name,
+        // A node of its own: the mount reads it over the (faulty) network.
+        "--host-id",
+        name,
         "--listen",
         &node.at(7710),
         "--data-listen",
