@@ -3,7 +3,8 @@
 //! (every byte over the framed-TCP data plane), against a minimal in-memory fuser file
 //! system measured in the same run (`shoal_benches::remote_read`). Needs root (FUSE,
 //! drop_caches). `SHOAL_BENCH_BYTES` (e.g. `512MiB`) overrides the 2 GiB file and
-//! `SHOAL_BENCH_PASSES` the 3 rounds; without `--bench` (as `cargo test --benches` runs
+//! `SHOAL_BENCH_PASSES` the 3 rounds (`SHOAL_BENCH_NO_CEILING=1` skips the ceiling, to
+//! profile the mount alone); without `--bench` (as `cargo test --benches` runs
 //! it) everything is tiny.
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    opts.ceiling = std::env::var_os("SHOAL_BENCH_NO_CEILING").is_none();
     shoal_benches::bench_main("remote_read bench", async {
         let r = run(&opts).await?;
         Ok(render(&r, &opts))

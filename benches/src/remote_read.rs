@@ -32,6 +32,8 @@ pub struct Options {
     pub passes: usize,
     /// The request size of every read.
     pub read_size: usize,
+    /// Measure the ceiling too (off to profile the mount alone).
+    pub ceiling: bool,
 }
 
 impl Options {
@@ -41,6 +43,7 @@ impl Options {
             file_bytes: 32 << 20,
             passes: 1,
             read_size: 1 << 20,
+            ceiling: true,
         }
     }
 
@@ -49,6 +52,7 @@ impl Options {
             file_bytes: 2 << 30,
             passes: 3,
             read_size: 1 << 20,
+            ceiling: true,
         }
     }
 }
@@ -94,30 +98,35 @@ pub async fn run(opts: &Options) -> Result<Results> {
         ..Default::default()
     };
     let passes = opts.passes.max(1);
+    let (size, read_size) = (opts.file_bytes, opts.read_size);
     for round in 0..passes {
         for (i, readers) in [1usize, 4].into_iter().enumerate() {
-            let (bps, crc) = with_remote_mount(&cluster, |root| {
+            let (bps, crc, dropped) = with_remote_mount(&cluster, move |root| {
                 let p = root.join(FILE);
                 let crc = (round == 0 && readers == 1)
                     .then(|| measure::checksum(&p))
                     .transpose()?;
-                res.dropped &= measure::drop_caches(true);
-                Ok((read_ranges(&p, opts.file_bytes, readers, opts.read_size)?, crc))
+                let dropped = measure::drop_caches(true);
+                Ok((read_ranges(&p, size, readers, read_size)?, crc, dropped))
             })
             .await?;
+            res.dropped &= dropped;
             if let Some(c) = crc.filter(|c| *c != want) {
                 return Err(Error::internal(format!(
                     "the remote mount returned different bytes (crc {c:08x}, native {want:08x})"
                 )));
             }
             res.remote[i] = res.remote[i].max(bps);
-
-            let (bps, ok) = ceiling::with_mount(opts.file_bytes, |root| {
+            if !opts.ceiling {
+                continue;
+            }
+            let ((bps, dropped), ok) = ceiling::with_mount(size, move |root| {
                 let p = root.join(ceiling::FILE);
-                res.dropped &= measure::drop_caches(true);
-                read_ranges(&p, opts.file_bytes, readers, opts.read_size)
+                let dropped = measure::drop_caches(true);
+                Ok((read_ranges(&p, size, readers, read_size)?, dropped))
             })
             .await?;
+            res.dropped &= dropped;
             if !ok {
                 return Err(Error::internal("the ceiling file system failed a read"));
             }
