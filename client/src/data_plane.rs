@@ -206,3 +206,24 @@ async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Res
     }
     Ok(buf.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_payload_is_read_whole_and_not_past_its_end() {
+        // Two payloads back to back, as two pipelined responses would leave them.
+        let mut r = &b"abcdefgXYZ"[..];
+        assert_eq!(read_payload(&mut r, 7).await.unwrap(), &b"abcdefg"[..]);
+        assert_eq!(read_payload(&mut r, 3).await.unwrap(), &b"XYZ"[..]);
+        assert_eq!(read_payload(&mut r, 0).await.unwrap(), &b""[..]);
+    }
+
+    #[tokio::test]
+    async fn a_payload_cut_short_is_an_error_not_fewer_bytes() {
+        let mut r = &b"abc"[..];
+        let e = read_payload(&mut r, 8).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+}

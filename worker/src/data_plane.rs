@@ -157,7 +157,13 @@ where
                     send_slice(tcp, s).await?;
                 }
             }
-            prev_end = Some(r.offset + total);
+            // A cold next block is fetched ahead; a resident one will be sent from
+            // its file, so reading it into memory now would be wasted.
+            let end = r.offset + total;
+            if prev_end == Some(r.offset) {
+                readahead.start(store, &r.file, r.offset, end, true);
+            }
+            prev_end = Some(end);
             store.metrics().served_bytes_tcp.increment(total);
             store.metrics().sent_file_bytes.increment(total);
             continue;
@@ -173,7 +179,7 @@ where
                 if let Some((file, offset, _)) = &next {
                     let end = offset + total;
                     if prev_end == Some(*offset) {
-                        readahead.start(store, file, *offset, end);
+                        readahead.start(store, file, *offset, end, false);
                     }
                     prev_end = Some(end);
                 }
@@ -197,8 +203,16 @@ struct Readahead(Option<tokio::task::JoinHandle<()>>);
 
 impl Readahead {
     /// After serving `offset..end` of `file`, reads the following block if it belongs to
-    /// the same segment (another segment may have another owner).
-    fn start(&mut self, store: &BlockStore, file: &shoal_wire::FileRef, offset: u64, end: u64) {
+    /// the same segment (another segment may have another owner); with `cold_only`,
+    /// only when no tier holds it.
+    fn start(
+        &mut self,
+        store: &BlockStore,
+        file: &shoal_wire::FileRef,
+        offset: u64,
+        end: u64,
+        cold_only: bool,
+    ) {
         if !store.has_verified_buffer() || self.0.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -208,6 +222,9 @@ impl Readahead {
         if next >= layout.block_count(file.size)
             || layout.segment_of_block(next) != layout.segment_of_block(last)
         {
+            return;
+        }
+        if cold_only && store.is_resident(&file.block(next)) {
             return;
         }
         let (store, file) = (store.clone(), file.clone());
