@@ -163,6 +163,14 @@ impl BlockFile {
         Ok(buf)
     }
 
+    /// Whether a read of this file would pass the fault hook now ([`set_fault_hook`]).
+    /// [`BlockFile::send_to`] runs after a response header is out, where a failure
+    /// can only end the connection, so a sender asks first and lets the checking read
+    /// path meet the fault instead.
+    pub fn check_readable(&self) -> io::Result<()> {
+        inject(DiskOp::Read, &self.dir)
+    }
+
     /// Sends up to `len` bytes at `*offset` to the socket `sock` with `sendfile(2)`:
     /// the kernel moves page-cache pages to the socket without a userspace copy, and
     /// advances `*offset` by what it sent. A non-blocking socket that is full answers
@@ -174,7 +182,6 @@ impl BlockFile {
         offset: &mut u64,
         len: usize,
     ) -> io::Result<usize> {
-        inject(DiskOp::Read, &self.dir)?;
         let mut off = libc::off_t::try_from(*offset)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too big"))?;
         // SAFETY: both descriptors are open for the call (`self.file` and the borrow);

@@ -11,6 +11,10 @@
 //! the scrub's next pass). Everything else (lower tiers, unverified or changed files,
 //! a block being evicted) takes the reading path, which checks every block.
 //!
+//! A disk that fails during the send itself ends that connection (the header is out),
+//! and the client asks the next path; the block stays until a checking read or the
+//! scrub meets the fault and drops it.
+//!
 //! Eviction cannot punch the bytes out mid-send: the descriptor is opened for this
 //! send alone and holds a shared `flock`, which eviction's exclusive one skips, and
 //! the block is looked up in the index again after the pin is taken (an eviction that
@@ -88,6 +92,8 @@ impl Inner {
             return None;
         }
         let f = BlockFile::open_read(&layout::block_dir(&tier.root, id)).ok()?;
+        // A failing disk is met by the checking path, which drops the block.
+        f.check_readable().ok()?;
         if !f.try_lock_shared().ok()? {
             return None;
         }
