@@ -15,8 +15,11 @@ use shoal_wire::tls::TlsConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 
-/// Idle connections kept per worker address.
-const POOL_PER_WORKER: usize = 8;
+/// Idle connections kept per worker address. Above the requests a busy mount keeps
+/// in flight to one worker (readers x `readahead_blocks`): a connection dropped on
+/// return is a new handshake, opening frame and cold socket buffers for the next
+/// request.
+const POOL_PER_WORKER: usize = 32;
 
 /// A plain or TLS connection to a worker.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
