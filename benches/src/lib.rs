@@ -18,6 +18,10 @@
 //! - [`durability`]: what `synchronous=FULL` costs the runner's job store (submits/s
 //!   and state transitions/s against `NORMAL` in the same run)
 //!   (`cargo bench -p shoal-benches --bench durability`).
+//! - [`remote_read`]: one and four readers through a FUSE mount whose blocks are warm
+//!   on a worker that is not local (the data plane), against an in-memory fuser file
+//!   system (the ceiling) in the same run
+//!   (`cargo bench -p shoal-benches --bench remote_read`).
 //! - [`suite`]: every scenario of issue 7 in one run, into `target/bench-report/`
 //!   ([`report`]): `cargo bench -p shoal-benches --bench suite`.
 
@@ -25,6 +29,7 @@ pub mod dataplane;
 pub mod durability;
 pub mod pinning;
 pub mod prewarm;
+pub mod remote_read;
 pub mod report;
 pub mod scheduling;
 pub mod suite;

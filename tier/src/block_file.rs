@@ -163,6 +163,38 @@ impl BlockFile {
         Ok(buf)
     }
 
+    /// Whether a read of this file would pass the fault hook now ([`set_fault_hook`]).
+    /// [`BlockFile::send_to`] runs after a response header is out, where a failure
+    /// can only end the connection, so a sender asks first and lets the checking read
+    /// path meet the fault instead.
+    pub fn check_readable(&self) -> io::Result<()> {
+        inject(DiskOp::Read, &self.dir)
+    }
+
+    /// Sends up to `len` bytes at `*offset` to the socket `sock` with `sendfile(2)`:
+    /// the kernel moves page-cache pages to the socket without a userspace copy, and
+    /// advances `*offset` by what it sent. A non-blocking socket that is full answers
+    /// `WouldBlock`; `Ok(0)` means the file ends before `*offset`. Nothing here checks
+    /// the bytes: the caller must know them good (a sealed data file, pinned).
+    pub fn send_to(
+        &self,
+        sock: std::os::fd::BorrowedFd<'_>,
+        offset: &mut u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        let mut off = libc::off_t::try_from(*offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too big"))?;
+        // SAFETY: both descriptors are open for the call (`self.file` and the borrow);
+        // sendfile writes only `off`, a local.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), self.file.as_raw_fd(), &mut off, len) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        *offset = off as u64;
+        DISK_READ_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n as usize)
+    }
+
     /// Frees the disk space of `offset..offset+len` while keeping the file size.
     pub fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
         inject(DiskOp::Punch, &self.dir)?;

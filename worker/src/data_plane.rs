@@ -1,8 +1,11 @@
 //! The framed-TCP data-plane server ([`shoal_wire::frame`] protocol): one task per
-//! connection, requests served one after another, block slices written straight from
-//! the cache's buffers. With a TLS acceptor (`--tls-cert`/`--tls-key`) every
-//! connection is TLS; the handshake runs in the connection's task, bounded by
-//! [`HANDSHAKE_TIMEOUT`].
+//! connection, requests served one after another. On a plain TCP connection a range
+//! held whole by a verified top-tier data file goes to the socket with `sendfile(2)`
+//! (`BlockStore::sendable_range`): no pread, no checksum, no userspace copy; anything
+//! else is read (and checked) by the store and its slices written from memory. With a
+//! TLS acceptor (`--tls-cert`/`--tls-key`) every connection is TLS and always takes
+//! the memory path (the bytes must be encrypted); the handshake runs in the
+//! connection's task, bounded by [`HANDSHAKE_TIMEOUT`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +13,13 @@ use std::time::Duration;
 use shoal_common::{Error, Result};
 use shoal_wire::auth::Verifier;
 use shoal_wire::tls::{HANDSHAKE_TIMEOUT, TlsAcceptor};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::BlockStore;
+use crate::store::{BlockStore, TierSlice};
 use shoal_wire::frame::{self, MAX_READ_LEN};
 
 /// How long a new connection may take to send its opening frame.
@@ -87,6 +91,22 @@ async fn serve_connection(
     }
 }
 
+/// The write side of a connection: plain TCP may also send tier bytes with
+/// `sendfile(2)`; TLS must encrypt them, so it writes from memory.
+trait Sink: AsyncWrite + Unpin {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Sink for OwnedWriteHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> Sink for tokio::io::WriteHalf<S> {}
+
 async fn serve_stream<R, W>(
     rd: R,
     mut wr: W,
@@ -95,7 +115,7 @@ async fn serve_stream<R, W>(
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: Sink,
 {
     let mut rd = BufReader::new(rd);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_hello(&mut rd))
@@ -125,18 +145,41 @@ where
     let mut readahead = Readahead::default();
     let mut prev_end = None;
     while let Some(req) = frame::read_request(&mut rd).await? {
+        let req = req.and_then(|r| admit(r, &who));
+        if let Ok(r) = &req
+            && wr.tcp().is_some()
+            && let Some(slices) = store.sendable_range(&r.file, r.offset, r.length).await
+        {
+            let total: u64 = slices.iter().map(TierSlice::len).sum();
+            frame::write_ok_header(&mut wr, total).await?;
+            if let Some(tcp) = wr.tcp() {
+                for s in &slices {
+                    send_slice(tcp, s).await?;
+                }
+            }
+            // A cold next block is fetched ahead; a resident one will be sent from
+            // its file, so reading it into memory now would be wasted.
+            let end = r.offset + total;
+            if prev_end == Some(r.offset) {
+                readahead.start(store, &r.file, r.offset, end, true);
+            }
+            prev_end = Some(end);
+            store.metrics().served_bytes_tcp.increment(total);
+            store.metrics().sent_file_bytes.increment(total);
+            continue;
+        }
         let next = req
             .as_ref()
             .ok()
             .map(|r| (r.file.clone(), r.offset, r.length));
-        match serve_one(req, store, &who).await {
+        match serve_one(req, store).await {
             Ok(slices) => {
                 let total: u64 = slices.iter().map(|b| b.len() as u64).sum();
                 // Sequential reader: verify the next block while this one is on the wire.
                 if let Some((file, offset, _)) = &next {
                     let end = offset + total;
                     if prev_end == Some(*offset) {
-                        readahead.start(store, file, *offset, end);
+                        readahead.start(store, file, *offset, end, false);
                     }
                     prev_end = Some(end);
                 }
@@ -160,8 +203,16 @@ struct Readahead(Option<tokio::task::JoinHandle<()>>);
 
 impl Readahead {
     /// After serving `offset..end` of `file`, reads the following block if it belongs to
-    /// the same segment (another segment may have another owner).
-    fn start(&mut self, store: &BlockStore, file: &shoal_wire::FileRef, offset: u64, end: u64) {
+    /// the same segment (another segment may have another owner); with `cold_only`,
+    /// only when no tier holds it.
+    fn start(
+        &mut self,
+        store: &BlockStore,
+        file: &shoal_wire::FileRef,
+        offset: u64,
+        end: u64,
+        cold_only: bool,
+    ) {
         if !store.has_verified_buffer() || self.0.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -171,6 +222,9 @@ impl Readahead {
         if next >= layout.block_count(file.size)
             || layout.segment_of_block(next) != layout.segment_of_block(last)
         {
+            return;
+        }
+        if cold_only && store.is_resident(&file.block(next)) {
             return;
         }
         let (store, file) = (store.clone(), file.clone());
@@ -190,12 +244,8 @@ impl Drop for Readahead {
     }
 }
 
-async fn serve_one(
-    req: std::result::Result<frame::ReadRequest, Error>,
-    store: &BlockStore,
-    who: &shoal_wire::auth::Identity,
-) -> Result<Vec<bytes::Bytes>> {
-    let req = req?;
+/// Checks a request against the caller's rights and the size limit.
+fn admit(req: frame::ReadRequest, who: &shoal_wire::auth::Identity) -> Result<frame::ReadRequest> {
     crate::auth::require_reader(who, &req.file, "data-plane read")?;
     if req.length > MAX_READ_LEN {
         return Err(Error::invalid(format!(
@@ -203,5 +253,39 @@ async fn serve_one(
             req.length
         )));
     }
+    Ok(req)
+}
+
+async fn serve_one(
+    req: std::result::Result<frame::ReadRequest, Error>,
+    store: &BlockStore,
+) -> Result<Vec<bytes::Bytes>> {
+    let req = req?;
     store.read_range(&req.file, req.offset, req.length).await
+}
+
+/// Sends one pinned tier slice to the socket. The response header is already out, so
+/// a failure here (or a data file that ends early) must end the connection: the
+/// client then sees a short payload, never other bytes.
+async fn send_slice(tcp: &TcpStream, s: &TierSlice) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let (mut off, end) = (s.offset(), s.offset() + s.len());
+    while off < end {
+        tcp.writable().await?;
+        let left = usize::try_from(end - off).unwrap_or(usize::MAX);
+        match tcp.try_io(Interest::WRITABLE, || {
+            s.file().send_to(tcp.as_fd(), &mut off, left)
+        }) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "tier data file ended before the block",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

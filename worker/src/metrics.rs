@@ -72,6 +72,9 @@ pub struct WorkerMetrics {
     /// Hits in the in-memory buffer of recently verified blocks.
     pub buffer_hits: Counter,
     pub served_bytes_tcp: Counter,
+    /// Data-plane bytes sent from a verified tier file with `sendfile(2)` (a part of
+    /// `served_bytes_tcp`).
+    pub sent_file_bytes: Counter,
     pub served_bytes_grpc: Counter,
     /// Operations on cached blocks refused or postponed because the process was out
     /// of file descriptors (`EMFILE`/`ENFILE`); the blocks stay cached.
@@ -116,6 +119,7 @@ impl WorkerMetrics {
             uncached_fills: counter!("shoal_worker_uncached_fills_total", &l),
             buffer_hits: counter!("shoal_worker_buffer_hits_total", &l),
             served_bytes_tcp: plane("tcp"),
+            sent_file_bytes: counter!("shoal_worker_sendfile_bytes_total", &l),
             served_bytes_grpc: plane("grpc"),
             fd_exhausted: counter!("shoal_worker_fd_exhausted_total", &l),
             scrub_pending: gauge!("shoal_worker_scrub_pending_versions", &l),

@@ -40,7 +40,10 @@
 //!   files same-node readers may hand to the kernel whole. Each start writes a new boot
 //!   id into every tier, which invalidates the previous process's seals.
 //!
-//! Files: `read.rs` (tier reads, read-through), `write.rs` (fills, eviction, demotion,
+//! - **Sending** ([`send`]): a range of a verified, unchanged top-tier data file may go
+//!   to a plain-TCP socket with `sendfile(2)`, pinned, without a pread or a checksum.
+//!
+//! Files: `read.rs` (tier reads, read-through), `send.rs` (sendable ranges), `write.rs` (fills, eviction, demotion,
 //! promotion, drops), `tier.rs` (one tier's index and accounting), `index.rs` (restart),
 //! `scrub.rs` and `scrub/seal.rs` (scrub, seals).
 //!
@@ -54,6 +57,7 @@ pub mod open_files;
 pub mod protect;
 mod read;
 pub mod scrub;
+mod send;
 pub mod stats;
 pub mod tier;
 mod write;
@@ -73,6 +77,7 @@ use crate::config::TierConfig;
 use crate::datasets::Datasets;
 use crate::metrics::WorkerMetrics;
 use open_files::OpenFiles;
+pub use send::TierSlice;
 use shoal_tier::block_file;
 use shoal_wire::FileRef;
 use stats::StatsMap;
@@ -299,6 +304,24 @@ impl BlockStore {
             .buffered(4)
             .try_collect()
             .await
+    }
+
+    /// Bytes `offset..offset+len` of `file` (clipped to its size) as pinned slices of
+    /// the top tier that a plain-TCP connection may send without reading them (see
+    /// [`send`]); `None` when some block is not sendable now, and the caller reads
+    /// the range with [`BlockStore::read_range`] instead.
+    pub async fn sendable_range(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<TierSlice>> {
+        let inner = self.inner.clone();
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || inner.sendable_range(&file, offset, len))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Makes every block of segment `segment` of `file` resident, reading missing ones

@@ -290,3 +290,95 @@ async fn a_job_credential_reads_only_its_own_datasets_blocks() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     c.shutdown().await;
 }
+
+/// Reads `offset..offset+length` of `f` on `sock` and checks it against `want`.
+async fn read_checked(
+    sock: &mut tokio::net::TcpStream,
+    f: &shoal_wire::FileRef,
+    want: &[u8],
+    offset: u64,
+    length: u64,
+) {
+    let req = ReadRequest {
+        file: f.clone(),
+        offset,
+        length,
+    };
+    frame::write_request(sock, &req).await.unwrap();
+    let n = frame::read_response_head(sock).await.unwrap().unwrap();
+    let mut got = vec![0u8; n as usize];
+    sock.read_exact(&mut got).await.unwrap();
+    let end = (offset + length).min(want.len() as u64) as usize;
+    let start = (offset as usize).min(end);
+    assert!(got == want[start..end], "wrong bytes at {offset}+{length}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verified_tier_bytes_are_sent_from_the_file_and_a_file_changed_behind_the_worker_is_not() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let ufs = Ufs::with_files(&[("f", 9 * MIB + 7)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("sendfile");
+    let mut cfg = tiers.config(&node, 64 * MIB, 64 * MIB);
+    // Only the tier may answer: no in-memory copy of a verified block.
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let f = ufs.file("f");
+    let want = &ufs.files["f"];
+    let mut sock = open_data(&w).await;
+    let ranges = [
+        (0, 9 * MIB + 7),
+        (4 * MIB - 3, 10),
+        (MIB, 6 * MIB),
+        (9 * MIB, 1000),
+    ];
+    // Cold: read from the UFS into the top tier, which this process then trusts.
+    read_checked(&mut sock, &f, want, 0, 9 * MIB + 7).await;
+    let sent = || metric("shoal_worker_sendfile_bytes_total", &node, None);
+    assert_eq!(sent(), 0.0, "nothing was cached yet");
+    let mut total = 0;
+    for (offset, length) in ranges {
+        read_checked(&mut sock, &f, want, offset, length).await;
+        total += (offset + length).min(want.len() as u64) - offset;
+    }
+    assert_eq!(
+        sent(),
+        total as f64,
+        "every warm range went out with sendfile"
+    );
+
+    // Someone else flips a byte of block 1 in the data file. Its ctime moves, unless
+    // the flip lands in the kernel's timestamp tick of the worker's last write, so
+    // wait for the clock to leave that tick first.
+    let data = shoal_tier::layout::version_dir(tiers.mem.path(), f.dataset, f.version).join("data");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data)
+        .unwrap();
+    let written = file.metadata().unwrap();
+    let ctime = std::time::UNIX_EPOCH
+        + std::time::Duration::new(written.ctime() as u64, written.ctime_nsec() as u32);
+    shoal_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        "the clock leaves the data file's ctime tick",
+        || async move { std::time::SystemTime::now() > ctime + std::time::Duration::from_millis(50) },
+    )
+    .await;
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, 4 * MIB + 77).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], 4 * MIB + 77).unwrap();
+    let before = sent();
+    read_checked(&mut sock, &f, want, 4 * MIB, 1000).await;
+    assert_eq!(
+        sent(),
+        before,
+        "a changed data file is read and checked, not sent"
+    );
+    assert_eq!(
+        metric("shoal_worker_checksum_failures_total", &node, Some("mem")),
+        1.0,
+        "the flipped block was caught"
+    );
+    w.shutdown().await;
+}

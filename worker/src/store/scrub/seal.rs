@@ -186,6 +186,14 @@ impl Seals {
         Finish::Sealed
     }
 
+    /// Whether the version is verified and its data file is, as `stamp` (taken from a
+    /// descriptor of it) says, the one this process last left: nobody else wrote into
+    /// it since. What a reader needs to send its bytes without reading them.
+    pub fn is_verified_as(&self, key: VersionKey, stamp: FileStamp) -> bool {
+        let st = self.state.lock();
+        st.verified.contains(&key) && st.last.get(&key) == Some(&stamp)
+    }
+
     /// Whether the version is verified (tests and metrics).
     pub fn is_verified(&self, key: VersionKey) -> bool {
         self.state.lock().verified.contains(&key)
