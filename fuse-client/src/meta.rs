@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use shoal_client::{Catalog, Dataset, ShoalClient};
+use shoal_client::{Catalog, Dataset, Known, ShoalClient};
 
 use crate::fs::Spool;
 use shoal_common::{Error, Result};
@@ -139,6 +139,16 @@ impl Metadata {
         }
         let ds = self.dataset_cached(dataset)?;
         self.catalog().cached(&ds, path)
+    }
+
+    /// What is known of `dataset/path` without asking the master (pending, cached
+    /// attributes, or a listing of its directory; see `Catalog::known`).
+    pub fn known(&self, dataset: &Arc<str>, path: &str) -> Option<Known> {
+        if let Some(p) = self.pending(dataset, path) {
+            return Some(Known::Entry(Arc::new(pending_entry(path, &p))));
+        }
+        let ds = self.dataset_cached(dataset)?;
+        self.catalog().known(&ds, path)
     }
 
     /// The attributes of `dataset/path`: pending, cached, or `LookupFile`.
