@@ -126,7 +126,8 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
                 entry_ttl,
             })
         }
-        Err(e) if e.is(ErrorKind::NotFound) && !info.read_write => {
+        // A STRICT dataset's next lookup asks the store again: no negative entry.
+        Err(e) if e.is(ErrorKind::NotFound) && !info.read_write && !info.strict => {
             Ok(negative(fs, attr_ttl, entry_ttl))
         }
         Err(e) if e.is(ErrorKind::NotFound) => Err(Errno::ENOENT),
