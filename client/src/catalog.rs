@@ -213,7 +213,9 @@ impl Catalog {
                 .weigher(|_, l: &Arc<Listing>| {
                     u32::try_from(l.entries.len().max(1)).unwrap_or(u32::MAX)
                 })
-                .time_to_live(longest)
+                // Kept past their TTL like attributes, to stand in while the master
+                // is away.
+                .time_to_live(longest.max(STALE_KEEP))
                 .build(),
             listing_fetches: Mutex::new(HashMap::new()),
             invalidations: AtomicU64::new(0),
@@ -761,4 +763,38 @@ fn master_did_not_answer(e: &Error) -> bool {
         e.kind(),
         K::Unavailable | K::DeadlineExceeded | K::Cancelled | K::Internal | K::ResourceExhausted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(paths: &[&str], until: Option<&str>) -> Listing {
+        Listing {
+            at: Instant::now(),
+            entries: paths
+                .iter()
+                .map(|p| {
+                    Arc::new(pb::FileEntry {
+                        path: (*p).to_owned(),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            until: until.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_listing_answers_names_up_to_where_it_stopped() {
+        let l = listing(&["d/a", "d/b.txt", "d/c"], Some("d/c"));
+        assert_eq!(l.find("d/b.txt").flatten().unwrap().path, "d/b.txt");
+        assert!(matches!(l.find("d/b"), Some(None)), "absent: sorts inside");
+        assert!(matches!(l.find("d/0"), Some(None)), "absent: sorts before");
+        assert!(l.find("d/d").is_none(), "after the last page: unknown");
+        let whole = listing(&["d/a"], None);
+        assert!(matches!(whole.find("d/z"), Some(None)));
+        assert_eq!(parent_dir("d/e/f"), "d/e");
+        assert_eq!(parent_dir("f"), "");
+    }
 }

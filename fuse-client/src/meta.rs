@@ -236,10 +236,12 @@ impl Metadata {
 
     /// The file `dataset/path` this mount is writing, if any.
     pub fn pending(&self, dataset: &Arc<str>, path: &str) -> Option<Arc<PendingFile>> {
-        self.pending
-            .lock()
-            .get(&(dataset.clone(), path.to_owned()))
-            .cloned()
+        let pending = self.pending.lock();
+        // Every lookup asks: spare it the key's allocation when nothing is written.
+        if pending.is_empty() {
+            return None;
+        }
+        pending.get(&(dataset.clone(), path.to_owned())).cloned()
     }
 
     /// Starts showing `dataset/path` as being written, spooled to `spool`.
