@@ -51,7 +51,11 @@ pub async fn run(
     let data = tempfile::tempdir_in(shm()).map_err(|e| Error::io("create store dir", e))?;
     let disk = tempfile::tempdir_in("/var/tmp").map_err(|e| Error::io("create disk dir", e))?;
     {
-        let (root, disk, size) = (data.path().to_owned(), disk.path().to_owned(), o.small_bytes);
+        let (root, disk, size) = (
+            data.path().to_owned(),
+            disk.path().to_owned(),
+            o.small_bytes,
+        );
         blocking(move || {
             for (i, (p, d)) in paths(&root, n).iter().zip(paths(&disk, n)).enumerate() {
                 measure::write_file(p, size, 1000 + i as u64)?;
