@@ -12,6 +12,21 @@
 //!   answered locally. Directory pages are fetched by the caller, one at a time. A
 //!   mount following the master's change feed drops entries as they change
 //!   ([`Catalog::invalidate`], [`Catalog::forget_dataset`], [`Catalog::forget_all`]).
+//! - Listings taken on a lookup (when [`ClientConfig::lookup_listing_pages`] > 0, as
+//!   in a mount): the first lookup of a name in a directory of a read-only dataset
+//!   fetches that directory's entries with their attributes, [`LISTING_PAGE`] per
+//!   master call, and keeps them as one listing for the same TTL as attributes, so the
+//!   lookups that follow (of present and of absent names) need no master call. Memory
+//!   is bounded twice: one lookup fetches at most `lookup_listing_pages` pages (names
+//!   sorting after the last one fetched are looked up one by one), and all listings
+//!   together hold at most [`LISTING_CAPACITY`] entries (least used dropped first).
+//!   A name a listing does not hold is absent ([`Known::Absent`]) only on a read-only
+//!   dataset that is not STRICT; on a STRICT one it is asked of the master, which
+//!   stats the store. Read-write datasets are not listed on lookups: any change in a
+//!   directory would drop its listing, and their attributes live a second anyway.
+//!   A listing is dropped with any attribute of its directory ([`Catalog::invalidate`],
+//!   [`Catalog::forget_dataset`], [`Catalog::forget_all`]), and one fetched while an
+//!   invalidation arrived is not kept.
 //! - Every lookup and listing names the dataset id it was resolved to: a dataset
 //!   deleted and created again under the same name answers NOT_FOUND instead of mixing
 //!   the two, and the name is resolved again (at most once a second per dataset).
@@ -38,6 +53,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opendal::Operator;
@@ -58,6 +74,12 @@ const DATASETS_TTL: Duration = Duration::from_secs(5);
 const RECHECK_GAP: Duration = Duration::from_secs(1);
 /// Entries kept in the attribute cache.
 const ATTR_CAPACITY: u64 = 500_000;
+
+/// Entries asked of the master per page of a listing taken on a lookup (its largest
+/// page).
+pub const LISTING_PAGE: u32 = 5000;
+/// Entries kept in all listings taken on lookups together (about 200 bytes each).
+pub const LISTING_CAPACITY: u64 = 250_000;
 
 /// How long an expired read-only entry waits for the master before it is used as is.
 pub const STALE_GRACE: Duration = Duration::from_millis(300);
@@ -104,6 +126,45 @@ struct Cached {
 
 type Key = (DatasetId, String);
 
+/// What the cache knows of a path, without asking the master.
+#[derive(Clone, Debug)]
+pub enum Known {
+    Entry(Arc<pb::FileEntry>),
+    /// Not in a fresh listing of its directory (read-only, not STRICT datasets only).
+    Absent,
+}
+
+/// One directory's entries as a lookup listed them, sorted by name (the master's
+/// order, bytewise like `str`'s).
+struct Listing {
+    at: Instant,
+    entries: Vec<Arc<pb::FileEntry>>,
+    /// The last path listed when the listing stopped at its page bound: names after
+    /// it are not known.
+    until: Option<String>,
+}
+
+impl Listing {
+    /// What this listing says of `path` (a child of its directory); `None` when the
+    /// name sorts after where it stopped.
+    fn find(&self, path: &str) -> Option<Option<&Arc<pb::FileEntry>>> {
+        if self.until.as_deref().is_some_and(|u| path > u) {
+            return None;
+        }
+        Some(
+            self.entries
+                .binary_search_by(|e| e.path.as_str().cmp(path))
+                .ok()
+                .map(|i| &self.entries[i]),
+        )
+    }
+}
+
+/// The directory holding `path` (`""` for the dataset root's children).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
+}
+
 pub struct Catalog {
     master: MasterServiceClient<AuthChannel>,
     master_addr: String,
@@ -116,6 +177,13 @@ pub struct Catalog {
     /// Each dataset by name, with when the name was last checked against the master.
     by_name: Mutex<HashMap<Arc<str>, (Dataset, Instant)>>,
     attrs: moka::sync::Cache<Key, Cached>,
+    /// Directory listings taken on lookups, by (dataset, directory).
+    listings: moka::sync::Cache<Key, Arc<Listing>>,
+    /// One listing fetch per directory at a time: concurrent lookups wait for it.
+    listing_fetches: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Moves on every invalidation, so a listing fetched across one is not kept.
+    invalidations: AtomicU64,
+    listing_pages: usize,
     stores: Mutex<HashMap<DatasetId, Operator>>,
     /// Stores being opened ahead of need.
     opening: Mutex<HashSet<DatasetId>>,
@@ -140,6 +208,18 @@ impl Catalog {
                 .max_capacity(ATTR_CAPACITY)
                 .time_to_live(longest.max(STALE_KEEP))
                 .build(),
+            listings: moka::sync::Cache::builder()
+                .max_capacity(LISTING_CAPACITY)
+                .weigher(|_, l: &Arc<Listing>| {
+                    u32::try_from(l.entries.len().max(1)).unwrap_or(u32::MAX)
+                })
+                // Kept past their TTL like attributes, to stand in while the master
+                // is away.
+                .time_to_live(longest.max(STALE_KEEP))
+                .build(),
+            listing_fetches: Mutex::new(HashMap::new()),
+            invalidations: AtomicU64::new(0),
+            listing_pages: cfg.lookup_listing_pages,
             stores: Mutex::new(HashMap::new()),
             opening: Mutex::new(HashSet::new()),
             master_away_until: Mutex::new(None),
@@ -213,8 +293,18 @@ impl Catalog {
     pub fn forget_dataset(&self, name: &str) {
         let old = self.by_name.lock().remove(name);
         *self.listing.lock() = None;
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         if let Some((d, _)) = old {
             let id = d.id;
+            let dirs: Vec<Key> = self
+                .listings
+                .iter()
+                .filter(|(k, _)| k.0 == id)
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            for k in dirs {
+                self.listings.invalidate(&k);
+            }
             // Collected first: moka's iterator must not be held while invalidating.
             let keys: Vec<Key> = self
                 .attrs
@@ -233,7 +323,9 @@ impl Catalog {
     pub fn forget_all(&self) {
         self.by_name.lock().clear();
         *self.listing.lock() = None;
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.attrs.invalidate_all();
+        self.listings.invalidate_all();
     }
 
     /// After a NOT_FOUND about `ds`: if the name was not checked for a while, asks the
@@ -286,19 +378,64 @@ impl Catalog {
 
     /// The attributes of `ds/path` if cached and fresh.
     pub fn cached(&self, ds: &Dataset, path: &str) -> Option<Arc<pb::FileEntry>> {
-        let c = self.attrs.get(&(ds.id, path.to_owned()))?;
-        (c.at.elapsed() < self.ttl(ds)).then_some(c.entry)
+        match self.known(ds, path)? {
+            Known::Entry(e) => Some(e),
+            Known::Absent => None,
+        }
     }
 
-    /// The attributes of `ds/path` (a normalised path): cached, or `LookupFile`
-    /// (revalidated against the store on a STRICT dataset).
+    /// What is known of `ds/path` without asking the master: fresh attributes, or a
+    /// fresh listing of its directory that holds it or (read-only, not STRICT) does
+    /// not.
+    pub fn known(&self, ds: &Dataset, path: &str) -> Option<Known> {
+        let ttl = self.ttl(ds);
+        if let Some(c) = self.attrs.get(&(ds.id, path.to_owned()))
+            && c.at.elapsed() < ttl
+        {
+            return Some(Known::Entry(c.entry));
+        }
+        if path.is_empty() || self.listing_pages == 0 || ds.read_write {
+            return None;
+        }
+        let l = self.listings.get(&(ds.id, parent_dir(path).to_owned()))?;
+        if l.at.elapsed() >= ttl {
+            return None;
+        }
+        match l.find(path)? {
+            Some(e) => Some(Known::Entry(e.clone())),
+            None if !ds.strict => Some(Known::Absent),
+            None => None,
+        }
+    }
+
+    /// Expired attributes of `ds/path`, from the attribute cache or an expired listing
+    /// of its directory, to stand in while the master is away.
+    fn expired(&self, ds: &Dataset, path: &str) -> Option<Arc<pb::FileEntry>> {
+        if let Some(c) = self.attrs.get(&(ds.id, path.to_owned())) {
+            return Some(c.entry);
+        }
+        let l = self.listings.get(&(ds.id, parent_dir(path).to_owned()))?;
+        l.find(path).flatten().cloned()
+    }
+
+    /// The attributes of `ds/path` (a normalised path): cached, or from a listing of
+    /// its directory, or `LookupFile` (revalidated against the store on a STRICT
+    /// dataset).
     /// An expired entry of a read-only dataset is used when the master does not answer
     /// in time (see the module docs).
     pub async fn entry(&self, ds: &Dataset, path: &str) -> Result<Arc<pb::FileEntry>> {
-        let stale = match self.attrs.get(&(ds.id, path.to_owned())) {
-            Some(c) if c.at.elapsed() < self.ttl(ds) => return Ok(c.entry),
-            Some(c) if !ds.read_write && !ds.strict => c.entry,
-            _ => return self.fetch_entry(ds, path, ds.strict).await,
+        match self.known(ds, path) {
+            Some(Known::Entry(e)) => return Ok(e),
+            Some(Known::Absent) => return Err(absent(ds, path)),
+            None => {}
+        }
+        let stale = if !ds.read_write && !ds.strict {
+            self.expired(ds, path)
+        } else {
+            None
+        };
+        let Some(stale) = stale else {
+            return self.fetch_known(ds, path, ds.strict).await;
         };
         let away = self
             .master_away_until
@@ -308,7 +445,7 @@ impl Catalog {
             metrics::counter!("shoal_client_stale_attrs_total").increment(1);
             return Ok(stale);
         }
-        match tokio::time::timeout(STALE_GRACE, self.fetch_entry(ds, path, false)).await {
+        match tokio::time::timeout(STALE_GRACE, self.fetch_known(ds, path, false)).await {
             Ok(Ok(e)) => {
                 *self.master_away_until.lock() = None;
                 Ok(e)
@@ -325,6 +462,101 @@ impl Catalog {
                 Ok(stale)
             }
         }
+    }
+
+    /// `ds/path` from the master: from a listing of its directory when this client
+    /// takes them (see the module docs), else (or for a name the listing cannot
+    /// answer) with `LookupFile`.
+    async fn fetch_known(
+        &self,
+        ds: &Dataset,
+        path: &str,
+        revalidate: bool,
+    ) -> Result<Arc<pb::FileEntry>> {
+        if self.listing_pages > 0 && !ds.read_write && !path.is_empty() {
+            match self.fetch_listing(ds, parent_dir(path)).await {
+                Ok(()) => match self.known(ds, path) {
+                    Some(Known::Entry(e)) => return Ok(e),
+                    Some(Known::Absent) => return Err(absent(ds, path)),
+                    None => {}
+                },
+                // The same master would not answer the lookup either.
+                Err(e) if master_did_not_answer(&e) => return Err(e),
+                // Not a directory, or gone: the lookup says what is wrong.
+                Err(e) => tracing::debug!(dataset = %ds.name, path, error = %e,
+                    "listing the directory for a lookup failed; looking the name up"),
+            }
+        }
+        self.fetch_entry(ds, path, revalidate).await
+    }
+
+    /// Lists `ds/dir` into [`Self::listings`] unless a fresh listing is there; one
+    /// fetch per directory at a time.
+    async fn fetch_listing(&self, ds: &Dataset, dir: &str) -> Result<()> {
+        let key = (ds.id, dir.to_owned());
+        let gate = self
+            .listing_fetches
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let r = {
+            let _turn = gate.lock().await;
+            let fresh = self
+                .listings
+                .get(&key)
+                .is_some_and(|l| l.at.elapsed() < self.ttl(ds));
+            if fresh {
+                Ok(())
+            } else {
+                self.list_whole(ds, &key).await
+            }
+        };
+        let mut fetches = self.listing_fetches.lock();
+        // Later lookups find the listing (or fetch again after an error) by themselves.
+        if fetches.get(&key).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            fetches.remove(&key);
+        }
+        r
+    }
+
+    async fn list_whole(&self, ds: &Dataset, key: &Key) -> Result<()> {
+        // Taken before the first page: the listing is no newer than this.
+        let at = Instant::now();
+        let seen = self.invalidations.load(Ordering::Acquire);
+        let mut entries: Vec<Arc<pb::FileEntry>> = Vec::new();
+        let mut until = None;
+        for page in 0..self.listing_pages {
+            let cursor = entries
+                .last()
+                .map(|e| e.path.rsplit('/').next().unwrap_or(&e.path).to_owned())
+                .unwrap_or_default();
+            let r = self
+                .rpc(
+                    "ListDirectory",
+                    self.master().list_directory(pb::ListDirectoryRequest {
+                        dataset: ds.name.to_string(),
+                        path: key.1.clone(),
+                        start_after: cursor,
+                        limit: LISTING_PAGE,
+                        dataset_id: ds.id.0,
+                    }),
+                )
+                .await?;
+            entries.extend(r.entries.into_iter().map(Arc::new));
+            if !r.truncated {
+                break;
+            }
+            if page + 1 == self.listing_pages {
+                until = entries.last().map(|e| e.path.clone());
+            }
+        }
+        metrics::counter!("shoal_client_lookup_listings_total").increment(1);
+        if self.invalidations.load(Ordering::Acquire) == seen {
+            self.listings
+                .insert(key.clone(), Arc::new(Listing { at, entries, until }));
+        }
+        Ok(())
     }
 
     /// The attributes of `ds/path` as the store has them now: the master stats the
@@ -354,11 +586,32 @@ impl Catalog {
             Ok(e) => Ok(self.put(ds, e)),
             Err(e) => {
                 if e.is(shoal_common::ErrorKind::NotFound) {
-                    self.invalidate(ds, path);
+                    self.attrs.invalidate(&(ds.id, path.to_owned()));
+                    self.drop_listing_unless(ds, path, None);
                     self.recheck(ds).await;
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Drops the listing of `path`'s directory when it does not say what the master
+    /// just did (`now`). A listing that agrees is kept: a STRICT dataset's lookups of
+    /// absent names would otherwise list the directory again each time.
+    fn drop_listing_unless(&self, ds: &Dataset, path: &str, now: Option<&pb::FileEntry>) {
+        let key = (ds.id, parent_dir(path).to_owned());
+        let Some(l) = self.listings.get(&key) else {
+            return;
+        };
+        let agrees = match (l.find(path), now) {
+            (None, _) => true,
+            (Some(None), None) => true,
+            (Some(Some(a)), Some(b)) => **a == *b,
+            _ => false,
+        };
+        if !agrees {
+            self.invalidations.fetch_add(1, Ordering::AcqRel);
+            self.listings.invalidate(&key);
         }
     }
 
@@ -392,12 +645,22 @@ impl Catalog {
                 return Err(e);
             }
         };
-        let entries = page.entries.into_iter().map(|e| self.put(ds, e)).collect();
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|e| self.put_attr(ds, e))
+            .collect();
         Ok((entries, page.truncated))
     }
 
-    /// Caches `e` as the current attributes of its path.
+    /// Caches `e` as the current attributes of its path (and drops a listing of its
+    /// directory that says otherwise).
     pub fn put(&self, ds: &Dataset, e: pb::FileEntry) -> Arc<pb::FileEntry> {
+        self.drop_listing_unless(ds, &e.path, Some(&e));
+        self.put_attr(ds, e)
+    }
+
+    fn put_attr(&self, ds: &Dataset, e: pb::FileEntry) -> Arc<pb::FileEntry> {
         let e = Arc::new(e);
         self.attrs.insert(
             (ds.id, e.path.clone()),
@@ -411,7 +674,13 @@ impl Catalog {
 
     /// Drops what is cached about `ds/path` (after this client changed it).
     pub fn invalidate(&self, ds: &Dataset, path: &str) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.attrs.invalidate(&(ds.id, path.to_owned()));
+        // The directory's listing holds the path, or holds that it is absent; the
+        // path's own listing, if it was a directory, may be gone with it.
+        self.listings
+            .invalidate(&(ds.id, parent_dir(path).to_owned()));
+        self.listings.invalidate(&(ds.id, path.to_owned()));
     }
 
     /// The dataset's store, opened once per dataset id with the credentials the master
@@ -476,6 +745,14 @@ impl Catalog {
     }
 }
 
+/// A name a fresh listing of its directory does not hold.
+fn absent(ds: &Dataset, path: &str) -> Error {
+    Error::not_found(format!(
+        "`{}/{path}` not found; if it was added to the store recently, run `shoal dataset refresh {}`",
+        ds.name, ds.name
+    ))
+}
+
 /// Whether `e` says the master gave no answer (unreachable, too slow, the connection
 /// broke, overloaded) rather than an answer (not found, not allowed, bad request):
 /// only then may an expired entry stand in for it. A broken HTTP/2 connection surfaces
@@ -486,4 +763,38 @@ fn master_did_not_answer(e: &Error) -> bool {
         e.kind(),
         K::Unavailable | K::DeadlineExceeded | K::Cancelled | K::Internal | K::ResourceExhausted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(paths: &[&str], until: Option<&str>) -> Listing {
+        Listing {
+            at: Instant::now(),
+            entries: paths
+                .iter()
+                .map(|p| {
+                    Arc::new(pb::FileEntry {
+                        path: (*p).to_owned(),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            until: until.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_listing_answers_names_up_to_where_it_stopped() {
+        let l = listing(&["d/a", "d/b.txt", "d/c"], Some("d/c"));
+        assert_eq!(l.find("d/b.txt").flatten().unwrap().path, "d/b.txt");
+        assert!(matches!(l.find("d/b"), Some(None)), "absent: sorts inside");
+        assert!(matches!(l.find("d/0"), Some(None)), "absent: sorts before");
+        assert!(l.find("d/d").is_none(), "after the last page: unknown");
+        let whole = listing(&["d/a"], None);
+        assert!(matches!(whole.find("d/z"), Some(None)));
+        assert_eq!(parent_dir("d/e/f"), "d/e");
+        assert_eq!(parent_dir("f"), "");
+    }
 }

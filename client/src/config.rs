@@ -43,6 +43,11 @@ pub struct ClientConfig {
     pub attr_ttl_read_only: Duration,
     /// How long file attributes of a read-write dataset are cached.
     pub attr_ttl_read_write: Duration,
+    /// Pages of a read-only dataset's directory ([`crate::LISTING_PAGE`]
+    /// entries each) fetched on the first lookup of a name in it, so the lookups that
+    /// follow are answered without the master (see `Catalog`'s docs). 0 (the default)
+    /// looks every name up on its own, which suits one-off readers such as `shoal cat`.
+    pub lookup_listing_pages: usize,
     /// How often the worker set is fetched again, in the background (a read always
     /// uses the last set fetched and never waits for the master).
     pub worker_set_ttl: Duration,
@@ -80,6 +85,7 @@ impl ClientConfig {
             breaker_cooldown: Duration::from_secs(5),
             attr_ttl_read_only: Duration::from_secs(2),
             attr_ttl_read_write: Duration::from_secs(2),
+            lookup_listing_pages: 0,
             worker_set_ttl: Duration::from_secs(5),
             replicas: 2,
             short_circuit: true,

@@ -36,6 +36,12 @@ pub struct MountConfig {
     pub rw_attr_ttl: Duration,
     /// Entry TTL for read-write datasets (default 1 s).
     pub rw_entry_ttl: Duration,
+    /// Pages of 5000 entries of a read-only dataset's directory fetched, with their
+    /// attributes, on the first lookup of a name in it; later lookups in it (of
+    /// present and absent names) are answered without the master. Names sorting after
+    /// the last page are looked up one by one. 0 looks every name up on its own
+    /// (default 4: directories up to 20,000 entries are listed whole).
+    pub lookup_listing_pages: usize,
     /// FUSE request loops, each on its own cloned `/dev/fuse` descriptor (default 4).
     pub threads: usize,
     /// Largest read request the kernel sends (default 1 MiB, the kernel's limit with
@@ -109,6 +115,7 @@ impl MountConfig {
             ro_entry_ttl: DEFAULT_RO_TTL,
             rw_attr_ttl: DEFAULT_RW_TTL,
             rw_entry_ttl: DEFAULT_RW_TTL,
+            lookup_listing_pages: 4,
             threads: 4,
             max_read: 1 << 20,
             read_ahead_kb: 1024,

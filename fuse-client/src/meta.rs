@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use shoal_client::{Catalog, Dataset, ShoalClient};
+use shoal_client::{Catalog, Dataset, Known, ShoalClient};
 
 use crate::fs::Spool;
 use shoal_common::{Error, Result};
@@ -141,6 +141,16 @@ impl Metadata {
         self.catalog().cached(&ds, path)
     }
 
+    /// What is known of `dataset/path` without asking the master (pending, cached
+    /// attributes, or a listing of its directory; see `Catalog::known`).
+    pub fn known(&self, dataset: &Arc<str>, path: &str) -> Option<Known> {
+        if let Some(p) = self.pending(dataset, path) {
+            return Some(Known::Entry(Arc::new(pending_entry(path, &p))));
+        }
+        let ds = self.dataset_cached(dataset)?;
+        self.catalog().known(&ds, path)
+    }
+
     /// The attributes of `dataset/path`: pending, cached, or `LookupFile`.
     pub async fn entry(&self, dataset: &Arc<str>, path: &str) -> Result<Arc<pb::FileEntry>> {
         if let Some(p) = self.pending(dataset, path) {
@@ -226,10 +236,12 @@ impl Metadata {
 
     /// The file `dataset/path` this mount is writing, if any.
     pub fn pending(&self, dataset: &Arc<str>, path: &str) -> Option<Arc<PendingFile>> {
-        self.pending
-            .lock()
-            .get(&(dataset.clone(), path.to_owned()))
-            .cloned()
+        let pending = self.pending.lock();
+        // Every lookup asks: spare it the key's allocation when nothing is written.
+        if pending.is_empty() {
+            return None;
+        }
+        pending.get(&(dataset.clone(), path.to_owned())).cloned()
     }
 
     /// Starts showing `dataset/path` as being written, spooled to `spool`.

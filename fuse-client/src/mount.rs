@@ -56,6 +56,7 @@ pub async fn mount(mut cfg: MountConfig) -> Result<RunningMount> {
     ccfg.tls = cfg.tls.clone();
     ccfg.attr_ttl_read_only = cfg.ro_attr_ttl;
     ccfg.attr_ttl_read_write = cfg.rw_attr_ttl;
+    ccfg.lookup_listing_pages = cfg.lookup_listing_pages;
     let client = ShoalClient::connect(ccfg).await?;
     let meta = Metadata::new(client.clone(), cfg.dataset.clone());
     let datasets = meta.datasets().await.map_err(|e| match (&cfg.dataset, e) {

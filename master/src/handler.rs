@@ -28,6 +28,12 @@ fn cluster_itself<T>(r: &Request<T>, what: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Counts one call of `method` (an RPC name of `MasterService`), so that callers'
+/// metadata traffic can be measured per method.
+fn count(method: &'static str) {
+    metrics::counter!("shoal_master_rpc_requests_total", "method" => method).increment(1);
+}
+
 #[derive(Clone)]
 pub struct MasterRpc {
     pub state: Arc<MasterState>,
@@ -55,12 +61,14 @@ impl MasterRpc {
 #[tonic::async_trait]
 impl MasterService for MasterRpc {
     async fn create_dataset(&self, r: Request<CreateDatasetRequest>) -> Resp<Dataset> {
+        count("CreateDataset");
         identity(&r)?.require_admin("CreateDataset")?;
         dataset::create(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn get_dataset(&self, r: Request<GetDatasetRequest>) -> Resp<Dataset> {
+        count("GetDataset");
         self.dataset(&identity(&r)?, &r.get_ref().name, Need::Read)
             .await?;
         dataset::get(&self.state, r.into_inner())
@@ -68,6 +76,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn list_datasets(&self, r: Request<ListDatasetsRequest>) -> Resp<ListDatasetsResponse> {
+        count("ListDatasets");
         let readable = self.state.access.readable(&identity(&r)?).await?;
         dataset::list(&self.state, r.into_inner(), readable.as_ref())
             .await
@@ -77,12 +86,14 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<DeleteDatasetRequest>,
     ) -> Resp<DeleteDatasetResponse> {
+        count("DeleteDataset");
         identity(&r)?.require_admin("DeleteDataset")?;
         dataset::delete(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn refresh_dataset(&self, r: Request<RefreshDatasetRequest>) -> Resp<Dataset> {
+        count("RefreshDataset");
         identity(&r)?.refuse_job("RefreshDataset")?;
         self.dataset(&identity(&r)?, &r.get_ref().name, Need::Read)
             .await?;
@@ -92,6 +103,7 @@ impl MasterService for MasterRpc {
     }
 
     async fn update_dataset(&self, r: Request<UpdateDatasetRequest>) -> Resp<Dataset> {
+        count("UpdateDataset");
         identity(&r)?.require_admin("UpdateDataset")?;
         dataset::update(&self.state, r.into_inner())
             .await
@@ -99,6 +111,7 @@ impl MasterService for MasterRpc {
     }
 
     async fn lookup_file(&self, r: Request<LookupFileRequest>) -> Resp<FileEntry> {
+        count("LookupFile");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Read)
             .await?;
         file::lookup(&self.state, r.into_inner())
@@ -109,6 +122,7 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<ListDirectoryRequest>,
     ) -> Resp<ListDirectoryResponse> {
+        count("ListDirectory");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Read)
             .await?;
         file::list_directory(&self.state, r.into_inner())
@@ -116,6 +130,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn get_dataset_access(&self, r: Request<GetDatasetAccessRequest>) -> Resp<DatasetAccess> {
+        count("GetDatasetAccess");
         let who = identity(&r)?;
         if who.is_job() {
             // The job's mount daemon reads through to the store and uploads with these;
@@ -136,6 +151,7 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<WatchChangesRequest>,
     ) -> Resp<Self::WatchChangesStream> {
+        count("WatchChanges");
         let who = identity(&r)?;
         let s = self.state.catalog.changes().subscribe();
         if let Identity::Job { grants, .. } = who {
@@ -153,6 +169,7 @@ impl MasterService for MasterRpc {
     }
 
     async fn commit_file(&self, r: Request<CommitFileRequest>) -> Resp<FileEntry> {
+        count("CommitFile");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
             .await?;
         namespace::commit(&self.state, r.into_inner())
@@ -160,6 +177,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn remove_path(&self, r: Request<RemovePathRequest>) -> Resp<RemovePathResponse> {
+        count("RemovePath");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
             .await?;
         namespace::remove(&self.state, r.into_inner())
@@ -167,6 +185,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn make_directory(&self, r: Request<MakeDirectoryRequest>) -> Resp<FileEntry> {
+        count("MakeDirectory");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
             .await?;
         namespace::mkdir(&self.state, r.into_inner())
@@ -174,6 +193,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn rename_file(&self, r: Request<RenameFileRequest>) -> Resp<FileEntry> {
+        count("RenameFile");
         self.dataset(&identity(&r)?, &r.get_ref().dataset, Need::Write)
             .await?;
         namespace::rename(&self.state, r.into_inner())
@@ -185,22 +205,26 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<RegisterWorkerRequest>,
     ) -> Resp<RegisterWorkerResponse> {
+        count("RegisterWorker");
         identity(&r)?.require_cluster("RegisterWorker")?;
         worker::register(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Resp<HeartbeatResponse> {
+        count("Heartbeat");
         identity(&r)?.require_cluster("Heartbeat")?;
         worker::heartbeat(&self.state, r.into_inner()).map(Response::new)
     }
     async fn leave_worker(&self, r: Request<LeaveWorkerRequest>) -> Resp<LeaveWorkerResponse> {
+        count("LeaveWorker");
         identity(&r)?.require_cluster("LeaveWorker")?;
         worker::leave(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn get_worker_set(&self, r: Request<GetWorkerSetRequest>) -> Resp<WorkerSet> {
+        count("GetWorkerSet");
         let who = identity(&r)?;
         // A job's mount needs the placement to read from workers; the workers check
         // the job's scope themselves.
@@ -211,6 +235,7 @@ impl MasterService for MasterRpc {
     }
 
     async fn start_load(&self, r: Request<StartLoadRequest>) -> Resp<LoadJob> {
+        count("StartLoad");
         let who = identity(&r)?;
         who.refuse_job("StartLoad")?;
         self.dataset(&who, &r.get_ref().dataset, Need::Read).await?;
@@ -219,6 +244,7 @@ impl MasterService for MasterRpc {
             .map(Response::new)
     }
     async fn get_load(&self, r: Request<GetLoadRequest>) -> Resp<LoadJob> {
+        count("GetLoad");
         self.own_load(&identity(&r)?, &r.get_ref().id).await?;
         load::get(&self.state, r.into_inner())
             .await
@@ -226,12 +252,14 @@ impl MasterService for MasterRpc {
     }
     type WatchLoadStream = Pin<Box<dyn Stream<Item = Result<LoadJob, Status>> + Send + 'static>>;
     async fn watch_load(&self, r: Request<GetLoadRequest>) -> Resp<Self::WatchLoadStream> {
+        count("WatchLoad");
         self.own_load(&identity(&r)?, &r.get_ref().id).await?;
         load::watch(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn list_loads(&self, r: Request<ListLoadsRequest>) -> Resp<ListLoadsResponse> {
+        count("ListLoads");
         let who = identity(&r)?;
         who.refuse_job("ListLoads")?;
         let mut resp = load::list(&self.state, r.into_inner()).await?;
@@ -242,6 +270,7 @@ impl MasterService for MasterRpc {
         Ok(Response::new(resp))
     }
     async fn cancel_load(&self, r: Request<CancelLoadRequest>) -> Resp<LoadJob> {
+        count("CancelLoad");
         self.own_load(&identity(&r)?, &r.get_ref().id).await?;
         load::cancel(&self.state, r.into_inner())
             .await
@@ -249,22 +278,26 @@ impl MasterService for MasterRpc {
     }
 
     async fn create_token(&self, r: Request<CreateTokenRequest>) -> Resp<CreateTokenResponse> {
+        count("CreateToken");
         identity(&r)?.require_admin("CreateToken")?;
         access::create_token(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn list_tokens(&self, r: Request<ListTokensRequest>) -> Resp<ListTokensResponse> {
+        count("ListTokens");
         identity(&r)?.require_admin("ListTokens")?;
         access::list_tokens(&self.state).await.map(Response::new)
     }
     async fn revoke_token(&self, r: Request<RevokeTokenRequest>) -> Resp<TokenInfo> {
+        count("RevokeToken");
         identity(&r)?.require_admin("RevokeToken")?;
         access::revoke_token(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn verify_token(&self, r: Request<VerifyTokenRequest>) -> Resp<VerifyTokenResponse> {
+        count("VerifyToken");
         if identity(&r)? != Identity::Cluster {
             return Err(shoal_common::Error::permission_denied(
                 "VerifyToken is for cluster members (the runner and workers)",
@@ -279,6 +312,7 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<IssueJobCredentialRequest>,
     ) -> Resp<JobCredential> {
+        count("IssueJobCredential");
         cluster_itself(&r, "IssueJobCredential")?;
         access::issue_job(&self.state, r.into_inner())
             .await
@@ -288,6 +322,7 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<RenewJobCredentialRequest>,
     ) -> Resp<JobCredential> {
+        count("RenewJobCredential");
         cluster_itself(&r, "RenewJobCredential")?;
         access::renew_job(&self.state, r.into_inner())
             .await
@@ -297,12 +332,14 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<RevokeJobCredentialRequest>,
     ) -> Resp<JobCredential> {
+        count("RevokeJobCredential");
         cluster_itself(&r, "RevokeJobCredential")?;
         access::revoke_job(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn grant_dataset(&self, r: Request<GrantDatasetRequest>) -> Resp<DatasetGrants> {
+        count("GrantDataset");
         identity(&r)?.require_admin("GrantDataset")?;
         access::grant(&self.state, r.into_inner())
             .await
@@ -312,6 +349,7 @@ impl MasterService for MasterRpc {
         &self,
         r: Request<RevokeDatasetGrantRequest>,
     ) -> Resp<DatasetGrants> {
+        count("RevokeDatasetGrant");
         identity(&r)?.require_admin("RevokeDatasetGrant")?;
         access::revoke_grant(&self.state, r.into_inner())
             .await

@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, INodeNo, ReplyAttr, ReplyEmpty, ReplyEntry, ReplyStatfs,
 };
+use shoal_client::Known;
 use shoal_common::ErrorKind;
 
 use super::{Fs, GENERATION, Handle, component};
@@ -68,14 +69,29 @@ fn lookup_cached(fs: &Fs, key: &NodeKey) -> Option<Result<Found, Errno>> {
         return Some(Ok(found_dir(fs, key, &info)));
     }
     let info = fs.meta.dataset_cached(ds)?;
-    let e = fs.meta.cached(ds, &key.path)?;
-    let ino = fs.inodes.lookup_entry(key, e.is_dir, Some(&e));
     let (attr_ttl, entry_ttl) = fs.ttls(Some(&info));
+    let e = match fs.meta.known(ds, &key.path)? {
+        Known::Entry(e) => e,
+        // Only read-only datasets' listings answer absent names (`Catalog::known`).
+        Known::Absent => return Some(Ok(negative(fs, attr_ttl, entry_ttl))),
+    };
+    let ino = fs.inodes.lookup_entry(key, e.is_dir, Some(&e));
     Some(Ok(Found {
         attr: fs.entry_attr(ino, &e, info.read_write),
         attr_ttl,
         entry_ttl,
     }))
+}
+
+/// A negative entry: the kernel remembers the absence for the entry TTL.
+fn negative(fs: &Fs, attr_ttl: Duration, entry_ttl: Duration) -> Found {
+    let mut attr = fs.dir_attr(0, false, UNIX_EPOCH);
+    attr.ino = INodeNo(0);
+    Found {
+        attr,
+        attr_ttl,
+        entry_ttl,
+    }
 }
 
 fn found_dir(fs: &Fs, key: &NodeKey, info: &shoal_client::Dataset) -> Found {
@@ -110,15 +126,9 @@ async fn lookup_remote(fs: &Fs, key: &NodeKey) -> Result<Found, Errno> {
                 entry_ttl,
             })
         }
-        Err(e) if e.is(ErrorKind::NotFound) && !info.read_write => {
-            // A negative entry: the kernel remembers the absence for the entry TTL.
-            let mut attr = fs.dir_attr(0, false, UNIX_EPOCH);
-            attr.ino = INodeNo(0);
-            Ok(Found {
-                attr,
-                attr_ttl,
-                entry_ttl,
-            })
+        // A STRICT dataset's next lookup asks the store again: no negative entry.
+        Err(e) if e.is(ErrorKind::NotFound) && !info.read_write && !info.strict => {
+            Ok(negative(fs, attr_ttl, entry_ttl))
         }
         Err(e) if e.is(ErrorKind::NotFound) => Err(Errno::ENOENT),
         Err(e) => Err(fs.fail(Op::Lookup, key, &e)),

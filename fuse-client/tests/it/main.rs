@@ -9,6 +9,7 @@ mod failed_upload;
 mod failover;
 mod freshness;
 mod lifecycle;
+mod lookups;
 mod pending;
 mod read;
 mod scrub;
