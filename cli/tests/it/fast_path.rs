@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shoal_telemetry::sample;
-use shoal_testkit::{TestProcess, scrape, temp_dir, wait_for, wait_until};
+use shoal_testkit::{TestProcess, scrape, temp_dir, wait_until};
 
 use crate::support::SHOAL;
 
@@ -66,21 +66,7 @@ async fn a_job_reads_a_prewarmed_dataset_from_the_local_tier_without_the_data_pl
         .env_remove("SHOAL_NODE")
         .env("SHOAL_MOUNT_METRICS_LISTEN", metrics.to_string());
     let mut up = TestProcess::spawn("shoal up", cmd).unwrap();
-    let (master, runner) = wait_for(Duration::from_secs(60), "shoal up to start", || {
-        let log = up.log_contents();
-        let running = up.is_running();
-        async move {
-            assert!(running, "shoal up exited:\n{log}");
-            let addr = |role: &str| {
-                log.lines()
-                    .find_map(|l| l.trim_start().strip_prefix(role))
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_owned)
-            };
-            Some((addr("master ")?, addr("runner ")?))
-        }
-    })
-    .await;
+    let (master, runner) = crate::support::wait_for_up(&mut up).await;
     let admin = std::fs::read_to_string(state.join("master/admin.token")).unwrap();
     let admin = admin.trim().to_owned();
     let as_admin = [("SHOAL_MASTER", master.as_str()), ("SHOAL_TOKEN", &admin)];

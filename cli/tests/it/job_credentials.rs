@@ -103,21 +103,7 @@ async fn a_job_sees_only_its_datasets_through_its_own_mount_and_credential() {
         .arg(&state)
         .env_remove("SHOAL_CONFIG");
     let mut up = TestProcess::spawn("shoal up", cmd).unwrap();
-    let (master, runner) = wait_for(Duration::from_secs(60), "shoal up to start", || {
-        let log = up.log_contents();
-        let running = up.is_running();
-        async move {
-            assert!(running, "shoal up exited:\n{log}");
-            let addr = |role: &str| {
-                log.lines()
-                    .find_map(|l| l.trim_start().strip_prefix(role))
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_owned)
-            };
-            Some((addr("master ")?, addr("runner ")?))
-        }
-    })
-    .await;
+    let (master, runner) = crate::support::wait_for_up(&mut up).await;
     let admin = std::fs::read_to_string(state.join("master/admin.token")).unwrap();
     let admin = admin.trim().to_owned();
     let as_admin = |args: &[&str]| {

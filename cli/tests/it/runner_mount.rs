@@ -84,21 +84,7 @@ async fn instances_read_datasets_through_the_runners_mount_which_survives_a_cras
         cmd.arg("--option").arg(format!("{k}={v}"));
     }
     let mut up = TestProcess::spawn("shoal up", cmd).unwrap();
-    let (master, runner) = wait_for(Duration::from_secs(60), "shoal up to start", || {
-        let log = up.log_contents();
-        let running = up.is_running();
-        async move {
-            assert!(running, "shoal up exited:\n{log}");
-            let addr = |role: &str| {
-                log.lines()
-                    .find_map(|l| l.trim_start().strip_prefix(role))
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_owned)
-            };
-            Some((addr("master ")?, addr("runner ")?))
-        }
-    })
-    .await;
+    let (master, runner) = crate::support::wait_for_up(&mut up).await;
     let _ = master;
     // `shoal up` wrote its admin token on first start, mode 0600.
     let token = std::fs::read_to_string(dir.path().join("state/master/admin.token")).unwrap();

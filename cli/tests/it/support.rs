@@ -178,3 +178,23 @@ pub fn shoal_as(master: &str, token: Option<&str>, env: &[(&str, &str)], args: &
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// The master and runner addresses a starting `shoal up` prints, once it has printed
+/// both (fails the test if it exits first).
+pub async fn wait_for_up(up: &mut TestProcess) -> (String, String) {
+    wait_for(Duration::from_secs(60), "shoal up to start", || {
+        let log = up.log_contents();
+        let running = up.is_running();
+        async move {
+            assert!(running, "shoal up exited:\n{log}");
+            let addr = |role: &str| {
+                log.lines()
+                    .find_map(|l| l.trim_start().strip_prefix(role))
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            Some((addr("master ")?, addr("runner ")?))
+        }
+    })
+    .await
+}
