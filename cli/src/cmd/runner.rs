@@ -18,6 +18,9 @@ pub enum ExecutorArg {
     Local,
     /// Run nothing; every instance succeeds at once (scheduler benchmarks).
     Noop,
+    /// Each instance as a Pod with a FUSE sidecar (`SHOAL_K8S_*` options,
+    /// docs/deploy.md §5). Needs a shoal built with the `kubernetes` feature (the default).
+    Kubernetes,
 }
 
 #[derive(Args)]
@@ -300,6 +303,20 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     cfg.executor = match executor {
         Some(ExecutorArg::Noop) => ExecutorKind::Noop,
         Some(ExecutorArg::Local) | None => ExecutorKind::Local,
+        Some(ExecutorArg::Kubernetes) => {
+            // Refused here rather than at connect, so `--check` and a plain start
+            // both say it before anything binds.
+            if !cfg!(feature = "kubernetes") {
+                anyhow::bail!(
+                    "this shoal was built without the kubernetes executor: rebuild it with \
+                     `cargo build --release -p shoal-cli` (the feature is on by default; \
+                     do not pass --no-default-features) or use the image from deploy/Containerfile"
+                );
+            }
+            cfg.kubernetes = shoal_job_runner::executor::kubernetes::KubernetesConfig::from_env()
+                .context("the kubernetes executor's SHOAL_K8S_* options")?;
+            ExecutorKind::Kubernetes
+        }
     };
     if let Some(n) = name {
         cfg.name = n;
