@@ -46,7 +46,10 @@ pub struct RunnerArgs {
     #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     cluster_token_file: Option<PathBuf>,
     /// An executor node and its capacity, NAME=CPU,MEMORY (e.g. node-1=8,16GiB).
-    /// Repeatable [default: this machine with all its CPUs and memory].
+    /// Repeatable [default: this machine with all its CPUs and memory]. With the
+    /// local executor these are simulated nodes of this one host: every instance runs
+    /// on the runner's own machine, whatever node it is placed on (no multi-host
+    /// execution). With the kubernetes executor they name Kubernetes nodes.
     #[arg(long = "node", value_name = "NAME=CPU,MEMORY")]
     nodes: Vec<String>,
     /// Quota of every owner without its own: instances=N,cpu=CORES,memory=SIZE (any
@@ -100,6 +103,8 @@ pub struct RunnerArgs {
     /// it while the job runs, revoked when it ends) [default: 1h].
     #[arg(long, env = "SHOAL_RUNNER_JOB_CREDENTIAL_TTL", value_name = "DURATION", value_parser = parse_duration)]
     job_credential_ttl: Option<Duration>,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 /// A parsed `--retain-finished`: `None` keeps forever. A type of its own because clap
@@ -207,7 +212,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         retain_finished,
         sandbox,
         job_credential_ttl,
+        check,
     } = a;
+    let launch = check.launch();
     let data_dir = pick(
         data_dir,
         f.data_dir.as_ref().map(PathBuf::from),
@@ -236,7 +243,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.cluster_token = token;
         cfg.cluster_token_file = Some(std::path::absolute(&path)?);
     }
-    if cfg.master.is_none() {
+    if cfg.master.is_none() && launch == super::Launch::Start {
         // Without a master nothing can verify owner tokens, so a standalone runner
         // issues its own admin token on first start, as a master does.
         let path = cfg.data_dir.join("admin.token");
@@ -348,7 +355,32 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     Ok(cfg)
 }
 
+/// `--check`: the config a start would build, its files and addresses; nothing binds
+/// and neither the master nor the Kubernetes API is contacted.
+fn check(ctx: &Context, a: RunnerArgs) -> anyhow::Result<String> {
+    let cfg = config(ctx, a)?;
+    let metrics = cfg.metrics_listen.as_deref().unwrap_or_default();
+    super::check_files_and_addrs(&cfg.tls, &[&cfg.listen, metrics])?;
+    if let Some(m) = &cfg.master {
+        cfg.tls.endpoint(m).context("--master")?;
+    }
+    let executor = match cfg.executor {
+        ExecutorKind::Local => "local",
+        ExecutorKind::Noop => "noop",
+        ExecutorKind::Kubernetes => "kubernetes",
+    };
+    Ok(format!(
+        "shoal runner on {} with the {executor} executor, {} node(s), master {}",
+        cfg.listen,
+        cfg.nodes.len(),
+        cfg.master.as_deref().unwrap_or("none (standalone)")
+    ))
+}
+
 pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
+    if a.check.check {
+        return Ok(super::check_report(check(ctx, a)));
+    }
     shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
     let nodes: Vec<String> = cfg
