@@ -1,5 +1,6 @@
-//! Every `shoal` server command line the Kubernetes manifests ship (base and both
-//! overlays rendered with `kubectl kustomize`, and `deploy/kubernetes/examples/**`)
+//! Every `shoal` server command line shoal ships in deploy/ (the Kubernetes base and
+//! both overlays rendered with `kubectl kustomize`, `deploy/kubernetes/examples/**`,
+//! and `deploy/compose.yaml`)
 //! is run through the built binary with `--check`, in the environment and with the
 //! files its container would have, so a flag the binary does not know or a value it
 //! refuses fails here instead of crash-looping a Pod. The deliberately broken command
@@ -273,6 +274,74 @@ fn check(inv: &Invocation) -> Result<String, String> {
     }
 }
 
+/// `${VAR:-default}` as Compose expands it with VAR unset.
+fn compose_default(v: &str) -> String {
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').map_or(rest.len(), |e| i + e);
+        let inner = &rest[i + 2..end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, d)| d));
+        rest = rest.get(end + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The server command lines of deploy/compose.yaml: each service's `command`, its
+/// `environment` (defaults of `${VAR:-default}`), its volume and tmpfs targets moved
+/// under a temp root, and a stand-in token for every `*_TOKEN_FILE` (the master
+/// writes the real one into the shared volume on first start).
+fn compose_invocations() -> Vec<Invocation> {
+    let text = std::fs::read_to_string(repo().join("deploy/compose.yaml")).unwrap();
+    let doc: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for (name, svc) in doc["services"].as_object().unwrap() {
+        let argv = strings(&svc["command"]);
+        if !argv.first().is_some_and(|s| SERVERS.contains(&s.as_str())) {
+            continue;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let mut mounts: Vec<String> = Vec::new();
+        for v in svc["volumes"].as_array().into_iter().flatten() {
+            let target = match v.as_str() {
+                Some(s) => s.split(':').nth(1).map(str::to_owned),
+                None => v["target"].as_str().map(str::to_owned),
+            };
+            mounts.extend(target);
+        }
+        for t in svc["tmpfs"].as_array().into_iter().flatten() {
+            mounts.extend(
+                t.as_str()
+                    .and_then(|t| t.split(':').next())
+                    .map(str::to_owned),
+            );
+        }
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in &mounts {
+            std::fs::create_dir_all(format!("{}{m}", r.display())).unwrap();
+        }
+        let mut env = Vec::new();
+        for (k, v) in svc["environment"].as_object().into_iter().flatten() {
+            let v = relocate(&compose_default(v.as_str().unwrap_or_default()), &mounts, r);
+            if k.ends_with("_TOKEN_FILE") {
+                stand_in(Path::new(&v), "token");
+            }
+            env.push((k.clone(), v));
+        }
+        let argv = argv.iter().map(|a| relocate_arg(a, &mounts, r)).collect();
+        out.push(Invocation {
+            what: format!("deploy/compose.yaml: {name}"),
+            argv,
+            env,
+            _root: root,
+        });
+    }
+    out
+}
+
 #[test]
 fn shipped_command_lines_pass_check() {
     let k8s = repo().join("deploy/kubernetes");
@@ -295,12 +364,19 @@ fn shipped_command_lines_pass_check() {
         let docs = documents(&std::fs::read_to_string(&f).unwrap());
         all.extend(invocations(&f.display().to_string(), &docs, &base));
     }
+    let compose = compose_invocations();
+    assert!(
+        compose.len() >= 5,
+        "compose: master, 2 workers, client, runner"
+    );
+    all.extend(compose);
     assert!(
         all.iter().any(|i| i.argv[0] == "mount"),
         "the job-pod example's FUSE sidecar (`shoal mount`) was not found"
     );
-    // Three servers in each of base, dev, prod, plus the examples' sidecar and workers.
-    assert!(all.len() >= 11, "{} command lines found", all.len());
+    // Three servers in each of base, dev, prod, the examples' sidecar and workers, and
+    // compose's five.
+    assert!(all.len() >= 16, "{} command lines found", all.len());
     let failures: Vec<String> = all
         .iter()
         .filter_map(|i| {
