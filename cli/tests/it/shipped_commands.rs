@@ -1,6 +1,7 @@
 //! Every `shoal` server command line shoal ships in deploy/ (the Kubernetes base and
 //! both overlays rendered with `kubectl kustomize`, `deploy/kubernetes/examples/**`,
-//! and `deploy/compose.yaml`)
+//! `deploy/compose.yaml`, and the FUSE sidecar of the Pods the Kubernetes executor
+//! renders)
 //! is run through the built binary with `--check`, in the environment and with the
 //! files its container would have, so a flag the binary does not know or a value it
 //! refuses fails here instead of crash-looping a Pod. The deliberately broken command
@@ -342,6 +343,65 @@ fn compose_invocations() -> Vec<Invocation> {
     out
 }
 
+/// The Pod the Kubernetes executor renders for one attempt (the settings of the shipped
+/// runner: mount root `/shoal`; with and without TLS), as a manifest document: its
+/// FUSE sidecar runs `shoal mount ...`.
+fn rendered_pods() -> Vec<Value> {
+    use shoal_job_runner::executor::kubernetes::render::{PodSettings, render_pod};
+    use shoal_job_runner::executor::{AttemptFiles, DatasetView, Launch};
+    let f = |n: &str| PathBuf::from(format!("/var/lib/shoal/runner/{n}"));
+    let launch = Launch {
+        job_id: "job-1".into(),
+        owner: "team-a".into(),
+        task: "train".into(),
+        index: 0,
+        count: 1,
+        attempt: 1,
+        node: "node-1".into(),
+        command: vec!["python3".into(), "fit.py".into()],
+        env: Vec::new(),
+        work_dir: f("work"),
+        files: AttemptFiles {
+            stdout: f("out"),
+            stderr: f("err"),
+            pid_file: f("pid"),
+            exit_file: f("exit"),
+            launch_lock: f("lock"),
+        },
+        links: Vec::new(),
+        input_list: None,
+        resources: Default::default(),
+        datasets: vec![DatasetView {
+            name: "images".into(),
+            path: PathBuf::from("/shoal/images"),
+            write: false,
+        }],
+    };
+    [false, true]
+        .into_iter()
+        .map(|tls_ca| {
+            let settings = PodSettings {
+                namespace: "shoal".into(),
+                runner: "runner".into(),
+                sidecar_image: "registry.example.com/shoal:0.1.0".into(),
+                job_image: "registry.example.com/etl:7".into(),
+                service_account: Some("shoal-job".into()),
+                master: "shoal-master:7700".into(),
+                mount_root: PathBuf::from("/shoal"),
+                node_label: "kubernetes.io/hostname".into(),
+                affinity_weight: 100,
+                worker_cache_path: Some(PathBuf::from("/var/lib/shoal/cache")),
+                tls_ca,
+                image_pull_policy: None,
+                sidecar_cpu_millis: 250,
+                sidecar_memory_bytes: 512 << 20,
+                grace: std::time::Duration::from_secs(10),
+            };
+            serde_json::to_value(render_pod(&settings, &launch).unwrap()).unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn shipped_command_lines_pass_check() {
     let k8s = repo().join("deploy/kubernetes");
@@ -364,6 +424,14 @@ fn shipped_command_lines_pass_check() {
         let docs = documents(&std::fs::read_to_string(&f).unwrap());
         all.extend(invocations(&f.display().to_string(), &docs, &base));
     }
+    let pods = invocations("render.rs", &rendered_pods(), &[]);
+    assert_eq!(pods.len(), 2, "one `shoal mount` sidecar per rendered Pod");
+    assert!(
+        pods[1].argv.iter().any(|a| a == "--ca"),
+        "the TLS Pod's sidecar gets --ca: {:?}",
+        pods[1].argv
+    );
+    all.extend(pods);
     let compose = compose_invocations();
     assert!(
         compose.len() >= 5,
@@ -375,8 +443,8 @@ fn shipped_command_lines_pass_check() {
         "the job-pod example's FUSE sidecar (`shoal mount`) was not found"
     );
     // Three servers in each of base, dev, prod, the examples' sidecar and workers, and
-    // compose's five.
-    assert!(all.len() >= 16, "{} command lines found", all.len());
+    // compose's five, and the two rendered sidecars.
+    assert!(all.len() >= 18, "{} command lines found", all.len());
     let failures: Vec<String> = all
         .iter()
         .filter_map(|i| {
