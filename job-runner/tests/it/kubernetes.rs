@@ -430,10 +430,6 @@ tasks:
     assert_eq!(names.len(), pods.len(), "Pod names are unique");
 }
 
-/// With a real cache cluster: a `by_file` input prewarmed over two workers. Each Pod
-/// prefers the node locality scoring chose (the one holding most of its share), and
-/// gets its share through the annotation + downwardAPI file named by SHOAL_INPUT_LIST.
-
 /// With TLS (the runner has `--ca`), each Pod's FUSE sidecar verifies the master with
 /// that CA: `ca.crt` of the job's Secret (where `JobSecrets` copies the runner's CA,
 /// see executor.rs) is mounted beside the job token and passed as `--ca`.
@@ -506,6 +502,9 @@ tasks:
     assert_eq!(keys, [("job.token", "job.token"), ("ca.crt", "ca.crt")]);
 }
 
+/// With a real cache cluster: a `by_file` input prewarmed over two workers. Each Pod
+/// prefers the node locality scoring chose (the one holding most of its share), and
+/// gets its share through the annotation + downwardAPI file named by SHOAL_INPUT_LIST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_prefer_the_node_locality_chose_and_carry_their_input_share() {
     let c = cluster(2, BlockLayout::new(MIB, 2).unwrap()).start().await;
