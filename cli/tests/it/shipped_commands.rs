@@ -479,3 +479,158 @@ fn broken_command_lines_fail_check() {
         assert!(e.starts_with("exit Some(2)"), "{}: {e}", f.display());
     }
 }
+
+/// The server command lines in the docs' code blocks (README.md, docs/*.md), one per
+/// block line after joining `\` continuations, with these documented substitutions:
+/// a leading `…/shoal` is the binary, `# …` comments and a trailing `&` are dropped,
+/// `MASTER` is `127.0.0.1`, `"$(hostname)"` is `node-1`, every absolute path moves under
+/// a temp root, `...` after a flag is a stand-in of that flag's file, and files named by
+/// `--tls-cert`/`--tls-key` (one matching pair), `--ca`, `--cluster-token-file` and by
+/// `export SHOAL_*_TOKEN_FILE=`/`SHOAL_CA=` earlier in the block are created, as are
+/// the mountpoint of `shoal mount` and the local master's cluster token at its default
+/// place (examples that leave the token out run next to a master).
+fn doc_invocations() -> Vec<Invocation> {
+    let mut files = vec![repo().join("README.md")];
+    for e in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut in_block = false;
+        let mut exports: Vec<(String, String)> = Vec::new();
+        let mut pending = String::new();
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                exports.clear();
+                pending.clear();
+                continue;
+            }
+            if !in_block {
+                continue;
+            }
+            let line = line.split(" #").next().unwrap_or_default().trim();
+            if let Some(l) = line.strip_suffix('\\') {
+                pending.push_str(l);
+                pending.push(' ');
+                continue;
+            }
+            let full = std::mem::take(&mut pending) + line;
+            if let Some(kv) = full.strip_prefix("export ") {
+                if let Some((k, v)) = kv.split_once('=')
+                    && !v.contains("$(")
+                {
+                    exports.push((k.to_owned(), v.to_owned()));
+                }
+                continue;
+            }
+            let words: Vec<String> = full
+                .replace("\"$(hostname)\"", "node-1")
+                .split_whitespace()
+                .filter(|w| *w != "&")
+                .map(|w| w.replace("MASTER:", "127.0.0.1:"))
+                .collect();
+            let is_shoal = words
+                .first()
+                .is_some_and(|w| w == "shoal" || w.ends_with("/shoal"));
+            let sub = words.get(1).map(String::as_str).unwrap_or_default();
+            if !is_shoal || !SERVERS.contains(&sub) || words.get(2).is_some_and(|w| w == "list") {
+                continue;
+            }
+            out.push(doc_invocation(&f, &words[1..], &exports));
+        }
+    }
+    out
+}
+
+fn doc_invocation(f: &Path, words: &[String], exports: &[(String, String)]) -> Invocation {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_owned();
+    let moved = |p: &str| {
+        if p.starts_with('/') {
+            format!("{}{p}", r.display())
+        } else {
+            p.to_owned()
+        }
+    };
+    let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    stand_in(
+        &r.join("home/.local/share/shoal/master/cluster.token"),
+        "token",
+    );
+    let write = |p: &str, body: &str| {
+        std::fs::create_dir_all(Path::new(p).parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    };
+    let mut argv = Vec::new();
+    let mut prev = String::new();
+    for w in words {
+        let v = if w == "..." {
+            moved(&format!("/stand-in/{}", prev.trim_start_matches('-')))
+        } else {
+            moved(w)
+        };
+        match prev.as_str() {
+            "--tls-cert" => write(&v, &pair.cert.pem()),
+            "--tls-key" => write(&v, &pair.signing_key.serialize_pem()),
+            "--ca" => write(&v, &pair.cert.pem()),
+            "--cluster-token-file" => stand_in(Path::new(&v), "token"),
+            _ => {}
+        }
+        prev = w.clone();
+        argv.push(v);
+    }
+    if argv[0] == "mount"
+        && let Some(mp) = argv
+            .iter()
+            .skip(1)
+            .rev()
+            .find(|a| a.starts_with(&*r.to_string_lossy()))
+    {
+        std::fs::create_dir_all(mp).unwrap();
+    }
+    let env = exports
+        .iter()
+        .map(|(k, v)| {
+            let v = moved(v);
+            if k.ends_with("_TOKEN_FILE") {
+                stand_in(Path::new(&v), "token");
+            } else if k == "SHOAL_CA" {
+                write(&v, &pair.cert.pem());
+            }
+            (k.clone(), v)
+        })
+        .collect();
+    Invocation {
+        what: format!("{}: shoal {}", f.display(), words.join(" ")),
+        argv,
+        env,
+        _root: root,
+    }
+}
+
+#[test]
+fn documented_command_lines_pass_check() {
+    let all = doc_invocations();
+    let servers: Vec<&str> = all.iter().map(|i| i.argv[0].as_str()).collect();
+    for s in SERVERS {
+        assert!(
+            servers.contains(s),
+            "no documented `shoal {s}`: {servers:?}"
+        );
+    }
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|i| {
+            check(i)
+                .err()
+                .map(|e| format!("{} ({:?}): {e}", i.what, i.argv))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
