@@ -498,6 +498,17 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_executor_is_selectable_and_needs_a_master() {
+        let c = resolve(FILE, &["--executor", "kubernetes"]).unwrap();
+        assert_eq!(c.executor, ExecutorKind::Kubernetes);
+        let e = resolve("", &["--executor", "kubernetes", "--check"]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs the master's address"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn bad_file_values_say_where() {
         let e = resolve(
             "[runner]\nnodes = [{ name = \"n1\", cpu = \"lots\", memory = \"1GiB\" }]\n",
