@@ -394,6 +394,15 @@ impl RunnerConfig {
         if self.schedule_interval.is_zero() {
             return Err(Error::invalid("schedule interval must be more than 0"));
         }
+        if self.executor == ExecutorKind::Kubernetes {
+            self.kubernetes.validate()?;
+            if self.master.is_none() && self.kubernetes.master.is_none() {
+                return Err(Error::invalid(
+                    "the kubernetes executor needs the master's address for the job Pods' FUSE \
+                     sidecars: pass --master (or set SHOAL_K8S_MASTER)",
+                ));
+            }
+        }
         if self.max_job_instances == 0 || self.max_spec_bytes == 0 {
             return Err(Error::invalid(
                 "--max-job-instances and --max-spec-size must be more than 0",

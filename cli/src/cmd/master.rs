@@ -39,6 +39,8 @@ pub struct MasterArgs {
     /// them forever [default: 7d].
     #[arg(long, env = "SHOAL_MASTER_RETAIN_FINISHED", value_name = "DURATION", value_parser = super::runner::parse_retention)]
     retain_finished: Option<super::runner::Retention>,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -65,9 +67,18 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
         .cluster_token_file
         .or_else(|| f.cluster_token_file.as_ref().map(PathBuf::from));
     let mut cfg = MasterConfig::new(data_dir);
-    if let Some(p) = token_file {
-        cfg.cluster_token =
-            crate::auth::cluster_token(Some(p), None, PathBuf::new(), true)?.map(|(t, _)| t);
+    let launch = a.check.launch();
+    // A check reads an existing token file (its mode is checked) but never creates one.
+    if let Some(p) = token_file
+        && (launch == super::Launch::Start || p.exists())
+    {
+        cfg.cluster_token = crate::auth::cluster_token(
+            Some(p),
+            None,
+            PathBuf::new(),
+            launch == super::Launch::Start,
+        )?
+        .map(|(t, _)| t);
     }
     cfg.listen = pick(
         a.listen,
@@ -103,7 +114,22 @@ pub fn config(ctx: &Context, a: MasterArgs) -> anyhow::Result<MasterConfig> {
     Ok(cfg)
 }
 
+/// `--check`: the config a start would build, its files and addresses.
+fn check(ctx: &Context, a: MasterArgs) -> anyhow::Result<String> {
+    let cfg = config(ctx, a)?;
+    let metrics = cfg.metrics_listen.as_deref().unwrap_or_default();
+    super::check_files_and_addrs(&cfg.tls, &[&cfg.listen, metrics])?;
+    Ok(format!(
+        "shoal master on {} with data dir {}",
+        cfg.listen,
+        cfg.data_dir.display()
+    ))
+}
+
 pub async fn run(ctx: &Context, a: MasterArgs) -> anyhow::Result<ExitCode> {
+    if a.check.check {
+        return Ok(super::check_report(check(ctx, a)));
+    }
     shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
     let data_dir = cfg.data_dir.clone();

@@ -105,6 +105,8 @@ pub struct MountArgs {
     breaker_cooldown: Option<Duration>,
     #[command(flatten)]
     m: MasterFlag,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 #[derive(Args)]
@@ -172,7 +174,31 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
     Ok(cfg)
 }
 
+/// `--check`: the config a mount would build, its files and addresses, and the
+/// mountpoint (it must be a directory); nothing is mounted and the master is not asked.
+fn check(ctx: &Context, a: &MountArgs) -> anyhow::Result<String> {
+    let cfg = config(ctx, a)?;
+    let metrics: Vec<&str> = a.metrics_listen.iter().map(String::as_str).collect();
+    super::check_files_and_addrs(&cfg.tls, &metrics)?;
+    cfg.tls.endpoint(&cfg.master).context("--master")?;
+    if !cfg.mountpoint.is_dir() {
+        anyhow::bail!(
+            "mountpoint {} is not an existing directory: create it first (mkdir -p)",
+            cfg.mountpoint.display()
+        );
+    }
+    Ok(format!(
+        "shoal mount of {} at {} from master {}",
+        cfg.dataset.as_deref().unwrap_or("every dataset"),
+        cfg.mountpoint.display(),
+        cfg.master
+    ))
+}
+
 pub async fn run(ctx: &Context, a: MountArgs) -> anyhow::Result<ExitCode> {
+    if a.check.check {
+        return Ok(super::check_report(check(ctx, &a)));
+    }
     let ready = ReadyPipe::from_env();
     if a.background && ready.is_none() {
         return background(&a);

@@ -18,6 +18,9 @@ pub enum ExecutorArg {
     Local,
     /// Run nothing; every instance succeeds at once (scheduler benchmarks).
     Noop,
+    /// Each instance as a Pod with a FUSE sidecar (`SHOAL_K8S_*` options,
+    /// docs/deploy.md §5). Needs a shoal built with the `kubernetes` feature (the default).
+    Kubernetes,
 }
 
 #[derive(Args)]
@@ -43,7 +46,10 @@ pub struct RunnerArgs {
     #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     cluster_token_file: Option<PathBuf>,
     /// An executor node and its capacity, NAME=CPU,MEMORY (e.g. node-1=8,16GiB).
-    /// Repeatable [default: this machine with all its CPUs and memory].
+    /// Repeatable [default: this machine with all its CPUs and memory]. With the
+    /// local executor these are simulated nodes of this one host: every instance runs
+    /// on the runner's own machine, whatever node it is placed on (no multi-host
+    /// execution). With the kubernetes executor they name Kubernetes nodes.
     #[arg(long = "node", value_name = "NAME=CPU,MEMORY")]
     nodes: Vec<String>,
     /// Quota of every owner without its own: instances=N,cpu=CORES,memory=SIZE (any
@@ -97,6 +103,8 @@ pub struct RunnerArgs {
     /// it while the job runs, revoked when it ends) [default: 1h].
     #[arg(long, env = "SHOAL_RUNNER_JOB_CREDENTIAL_TTL", value_name = "DURATION", value_parser = parse_duration)]
     job_credential_ttl: Option<Duration>,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 /// A parsed `--retain-finished`: `None` keeps forever. A type of its own because clap
@@ -204,7 +212,9 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         retain_finished,
         sandbox,
         job_credential_ttl,
+        check,
     } = a;
+    let launch = check.launch();
     let data_dir = pick(
         data_dir,
         f.data_dir.as_ref().map(PathBuf::from),
@@ -233,7 +243,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
         cfg.cluster_token = token;
         cfg.cluster_token_file = Some(std::path::absolute(&path)?);
     }
-    if cfg.master.is_none() {
+    if cfg.master.is_none() && launch == super::Launch::Start {
         // Without a master nothing can verify owner tokens, so a standalone runner
         // issues its own admin token on first start, as a master does.
         let path = cfg.data_dir.join("admin.token");
@@ -300,6 +310,20 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     cfg.executor = match executor {
         Some(ExecutorArg::Noop) => ExecutorKind::Noop,
         Some(ExecutorArg::Local) | None => ExecutorKind::Local,
+        Some(ExecutorArg::Kubernetes) => {
+            // Refused here rather than at connect, so `--check` and a plain start
+            // both say it before anything binds.
+            if !cfg!(feature = "kubernetes") {
+                anyhow::bail!(
+                    "this shoal was built without the kubernetes executor: rebuild it with \
+                     `cargo build --release -p shoal-cli` (the feature is on by default; \
+                     do not pass --no-default-features) or use the image from deploy/Containerfile"
+                );
+            }
+            cfg.kubernetes = shoal_job_runner::executor::kubernetes::KubernetesConfig::from_env()
+                .context("the kubernetes executor's SHOAL_K8S_* options")?;
+            ExecutorKind::Kubernetes
+        }
     };
     if let Some(n) = name {
         cfg.name = n;
@@ -331,7 +355,32 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     Ok(cfg)
 }
 
+/// `--check`: the config a start would build, its files and addresses; nothing binds
+/// and neither the master nor the Kubernetes API is contacted.
+fn check(ctx: &Context, a: RunnerArgs) -> anyhow::Result<String> {
+    let cfg = config(ctx, a)?;
+    let metrics = cfg.metrics_listen.as_deref().unwrap_or_default();
+    super::check_files_and_addrs(&cfg.tls, &[&cfg.listen, metrics])?;
+    if let Some(m) = &cfg.master {
+        cfg.tls.endpoint(m).context("--master")?;
+    }
+    let executor = match cfg.executor {
+        ExecutorKind::Local => "local",
+        ExecutorKind::Noop => "noop",
+        ExecutorKind::Kubernetes => "kubernetes",
+    };
+    Ok(format!(
+        "shoal runner on {} with the {executor} executor, {} node(s), master {}",
+        cfg.listen,
+        cfg.nodes.len(),
+        cfg.master.as_deref().unwrap_or("none (standalone)")
+    ))
+}
+
 pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
+    if a.check.check {
+        return Ok(super::check_report(check(ctx, a)));
+    }
     shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
     let nodes: Vec<String> = cfg
@@ -446,6 +495,17 @@ mod tests {
         assert_eq!(c.quota_for("team-a").max_instances, Some(1));
         assert_eq!(c.quota_for("team-a").cpu_millis, None);
         assert_eq!(c.kill_grace, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_kubernetes_executor_is_selectable_and_needs_a_master() {
+        let c = resolve(FILE, &["--executor", "kubernetes"]).unwrap();
+        assert_eq!(c.executor, ExecutorKind::Kubernetes);
+        let e = resolve("", &["--executor", "kubernetes", "--check"]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs the master's address"),
+            "{e:#}"
+        );
     }
 
     #[test]

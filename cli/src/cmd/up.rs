@@ -55,6 +55,8 @@ pub struct UpArgs {
     runner_listen: String,
     #[command(flatten)]
     sandbox: super::runner::SandboxArgs,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 fn dataset_name_from(uri: &str) -> String {
@@ -103,6 +105,24 @@ pub async fn run(ctx: &Context, a: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut sandbox = shoal_job_runner::config::SandboxConfig::default();
     a.sandbox.apply(&ctx.file.runner, &mut sandbox)?;
+    if a.check.check {
+        return Ok(super::check_report(
+            super::check_files_and_addrs(
+                &Default::default(),
+                &[&a.master_listen, &a.runner_listen],
+            )
+            .and_then(|()| super::dataset::parse_options(&a.options).map(drop))
+            .map(|()| {
+                format!(
+                    "shoal up with {} worker(s), master on {}, runner on {}, data dir {}",
+                    a.workers,
+                    a.master_listen,
+                    a.runner_listen,
+                    data_dir.display()
+                )
+            }),
+        ));
+    }
     let up = Embedded::start(EmbeddedOptions {
         data_dir: data_dir.clone(),
         workers: a.workers,

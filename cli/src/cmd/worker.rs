@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_common::size::human_bytes;
@@ -80,6 +81,8 @@ struct WorkerServerArgs {
     /// File (mode 0600) holding the cluster token [default: the local master's DATA_DIR/cluster.token].
     #[arg(long, env = "SHOAL_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     cluster_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    check: super::CheckFlag,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -94,7 +97,35 @@ pub async fn run(ctx: &Context, c: WorkerCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
+    if a.check.check {
+        return Ok(super::check_report(check(ctx, a)));
+    }
     shoal_telemetry::init_tracing();
+    let cfg = config(ctx, a)?;
+    start(cfg).await
+}
+
+/// `--check`: the config a start would build, its files and addresses.
+fn check(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<String> {
+    let cfg = config(ctx, a)?;
+    super::check_files_and_addrs(
+        &cfg.tls,
+        &[&cfg.listen, &cfg.data_listen, &cfg.metrics_listen],
+    )?;
+    if let Some(m) = &cfg.master {
+        cfg.tls.endpoint(m).context("--master")?;
+    }
+    Ok(format!(
+        "shoal worker `{}` on {} (data {}) with {} tier(s)",
+        cfg.node,
+        cfg.listen,
+        cfg.data_listen,
+        cfg.tiers.len()
+    ))
+}
+
+/// flag/env > `[worker]` in the file > default.
+fn config(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<WorkerConfig> {
     let master = a
         .master
         .or_else(|| ctx.file.worker.master.clone())
@@ -126,6 +157,10 @@ async fn serve(ctx: &Context, a: WorkerServerArgs) -> anyhow::Result<ExitCode> {
         &ctx.file.worker,
     )?;
     cfg.tls = ctx.tls.clone();
+    Ok(cfg)
+}
+
+async fn start(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
     let w = WorkerServer::start(cfg).await?;
     eprintln!(
         "shoal worker `{}` serving data on {} (gRPC {}, metrics {})",

@@ -18,6 +18,7 @@ mod prewarm;
 mod runner_faults;
 mod runner_mount;
 mod secrets;
+mod shipped_commands;
 mod support;
 mod tls;
 mod torn;

@@ -430,6 +430,78 @@ tasks:
     assert_eq!(names.len(), pods.len(), "Pod names are unique");
 }
 
+/// With TLS (the runner has `--ca`), each Pod's FUSE sidecar verifies the master with
+/// that CA: `ca.crt` of the job's Secret (where `JobSecrets` copies the runner's CA,
+/// see executor.rs) is mounted beside the job token and passed as `--ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_tls_pass_the_ca_to_the_sidecar() {
+    let dir = shoal_testkit::temp_dir("k8s-render-tls");
+    let mut cfg = crate::support::config(dir.path());
+    cfg.mount_root = PathBuf::from("/shoal");
+    let exec = Arc::new(RenderingExecutor {
+        settings: PodSettings {
+            tls_ca: true,
+            ..settings()
+        },
+        pods: Mutex::new(Vec::new()),
+    });
+    let plugins = Plugins {
+        executor: Some(exec.clone()),
+        ..Default::default()
+    };
+    let runner = RunnerServer::start_with(cfg, plugins).await.unwrap();
+    let mut client = connect(&runner.grpc_addr.to_string()).await;
+    let spec = r#"
+name: tls
+owner: team-a
+datasets:
+  - {name: images-v2, mount: data/images}
+tasks:
+  - name: read
+    command: ["true"]
+"#;
+    let job = submit(&mut client, spec).await;
+    let job = wait_final(&mut client, &job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(job.state), S::Succeeded, "{}", describe(&job));
+    runner.shutdown().await;
+    let pods = exec.pods.lock().unwrap().clone();
+    export(&pods, "tls");
+    assert_eq!(pods.len(), 1);
+    let p = &pods[0];
+    let fuse = init(p, "shoal-fuse");
+    let cmd = fuse.command.as_deref().unwrap();
+    let at = cmd
+        .iter()
+        .position(|a| a == "--ca")
+        .unwrap_or_else(|| panic!("the sidecar gets no --ca: {cmd:?}"));
+    assert_eq!(cmd[at + 1], "/var/run/shoal/job-token/ca.crt");
+    assert_eq!(
+        mount(fuse, "job-token").mount_path,
+        "/var/run/shoal/job-token"
+    );
+    let tv = p
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "job-token")
+        .unwrap();
+    let keys: Vec<_> = tv
+        .secret
+        .as_ref()
+        .unwrap()
+        .items
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|k| (k.key.as_str(), k.path.as_str()))
+        .collect();
+    assert_eq!(keys, [("job.token", "job.token"), ("ca.crt", "ca.crt")]);
+}
+
 /// With a real cache cluster: a `by_file` input prewarmed over two workers. Each Pod
 /// prefers the node locality scoring chose (the one holding most of its share), and
 /// gets its share through the annotation + downwardAPI file named by SHOAL_INPUT_LIST.
