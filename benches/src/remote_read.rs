@@ -13,10 +13,9 @@
 pub mod ceiling;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal_common::{Error, Result};
-use shoal_proto::v1 as pb;
 use shoal_testkit::Cluster;
 
 use crate::suite::measure;
@@ -91,7 +90,7 @@ pub async fn run(opts: &Options) -> Result<Results> {
         .start()
         .await;
     cluster.create_dir_dataset(DATASET, ufs.path(), false).await;
-    prewarm(&cluster).await?;
+    crate::suite::load(&mut cluster.master_client().await, DATASET, &[]).await?;
 
     let mut res = Results {
         dropped: true,
@@ -135,40 +134,6 @@ pub async fn run(opts: &Options) -> Result<Results> {
     }
     cluster.shutdown().await;
     Ok(res)
-}
-
-/// Prewarms the whole dataset, as `shoal prewarm` would.
-async fn prewarm(cluster: &Cluster) -> Result<()> {
-    let mut m = cluster.master_client().await;
-    let job = m
-        .start_load(pb::StartLoadRequest {
-            dataset: DATASET.into(),
-            replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::from)?
-        .into_inner();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let j = m
-            .get_load(pb::GetLoadRequest { id: job.id.clone() })
-            .await
-            .map_err(Error::from)?
-            .into_inner();
-        match pb::LoadState::try_from(j.state) {
-            Ok(pb::LoadState::Succeeded) => return Ok(()),
-            Ok(pb::LoadState::Pending | pb::LoadState::Running) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            _ => {
-                return Err(Error::internal(format!(
-                    "prewarm ended in state {}: {}",
-                    j.state, j.message
-                )));
-            }
-        }
-    }
 }
 
 /// A fresh mount of the dataset that reads every block over the data plane, `f` run
