@@ -11,12 +11,15 @@
 //! - [`Scenario::Prewarm`]: [`crate::prewarm`]'s throughput, uncapped and capped;
 //! - [`Scenario::Scheduler`]: [`crate::scheduling`] (`sched.rs`);
 //! - [`Scenario::Memory`]: peak RSS of the worker and mount child processes during the
-//!   read scenarios, against the worker's mem-tier quota.
+//!   read scenarios, against the worker's mem-tier quota;
+//! - [`Scenario::Nodes`]: what users get beyond the best case: a job's mount in the
+//!   default `shoal up`, and blocks on another node's worker (`nodes.rs`).
 //!
 //! `cargo bench -p shoal-benches --bench suite` runs it at full size; the
 //! `suite_smoke` test runs it tiny. [`Options::from_env`] documents the knobs.
 
 pub mod measure;
+mod nodes;
 mod procs;
 mod read;
 mod rig;
@@ -44,16 +47,18 @@ pub enum Scenario {
     Prewarm,
     Scheduler,
     Memory,
+    Nodes,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Read,
         Scenario::Remote,
         Scenario::Small,
         Scenario::Prewarm,
         Scenario::Scheduler,
         Scenario::Memory,
+        Scenario::Nodes,
     ];
 
     /// The name `SHOAL_BENCH_ONLY` uses.
@@ -65,6 +70,7 @@ impl Scenario {
             Scenario::Prewarm => "prewarm",
             Scenario::Scheduler => "scheduler",
             Scenario::Memory => "memory",
+            Scenario::Nodes => "nodes",
         }
     }
 
@@ -77,6 +83,7 @@ impl Scenario {
             Scenario::Prewarm => "prewarm",
             Scenario::Scheduler => "scheduler",
             Scenario::Memory => "memory",
+            Scenario::Nodes => "what users get: the `shoal up` job mount, blocks on other nodes",
         }
     }
 
@@ -152,7 +159,7 @@ impl Options {
     }
 
     /// `base` adjusted by the environment:
-    /// - `SHOAL_BENCH_ONLY=read,remote,small,prewarm,scheduler,memory`: a subset
+    /// - `SHOAL_BENCH_ONLY=read,remote,small,prewarm,scheduler,memory,nodes`: a subset
     ///   (`memory` is measured during `read` and `remote`, and runs `read` when alone);
     /// - `SHOAL_BENCH_SCALE=0.25`: multiplies every size;
     /// - `SHOAL_BENCH_LARGE=256MiB`, `SHOAL_BENCH_FILES=2000`, `SHOAL_BENCH_INSTANCES`,
@@ -280,6 +287,7 @@ pub async fn run(o: &Options) -> Result<Report> {
         Scenario::Remote,
         Scenario::Small,
         Scenario::Memory,
+        Scenario::Nodes,
     ]
     .into_iter()
     .any(|s| o.runs(s));
@@ -306,6 +314,9 @@ pub async fn run(o: &Options) -> Result<Report> {
         }
         if o.runs(Scenario::Small) {
             small::run(o, bin, &mut rows, &mut notes).await?;
+        }
+        if o.runs(Scenario::Nodes) {
+            nodes::run(o, bin, &mut rows, &mut notes).await?;
         }
     }
     if o.runs(Scenario::Prewarm) {

@@ -84,17 +84,24 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts `shoal worker` on free loopback ports with a mem tier of `quota` bytes at
     /// `tier`, and waits for its start line (the master sees it at its first heartbeat).
+    /// `host_id` makes the worker report a host of its own (`--host-id`), as if on
+    /// another machine: a mount reads its blocks over the data plane unless it was
+    /// given the worker's node name.
     pub async fn start(
         bin: &Path,
         master: &str,
         token_file: &Path,
         node: &str,
+        host_id: Option<&str>,
         tier: &Path,
         quota: u64,
     ) -> Result<WorkerProc> {
         let mut cmd = Command::new(bin);
-        cmd.args(["worker", "--master", master, "--node", node])
-            .arg("--cluster-token-file")
+        cmd.args(["worker", "--master", master, "--node", node]);
+        if let Some(h) = host_id {
+            cmd.args(["--host-id", h]);
+        }
+        cmd.arg("--cluster-token-file")
             .arg(token_file)
             .arg("--tier")
             .arg(format!("mem:{}:{quota}", tier.display()))

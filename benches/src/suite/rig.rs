@@ -26,16 +26,30 @@ pub fn shm() -> PathBuf {
 pub struct Rig {
     master: RunningMaster,
     pub worker: WorkerProc,
+    /// The workers after the first ([`Rig::start_hosts`]).
+    pub others: Vec<WorkerProc>,
     bin: PathBuf,
     client: MasterServiceClient<AuthChannel>,
     _master_dir: tempfile::TempDir,
-    _tier: tempfile::TempDir,
+    _tiers: Vec<tempfile::TempDir>,
 }
 
 impl Rig {
     /// Starts a master and one worker child with a mem tier of `mem_quota` bytes, and
     /// waits until the master lists the worker.
     pub async fn start(bin: &Path, mem_quota: u64) -> Result<Rig> {
+        Rig::start_workers(bin, mem_quota, 1, false).await
+    }
+
+    /// Starts a master and `n` worker children, each with a mem tier of `mem_quota`
+    /// bytes and a host id of its own (`--host-id` = its node name), as `n` machines
+    /// would be: a mount reads a worker's blocks from its tier files only when given
+    /// that worker's node name, and over the data plane otherwise.
+    pub async fn start_hosts(bin: &Path, mem_quota: u64, n: usize) -> Result<Rig> {
+        Rig::start_workers(bin, mem_quota, n, true).await
+    }
+
+    async fn start_workers(bin: &Path, mem_quota: u64, n: usize, hosts: bool) -> Result<Rig> {
         let master_dir = tempfile::tempdir().map_err(|e| Error::io("create master dir", e))?;
         let mut mc = MasterConfig::new(master_dir.path().to_path_buf());
         mc.listen = "127.0.0.1:0".into();
@@ -43,12 +57,22 @@ impl Rig {
         mc.worker_expiry = Duration::from_secs(10);
         let master = MasterServer::start(mc).await?;
         let addr = master.grpc_addr.to_string();
-        let tier = tempfile::tempdir_in(shm()).map_err(|e| Error::io("create tier dir", e))?;
-        let node = format!("bench-{}", master.grpc_addr.port());
         // The master wrote both on its first start (mode 0600).
         let token_file = master_dir.path().join("cluster.token");
-        let worker =
-            WorkerProc::start(bin, &addr, &token_file, &node, tier.path(), mem_quota).await?;
+        let mut tiers = Vec::new();
+        let mut workers = Vec::new();
+        for i in 0..n.max(1) {
+            let tier = tempfile::tempdir_in(shm()).map_err(|e| Error::io("create tier dir", e))?;
+            let node = match i {
+                0 => format!("bench-{}", master.grpc_addr.port()),
+                i => format!("bench-{}-{i}", master.grpc_addr.port()),
+            };
+            let host = hosts.then_some(node.as_str());
+            let w = WorkerProc::start(bin, &addr, &token_file, &node, host, tier.path(), mem_quota)
+                .await?;
+            tiers.push(tier);
+            workers.push(w);
+        }
         let (_, admin) = master.state.access.issue("bench-admin", true).await?;
         let mut client = shoal_wire::connect::Dial::new(
             &Default::default(),
@@ -63,23 +87,33 @@ impl Rig {
                 .await
                 .map_err(Error::from)?
                 .into_inner();
-            if set.workers.iter().any(|w| w.node == node) {
+            let missing: Vec<&str> = workers
+                .iter()
+                .map(|w| w.node.as_str())
+                .filter(|n| !set.workers.iter().any(|w| w.node == *n))
+                .collect();
+            if missing.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(Error::unavailable(format!(
-                    "worker {node} did not register within 30 s"
+                    "workers {missing:?} did not register within 30 s"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut workers = workers.into_iter();
+        let worker = workers
+            .next()
+            .ok_or_else(|| Error::internal("a rig needs a worker"))?;
         Ok(Rig {
             master,
             worker,
+            others: workers.collect(),
             bin: bin.to_owned(),
             client,
             _master_dir: master_dir,
-            _tier: tier,
+            _tiers: tiers,
         })
     }
 
@@ -109,15 +143,13 @@ impl Rig {
 
     /// Mounts `dataset` (its files at the mount's root) on the worker's node.
     pub async fn mount(&self, dataset: &str) -> Result<MountProc> {
+        self.mount_on(dataset, &self.worker.node).await
+    }
+
+    /// Mounts `dataset` as node `node` (a worker's node, or one with no worker).
+    pub async fn mount_on(&self, dataset: &str, node: &str) -> Result<MountProc> {
         let token_file = self._master_dir.path().join("cluster.token");
-        MountProc::start(
-            &self.bin,
-            &self.master_addr(),
-            &token_file,
-            &self.worker.node,
-            dataset,
-        )
-        .await
+        MountProc::start(&self.bin, &self.master_addr(), &token_file, node, dataset).await
     }
 
     /// Prewarms `paths` of `dataset` (all of it when empty) and waits for the end;
@@ -128,6 +160,9 @@ impl Rig {
 
     pub async fn shutdown(self) {
         self.worker.stop().await;
+        for w in self.others {
+            w.stop().await;
+        }
         self.master.shutdown().await;
     }
 }
