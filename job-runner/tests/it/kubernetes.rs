@@ -11,6 +11,7 @@
 
 mod executor;
 mod fake_api;
+mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
