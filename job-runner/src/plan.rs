@@ -115,6 +115,8 @@ impl Draft {
     /// Refuses requests beyond the runner's limits and specs that need a master the
     /// runner does not have; otherwise the plan.
     pub fn admit(self, admission: &Admission) -> std::result::Result<JobPlan, Refusal> {
+        // First: a GPU no local node has is better explained by the executor.
+        check_executor_honours(&self.spec, &self.source, admission.cfg.executor)?;
         if !self.over_limits.is_empty() {
             return Err(Refusal::Invalid(SpecErrors {
                 source: self.source,
@@ -122,7 +124,6 @@ impl Draft {
             }));
         }
         check_cluster_needs(&self.spec, &self.source, admission)?;
-        check_executor_honours(&self.spec, &self.source, admission.cfg.executor)?;
         let spec_json = serde_json::to_string(&self.spec)
             .map_err(|e| Refusal::Internal(format!("encode spec: {e}")))?;
         Ok(JobPlan::build(self.spec, self.text.into(), spec_json))
@@ -182,7 +183,12 @@ fn check_executor_honours(
         if o.image.is_some() {
             fields.push("image".into());
         }
-        fields.extend(t.resources.extended.keys().map(|k| format!("resources.{k}")));
+        fields.extend(
+            t.resources
+                .extended
+                .keys()
+                .map(|k| format!("resources.{k}")),
+        );
         for (set, name) in [
             (!o.node_selector.is_empty(), "node_selector"),
             (!o.tolerations.is_empty(), "tolerations"),
@@ -203,7 +209,11 @@ fn check_executor_honours(
     if problems.is_empty() {
         return Ok(());
     }
-    let name = if source.is_empty() { "job spec" } else { source };
+    let name = if source.is_empty() {
+        "job spec"
+    } else {
+        source
+    };
     Err(Refusal::CannotRun(format!(
         "{name} cannot run on this runner:\n  {}",
         problems.join("\n  ")

@@ -109,7 +109,8 @@ impl RunnerServer {
                 ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
                 ExecutorKind::Kubernetes => {
-                    let c = crate::executor::kubernetes::connect(&cfg, cancel.child_token()).await?;
+                    let c =
+                        crate::executor::kubernetes::connect(&cfg, cancel.child_token()).await?;
                     pod_credentials = Some(c.mounts);
                     node_source = node_source.or(c.nodes);
                     c.executor

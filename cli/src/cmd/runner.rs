@@ -519,11 +519,19 @@ mod tests {
         assert!(!c.discovers_nodes(), "the file's nodes override discovery");
         let bare = "[runner]\nmaster = \"10.0.0.5:7700\"\n";
         let c = resolve(bare, &["--executor", "kubernetes"]).unwrap();
-        assert!(c.discovers_nodes(), "no node list: the Nodes are discovered");
+        assert!(
+            c.discovers_nodes(),
+            "no node list: the Nodes are discovered"
+        );
         assert!(c.nodes.is_empty());
         let c = resolve(
             bare,
-            &["--executor", "kubernetes", "--node", "gpu-1=8,64GiB,nvidia.com/gpu=2"],
+            &[
+                "--executor",
+                "kubernetes",
+                "--node",
+                "gpu-1=8,64GiB,nvidia.com/gpu=2",
+            ],
         )
         .unwrap();
         assert!(!c.discovers_nodes(), "a --node list overrides discovery");

@@ -139,7 +139,9 @@ pub fn qualified_name(s: &str) -> Result<(), &'static str> {
         return Err("its name must be 1 to 63 characters");
     }
     if !is_name_part(name) {
-        return Err("its name may hold only letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit");
+        return Err(
+            "its name may hold only letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit",
+        );
     }
     Ok(())
 }
@@ -147,6 +149,9 @@ pub fn qualified_name(s: &str) -> Result<(), &'static str> {
 /// An extended resource name: a qualified name whose prefix is outside Kubernetes'
 /// own domain.
 pub fn extended_resource_name(s: &str) -> Result<(), &'static str> {
+    if !s.contains('/') {
+        return Err("an extended resource is named DOMAIN/NAME");
+    }
     qualified_name(s)?;
     let prefix = s.split_once('/').map_or("", |(p, _)| p);
     if prefix == "kubernetes.io" || prefix.ends_with(".kubernetes.io") {
@@ -592,9 +597,8 @@ impl Checker {
         }
         if let Some(n) = f.get("node_selector") {
             let p = sub(path, "node_selector");
-            o.node_selector = self.string_map(n, &p, "node label", |c, loc, p, v| {
-                c.label_value(loc, p, v)
-            });
+            o.node_selector =
+                self.string_map(n, &p, "node label", |c, loc, p, v| c.label_value(loc, p, v));
         }
         if let Some(n) = f.get("labels") {
             let p = sub(path, "labels");

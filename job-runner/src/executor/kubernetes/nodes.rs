@@ -118,7 +118,9 @@ impl Watcher {
                 Err(e) => {
                     // Until it works again the engine keeps the last set it got.
                     if !failing {
-                        warn!("watching Nodes failed, retrying (is the runner allowed to list and watch nodes? see deploy/kubernetes/base/runner-rbac.yaml): {e}");
+                        warn!(
+                            "watching Nodes failed, retrying (is the runner allowed to list and watch nodes? see deploy/kubernetes/base/runner-rbac.yaml): {e}"
+                        );
                         failing = true;
                     }
                     tokio::select! {
@@ -150,11 +152,12 @@ impl Watcher {
     }
 
     async fn list_then_watch(&mut self) -> Result<()> {
+        let api = self.api.clone();
         let mut lp = ListParams::default();
         if let Some(s) = &self.selector {
             lp = lp.labels(s);
         }
-        let list = tokio::time::timeout(self.api_timeout, self.api.list(&lp))
+        let list = tokio::time::timeout(self.api_timeout, api.list(&lp))
             .await
             .map_err(|_| Error::unavailable("list Nodes: no answer"))?
             .map_err(|e| Error::unavailable(format!("list Nodes: {e}")))?;
@@ -171,7 +174,7 @@ impl Watcher {
             if let Some(s) = &self.selector {
                 wp = wp.labels(s);
             }
-            let stream = tokio::time::timeout(self.api_timeout, self.api.watch(&wp, &version))
+            let stream = tokio::time::timeout(self.api_timeout, api.watch(&wp, &version))
                 .await
                 .map_err(|_| Error::unavailable("watch Nodes: no answer"))?
                 .map_err(|e| Error::unavailable(format!("watch Nodes: {e}")))?;

@@ -523,7 +523,9 @@ async fn list_or_watch_nodes(State(api): State<FakeApi>, RawQuery(raw): RawQuery
                     inner
                         .node_events
                         .iter()
-                        .find(|(rv, _, n)| *rv > from && labels_match(selector.as_ref(), &n.metadata))
+                        .find(|(rv, _, n)| {
+                            *rv > from && labels_match(selector.as_ref(), &n.metadata)
+                        })
                         .map(|(rv, kind, n)| (*rv, *kind, n.clone()))
                 };
                 if let Some((rv, kind, node)) = next {

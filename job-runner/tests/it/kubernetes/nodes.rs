@@ -127,20 +127,19 @@ async fn runner(served: &Served, dir: &std::path::Path) -> shoal_job_runner::Run
 
 /// Waits until the job's instances satisfy `ok`, and returns the job.
 async fn wait_job(c: &mut Client, id: &str, what: &str, ok: impl Fn(&pb::Job) -> bool) -> pb::Job {
-    let mut last = String::new();
+    let last = std::sync::Mutex::new(String::new());
     let r = shoal_testkit::try_wait_for(WAIT, what, || {
         let mut c = c.clone();
         let id = id.to_owned();
-        let ok = &ok;
-        let last = &mut last;
+        let (ok, last) = (&ok, &last);
         async move {
             let j = get(&mut c, &id).await;
-            *last = describe(&j);
+            *last.lock().unwrap() = describe(&j);
             ok(&j).then_some(j)
         }
     })
     .await;
-    r.unwrap_or_else(|e| panic!("{e}; job now: {last}"))
+    r.unwrap_or_else(|e| panic!("{e}; job now: {}", last.lock().unwrap()))
 }
 
 fn insts(j: &pb::Job) -> &[pb::Instance] {
@@ -180,8 +179,18 @@ async fn pod_of(api: &FakeApi, j: &pb::Job, index: u32) -> (String, Pod) {
 }
 
 fn affinity_node(pod: &Pod) -> String {
-    pod.spec.as_ref().unwrap().affinity.as_ref().unwrap().node_affinity.as_ref().unwrap()
-        .preferred_during_scheduling_ignored_during_execution.as_ref().unwrap()[0]
+    pod.spec
+        .as_ref()
+        .unwrap()
+        .affinity
+        .as_ref()
+        .unwrap()
+        .node_affinity
+        .as_ref()
+        .unwrap()
+        .preferred_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()[0]
         .preference
         .match_expressions
         .as_ref()
@@ -216,7 +225,9 @@ tasks:
     let j = wait_job(&mut c, &id, "one instance on node-a", |j| {
         live_on(j, "node-a") == 1
             && in_state(j, S::Runnable).len() == 2
-            && in_state(j, S::Runnable).iter().all(|i| i.reason == "capacity")
+            && in_state(j, S::Runnable)
+                .iter()
+                .all(|i| i.reason == "capacity")
     })
     .await;
     let on_a = insts(&j).iter().position(|i| i.node == "node-a").unwrap() as u32;
@@ -253,8 +264,14 @@ tasks:
     shoal_testkit::wait_until(WAIT, "the runner to see node-b cordoned", || {
         let mut c = c.clone();
         async move {
-            let n = c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner();
-            n.nodes.iter().any(|n| n.name == "node-b" && !n.schedulable && n.running == 1)
+            let n = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            n.nodes
+                .iter()
+                .any(|n| n.name == "node-b" && !n.schedulable && n.running == 1)
         }
     })
     .await;
@@ -294,9 +311,17 @@ tasks:
     }
     let j = wait_final(&mut c, &id, WAIT).await;
     assert_eq!(state(j.state), S::Succeeded, "{}", describe(&j));
-    let n = c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner();
+    let n = c
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<&str> = n.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["node-c"], "removed and cordoned nodes are not offered");
+    assert_eq!(
+        names,
+        ["node-c"],
+        "removed and cordoned nodes are not offered"
+    );
     assert_eq!(n.nodes[0].cpu_millis, 2000);
     runner.shutdown().await;
 }
@@ -385,7 +410,11 @@ tasks:
         spec.node_selector.as_ref().unwrap(),
         &BTreeMap::from([("pool".to_owned(), "a100".to_owned())])
     );
-    assert_eq!(affinity_node(&pod), "a100-1", "the runner's choice, preferred");
+    assert_eq!(
+        affinity_node(&pod),
+        "a100-1",
+        "the runner's choice, preferred"
+    );
     let tol = &spec.tolerations.as_ref().unwrap()[0];
     assert_eq!(tol.key.as_deref(), Some("nvidia.com/gpu"));
     assert_eq!(tol.operator.as_deref(), Some("Exists"));
