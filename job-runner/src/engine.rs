@@ -460,8 +460,13 @@ impl Engine {
                 Some(n) => {
                     n.cfg = cfg;
                     n.schedulable = true;
+                    n.knows_placement = true;
                 }
-                None => self.nodes.push(NodeUse::new(cfg)),
+                None => {
+                    let mut n = NodeUse::new(cfg);
+                    n.knows_placement = true;
+                    self.nodes.push(n);
+                }
             }
         }
         for n in &mut self.nodes {

@@ -232,6 +232,9 @@ pub struct NodeUse {
     pub used_extended: std::collections::BTreeMap<String, u64>,
     /// New instances may be placed on it.
     pub schedulable: bool,
+    /// Its labels and taints are known (a discovered node): a `--node` entry has
+    /// none, so tasks' `node_selector` and tolerations are left to Kubernetes there.
+    pub knows_placement: bool,
 }
 
 impl NodeUse {
@@ -241,6 +244,7 @@ impl NodeUse {
             used: Usage::default(),
             used_extended: Default::default(),
             schedulable: true,
+            knows_placement: false,
         }
     }
 
@@ -261,8 +265,9 @@ impl NodeUse {
     /// matches and it tolerates every taint.
     pub fn admits(&self, pod: &crate::spec::PodOptions) -> bool {
         self.schedulable
-            && pod.selects(&self.cfg.labels)
-            && self.cfg.taints.iter().all(|t| pod.tolerates(t))
+            && (!self.knows_placement
+                || (pod.selects(&self.cfg.labels)
+                    && self.cfg.taints.iter().all(|t| pod.tolerates(t))))
     }
 
     /// An instance asking for `r` was placed on it (or re-adopted there).
