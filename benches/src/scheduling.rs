@@ -105,6 +105,7 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
         name: "bench".into(),
         cpu_millis: 1 << 40,
         memory_bytes: 1 << 60,
+        ..Default::default()
     }];
     cfg.default_quota = Quota {
         max_instances: Some(64),
@@ -118,6 +119,7 @@ pub async fn scheduling(instances: u32, owners: u32) -> Result<Measured> {
         mounts: std::sync::Arc::new(MountRoot(cfg.mount_root.clone())),
         inputs: None,
         prewarm: None,
+        nodes: None,
     };
     let (h, thread) = Engine::spawn(cfg, parts)?;
     let per_owner = instances / owners;
@@ -160,6 +162,7 @@ pub async fn end_to_end(instances: u32, concurrency: u32) -> Result<(Measured, M
         name: "bench".into(),
         cpu_millis: u64::from(concurrency) * 10,
         memory_bytes: 1 << 40,
+        ..Default::default()
     }];
     let admission = Admission::new(&cfg, false, false);
     let runner = shoal_job_runner::RunnerServer::start(cfg).await?;
@@ -225,6 +228,7 @@ async fn runner_rate(instances: u32, concurrency: u32, mode: SandboxMode) -> Res
         name: "bench".into(),
         cpu_millis: u64::from(concurrency) * 1000,
         memory_bytes: 1 << 40,
+        ..Default::default()
     }];
     let admission = Admission::new(&cfg, false, false);
     let runner = shoal_job_runner::RunnerServer::start(cfg).await?;

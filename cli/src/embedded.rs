@@ -183,6 +183,7 @@ impl Embedded {
                 name: node_name(i),
                 cpu_millis: local.cpu_millis,
                 memory_bytes: local.memory_bytes / n,
+                ..Default::default()
             })
             .collect();
         // The runner keeps the mount (one per node; here one for every simulated node

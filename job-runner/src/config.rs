@@ -11,11 +11,17 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
 
 /// One executor node and what it can hold at once.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     pub name: String,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Extended resources (`nvidia.com/gpu`) and how many units of each it has.
+    pub extended: BTreeMap<String, u64>,
+    /// Its labels, matched against tasks' `node_selector` (discovered nodes).
+    pub labels: BTreeMap<String, String>,
+    /// Its `NoSchedule`/`NoExecute` taints, matched against tasks' `tolerations`.
+    pub taints: Vec<crate::spec::Taint>,
 }
 
 impl NodeConfig {
@@ -28,26 +34,40 @@ impl NodeConfig {
             name: local_node_name(),
             cpu_millis: cpus * 1000,
             memory_bytes: total_memory_bytes().unwrap_or(4 << 30),
+            ..Default::default()
         }
     }
 
-    /// Parses `NAME=CPU,MEMORY`, e.g. `node-1=4,8GiB` or `n2=500m,512MiB`.
+    /// Parses `NAME=CPU,MEMORY[,RESOURCE=COUNT...]`, e.g. `node-1=4,8GiB`,
+    /// `n2=500m,512MiB` or `gpu-1=32,240GiB,nvidia.com/gpu=8`.
     pub fn parse(s: &str) -> Result<NodeConfig> {
         let bad = || {
             Error::invalid(format!(
-                "invalid node `{s}`: write NAME=CPU,MEMORY, e.g. node-1=4,8GiB"
+                "invalid node `{s}`: write NAME=CPU,MEMORY[,RESOURCE=COUNT...], e.g. node-1=4,8GiB or gpu-1=32,240GiB,nvidia.com/gpu=8"
             ))
         };
         let (name, rest) = s.split_once('=').ok_or_else(bad)?;
-        let (cpu, mem) = rest.split_once(',').ok_or_else(bad)?;
+        let mut parts = rest.split(',');
+        let cpu = parts.next().ok_or_else(bad)?;
+        let mem = parts.next().ok_or_else(bad)?;
         let name = name.trim();
         if !crate::spec::check::is_valid_name(name) {
             return Err(bad());
+        }
+        let mut extended = BTreeMap::new();
+        for p in parts {
+            let (k, v) = p.split_once('=').ok_or_else(bad)?;
+            let k = k.trim();
+            crate::spec::check::extended_resource_name(k)
+                .map_err(|why| Error::invalid(format!("invalid node `{s}`: `{k}`: {why}")))?;
+            extended.insert(k.to_owned(), v.trim().parse::<u64>().map_err(|_| bad())?);
         }
         Ok(NodeConfig {
             name: name.to_owned(),
             cpu_millis: parse_cpu(cpu).ok_or_else(bad)?,
             memory_bytes: mem.trim().parse::<shoal_common::size::ByteSize>()?.0,
+            extended,
+            ..Default::default()
         })
     }
 }
@@ -64,6 +84,7 @@ impl NodeConfig {
                 ))
             })?,
             memory_bytes: t.memory.0,
+            ..Default::default()
         };
         if !crate::spec::check::is_valid_name(&n.name) {
             return Err(Error::invalid(format!(
@@ -351,6 +372,12 @@ impl RunnerConfig {
         }
     }
 
+    /// Whether the executor nodes come from the cluster at run time (the Kubernetes
+    /// executor without a static `--node` list) rather than from this config.
+    pub fn discovers_nodes(&self) -> bool {
+        self.executor == ExecutorKind::Kubernetes && self.nodes.is_empty()
+    }
+
     pub fn quota_for(&self, owner: &str) -> Quota {
         self.quotas
             .get(owner)
@@ -368,7 +395,7 @@ impl RunnerConfig {
                 self.job_credential_ttl
             )));
         }
-        if self.nodes.is_empty() {
+        if self.nodes.is_empty() && self.executor != ExecutorKind::Kubernetes {
             return Err(Error::invalid(
                 "the runner needs at least one executor node (--node NAME=CPU,MEMORY)",
             ));
@@ -504,7 +531,12 @@ mod tests {
     fn parses_nodes_and_quotas() {
         let n = NodeConfig::parse("node-1=500m,2GiB").unwrap();
         assert_eq!((n.cpu_millis, n.memory_bytes), (500, 2 << 30));
+        assert!(n.extended.is_empty());
         assert!(NodeConfig::parse("node-1=4").is_err());
+        let g = NodeConfig::parse("gpu-1=32,240GiB,nvidia.com/gpu=8").unwrap();
+        assert_eq!(g.extended["nvidia.com/gpu"], 8);
+        assert!(NodeConfig::parse("gpu-1=32,240GiB,gpu=8").is_err());
+        assert!(NodeConfig::parse("gpu-1=32,240GiB,nvidia.com/gpu=many").is_err());
         let q = Quota::parse("instances=2,cpu=1.5").unwrap();
         assert_eq!(q.max_instances, Some(2));
         assert_eq!(q.cpu_millis, Some(1500));

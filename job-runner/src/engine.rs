@@ -130,6 +130,8 @@ pub enum Command {
     /// Something a scheduling pass could act on changed outside the engine (inputs
     /// resolved, prewarm progress).
     Wake,
+    /// The schedulable nodes now, from the [`crate::nodes::NodeSource`].
+    SetNodes(Vec<crate::config::NodeConfig>),
     Shutdown,
 }
 
@@ -188,6 +190,8 @@ pub struct Parts {
     pub inputs: Option<Arc<dyn InputResolver>>,
     /// Gates prewarmed inputs; `None` without a master (such specs are refused).
     pub prewarm: Option<Arc<dyn PrewarmGate>>,
+    /// Reports the nodes as they change; `None` keeps the config's nodes.
+    pub nodes: Option<Arc<dyn crate::nodes::NodeSource>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -231,14 +235,7 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::channel();
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (fault_tx, fault_rx) = watch::channel(None);
-        let nodes = cfg
-            .nodes
-            .iter()
-            .map(|n| NodeUse {
-                cfg: n.clone(),
-                used: Default::default(),
-            })
-            .collect();
+        let nodes = cfg.nodes.iter().cloned().map(NodeUse::new).collect();
         let mut engine = Engine {
             layout: Layout {
                 data_dir: cfg.data_dir.clone(),
@@ -276,6 +273,14 @@ impl Engine {
         }
         engine.recover()?;
         engine.flush()?;
+        // After recovery, so re-adopted instances hold their share of their nodes
+        // before the first set of nodes arrives.
+        if let Some(n) = &engine.parts.nodes {
+            let tx = tx.clone();
+            n.attach(crate::nodes::NodeSink::new(move |nodes| {
+                let _ = tx.send(Command::SetNodes(nodes));
+            }));
+        }
         let thread = std::thread::Builder::new()
             .name("shoal-runner-engine".into())
             .spawn(move || engine.run(rx))
@@ -339,6 +344,9 @@ impl Engine {
             }
         }
         self.parts.executor.shutdown();
+        if let Some(n) = &self.parts.nodes {
+            n.shutdown();
+        }
         if let Some(r) = &self.parts.inputs {
             r.shutdown();
         }
@@ -434,9 +442,63 @@ impl Engine {
             }
             Command::Exited { key, attempt, exit } => self.on_exit(key, attempt, exit),
             Command::Wake => self.dirty = true,
+            Command::SetNodes(nodes) => self.set_nodes(nodes),
             Command::Shutdown => return true,
         }
         false
+    }
+
+    /// Makes `nodes` the schedulable set: known nodes take their new capacity, labels
+    /// and taints, new ones are added, and the rest stop taking instances (those on
+    /// them keep their share until they end). Positions never change, since
+    /// instances name their node by position.
+    fn set_nodes(&mut self, nodes: Vec<crate::config::NodeConfig>) {
+        let mut seen = std::collections::HashSet::new();
+        for cfg in nodes {
+            seen.insert(cfg.name.clone());
+            match self.nodes.iter_mut().find(|n| n.cfg.name == cfg.name) {
+                Some(n) => {
+                    n.cfg = cfg;
+                    n.schedulable = true;
+                    n.knows_placement = true;
+                }
+                None => {
+                    let mut n = NodeUse::new(cfg);
+                    n.knows_placement = true;
+                    self.nodes.push(n);
+                }
+            }
+        }
+        for n in &mut self.nodes {
+            if !seen.contains(&n.cfg.name) {
+                n.schedulable = false;
+            }
+        }
+        info!(
+            nodes = seen.len(),
+            "executor nodes changed; scheduling against the new set"
+        );
+        self.dirty = true;
+    }
+
+    /// The position of node `name`; a name the runner does not know (an instance
+    /// recovered before its node was discovered, or placed on a node since removed
+    /// from `--node`) gets an unschedulable entry, so the instance's share is counted
+    /// when the node (re)appears.
+    fn node_index(&mut self, name: &str) -> Option<usize> {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(i) = self.nodes.iter().position(|n| n.cfg.name == name) {
+            return Some(i);
+        }
+        let mut n = NodeUse::new(crate::config::NodeConfig {
+            name: name.to_owned(),
+            ..Default::default()
+        });
+        n.schedulable = false;
+        self.nodes.push(n);
+        Some(self.nodes.len() - 1)
     }
 
     fn seq_of(&self, id: &str) -> Result<u64> {

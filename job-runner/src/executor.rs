@@ -54,6 +54,9 @@ pub struct Launch {
     pub input_list: Option<InputList>,
     /// What the task asks for (container executors turn it into resource requests).
     pub resources: crate::spec::Resources,
+    /// The task's Pod-level fields (image, placement, labels...); only the Kubernetes
+    /// executor gets a non-default one (admission refuses it for the others).
+    pub pod: crate::spec::PodOptions,
     /// The job's datasets as the instance sees them.
     pub datasets: Vec<DatasetView>,
 }

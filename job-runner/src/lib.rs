@@ -9,6 +9,8 @@
 //!   with the views in [`model`].
 //! - `store`: durable state behind `store::JobStore` (SQLite by default).
 //! - [`executor`]: the [`executor::Executor`] boundary and the local executor.
+//! - [`nodes`]: [`nodes::NodeSource`], executor nodes learnt at run time (the
+//!   Kubernetes executor's Node watch) instead of a fixed `--node` list.
 //! - `locality`: what makes scheduling data-aware: `locality::InputResolver` (input
 //!   listings, `by_file` shares, per-node cached bytes) and `locality::PrewarmGate`,
 //!   implemented against the cache cluster by `locality::inputs::MasterInputs` and
@@ -34,6 +36,7 @@ pub mod engine;
 pub mod executor;
 mod locality;
 pub mod model;
+pub mod nodes;
 pub mod plan;
 pub mod server;
 pub mod spec;

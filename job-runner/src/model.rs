@@ -182,6 +182,9 @@ pub struct NodeView {
     pub used_memory_bytes: u64,
     /// Instances STARTING or RUNNING on it.
     pub running: u32,
+    /// It takes new instances (false: cordoned, not Ready or gone, with instances
+    /// still on it).
+    pub schedulable: bool,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use shoal_common::{Error, Result};
 
-use crate::config::RunnerConfig;
+use crate::config::{ExecutorKind, RunnerConfig};
 use crate::spec::{DepType, JobSpec, Limits, Problem, Shard, SpecErrors, SpecFormat, check_text};
 
 /// What a spec is checked against: the runner's nodes and quotas, and whether it has
@@ -42,12 +42,8 @@ impl Admission {
     fn limits_for(&self, spec: &JobSpec) -> Limits {
         let quota = self.cfg.quota_for(&spec.owner);
         Limits {
-            nodes: self
-                .cfg
-                .nodes
-                .iter()
-                .map(|n| (n.name.clone(), n.cpu_millis, n.memory_bytes))
-                .collect(),
+            nodes: self.cfg.nodes.clone(),
+            nodes_change: self.cfg.discovers_nodes(),
             quota_cpu_millis: quota.cpu_millis,
             quota_memory_bytes: quota.memory_bytes,
             max_job_instances: self.cfg.max_job_instances,
@@ -119,6 +115,8 @@ impl Draft {
     /// Refuses requests beyond the runner's limits and specs that need a master the
     /// runner does not have; otherwise the plan.
     pub fn admit(self, admission: &Admission) -> std::result::Result<JobPlan, Refusal> {
+        // First: a GPU no local node has is better explained by the executor.
+        check_executor_honours(&self.spec, &self.source, admission.cfg.executor)?;
         if !self.over_limits.is_empty() {
             return Err(Refusal::Invalid(SpecErrors {
                 source: self.source,
@@ -149,6 +147,63 @@ fn check_cluster_needs(
             if i.prewarm.is_some() && !admission.prewarms {
                 problems.push(format!("{at}.prewarm: prewarm needs the master's load jobs, but this runner has no master; start it with --master HOST:PORT"));
             }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let name = if source.is_empty() {
+        "job spec"
+    } else {
+        source
+    };
+    Err(Refusal::CannotRun(format!(
+        "{name} cannot run on this runner:\n  {}",
+        problems.join("\n  ")
+    )))
+}
+
+/// The Pod-level fields of a task (an image, extended resources, placement, a
+/// service account) only mean something to the Kubernetes executor: the local
+/// executor would run the command on this host without them, so such a spec is
+/// refused, naming each field. The noop executor runs nothing and takes anything.
+fn check_executor_honours(
+    spec: &JobSpec,
+    source: &str,
+    executor: ExecutorKind,
+) -> std::result::Result<(), Refusal> {
+    if executor != ExecutorKind::Local {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    for (ti, t) in spec.tasks.iter().enumerate() {
+        let at = format!("tasks[{ti}]");
+        let o = &t.pod;
+        let mut fields: Vec<String> = Vec::new();
+        if o.image.is_some() {
+            fields.push("image".into());
+        }
+        fields.extend(
+            t.resources
+                .extended
+                .keys()
+                .map(|k| format!("resources.{k}")),
+        );
+        for (set, name) in [
+            (!o.node_selector.is_empty(), "node_selector"),
+            (!o.tolerations.is_empty(), "tolerations"),
+            (!o.labels.is_empty(), "labels"),
+            (!o.annotations.is_empty(), "annotations"),
+            (o.service_account.is_some(), "service_account"),
+        ] {
+            if set {
+                fields.push(name.into());
+            }
+        }
+        for f in fields {
+            problems.push(format!(
+                "{at}.{f}: needs the Kubernetes executor, but this runner uses the local executor, which runs commands on its own host; submit to a runner started with --executor kubernetes, or remove the field"
+            ));
         }
     }
     if problems.is_empty() {
@@ -267,6 +322,7 @@ mod tests {
             name: "n1".into(),
             cpu_millis: 2000,
             memory_bytes: 1 << 30,
+            ..Default::default()
         }];
         Admission::new(&cfg, lists_inputs, false)
     }
@@ -315,6 +371,47 @@ mod tests {
             }
             other => panic!("expected the limit, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_local_executor_refuses_pod_fields_naming_each() {
+        let text = "name: g\ntasks:\n  - name: a\n    command: [\"true\"]\n    image: reg/x:1\n    resources: {nvidia.com/gpu: 1}\n    node_selector: {pool: a}\n    tolerations: [{operator: Exists}]\n    labels: {team: a}\n    service_account: sa\n  - {name: b, command: [\"true\"]}\n";
+        match JobPlan::from_text(text.into(), SpecFormat::Yaml, "g.yaml", &admission(false)) {
+            Err(Refusal::CannotRun(m)) => {
+                assert!(m.starts_with("g.yaml cannot run on this runner:\n  tasks[0].image: needs the Kubernetes executor"), "{m}");
+                for f in [
+                    "tasks[0].resources.nvidia.com/gpu:",
+                    "tasks[0].node_selector:",
+                    "tasks[0].tolerations:",
+                    "tasks[0].labels:",
+                    "tasks[0].service_account:",
+                ] {
+                    assert!(m.contains(f), "{f} missing from {m}");
+                }
+                assert!(!m.contains("tasks[1]"), "{m}");
+                assert!(m.contains("--executor kubernetes"), "{m}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The Kubernetes executor takes it (the GPU is weighed against discovered
+        // nodes at run time, not at submit).
+        let mut cfg = RunnerConfig::new("/nonexistent".into());
+        cfg.executor = ExecutorKind::Kubernetes;
+        cfg.nodes.clear();
+        let k8s = Admission::new(&cfg, false, false);
+        let plan = JobPlan::from_text(text.into(), SpecFormat::Yaml, "g.yaml", &k8s)
+            .expect("the kubernetes executor honours every field");
+        let t = &plan.spec().tasks[0];
+        assert_eq!(t.pod.image.as_deref(), Some("reg/x:1"));
+        assert_eq!(t.resources.extended["nvidia.com/gpu"], 1);
+        // Stored and restored as it was (recovery reads the stored spec).
+        let parts = plan.into_parts();
+        let back = JobPlan::restore(parts.spec_json, &parts.text).unwrap();
+        assert_eq!(back.spec(), &parts.spec);
+        // A spec stored before these fields existed still reads.
+        let old = r#"{"name":"o","owner":"default","priority":0,"datasets":[],"tasks":[{"name":"a","command":["true"],"env":{},"instances":1,"resources":{"cpu_millis":1000,"memory_bytes":1},"depends_on":[],"inputs":[],"retry":{"attempts":1,"backoff":{"initial":1000,"factor":2.0,"cap":1000},"on_exit_codes":[]},"timeout":null}],"debug":{"keep_failed":false}}"#;
+        let restored = JobPlan::restore(old.into(), "").expect("an old stored spec reads");
+        assert!(restored.spec().tasks[0].pod.is_default());
     }
 
     #[test]

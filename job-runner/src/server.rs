@@ -46,6 +46,9 @@ pub struct Plugins {
     pub inputs: Option<Arc<dyn InputResolver>>,
     /// Default with a master: `MasterPrewarm`; without one: none.
     pub prewarm: Option<Arc<dyn PrewarmGate>>,
+    /// Default with the Kubernetes executor and no `--node` list: its Node watch;
+    /// otherwise none (the config's nodes).
+    pub nodes: Option<Arc<dyn crate::nodes::NodeSource>>,
 }
 
 /// A runner that is serving. Dropping it does not stop it; call
@@ -95,6 +98,7 @@ impl RunnerServer {
         let cancel = CancellationToken::new();
         // The Kubernetes executor hands each job's credential to its Pods itself.
         let mut pod_credentials: Option<Arc<dyn DatasetMounts>> = None;
+        let mut node_source = plugins.nodes;
         let executor: Arc<dyn Executor> = match plugins.executor {
             Some(e) => e,
             None => match cfg.executor {
@@ -105,10 +109,11 @@ impl RunnerServer {
                 ),
                 ExecutorKind::Noop => Arc::new(NoopExecutor),
                 ExecutorKind::Kubernetes => {
-                    let (e, m) =
+                    let c =
                         crate::executor::kubernetes::connect(&cfg, cancel.child_token()).await?;
-                    pod_credentials = Some(m);
-                    e
+                    pod_credentials = Some(c.mounts);
+                    node_source = node_source.or(c.nodes);
+                    c.executor
                 }
             },
         };
@@ -172,7 +177,10 @@ impl RunnerServer {
         };
         let data_dir = cfg.data_dir.clone();
         let executor_name = executor.name();
-        let nodes = cfg.nodes.len();
+        let nodes = match cfg.discovers_nodes() {
+            true => "discovered".to_owned(),
+            false => cfg.nodes.len().to_string(),
+        };
         let admission = Admission::new(&cfg, inputs.is_some(), prewarm.is_some());
         let (engine, engine_thread) = {
             let cfg = cfg.clone();
@@ -182,6 +190,7 @@ impl RunnerServer {
                 mounts,
                 inputs,
                 prewarm,
+                nodes: node_source,
             };
             // Recovery reads the store and may poll processes: keep it off the runtime.
             tokio::task::spawn_blocking(move || Engine::spawn(cfg, parts))
@@ -224,7 +233,7 @@ impl RunnerServer {
                 warn!(error = %e, "runner gRPC server stopped with an error");
             }
         });
-        info!(grpc = %grpc_addr, master = ?cfg.master, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %data_dir.display(), executor = executor_name, nodes, "runner started");
+        info!(grpc = %grpc_addr, master = ?cfg.master, metrics = ?metrics.as_ref().map(|m| m.local_addr), data_dir = %data_dir.display(), executor = executor_name, %nodes, "runner started");
         Ok(RunningRunner {
             grpc_addr,
             metrics_addr: metrics.as_ref().map(|m| m.local_addr),

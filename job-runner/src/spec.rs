@@ -91,13 +91,101 @@ pub struct TaskSpec {
     pub retry: RetrySpec,
     #[serde(with = "opt_duration_ms")]
     pub timeout: Option<Duration>,
+    /// How its Pods are made and placed; only the Kubernetes executor honours it.
+    /// Specs stored before it existed read as the default.
+    #[serde(default, skip_serializing_if = "PodOptions::is_default")]
+    pub pod: PodOptions,
 }
 
 /// What one instance asks for. CPU in thousandths of a core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Extended resources (`nvidia.com/gpu`) by name: whole units, requested and
+    /// limited alike, as Kubernetes requires.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extended: BTreeMap<String, u64>,
+}
+
+/// A task's Pod-level fields (`image`, `node_selector`, `tolerations`, `labels`,
+/// `annotations`, `service_account`), validated at submit. Each needs the Kubernetes
+/// executor; the local executor refuses a spec that sets one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PodOptions {
+    /// The job container's image; `None` is the runner's (`SHOAL_K8S_JOB_IMAGE`).
+    pub image: Option<String>,
+    /// Node labels the instance's node must have (Kubernetes `nodeSelector`).
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// Added to the Pod's labels; `shoal.io/*` keys are refused at submit.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The Pod's service account; `None` is the runner's (`SHOAL_K8S_SERVICE_ACCOUNT`).
+    pub service_account: Option<String>,
+}
+
+impl PodOptions {
+    pub fn is_default(&self) -> bool {
+        *self == PodOptions::default()
+    }
+
+    /// Whether the node labels satisfy the node selector.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether the tolerations let a Pod onto a node with `taint` (Kubernetes' rule:
+    /// an empty key with `Exists` tolerates every taint, an empty effect every effect).
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        taint.effect == "PreferNoSchedule"
+            || self.tolerations.iter().any(|t| {
+                (t.effect.is_empty() || t.effect == taint.effect)
+                    && match t.operator {
+                        TolerationOperator::Exists => t.key.is_empty() || t.key == taint.key,
+                        TolerationOperator::Equal => t.key == taint.key && t.value == taint.value,
+                    }
+            })
+    }
+}
+
+/// One Kubernetes toleration, in the spec's snake_case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toleration {
+    /// Empty only with `Exists`: every taint.
+    pub key: String,
+    pub operator: TolerationOperator,
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule`, `NoExecute`, or empty for all of them.
+    pub effect: String,
+    /// With `NoExecute`: how long the Pod stays once the taint appears.
+    pub toleration_seconds: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TolerationOperator {
+    Equal,
+    Exists,
+}
+
+impl TolerationOperator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TolerationOperator::Equal => "Equal",
+            TolerationOperator::Exists => "Exists",
+        }
+    }
+}
+
+/// A node taint, as node discovery reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taint {
+    pub key: String,
+    pub value: String,
+    pub effect: String,
 }
 
 pub const DEFAULT_CPU_MILLIS: u64 = 1000;
@@ -113,11 +201,13 @@ impl Default for TaskSpec {
             resources: Resources {
                 cpu_millis: DEFAULT_CPU_MILLIS,
                 memory_bytes: DEFAULT_MEMORY_BYTES,
+                extended: BTreeMap::new(),
             },
             depends_on: Vec::new(),
             inputs: Vec::new(),
             retry: RetrySpec::default(),
             timeout: None,
+            pod: PodOptions::default(),
         }
     }
 }

@@ -560,6 +560,7 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                             "used_cpu_millis": n.used_cpu_millis,
                             "used_memory_bytes": n.used_memory_bytes,
                             "running": n.running,
+                            "schedulable": n.schedulable,
                         }))
                         .collect::<Vec<_>>()
                 ))?,
@@ -574,7 +575,11 @@ pub async fn run(ctx: &Context, c: JobCommand) -> anyhow::Result<ExitCode> {
                     ]);
                     for n in &nodes {
                         t.row(vec![
-                            n.name.clone(),
+                            match n.schedulable {
+                                true => n.name.clone(),
+                                // Its running instances are still shown.
+                                false => format!("{} (no new instances)", n.name),
+                            },
                             shoal_job_runner::spec::fmt_cpu(n.cpu_millis.into()),
                             shoal_job_runner::spec::fmt_cpu(n.used_cpu_millis.into()),
                             shoal_common::size::human_bytes(n.memory_bytes),

@@ -49,7 +49,10 @@ pub struct RunnerArgs {
     /// Repeatable [default: this machine with all its CPUs and memory]. With the
     /// local executor these are simulated nodes of this one host: every instance runs
     /// on the runner's own machine, whatever node it is placed on (no multi-host
-    /// execution). With the kubernetes executor they name Kubernetes nodes.
+    /// execution). With the kubernetes executor the runner discovers the cluster's
+    /// Nodes (SHOAL_K8S_NODE_SELECTOR) unless given this list, which then names the
+    /// only Kubernetes nodes it uses, fixed (NAME=CPU,MEMORY,nvidia.com/gpu=N for
+    /// extended resources).
     #[arg(long = "node", value_name = "NAME=CPU,MEMORY")]
     nodes: Vec<String>,
     /// Quota of every owner without its own: instances=N,cpu=CORES,memory=SIZE (any
@@ -267,6 +270,7 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
     if let Some(t) = master_timeout.or(f.master_timeout) {
         cfg.master_timeout = t;
     }
+    let static_nodes = !nodes.is_empty() || f.nodes.is_some();
     if !nodes.is_empty() {
         cfg.nodes = nodes
             .iter()
@@ -322,6 +326,11 @@ pub fn config(ctx: &Context, a: RunnerArgs) -> anyhow::Result<RunnerConfig> {
             }
             cfg.kubernetes = shoal_job_runner::executor::kubernetes::KubernetesConfig::from_env()
                 .context("the kubernetes executor's SHOAL_K8S_* options")?;
+            // Without a list of its own the runner discovers the cluster's Nodes
+            // (SHOAL_K8S_NODE_SELECTOR); a list overrides discovery.
+            if !static_nodes {
+                cfg.nodes.clear();
+            }
             ExecutorKind::Kubernetes
         }
     };
@@ -369,10 +378,13 @@ fn check(ctx: &Context, a: RunnerArgs) -> anyhow::Result<String> {
         ExecutorKind::Noop => "noop",
         ExecutorKind::Kubernetes => "kubernetes",
     };
+    let nodes = match cfg.discovers_nodes() {
+        true => "nodes discovered from the Kubernetes API".to_owned(),
+        false => format!("{} node(s)", cfg.nodes.len()),
+    };
     Ok(format!(
-        "shoal runner on {} with the {executor} executor, {} node(s), master {}",
+        "shoal runner on {} with the {executor} executor, {nodes}, master {}",
         cfg.listen,
-        cfg.nodes.len(),
         cfg.master.as_deref().unwrap_or("none (standalone)")
     ))
 }
@@ -383,7 +395,7 @@ pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     shoal_telemetry::init_tracing();
     let cfg = config(ctx, a)?;
-    let nodes: Vec<String> = cfg
+    let mut nodes: Vec<String> = cfg
         .nodes
         .iter()
         .map(|n| {
@@ -395,6 +407,9 @@ pub async fn run(ctx: &Context, a: RunnerArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
+    if cfg.discovers_nodes() {
+        nodes.push("discovered from the Kubernetes API".into());
+    }
     let runner = RunnerServer::start(cfg).await?;
     eprintln!(
         "shoal runner listening on {} (metrics on {}), nodes: {}",
@@ -501,6 +516,26 @@ mod tests {
     fn the_kubernetes_executor_is_selectable_and_needs_a_master() {
         let c = resolve(FILE, &["--executor", "kubernetes"]).unwrap();
         assert_eq!(c.executor, ExecutorKind::Kubernetes);
+        assert!(!c.discovers_nodes(), "the file's nodes override discovery");
+        let bare = "[runner]\nmaster = \"10.0.0.5:7700\"\n";
+        let c = resolve(bare, &["--executor", "kubernetes"]).unwrap();
+        assert!(
+            c.discovers_nodes(),
+            "no node list: the Nodes are discovered"
+        );
+        assert!(c.nodes.is_empty());
+        let c = resolve(
+            bare,
+            &[
+                "--executor",
+                "kubernetes",
+                "--node",
+                "gpu-1=8,64GiB,nvidia.com/gpu=2",
+            ],
+        )
+        .unwrap();
+        assert!(!c.discovers_nodes(), "a --node list overrides discovery");
+        assert_eq!(c.nodes[0].extended["nvidia.com/gpu"], 2);
         let e = resolve("", &["--executor", "kubernetes", "--check"]).unwrap_err();
         assert!(
             format!("{e:#}").contains("needs the master's address"),

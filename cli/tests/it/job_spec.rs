@@ -77,7 +77,7 @@ async fn every_problem_of_an_invalid_spec_is_printed_with_its_place() {
         problems,
         vec![
             format!(
-                "{spec}:5:5: tasks[0].instancs: unknown field `instancs` (did you mean `instances`?); expected one of: name, command, env, instances, resources, depends_on, inputs, retry, timeout"
+                "{spec}:5:5: tasks[0].instancs: unknown field `instancs` (did you mean `instances`?); expected one of: name, command, env, instances, resources, depends_on, inputs, retry, timeout, image, node_selector, tolerations, labels, annotations, service_account"
             ),
             format!(
                 "{spec}:8:25: tasks[1].depends_on[0].task: unknown task `nope`; tasks in this job: a, b"

@@ -371,6 +371,7 @@ fn rendered_pods() -> Vec<Value> {
         links: Vec::new(),
         input_list: None,
         resources: Default::default(),
+        pod: Default::default(),
         datasets: vec![DatasetView {
             name: "images".into(),
             path: PathBuf::from("/shoal/images"),

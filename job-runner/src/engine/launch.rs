@@ -176,7 +176,8 @@ impl Engine {
                 .attempt_files(&job.id, &task.spec.name, k.index, inst.attempt()),
             links,
             input_list,
-            resources: task.spec.resources,
+            resources: task.spec.resources.clone(),
+            pod: task.spec.pod.clone(),
             datasets,
         })
     }

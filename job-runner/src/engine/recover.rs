@@ -55,7 +55,7 @@ impl Engine {
             }
             for rec in sj.instances {
                 let (task, index) = (rec.task as usize, rec.index as usize);
-                let node = self.nodes.iter().position(|n| n.cfg.name == rec.node);
+                let node = self.node_index(&rec.node);
                 let (Some(slot), Some(h)) = (
                     job.tasks.get_mut(task).and_then(|t| t.insts.get_mut(index)),
                     history.get_mut(task).and_then(|h| h.get_mut(index)),
@@ -161,14 +161,14 @@ impl Engine {
         let Some(inst) = job.inst(k) else {
             return;
         };
-        let req = job.tasks[k.task as usize].spec.resources;
+        let req = job.tasks[k.task as usize].spec.resources.clone();
         let owner = job.spec.owner.clone();
         let node = inst.node();
         if let Some(n) = node.and_then(|n| self.nodes.get_mut(n)) {
-            n.used.add(req);
+            n.take(&req);
         }
         let quota = self.cfg.quota_for(&owner);
-        self.sched.owner_mut(&owner, quota).used.add(req);
+        self.sched.owner_mut(&owner, quota).used.add(&req);
     }
 
     /// Re-attaches to an attempt a previous runner started. Called with the

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::state::{InstKey, Job, NodeUse, Usage, quota_refuses};
 use crate::config::Quota;
 use crate::locality::{GateState, InputResolver, InputsState, PrewarmGate};
-use crate::spec::{OnTimeout, Resources};
+use crate::spec::{OnTimeout, PodOptions, Resources};
 
 /// A task's ready instances within its owner's queue: higher priority first, then
 /// submission order, then task order.
@@ -154,7 +154,8 @@ impl Sched {
                     owner.groups.remove(&gk);
                     continue;
                 };
-                let req = job.tasks[ti as usize].spec.resources;
+                let req = job.tasks[ti as usize].spec.resources.clone();
+                let pod = job.tasks[ti as usize].spec.pod.clone();
                 let waiting = job_view(job, ti, inp, &mut out, owner)
                     .or_else(|| gate(job, ti, inp, &mut out, owner))
                     .or_else(|| resolve_inputs(job, ti, inp, &mut out, owner));
@@ -164,7 +165,7 @@ impl Sched {
                     t.group_pass = pass;
                     continue;
                 }
-                if let Some(r) = quota_refuses(&owner.quota, &owner.used, req) {
+                if let Some(r) = quota_refuses(&owner.quota, &owner.used, &req) {
                     let t = &mut job.tasks[ti as usize];
                     t.group_reason = r.to_owned();
                     t.group_pass = pass;
@@ -175,11 +176,12 @@ impl Sched {
                     }
                     continue;
                 }
-                if !nodes.iter().any(|n| n.fits(req)) {
+                if !nodes.iter().any(|n| n.admits(&pod) && n.fits(&req)) {
+                    let (reason, label) = no_room(nodes, &req, &pod);
                     let t = &mut job.tasks[ti as usize];
-                    t.group_reason = "capacity".to_owned();
+                    t.group_reason = reason;
                     t.group_pass = pass;
-                    out.skipped.push("capacity");
+                    out.skipped.push(label);
                     continue;
                 }
                 let Some(ready) = owner.groups.get(&gk) else {
@@ -188,15 +190,15 @@ impl Sched {
                 let mut started = Vec::new();
                 let mut blocked: Option<&'static str> = None;
                 for &idx in ready {
-                    if let Some(r) = quota_refuses(&owner.quota, &owner.used, req) {
+                    if let Some(r) = quota_refuses(&owner.quota, &owner.used, &req) {
                         blocked = Some(r);
                         break;
                     }
-                    let choice = choose_node(job, ti, idx, nodes, req, inp);
+                    let choice = choose_node(job, ti, idx, nodes, (&req, &pod), inp);
                     match choice {
                         Choice::Node(n, bytes, locality) => {
-                            nodes[n].used.add(req);
-                            owner.used.add(req);
+                            nodes[n].take(&req);
+                            owner.used.add(&req);
                             started.push(idx);
                             out.start.push(Placement {
                                 key: InstKey::new(job_seq, ti, idx),
@@ -226,7 +228,11 @@ impl Sched {
                 }
                 if let Some(r) = blocked {
                     let t = &mut job.tasks[ti as usize];
-                    t.group_reason = r.to_owned();
+                    t.group_reason = if r == "capacity" {
+                        no_room(nodes, &req, &pod).0
+                    } else {
+                        r.to_owned()
+                    };
                     t.group_pass = pass;
                     out.skipped.push(r);
                     if r == "quota:instances" {
@@ -411,14 +417,44 @@ enum Choice {
     Full,
 }
 
+/// Why no node takes an instance now, as (the reason it shows, the metrics label):
+/// - `no-nodes`: the runner knows no schedulable node (discovery found none Ready
+///   and uncordoned, or all left);
+/// - `no-matching-node`: no node matches its `node_selector` and tolerations;
+/// - `no-node-has:RESOURCE`: no matching node offers that extended resource at all;
+/// - `capacity:RESOURCE`: nodes offer it, but none has enough of it free;
+/// - `capacity`: no matching node has the CPU or memory free.
+fn no_room(nodes: &[NodeUse], req: &Resources, pod: &PodOptions) -> (String, &'static str) {
+    if !nodes.iter().any(|n| n.schedulable) {
+        return ("no-nodes".into(), "no-nodes");
+    }
+    let matching: Vec<&NodeUse> = nodes.iter().filter(|n| n.admits(pod)).collect();
+    if matching.is_empty() {
+        return ("no-matching-node".into(), "no-matching-node");
+    }
+    for (k, want) in &req.extended {
+        if !matching
+            .iter()
+            .any(|n| n.cfg.extended.get(k).is_some_and(|has| has >= want))
+        {
+            return (format!("no-node-has:{k}"), "no-node-has-resource");
+        }
+        if !matching.iter().any(|n| n.free_extended(k) >= *want) {
+            return (format!("capacity:{k}"), "capacity");
+        }
+    }
+    ("capacity".into(), "capacity")
+}
+
 fn choose_node(
     job: &mut Job,
     ti: u32,
     idx: u32,
     nodes: &[NodeUse],
-    req: Resources,
+    (req, pod): (&Resources, &PodOptions),
     inp: &PassInputs<'_>,
 ) -> Choice {
+    let ok = |n: &NodeUse| n.admits(pod) && n.fits(req);
     let task = &mut job.tasks[ti as usize];
     let prefs = match &task.inputs {
         Some(resolved) => {
@@ -445,21 +481,21 @@ fn choose_node(
     };
     let bytes_on = |n: usize| prefs.iter().find(|(i, _)| *i == n).map_or(0, |(_, b)| *b);
     if let Some(&(best, bytes)) = prefs.first() {
-        if nodes[best].fits(req) {
+        if ok(&nodes[best]) {
             return Choice::Node(best, bytes, "best");
         }
         // The wait counts from the first pass that could place the instance, not from
         // when it became RUNNABLE: time spent behind a prewarm gate is no locality wait.
         let since = job.tasks[ti as usize].insts[idx as usize].placeable_since(inp.now);
         let waited = inp.now.saturating_duration_since(since);
-        if waited < inp.locality_wait && nodes.iter().any(|n| n.fits(req)) {
+        if waited < inp.locality_wait && nodes.iter().any(ok) {
             return Choice::Wait;
         }
     }
     // Spread: the fitting node with the most free CPU (first on ties).
     let mut best: Option<usize> = None;
     for (i, n) in nodes.iter().enumerate() {
-        if n.fits(req) && best.is_none_or(|b| n.free_share() > nodes[b].free_share()) {
+        if ok(n) && best.is_none_or(|b| n.free_share() > nodes[b].free_share()) {
             best = Some(i);
         }
     }

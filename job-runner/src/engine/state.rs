@@ -192,12 +192,12 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn add(&mut self, r: Resources) {
+    pub fn add(&mut self, r: &Resources) {
         self.instances += 1;
         self.cpu_millis += r.cpu_millis;
         self.memory_bytes += r.memory_bytes;
     }
-    pub fn sub(&mut self, r: Resources) {
+    pub fn sub(&mut self, r: &Resources) {
         self.instances = self.instances.saturating_sub(1);
         self.cpu_millis = self.cpu_millis.saturating_sub(r.cpu_millis);
         self.memory_bytes = self.memory_bytes.saturating_sub(r.memory_bytes);
@@ -205,7 +205,7 @@ impl Usage {
 }
 
 /// Why an owner's quota refuses `r`, if it does.
-pub fn quota_refuses(q: &Quota, used: &Usage, r: Resources) -> Option<&'static str> {
+pub fn quota_refuses(q: &Quota, used: &Usage, r: &Resources) -> Option<&'static str> {
     if q.max_instances.is_some_and(|m| used.instances >= m) {
         return Some("quota:instances");
     }
@@ -222,15 +222,70 @@ pub fn quota_refuses(q: &Quota, used: &Usage, r: Resources) -> Option<&'static s
     None
 }
 
+/// One executor node and what its STARTING and RUNNING instances hold of it. Nodes
+/// are never removed from the engine's list (instances name theirs by position): a
+/// node that left the cluster, or was cordoned, stays with `schedulable` false until
+/// its instances end or it comes back.
 pub struct NodeUse {
     pub cfg: NodeConfig,
     pub used: Usage,
+    pub used_extended: std::collections::BTreeMap<String, u64>,
+    /// New instances may be placed on it.
+    pub schedulable: bool,
+    /// Its labels and taints are known (a discovered node): a `--node` entry has
+    /// none, so tasks' `node_selector` and tolerations are left to Kubernetes there.
+    pub knows_placement: bool,
 }
 
 impl NodeUse {
-    pub fn fits(&self, r: Resources) -> bool {
-        self.used.cpu_millis + r.cpu_millis <= self.cfg.cpu_millis
+    pub fn new(cfg: NodeConfig) -> NodeUse {
+        NodeUse {
+            cfg,
+            used: Usage::default(),
+            used_extended: Default::default(),
+            schedulable: true,
+            knows_placement: false,
+        }
+    }
+
+    /// Whether `r` fits in what is free on it now.
+    pub fn fits(&self, r: &Resources) -> bool {
+        self.schedulable
+            && self.used.cpu_millis + r.cpu_millis <= self.cfg.cpu_millis
             && self.used.memory_bytes + r.memory_bytes <= self.cfg.memory_bytes
+            && r.extended.iter().all(|(k, n)| self.free_extended(k) >= *n)
+    }
+
+    pub fn free_extended(&self, name: &str) -> u64 {
+        let has = self.cfg.extended.get(name).copied().unwrap_or(0);
+        has.saturating_sub(self.used_extended.get(name).copied().unwrap_or(0))
+    }
+
+    /// Whether a Pod with these options may go there at all: its node selector
+    /// matches and it tolerates every taint.
+    pub fn admits(&self, pod: &crate::spec::PodOptions) -> bool {
+        self.schedulable
+            && (!self.knows_placement
+                || (pod.selects(&self.cfg.labels)
+                    && self.cfg.taints.iter().all(|t| pod.tolerates(t))))
+    }
+
+    /// An instance asking for `r` was placed on it (or re-adopted there).
+    pub fn take(&mut self, r: &Resources) {
+        self.used.add(r);
+        for (k, n) in &r.extended {
+            *self.used_extended.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    /// That instance ended.
+    pub fn give_back(&mut self, r: &Resources) {
+        self.used.sub(r);
+        for (k, n) in &r.extended {
+            if let Some(u) = self.used_extended.get_mut(k) {
+                *u = u.saturating_sub(*n);
+            }
+        }
     }
 
     /// Free CPU share, for spreading instances over nodes.

@@ -154,7 +154,7 @@ impl Engine {
         let Some(task) = job.tasks.get(k.task as usize) else {
             return;
         };
-        let req = task.spec.resources;
+        let req = task.spec.resources.clone();
         let Some(inst) = task.insts.get(k.index as usize) else {
             return;
         };
@@ -162,10 +162,10 @@ impl Engine {
             return;
         }
         if let Some(node) = inst.node().and_then(|n| self.nodes.get_mut(n)) {
-            node.used.sub(req);
+            node.give_back(&req);
         }
         let quota = self.cfg.quota_for(&job.spec.owner);
-        self.sched.owner_mut(&job.spec.owner, quota).used.sub(req);
+        self.sched.owner_mut(&job.spec.owner, quota).used.sub(&req);
         self.dirty = true;
     }
 

@@ -72,6 +72,7 @@ impl Engine {
     pub(super) fn node_views(&self) -> Vec<NodeView> {
         self.nodes
             .iter()
+            .filter(|n| n.schedulable || n.used.instances > 0)
             .map(|n| NodeView {
                 name: n.cfg.name.clone(),
                 cpu_millis: n.cfg.cpu_millis,
@@ -79,6 +80,7 @@ impl Engine {
                 used_cpu_millis: n.used.cpu_millis,
                 used_memory_bytes: n.used.memory_bytes,
                 running: n.used.instances,
+                schedulable: n.schedulable,
             })
             .collect()
     }

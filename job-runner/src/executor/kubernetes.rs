@@ -10,6 +10,9 @@
 //!     the logs of (`logs`) and deletes those Pods;
 //!   - `secrets`: each job's credential, in a per-job Secret its Pods' sidecars
 //!     mount (the cluster token never reaches a Pod);
+//!   - `nodes`: [`NodeWatch`], the cluster's Nodes as the runner's executor nodes
+//!     (capacity from `status.allocatable`, cordoned and not-Ready nodes left out),
+//!     used when the runner has no `--node` list;
 //!   - [`connect`]: builds both from the runner's config, in-cluster or from a
 //!     kubeconfig.
 //!
@@ -25,6 +28,8 @@ mod attempts;
 #[cfg(feature = "kubernetes")]
 mod logs;
 #[cfg(feature = "kubernetes")]
+pub mod nodes;
+#[cfg(feature = "kubernetes")]
 pub mod render;
 #[cfg(feature = "kubernetes")]
 pub mod secrets;
@@ -35,6 +40,8 @@ mod watch;
 
 #[cfg(feature = "kubernetes")]
 pub use attempts::KubernetesExecutor;
+#[cfg(feature = "kubernetes")]
+pub use nodes::NodeWatch;
 
 use std::sync::Arc;
 
@@ -44,17 +51,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DatasetMounts, Executor};
 use crate::config::RunnerConfig;
+use crate::nodes::NodeSource;
+
+/// What [`connect`] builds.
+pub struct Connected {
+    pub executor: Arc<dyn Executor>,
+    /// Gives job Pods their job's credential ([`secrets::JobSecrets`]).
+    pub mounts: Arc<dyn DatasetMounts>,
+    /// The Node watch, when the runner has no `--node` list.
+    pub nodes: Option<Arc<dyn NodeSource>>,
+}
 
 /// The Kubernetes executor for `cfg` (its `kubernetes` options, name, master, mount
 /// root and kill grace), connected to the cluster the runner runs in, or to the
-/// current kubeconfig context outside one, and the [`secrets::JobSecrets`] that give
-/// its job Pods their job's credential (renewals stop with `shutdown`).
+/// current kubeconfig context outside one, the [`secrets::JobSecrets`] that give
+/// its job Pods their job's credential (renewals stop with `shutdown`), and, without
+/// a `--node` list, the [`NodeWatch`] that tells the runner its nodes.
 #[cfg(feature = "kubernetes")]
-pub async fn connect(
-    cfg: &RunnerConfig,
-    shutdown: CancellationToken,
-) -> Result<(Arc<dyn Executor>, Arc<dyn DatasetMounts>)> {
-    use k8s_openapi::api::core::v1::{Pod, Secret};
+pub async fn connect(cfg: &RunnerConfig, shutdown: CancellationToken) -> Result<Connected> {
+    use k8s_openapi::api::core::v1::{Node, Pod, Secret};
     use shoal_common::Error;
 
     let k = &cfg.kubernetes;
@@ -74,7 +89,15 @@ pub async fn connect(
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
-    let secret_api: kube::Api<Secret> = kube::Api::namespaced(client, &namespace);
+    let secret_api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &namespace);
+    let nodes = cfg.discovers_nodes().then(|| {
+        Arc::new(NodeWatch::new(
+            kube::Api::<Node>::all(client),
+            k.node_selector.clone(),
+            k.api_timeout,
+            tokio::runtime::Handle::current(),
+        )) as Arc<dyn NodeSource>
+    });
     let sidecar_image = match &k.sidecar_image {
         Some(i) => i.clone(),
         None => own_image(&api, k.api_timeout).await?,
@@ -147,7 +170,11 @@ pub async fn connect(
         k.clone(),
         tokio::runtime::Handle::current(),
     ));
-    Ok((executor, Arc::new(secrets)))
+    Ok(Connected {
+        executor,
+        mounts: Arc::new(secrets),
+        nodes,
+    })
 }
 
 /// The image of the runner's own Pod (its name is the host name), so that the
@@ -190,10 +217,7 @@ async fn own_image(
 
 /// Without the `kubernetes` feature: a clear error.
 #[cfg(not(feature = "kubernetes"))]
-pub async fn connect(
-    _cfg: &RunnerConfig,
-    _shutdown: CancellationToken,
-) -> Result<(Arc<dyn Executor>, Arc<dyn DatasetMounts>)> {
+pub async fn connect(_cfg: &RunnerConfig, _shutdown: CancellationToken) -> Result<Connected> {
     Err(shoal_common::Error::invalid(
         "this shoal was built without the kubernetes executor: build it with \
          `--features shoal-job-runner/kubernetes` (the container image in \

@@ -93,6 +93,7 @@ pub fn node(n: NodeView) -> pb::NodeInfo {
         used_cpu_millis: n.used_cpu_millis.min(u32::MAX as u64) as u32,
         used_memory_bytes: n.used_memory_bytes,
         running: n.running,
+        schedulable: n.schedulable,
     }
 }
 

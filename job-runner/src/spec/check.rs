@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::node::{Loc, Node, Value};
 use super::{
     Backoff, DatasetMount, DebugSpec, DepType, Dependency, InputSpec, JobSpec, OnTimeout,
-    PrewarmSpec, Problem, Resources, RetrySpec, Shard, TaskSpec,
+    PodOptions, PrewarmSpec, Problem, Resources, RetrySpec, Shard, TaskSpec, Toleration,
+    TolerationOperator,
 };
 
 pub const MAX_TASKS: usize = 1000;
@@ -28,8 +29,20 @@ const TASK_FIELDS: &[&str] = &[
     "inputs",
     "retry",
     "timeout",
+    "image",
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "service_account",
 ];
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory"];
+const TOLERATION_FIELDS: &[&str] = &["key", "operator", "value", "effect", "toleration_seconds"];
+const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+/// Label and annotation keys the runner sets on its Pods itself.
+const RESERVED_PREFIX: &str = "shoal.io/";
+/// Kubernetes' limit on all of an object's annotations together.
+const MAX_ANNOTATIONS_BYTES: usize = 256 << 10;
 const DEP_FIELDS: &[&str] = &["task", "type"];
 const INPUT_FIELDS: &[&str] = &["dataset", "path", "shard", "prewarm"];
 const PREWARM_FIELDS: &[&str] = &["min_cached_percent", "timeout", "on_timeout"];
@@ -86,6 +99,68 @@ fn is_valid_env_name(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit (the
+/// name part of a Kubernetes qualified name, and a non-empty label value).
+fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// An RFC 1123 subdomain: what Kubernetes takes for object names and key prefixes.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// A Kubernetes qualified name (`[PREFIX/]NAME`): label, annotation and taint keys.
+pub fn qualified_name(s: &str) -> Result<(), &'static str> {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix
+        && !is_dns_subdomain(p)
+    {
+        return Err("its prefix is not a DNS subdomain (lower-case, e.g. example.com)");
+    }
+    if name.is_empty() || name.len() > 63 {
+        return Err("its name must be 1 to 63 characters");
+    }
+    if !is_name_part(name) {
+        return Err(
+            "its name may hold only letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit",
+        );
+    }
+    Ok(())
+}
+
+/// An extended resource name: a qualified name whose prefix is outside Kubernetes'
+/// own domain.
+pub fn extended_resource_name(s: &str) -> Result<(), &'static str> {
+    if !s.contains('/') {
+        return Err("an extended resource is named DOMAIN/NAME");
+    }
+    qualified_name(s)?;
+    let prefix = s.split_once('/').map_or("", |(p, _)| p);
+    if prefix == "kubernetes.io" || prefix.ends_with(".kubernetes.io") {
+        return Err("the kubernetes.io domain holds no extended resources");
+    }
+    if s.starts_with("requests.") {
+        return Err("a name starting with `requests.` is reserved by Kubernetes");
+    }
+    Ok(())
 }
 
 /// The closest known field to a misspelt one, if it is close enough to be a typo.
@@ -146,6 +221,17 @@ impl Checker {
     }
 
     fn map<'n>(&mut self, n: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+        self.map_open(n, path, known, |_| false)
+    }
+
+    /// [`Self::map`] that also lets through the keys `open` accepts.
+    fn map_open<'n>(
+        &mut self,
+        n: &'n Node,
+        path: &str,
+        known: &[&str],
+        open: impl Fn(&str) -> bool,
+    ) -> Option<Fields<'n>> {
         let Value::Map(m) = &n.value else {
             self.expected(n, path, "a mapping");
             return None;
@@ -160,7 +246,7 @@ impl Checker {
                 );
                 continue;
             };
-            if known.contains(&key) {
+            if known.contains(&key) || open(key) {
                 entries.push((key, v));
             } else {
                 let hint = match suggest(key, known) {
@@ -482,7 +568,253 @@ impl Checker {
                 );
             }
         }
+        t.pod = self.pod_options(&f, path);
         t
+    }
+
+    /// The task's Pod-level fields; whether the executor honours them is decided at
+    /// admission, not here.
+    fn pod_options(&mut self, f: &Fields<'_>, path: &str) -> PodOptions {
+        let mut o = PodOptions::default();
+        if let Some(n) = f.get("image") {
+            let p = sub(path, "image");
+            if let Some(s) = self.string(n, &p) {
+                if s.is_empty()
+                    || s.len() > 1024
+                    || s.starts_with('-')
+                    || s.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    self.hint(
+                        n.loc,
+                        &p,
+                        format!("invalid image `{s}`"),
+                        "write an image reference such as registry.example.com/team/train:1.4",
+                    );
+                } else {
+                    o.image = Some(s);
+                }
+            }
+        }
+        if let Some(n) = f.get("node_selector") {
+            let p = sub(path, "node_selector");
+            o.node_selector =
+                self.string_map(n, &p, "node label", |c, loc, p, v| c.label_value(loc, p, v));
+        }
+        if let Some(n) = f.get("labels") {
+            let p = sub(path, "labels");
+            o.labels = self.string_map(n, &p, "label", |c, loc, p, v| c.label_value(loc, p, v));
+            self.reserved_keys(n, &p, &o.labels, "labels");
+        }
+        if let Some(n) = f.get("annotations") {
+            let p = sub(path, "annotations");
+            o.annotations = self.string_map(n, &p, "annotation", |_, _, _, _| true);
+            self.reserved_keys(n, &p, &o.annotations, "annotations");
+            let size: usize = o.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if size > MAX_ANNOTATIONS_BYTES / 2 {
+                self.hint(
+                    n.loc,
+                    &p,
+                    format!("{} KiB of annotations", size >> 10),
+                    format!(
+                        "Kubernetes holds at most {} KiB per Pod and the runner needs room for its own; keep them under {} KiB",
+                        MAX_ANNOTATIONS_BYTES >> 10,
+                        MAX_ANNOTATIONS_BYTES >> 11
+                    ),
+                );
+            }
+        }
+        if let Some(n) = f.get("tolerations") {
+            let p = sub(path, "tolerations");
+            for (i, t) in self.seq(n, &p).iter().enumerate() {
+                if let Some(t) = self.toleration(t, &idx(&p, i)) {
+                    o.tolerations.push(t);
+                }
+            }
+        }
+        if let Some(n) = f.get("service_account") {
+            let p = sub(path, "service_account");
+            if let Some(s) = self.string(n, &p) {
+                if is_dns_subdomain(&s) {
+                    o.service_account = Some(s);
+                } else {
+                    self.hint(
+                        n.loc,
+                        &p,
+                        format!("invalid service account name `{s}`"),
+                        "use lower-case letters, digits, `-` and `.`, starting and ending with a letter or digit (at most 253)",
+                    );
+                }
+            }
+        }
+        o
+    }
+
+    /// A mapping of Kubernetes qualified names (label or annotation keys) to strings,
+    /// each value checked by `value`.
+    fn string_map(
+        &mut self,
+        n: &Node,
+        path: &str,
+        what: &str,
+        value: impl Fn(&mut Self, Loc, &str, &str) -> bool,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Value::Map(m) = &n.value else {
+            self.expected(n, path, &format!("a mapping of {what} key to value"));
+            return out;
+        };
+        for (k, v) in m {
+            let Some(key) = k.as_str() else {
+                self.expected(k, path, &format!("a {what} key (a string)"));
+                continue;
+            };
+            let p = sub(path, key);
+            if let Err(why) = qualified_name(key) {
+                self.hint(
+                    k.loc,
+                    &p,
+                    format!("invalid {what} key `{key}`: {why}"),
+                    "write [PREFIX/]NAME: NAME at most 63 letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit; PREFIX a DNS subdomain (example.com)",
+                );
+                continue;
+            }
+            let text = match &v.value {
+                Value::Str(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => f.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => {
+                    self.expected(v, &p, "a string");
+                    continue;
+                }
+            };
+            if value(self, v.loc, &p, &text) {
+                out.insert(key.to_owned(), text);
+            }
+        }
+        out
+    }
+
+    fn label_value(&mut self, loc: Loc, path: &str, v: &str) -> bool {
+        let ok = v.is_empty() || (v.len() <= 63 && is_name_part(v));
+        if !ok {
+            self.hint(
+                loc,
+                path,
+                format!("invalid label value `{v}`"),
+                "use at most 63 letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit (or leave it empty)",
+            );
+        }
+        ok
+    }
+
+    fn reserved_keys(&mut self, n: &Node, path: &str, m: &BTreeMap<String, String>, what: &str) {
+        for k in m.keys().filter(|k| k.starts_with(RESERVED_PREFIX)) {
+            let loc = match &n.value {
+                Value::Map(entries) => entries
+                    .iter()
+                    .find(|(key, _)| key.as_str() == Some(k))
+                    .map_or(n.loc, |(key, _)| key.loc),
+                _ => n.loc,
+            };
+            self.hint(
+                loc,
+                &sub(path, k),
+                format!("`{k}`: {RESERVED_PREFIX}* {what} are set by the runner"),
+                "use a prefix of your own (example.com/...)",
+            );
+        }
+    }
+
+    fn toleration(&mut self, n: &Node, path: &str) -> Option<Toleration> {
+        let f = self.map(n, path, TOLERATION_FIELDS)?;
+        let mut ok = true;
+        let key = match f.get("key") {
+            Some(k) => {
+                let p = sub(path, "key");
+                let s = self.string(k, &p).unwrap_or_default();
+                if !s.is_empty()
+                    && let Err(why) = qualified_name(&s)
+                {
+                    self.push(k.loc, &p, format!("invalid taint key `{s}`: {why}"));
+                    ok = false;
+                }
+                s
+            }
+            None => String::new(),
+        };
+        let operator = match f.get("operator") {
+            Some(o) => match self.one_of(o, &sub(path, "operator"), &["Equal", "Exists"]) {
+                Some("Exists") => TolerationOperator::Exists,
+                Some(_) => TolerationOperator::Equal,
+                None => {
+                    ok = false;
+                    TolerationOperator::Equal
+                }
+            },
+            None => TolerationOperator::Equal,
+        };
+        let value = match f.get("value") {
+            Some(v) => {
+                let p = sub(path, "value");
+                let s = self.string(v, &p).unwrap_or_default();
+                if operator == TolerationOperator::Exists && !s.is_empty() {
+                    self.hint(
+                        v.loc,
+                        &p,
+                        "a toleration with operator `Exists` takes no value",
+                        "drop the value, or use operator `Equal`",
+                    );
+                    ok = false;
+                } else if !self.label_value(v.loc, &p, &s) {
+                    ok = false;
+                }
+                s
+            }
+            None => String::new(),
+        };
+        if key.is_empty() && operator == TolerationOperator::Equal {
+            self.hint(
+                f.loc,
+                path,
+                "a toleration with operator `Equal` needs a `key`",
+                "give the taint's key, or use operator `Exists` (with no key it tolerates every taint)",
+            );
+            ok = false;
+        }
+        let effect = match f.get("effect") {
+            Some(e) => match self.one_of(e, &sub(path, "effect"), TAINT_EFFECTS) {
+                Some(s) => s.to_owned(),
+                None => {
+                    ok = false;
+                    String::new()
+                }
+            },
+            None => String::new(),
+        };
+        let toleration_seconds = match f.get("toleration_seconds") {
+            Some(t) => {
+                let p = sub(path, "toleration_seconds");
+                if effect != "NoExecute" {
+                    self.hint(
+                        t.loc,
+                        &p,
+                        "only a `NoExecute` toleration has toleration_seconds",
+                        "set effect: NoExecute, or drop it",
+                    );
+                    ok = false;
+                }
+                self.int(t, &p, 0, i64::from(i32::MAX))
+            }
+            None => None,
+        };
+        ok.then_some(Toleration {
+            key,
+            operator,
+            value,
+            effect,
+            toleration_seconds,
+        })
     }
 
     fn command(&mut self, n: &Node, path: &str) -> Vec<String> {
@@ -581,9 +913,29 @@ impl Checker {
 
     fn resources(&mut self, n: &Node, path: &str) -> Resources {
         let mut r = TaskSpec::default().resources;
-        let Some(f) = self.map(n, path, RESOURCE_FIELDS) else {
+        // Extended resources are domain-qualified (`nvidia.com/gpu`): a `/` tells
+        // them apart from a misspelt `cpu` or `memory`.
+        let Some(f) = self.map_open(n, path, RESOURCE_FIELDS, |k| k.contains('/')) else {
             return r;
         };
+        for (key, v) in f.entries.iter().filter(|(k, _)| k.contains('/')) {
+            let p = sub(path, key);
+            if let Err(why) = extended_resource_name(key) {
+                self.hint(
+                    v.loc,
+                    &p,
+                    format!("invalid extended resource `{key}`: {why}"),
+                    "write DOMAIN/NAME as the device plugin advertises it, e.g. nvidia.com/gpu",
+                );
+                continue;
+            }
+            if v.value == Value::Null {
+                continue;
+            }
+            if let Some(count) = self.int(v, &p, 1, 1_000_000) {
+                r.extended.insert((*key).to_owned(), count as u64);
+            }
+        }
         if let Some(c) = f.get("cpu") {
             let p = sub(path, "cpu");
             let millis = match &c.value {

@@ -8,8 +8,11 @@ use super::{JobSpec, PathSeg, SpecLocs};
 /// What the runner can offer, so a request that can never be met is rejected at submit.
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
-    /// The largest node: (name, cpu_millis, memory_bytes) per node.
-    pub nodes: Vec<(String, u64, u64)>,
+    /// The runner's nodes, each with what it can hold.
+    pub nodes: Vec<crate::config::NodeConfig>,
+    /// The nodes are discovered at run time (Kubernetes): a node that can hold a
+    /// request may appear later, so requests are not weighed against `nodes`.
+    pub nodes_change: bool,
     /// The owner's quota, if it caps CPU or memory.
     pub quota_cpu_millis: Option<u64>,
     pub quota_memory_bytes: Option<u64>,
@@ -32,7 +35,7 @@ pub fn check(spec: &JobSpec, limits: &Limits, locs: &SpecLocs<'_>, c: &mut Check
         );
     }
     for (ti, t) in spec.tasks.iter().enumerate() {
-        let r = t.resources;
+        let r = &t.resources;
         let path = format!("tasks[{ti}].resources");
         let loc = locs.at(&[
             PathSeg::Key("tasks"),
@@ -69,27 +72,41 @@ pub fn check(spec: &JobSpec, limits: &Limits, locs: &SpecLocs<'_>, c: &mut Check
                 "ask for less or raise the owner's quota",
             );
         }
-        let fits_some_node = limits
-            .nodes
-            .iter()
-            .any(|(_, cpu, mem)| r.cpu_millis <= *cpu && r.memory_bytes <= *mem);
-        if !fits_some_node {
+        let fits_some_node = limits.nodes.iter().any(|n| {
+            r.cpu_millis <= n.cpu_millis
+                && r.memory_bytes <= n.memory_bytes
+                && r.extended
+                    .iter()
+                    .all(|(k, want)| n.extended.get(k).is_some_and(|has| has >= want))
+        });
+        if !fits_some_node && !limits.nodes_change {
             let nodes: Vec<String> = limits
                 .nodes
                 .iter()
-                .map(|(n, cpu, mem)| {
-                    format!(
-                        "{n} ({} CPU, {})",
-                        fmt_cpu(*cpu),
-                        shoal_common::size::human_bytes(*mem)
-                    )
+                .map(|n| {
+                    let mut s = format!(
+                        "{} ({} CPU, {}",
+                        n.name,
+                        fmt_cpu(n.cpu_millis),
+                        shoal_common::size::human_bytes(n.memory_bytes)
+                    );
+                    for (k, v) in &n.extended {
+                        s.push_str(&format!(", {v} {k}"));
+                    }
+                    s.push(')');
+                    s
                 })
+                .collect();
+            let extended: String = r
+                .extended
+                .iter()
+                .map(|(k, v)| format!(", {v} {k}"))
                 .collect();
             c.hint(
                 loc,
                 &path,
                 format!(
-                    "an instance asks for {} CPU and {} but no node can ever hold it",
+                    "an instance asks for {} CPU and {}{extended} but no node can ever hold it",
                     fmt_cpu(r.cpu_millis),
                     shoal_common::size::human_bytes(r.memory_bytes),
                 ),

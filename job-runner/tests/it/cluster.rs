@@ -35,6 +35,7 @@ pub fn runner_config(c: &Cluster, dir: &Path, cpus_per_node: u64) -> RunnerConfi
             name: w.node().to_owned(),
             cpu_millis: cpus_per_node * 1000,
             memory_bytes: 16 << 30,
+            ..Default::default()
         })
         .collect();
     cfg

@@ -11,6 +11,7 @@
 
 mod executor;
 mod fake_api;
+mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -500,6 +501,101 @@ tasks:
         .map(|k| (k.key.as_str(), k.path.as_str()))
         .collect();
     assert_eq!(keys, [("job.token", "job.token"), ("ca.crt", "ca.crt")]);
+}
+
+/// Issue 17: a task's Pod fields reach its Pods, here with a fixed `--node` list that
+/// names a GPU node (the override of node discovery): the task's image, its GPU as a
+/// request and an equal limit, its node selector and tolerations beside the runner's
+/// preferred affinity, its labels and annotations under shoal's own, its service
+/// account with still no API token. Exported for `kubernetes-validate --strict`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_carry_the_tasks_image_gpus_placement_labels_and_service_account() {
+    let dir = shoal_testkit::temp_dir("k8s-render-fields");
+    let mut cfg = crate::support::config(dir.path());
+    cfg.mount_root = PathBuf::from("/shoal");
+    cfg.executor = shoal_job_runner::ExecutorKind::Kubernetes;
+    cfg.kubernetes.master = Some("shoal-master:7700".into());
+    cfg.nodes =
+        vec![shoal_job_runner::NodeConfig::parse("gpu-1=16,64GiB,nvidia.com/gpu=2").unwrap()];
+    let exec = Arc::new(RenderingExecutor {
+        settings: settings(),
+        pods: Mutex::new(Vec::new()),
+    });
+    let plugins = Plugins {
+        executor: Some(exec.clone()),
+        ..Default::default()
+    };
+    let runner = RunnerServer::start_with(cfg, plugins).await.unwrap();
+    let mut client = connect(&runner.grpc_addr.to_string()).await;
+    let spec = r#"
+name: fields
+owner: team-a
+tasks:
+  - name: train
+    command: ["python3", "train.py"]
+    instances: 2
+    image: registry.example.com/team-a/train:1.4
+    resources: {cpu: 4, memory: 16GiB, nvidia.com/gpu: 1}
+    node_selector: {pool: a100}
+    tolerations:
+      - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+      - {key: spot, value: "true", effect: NoExecute, toleration_seconds: 300}
+    labels: {team: a}
+    annotations: {example.com/owner: ml-platform}
+    service_account: trainer
+  - name: report
+    command: ["true"]
+    depends_on: [train]
+"#;
+    let job = submit(&mut client, spec).await;
+    let job = wait_final(&mut client, &job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(job.state), S::Succeeded, "{}", describe(&job));
+    runner.shutdown().await;
+    let pods = exec.pods.lock().unwrap().clone();
+    export(&pods, "fields");
+    assert_eq!(pods.len(), 3);
+    let of = |task: &str| -> Vec<&Pod> {
+        pods.iter()
+            .filter(|p| p.metadata.labels.as_ref().unwrap()["shoal.io/task"] == task)
+            .collect()
+    };
+    for p in of("train") {
+        let s = p.spec.as_ref().unwrap();
+        let c = &s.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example.com/team-a/train:1.4")
+        );
+        let r = c.resources.as_ref().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+        assert_eq!(r.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+        assert_eq!(s.node_selector.as_ref().unwrap()["pool"], "a100");
+        let t = s.tolerations.as_ref().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].operator.as_deref(), Some("Equal"));
+        assert_eq!(t[1].value.as_deref(), Some("true"));
+        assert_eq!(t[1].toleration_seconds, Some(300));
+        assert_eq!(s.service_account_name.as_deref(), Some("trainer"));
+        assert_eq!(s.automount_service_account_token, Some(false));
+        let l = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(l["team"], "a");
+        assert_eq!(l["shoal.io/runner"], "runner");
+        assert_eq!(
+            p.metadata.annotations.as_ref().unwrap()["example.com/owner"],
+            "ml-platform"
+        );
+    }
+    // A task without them keeps the runner's image and account, and no GPU.
+    let p = of("report")[0];
+    let s = p.spec.as_ref().unwrap();
+    assert_eq!(
+        s.containers[0].image.as_deref(),
+        Some("registry.example.com/etl:7")
+    );
+    assert_eq!(s.service_account_name.as_deref(), Some("shoal-job"));
+    assert!(s.node_selector.is_none() && s.tolerations.is_none());
+    let r = s.containers[0].resources.as_ref().unwrap();
+    assert!(!r.requests.as_ref().unwrap().contains_key("nvidia.com/gpu"));
 }
 
 /// With a real cache cluster: a `by_file` input prewarmed over two workers. Each Pod

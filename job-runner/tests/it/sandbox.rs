@@ -473,6 +473,7 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
         links: Vec::new(),
         input_list: None,
         resources: Default::default(),
+        pod: Default::default(),
         datasets,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();

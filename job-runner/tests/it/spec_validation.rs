@@ -9,7 +9,13 @@ use shoal_job_runner::spec::{JobSpec, Limits, ParseOptions, SpecFormat};
 
 fn render(name: &str, text: &str) -> String {
     let limits = Limits {
-        nodes: vec![("node-1".into(), 4000, 8 << 30)],
+        nodes: vec![shoal_job_runner::NodeConfig {
+            name: "node-1".into(),
+            cpu_millis: 4000,
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        }],
+        nodes_change: false,
         quota_cpu_millis: Some(4000),
         quota_memory_bytes: None,
         max_job_instances: 0,

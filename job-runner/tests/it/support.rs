@@ -34,6 +34,7 @@ pub fn config(dir: &Path) -> RunnerConfig {
         name: "node-1".into(),
         cpu_millis: 8000,
         memory_bytes: 16 << 30,
+        ..Default::default()
     }];
     cfg
 }

@@ -28,6 +28,9 @@ pub struct KubernetesConfig {
     pub master: Option<String>,
     /// Node label whose value is a runner node name (`--node NAME=...`).
     pub node_label: String,
+    /// Label selector of the Nodes the runner discovers and places instances on
+    /// (without a `--node` list); `None` is every Node.
+    pub node_selector: Option<String>,
     /// Weight (1-100) of the preferred node affinity toward the node locality chose.
     pub affinity_weight: i32,
     /// The workers' hostPath cache, mounted read-only at the same path in the sidecar
@@ -55,6 +58,7 @@ impl Default for KubernetesConfig {
             service_account: None,
             master: None,
             node_label: "kubernetes.io/hostname".into(),
+            node_selector: None,
             affinity_weight: 100,
             worker_cache_path: Some(PathBuf::from("/var/lib/shoal/cache")),
             image_pull_policy: None,
@@ -75,6 +79,7 @@ pub const ENV_VARS: &[&str] = &[
     "SHOAL_K8S_SERVICE_ACCOUNT",
     "SHOAL_K8S_MASTER",
     "SHOAL_K8S_NODE_LABEL",
+    "SHOAL_K8S_NODE_SELECTOR",
     "SHOAL_K8S_AFFINITY_WEIGHT",
     "SHOAL_K8S_WORKER_CACHE_PATH",
     "SHOAL_K8S_IMAGE_PULL_POLICY",
@@ -109,6 +114,7 @@ impl KubernetesConfig {
         if let Some(v) = set("SHOAL_K8S_NODE_LABEL") {
             c.node_label = v;
         }
+        c.node_selector = set("SHOAL_K8S_NODE_SELECTOR");
         if let Some(v) = set("SHOAL_K8S_AFFINITY_WEIGHT") {
             c.affinity_weight = v
                 .parse()
@@ -162,6 +168,13 @@ impl KubernetesConfig {
             return Err(Error::invalid(
                 "the node label is empty: set it to the label holding node names (kubernetes.io/hostname)",
             ));
+        }
+        if let Some(sel) = &self.node_selector
+            && sel.chars().any(|c| c.is_whitespace() && c != ' ')
+        {
+            return Err(Error::invalid(format!(
+                "node selector `{sel}` is not a label selector: write KEY=VALUE[,KEY2=VALUE2], e.g. shoal.io/jobs=true"
+            )));
         }
         if let Some(p) = &self.worker_cache_path
             && !p.is_absolute()
@@ -218,8 +231,10 @@ mod tests {
             ("SHOAL_K8S_SIDECAR_MEMORY", "1GiB"),
             ("SHOAL_K8S_API_TIMEOUT", "5s"),
             ("SHOAL_K8S_JOB_IMAGE", "  "),
+            ("SHOAL_K8S_NODE_SELECTOR", "shoal.io/jobs=true"),
         ]))
         .unwrap();
+        assert_eq!(c.node_selector.as_deref(), Some("shoal.io/jobs=true"));
         assert_eq!(c.namespace.as_deref(), Some("jobs"));
         assert_eq!(c.sidecar_image.as_deref(), Some("reg/shoal:1"));
         assert_eq!(c.job_image, None);

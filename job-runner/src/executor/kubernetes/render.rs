@@ -3,8 +3,10 @@
 //!
 //! The Pod (deploy/kubernetes/examples/job-pod.yaml is the annotated hand-written
 //! version of the same shape):
-//! - `job`: the task's command (argv, never through a shell) with the instance's env,
-//!   its resource requests (and a memory limit of the same size), working dir `/work`;
+//! - `job`: the task's command (argv, never through a shell) in the task's `image` (or
+//!   the runner's job image) with the instance's env, its resource requests (and a
+//!   memory limit of the same size; extended resources such as GPUs requested and
+//!   limited alike), working dir `/work`;
 //! - `shoal-fuse`: a native sidecar (init container with `restartPolicy: Always`)
 //!   running `shoal mount` at the mount root on an emptyDir shared with `job`, with
 //!   Bidirectional propagation (so privileged) on its side and HostToContainer on the
@@ -12,7 +14,9 @@
 //! - `links` (only when datasets have a `mount` path): symlinks under `/work` to the
 //!   datasets, like the local executor's;
 //! - the `by_file` input list, from a Pod annotation through a downwardAPI file;
-//! - preferred (never required) node affinity toward the node locality chose.
+//! - preferred (never required) node affinity toward the node locality chose; the
+//!   task's `node_selector` and `tolerations` as they are, its `labels` and
+//!   `annotations` under shoal's own, its `service_account` (or the runner's).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,7 +103,9 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
     let mount_root = mount_root_str(&s.mount_root)?;
     let name = pod_name(&s.runner, &l.job_id, &l.task, l.index, l.attempt);
 
-    let mut labels = BTreeMap::new();
+    // The task's own labels and annotations first, so shoal's (which its watch, clean-up
+    // and adoption select on) always win; submit refuses `shoal.io/*` keys anyway.
+    let mut labels = l.pod.labels.clone();
     labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
     labels.insert(LABEL_RUNNER.to_owned(), label_value(&s.runner));
     labels.insert(LABEL_JOB.to_owned(), label_value(&l.job_id));
@@ -107,7 +113,7 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
     labels.insert(LABEL_INDEX.to_owned(), l.index.to_string());
     labels.insert(LABEL_ATTEMPT.to_owned(), l.attempt.to_string());
     // Label values may be shortened or hashed; the annotations keep the exact names.
-    let mut annotations = BTreeMap::new();
+    let mut annotations = l.pod.annotations.clone();
     annotations.insert(LABEL_JOB.to_owned(), l.job_id.clone());
     annotations.insert(LABEL_TASK.to_owned(), l.task.clone());
 
@@ -314,18 +320,32 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         ..Default::default()
     });
 
+    let mut job_resources = resources(
+        l.resources.cpu_millis,
+        l.resources.memory_bytes,
+        Some(l.resources.memory_bytes),
+    );
+    // Kubernetes takes extended resources (GPUs) only as whole units with the limit
+    // equal to the request.
+    for (k, n) in &l.resources.extended {
+        let q = Quantity(n.to_string());
+        job_resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.clone(), q.clone());
+        job_resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.clone(), q);
+    }
     let job = Container {
         name: JOB_CONTAINER.into(),
-        image: Some(s.job_image.clone()),
+        image: Some(l.pod.image.clone().unwrap_or_else(|| s.job_image.clone())),
         image_pull_policy: s.image_pull_policy.clone(),
         command: Some(l.command.clone()),
         env: Some(env),
         working_dir: Some(WORK_DIR.into()),
-        resources: Some(resources(
-            l.resources.cpu_millis,
-            l.resources.memory_bytes,
-            Some(l.resources.memory_bytes),
-        )),
+        resources: Some(job_resources),
         volume_mounts: Some(job_mounts),
         ..Default::default()
     };
@@ -341,8 +361,19 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         spec: Some(PodSpec {
             // The runner retries attempts itself, each in a new Pod.
             restart_policy: Some("Never".into()),
-            service_account_name: s.service_account.clone(),
+            service_account_name: l
+                .pod
+                .service_account
+                .clone()
+                .or_else(|| s.service_account.clone()),
+            // Even with the task's own service account: a job container that could
+            // talk to the API could reach other jobs' Pods and Secrets.
             automount_service_account_token: Some(false),
+            // Required placement (the task's); the runner's choice is only preferred
+            // (`affinity`), and locality picked a node that matches it.
+            node_selector: (!l.pod.node_selector.is_empty()).then(|| l.pod.node_selector.clone()),
+            tolerations: (!l.pod.tolerations.is_empty())
+                .then(|| l.pod.tolerations.iter().map(toleration).collect()),
             // The env is exactly the instance's: no Service variables.
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(s.grace.as_secs().max(1) as i64),
@@ -354,6 +385,17 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         }),
         status: None,
     })
+}
+
+fn toleration(t: &crate::spec::Toleration) -> k8s_openapi::api::core::v1::Toleration {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    k8s_openapi::api::core::v1::Toleration {
+        key: some(&t.key),
+        operator: Some(t.operator.as_str().to_owned()),
+        value: some(&t.value),
+        effect: some(&t.effect),
+        toleration_seconds: t.toleration_seconds,
+    }
 }
 
 fn mount_root_str(p: &Path) -> Result<&str> {

@@ -61,7 +61,9 @@ fn launch(dir: &Path, job: &str, task: &str, index: u32, attempt: u32) -> Launch
         resources: Resources {
             cpu_millis: 500,
             memory_bytes: 64 << 20,
+            ..Default::default()
         },
+        pod: Default::default(),
         datasets: Vec::new(),
     }
 }

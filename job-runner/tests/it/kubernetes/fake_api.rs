@@ -1,9 +1,10 @@
 //! A stand-in for the slice of the Kubernetes API the executor uses, served over real
 //! HTTP on 127.0.0.1:0 to a real kube-rs client: Pod create/get/list/delete, watch
 //! (with resource versions, from an event log, so nothing between a list and a watch is
-//! lost) and container logs (followed until the container ends). No cluster can run
-//! here; the test drives the kubelet's part by hand: [`FakeApi::run`],
-//! [`FakeApi::log`], [`FakeApi::exit`], [`FakeApi::wait_for_reason`].
+//! lost), container logs (followed until the container ends), and Node list/watch. No
+//! cluster can run here; the test drives the kubelet's part by hand: [`FakeApi::run`],
+//! [`FakeApi::log`], [`FakeApi::exit`], [`FakeApi::wait_for_reason`], and the node
+//! controller's with [`FakeApi::put_node`] and [`FakeApi::remove_node`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use axum::response::Response;
 use axum::routing::get;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodStatus, Secret,
+    ContainerStatus, Node, Pod, PodStatus, Secret,
 };
 use tokio::sync::Notify;
 
@@ -42,6 +43,9 @@ struct Inner {
     secrets: BTreeMap<String, Secret>,
     /// Names of every Secret DELETE.
     secret_deletes: Vec<String>,
+    nodes: BTreeMap<String, Node>,
+    /// (resource version, event type, object) for Node watches.
+    node_events: Vec<(u64, &'static str, Node)>,
 }
 
 #[derive(Clone, Default)]
@@ -109,10 +113,17 @@ fn percent_decode(s: &str) -> String {
 
 /// `k=v,k2=v2` (equality only, as the executor writes them).
 fn matches(selector: Option<&String>, pod: &Pod) -> bool {
+    labels_match(selector, &pod.metadata)
+}
+
+fn labels_match(
+    selector: Option<&String>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
     let Some(sel) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let labels = meta.labels.clone().unwrap_or_default();
     sel.split(',').all(|kv| {
         let (k, v) = kv.split_once('=').unwrap();
         labels.get(k).map(String::as_str) == Some(v)
@@ -148,6 +159,7 @@ impl FakeApi {
                 "/api/v1/namespaces/{ns}/secrets/{name}",
                 get(get_secret).delete(delete_secret),
             )
+            .route("/api/v1/nodes", get(list_or_watch_nodes))
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -289,6 +301,39 @@ impl FakeApi {
         });
     }
 
+    /// Adds the Node, or replaces the one of the same name (a change of its labels,
+    /// capacity, conditions, cordon), as the node controller would.
+    pub fn put_node(&self, mut node: Node) {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let name = node.metadata.name.clone().unwrap();
+            inner.rv += 1;
+            node.metadata.resource_version = Some(inner.rv.to_string());
+            let kind = if inner.nodes.contains_key(&name) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            let rv = inner.rv;
+            inner.node_events.push((rv, kind, node.clone()));
+            inner.nodes.insert(name, node);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Deletes the Node (`kubectl delete node`).
+    pub fn remove_node(&self, name: &str) {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let mut node = inner.nodes.remove(name).unwrap();
+            inner.rv += 1;
+            node.metadata.resource_version = Some(inner.rv.to_string());
+            let rv = inner.rv;
+            inner.node_events.push((rv, "DELETED", node));
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Removes the Pod as a `kubectl delete --force` would, without the runner asking.
     pub fn remove(&self, name: &str) {
         {
@@ -428,6 +473,64 @@ async fn list_or_watch(
                 if let Some((rv, kind, pod)) = next {
                     let mut line = serde_json::to_vec(&serde_json::json!({
                         "type": kind, "object": pod,
+                    }))
+                    .unwrap();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(line)), rv));
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn list_or_watch_nodes(State(api): State<FakeApi>, RawQuery(raw): RawQuery) -> Response {
+    let q = query(raw);
+    let selector = q.get("labelSelector").cloned();
+    if q.get("watch").map(String::as_str) != Some("true") {
+        let inner = api.inner.lock().unwrap();
+        let items: Vec<&Node> = inner
+            .nodes
+            .values()
+            .filter(|n| labels_match(selector.as_ref(), &n.metadata))
+            .collect();
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "kind": "NodeList", "apiVersion": "v1",
+                "metadata": {"resourceVersion": inner.rv.to_string()},
+                "items": items,
+            }),
+        );
+    }
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stream = futures::stream::unfold(from, move |from| {
+        let api = api.clone();
+        let selector = selector.clone();
+        async move {
+            loop {
+                let notified = api.changed.notified();
+                let next = {
+                    let inner = api.inner.lock().unwrap();
+                    inner
+                        .node_events
+                        .iter()
+                        .find(|(rv, _, n)| {
+                            *rv > from && labels_match(selector.as_ref(), &n.metadata)
+                        })
+                        .map(|(rv, kind, n)| (*rv, *kind, n.clone()))
+                };
+                if let Some((rv, kind, node)) = next {
+                    let mut line = serde_json::to_vec(&serde_json::json!({
+                        "type": kind, "object": node,
                     }))
                     .unwrap();
                     line.push(b'\n');
