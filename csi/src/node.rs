@@ -3,9 +3,11 @@
 //! across a plugin restart (see [`crate::volume`]).
 //!
 //! Volume attributes (`volumeAttributes` of an inline volume, `volumeAttributes` of a
-//! static PV's `csi` source): `dataset` (required) and `subpath` (optional, a
-//! directory of the dataset). The credential is the key `token` of the Secret the
-//! volume names (`nodePublishSecretRef`); the plugin holds no token of its own.
+//! static PV's `csi` source): `dataset` (without it, every dataset the token reaches,
+//! one directory each, as the runner's job Pods use it), `subpath` (optional, a
+//! directory of the dataset) and `secretKey` (default `token`). The credential is that
+//! key of the Secret the volume names (`nodePublishSecretRef`); the plugin holds no
+//! token of its own.
 //!
 //! Calls are serialised by one lock: publishing is rare and slow (a process start and
 //! a master round trip), and a lock makes "is it mounted yet" checks race-free.
@@ -28,8 +30,11 @@ pub const ATTR_DATASET: &str = "dataset";
 /// The volume attribute naming a directory of the dataset to publish instead of its
 /// root.
 pub const ATTR_SUBPATH: &str = "subpath";
-/// The key of the volume's Secret that holds its token.
+/// The key of the volume's Secret that holds its token, unless [`ATTR_SECRET_KEY`]
+/// names another.
 pub const SECRET_TOKEN: &str = "token";
+/// The volume attribute naming the Secret key of the token.
+pub const ATTR_SECRET_KEY: &str = "secretKey";
 
 pub struct NodeService {
     cfg: CsiConfig,
@@ -57,13 +62,13 @@ impl NodeService {
         for r in self.store.all() {
             match self.ensure_mounted(&r).await {
                 Ok(true) => {
-                    tracing::info!(target_path = %r.target_path.display(), dataset = %r.dataset, "mounted a recorded volume again")
+                    tracing::info!(target_path = %r.target_path.display(), dataset = ?r.dataset, "mounted a recorded volume again")
                 }
                 Ok(false) => {
-                    tracing::info!(target_path = %r.target_path.display(), dataset = %r.dataset, "found a recorded volume still mounted")
+                    tracing::info!(target_path = %r.target_path.display(), dataset = ?r.dataset, "found a recorded volume still mounted")
                 }
                 Err(e) => {
-                    tracing::warn!(target_path = %r.target_path.display(), dataset = %r.dataset, error = %e, "could not mount a recorded volume again")
+                    tracing::warn!(target_path = %r.target_path.display(), dataset = ?r.dataset, error = %e, "could not mount a recorded volume again")
                 }
             }
         }
@@ -86,7 +91,7 @@ impl NodeService {
                 "{} already has volume {} (dataset {}{}, {}) published; unpublish it first",
                 old.target_path.display(),
                 old.volume_id,
-                old.dataset,
+                old.dataset.as_deref().unwrap_or("every dataset"),
                 old.subpath
                     .as_deref()
                     .map(|s| format!(", subpath {s}"))
@@ -122,19 +127,19 @@ impl NodeService {
         ccfg.name = "csi".into();
         ccfg.short_circuit = false;
         let client = shoal_client::ShoalClient::connect(ccfg).await?;
-        let ds = client.catalog().dataset(&r.dataset).await.map_err(|e| {
+        let Some(name) = &r.dataset else {
+            client.catalog().datasets(None).await?;
+            return Ok(());
+        };
+        client.catalog().dataset(name).await.map_err(|e| {
             if e.is(ErrorKind::NotFound) {
                 Error::not_found(format!(
-                    "dataset `{}` (volume attribute `{ATTR_DATASET}`) does not exist; see `shoal dataset list`",
-                    r.dataset
+                    "dataset `{name}` (volume attribute `{ATTR_DATASET}`) does not exist; see `shoal dataset list`"
                 ))
             } else {
                 e
             }
         })?;
-        if !r.read_only && !ds.read_write {
-            tracing::info!(dataset = %r.dataset, "read-write volume of a read-only dataset: it is mounted read-only");
-        }
         Ok(())
     }
 
@@ -166,8 +171,7 @@ impl NodeService {
                     let src = staging.join(sub);
                     if !src.is_dir() {
                         return Err(Error::not_found(format!(
-                            "dataset `{}` has no directory `{sub}` (volume attribute `{ATTR_SUBPATH}`)",
-                            r.dataset
+                            "the volume's datasets have no directory `{sub}` (volume attribute `{ATTR_SUBPATH}`)"
                         )));
                     }
                     bind(&src, target, r.read_only)?;
@@ -190,8 +194,6 @@ impl NodeService {
                 "mount",
                 "--master",
                 &self.cfg.master,
-                "--dataset",
-                &r.dataset,
                 "--node",
                 &self.cfg.node_id,
                 // The Pod's containers run as any user.
@@ -199,6 +201,9 @@ impl NodeService {
             ]
             .map(OsString::from),
         );
+        if let Some(d) = &r.dataset {
+            args.extend(["--dataset".into(), d.into()]);
+        }
         args.push("--cluster-token-file".into());
         args.push(self.store.token_path(&r.target_path).into_os_string());
         if r.read_only {
@@ -213,8 +218,8 @@ impl NodeService {
         })
         .await
         .map_err(|e| Error::internal(format!("mount task failed: {e}")))?
-        .map_err(|e| e.context(format!("mount dataset `{}` at {}", r.dataset, at.display())))?;
-        tracing::info!(dataset = %r.dataset, at = %at.display(), pid = bg.pid, "published");
+        .map_err(|e| e.context(format!("mount at {}", at.display())))?;
+        tracing::info!(dataset = ?r.dataset, at = %at.display(), pid = bg.pid, "published");
         Ok(())
     }
 
@@ -271,12 +276,7 @@ fn publish_request(req: &csi::NodePublishVolumeRequest) -> Result<(VolumeRecord,
         .volume_context
         .get(ATTR_DATASET)
         .filter(|d| !d.is_empty())
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "volume {} names no dataset: set the volume attribute `{ATTR_DATASET}`",
-                req.volume_id
-            ))
-        })?;
+        .cloned();
     let subpath = match req
         .volume_context
         .get(ATTR_SUBPATH)
@@ -285,17 +285,22 @@ fn publish_request(req: &csi::NodePublishVolumeRequest) -> Result<(VolumeRecord,
         None | Some("") => None,
         Some(s) => Some(valid_subpath(s)?.to_owned()),
     };
-    let token = match req.secrets.get(SECRET_TOKEN) {
+    let key = req
+        .volume_context
+        .get(ATTR_SECRET_KEY)
+        .map(String::as_str)
+        .unwrap_or(SECRET_TOKEN);
+    let token = match req.secrets.get(key) {
         None => {
             return Err(Error::invalid(format!(
-                "volume {} has no secret key `{SECRET_TOKEN}`: name a Secret holding a shoal token under `{SECRET_TOKEN}` in the volume's nodePublishSecretRef",
+                "volume {} has no secret key `{key}`: name a Secret holding a shoal token under `{key}` in the volume's nodePublishSecretRef",
                 req.volume_id
             )));
         }
         // The message of `parse` says what a token looks like, never what this was.
         Some(t) => Token::parse(t).map_err(|e| {
             e.context(format!(
-                "key `{SECRET_TOKEN}` of the Secret of volume {}",
+                "key `{key}` of the Secret of volume {}",
                 req.volume_id
             ))
         })?,
@@ -312,7 +317,7 @@ fn publish_request(req: &csi::NodePublishVolumeRequest) -> Result<(VolumeRecord,
         VolumeRecord {
             volume_id: req.volume_id.clone(),
             target_path: target,
-            dataset: dataset.clone(),
+            dataset,
             subpath,
             read_only,
         },
@@ -486,7 +491,7 @@ mod tests {
     #[test]
     fn publish_requests_are_checked() {
         let (r, _) = publish_request(&req()).unwrap();
-        assert_eq!(r.dataset, "d");
+        assert_eq!(r.dataset.as_deref(), Some("d"));
         assert!(!r.read_only);
         let kind = |f: &dyn Fn(&mut csi::NodePublishVolumeRequest)| {
             let mut q = req();

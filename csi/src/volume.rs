@@ -18,7 +18,8 @@ use shoal_common::{Error, Result};
 pub struct VolumeRecord {
     pub volume_id: String,
     pub target_path: PathBuf,
-    pub dataset: String,
+    /// `None`: every dataset the token reaches, one directory each.
+    pub dataset: Option<String>,
     /// A directory of the dataset published instead of its root.
     pub subpath: Option<String>,
     pub read_only: bool,
@@ -165,7 +166,7 @@ mod tests {
         let r = VolumeRecord {
             volume_id: "v".into(),
             target_path: "/t/mount".into(),
-            dataset: "d".into(),
+            dataset: Some("d".into()),
             subpath: Some("a/b".into()),
             read_only: true,
         };
