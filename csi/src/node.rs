@@ -351,9 +351,9 @@ fn valid_subpath(s: &str) -> Result<&str> {
 fn make_dir(p: &Path) -> Result<()> {
     match std::fs::create_dir_all(p) {
         Ok(()) => Ok(()),
-        // A dead FUSE mount there answers ENOTCONN to stat: it exists, and is detached
-        // next.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        // A dead FUSE mount there answers ENOTCONN to stat (and EEXIST to mkdir): it
+        // exists, and is detached next.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::EEXIST)) => Ok(()),
         Err(e) => Err(Error::io(format!("create {}", p.display()), e)),
     }
 }

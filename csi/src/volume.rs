@@ -109,7 +109,10 @@ impl VolumeStore {
     /// Writes the token file, then the record (each replaced whole), before anything is
     /// mounted: a plugin that dies mid-publish leaves a record its next run can undo.
     pub fn save(&self, r: &VolumeRecord, token: &Token) -> Result<()> {
-        shoal_wire::auth::write_token_file(&self.token_path(&r.target_path), token)?;
+        // A republish may bring a renewed token; a running mount read its own at start.
+        let token_path = self.token_path(&r.target_path);
+        remove_if_present(&token_path)?;
+        shoal_wire::auth::write_token_file(&token_path, token)?;
         let p = self.record_path(&r.target_path);
         let tmp = p.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(r)
@@ -171,6 +174,8 @@ mod tests {
             read_only: true,
         };
         assert_eq!(s.load(&r.target_path).unwrap(), None);
+        s.save(&r, &Token::generate()).unwrap();
+        // Saved again (a republish): replaced, not refused.
         s.save(&r, &Token::generate()).unwrap();
         assert_eq!(s.load(&r.target_path).unwrap(), Some(r.clone()));
         assert_eq!(s.all(), vec![r.clone()]);

