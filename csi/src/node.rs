@@ -505,10 +505,19 @@ mod tests {
             }),
             ErrorKind::Unauthenticated
         );
+        // Without `dataset`: every dataset; `secretKey` names the key of the token.
+        let mut q = req();
+        q.volume_context.clear();
+        assert_eq!(publish_request(&q).unwrap().0.dataset, None);
+        q.volume_context
+            .insert(ATTR_SECRET_KEY.into(), "job.token".into());
         assert_eq!(
-            kind(&|q| q.volume_context.clear()),
+            publish_request(&q).unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
+        let t = q.secrets.remove(SECRET_TOKEN).unwrap();
+        q.secrets.insert("job.token".into(), t);
+        publish_request(&q).unwrap();
         assert_eq!(
             kind(&|q| {
                 q.volume_context
