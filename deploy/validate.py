@@ -89,7 +89,9 @@ def shoal_bytes(s):
 
 
 def check_sizing(name, objs):
-    """The worker's mem tier fits its memory-backed emptyDir and its memory limit."""
+    """The worker's mem tier is on memory (the node's /dev/shm, or a memory-backed
+    emptyDir within its sizeLimit), mounted where the tier path says, and fits the
+    worker's memory limit, which its pages are charged to."""
     cm = next((o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shoal-config"), None)
     ds = next((o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "shoal-worker"), None)
     if not cm or not ds:
@@ -99,20 +101,50 @@ def check_sizing(name, objs):
     quota = shoal_bytes(mem["quota"])
     pod = ds["spec"]["template"]["spec"]
     vol = next(v for v in pod["volumes"] if v["name"] == "mem-tier")
-    size_limit = quantity_bytes(vol["emptyDir"]["sizeLimit"])
     worker = next(c for c in pod["containers"] if c["name"] == "worker")
     mount = next(m for m in worker["volumeMounts"] if m["name"] == "mem-tier")
     limit = quantity_bytes(worker["resources"]["limits"]["memory"])
-    if vol["emptyDir"].get("medium") != "Memory":
-        fail(f"{name}: the mem tier's emptyDir is not memory-backed")
+    if "hostPath" in vol:
+        if not vol["hostPath"]["path"].startswith("/dev/shm/"):
+            fail(f"{name}: the mem tier's hostPath {vol['hostPath']['path']} is not under the node's /dev/shm")
+    elif vol.get("emptyDir", {}).get("medium") != "Memory":
+        fail(f"{name}: the mem tier is neither under the node's /dev/shm nor a memory-backed emptyDir")
+    elif "sizeLimit" in vol["emptyDir"] and quota > quantity_bytes(vol["emptyDir"]["sizeLimit"]):
+        fail(f"{name}: mem tier quota {mem['quota']} exceeds its emptyDir sizeLimit {vol['emptyDir']['sizeLimit']}")
     if mount["mountPath"] != mem["path"]:
         fail(f"{name}: mem tier path {mem['path']} is not where mem-tier is mounted ({mount['mountPath']})")
-    if quota > size_limit:
-        fail(f"{name}: mem tier quota {mem['quota']} exceeds its emptyDir sizeLimit {vol['emptyDir']['sizeLimit']}")
     if quota >= limit:
         fail(f"{name}: mem tier quota {mem['quota']} leaves no memory for the worker under its limit")
     else:
-        ok(f"{name}: mem tier {mem['quota']} fits its emptyDir and the worker's memory limit")
+        ok(f"{name}: mem tier {mem['quota']} is on memory and fits the worker's memory limit")
+    check_fast_path(name, objs, ds)
+
+
+def check_fast_path(name, objs, worker_ds):
+    """The CSI node plugin mounts every hostPath tier of the worker read-only at the
+    same path, so its mounts find the tier files where the worker advertises them."""
+    plugin_ds = next((o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "shoal-csi-node"), None)
+    if not plugin_ds:
+        return fail(f"{name}: no shoal-csi-node DaemonSet")
+    wpod = worker_ds["spec"]["template"]["spec"]
+    worker = next(c for c in wpod["containers"] if c["name"] == "worker")
+    ppod = plugin_ds["spec"]["template"]["spec"]
+    plugin = next(c for c in ppod["containers"] if c["name"] == "shoal-csi")
+    host = lambda pod: {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    wh, ph = host(wpod), host(ppod)
+    pmounts = {(ph.get(m["name"]), m["mountPath"]): m for m in plugin["volumeMounts"]}
+    for m in worker["volumeMounts"]:
+        if m["name"] not in wh:
+            continue
+        pm = pmounts.get((wh[m["name"]], m["mountPath"]))
+        if pm is None:
+            fail(f"{name}: the CSI plugin does not mount the worker's {wh[m['name']]} at {m['mountPath']}")
+        elif not pm.get("readOnly"):
+            fail(f"{name}: the CSI plugin mounts the worker's {wh[m['name']]} writable")
+        else:
+            ok(f"{name}: the CSI plugin reads the worker's {wh[m['name']]} at {m['mountPath']}")
+    if worker.get("securityContext", {}).get("runAsUser", wpod.get("securityContext", {}).get("runAsUser")) != 0:
+        fail(f"{name}: the worker does not run as root, so the root-run mounts refuse its tier directories")
 
 
 def render_all(out_dir):

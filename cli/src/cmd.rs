@@ -1,6 +1,7 @@
 //! One module per subcommand family. Each exposes clap argument types and a `run`.
 
 pub mod cat;
+pub mod csi;
 pub mod dataset;
 pub mod demo;
 pub mod job;
@@ -24,7 +25,7 @@ pub struct Context {
     pub tls: shoal_wire::tls::TlsConfig,
 }
 
-/// `--check` of a server subcommand (`master`, `worker`, `runner`, `mount`, `up`).
+/// `--check` of a server subcommand (`master`, `worker`, `runner`, `mount`, `up`, `csi`).
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct CheckFlag {
     /// Only check the configuration (flags, environment, config file, the files they

@@ -1,5 +1,5 @@
 //! The `shoal` binary: parses the command line and dispatches to one subcommand module.
-//! Server subcommands (`master`, `worker`, `runner`, `mount`, `up`) run until signalled;
+//! Server subcommands (`master`, `worker`, `runner`, `mount`, `up`, `csi`) run until signalled;
 //! user subcommands talk to a running cluster. Errors end as one line on stderr with a
 //! hint, and a non-zero exit code; never a backtrace.
 
@@ -63,6 +63,8 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Unmount a shoal FUSE mount.
     Umount(cmd::mount::UmountArgs),
+    /// Run the CSI node plugin: datasets as Kubernetes volumes (server).
+    Csi(cmd::csi::CsiArgs),
     /// Run master, workers and runner in one process, and the runner's FUSE mount beside it (single machine).
     Up(cmd::up::UpArgs),
     /// Run the end-to-end demo: cold fan-out, prewarm, warm fan-out, and a results table.
@@ -165,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runner(a) => cmd::runner::run(&ctx, a).await,
         Command::Mount(a) => cmd::mount::run(&ctx, a).await,
         Command::Umount(a) => cmd::mount::umount(a),
+        Command::Csi(a) => cmd::csi::run(&ctx, a).await,
         Command::Up(a) => cmd::up::run(&ctx, a).await,
         Command::Demo(a) => cmd::demo::run(&ctx, a).await,
         Command::Prewarm(a) => cmd::prewarm::run(&ctx, a).await,

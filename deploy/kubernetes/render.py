@@ -41,6 +41,7 @@ CLUSTER_SCOPED = {
     "CustomResourceDefinition",
     "PriorityClass",
     "APIService",
+    "CSIDriver",
 }
 
 # Strategic-merge keys of the list fields we may patch, by field name.

@@ -5,6 +5,8 @@
 //! - [`v1::worker_service_client`]/[`v1::worker_service_server`]: segment loads driven by
 //!   the master, and the gRPC variant of the block read path.
 //! - [`v1::runner_service_client`]/[`v1::runner_service_server`]: jobs, tasks and instances.
+//! - [`csi::v1`]: the subset of the Container Storage Interface (Identity and Node
+//!   services) that `shoal csi` serves to the kubelet; wire-compatible with CSI spec v1.
 //!
 //! Beside the generated code it holds only the names and finality of its state enums
 //! ([`states`]: `LoadState::label`, `InstanceState::is_final`, …), so that every crate
@@ -15,6 +17,15 @@
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("shoal.v1");
+}
+
+/// The Container Storage Interface, as much of it as `shoal csi` serves (`package csi.v1`).
+pub mod csi {
+    /// CSI spec v1 (`package csi.v1`): field numbers are the spec's.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("csi.v1");
+    }
 }
 
 pub mod states;

@@ -84,8 +84,9 @@ fn deploy_config_maps_hold_valid_shoal_config() {
             .unwrap_or_else(|e| panic!("{}: worker config: {e}", f.display()));
         let names: Vec<&str> = w.tiers.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["mem", "ssd"], "{}", f.display());
-        assert_eq!(w.tiers[0].path, Path::new("/var/lib/shoal/mem"));
-        assert!(w.tiers[1].path.starts_with("/var/lib/shoal/cache"));
+        // On the node, where the CSI plugin's mounts read them (worker.yaml).
+        assert_eq!(w.tiers[0].path, Path::new("/dev/shm/shoal"));
+        assert!(w.tiers[1].path.starts_with("/var/cache/shoal"));
         assert_eq!(w.master.as_deref(), Some("shoal-master:7700"));
         assert_eq!(w.metrics_listen, "0.0.0.0:7712");
 

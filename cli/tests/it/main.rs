@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod csi;
 mod dataset;
 mod demo;
 mod deploy_config;

@@ -23,7 +23,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const SERVERS: &[&str] = &["master", "worker", "runner", "mount", "up"];
+const SERVERS: &[&str] = &["master", "worker", "runner", "mount", "up", "csi"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -397,6 +397,7 @@ fn rendered_pods() -> Vec<Value> {
                 sidecar_cpu_millis: 250,
                 sidecar_memory_bytes: 512 << 20,
                 grace: std::time::Duration::from_secs(10),
+                csi_driver: None,
             };
             serde_json::to_value(render_pod(&settings, &launch).unwrap()).unwrap()
         })
@@ -411,7 +412,7 @@ fn shipped_command_lines_pass_check() {
     for dir in ["base", "overlays/dev", "overlays/prod"] {
         let found = invocations(dir, &kustomize(&k8s.join(dir)), &[]);
         let servers: Vec<&str> = found.iter().map(|i| i.argv[0].as_str()).collect();
-        for s in ["master", "worker", "runner"] {
+        for s in ["master", "worker", "runner", "csi"] {
             assert!(
                 servers.contains(&s),
                 "{dir} renders no `shoal {s}`: {servers:?}"
@@ -443,9 +444,9 @@ fn shipped_command_lines_pass_check() {
         all.iter().any(|i| i.argv[0] == "mount"),
         "the job-pod example's FUSE sidecar (`shoal mount`) was not found"
     );
-    // Three servers in each of base, dev, prod, the examples' sidecar and workers, and
+    // Four servers in each of base, dev, prod, the examples' sidecar and workers, and
     // compose's five, and the two rendered sidecars.
-    assert!(all.len() >= 18, "{} command lines found", all.len());
+    assert!(all.len() >= 21, "{} command lines found", all.len());
     let failures: Vec<String> = all
         .iter()
         .filter_map(|i| {

@@ -128,6 +128,7 @@ pub async fn connect(cfg: &RunnerConfig, shutdown: CancellationToken) -> Result<
         sidecar_cpu_millis: k.sidecar_cpu_millis,
         sidecar_memory_bytes: k.sidecar_memory_bytes,
         grace: cfg.kill_grace,
+        csi_driver: k.csi_driver.clone(),
     };
     // The runner's own link to the master (with the cluster token) issues the jobs'
     // credentials; only those reach the Pods.

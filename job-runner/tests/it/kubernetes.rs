@@ -73,6 +73,7 @@ fn settings() -> PodSettings {
         sidecar_cpu_millis: 250,
         sidecar_memory_bytes: 512 << 20,
         grace: Duration::from_secs(10),
+        csi_driver: None,
     }
 }
 
@@ -789,4 +790,80 @@ impl Drop for EnvGuard {
             }
         }
     }
+}
+
+/// With `SHOAL_K8S_CSI_DRIVER` set, the Pod's datasets come from an inline volume of
+/// the `shoal csi` driver, published with the job's Secret: no sidecar, nothing
+/// privileged, no propagation, no token mounted anywhere in the Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_a_csi_driver_mount_datasets_as_a_csi_volume_without_a_sidecar() {
+    let dir = shoal_testkit::temp_dir("k8s-render-csi");
+    let mut cfg = crate::support::config(dir.path());
+    cfg.mount_root = PathBuf::from("/shoal");
+    let exec = Arc::new(RenderingExecutor {
+        settings: PodSettings {
+            csi_driver: Some("csi.shoal.dev".into()),
+            ..settings()
+        },
+        pods: Mutex::new(Vec::new()),
+    });
+    let plugins = Plugins {
+        executor: Some(exec.clone()),
+        ..Default::default()
+    };
+    let runner = RunnerServer::start_with(cfg, plugins).await.unwrap();
+    let mut client = connect(&runner.grpc_addr.to_string()).await;
+    let spec = r#"
+name: csi
+owner: team-a
+datasets:
+  - {name: images-v2, mount: data/images}
+tasks:
+  - name: read
+    command: ["true"]
+"#;
+    let job = submit(&mut client, spec).await;
+    let job = wait_final(&mut client, &job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(job.state), S::Succeeded, "{}", describe(&job));
+    runner.shutdown().await;
+    let pods = exec.pods.lock().unwrap().clone();
+    export(&pods, "csi");
+    assert_eq!(pods.len(), 1);
+    let spec = pods[0].spec.as_ref().unwrap();
+    let inits: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(inits, ["links"], "no FUSE sidecar");
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
+        assert_ne!(privileged, Some(true), "{} is privileged", c.name);
+    }
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v.secret.is_none() && v.host_path.is_none())
+    );
+    let mnt = volumes.iter().find(|v| v.name == "mnt").unwrap();
+    let csi = mnt.csi.as_ref().expect("mnt is a CSI volume");
+    assert_eq!(csi.driver, "csi.shoal.dev");
+    assert_eq!(
+        csi.volume_attributes.as_ref().unwrap()["secretKey"],
+        "job.token"
+    );
+    assert_eq!(
+        csi.node_publish_secret_ref.as_ref().unwrap().name,
+        job_secret_name("runner", &job.id)
+    );
+    let job_c = spec.containers.iter().find(|c| c.name == "job").unwrap();
+    let m = mount(job_c, "mnt");
+    assert_eq!(m.mount_path, "/shoal");
+    assert_eq!(m.mount_propagation, None);
 }

@@ -47,6 +47,9 @@ pub struct KubernetesConfig {
     pub image_pull_deadline: Duration,
     /// Pod creations in flight at once (a fan-out of hundreds is created in waves).
     pub create_parallelism: usize,
+    /// The CSI driver (`csi.shoal.dev`) job Pods mount datasets through instead of the
+    /// privileged sidecar; `None` keeps the sidecar.
+    pub csi_driver: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -67,6 +70,7 @@ impl Default for KubernetesConfig {
             api_timeout: Duration::from_secs(30),
             image_pull_deadline: Duration::from_secs(300),
             create_parallelism: 16,
+            csi_driver: None,
         }
     }
 }
@@ -88,6 +92,7 @@ pub const ENV_VARS: &[&str] = &[
     "SHOAL_K8S_API_TIMEOUT",
     "SHOAL_K8S_IMAGE_PULL_DEADLINE",
     "SHOAL_K8S_CREATE_PARALLELISM",
+    "SHOAL_K8S_CSI_DRIVER",
 ];
 
 impl KubernetesConfig {
@@ -124,6 +129,7 @@ impl KubernetesConfig {
             c.worker_cache_path = (!v.is_empty()).then(|| PathBuf::from(v));
         }
         c.image_pull_policy = set("SHOAL_K8S_IMAGE_PULL_POLICY");
+        c.csi_driver = set("SHOAL_K8S_CSI_DRIVER");
         if let Some(v) = set("SHOAL_K8S_SIDECAR_CPU") {
             c.sidecar_cpu_millis = crate::config::parse_cpu(&v).ok_or_else(|| {
                 bad(

@@ -13,6 +13,9 @@
 //!   job's; a startup probe holds `job` back until the FUSE mount is there;
 //! - `links` (only when datasets have a `mount` path): symlinks under `/work` to the
 //!   datasets, like the local executor's;
+//! - with a CSI driver ([`PodSettings::csi_driver`]) instead of the sidecar: `mnt` is an
+//!   inline volume of that driver (`shoal csi`), published by the node plugin with the
+//!   job's Secret; no container of the Pod is privileged;
 //! - the `by_file` input list, from a Pod annotation through a downwardAPI file;
 //! - preferred (never required) node affinity toward the node locality chose; the
 //!   task's `node_selector` and `tolerations` as they are, its `labels` and
@@ -23,11 +26,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, KeyToPath, NodeAffinity,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSpec,
-    PreferredSchedulingTerm, Probe, ResourceRequirements, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Affinity, CSIVolumeSource, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, KeyToPath,
+    LocalObjectReference, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, Pod, PodSpec, PreferredSchedulingTerm, Probe, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -89,7 +92,14 @@ pub struct PodSettings {
     pub sidecar_memory_bytes: u64,
     /// Pod termination grace period (the runner's kill grace).
     pub grace: Duration,
+    /// The CSI driver of `shoal csi` on the cluster's nodes: job Pods get their mount
+    /// as an inline volume of it instead of the privileged sidecar. `None`: sidecar.
+    pub csi_driver: Option<String>,
 }
+
+/// The volume attribute of the CSI plugin naming the key of the Secret that holds the
+/// volume's token (the job's Secret keeps it under [`JOB_TOKEN_KEY`]).
+pub const CSI_SECRET_KEY_ATTR: &str = "secretKey";
 
 /// Where the sidecar finds its job's credential (the job's Secret, key [`JOB_TOKEN_KEY`]).
 pub const JOB_TOKEN_DIR: &str = "/var/run/shoal/job-token";
@@ -209,6 +219,39 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         });
     }
 
+    if let Some(driver) = &s.csi_driver {
+        // The plugin on the node mounts every dataset the job's credential reaches
+        // (no `dataset` attribute), as the sidecar would, before `job` starts.
+        volumes[0] = Volume {
+            name: "mnt".into(),
+            csi: Some(CSIVolumeSource {
+                driver: driver.clone(),
+                read_only: Some(false),
+                volume_attributes: Some(BTreeMap::from([(
+                    CSI_SECRET_KEY_ATTR.to_owned(),
+                    JOB_TOKEN_KEY.to_owned(),
+                )])),
+                node_publish_secret_ref: Some(LocalObjectReference {
+                    name: job_secret_name(&s.runner, &l.job_id),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        job_mounts[0].mount_propagation = None;
+        return Ok(pod(
+            s,
+            l,
+            name,
+            labels,
+            annotations,
+            env,
+            volumes,
+            job_mounts,
+            init_containers,
+        ));
+    }
+
     let mut sidecar_mounts = vec![VolumeMount {
         name: "mnt".into(),
         mount_path: mount_root.to_owned(),
@@ -320,6 +363,32 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         ..Default::default()
     });
 
+    Ok(pod(
+        s,
+        l,
+        name,
+        labels,
+        annotations,
+        env,
+        volumes,
+        job_mounts,
+        init_containers,
+    ))
+}
+
+/// The Pod around the `job` container, whichever way its mount comes.
+#[allow(clippy::too_many_arguments)]
+fn pod(
+    s: &PodSettings,
+    l: &Launch,
+    name: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    env: Vec<EnvVar>,
+    volumes: Vec<Volume>,
+    job_mounts: Vec<VolumeMount>,
+    init_containers: Vec<Container>,
+) -> Pod {
     let mut job_resources = resources(
         l.resources.cpu_millis,
         l.resources.memory_bytes,
@@ -350,7 +419,7 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
         ..Default::default()
     };
 
-    Ok(Pod {
+    Pod {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(s.namespace.clone()),
@@ -384,7 +453,7 @@ pub fn render_pod(s: &PodSettings, l: &Launch) -> Result<Pod> {
             ..Default::default()
         }),
         status: None,
-    })
+    }
 }
 
 fn toleration(t: &crate::spec::Toleration) -> k8s_openapi::api::core::v1::Toleration {
