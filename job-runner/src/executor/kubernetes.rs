@@ -26,6 +26,8 @@ pub use config::{ENV_VARS, KubernetesConfig};
 #[cfg(feature = "kubernetes")]
 mod attempts;
 #[cfg(feature = "kubernetes")]
+pub mod csi;
+#[cfg(feature = "kubernetes")]
 mod logs;
 #[cfg(feature = "kubernetes")]
 pub mod nodes;
@@ -90,6 +92,12 @@ pub async fn connect(cfg: &RunnerConfig, shutdown: CancellationToken) -> Result<
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
     let secret_api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &namespace);
+    let csi_driver = match &k.csi_driver {
+        Some(name) if csi::driver_installed(client.clone(), name, k.api_timeout).await => {
+            Some(name.clone())
+        }
+        _ => None,
+    };
     let nodes = cfg.discovers_nodes().then(|| {
         Arc::new(NodeWatch::new(
             kube::Api::<Node>::all(client),
@@ -128,7 +136,7 @@ pub async fn connect(cfg: &RunnerConfig, shutdown: CancellationToken) -> Result<
         sidecar_cpu_millis: k.sidecar_cpu_millis,
         sidecar_memory_bytes: k.sidecar_memory_bytes,
         grace: cfg.kill_grace,
-        csi_driver: k.csi_driver.clone(),
+        csi_driver,
     };
     // The runner's own link to the master (with the cluster token) issues the jobs'
     // credentials; only those reach the Pods.

@@ -867,3 +867,29 @@ tasks:
     assert_eq!(m.mount_path, "/shoal");
     assert_eq!(m.mount_propagation, None);
 }
+
+/// The runner's Pods take the CSI volume only when the cluster has the driver: the
+/// lookup it does at start says yes for an installed CSIDriver, and no (so the sidecar
+/// stays) for a missing one or one the runner may not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csi_driver_is_used_only_when_the_cluster_has_it() {
+    use shoal_job_runner::executor::kubernetes::csi::driver_installed;
+    let served = fake_api::FakeApi::serve().await;
+    let client = || {
+        let cfg = kube::Config::new(format!("http://{}", served.addr).parse().unwrap());
+        kube::Client::try_from(cfg).unwrap()
+    };
+    let t = Duration::from_secs(5);
+    assert!(
+        !driver_installed(client(), "csi.shoal.dev", t).await,
+        "not installed yet"
+    );
+    served.api.set_csi_driver("csi.shoal.dev", true);
+    assert!(driver_installed(client(), "csi.shoal.dev", t).await);
+    assert!(!driver_installed(client(), "other.example.com", t).await);
+    served.api.forbid_csi_drivers();
+    assert!(
+        !driver_installed(client(), "csi.shoal.dev", t).await,
+        "forbidden counts as absent"
+    );
+}

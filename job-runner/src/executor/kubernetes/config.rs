@@ -47,8 +47,9 @@ pub struct KubernetesConfig {
     pub image_pull_deadline: Duration,
     /// Pod creations in flight at once (a fan-out of hundreds is created in waves).
     pub create_parallelism: usize,
-    /// The CSI driver (`csi.shoal.dev`) job Pods mount datasets through instead of the
-    /// privileged sidecar; `None` keeps the sidecar.
+    /// The CSI driver job Pods mount datasets through instead of the privileged
+    /// sidecar, when the cluster has it (looked up at start, [`super::csi`]); `None`
+    /// (`SHOAL_K8S_CSI_DRIVER=none`) keeps the sidecar without looking.
     pub csi_driver: Option<String>,
 }
 
@@ -70,10 +71,13 @@ impl Default for KubernetesConfig {
             api_timeout: Duration::from_secs(30),
             image_pull_deadline: Duration::from_secs(300),
             create_parallelism: 16,
-            csi_driver: None,
+            csi_driver: Some(DEFAULT_CSI_DRIVER.into()),
         }
     }
 }
+
+/// The driver name `shoal csi` registers by default (deploy/kubernetes/base/csi-driver.yaml).
+pub const DEFAULT_CSI_DRIVER: &str = "csi.shoal.dev";
 
 /// The variables [`KubernetesConfig::from_env`] reads, for docs and error messages.
 pub const ENV_VARS: &[&str] = &[
@@ -129,7 +133,9 @@ impl KubernetesConfig {
             c.worker_cache_path = (!v.is_empty()).then(|| PathBuf::from(v));
         }
         c.image_pull_policy = set("SHOAL_K8S_IMAGE_PULL_POLICY");
-        c.csi_driver = set("SHOAL_K8S_CSI_DRIVER");
+        if let Some(v) = set("SHOAL_K8S_CSI_DRIVER") {
+            c.csi_driver = (v != "none").then_some(v);
+        }
         if let Some(v) = set("SHOAL_K8S_SIDECAR_CPU") {
             c.sidecar_cpu_millis = crate::config::parse_cpu(&v).ok_or_else(|| {
                 bad(
@@ -250,9 +256,18 @@ mod tests {
         assert_eq!(c.sidecar_memory_bytes, 1 << 30);
         assert_eq!(c.api_timeout, Duration::from_secs(5));
         assert_eq!(c.node_label, "kubernetes.io/hostname");
+        assert_eq!(c.csi_driver.as_deref(), Some(DEFAULT_CSI_DRIVER));
         assert_eq!(
             KubernetesConfig::from_vars(vars(&[])).unwrap(),
             KubernetesConfig::default()
+        );
+        let off = KubernetesConfig::from_vars(vars(&[("SHOAL_K8S_CSI_DRIVER", "none")]));
+        assert_eq!(off.unwrap().csi_driver, None);
+        let other =
+            KubernetesConfig::from_vars(vars(&[("SHOAL_K8S_CSI_DRIVER", "csi.example.com")]));
+        assert_eq!(
+            other.unwrap().csi_driver.as_deref(),
+            Some("csi.example.com")
         );
     }
 

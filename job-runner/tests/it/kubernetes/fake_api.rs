@@ -46,6 +46,10 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     /// (resource version, event type, object) for Node watches.
     node_events: Vec<(u64, &'static str, Node)>,
+    /// Names of the CSIDriver objects the cluster has.
+    csi_drivers: std::collections::BTreeSet<String>,
+    /// Answer every CSIDriver read with 403, as without the runner's RBAC rule.
+    csi_forbidden: bool,
 }
 
 #[derive(Clone, Default)]
@@ -160,6 +164,10 @@ impl FakeApi {
                 get(get_secret).delete(delete_secret),
             )
             .route("/api/v1/nodes", get(list_or_watch_nodes))
+            .route(
+                "/apis/storage.k8s.io/v1/csidrivers/{name}",
+                get(get_csi_driver),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -322,6 +330,21 @@ impl FakeApi {
     }
 
     /// Deletes the Node (`kubectl delete node`).
+    /// Installs (or, with `false`, removes) the CSIDriver `name`.
+    pub fn set_csi_driver(&self, name: &str, installed: bool) {
+        let mut inner = self.inner.lock().unwrap();
+        if installed {
+            inner.csi_drivers.insert(name.to_owned());
+        } else {
+            inner.csi_drivers.remove(name);
+        }
+    }
+
+    /// Makes CSIDriver reads fail with 403 Forbidden.
+    pub fn forbid_csi_drivers(&self) {
+        self.inner.lock().unwrap().csi_forbidden = true;
+    }
+
     pub fn remove_node(&self, name: &str) {
         {
             let mut inner = self.inner.lock().unwrap();
@@ -615,6 +638,32 @@ async fn create_secret(State(api): State<FakeApi>, body: Bytes) -> Response {
     }
     inner.secrets.insert(name, s.clone());
     json(StatusCode::CREATED, &s)
+}
+
+async fn get_csi_driver(State(api): State<FakeApi>, Path(name): Path<String>) -> Response {
+    let inner = api.inner.lock().unwrap();
+    if inner.csi_forbidden {
+        return status(
+            403,
+            "Forbidden",
+            &format!("csidrivers.storage.k8s.io \"{name}\" is forbidden"),
+        );
+    }
+    if !inner.csi_drivers.contains(&name) {
+        return status(
+            404,
+            "NotFound",
+            &format!("csidrivers.storage.k8s.io \"{name}\" not found"),
+        );
+    }
+    let d = k8s_openapi::api::storage::v1::CSIDriver {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            ..Default::default()
+        },
+        spec: Default::default(),
+    };
+    json(StatusCode::OK, &d)
 }
 
 async fn get_secret(
