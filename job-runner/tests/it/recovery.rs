@@ -331,7 +331,9 @@ impl shoal_job_runner::store::JobStore for CrashingStore {
     fn apply(&mut self, writes: &[shoal_job_runner::store::Write]) -> shoal_common::Result<()> {
         self.crashed |= (self.crash_at)(writes);
         if self.crashed {
-            return Err(shoal_common::Error::unavailable("injected crash before commit"));
+            return Err(shoal_common::Error::unavailable(
+                "injected crash before commit",
+            ));
         }
         self.inner.apply(writes)
     }
@@ -347,15 +349,18 @@ fn has_transition_to(writes: &[shoal_job_runner::store::Write], to: S) -> bool {
         S::Running => M::Running,
         other => panic!("no such case: {other:?}"),
     };
-    writes.iter().any(|w| {
-        matches!(w, shoal_job_runner::store::Write::Transition { t, .. } if t.state == to)
-    })
+    writes
+        .iter()
+        .any(|w| matches!(w, shoal_job_runner::store::Write::Transition { t, .. } if t.state == to))
 }
 
 /// Runs 6 instances (all fit at once) on a runner whose store "crashes" at the first
 /// commit `crash_at` picks, then a second runner on the same data dir; every instance
 /// must run exactly once, as attempt 1.
-async fn crash_at_commit_then_restart(label: &str, crash_at: fn(&[shoal_job_runner::store::Write]) -> bool) {
+async fn crash_at_commit_then_restart(
+    label: &str,
+    crash_at: fn(&[shoal_job_runner::store::Write]) -> bool,
+) {
     use shoal_job_runner::server::Plugins;
     use shoal_job_runner::store::sqlite::SqliteJobStore;
 
@@ -424,6 +429,8 @@ async fn crash_after_spawn_before_running_is_committed_runs_each_instance_once()
 /// runner starts each instance once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_starting_is_committed_starts_nothing_until_the_restart() {
-    crash_at_commit_then_restart("crash-before-starting", |w| has_transition_to(w, S::Starting))
-        .await;
+    crash_at_commit_then_restart("crash-before-starting", |w| {
+        has_transition_to(w, S::Starting)
+    })
+    .await;
 }
