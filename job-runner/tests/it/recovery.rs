@@ -329,7 +329,12 @@ impl shoal_job_runner::store::JobStore for CrashingStore {
         self.inner.next_job_seq()
     }
     fn apply(&mut self, writes: &[shoal_job_runner::store::Write]) -> shoal_common::Result<()> {
-        self.crashed |= (self.crash_at)(writes);
+        if !self.crashed && (self.crash_at)(writes) {
+            self.crashed = true;
+            // A slow commit, like a stalled fsync: whatever the engine handed to be
+            // started before this commit (wrongly) has time to be forked.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         if self.crashed {
             return Err(shoal_common::Error::unavailable(
                 "injected crash before commit",
