@@ -121,6 +121,13 @@ pub enum Command {
         attempt: u32,
         reply: Reply<LogTarget>,
     },
+    /// Reported by a start lane: how the start of `attempt` went
+    /// ([`launch::lanes`]).
+    Started {
+        key: InstKey,
+        attempt: u32,
+        result: Result<crate::executor::Started>,
+    },
     /// Reported by the executor.
     Exited {
         key: InstKey,
@@ -222,9 +229,21 @@ pub struct Engine {
     /// The store's first failure; the engine stops at the end of the command.
     fault: Option<Error>,
     fault_tx: watch::Sender<Option<Error>>,
+    /// When the writes pending since the last commit must be committed at the
+    /// latest. Only a turn's leftovers wait: RUNNING (the store's STARTING is
+    /// re-adopted through the launch lock the same way) and ends (re-read from the
+    /// attempt's exit file by `adopt`). Every answer to a command that changes state
+    /// and every start commits first, which takes these along.
+    commit_due: Option<Instant>,
+    /// Where starts run when the executor says they block (`starts_off_engine`).
+    lanes: Option<launch::lanes::StartLanes>,
 }
 
 const BATCH: usize = 4096;
+
+/// How long a turn's leftover writes may wait for the next commit (see
+/// `Engine::commit_due`).
+const COMMIT_WAIT: Duration = Duration::from_millis(2);
 
 impl Engine {
     /// Loads the store, re-adopts running attempts, and starts the engine thread.
@@ -236,6 +255,14 @@ impl Engine {
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (fault_tx, fault_rx) = watch::channel(None);
         let nodes = cfg.nodes.iter().cloned().map(NodeUse::new).collect();
+        let lanes = if parts.executor.starts_off_engine() {
+            Some(launch::lanes::StartLanes::new(
+                parts.executor.clone(),
+                tx.clone(),
+            )?)
+        } else {
+            None
+        };
         let mut engine = Engine {
             layout: Layout {
                 data_dir: cfg.data_dir.clone(),
@@ -257,6 +284,8 @@ impl Engine {
             ended_jobs: Vec::new(),
             fault: None,
             fault_tx,
+            commit_due: None,
+            lanes,
         };
         let wake = {
             let tx = tx.clone();
@@ -299,12 +328,15 @@ impl Engine {
         let mut next_tick = Instant::now() + self.cfg.schedule_interval;
         loop {
             let now = Instant::now();
-            let wake = self
+            let mut wake = self
                 .timers
                 .first()
                 .map(|t| t.0)
                 .unwrap_or(next_tick)
                 .min(next_tick);
+            if let Some(due) = self.commit_due {
+                wake = wake.min(due);
+            }
             let first = match rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -335,13 +367,29 @@ impl Engine {
                 self.dirty = false;
                 self.schedule();
             }
-            if self.flush().is_err() || self.fault.is_some() {
-                break;
+            // Group commit: what a turn leaves to persist after its starts (their
+            // RUNNING, ends seen without a start following) waits up to COMMIT_WAIT
+            // for the next turn's commit, so a stream of short instances pays one
+            // fsync per turn, not two. Nothing in it was answered yet, and all of it
+            // can be re-learnt after a crash (see `commit_due`).
+            if !self.writes.is_empty() && self.commit_due.is_none() {
+                self.commit_due = Some(Instant::now() + COMMIT_WAIT);
             }
-            self.let_go_of_ended_jobs();
+            let due =
+                stop || self.fault.is_some() || self.commit_due.is_none_or(|d| Instant::now() >= d);
+            if due {
+                if self.flush().is_err() || self.fault.is_some() {
+                    break;
+                }
+                self.let_go_of_ended_jobs();
+            }
             if stop {
                 break;
             }
+        }
+        // Starts under way finish (and are watched) before the executor stops watching.
+        if let Some(l) = &mut self.lanes {
+            l.stop();
         }
         self.parts.executor.shutdown();
         if let Some(n) = &self.parts.nodes {
@@ -440,6 +488,11 @@ impl Engine {
                     .and_then(|seq| self.log_target(seq, &task, index, attempt));
                 let _ = reply.send(r);
             }
+            Command::Started {
+                key,
+                attempt,
+                result,
+            } => self.launched(key, attempt, result),
             Command::Exited { key, attempt, exit } => self.on_exit(key, attempt, exit),
             Command::Wake => self.dirty = true,
             Command::SetNodes(nodes) => self.set_nodes(nodes),
@@ -595,6 +648,7 @@ impl Engine {
         if let Some(e) = &self.fault {
             return Err(e.clone());
         }
+        self.commit_due = None;
         if !self.writes.is_empty() {
             let writes = std::mem::take(&mut self.writes);
             if let Err(e) = self.parts.store.apply(&writes) {

@@ -7,7 +7,8 @@
 //! - [`kubernetes`]: each attempt is a Pod with a FUSE sidecar (`kubernetes` feature).
 //!
 //! Contract:
-//! - `start` returns quickly; the end of the attempt is reported exactly once through
+//! - `start` returns quickly, or says it does not (`starts_off_engine`) and is called
+//!   off the engine thread; the end of the attempt is reported exactly once through
 //!   the [`ExitSink`] it was given, from any thread;
 //! - `stop` asks the attempt to end (SIGTERM to its process group) and forces it after
 //!   `grace` (SIGKILL); the end is still reported through the sink;
@@ -191,6 +192,12 @@ pub enum Adoption {
 pub trait Executor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn start(&self, launch: Launch, on_exit: ExitSink) -> Result<Started>;
+    /// Whether `start` blocks long enough (files, a fork) that the engine should call
+    /// it from its start lanes instead of its own thread; then `start` and
+    /// `remove_work_dir` may be called from several threads at once.
+    fn starts_off_engine(&self) -> bool {
+        false
+    }
     fn stop(&self, attempt: &AttemptRef, grace: Duration);
     fn adopt(&self, attempt: &AttemptRef, on_exit: ExitSink) -> Adoption;
     /// Removes an instance's working dir (after success, or failure without keep_failed).

@@ -332,6 +332,54 @@ async fn runner_kill_9_while_300_retries_wait_loses_and_doubles_none() {
     runner.terminate(Duration::from_secs(10)).await;
 }
 
+/// Instances that end as soon as they start, 8 at a time, so at the kill some starts
+/// are under way in the start lanes, some attempts have ended before their RUNNING was
+/// committed, and some ends are not committed yet: every window between a STARTING
+/// commit, the fork, the RUNNING commit and the end's commit is crossed by the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_kill_9_while_300_short_instances_start_and_end_loses_and_doubles_none() {
+    let dir = temp_dir("runner-kill-short");
+    let data = dir.path().join("runner");
+    let m = dir.path().join("marks");
+    std::fs::create_dir_all(&m).unwrap();
+    // 0.08 CPU for instances of 0.01: 8 at a time.
+    let node = ["--node", "n1=80m,64GiB"];
+    let (mut runner, addr) = start_runner(&data, &node).await;
+    let mut c = connect(&addr, &data).await;
+    let job = submit(&mut c, &spec("short", 300, &m, "exit 0", ""))
+        .await
+        .unwrap();
+    let ran = || std::fs::read_dir(&m).map_or(0, |d| d.count());
+    wait_stored_and(
+        &data,
+        "60 instances done and some starting or running",
+        60,
+        |s, _| s == St::Succeeded,
+        || ran() >= 60,
+    );
+    runner.kill();
+    let at_kill = stored(&data);
+    let active = at_kill
+        .iter()
+        .filter(|(s, _)| matches!(s, St::Starting | St::Running))
+        .count();
+    let done = at_kill.iter().filter(|(s, _)| *s == St::Succeeded).count();
+    let ran_at_kill = ran();
+    assert!(done < 300, "the job ended before the kill");
+    let (mut runner, addr) = start_runner(&data, &node).await;
+    let mut c = connect(&addr, &data).await;
+    let j = wait_final(&mut c, &job.id, Duration::from_secs(60)).await;
+    let t = tally(&j, &marks(&m, 300));
+    assert_every_instance_ran_once(
+        &format!(
+            "runner kill -9 among 300 instant instances, 8 at a time ({done} succeeded, {active} starting or running in the store, {ran_at_kill} spawned)"
+        ),
+        &t,
+        &runner,
+    );
+    runner.terminate(Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_sigstop_for_5s_loses_and_doubles_none() {
     let dir = temp_dir("runner-sigstop");

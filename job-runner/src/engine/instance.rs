@@ -348,6 +348,11 @@ impl Inst {
         true
     }
 
+    /// Someone asked the active attempt to stop (cancel, timeout).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_some()
+    }
+
     /// The executor reported the end of `attempt`. `None` when that is not the
     /// active attempt (a late report); otherwise the stop the engine had asked for.
     /// The state does not change here: the engine decides what the end means.

@@ -1,17 +1,23 @@
 //! Starting attempts: the placement a scheduling pass chose becomes STARTING (and is
 //! persisted), then the executor is handed a [`Launch`] (command, environment,
 //! dataset paths, the `by_file` input list) and its answer makes the instance RUNNING,
-//! or fails the attempt.
+//! or fails the attempt. With the local executor that start runs in a start lane
+//! ([`lanes`]), off this thread.
+
+pub mod lanes;
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use shoal_common::{Error, Result};
 
+use tracing::error;
+
 use super::schedule::Placement;
 use super::state::InstKey;
 use super::{Command, Engine, TimerKind};
-use crate::executor::{AttemptRef, DatasetView, ExitSink, InputList, Launch};
+use crate::executor::{AttemptRef, DatasetView, ExitSink, InputList, Launch, Started};
+use crate::model::InstanceState;
 use crate::spec::{TaskSpec, data_env_name};
 
 impl Engine {
@@ -21,7 +27,9 @@ impl Engine {
         self.change(p.key, |i| i.start(p.node, &node_name, p.local_bytes));
     }
 
-    /// Starts the attempt the pass placed (STARTING is already persisted).
+    /// Starts the attempt the pass placed (STARTING is already persisted): in a start
+    /// lane when the executor's starts block, else here. Either way the result
+    /// arrives in [`Engine::launched`].
     pub(super) fn launch(&mut self, k: InstKey) {
         let launch = match self.build_launch(k) {
             Ok(l) => l,
@@ -31,32 +39,75 @@ impl Engine {
             }
         };
         let attempt = launch.attempt;
-        let node = launch.node.clone();
         let sink = self.exit_sink(k, attempt);
-        match self.parts.executor.start(launch, sink) {
-            Ok(started) => {
-                // The noop executor may have reported the end already; it is queued
-                // behind us on the channel, so RUNNING comes first either way.
-                let latency = self
-                    .inst(k)
-                    .and_then(|i| i.ready_since())
-                    .map(|s| s.elapsed().as_secs_f64());
-                let reason = match started.pid {
-                    Some(pid) => format!("pid {pid} on {node}"),
-                    None => format!("on {node}"),
-                };
-                if !self.change(k, |i| i.mark_running(started, reason)) {
-                    return;
-                }
-                if let Some(l) = latency {
-                    metrics::histogram!("shoal_runner_instance_start_latency_seconds", "runner" => self.cfg.name.clone()).record(l);
-                }
-                if let Some(t) = self.task_spec(k).and_then(|t| t.timeout) {
-                    self.timers
-                        .insert((Instant::now() + t, k, attempt, TimerKind::Timeout));
-                }
+        if let Some(lanes) = &self.lanes {
+            // False only while shutting down: the attempt stays STARTING, with no
+            // fork, for the next runner to start.
+            lanes.start(k, launch, sink);
+            return;
+        }
+        let result = self.parts.executor.start(launch, sink);
+        self.launched(k, attempt, result);
+    }
+
+    /// The executor's answer to the start of `attempt`: RUNNING (persisted with the
+    /// engine's next batch), or a failed attempt.
+    pub(super) fn launched(&mut self, k: InstKey, attempt: u32, result: Result<Started>) {
+        let current = self
+            .inst(k)
+            .is_some_and(|i| i.state() == InstanceState::Starting && i.attempt() == attempt);
+        if !current {
+            // Nothing moves an attempt out of STARTING before its start is reported
+            // (its end is held until then), so this is a bug; say so rather than act.
+            error!(key = %k, attempt, "a start was reported for an attempt that is not starting; ignored");
+            return;
+        }
+        let started = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.start_failed(k, &format!("could not start: {e}"));
+                return;
             }
-            Err(e) => self.start_failed(k, &format!("could not start: {e}")),
+        };
+        // The noop executor may have reported the end already; it is queued behind us
+        // on the channel (a start lane holds it back until now), so RUNNING comes
+        // first either way.
+        let latency = self
+            .inst(k)
+            .and_then(|i| i.ready_since())
+            .map(|s| s.elapsed().as_secs_f64());
+        let node = self
+            .inst(k)
+            .map(|i| i.node_name().to_owned())
+            .unwrap_or_default();
+        let reason = match started.pid {
+            Some(pid) => format!("pid {pid} on {node}"),
+            None => format!("on {node}"),
+        };
+        if !self.change(k, |i| i.mark_running(started, reason)) {
+            return;
+        }
+        if let Some(l) = latency {
+            metrics::histogram!("shoal_runner_instance_start_latency_seconds", "runner" => self.cfg.name.clone()).record(l);
+        }
+        if let Some(t) = self.task_spec(k).and_then(|t| t.timeout) {
+            self.timers
+                .insert((Instant::now() + t, k, attempt, TimerKind::Timeout));
+        }
+        // A cancel that came while the start was under way found nothing to signal.
+        if self.inst(k).is_some_and(|i| i.stop_requested())
+            && let Some(a) = self.attempt_ref(k)
+        {
+            self.parts.executor.stop(&a, self.cfg.kill_grace);
+        }
+    }
+
+    /// Removes an instance's work dir: in its start lane (behind any start of it)
+    /// when there are lanes.
+    pub(super) fn remove_work_dir(&self, k: InstKey, dir: std::path::PathBuf) {
+        match &self.lanes {
+            Some(lanes) => lanes.remove_work_dir(k, dir),
+            None => self.parts.executor.remove_work_dir(&dir),
         }
     }
 

@@ -243,12 +243,12 @@ impl Engine {
         match outcome {
             Outcome::Succeeded => {
                 self.change(k, |i| i.succeed());
-                self.parts.executor.remove_work_dir(&work_dir);
+                self.remove_work_dir(k, work_dir.clone());
                 self.release_dependents(k);
             }
             Outcome::Cancelled(r) => {
                 self.change(k, |i| i.cancel(r));
-                self.parts.executor.remove_work_dir(&work_dir);
+                self.remove_work_dir(k, work_dir.clone());
                 self.cascade(k);
             }
             Outcome::Failed {
@@ -286,7 +286,7 @@ impl Engine {
                     };
                     self.change(k, |i| i.fail(code, why));
                     if !keep_failed {
-                        self.parts.executor.remove_work_dir(&work_dir);
+                        self.remove_work_dir(k, work_dir.clone());
                     }
                     self.cascade(k);
                 }

@@ -328,6 +328,10 @@ impl Executor for LocalExecutor {
         "local"
     }
 
+    fn starts_off_engine(&self) -> bool {
+        true
+    }
+
     fn start(&self, l: Launch, on_exit: ExitSink) -> Result<Started> {
         private_dir(&l.work_dir)?;
         let log_dir = l

@@ -314,3 +314,128 @@ async fn an_attempt_never_forked_is_started_again() {
         .unwrap();
     assert_eq!(adopted, Adoption::NeverStarted);
 }
+
+/// The real SQLite store, failing every commit from the first one `crash_at` picks:
+/// the engine stops there as if the runner died before that commit, with whatever it
+/// did before (processes it forked) left behind.
+struct CrashingStore {
+    inner: shoal_job_runner::store::sqlite::SqliteJobStore,
+    crash_at: fn(&[shoal_job_runner::store::Write]) -> bool,
+    crashed: bool,
+}
+
+impl shoal_job_runner::store::JobStore for CrashingStore {
+    fn next_job_seq(&mut self) -> shoal_common::Result<u64> {
+        self.inner.next_job_seq()
+    }
+    fn apply(&mut self, writes: &[shoal_job_runner::store::Write]) -> shoal_common::Result<()> {
+        if !self.crashed && (self.crash_at)(writes) {
+            self.crashed = true;
+            // A slow commit, like a stalled fsync: whatever the engine handed to be
+            // started before this commit (wrongly) has time to be forked.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if self.crashed {
+            return Err(shoal_common::Error::unavailable(
+                "injected crash before commit",
+            ));
+        }
+        self.inner.apply(writes)
+    }
+    fn load_all(&mut self) -> shoal_common::Result<Vec<shoal_job_runner::store::StoredJob>> {
+        self.inner.load_all()
+    }
+}
+
+fn has_transition_to(writes: &[shoal_job_runner::store::Write], to: S) -> bool {
+    use shoal_job_runner::model::InstanceState as M;
+    let to = match to {
+        S::Starting => M::Starting,
+        S::Running => M::Running,
+        other => panic!("no such case: {other:?}"),
+    };
+    writes
+        .iter()
+        .any(|w| matches!(w, shoal_job_runner::store::Write::Transition { t, .. } if t.state == to))
+}
+
+/// Runs 6 instances (all fit at once) on a runner whose store "crashes" at the first
+/// commit `crash_at` picks, then a second runner on the same data dir; every instance
+/// must run exactly once, as attempt 1.
+async fn crash_at_commit_then_restart(
+    label: &str,
+    crash_at: fn(&[shoal_job_runner::store::Write]) -> bool,
+) {
+    use shoal_job_runner::server::Plugins;
+    use shoal_job_runner::store::sqlite::SqliteJobStore;
+
+    let dir = shoal_testkit::temp_dir(label);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = crate::support::config(dir.path());
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    let store = CrashingStore {
+        inner: SqliteJobStore::open(&cfg.data_dir).unwrap(),
+        crash_at,
+        crashed: false,
+    };
+    let plugins = Plugins {
+        store: Some(Box::new(store)),
+        ..Default::default()
+    };
+    let runner = RunnerServer::start_with(cfg, plugins).await.unwrap();
+    let mut c = connect(&runner.grpc_addr.to_string()).await;
+    let spec = format!(
+        r#"
+name: crash
+tasks:
+  - name: t
+    instances: 6
+    resources: {{cpu: 1, memory: 64MiB}}
+    command: [sh, -c, 'echo $SHOAL_ATTEMPT >> {o}/runs.$SHOAL_INSTANCE_INDEX; sleep 1; touch {o}/done.$SHOAL_INSTANCE_INDEX']
+"#,
+        o = out.display()
+    );
+    let job = submit(&mut c, &spec).await;
+    let fault = tokio::time::timeout(Duration::from_secs(20), runner.engine.fault())
+        .await
+        .expect("the injected crash stops the engine");
+    assert!(fault.message().contains("injected crash"), "{fault}");
+    runner.shutdown().await;
+
+    let runner2 = RunnerServer::start(crate::support::config(dir.path()))
+        .await
+        .unwrap();
+    let mut c2 = connect(&runner2.grpc_addr.to_string()).await;
+    let j = wait_final(&mut c2, &job.id, Duration::from_secs(60)).await;
+    assert_eq!(state(j.state), S::Succeeded, "{}", describe(&j));
+    for i in 0..6 {
+        let runs = std::fs::read_to_string(out.join(format!("runs.{i}"))).unwrap();
+        assert_eq!(runs, "1\n", "instance {i} ran {runs:?}");
+        assert!(out.join(format!("done.{i}")).exists());
+    }
+    for i in &task(&j, "t").instance_list {
+        assert_eq!(i.attempt, 1, "{:?}", i.history);
+    }
+    runner2.shutdown().await;
+}
+
+/// The commit that carries the first RUNNING (group commit defers it to the next
+/// turn's transaction) never happens: the processes exist, the store says STARTING.
+/// The next runner re-adopts them through their launch locks instead of starting
+/// them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_spawn_before_running_is_committed_runs_each_instance_once() {
+    crash_at_commit_then_restart("crash-before-running", |w| has_transition_to(w, S::Running))
+        .await;
+}
+
+/// The commit of STARTING never happens: nothing may have been forked, so the next
+/// runner starts each instance once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_starting_is_committed_starts_nothing_until_the_restart() {
+    crash_at_commit_then_restart("crash-before-starting", |w| {
+        has_transition_to(w, S::Starting)
+    })
+    .await;
+}
