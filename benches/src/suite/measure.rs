@@ -156,6 +156,72 @@ pub async fn opendal_parallel(op: &Operator, paths: &[String]) -> Result<(f64, u
     Ok((total as f64 / started.elapsed().as_secs_f64(), total))
 }
 
+/// Reads each of `paths` from the store with `per_file` range reads of `range` bytes in
+/// flight per file, all files at once: a direct read as parallel as shoal's own (the
+/// mount keeps `readahead_blocks` block fetches in flight). Returns (aggregate
+/// bytes/s, bytes).
+pub async fn opendal_parallel_ranges(
+    op: &Operator,
+    paths: &[String],
+    per_file: usize,
+    range: u64,
+) -> Result<(f64, u64)> {
+    use futures::{StreamExt, TryStreamExt};
+    let started = Instant::now();
+    let files = paths.iter().map(|p| {
+        let (op, p) = (op.clone(), p.clone());
+        async move {
+            let size = op
+                .stat(&p)
+                .await
+                .map_err(|e| Error::unavailable(format!("stat {p}: {e}")))?
+                .content_length();
+            let starts: Vec<u64> = (0..size.div_ceil(range)).map(|i| i * range).collect();
+            futures::stream::iter(starts)
+                .map(|off| {
+                    let (op, p) = (op.clone(), p.clone());
+                    async move {
+                        let end = (off + range).min(size);
+                        op.read_with(&p)
+                            .range(off..end)
+                            .await
+                            .map(|b| b.len() as u64)
+                            .map_err(|e| Error::unavailable(format!("read {p} at {off}: {e}")))
+                    }
+                })
+                .buffer_unordered(per_file.max(1))
+                .try_fold(0u64, |n, b| async move { Ok(n + b) })
+                .await
+        }
+    });
+    let total: u64 = futures::future::try_join_all(files)
+        .await?
+        .into_iter()
+        .sum();
+    Ok((total as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+/// Reads every one of `paths` whole from the store, `parallel` GETs in flight: what a
+/// loader reading the bucket directly with a pool of requests does. Returns files/s.
+pub async fn opendal_gets(op: &Operator, paths: &[String], parallel: usize) -> Result<f64> {
+    use futures::{StreamExt, TryStreamExt};
+    let started = Instant::now();
+    futures::stream::iter(paths.iter().cloned())
+        .map(|p| {
+            let op = op.clone();
+            async move {
+                op.read(&p)
+                    .await
+                    .map(drop)
+                    .map_err(|e| Error::unavailable(format!("read {p}: {e}")))
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(paths.len() as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Writes dirty pages back and drops the page cache (`all` also drops dentries and
 /// inodes). False when not permitted (not root): the report then says so.
 pub fn drop_caches(all: bool) -> bool {
