@@ -1,7 +1,9 @@
 //! The small-files scenario: N files of 64 KiB in one directory of a `file://` store
 //! on tmpfs, read whole (open, read to the end, close) natively and through the mount:
 //! cold on a fresh mount with nothing cached, then warm (every block cached in the
-//! worker and the mount daemon, every kernel cache dropped) on another fresh mount.
+//! worker and the mount daemon, every kernel cache dropped) on another fresh mount on
+//! the worker's node (the local path), and warm through a mount on a node with no
+//! worker (the remote path: every block over the data plane).
 //! And `stat` of every file by name: on a new mount, with the mount daemon warm, and
 //! with the kernel's caches warm.
 //!
@@ -66,7 +68,10 @@ pub async fn run(
         .await?;
     }
     let uri = format!("file://{}", data.path().display());
-    let rig = Rig::start(bin, n as u64 * o.small_bytes * 2 + (64 << 20)).await?;
+    // The worker reports a host id of its own, so a mount on another node name reads
+    // every block over the data plane (the remote-path row) while one on the worker's
+    // node reads its tier files (short-circuit or passthrough).
+    let rig = Rig::start_hosts(bin, n as u64 * o.small_bytes * 2 + (64 << 20), 1).await?;
     rig.create_dataset("small", &uri, BTreeMap::new()).await?;
 
     let native = paths(data.path(), n);
@@ -105,6 +110,19 @@ pub async fn run(
     })
     .await?;
     m.stop().await?;
+
+    let m = rig
+        .mount_on("small", &format!("{}-none", rig.worker.node))
+        .await?;
+    let p = paths(m.root(), n);
+    let remote1 = blocking(move || {
+        // Metadata warm as on the local mount above: one untimed `stat` pass.
+        measure::stat_files(&p)?;
+        drop_caches(true);
+        measure::read_files(&p, 1)
+    })
+    .await?;
+    m.stop().await?;
     rig.shutdown().await;
 
     let l = format!("{n}×{} in one directory", human(o.small_bytes));
@@ -120,7 +138,7 @@ pub async fn run(
         None,
     );
     add(
-        format!("{l}: mount warm (blocks cached, kernel caches dropped, new mount), 1 thread"),
+        format!("{l}: mount warm, local path (worker on this node: passthrough or short-circuit; blocks cached, kernel caches dropped, new mount), 1 thread"),
         warm1,
         "files/s",
         "native tmpfs, 1 thread",
@@ -128,7 +146,15 @@ pub async fn run(
         Aim::value(5000.0, FILES),
     );
     add(
-        format!("{l}: mount warm (blocks cached, kernel caches dropped), 4 threads"),
+        format!("{l}: mount warm, remote path (worker on another node: every block over the data plane; blocks cached on the worker, kernel caches dropped, new mount), 1 thread"),
+        remote1,
+        "files/s",
+        "native tmpfs, 1 thread",
+        n1,
+        Aim::value(5000.0, FILES),
+    );
+    add(
+        format!("{l}: mount warm, local path (blocks cached, kernel caches dropped), 4 threads"),
         warm4,
         "files/s",
         "native tmpfs, 4 threads",
