@@ -138,7 +138,9 @@ pub async fn run(
         None,
     );
     add(
-        format!("{l}: mount warm, local path (worker on this node: passthrough or short-circuit; blocks cached, kernel caches dropped, new mount), 1 thread"),
+        format!(
+            "{l}: mount warm, local path (worker on this node: passthrough or short-circuit; blocks cached, kernel caches dropped, new mount), 1 thread"
+        ),
         warm1,
         "files/s",
         "native tmpfs, 1 thread",
@@ -146,7 +148,9 @@ pub async fn run(
         Aim::value(5000.0, FILES),
     );
     add(
-        format!("{l}: mount warm, remote path (worker on another node: every block over the data plane; blocks cached on the worker, kernel caches dropped, new mount), 1 thread"),
+        format!(
+            "{l}: mount warm, remote path (worker on another node: every block over the data plane; blocks cached on the worker, kernel caches dropped, new mount), 1 thread"
+        ),
         remote1,
         "files/s",
         "native tmpfs, 1 thread",
