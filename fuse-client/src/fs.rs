@@ -92,9 +92,6 @@ pub struct Fs {
     /// Tells the kernel to drop entries and inodes that changed (set once the session
     /// exists; see `crate::watch`).
     pub kernel: OnceLock<fuser::Notifier>,
-    /// TEMPORARY (A/B measurement only, removed before merge): the open path as it
-    /// was before issue 16 part 4 (`SHOAL_MEASURE_OLD_OPEN=1`).
-    pub old_open: bool,
 }
 
 impl Fs {
@@ -131,7 +128,6 @@ impl Fs {
             started: SystemTime::now(),
             stale_logged: Mutex::new(std::collections::HashSet::new()),
             kernel: OnceLock::new(),
-            old_open: std::env::var_os("SHOAL_MEASURE_OLD_OPEN").is_some(),
         }
     }
 

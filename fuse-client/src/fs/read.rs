@@ -142,7 +142,6 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
         // thread (a few metadata calls on local tier file systems), rather than in a
         // task that hands the lookup to the blocking pool and back: for a small file
         // those hand-offs cost more than reading it.
-        Decision::Free if fs.old_open => Some(reply),
         Decision::Free => {
             let backing = match fs.client.local_file_blocking(info.id, &entry) {
                 Some(local) => match reply.open_backing(local.file()) {
@@ -225,7 +224,7 @@ fn answer(
         seq: Mutex::new(Seq::default()),
     });
     let fh = fs.add_handle(Handle::Read(h.clone()));
-    if backing.is_none() && !fs.old_open {
+    if backing.is_none() {
         fetch_small(fs, &h);
     }
     match backing {
