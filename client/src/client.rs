@@ -154,7 +154,12 @@ impl ShoalClient {
     /// The worker set in use: the last one fetched. Never waits for the master (a
     /// background task keeps it fresh).
     pub async fn worker_set(&self) -> Result<Arc<WorkerSetView>> {
-        Ok(self.inner.set.read().clone())
+        Ok(self.worker_set_now())
+    }
+
+    /// [`Self::worker_set`] for callers that are not async.
+    pub fn worker_set_now(&self) -> Arc<WorkerSetView> {
+        self.inner.set.read().clone()
     }
 
     /// Whether reads skip `worker` now (its breaker is open).

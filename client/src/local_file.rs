@@ -122,11 +122,42 @@ impl ShoalClient {
     /// `crate::locality`), if there is one; `None` when short-circuit is off, no
     /// worker's tiers here may be read directly, or some block is missing.
     pub async fn local_file(&self, dataset: DatasetId, entry: &pb::FileEntry) -> Option<LocalFile> {
+        let (tiers, layout) = self.local_tiers_for(entry)?;
+        let (version, size) = (FileVersion(entry.version), entry.size);
+        tokio::task::spawn_blocking(move || {
+            LocalFile::find(&tiers, &layout, dataset, version, size)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// [`Self::local_file`] on the calling thread (blocking: a few metadata calls on
+    /// this host's tier file systems, no network), for a caller that would otherwise
+    /// pay two thread hand-offs for them.
+    pub fn local_file_blocking(
+        &self,
+        dataset: DatasetId,
+        entry: &pb::FileEntry,
+    ) -> Option<LocalFile> {
+        let (tiers, layout) = self.local_tiers_for(entry)?;
+        LocalFile::find(
+            &tiers,
+            &layout,
+            dataset,
+            FileVersion(entry.version),
+            entry.size,
+        )
+    }
+
+    /// The tiers of this host's workers to look in for `entry`, in a stable order, and
+    /// the block layout; `None` when there is nothing to look for.
+    fn local_tiers_for(&self, entry: &pb::FileEntry) -> Option<(Vec<PathBuf>, BlockLayout)> {
         let cfg = self.config();
         if !cfg.short_circuit || entry.is_dir || entry.size == 0 {
             return None;
         }
-        let set = self.worker_set().await.ok()?;
+        let set = self.worker_set_now();
         let mut tiers: Vec<PathBuf> = Vec::new();
         // In a stable order, so one version is always found in the same worker's tier.
         let mut local: Vec<_> = set
@@ -141,14 +172,7 @@ impl ShoalClient {
         if tiers.is_empty() {
             return None;
         }
-        let layout = set.layout;
-        let (version, size) = (FileVersion(entry.version), entry.size);
-        tokio::task::spawn_blocking(move || {
-            LocalFile::find(&tiers, &layout, dataset, version, size)
-        })
-        .await
-        .ok()
-        .flatten()
+        Some((tiers, set.layout))
     }
 }
 

@@ -2,7 +2,8 @@
 //! with the tasks it spawns.
 //!
 //! Every callback is answered either inline on the FUSE thread (when the answer is
-//! already in memory: cached attributes, cached blocks) or by a task on the tokio
+//! already in memory: cached attributes, cached blocks; or takes only metadata calls on
+//! this host's tier file systems: a passthrough open's lookup) or by a task on the tokio
 //! runtime that owns the reply, so one slow master or worker call never blocks the
 //! request loop. The operations live in `fs/` by family: names and attributes
 //! (`lookup`), directory listing (`dir`), reads and passthrough (`read`), writes

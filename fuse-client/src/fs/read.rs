@@ -13,6 +13,14 @@
 //!
 //! The kernel page cache is kept across opens (`FOPEN_KEEP_CACHE`) while the file's
 //! version is the one the kernel last saw.
+//!
+//! An open of a read-only (not STRICT) dataset's file whose attributes are cached is
+//! answered on the FUSE thread, its first passthrough open included: finding the
+//! local copy and registering it with the kernel are a few metadata calls on this
+//! host's tier file systems, cheaper than handing the open to a task and the blocking
+//! pool and back (for a small file, those hand-offs cost more than reading it). A
+//! small file (one block, at most `max_read` bytes) that is not passthrough is
+//! fetched as it is opened, so its first read usually finds it cached.
 
 use std::sync::Arc;
 
@@ -130,7 +138,33 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
         return Some(reply);
     };
     match Passthrough::decide(&mut mode, entry.version) {
-        Decision::Free => Some(reply),
+        // A worker of this host may hold the whole file: look for it here, on the FUSE
+        // thread (a few metadata calls on local tier file systems), rather than in a
+        // task that hands the lookup to the blocking pool and back: for a small file
+        // those hand-offs cost more than reading it.
+        Decision::Free => {
+            let backing = match fs.client.local_file_blocking(info.id, &entry) {
+                Some(local) => match reply.open_backing(local.file()) {
+                    Ok(b) => Some((Arc::new(b), Arc::new(local.into_pin()))),
+                    Err(e) => {
+                        refuse_backing(fs, &info, key, &e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            match backing {
+                Some((b, pin)) => {
+                    passthrough::record_passthrough(&mut mode, entry.version, b.clone(), Some(pin));
+                    answer(fs, ino, key, info, entry, reply, Some(&b));
+                }
+                None => {
+                    passthrough::record_cached(&mut mode);
+                    answer(fs, ino, key, info, entry, reply, None);
+                }
+            }
+            None
+        }
         Decision::Reuse(b) => {
             passthrough::record_passthrough(&mut mode, entry.version, b.clone(), None);
             answer(fs, ino, key, info, entry, reply, Some(&b));
@@ -157,7 +191,7 @@ fn other_version(fs: &Fs, key: &NodeKey, reply: ReplyOpen) {
 
 /// Registers the handle and replies, with the backing file when there is one.
 fn answer(
-    fs: &Fs,
+    fs: &Arc<Fs>,
     ino: u64,
     key: &NodeKey,
     info: Dataset,
@@ -189,7 +223,10 @@ fn answer(
         entry,
         seq: Mutex::new(Seq::default()),
     });
-    let fh = fs.add_handle(Handle::Read(h));
+    let fh = fs.add_handle(Handle::Read(h.clone()));
+    if backing.is_none() {
+        fetch_small(fs, &h);
+    }
     match backing {
         Some(b) => {
             fs.m.passthrough_opens.increment(1);
@@ -198,6 +235,41 @@ fn answer(
         }
         None => reply.opened(FileHandle(fh), flags),
     }
+}
+
+/// Starts fetching a small file (one block, at most `max_read` bytes) as it is
+/// opened: the kernel asks for all of it at the first read, so the fetch (a worker
+/// over the data plane, or a short-circuit read) runs while the open's reply and that
+/// read cross the kernel, and the read usually finds the block in the cache. Larger
+/// files wait for their first read, which starts readahead.
+fn fetch_small(fs: &Arc<Fs>, h: &Arc<ReadHandle>) {
+    let layout = fs.layout();
+    let size = h.entry.size;
+    if size == 0
+        || size > u64::from(fs.cfg.max_read)
+        || layout.block_count(size) != 1
+        || fs.cfg.readahead_blocks == 0
+        || fs.cfg.block_cache_bytes == 0
+        || fs.blocks.is_cached_or_inflight(&h.key_of(0))
+    {
+        return;
+    }
+    fs.m.readahead_blocks.increment(1);
+    let f = block(fs, h, &layout, 0);
+    let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
+    fs.spawn(async move {
+        if let Err(e) = f.await {
+            tracing::debug!(dataset = %name, path = %path, error = %e, "fetch at open failed");
+        }
+    });
+}
+
+/// The kernel refused a backing file: passthrough is off for this mount from now on.
+fn refuse_backing(fs: &Fs, info: &Dataset, key: &NodeKey, e: &std::io::Error) {
+    tracing::warn!(dataset = %info.name, path = %key.path, error = %e,
+        "kernel refused the passthrough backing file; serving reads through the mount from now on");
+    fs.passthrough_ok
+        .store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn open_read(
@@ -235,10 +307,7 @@ async fn open_read(
             Some(local) => match reply.open_backing(local.file()) {
                 Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
                 Err(e) => {
-                    tracing::warn!(dataset = %info.name, path = %key.path, error = %e,
-                        "kernel refused the passthrough backing file; serving reads through the mount from now on");
-                    fs.passthrough_ok
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    refuse_backing(fs, &info, key, &e);
                     None
                 }
             },

@@ -282,3 +282,85 @@ async fn an_unreachable_ufs_gives_eio_not_a_hang() {
     m.unmount().await;
     c.shutdown().await;
 }
+
+/// Issue 16 part 4: a small file (one block, at most `max_read` bytes) is fetched as
+/// it is opened, so its first read finds the block in the mount's cache instead of
+/// starting the fetch then; a larger file is not fetched until it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_file_is_fetched_at_open_and_its_first_read_hits_the_cache() {
+    let ufs = tempfile::tempdir().unwrap();
+    let small: Vec<u8> = (0..(48u32 << 10)).map(|i| (i * 31 % 251) as u8).collect();
+    let large: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(ufs.path().join("small.bin"), &small).unwrap();
+    std::fs::write(ufs.path().join("large.bin"), &large).unwrap();
+    // No worker: every fetch goes to the store, counted per client.
+    let c = cluster(0).start().await;
+    c.create_dir_dataset("sm", ufs.path(), false).await;
+    let m = MountGuard::new(&c, |cfg| cfg.dataset = Some("sm".into())).await;
+    let client = format!("fuse:{}", m.name());
+    let fetched = {
+        let client = client.clone();
+        move || {
+            shoal_testkit::registry_metric(
+                "shoal_client_read_bytes_total",
+                &[("client", client.as_str())],
+            )
+        }
+    };
+    let fuse = |name: &str| shoal_testkit::registry_metric(name, &[("mount", m.name())]);
+
+    // Both attributes are cached (a stat lists the directory), so the opens are
+    // answered at once and nothing is read yet.
+    let root = m.path().to_path_buf();
+    let r2 = root.clone();
+    blocking(move || {
+        for n in ["small.bin", "large.bin"] {
+            std::fs::metadata(r2.join(n)).unwrap();
+        }
+    })
+    .await;
+    assert_eq!(fetched(), 0.0);
+    let (r2, want) = (root.clone(), small.len());
+    let files = blocking(move || {
+        let s = std::fs::File::open(r2.join("small.bin")).unwrap();
+        let l = std::fs::File::open(r2.join("large.bin")).unwrap();
+        (s, l, want)
+    })
+    .await;
+    shoal_testkit::wait_until(
+        Duration::from_secs(10),
+        "the small file fetched at open",
+        || {
+            let f = fetched.clone();
+            async move { f() >= want as f64 }
+        },
+    )
+    .await;
+    assert_eq!(
+        fetched(),
+        small.len() as f64,
+        "only the small file is fetched at open"
+    );
+    let (hits, misses) = (
+        fuse("shoal_fuse_block_cache_hits_total"),
+        fuse("shoal_fuse_block_cache_misses_total"),
+    );
+    let (got, files) = blocking(move || {
+        use std::io::Read;
+        let mut files = files;
+        let mut got = Vec::new();
+        files.0.read_to_end(&mut got).unwrap();
+        (got, files)
+    })
+    .await;
+    assert!(got == small, "the small file's bytes");
+    assert_eq!(
+        fuse("shoal_fuse_block_cache_misses_total"),
+        misses,
+        "the first read of the small file found its block cached"
+    );
+    assert!(fuse("shoal_fuse_block_cache_hits_total") > hits);
+    drop(files);
+    m.unmount().await;
+    c.shutdown().await;
+}
