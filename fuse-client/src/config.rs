@@ -257,3 +257,23 @@ pub fn state_dir() -> PathBuf {
         None => PathBuf::from("/var/lib/shoal"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_readahead_fetch_at_a_time_is_refused_with_the_fix() {
+        let mut cfg = MountConfig::new("127.0.0.1:1", "/mnt");
+        assert!(cfg.validate().is_ok());
+        cfg.readahead_in_flight = 0;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.is(shoal_common::ErrorKind::InvalidArgument), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--readahead-in-flight must be at least 1"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--readahead-blocks 0"), "{e}");
+    }
+}
