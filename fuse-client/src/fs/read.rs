@@ -469,7 +469,7 @@ fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
     let (fs2, h2, layout) = (fs.clone(), h.clone(), *layout);
     fs.spawn(async move {
         for i in from..to {
-            // Closed never: the semaphore lives as long as the handle.
+            // The semaphore is never closed: it lives as long as the handle.
             let Ok(permit) = fetching.clone().acquire_owned().await else {
                 return;
             };
