@@ -33,6 +33,17 @@ pub struct Options {
     pub read_size: usize,
     /// Measure the ceiling too (off to profile the mount alone).
     pub ceiling: bool,
+    /// Mount settings other than the defaults, to compare them (`None`: the default).
+    pub tune: Tune,
+}
+
+/// Overrides of the shoal mount's read settings (the ceiling keeps the defaults).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tune {
+    pub read_ahead_kb: Option<u32>,
+    pub readahead_blocks: Option<u32>,
+    pub readahead_in_flight: Option<u32>,
+    pub threads: Option<usize>,
 }
 
 impl Options {
@@ -43,6 +54,7 @@ impl Options {
             passes: 1,
             read_size: 1 << 20,
             ceiling: true,
+            tune: Tune::default(),
         }
     }
 
@@ -52,6 +64,7 @@ impl Options {
             passes: 3,
             read_size: 1 << 20,
             ceiling: true,
+            tune: Tune::default(),
         }
     }
 }
@@ -100,7 +113,7 @@ pub async fn run(opts: &Options) -> Result<Results> {
     let (size, read_size) = (opts.file_bytes, opts.read_size);
     for round in 0..passes {
         for (i, readers) in [1usize, 4].into_iter().enumerate() {
-            let (bps, crc, dropped) = with_remote_mount(&cluster, move |root| {
+            let (bps, crc, dropped) = with_remote_mount(&cluster, opts.tune, move |root| {
                 let p = root.join(FILE);
                 let crc = (round == 0 && readers == 1)
                     .then(|| measure::checksum(&p))
@@ -140,6 +153,7 @@ pub async fn run(opts: &Options) -> Result<Results> {
 /// on it off the runtime (the mount and the worker are served by this process).
 async fn with_remote_mount<T: Send + 'static>(
     cluster: &Cluster,
+    tune: Tune,
     f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let dir = tempfile::tempdir().map_err(io("create mountpoint"))?;
@@ -153,6 +167,10 @@ async fn with_remote_mount<T: Send + 'static>(
     // comes over the data plane.
     cfg.node = None;
     cfg.passthrough = false;
+    cfg.read_ahead_kb = tune.read_ahead_kb.unwrap_or(cfg.read_ahead_kb);
+    cfg.readahead_blocks = tune.readahead_blocks.unwrap_or(cfg.readahead_blocks);
+    cfg.readahead_in_flight = tune.readahead_in_flight.unwrap_or(cfg.readahead_in_flight);
+    cfg.threads = tune.threads.unwrap_or(cfg.threads);
     let m = shoal_fuse::mount(cfg).await?;
     let root = m.mountpoint().to_path_buf();
     let r = tokio::task::spawn_blocking(move || f(&root))

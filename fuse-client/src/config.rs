@@ -53,6 +53,11 @@ pub struct MountConfig {
     pub read_ahead_kb: u32,
     /// Blocks fetched ahead of a sequential reader, across workers (default 4).
     pub readahead_blocks: u32,
+    /// Of those, how many one reader fetches at the same time, in order (default 2).
+    /// Fetches running together share the link and the CPU, so the block the reader
+    /// needs next comes sooner with fewer at once; more hide more latency per block
+    /// (blocks still cold on their worker, a distant worker).
+    pub readahead_in_flight: u32,
     /// Memory for recently read blocks in this process (default 256 MiB; 0 disables).
     pub block_cache_bytes: u64,
     /// Hand files whose every block sits in one local worker tier to the kernel as
@@ -120,6 +125,7 @@ impl MountConfig {
             max_read: 1 << 20,
             read_ahead_kb: 1024,
             readahead_blocks: 4,
+            readahead_in_flight: 2,
             block_cache_bytes: 256 << 20,
             passthrough: true,
             direct_io: false,
@@ -169,6 +175,11 @@ impl MountConfig {
                 "max read {} is out of range; use 4 KiB to 16 MiB",
                 self.max_read
             )));
+        }
+        if self.readahead_in_flight == 0 {
+            return Err(Error::invalid(
+                "--readahead-in-flight must be at least 1 (e.g. 2); use --readahead-blocks 0 to fetch nothing ahead",
+            ));
         }
         if self.write_chunk_bytes < (5 << 20) {
             return Err(Error::invalid(
@@ -244,5 +255,25 @@ pub fn state_dir() -> PathBuf {
     match state {
         Some(s) => s.join("shoal"),
         None => PathBuf::from("/var/lib/shoal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_readahead_fetch_at_a_time_is_refused_with_the_fix() {
+        let mut cfg = MountConfig::new("127.0.0.1:1", "/mnt");
+        assert!(cfg.validate().is_ok());
+        cfg.readahead_in_flight = 0;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.is(shoal_common::ErrorKind::InvalidArgument), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--readahead-in-flight must be at least 1"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--readahead-blocks 0"), "{e}");
     }
 }

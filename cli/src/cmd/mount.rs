@@ -62,6 +62,9 @@ pub struct MountArgs {
     /// Blocks fetched ahead of a sequential reader [default: 4].
     #[arg(long, env = "SHOAL_MOUNT_READAHEAD_BLOCKS", value_name = "N")]
     readahead_blocks: Option<u32>,
+    /// Of those, blocks one reader fetches at the same time, in order [default: 2].
+    #[arg(long, env = "SHOAL_MOUNT_READAHEAD_IN_FLIGHT", value_name = "N")]
+    readahead_in_flight: Option<u32>,
     /// Memory for recently read blocks [default: 256MiB; 0 disables].
     #[arg(long, env = "SHOAL_MOUNT_BLOCK_CACHE", value_name = "SIZE")]
     block_cache: Option<ByteSize>,
@@ -156,6 +159,7 @@ fn config(ctx: &Context, a: &MountArgs) -> anyhow::Result<MountConfig> {
         None => cfg.read_ahead_kb,
     };
     cfg.readahead_blocks = a.readahead_blocks.unwrap_or(cfg.readahead_blocks);
+    cfg.readahead_in_flight = a.readahead_in_flight.unwrap_or(cfg.readahead_in_flight);
     cfg.block_cache_bytes = a.block_cache.map(|b| b.0).unwrap_or(cfg.block_cache_bytes);
     cfg.passthrough = !a.no_passthrough;
     cfg.direct_io = a.direct_io;

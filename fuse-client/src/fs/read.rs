@@ -7,8 +7,8 @@
 //! 2. otherwise reads come here and are served in whole blocks from the in-process
 //!    [`BlockCache`](crate::block_cache::BlockCache), fetched through `shoal-client`
 //!    (short-circuit from a local tier, the owning worker, a replica, then the UFS).
-//!    A sequential reader gets the next `readahead_blocks` blocks fetched ahead,
-//!    concurrently and possibly from different workers; a small random read fetches
+//!    A sequential reader gets the next `readahead_blocks` blocks fetched ahead, in
+//!    order and `readahead_in_flight` at a time; a small random read fetches
 //!    just its range.
 //!
 //! The kernel page cache is kept across opens (`FOPEN_KEEP_CACHE`) while the file's
@@ -58,6 +58,11 @@ struct Seq {
     end: u64,
     /// First block not yet prefetched.
     ahead: u64,
+    /// Permits for this handle's readahead fetches (`readahead_in_flight`), made on
+    /// the first prefetch. The semaphore is fair, so blocks queued in order start in
+    /// order: with the whole window in flight at once the fetches shared the link and
+    /// the CPU and the block the reader needed next arrived last with the others.
+    fetching: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl ReadHandle {
@@ -505,7 +510,9 @@ fn block(
     })
 }
 
-/// Starts fetching the blocks after `end` that are not cached or on their way.
+/// Queues the blocks after `end` that are not yet queued for fetching, in order, at
+/// most `readahead_in_flight` at a time; a block the reader fetched itself (or a
+/// cached one) by its turn is skipped.
 fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
     let n = u64::from(fs.cfg.readahead_blocks);
     // Without a cache the blocks fetched ahead would have nowhere to wait.
@@ -514,7 +521,7 @@ fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
     }
     let count = layout.block_count(h.entry.size);
     let next = end.div_ceil(layout.block_size());
-    let (from, to) = {
+    let (from, to, fetching) = {
         let mut s = h.seq.lock();
         let from = s.ahead.max(next);
         let to = (next + n).min(count);
@@ -522,19 +529,31 @@ fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
             return;
         }
         s.ahead = to;
-        (from, to)
+        let permits = fs.cfg.readahead_in_flight.max(1) as usize;
+        let fetching = s
+            .fetching
+            .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(permits)));
+        (from, to, fetching.clone())
     };
-    for i in from..to {
-        if fs.blocks.is_cached_or_inflight(&h.key_of(i)) {
-            continue;
-        }
-        fs.m.readahead_blocks.increment(1);
-        let f = block(fs, h, layout, i);
-        let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
-        fs.spawn(async move {
-            if let Err(e) = f.await {
-                tracing::debug!(dataset = %name, path = %path, block = i, error = %e, "readahead failed");
+    let (fs2, h2, layout) = (fs.clone(), h.clone(), *layout);
+    fs.spawn(async move {
+        for i in from..to {
+            // The semaphore is never closed: it lives as long as the handle.
+            let Ok(permit) = fetching.clone().acquire_owned().await else {
+                return;
+            };
+            if fs2.blocks.is_cached_or_inflight(&h2.key_of(i)) {
+                continue;
             }
-        });
-    }
+            fs2.m.readahead_blocks.increment(1);
+            let f = block(&fs2, &h2, &layout, i);
+            let (name, path) = (h2.dataset.name.clone(), h2.key.path.clone());
+            fs2.spawn(async move {
+                if let Err(e) = f.await {
+                    tracing::debug!(dataset = %name, path = %path, block = i, error = %e, "readahead failed");
+                }
+                drop(permit);
+            });
+        }
+    });
 }
