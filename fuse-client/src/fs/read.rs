@@ -33,12 +33,12 @@ use shoal_common::block::BlockLayout;
 use shoal_proto::v1 as pb;
 use shoal_wire::FileRef;
 
-use super::passthrough::{self, Decision, Passthrough};
+use super::passthrough::{self, Decision, IoMode, Passthrough};
 use super::{Fs, Handle, keep_cache};
 use crate::block_cache::BlockKey;
 use crate::inode::NodeKey;
 use crate::metrics::Op;
-use shoal_client::Dataset;
+use shoal_client::{Dataset, LocalFile, LocalPin};
 
 /// How far from the furthest byte read so far a read still counts as sequential
 /// (the kernel's readahead requests arrive out of order).
@@ -142,42 +142,60 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
     let Ok(mut mode) = slot.try_lock() else {
         return Some(reply);
     };
-    match Passthrough::decide(&mut mode, entry.version) {
+    let backing = match Passthrough::decide(&mut mode, entry.version) {
         // A worker of this host may hold the whole file: look for it here, on the FUSE
         // thread (a few metadata calls on local tier file systems), rather than in a
         // task that hands the lookup to the blocking pool and back: for a small file
         // those hand-offs cost more than reading it.
         Decision::Free => {
-            let backing = match fs.client.local_file_blocking(info.id, &entry) {
-                Some(local) => match reply.open_backing(local.file()) {
-                    Ok(b) => Some((Arc::new(b), Arc::new(local.into_pin()))),
-                    Err(e) => {
-                        refuse_backing(fs, &info, key, &e);
-                        None
-                    }
-                },
-                None => None,
-            };
-            match backing {
-                Some((b, pin)) => {
-                    passthrough::record_passthrough(&mut mode, entry.version, b.clone(), Some(pin));
-                    answer(fs, ino, key, info, entry, reply, Some(&b));
-                }
-                None => {
-                    passthrough::record_cached(&mut mode);
-                    answer(fs, ino, key, info, entry, reply, None);
-                }
-            }
+            let local = fs.client.local_file_blocking(info.id, &entry);
+            backing_of(fs, &info, key, &reply, local)
+        }
+        Decision::Reuse(b) => Some((b, None)),
+        Decision::Cached => None,
+    };
+    let backing = record_mode(&mut mode, entry.version, backing);
+    answer(fs, ino, key, info, entry, reply, backing.as_ref());
+    None
+}
+
+/// A passthrough backing file and, when it was registered by this open, the pin
+/// that keeps its data file from eviction.
+type Backing = (Arc<fuser::BackingId>, Option<Arc<LocalPin>>);
+
+/// Registers `local` (a worker's data file holding the whole version) with the
+/// kernel as the backing file of the open being answered by `reply`.
+fn backing_of(
+    fs: &Fs,
+    info: &Dataset,
+    key: &NodeKey,
+    reply: &ReplyOpen,
+    local: Option<LocalFile>,
+) -> Option<Backing> {
+    let local = local?;
+    match reply.open_backing(local.file()) {
+        Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
+        Err(e) => {
+            refuse_backing(fs, info, key, &e);
             None
         }
-        Decision::Reuse(b) => {
-            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), None);
-            answer(fs, ino, key, info, entry, reply, Some(&b));
-            None
+    }
+}
+
+/// Records the open in the inode's open mode: passthrough with `backing`, else
+/// cached. Returns the backing file to answer the open with.
+fn record_mode(
+    mode: &mut Option<IoMode>,
+    version: u64,
+    backing: Option<Backing>,
+) -> Option<Arc<fuser::BackingId>> {
+    match backing {
+        Some((b, pin)) => {
+            passthrough::record_passthrough(mode, version, b.clone(), pin);
+            Some(b)
         }
-        Decision::Cached => {
-            passthrough::record_cached(&mut mode);
-            answer(fs, ino, key, info, entry, reply, None);
+        None => {
+            passthrough::record_cached(mode);
             None
         }
     }
@@ -235,6 +253,7 @@ fn answer(
     match backing {
         Some(b) => {
             fs.m.passthrough_opens.increment(1);
+            tracing::debug!(dataset = %h.dataset.name, path = %key.path, "opened with passthrough");
             flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
             reply.opened_passthrough(FileHandle(fh), flags, b);
         }
@@ -259,13 +278,27 @@ fn fetch_small(fs: &Arc<Fs>, h: &Arc<ReadHandle>) {
     {
         return;
     }
+    fetch_ahead(fs, h, &layout, 0, None);
+}
+
+/// Fetches block `index` of `h` into the cache in a task of its own, for a reader
+/// expected to ask for it soon; a failure is only logged (the read that needs the
+/// block fetches it again and reports). `permit` is held until the fetch ends.
+fn fetch_ahead(
+    fs: &Arc<Fs>,
+    h: &Arc<ReadHandle>,
+    layout: &BlockLayout,
+    index: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     fs.m.readahead_blocks.increment(1);
-    let f = block(fs, h, &layout, 0);
+    let f = block(fs, h, layout, index);
     let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
     fs.spawn(async move {
         if let Err(e) = f.await {
-            tracing::debug!(dataset = %name, path = %path, error = %e, "fetch at open failed");
+            tracing::debug!(dataset = %name, path = %path, block = index, error = %e, "fetch ahead of the reader failed");
         }
+        drop(permit);
     });
 }
 
@@ -306,30 +339,15 @@ async fn open_read(
     let slot = fs.passthrough.slot(ino);
     let mut mode = slot.lock().await;
     let backing = match Passthrough::decide(&mut mode, entry.version) {
+        Decision::Free => {
+            let local = fs.client.local_file(info.id, &entry).await;
+            backing_of(fs, &info, key, &reply, local)
+        }
         Decision::Reuse(b) => Some((b, None)),
         Decision::Cached => None,
-        Decision::Free => match fs.client.local_file(info.id, &entry).await {
-            Some(local) => match reply.open_backing(local.file()) {
-                Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
-                Err(e) => {
-                    refuse_backing(fs, &info, key, &e);
-                    None
-                }
-            },
-            None => None,
-        },
     };
-    match backing {
-        Some((b, pin)) => {
-            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), pin);
-            tracing::debug!(dataset = %info.name, path = %key.path, "opened with passthrough");
-            answer(fs, ino, key, info, entry, reply, Some(&b));
-        }
-        None => {
-            passthrough::record_cached(&mut mode);
-            answer(fs, ino, key, info, entry, reply, None);
-        }
-    }
+    let backing = record_mode(&mut mode, entry.version, backing);
+    answer(fs, ino, key, info, entry, reply, backing.as_ref());
     Ok(())
 }
 
@@ -545,15 +563,7 @@ fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
             if fs2.blocks.is_cached_or_inflight(&h2.key_of(i)) {
                 continue;
             }
-            fs2.m.readahead_blocks.increment(1);
-            let f = block(&fs2, &h2, &layout, i);
-            let (name, path) = (h2.dataset.name.clone(), h2.key.path.clone());
-            fs2.spawn(async move {
-                if let Err(e) = f.await {
-                    tracing::debug!(dataset = %name, path = %path, block = i, error = %e, "readahead failed");
-                }
-                drop(permit);
-            });
+            fetch_ahead(&fs2, &h2, &layout, i, Some(permit));
         }
     });
 }
