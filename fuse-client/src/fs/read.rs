@@ -294,7 +294,7 @@ fn fetch_ahead(
     fs.m.readahead_blocks.increment(1);
     let f = block(fs, h, layout, index);
     let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
-    fs.spawn(async move {
+    fs.spawn_eager(async move {
         if let Err(e) = f.await {
             tracing::debug!(dataset = %name, path = %path, block = index, error = %e, "fetch ahead of the reader failed");
         }
@@ -399,7 +399,7 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
     }
     fs.m.cache_misses.increment(1);
     let fs2 = fs.clone();
-    fs.spawn(async move {
+    fs.spawn_eager(async move {
         let layout = fs2.fresh_layout().await;
         if sequential {
             prefetch(&fs2, &h, &layout, end);
