@@ -11,6 +11,7 @@
 //! (`namespace`).
 
 mod dir;
+mod dir_ahead;
 mod eager;
 mod lookup;
 mod namespace;

@@ -20,7 +20,11 @@
 //! host's tier file systems, cheaper than handing the open to a task and the blocking
 //! pool and back (for a small file, those hand-offs cost more than reading it). A
 //! small file (one block, at most `max_read` bytes) that is not passthrough is
-//! fetched as it is opened, so its first read usually finds it cached.
+//! fetched as it is opened, so its first read usually finds it cached, and when its
+//! predecessor in the directory listing was read lately, the next small files are
+//! fetched too (`super::dir_ahead`). Fetches started on a FUSE thread are polled
+//! once there (`Fs::spawn_eager`), so their data-plane request is on the wire before
+//! a runtime thread wakes.
 
 use std::sync::Arc;
 
@@ -267,23 +271,26 @@ fn answer(
 /// read cross the kernel, and the read usually finds the block in the cache. Larger
 /// files wait for their first read, which starts readahead.
 fn fetch_small(fs: &Arc<Fs>, h: &Arc<ReadHandle>) {
-    let layout = fs.layout();
-    let size = h.entry.size;
-    if size == 0
-        || size > u64::from(fs.cfg.max_read)
-        || layout.block_count(size) != 1
-        || fs.cfg.readahead_blocks == 0
+    if fs.cfg.readahead_blocks == 0
         || fs.cfg.block_cache_bytes == 0
-        || fs.blocks.is_cached_or_inflight(&h.key_of(0))
+        || !is_small(fs, &fs.layout(), h.entry.size)
     {
         return;
     }
-    fetch_ahead(fs, h, &layout, 0, None);
+    if !fs.blocks.is_cached_or_inflight(&h.key_of(0)) {
+        fetch_ahead(fs, h, &fs.layout(), 0, None);
+    }
+    super::dir_ahead::walk_ahead(fs, h);
+}
+
+/// Whether a file of `size` bytes is small: one block, read whole by the kernel's
+/// first read (at most `max_read` bytes).
+pub(super) fn is_small(fs: &Fs, layout: &BlockLayout, size: u64) -> bool {
+    size > 0 && size <= u64::from(fs.cfg.max_read) && layout.block_count(size) == 1
 }
 
 /// Fetches block `index` of `h` into the cache in a task of its own, for a reader
-/// expected to ask for it soon; a failure is only logged (the read that needs the
-/// block fetches it again and reports). `permit` is held until the fetch ends.
+/// expected to ask for it soon. `permit` is held until the fetch ends.
 fn fetch_ahead(
     fs: &Arc<Fs>,
     h: &Arc<ReadHandle>,
@@ -291,9 +298,23 @@ fn fetch_ahead(
     index: u64,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    fs.m.readahead_blocks.increment(1);
     let f = block(fs, h, layout, index);
-    let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
+    spawn_fetch(fs, f, &h.dataset.name, &h.key.path, index, permit);
+}
+
+/// Runs the block fetch `f` (from [`block_of`]) to its end in a task of its own; a
+/// failure is only logged (the read that needs the block fetches it again and
+/// reports).
+pub(super) fn spawn_fetch(
+    fs: &Fs,
+    f: impl std::future::Future<Output = crate::block_cache::Fetched> + Send + 'static,
+    dataset: &str,
+    path: &str,
+    index: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    fs.m.readahead_blocks.increment(1);
+    let (name, path) = (dataset.to_owned(), path.to_owned());
     fs.spawn_eager(async move {
         if let Err(e) = f.await {
             tracing::debug!(dataset = %name, path = %path, block = index, error = %e, "fetch ahead of the reader failed");
@@ -520,10 +541,21 @@ fn block(
     index: u64,
 ) -> impl std::future::Future<Output = crate::block_cache::Fetched> + use<> {
     let range = layout.block_range(h.entry.size, index);
-    let (client, h2) = (fs.client.clone(), h.clone());
-    fs.blocks.fetch(h.key_of(index), async move {
+    block_of(fs, &h.dataset, &h.file, h.key_of(index), range)
+}
+
+/// Block `key` (bytes `range` of `file`) through the block cache.
+pub(super) fn block_of(
+    fs: &Fs,
+    ds: &Dataset,
+    file: &FileRef,
+    key: BlockKey,
+    range: std::ops::Range<u64>,
+) -> impl std::future::Future<Output = crate::block_cache::Fetched> + use<> {
+    let (client, ds, file) = (fs.client.clone(), ds.clone(), file.clone());
+    fs.blocks.fetch(key, async move {
         client
-            .read(&h2.dataset, &h2.file, range.start, range.end - range.start)
+            .read(&ds, &file, range.start, range.end - range.start)
             .await
     })
 }
