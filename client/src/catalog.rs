@@ -134,6 +134,14 @@ pub enum Known {
     Absent,
 }
 
+/// A file's neighbours in its directory's listing ([`Catalog::listed_around`]).
+pub struct Neighbours {
+    /// The entry listed just before it.
+    pub before: Option<Arc<pb::FileEntry>>,
+    /// Entries listed after it, in listing order.
+    pub after: Vec<Arc<pb::FileEntry>>,
+}
+
 /// One directory's entries as a lookup listed them, sorted by name (the master's
 /// order, bytewise like `str`'s).
 struct Listing {
@@ -382,6 +390,28 @@ impl Catalog {
             Known::Entry(e) => Some(e),
             Known::Absent => None,
         }
+    }
+
+    /// `ds/path`'s neighbours in a fresh listing of its directory (read-only, not
+    /// STRICT datasets, as for [`Self::known`]): the entry listed just before it, and
+    /// up to `after` entries listed after it, in listing order (what a reader walking
+    /// the directory opens next). `None` when no such listing holds `path`.
+    pub fn listed_around(&self, ds: &Dataset, path: &str, after: usize) -> Option<Neighbours> {
+        if path.is_empty() || self.listing_pages == 0 || ds.read_write || ds.strict {
+            return None;
+        }
+        let l = self.listings.get(&(ds.id, parent_dir(path).to_owned()))?;
+        if l.at.elapsed() >= self.ttl(ds) {
+            return None;
+        }
+        let i = l
+            .entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()?;
+        Some(Neighbours {
+            before: i.checked_sub(1).map(|b| l.entries[b].clone()),
+            after: l.entries[i + 1..].iter().take(after).cloned().collect(),
+        })
     }
 
     /// What is known of `ds/path` without asking the master: fresh attributes, or a

@@ -36,7 +36,7 @@ mod metrics;
 pub mod short_circuit;
 mod worker_set;
 
-pub use catalog::{Catalog, Dataset, Known, LISTING_PAGE, MASTER_BACKOFF, STALE_GRACE};
+pub use catalog::{Catalog, Dataset, Known, LISTING_PAGE, MASTER_BACKOFF, Neighbours, STALE_GRACE};
 pub use client::ShoalClient;
 pub use config::ClientConfig;
 pub use local_file::{LocalFile, LocalPin};

@@ -59,7 +59,9 @@ pub struct MountConfig {
     /// the kernel's 128 KiB). Larger windows measured slower on the FUSE read path
     /// (more concurrent requests than cores to serve them); see `benches/`.
     pub read_ahead_kb: u32,
-    /// Blocks fetched ahead of a sequential reader, across workers (default 4).
+    /// Blocks fetched ahead of a sequential reader, across workers (default 4); also
+    /// the small files fetched ahead of a reader walking a directory in listing order
+    /// (`fs::dir_ahead`).
     pub readahead_blocks: u32,
     /// Of those, how many one reader fetches at the same time, in order (default 2).
     /// Fetches running together share the link and the CPU, so the block the reader

@@ -11,6 +11,8 @@
 //! (`namespace`).
 
 mod dir;
+mod dir_ahead;
+mod eager;
 mod lookup;
 mod namespace;
 mod passthrough;
@@ -145,6 +147,15 @@ impl Fs {
             },
             &self.rt,
         );
+    }
+
+    /// [`Self::spawn`], after polling `fut` once on the calling thread (see
+    /// [`eager`]): a data-plane request goes out before a runtime thread is woken, and
+    /// work already done ends here, with no task.
+    pub fn spawn_eager(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        if let Some(rest) = eager::poll_once(&self.rt, fut) {
+            self.spawn(rest);
+        }
     }
 
     /// True the first time a stale read of this version is seen (bounded memory: the

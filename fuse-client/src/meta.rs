@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use shoal_client::{Catalog, Dataset, Known, ShoalClient};
+use shoal_client::{Catalog, Dataset, Known, Neighbours, ShoalClient};
 
 use crate::fs::Spool;
 use shoal_common::{Error, Result};
@@ -139,6 +139,12 @@ impl Metadata {
         }
         let ds = self.dataset_cached(dataset)?;
         self.catalog().cached(&ds, path)
+    }
+
+    /// `dataset/path`'s neighbours in its directory's listing (see
+    /// `Catalog::listed_around`).
+    pub fn listed_around(&self, ds: &Dataset, path: &str, after: usize) -> Option<Neighbours> {
+        self.catalog().listed_around(ds, path, after)
     }
 
     /// What is known of `dataset/path` without asking the master (pending, cached

@@ -148,11 +148,11 @@ where
         let req = req.and_then(|r| admit(r, &who));
         if let Ok(r) = &req
             && wr.tcp().is_some()
-            && let Some(slices) = store.sendable_range(&r.file, r.offset, r.length).await
+            && let Some(slices) = store.sendable_range(&r.file, r.offset, r.length)
         {
             let total: u64 = slices.iter().map(TierSlice::len).sum();
-            frame::write_ok_header(&mut wr, total).await?;
             if let Some(tcp) = wr.tcp() {
+                send_head(tcp, total).await?;
                 for s in &slices {
                     send_slice(tcp, s).await?;
                 }
@@ -262,6 +262,34 @@ async fn serve_one(
 ) -> Result<Vec<bytes::Bytes>> {
     let req = req?;
     store.read_range(&req.file, req.offset, req.length).await
+}
+
+/// Sends the response head of a `total`-byte payload that `send_slice` sends next,
+/// held back (`MSG_MORE`) so that head and payload leave together: sent alone, the
+/// 9-byte head woke the client, which found no payload yet and slept again until it
+/// came. An empty payload's head is sent at once (nothing would follow to release it).
+async fn send_head(tcp: &TcpStream, total: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut head = Vec::with_capacity(9);
+    frame::write_ok_header(&mut head, total).await?;
+    let flags = libc::MSG_NOSIGNAL | if total > 0 { libc::MSG_MORE } else { 0 };
+    let mut sent = 0;
+    while sent < head.len() {
+        tcp.writable().await?;
+        let rest = &head[sent..];
+        match tcp.try_io(Interest::WRITABLE, || {
+            // SAFETY: `send` reads `rest.len()` bytes from `rest`, which outlives the
+            // call, on the descriptor `tcp` keeps open.
+            let rc =
+                unsafe { libc::send(tcp.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+            usize::try_from(rc).map_err(|_| std::io::Error::last_os_error())
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends one pinned tier slice to the socket. The response header is already out, so

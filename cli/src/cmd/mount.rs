@@ -60,7 +60,8 @@ pub struct MountArgs {
     /// Kernel readahead of the mount (bdi read_ahead_kb) [default: 1MiB; 0 keeps 128KiB].
     #[arg(long, env = "SHOAL_MOUNT_READ_AHEAD", value_name = "SIZE")]
     read_ahead: Option<ByteSize>,
-    /// Blocks fetched ahead of a sequential reader [default: 4].
+    /// Blocks fetched ahead of a sequential reader, and small files fetched ahead of a
+    /// reader walking a directory in listing order [default: 4].
     #[arg(long, env = "SHOAL_MOUNT_READAHEAD_BLOCKS", value_name = "N")]
     readahead_blocks: Option<u32>,
     /// Of those, blocks one reader fetches at the same time, in order [default: 2].

@@ -20,7 +20,11 @@
 //! host's tier file systems, cheaper than handing the open to a task and the blocking
 //! pool and back (for a small file, those hand-offs cost more than reading it). A
 //! small file (one block, at most `max_read` bytes) that is not passthrough is
-//! fetched as it is opened, so its first read usually finds it cached.
+//! fetched as it is opened, so its first read usually finds it cached, and when its
+//! predecessor in the directory listing was read lately, the next small files are
+//! fetched too (`super::dir_ahead`). Fetches started on a FUSE thread are polled
+//! once there (`Fs::spawn_eager`), so their data-plane request is on the wire before
+//! a runtime thread wakes.
 
 use std::sync::Arc;
 
@@ -33,12 +37,12 @@ use shoal_common::block::BlockLayout;
 use shoal_proto::v1 as pb;
 use shoal_wire::FileRef;
 
-use super::passthrough::{self, Decision, Passthrough};
+use super::passthrough::{self, Decision, IoMode, Passthrough};
 use super::{Fs, Handle, keep_cache};
 use crate::block_cache::BlockKey;
 use crate::inode::NodeKey;
 use crate::metrics::Op;
-use shoal_client::Dataset;
+use shoal_client::{Dataset, LocalFile, LocalPin};
 
 /// How far from the furthest byte read so far a read still counts as sequential
 /// (the kernel's readahead requests arrive out of order).
@@ -142,42 +146,60 @@ fn open_inline(fs: &Arc<Fs>, ino: u64, key: &NodeKey, reply: ReplyOpen) -> Optio
     let Ok(mut mode) = slot.try_lock() else {
         return Some(reply);
     };
-    match Passthrough::decide(&mut mode, entry.version) {
+    let backing = match Passthrough::decide(&mut mode, entry.version) {
         // A worker of this host may hold the whole file: look for it here, on the FUSE
         // thread (a few metadata calls on local tier file systems), rather than in a
         // task that hands the lookup to the blocking pool and back: for a small file
         // those hand-offs cost more than reading it.
         Decision::Free => {
-            let backing = match fs.client.local_file_blocking(info.id, &entry) {
-                Some(local) => match reply.open_backing(local.file()) {
-                    Ok(b) => Some((Arc::new(b), Arc::new(local.into_pin()))),
-                    Err(e) => {
-                        refuse_backing(fs, &info, key, &e);
-                        None
-                    }
-                },
-                None => None,
-            };
-            match backing {
-                Some((b, pin)) => {
-                    passthrough::record_passthrough(&mut mode, entry.version, b.clone(), Some(pin));
-                    answer(fs, ino, key, info, entry, reply, Some(&b));
-                }
-                None => {
-                    passthrough::record_cached(&mut mode);
-                    answer(fs, ino, key, info, entry, reply, None);
-                }
-            }
+            let local = fs.client.local_file_blocking(info.id, &entry);
+            backing_of(fs, &info, key, &reply, local)
+        }
+        Decision::Reuse(b) => Some((b, None)),
+        Decision::Cached => None,
+    };
+    let backing = record_mode(&mut mode, entry.version, backing);
+    answer(fs, ino, key, info, entry, reply, backing.as_ref());
+    None
+}
+
+/// A passthrough backing file and, when it was registered by this open, the pin
+/// that keeps its data file from eviction.
+type Backing = (Arc<fuser::BackingId>, Option<Arc<LocalPin>>);
+
+/// Registers `local` (a worker's data file holding the whole version) with the
+/// kernel as the backing file of the open being answered by `reply`.
+fn backing_of(
+    fs: &Fs,
+    info: &Dataset,
+    key: &NodeKey,
+    reply: &ReplyOpen,
+    local: Option<LocalFile>,
+) -> Option<Backing> {
+    let local = local?;
+    match reply.open_backing(local.file()) {
+        Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
+        Err(e) => {
+            refuse_backing(fs, info, key, &e);
             None
         }
-        Decision::Reuse(b) => {
-            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), None);
-            answer(fs, ino, key, info, entry, reply, Some(&b));
-            None
+    }
+}
+
+/// Records the open in the inode's open mode: passthrough with `backing`, else
+/// cached. Returns the backing file to answer the open with.
+fn record_mode(
+    mode: &mut Option<IoMode>,
+    version: u64,
+    backing: Option<Backing>,
+) -> Option<Arc<fuser::BackingId>> {
+    match backing {
+        Some((b, pin)) => {
+            passthrough::record_passthrough(mode, version, b.clone(), pin);
+            Some(b)
         }
-        Decision::Cached => {
-            passthrough::record_cached(&mut mode);
-            answer(fs, ino, key, info, entry, reply, None);
+        None => {
+            passthrough::record_cached(mode);
             None
         }
     }
@@ -235,6 +257,7 @@ fn answer(
     match backing {
         Some(b) => {
             fs.m.passthrough_opens.increment(1);
+            tracing::debug!(dataset = %h.dataset.name, path = %key.path, "opened with passthrough");
             flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
             reply.opened_passthrough(FileHandle(fh), flags, b);
         }
@@ -248,24 +271,55 @@ fn answer(
 /// read cross the kernel, and the read usually finds the block in the cache. Larger
 /// files wait for their first read, which starts readahead.
 fn fetch_small(fs: &Arc<Fs>, h: &Arc<ReadHandle>) {
-    let layout = fs.layout();
-    let size = h.entry.size;
-    if size == 0
-        || size > u64::from(fs.cfg.max_read)
-        || layout.block_count(size) != 1
-        || fs.cfg.readahead_blocks == 0
+    if fs.cfg.readahead_blocks == 0
         || fs.cfg.block_cache_bytes == 0
-        || fs.blocks.is_cached_or_inflight(&h.key_of(0))
+        || !is_small(fs, &fs.layout(), h.entry.size)
     {
         return;
     }
+    if !fs.blocks.is_cached_or_inflight(&h.key_of(0)) {
+        fetch_ahead(fs, h, &fs.layout(), 0, None);
+    }
+    super::dir_ahead::walk_ahead(fs, h);
+}
+
+/// Whether a file of `size` bytes is small: one block, read whole by the kernel's
+/// first read (at most `max_read` bytes).
+pub(super) fn is_small(fs: &Fs, layout: &BlockLayout, size: u64) -> bool {
+    size > 0 && size <= u64::from(fs.cfg.max_read) && layout.block_count(size) == 1
+}
+
+/// Fetches block `index` of `h` into the cache in a task of its own, for a reader
+/// expected to ask for it soon. `permit` is held until the fetch ends.
+fn fetch_ahead(
+    fs: &Arc<Fs>,
+    h: &Arc<ReadHandle>,
+    layout: &BlockLayout,
+    index: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let f = block(fs, h, layout, index);
+    spawn_fetch(fs, f, &h.dataset.name, &h.key.path, index, permit);
+}
+
+/// Runs the block fetch `f` (from [`block_of`]) to its end in a task of its own; a
+/// failure is only logged (the read that needs the block fetches it again and
+/// reports).
+pub(super) fn spawn_fetch(
+    fs: &Fs,
+    f: impl std::future::Future<Output = crate::block_cache::Fetched> + Send + 'static,
+    dataset: &str,
+    path: &str,
+    index: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     fs.m.readahead_blocks.increment(1);
-    let f = block(fs, h, &layout, 0);
-    let (name, path) = (h.dataset.name.clone(), h.key.path.clone());
-    fs.spawn(async move {
+    let (name, path) = (dataset.to_owned(), path.to_owned());
+    fs.spawn_eager(async move {
         if let Err(e) = f.await {
-            tracing::debug!(dataset = %name, path = %path, error = %e, "fetch at open failed");
+            tracing::debug!(dataset = %name, path = %path, block = index, error = %e, "fetch ahead of the reader failed");
         }
+        drop(permit);
     });
 }
 
@@ -306,30 +360,15 @@ async fn open_read(
     let slot = fs.passthrough.slot(ino);
     let mut mode = slot.lock().await;
     let backing = match Passthrough::decide(&mut mode, entry.version) {
+        Decision::Free => {
+            let local = fs.client.local_file(info.id, &entry).await;
+            backing_of(fs, &info, key, &reply, local)
+        }
         Decision::Reuse(b) => Some((b, None)),
         Decision::Cached => None,
-        Decision::Free => match fs.client.local_file(info.id, &entry).await {
-            Some(local) => match reply.open_backing(local.file()) {
-                Ok(b) => Some((Arc::new(b), Some(Arc::new(local.into_pin())))),
-                Err(e) => {
-                    refuse_backing(fs, &info, key, &e);
-                    None
-                }
-            },
-            None => None,
-        },
     };
-    match backing {
-        Some((b, pin)) => {
-            passthrough::record_passthrough(&mut mode, entry.version, b.clone(), pin);
-            tracing::debug!(dataset = %info.name, path = %key.path, "opened with passthrough");
-            answer(fs, ino, key, info, entry, reply, Some(&b));
-        }
-        None => {
-            passthrough::record_cached(&mut mode);
-            answer(fs, ino, key, info, entry, reply, None);
-        }
-    }
+    let backing = record_mode(&mut mode, entry.version, backing);
+    answer(fs, ino, key, info, entry, reply, backing.as_ref());
     Ok(())
 }
 
@@ -381,7 +420,7 @@ pub fn read(fs: &Arc<Fs>, _ino: u64, fh: u64, offset: u64, size: u32, reply: Rep
     }
     fs.m.cache_misses.increment(1);
     let fs2 = fs.clone();
-    fs.spawn(async move {
+    fs.spawn_eager(async move {
         let layout = fs2.fresh_layout().await;
         if sequential {
             prefetch(&fs2, &h, &layout, end);
@@ -502,10 +541,21 @@ fn block(
     index: u64,
 ) -> impl std::future::Future<Output = crate::block_cache::Fetched> + use<> {
     let range = layout.block_range(h.entry.size, index);
-    let (client, h2) = (fs.client.clone(), h.clone());
-    fs.blocks.fetch(h.key_of(index), async move {
+    block_of(fs, &h.dataset, &h.file, h.key_of(index), range)
+}
+
+/// Block `key` (bytes `range` of `file`) through the block cache.
+pub(super) fn block_of(
+    fs: &Fs,
+    ds: &Dataset,
+    file: &FileRef,
+    key: BlockKey,
+    range: std::ops::Range<u64>,
+) -> impl std::future::Future<Output = crate::block_cache::Fetched> + use<> {
+    let (client, ds, file) = (fs.client.clone(), ds.clone(), file.clone());
+    fs.blocks.fetch(key, async move {
         client
-            .read(&h2.dataset, &h2.file, range.start, range.end - range.start)
+            .read(&ds, &file, range.start, range.end - range.start)
             .await
     })
 }
@@ -545,15 +595,7 @@ fn prefetch(fs: &Arc<Fs>, h: &Arc<ReadHandle>, layout: &BlockLayout, end: u64) {
             if fs2.blocks.is_cached_or_inflight(&h2.key_of(i)) {
                 continue;
             }
-            fs2.m.readahead_blocks.increment(1);
-            let f = block(&fs2, &h2, &layout, i);
-            let (name, path) = (h2.dataset.name.clone(), h2.key.path.clone());
-            fs2.spawn(async move {
-                if let Err(e) = f.await {
-                    tracing::debug!(dataset = %name, path = %path, block = i, error = %e, "readahead failed");
-                }
-                drop(permit);
-            });
+            fetch_ahead(&fs2, &h2, &layout, i, Some(permit));
         }
     });
 }

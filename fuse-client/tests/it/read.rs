@@ -364,3 +364,82 @@ async fn a_small_file_is_fetched_at_open_and_its_first_read_hits_the_cache() {
     m.unmount().await;
     c.shutdown().await;
 }
+
+/// Issue 16 part 4: a reader opening a directory's small files in listing order gets
+/// the next `readahead_blocks` files fetched ahead (their first reads hit the cache);
+/// a file opened out of order starts no readahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_walked_in_listing_order_has_its_next_small_files_fetched_ahead() {
+    const FILES: usize = 12;
+    const LEN: usize = 40 << 10;
+    let ufs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ufs.path().join("d")).unwrap();
+    let body =
+        |i: usize| -> Vec<u8> { (0..LEN).map(|j| ((i * 131 + j * 7) % 251) as u8).collect() };
+    for i in 0..FILES {
+        std::fs::write(ufs.path().join(format!("d/f{i:02}")), body(i)).unwrap();
+    }
+    // No worker: every fetch goes to the store, counted per client.
+    let c = cluster(0).start().await;
+    c.create_dir_dataset("walk", ufs.path(), false).await;
+    let m = MountGuard::new(&c, |cfg| {
+        cfg.dataset = Some("walk".into());
+        cfg.readahead_blocks = 3;
+    })
+    .await;
+    let client = format!("fuse:{}", m.name());
+    let files_fetched = move || {
+        shoal_testkit::registry_metric(
+            "shoal_client_read_bytes_total",
+            &[("client", client.as_str())],
+        ) / LEN as f64
+    };
+    let fuse = |name: &str| shoal_testkit::registry_metric(name, &[("mount", m.name())]);
+    let dir = m.path().join("d");
+    let read = |i: usize| {
+        let p = dir.join(format!("f{i:02}"));
+        async move { blocking(move || std::fs::read(p).unwrap()).await }
+    };
+    let fetched_at_least = |n: f64| {
+        let f = files_fetched.clone();
+        shoal_testkit::wait_until(Duration::from_secs(10), "files fetched", move || {
+            let f = f.clone();
+            async move { f() >= n }
+        })
+    };
+    // One stat lists the directory: the mount knows the order.
+    let d2 = dir.clone();
+    blocking(move || std::fs::metadata(d2.join("f00")).unwrap()).await;
+
+    assert!(read(0).await == body(0));
+    assert_eq!(
+        files_fetched(),
+        1.0,
+        "the first file alone: no walk seen yet"
+    );
+    assert!(read(1).await == body(1));
+    fetched_at_least(5.0).await;
+    assert_eq!(files_fetched(), 5.0, "f01 and the next three, f02..f04");
+    let misses = fuse("shoal_fuse_block_cache_misses_total");
+    assert!(
+        read(2).await == body(2),
+        "a file fetched ahead has its own bytes"
+    );
+    assert_eq!(
+        fuse("shoal_fuse_block_cache_misses_total"),
+        misses,
+        "f02's read found it fetched ahead"
+    );
+    fetched_at_least(6.0).await;
+    assert_eq!(files_fetched(), 6.0, "the window moved by one: f05");
+
+    // Out of order: f10's predecessor was never read, so only f10 is fetched.
+    assert!(read(10).await == body(10));
+    assert_eq!(
+        files_fetched(),
+        7.0,
+        "no readahead for a file opened out of order"
+    );
+    m.unmount().await;
+    c.shutdown().await;
+}

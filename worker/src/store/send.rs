@@ -55,7 +55,8 @@ impl TierSlice {
 
 impl Inner {
     /// Bytes `offset..offset+len` of `file` (clipped to its size) as pinned slices of
-    /// the top tier, when every block of the range is sendable (blocking).
+    /// the top tier, when every block of the range is sendable (a few metadata calls
+    /// per block, no data read; see [`BlockStore::sendable_range`](super::BlockStore::sendable_range)).
     pub(super) fn sendable_range(
         &self,
         file: &FileRef,

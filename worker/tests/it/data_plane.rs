@@ -382,3 +382,65 @@ async fn verified_tier_bytes_are_sent_from_the_file_and_a_file_changed_behind_th
     );
     w.shutdown().await;
 }
+
+/// A range sent from a tier file leaves with its head: a client woken by a 9-byte head
+/// alone finds no payload yet and sleeps again until it comes, one more wake-up per
+/// request on the small-file round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_head_of_a_range_sent_from_a_tier_file_arrives_with_its_payload() {
+    use std::io::{Read, Write};
+    const READS: u64 = 64;
+    let ufs = Ufs::with_files(&[("f", READS * 64 * 1024)]);
+    let tiers = TierDirs::new();
+    let node = unique_node("head");
+    let mut cfg = tiers.config(&node, 64 * MIB, 64 * MIB);
+    cfg.verified_buffer_bytes = 0;
+    let w = start(cfg, &ufs).await;
+    let f = ufs.file("f");
+    let want = ufs.files["f"].clone();
+    let mut sock = open_data(&w).await;
+    // Cold: into the top tier, from where every later range is sent.
+    read_checked(&mut sock, &f, &want, 0, want.len() as u64).await;
+    let sent_before = metric("shoal_worker_sendfile_bytes_total", &node, None);
+    // A blocking reader wakes as soon as any byte arrives, as a parked client would.
+    let sock = sock.into_std().unwrap();
+    sock.set_nonblocking(false).unwrap();
+    let alone = tokio::task::spawn_blocking(move || {
+        let mut sock = sock;
+        let mut alone = 0;
+        let mut buf = vec![0u8; 128 * 1024];
+        for i in 0..READS {
+            let req = ReadRequest {
+                file: f.clone(),
+                offset: i * 64 * 1024,
+                length: 64 * 1024,
+            };
+            let mut head = Vec::new();
+            futures::executor::block_on(frame::write_request(&mut head, &req)).unwrap();
+            sock.write_all(&head).unwrap();
+            let first = sock.read(&mut buf).unwrap();
+            if first <= 9 {
+                alone += 1;
+            }
+            let mut got = first;
+            while got < 9 + 64 * 1024 {
+                got += sock.read(&mut buf[got..]).unwrap();
+            }
+            let at = (i * 64 * 1024) as usize;
+            assert!(
+                buf[9..got] == want[at..at + 64 * 1024],
+                "wrong bytes at {at}"
+            );
+        }
+        alone
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metric("shoal_worker_sendfile_bytes_total", &node, None) - sent_before,
+        (READS * 64 * 1024) as f64,
+        "every range went out with sendfile"
+    );
+    assert_eq!(alone, 0, "heads that arrived without their payload");
+    w.shutdown().await;
+}
