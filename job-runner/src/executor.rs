@@ -84,13 +84,15 @@ pub struct InputList {
 pub struct AttemptFiles {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
-    /// The wrapper writes its pid here first thing.
+    /// Where a wrapper of a runner before the launch lock held the pid wrote it; read
+    /// only for attempts such a runner started.
     pub pid_file: PathBuf,
-    /// The wrapper writes the command's exit code here when it ends.
+    /// Likewise, the exit code of such an attempt.
     pub exit_file: PathBuf,
-    /// Locked (`flock`) by the runner before the fork and held by the attempt's
+    /// Locked (`flock`) by the runner before the spawn and held by the attempt's
     /// wrapper until it exits: a held lock proves the attempt was spawned even when
-    /// its pid file is still empty (a runner crash between spawn and pid file).
+    /// its pid is not written yet (a runner crash between spawn and pid). The wrapper
+    /// writes its pid (line 1) and the command's exit code (line 2) into it.
     pub launch_lock: PathBuf,
 }
 

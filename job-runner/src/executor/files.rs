@@ -53,11 +53,7 @@ pub fn runner_dir(dir: &Path, mode: u32) -> Result<()> {
 /// name (a file, a link, a fifo) is unlinked first and the create never follows a link.
 /// The returned descriptor is close-on-exec.
 pub fn fresh_file(path: &Path, mode: u32) -> Result<File> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("remove old {}", path.display()), e)),
-    }
+    remove_old(path)?;
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -65,6 +61,15 @@ pub fn fresh_file(path: &Path, mode: u32) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::io(format!("create {}", path.display()), e))
+}
+
+/// Unlinks whatever is at `path` (never following a link); nothing there is fine.
+pub fn remove_old(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove old {}", path.display()), e)),
+    }
 }
 
 /// Opens `path` for reading if it is a regular file with one link; `Ok(None)` if there
@@ -101,12 +106,19 @@ fn refused(path: &Path, what: &str) -> Error {
     ))
 }
 
-/// The number in a small control file (pid or exit code), if it holds one.
-pub fn read_number(path: &Path) -> Option<i64> {
-    let f = open_regular(path).ok()??;
+/// The numbers, one a line, at the start of a small control file (a pid, an exit
+/// code). Only whole lines count: a line still being written is not a number yet.
+pub fn read_numbers(path: &Path) -> Vec<i64> {
+    let Ok(Some(f)) = open_regular(path) else {
+        return Vec::new();
+    };
     let mut s = String::new();
-    f.take(64).read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    if f.take(64).read_to_string(&mut s).is_err() {
+        return Vec::new();
+    }
+    s.split_inclusive('\n')
+        .map_while(|l| l.strip_suffix('\n')?.trim().parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,25 +130,42 @@ mod tests {
     fn links_fifos_and_hard_links_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let secret = d.path().join("secret");
-        std::fs::write(&secret, "42").unwrap();
+        std::fs::write(&secret, "42\n").unwrap();
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         let e = open_regular(&link).unwrap_err();
         assert!(e.message().contains("a symlink"), "{e}");
-        assert_eq!(read_number(&link), None);
+        assert_eq!(read_numbers(&link), Vec::<i64>::new());
 
         let hard = d.path().join("hard");
         std::fs::hard_link(&secret, &hard).unwrap();
         let e = open_regular(&hard).unwrap_err();
         assert!(e.message().contains("hard link"), "{e}");
         std::fs::remove_file(&hard).unwrap();
-        assert_eq!(read_number(&secret), Some(42));
+        assert_eq!(read_numbers(&secret), vec![42]);
 
         let fifo = d.path().join("fifo");
         nix_mkfifo(&fifo);
         let e = open_regular(&fifo).unwrap_err();
         assert!(e.message().contains("not a regular file"), "{e}");
         assert!(open_regular(&d.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_whole_lines_are_numbers() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("attempt-1.launch");
+        for (text, want) in [
+            ("", vec![]),
+            ("12", vec![]),
+            ("12\n", vec![12]),
+            ("12\n0", vec![12]),
+            ("12\n143\n", vec![12, 143]),
+            ("x\n3\n", vec![]),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            assert_eq!(read_numbers(&f), want, "{text:?}");
+        }
     }
 
     #[test]

@@ -3,27 +3,33 @@
 //! The command runs under a tiny `/bin/sh` wrapper, which is the group leader:
 //!
 //! ```sh
-//! trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&- 5>&-; c=$?; echo $c >&4; exit $c
+//! trap : TERM INT HUP; echo $$ >&0; "$@" </dev/null; c=$?; echo $c >&0; exit $c
 //! ```
 //!
 //! - `"$@"` executes the user's argv as is: it is never re-parsed by the shell.
 //! - The trap is a handler, not an ignore, so the user's command starts with default
 //!   signal dispositions; when the group gets SIGTERM the command dies (or handles it)
 //!   and the wrapper still records its exit code (143 for a default SIGTERM death).
-//! - fds 3 and 4 are the attempt's pid and exit files (`logs/JOB/TASK/I/attempt-A.pid`
-//!   and `.exit`), which the runner creates and opens itself; the command gets neither.
-//!   The wrapper writes its pid first and the exit code last. While the runner is the
-//!   parent it gets the exit status from `wait`; after a runner restart the new runner
-//!   is no longer the parent, so it polls the pid (checking its start time in
-//!   `/proc/PID/stat` so a reused pid is never mistaken) and reads the exit file.
-//! - fd 5 is the attempt's launch lock (`attempt-A.launch`), which the runner creates
-//!   and `flock`s before the fork; the child inherits the locked open file, and the
-//!   wrapper keeps it (the command does not get it) until it exits. So the lock is
-//!   held exactly while an attempt's wrapper lives, from the instant of the fork: a
-//!   runner that died between the spawn and the pid file leaves a held lock, and the
-//!   next runner waits for the pid instead of starting the attempt a second time. A
-//!   free lock with no pid means the fork never happened (the runner's own copy of
-//!   the lock died with it), so starting the attempt then is its only start.
+//! - The wrapper's stdin is the attempt's control file and launch lock
+//!   (`logs/JOB/TASK/I/attempt-A.launch`), which the runner creates, opens for
+//!   writing and `flock`s before the spawn; the command gets `/dev/null` instead. The
+//!   wrapper writes its pid there first (line 1) and the command's exit code last
+//!   (line 2). While the runner is the parent it gets the exit status from `wait`;
+//!   after a runner restart the new runner is no longer the parent, so it polls the
+//!   pid (checking its start time in `/proc/PID/stat` so a reused pid is never
+//!   mistaken) and reads the exit code.
+//! - The child inherits the locked open file, and the wrapper keeps it until it
+//!   exits. So the lock is held exactly while an attempt's wrapper lives, from the
+//!   instant of the spawn: a runner that died between the spawn and the pid leaves a
+//!   held lock, and the next runner waits for the pid instead of starting the attempt
+//!   a second time. A free lock with no pid means the spawn never happened (the
+//!   runner's own copy of the lock died with it), so starting the attempt then is its
+//!   only start.
+//! - One file rather than a pid file, an exit file and a lock (as runners before
+//!   did; their attempts are still read that way, see [`written`]) is two inodes
+//!   fewer per attempt, and passing it as stdin needs no `pre_exec` step: without a
+//!   sandbox, `--run-as` or dataset links the runner spawns with `posix_spawn`
+//!   (`vfork`-like), so a start does not copy the runner's page tables.
 //! - A re-adopted attempt's start time is the process's own (`/proc/PID/stat`
 //!   starttime plus the boot time), so its timeout counts from when it really
 //!   started.
@@ -41,7 +47,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -54,13 +60,13 @@ use shoal_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::files::{self, read_number};
+use super::files::{self, read_numbers};
 use super::run_as::RunAs;
 use super::sandbox::{self, Sandbox};
-use super::{Adoption, AttemptExit, AttemptRef, Executor, ExitSink, Launch, Started};
+use super::{Adoption, AttemptExit, AttemptFiles, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
-    r#"trap : TERM INT HUP; echo $$ >&3; exec 3>&-; "$@" 4>&- 5>&-; c=$?; echo $c >&4; exit $c"#;
+    r#"trap : TERM INT HUP; echo $$ >&0; "$@" </dev/null; c=$?; echo $c >&0; exit $c"#;
 const ADOPT_POLL: Duration = Duration::from_millis(100);
 /// How long re-adoption waits for the pid of an attempt whose launch lock is held but
 /// whose wrapper has not written its pid yet (it does so first thing after exec).
@@ -187,26 +193,22 @@ fn searchable_parents(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Puts the attempt's pid and exit files and its launch lock at fds 3, 4 and 5 for the
-/// wrapper. They pass through fresh fds of 10 and up first, so that no source is
-/// itself 3, 4 or 5 and overwritten by another `dup2`. Runs in the forked child.
-fn control_fds(pid_fd: RawFd, exit_fd: RawFd, lock_fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: plain fd syscalls on fds this process holds; no memory is touched.
-    unsafe {
-        let a = libc::fcntl(pid_fd, libc::F_DUPFD, 10);
-        let b = libc::fcntl(exit_fd, libc::F_DUPFD, 10);
-        let c = libc::fcntl(lock_fd, libc::F_DUPFD, 10);
-        if a < 0 || b < 0 || c < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 || libc::dup2(c, 5) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::close(a);
-        libc::close(b);
-        libc::close(c);
+/// What an attempt's wrapper has written: its pid, then the command's exit code.
+/// Attempts of this runner have both in the launch lock file; a runner from before
+/// kept them in a `.pid` and an `.exit` file, and an attempt it started is read from
+/// those (the runner removes them when it starts an attempt, so a stale one never
+/// stands in for a newer attempt's).
+fn written(files: &AttemptFiles) -> (Option<i64>, Option<i64>) {
+    if std::fs::symlink_metadata(&files.pid_file).is_ok() {
+        let first = |p: &Path| read_numbers(p).first().copied();
+        return (first(&files.pid_file), first(&files.exit_file));
     }
-    Ok(())
+    let n = read_numbers(&files.launch_lock);
+    (n.first().copied(), n.get(1).copied())
+}
+
+fn written_pid(files: &AttemptFiles) -> Option<u32> {
+    written(files).0.and_then(|p| u32::try_from(p).ok())
 }
 
 /// Whether an attempt's launch lock is held by a live wrapper.
@@ -241,11 +243,11 @@ fn launch_lock(path: &Path) -> LaunchLock {
 }
 
 /// Waits up to `limit` for the wrapper to write its pid.
-fn wait_for_pid(path: &Path, limit: Duration) -> Option<u32> {
+fn wait_for_pid(files: &AttemptFiles, limit: Duration) -> Option<u32> {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        if let Some(p) = read_number(path) {
-            return u32::try_from(p).ok();
+        if let Some(p) = written_pid(files) {
+            return Some(p);
         }
         if std::time::Instant::now() >= deadline {
             return None;
@@ -292,6 +294,10 @@ impl LinkPlan {
                 .push((c(rel.as_bytes())?, c(target.as_os_str().as_bytes())?));
         }
         Ok(plan)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.links.is_empty()
     }
 
     /// Runs in the forked child: async-signal-safe calls only.
@@ -359,11 +365,11 @@ impl Executor for LocalExecutor {
         };
         let stdout = files::fresh_file(&l.files.stdout, 0o600)?;
         let stderr = files::fresh_file(&l.files.stderr, 0o600)?;
-        // Fresh control files, so a pid or exit file from an earlier run of the same
+        // A fresh control file, so a pid or exit code from an earlier run of the same
         // attempt number (a start the runner never confirmed) is never mistaken for
-        // this one. The wrapper writes them through fds 3 and 4.
-        let pid_file = files::fresh_file(&l.files.pid_file, 0o600)?;
-        let exit_file = files::fresh_file(&l.files.exit_file, 0o600)?;
+        // this one; and none in an older runner's files either (see `written`).
+        files::remove_old(&l.files.pid_file)?;
+        files::remove_old(&l.files.exit_file)?;
         let lock_file = files::fresh_file(&l.files.launch_lock, 0o600)?;
         // SAFETY: flock(2) on a descriptor we own; it touches no memory.
         if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -403,22 +409,15 @@ impl Executor for LocalExecutor {
                 .env("LOGNAME", &u.name);
         }
         drop(input_list);
-        let (pid_fd, exit_fd, lock_fd) = (
-            pid_file.as_raw_fd(),
-            exit_file.as_raw_fd(),
-            lock_file.as_raw_fd(),
-        );
         match entry {
             // SAFETY: the closure runs in the forked child before exec and only makes
             // async-signal-safe calls (write, open, unshare, mount, mkdir, setgroups,
-            // setres[ug]id, chdir, fcntl, dup2, close, unlink, symlink) on data
-            // prepared beforehand; it allocates nothing. The control fds are placed
-            // last: the sandbox's own descriptors may sit at 3 or 4 until then.
+            // setres[ug]id, chdir, close, unlink, symlink) on data prepared
+            // beforehand; it allocates nothing.
             Some(mut entry) => unsafe {
                 cmd.pre_exec(move || {
                     entry.enter()?;
-                    links.create()?;
-                    control_fds(pid_fd, exit_fd, lock_fd)
+                    links.create()
                 });
             },
             None => {
@@ -427,14 +426,15 @@ impl Executor for LocalExecutor {
                 }
                 cmd.envs(l.env.iter().map(|(k, v)| (k, v)))
                     .current_dir(&l.work_dir);
-                // SAFETY: the closure runs in the forked child before exec and only
-                // makes async-signal-safe calls (fcntl, dup2, close, mkdir, unlink,
-                // symlink) on data prepared beforehand; it allocates nothing.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        control_fds(pid_fd, exit_fd, lock_fd)?;
-                        links.create()
-                    });
+                // Without links (and without --run-as) there is no pre_exec step, so
+                // the spawn need not fork the runner (see the module doc).
+                if !links.is_empty() {
+                    // SAFETY: the closure runs in the forked child before exec and
+                    // only makes async-signal-safe calls (mkdir, unlink, symlink) on
+                    // data prepared beforehand; it allocates nothing.
+                    unsafe {
+                        cmd.pre_exec(move || links.create());
+                    }
                 }
             }
         }
@@ -442,7 +442,7 @@ impl Executor for LocalExecutor {
             .arg(WRAPPER)
             .arg("shoal-instance")
             .args(&l.command)
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(lock_file))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .process_group(0)
@@ -463,8 +463,7 @@ impl Executor for LocalExecutor {
                 return Err(Error::io(format!("start `{}`", l.command.join(" ")), e));
             }
         };
-        // From here only the child holds the launch lock.
-        drop((pid_file, exit_file, lock_file));
+        // The runner's copy of the launch lock went with `cmd`: only the child holds it.
         let pid = child
             .id()
             .ok_or_else(|| Error::internal("started process has no pid"))?;
@@ -524,14 +523,11 @@ impl Executor for LocalExecutor {
 
     fn adopt(&self, a: &AttemptRef, on_exit: ExitSink) -> Adoption {
         let lock = launch_lock(&a.files.launch_lock);
-        let mut pid = a
-            .started
-            .pid
-            .or_else(|| read_number(&a.files.pid_file).and_then(|v| u32::try_from(v).ok()));
+        let mut pid = a.started.pid.or_else(|| written_pid(&a.files));
         if pid.is_none() && lock == LaunchLock::Held {
             // The previous runner died between the fork and the wrapper's first line:
             // the attempt exists, its pid is a moment away.
-            pid = wait_for_pid(&a.files.pid_file, PID_WAIT);
+            pid = wait_for_pid(&a.files, PID_WAIT);
             if pid.is_none() {
                 warn!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt,
                     "the attempt's wrapper holds its launch lock but wrote no pid in {PID_WAIT:?}; watching the lock (it cannot be signalled)");
@@ -559,7 +555,7 @@ impl Executor for LocalExecutor {
             },
         };
         if !alive {
-            let exit = read_exit(&a.files.exit_file);
+            let exit = read_exit(&a.files);
             let exit = match &self.sandbox {
                 Some(sb) => {
                     let cg = sb.attempt_cgroup(&a.job_id, &a.task, a.index, a.attempt);
@@ -582,7 +578,7 @@ impl Executor for LocalExecutor {
         let live_entry = pid.map(|p| self.register(key.clone(), p as i32));
         let live = self.live.clone();
         let cancel = self.cancel.clone();
-        let exit_file = a.files.exit_file.clone();
+        let files = a.files.clone();
         let lock_file = (lock != LaunchLock::Missing).then(|| a.files.launch_lock.clone());
         let sandbox = self.sandbox.clone();
         self.rt.spawn(async move {
@@ -600,7 +596,7 @@ impl Executor for LocalExecutor {
                     if let Some(l) = &live_entry {
                         LocalExecutor::finish(&live, &key, l);
                     }
-                    let exit = LocalExecutor::ended(sandbox, key, read_exit(&exit_file)).await;
+                    let exit = LocalExecutor::ended(sandbox, key, read_exit(&files)).await;
                     on_exit(exit);
                     return;
                 }
@@ -637,8 +633,8 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
     }
 }
 
-fn read_exit(p: &Path) -> AttemptExit {
-    match read_number(p) {
+fn read_exit(files: &AttemptFiles) -> AttemptExit {
+    match written(files).1 {
         Some(c) => AttemptExit::Exited(c as i32),
         None => AttemptExit::Lost(
             "the process ended while the runner was down and left no exit status (killed by a signal?)"

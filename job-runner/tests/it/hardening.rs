@@ -178,7 +178,7 @@ async fn an_instance_cannot_aim_the_next_attempts_files_at_a_root_file() {
 name: aim
 tasks:
   - name: t
-    command: [sh, -c, 'if [ "$SHOAL_ATTEMPT" = 1 ]; then for f in stdout stderr pid exit; do ln -s {s} ../../../../logs/$SHOAL_JOB_ID/t/0/attempt-2.$f; done; exit 3; fi; echo PWNED; echo PWNED >&2']
+    command: [sh, -c, 'if [ "$SHOAL_ATTEMPT" = 1 ]; then for f in stdout stderr launch pid exit; do ln -s {s} ../../../../logs/$SHOAL_JOB_ID/t/0/attempt-2.$f; done; exit 3; fi; echo PWNED; echo PWNED >&2']
     retry: {{attempts: 2, backoff: {{initial: 10ms}}}}
 "#,
             s = root_only.display()
@@ -194,10 +194,20 @@ tasks:
     );
     assert_eq!(stdout_of(&mut h, &job.id, 2).await.unwrap(), "PWNED\n");
     let log_dir = h.dir.path().join(format!("runner/logs/{}/t/0", job.id));
-    for f in ["stdout", "stderr", "pid", "exit"] {
+    for f in ["stdout", "stderr", "launch"] {
         let m = std::fs::symlink_metadata(log_dir.join(format!("attempt-2.{f}"))).unwrap();
         assert!(m.file_type().is_file(), "attempt-2.{f} is {m:?}");
         assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "attempt-2.{f}");
+    }
+    // The pid and exit code live in the launch file; links planted at the names an
+    // older runner used are removed, never followed.
+    for f in ["pid", "exit"] {
+        let p = log_dir.join(format!("attempt-2.{f}"));
+        assert!(
+            std::fs::symlink_metadata(&p).is_err(),
+            "{} is left",
+            p.display()
+        );
     }
     h.stop().await;
 }
@@ -254,6 +264,33 @@ async fn argv_and_env_reach_the_program_verbatim() {
         format!("$(touch {p}); `touch {p}`", p = pwned.display())
     );
     assert!(!pwned.exists(), "an env value was run by a shell");
+    h.stop().await;
+}
+
+/// The wrapper's stdin is the attempt's launch lock and control file: the command must
+/// get `/dev/null` there and no descriptor of the runner's control files at all (it
+/// could otherwise hold the lock after the wrapper ends, or forge its exit code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_gets_dev_null_and_none_of_the_control_files() {
+    let mut h = Harness::start("control-fds", |_| {}).await;
+    let fds = h.out().join("fds");
+    let job = h
+        .submit(&format!(
+            "name: f\ntasks:\n  - name: t\n    command: [sh, -c, 'ls -l /proc/self/fd/ > {}']\n",
+            fds.display(),
+        ))
+        .await;
+    let job = h.wait_final(&job.id, Duration::from_secs(20)).await;
+    assert_eq!(state(job.state), S::Succeeded);
+    let listing = std::fs::read_to_string(&fds).unwrap();
+    let stdin = listing
+        .lines()
+        .find(|l| l.contains(" 0 -> "))
+        .unwrap_or_else(|| panic!("no fd 0 in {listing}"));
+    assert!(stdin.ends_with("-> /dev/null"), "{listing}");
+    for control in [".launch", ".pid", ".exit"] {
+        assert!(!listing.contains(control), "{control} is open: {listing}");
+    }
     h.stop().await;
 }
 

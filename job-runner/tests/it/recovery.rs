@@ -184,19 +184,22 @@ tasks:
     runner2.terminate(Duration::from_secs(10)).await;
 }
 
-/// The files of attempt 1 of `job/t[0]` under `data`, with an empty pid and exit file
-/// and the launch lock, as the runner leaves them just before it forks.
-fn fresh_attempt(data: &Path) -> shoal_job_runner::executor::AttemptRef {
+/// The files of attempt 1 of `job/t[0]` under `data`, as the runner leaves them just
+/// before it spawns: an empty launch lock, and with `older` the empty pid and exit files
+/// a runner from before one control file kept.
+fn fresh_attempt(data: &Path, older: bool) -> shoal_job_runner::executor::AttemptRef {
     use shoal_job_runner::executor::{AttemptRef, Layout, Started};
     let layout = Layout {
         data_dir: data.to_owned(),
     };
     let files = layout.attempt_files("job-1", "t", 0, 1);
-    std::fs::create_dir_all(files.pid_file.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(files.launch_lock.parent().unwrap()).unwrap();
     let work_dir = layout.work_dir("job-1", "t", 0);
     std::fs::create_dir_all(&work_dir).unwrap();
-    for f in [&files.pid_file, &files.exit_file, &files.launch_lock] {
-        std::fs::write(f, b"").unwrap();
+    std::fs::write(&files.launch_lock, b"").unwrap();
+    if older {
+        std::fs::write(&files.pid_file, b"").unwrap();
+        std::fs::write(&files.exit_file, b"").unwrap();
     }
     AttemptRef {
         job_id: "job-1".into(),
@@ -209,59 +212,75 @@ fn fresh_attempt(data: &Path) -> shoal_job_runner::executor::AttemptRef {
     }
 }
 
-/// A runner that died after the fork but before the wrapper wrote its pid left a child
-/// holding the launch lock and an empty pid file. The next runner must adopt that
-/// child (wait for its pid), never start the attempt again; and its start time is the
-/// child's own, not the re-adoption's.
+/// A runner that died after the spawn but before the wrapper wrote its pid left a child
+/// holding the launch lock and no pid. The next runner must adopt that child (wait for
+/// its pid), never start the attempt again; and its start time is the child's own, not
+/// the re-adoption's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_attempt_without_its_pid_is_adopted_not_started_again() {
+    adopt_a_wrapper_slow_to_its_pid(false).await;
+}
+
+/// The same for an attempt a runner from before one control file started (its wrapper
+/// writes the pid and exit code to files of their own at fds 3 and 4, the lock at 5):
+/// a runner upgraded while it runs still adopts it and reads its exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_runners_forked_attempt_is_adopted_with_its_exit_code() {
+    adopt_a_wrapper_slow_to_its_pid(true).await;
+}
+
+async fn adopt_a_wrapper_slow_to_its_pid(older: bool) {
     use shoal_job_runner::executor::local::LocalExecutor;
     use shoal_job_runner::executor::{Adoption, AttemptExit, Executor};
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
 
     let dir = shoal_testkit::temp_dir("launch-lock");
-    let a = fresh_attempt(&dir.path().join("runner"));
-    let lock = std::fs::File::open(&a.files.launch_lock).unwrap();
+    let a = fresh_attempt(&dir.path().join("runner"), older);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a.files.launch_lock)
+        .unwrap();
     // SAFETY: flock(2) on a descriptor this test owns.
     assert_eq!(
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
-    let pid_file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&a.files.pid_file)
-        .unwrap();
-    let exit_file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&a.files.exit_file)
-        .unwrap();
-    let fds = [
-        pid_file.as_raw_fd(),
-        exit_file.as_raw_fd(),
-        lock.as_raw_fd(),
-    ];
     let forked = shoal_common::time::now_ms();
     // A wrapper that is slow to reach its first line: it writes its pid 1 s late.
     let mut cmd = Command::new("/bin/sh");
-    cmd.args([
-        "-c",
-        "sleep 1; echo $$ >&3; exec 3>&-; sleep 1; echo 0 >&4; exit 0",
-    ]);
-    // SAFETY: dup2(2) in the forked child on descriptors prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
+    let mut keep = Vec::new();
+    if older {
+        let open = |p: &Path| std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        let (pid_file, exit_file) = (open(&a.files.pid_file), open(&a.files.exit_file));
+        let fds = [
+            pid_file.as_raw_fd(),
+            exit_file.as_raw_fd(),
+            lock.as_raw_fd(),
+        ];
+        keep.extend([pid_file, exit_file, lock]);
+        cmd.args([
+            "-c",
+            "sleep 1; echo $$ >&3; exec 3>&-; sleep 1; echo 7 >&4; exit 7",
+        ]);
+        // SAFETY: dup2(2) in the forked child on descriptors prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in fds.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
+    } else {
+        cmd.args(["-c", "sleep 1; echo $$ >&0; sleep 1; echo 7 >&0; exit 7"])
+            .stdin(lock);
     }
     let mut child = cmd.spawn().unwrap();
     // The "runner" dies: its copies close, the child's keep the lock.
-    drop((lock, pid_file, exit_file));
+    drop((cmd, keep));
 
     let exec = LocalExecutor::new(tokio::runtime::Handle::current());
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -295,7 +314,7 @@ async fn a_forked_attempt_without_its_pid_is_adopted_not_started_again() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(exit, AttemptExit::Exited(0));
+    assert_eq!(exit, AttemptExit::Exited(7));
     child.wait().unwrap();
 }
 
@@ -307,7 +326,7 @@ async fn an_attempt_never_forked_is_started_again() {
     use shoal_job_runner::executor::{Adoption, Executor};
 
     let dir = shoal_testkit::temp_dir("launch-lock-free");
-    let a = fresh_attempt(&dir.path().join("runner"));
+    let a = fresh_attempt(&dir.path().join("runner"), false);
     let exec = LocalExecutor::new(tokio::runtime::Handle::current());
     let adopted = tokio::task::spawn_blocking(move || exec.adopt(&a, Box::new(|_| {})))
         .await
