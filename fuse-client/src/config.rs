@@ -42,15 +42,10 @@ pub struct MountConfig {
     /// the last page are looked up one by one. 0 looks every name up on its own
     /// (default 4: directories up to 20,000 entries are listed whole).
     pub lookup_listing_pages: usize,
-    /// FUSE request loops, each on its own cloned `/dev/fuse` descriptor (default 1).
-    ///
-    /// One loop is the default because most requests are answered inline in a few
-    /// microseconds and anything slower already moves to a task: with several loops
-    /// the kernel hands successive requests to whichever loop has slept longest, so a
-    /// one-at-a-time caller (`stat` of a tree, opening small files in turn) pays a
-    /// cold wake-up on every request. The suite's small-file scenario measured 4 loops
-    /// against 1 on this machine: `stat` with the daemon warm 6k against 105k/s, warm
-    /// small files 9k against 19k files/s; large sequential reads were the same.
+    /// FUSE request loops, each on its own cloned `/dev/fuse` descriptor (default 4).
+    /// One loop was tried as the default and not kept: it is bimodal, fast when the
+    /// loop and a one-at-a-time caller share a CPU and slower than four loops when they
+    /// do not (docs/ARCHITECTURE.md, "One FUSE request loop, tried").
     pub threads: usize,
     /// Largest read request the kernel sends (default 1 MiB, the kernel's limit with
     /// the default `max_pages_limit`).
@@ -131,7 +126,7 @@ impl MountConfig {
             rw_attr_ttl: DEFAULT_RW_TTL,
             rw_entry_ttl: DEFAULT_RW_TTL,
             lookup_listing_pages: 4,
-            threads: 1,
+            threads: 4,
             max_read: 1 << 20,
             read_ahead_kb: 1024,
             readahead_blocks: 4,

@@ -53,8 +53,7 @@ pub struct MountArgs {
     /// How long the kernel caches names [default: 5m read-only, 1s read-write].
     #[arg(long, env = "SHOAL_MOUNT_ENTRY_TTL", value_name = "DURATION", value_parser = parse_duration)]
     entry_ttl: Option<Duration>,
-    /// FUSE request threads, each on its own /dev/fuse clone [default: 1; more only help many
-    /// readers that all hit cached blocks at once].
+    /// FUSE request threads, each on its own /dev/fuse clone [default: 4].
     #[arg(long, env = "SHOAL_MOUNT_THREADS", value_name = "N")]
     threads: Option<usize>,
     /// Kernel readahead of the mount (bdi read_ahead_kb) [default: 1MiB; 0 keeps 128KiB].
