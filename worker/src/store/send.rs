@@ -21,7 +21,7 @@
 //! won the race has removed it from the index before punching).
 
 use shoal_common::ids::BlockId;
-use shoal_tier::block_file::BlockFile;
+use shoal_tier::block_file::{self, BlockFile};
 use shoal_tier::layout;
 use shoal_wire::FileRef;
 
@@ -92,7 +92,19 @@ impl Inner {
         if e.len != len || a >= b {
             return None;
         }
-        let f = BlockFile::open_read(&layout::block_dir(&tier.root, id)).ok()?;
+        let f = match BlockFile::open_read(&layout::block_dir(&tier.root, id)) {
+            Ok(f) => f,
+            Err(err) => {
+                // The reading path takes over (its cached descriptors may still
+                // serve), but running out is counted and logged as on that path.
+                if block_file::is_fd_exhaustion(&err) {
+                    self.m.fd_exhausted.increment(1);
+                    tracing::warn!(worker = %self.node, block = %id, %err,
+                        "out of file descriptors to send a cached block; reading it instead");
+                }
+                return None;
+            }
+        };
         // A failing disk is met by the checking path, which drops the block.
         f.check_readable().ok()?;
         if !f.try_lock_shared().ok()? {

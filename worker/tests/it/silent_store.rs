@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shoal_common::ErrorKind;
 use shoal_common::block::BlockLayout;
 use shoal_common::ids::FileVersion;
-use shoal_testkit::{LinkProfile, LinkProxy, S3Fixture};
+use shoal_testkit::{LinkProfile, LinkProxy, S3Fixture, wait_until};
 use shoal_ufs::{UfsTuning, build_operator};
 use shoal_wire::FileRef;
 use shoal_worker::RunningWorker;
@@ -171,12 +171,23 @@ async fn a_blackholed_store_holds_no_more_than_the_bound_in_flight() {
         "{calls} store calls in flight, bound {BOUND}"
     );
     assert!(calls > 0, "the sampler never saw a call in flight");
-    // Without the bound every reader holds a connection of its own.
+    // Without the bound every reader holds a connection of its own (500). With it,
+    // a call's abandoned attempt (or a call cut at the deadline) closes its socket in
+    // the HTTP client's background task, which on a loaded machine can run after the
+    // next attempt has connected: 16 to 20 at the peak, up to 48 seen with the whole
+    // suite running. Four per slot still tells bounded from not.
     assert!(
-        conns <= BOUND,
-        "{conns} connections open to the silent store, bound {BOUND}"
+        conns <= 4 * BOUND,
+        "{conns} connections open to the silent store, bound {BOUND} calls"
     );
     assert!(conns > 0, "the sampler never saw a connection to the store");
+    // And none of them is left behind.
+    wait_until(
+        Duration::from_secs(5),
+        "the silent store's connections to close",
+        || std::future::ready(established_to(port) == 0),
+    )
+    .await;
     assert_eq!(
         metric("shoal_worker_ufs_timeouts_total", &node, None),
         READERS as f64
