@@ -219,7 +219,9 @@ pub async fn end_to_end_sandbox(instances: u32, concurrency: u32) -> Result<(Mea
     Ok((off, on))
 }
 
-async fn runner_rate(instances: u32, concurrency: u32, mode: SandboxMode) -> Result<Measured> {
+/// The whole runner running `instances` × `true` (`concurrency` at a time, each asking
+/// for a whole CPU and 64 MiB) with the sandbox in `mode`.
+pub async fn runner_rate(instances: u32, concurrency: u32, mode: SandboxMode) -> Result<Measured> {
     let dir = tempdir()?;
     let mut cfg = RunnerConfig::new(dir.join("runner"));
     cfg.listen = "127.0.0.1:0".into();

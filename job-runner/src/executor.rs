@@ -24,6 +24,7 @@ pub mod mount;
 pub mod noop;
 pub mod run_as;
 pub mod sandbox;
+pub mod spawn;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -27,9 +27,11 @@
 //!   only start.
 //! - One file rather than a pid file, an exit file and a lock (as runners before
 //!   did; their attempts are still read that way, see [`written`]) is two inodes
-//!   fewer per attempt, and passing it as stdin needs no `pre_exec` step: without a
-//!   sandbox, `--run-as` or dataset links the runner spawns with `posix_spawn`
-//!   (`vfork`-like), so a start does not copy the runner's page tables.
+//!   fewer per attempt.
+//! - Every attempt starts through [`super::spawn`] (`clone(CLONE_VM | CLONE_VFORK)`,
+//!   with the sandbox's confinement, `--run-as` and the dataset links as the child's
+//!   step), so a start never copies the runner's page tables, however large the
+//!   runner has grown.
 //! - A re-adopted attempt's start time is the process's own (`/proc/PID/stat`
 //!   starttime plus the boot time), so its timeout counts from when it really
 //!   started.
@@ -51,7 +53,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +64,7 @@ use tracing::{debug, warn};
 use super::files::{self, read_numbers};
 use super::run_as::RunAs;
 use super::sandbox::{self, Sandbox};
+use super::spawn::Spawn;
 use super::{Adoption, AttemptExit, AttemptFiles, AttemptRef, Executor, ExitSink, Launch, Started};
 
 const WRAPPER: &str =
@@ -216,7 +218,7 @@ fn written_pid(files: &AttemptFiles) -> Option<u32> {
 enum LaunchLock {
     /// No lock file: started by a runner from before launch locks (or never).
     Missing,
-    /// Nobody holds it: the wrapper has exited, or was never forked.
+    /// Nobody holds it: the wrapper has exited, or was never started.
     Free,
     /// A wrapper of this attempt is alive.
     Held,
@@ -257,7 +259,7 @@ fn wait_for_pid(files: &AttemptFiles, limit: Duration) -> Option<u32> {
 }
 
 /// The dataset links to make in an instance's working dir, as C strings ready for the
-/// forked child. They are made there, after the switch to the instance's user and the
+/// child. They are made there, after the switch to the instance's user and the
 /// chdir into its working dir: that dir belongs to the instance, so the runner (root)
 /// never creates anything under a path the instance could have swapped for a link.
 struct LinkPlan {
@@ -296,14 +298,10 @@ impl LinkPlan {
         Ok(plan)
     }
 
-    fn is_empty(&self) -> bool {
-        self.links.is_empty()
-    }
-
-    /// Runs in the forked child: async-signal-safe calls only.
+    /// Runs in the child (see [`super::spawn`]): async-signal-safe calls only.
     fn create(&self) -> std::io::Result<()> {
         for d in &self.dirs {
-            // SAFETY: a NUL-terminated path prepared before the fork.
+            // SAFETY: a NUL-terminated path prepared before the spawn.
             if unsafe { libc::mkdir(d.as_ptr(), 0o755) } < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -312,7 +310,7 @@ impl LinkPlan {
             }
         }
         for (link, target) in &self.links {
-            // SAFETY: NUL-terminated paths prepared before the fork.
+            // SAFETY: NUL-terminated paths prepared before the spawn.
             unsafe {
                 if libc::unlink(link.as_ptr()) < 0 {
                     let e = std::io::Error::last_os_error();
@@ -379,7 +377,12 @@ impl Executor for LocalExecutor {
             ));
         }
         let links = LinkPlan::new(&l.links)?;
-        let mut cmd = tokio::process::Command::new("/bin/sh");
+        let args = ["-c", WRAPPER, "shoal-instance"].map(std::ffi::OsStr::new);
+        let mut spawn = Spawn::new(
+            "/bin/sh",
+            args.into_iter()
+                .chain(l.command.iter().map(std::ffi::OsStr::new)),
+        )?;
         let mut entry = None;
         if let Some(sb) = &self.sandbox {
             let uid = sb.uid_for(&l.owner)?;
@@ -390,71 +393,46 @@ impl Executor for LocalExecutor {
                     Error::io(format!("give {} to uid {uid}", list.path.display()), e)
                 })?;
             }
-            let c = sb.confine(&l)?;
-            sandbox::environment(&mut cmd, &l);
-            entry = Some(c.entry);
-        } else if let Some(u) = &self.run_as {
-            u.chown(&l.work_dir)?;
-            searchable_parents(&l.work_dir)?;
-            searchable_parents(log_dir)?;
-            if let (Some(list), Some(f)) = (&l.input_list, &input_list) {
-                std::os::unix::fs::fchown(f, Some(u.uid), Some(u.gid)).map_err(|e| {
-                    Error::io(format!("give {} to {}", list.path.display(), u.name), e)
-                })?;
+            spawn.env(sandbox::environment(&l))?;
+            entry = Some(sb.confine(&l)?.entry);
+        } else {
+            let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+                .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n))
+                .collect();
+            if let Some(u) = &self.run_as {
+                u.chown(&l.work_dir)?;
+                searchable_parents(&l.work_dir)?;
+                searchable_parents(log_dir)?;
+                if let (Some(list), Some(f)) = (&l.input_list, &input_list) {
+                    std::os::unix::fs::fchown(f, Some(u.uid), Some(u.gid)).map_err(|e| {
+                        Error::io(format!("give {} to {}", list.path.display(), u.name), e)
+                    })?;
+                }
+                spawn.ids(u.uid, u.gid);
+                env.push(("HOME".into(), u.home.clone().into_os_string()));
+                env.push(("USER".into(), (&u.name).into()));
+                env.push(("LOGNAME".into(), (&u.name).into()));
             }
-            cmd.uid(u.uid)
-                .gid(u.gid)
-                .env("HOME", &u.home)
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
+            env.extend(l.env.iter().map(|(k, v)| (k.into(), v.into())));
+            spawn.env(env)?;
+            spawn.current_dir(&l.work_dir)?;
         }
         drop(input_list);
-        match entry {
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe calls (write, open, unshare, mount, mkdir, setgroups,
-            // setres[ug]id, chdir, close, unlink, symlink) on data prepared
-            // beforehand; it allocates nothing.
-            Some(mut entry) => unsafe {
-                cmd.pre_exec(move || {
-                    entry.enter()?;
-                    links.create()
-                });
-            },
-            None => {
-                for k in NOT_INHERITED {
-                    cmd.env_remove(k);
-                }
-                cmd.envs(l.env.iter().map(|(k, v)| (k, v)))
-                    .current_dir(&l.work_dir);
-                // Without links (and without --run-as) there is no pre_exec step, so
-                // the spawn need not fork the runner (see the module doc).
-                if !links.is_empty() {
-                    // SAFETY: the closure runs in the forked child before exec and
-                    // only makes async-signal-safe calls (mkdir, unlink, symlink) on
-                    // data prepared beforehand; it allocates nothing.
-                    unsafe {
-                        cmd.pre_exec(move || links.create());
-                    }
-                }
+        spawn.stdio(lock_file.into(), stdout.into(), stderr.into())?;
+        // The child's step: the sandbox's confinement, then the dataset links, made
+        // as the instance's user inside its working dir. Both run in the child under
+        // the rules of `spawn` (async-signal-safe calls on data prepared here).
+        let started = spawn.start(&mut || {
+            if let Some(e) = entry.as_mut() {
+                e.enter()?;
             }
-        }
-        cmd.arg("-c")
-            .arg(WRAPPER)
-            .arg("shoal-instance")
-            .args(&l.command)
-            .stdin(Stdio::from(lock_file))
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(false);
-        let spawned = {
-            let _guard = self.rt.enter();
-            cmd.spawn()
-        };
-        // The sandbox's descriptors (in the pre_exec closure) are closed here.
-        drop(cmd);
-        let mut child = match spawned {
-            Ok(c) => c,
+            links.create()
+        });
+        // The runner's copies of the stdio (the launch lock among them) went with
+        // `spawn`: only the child holds the lock. The sandbox's descriptors go here.
+        drop(entry);
+        let process = match started {
+            Ok(p) => p,
             Err(e) => {
                 if let Some(sb) = &self.sandbox {
                     sb.attempt_cgroup(&l.job_id, &l.task, l.index, l.attempt)
@@ -463,10 +441,7 @@ impl Executor for LocalExecutor {
                 return Err(Error::io(format!("start `{}`", l.command.join(" ")), e));
             }
         };
-        // The runner's copy of the launch lock went with `cmd`: only the child holds it.
-        let pid = child
-            .id()
-            .ok_or_else(|| Error::internal("started process has no pid"))?;
+        let pid = process.pid();
         let pid_start = proc_start_time(pid);
         let key = (l.job_id.clone(), l.task.clone(), l.index, l.attempt);
         let live_entry = self.register(key.clone(), pid as i32);
@@ -476,7 +451,7 @@ impl Executor for LocalExecutor {
         debug!(job = %l.job_id, task = %l.task, index = l.index, attempt = l.attempt, pid, "instance started");
         self.rt.spawn(async move {
             tokio::select! {
-                status = child.wait() => {
+                status = process.wait() => {
                     let exit = match status {
                         Ok(s) => AttemptExit::Exited(exit_code(s)),
                         Err(e) => AttemptExit::Lost(format!("wait for process: {e}")),
@@ -525,7 +500,7 @@ impl Executor for LocalExecutor {
         let lock = launch_lock(&a.files.launch_lock);
         let mut pid = a.started.pid.or_else(|| written_pid(&a.files));
         if pid.is_none() && lock == LaunchLock::Held {
-            // The previous runner died between the fork and the wrapper's first line:
+            // The previous runner died between the spawn and the wrapper's first line:
             // the attempt exists, its pid is a moment away.
             pid = wait_for_pid(&a.files, PID_WAIT);
             if pid.is_none() {

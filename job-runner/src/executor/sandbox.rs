@@ -13,7 +13,7 @@
 //!   instance's work dir, its input list and its Job's datasets at their
 //!   `SHOAL_DATA_<NAME>` paths (read-only unless the grant allows writing).
 //!
-//! Everything is prepared in the runner before the fork; the child's steps
+//! Everything is prepared in the runner before the spawn; the child's steps
 //! ([`Confinement::enter`]) are raw syscalls on that data, in this order: join the
 //! cgroup, raise `oom_score_adj`, build the mount namespace, drop to the instance's
 //! user, `chdir` into its work dir.
@@ -26,7 +26,7 @@ pub mod cgroup;
 pub mod namespace;
 pub mod uids;
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -54,16 +54,16 @@ pub struct Sandbox {
     hide: Vec<PathBuf>,
 }
 
-/// One attempt's confinement, prepared before the fork.
+/// One attempt's confinement, prepared before the spawn.
 pub struct Confinement {
     pub uid: u32,
     pub cgroup: AttemptCgroup,
-    /// Moved into the child's `pre_exec`; dropping it after the spawn closes the
-    /// runner's copies of the descriptors.
+    /// Run by the child's step ([`super::spawn`]); dropping it after the spawn closes
+    /// the runner's copies of the descriptors.
     pub entry: Entry,
 }
 
-/// What the forked child does before exec ([`Entry::enter`]).
+/// What the child does before exec ([`Entry::enter`]).
 pub struct Entry {
     uid: u32,
     _procs: Vec<File>,
@@ -228,22 +228,23 @@ pub fn exit_of(code: i32, cg: &AttemptCgroup) -> AttemptExit {
 /// The environment of a sandboxed instance: only the spec's env, the `SHOAL_*`
 /// variables, `PATH` (the spec's or [`DEFAULT_PATH`]), `HOME` (its work dir), `USER`
 /// and `LOGNAME` (its owner); none of the runner's own.
-pub fn environment(cmd: &mut tokio::process::Command, l: &Launch) {
-    cmd.env_clear();
-    cmd.env("PATH", DEFAULT_PATH);
-    cmd.envs(l.env.iter().map(|(k, v)| (k, v)));
-    cmd.env("HOME", &l.work_dir)
-        .env("USER", &l.owner)
-        .env("LOGNAME", &l.owner);
+/// Later entries of a name win.
+pub fn environment(l: &Launch) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(OsString::from("PATH"), OsString::from(DEFAULT_PATH))];
+    env.extend(l.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.push(("HOME".into(), l.work_dir.clone().into_os_string()));
+    env.push(("USER".into(), (&l.owner).into()));
+    env.push(("LOGNAME".into(), (&l.owner).into()));
+    env
 }
 
 impl Entry {
-    /// Runs in the forked child, as root: async-signal-safe calls only, on data
-    /// prepared before the fork.
+    /// Runs in the child, as root: async-signal-safe calls only, on data
+    /// prepared before the spawn.
     pub fn enter(&mut self) -> std::io::Result<()> {
         let err = std::io::Error::last_os_error;
         // SAFETY: raw syscalls on fds and NUL-terminated strings prepared before the
-        // fork; nothing is allocated.
+        // spawn; nothing is allocated.
         unsafe {
             for fd in &self.procs_fds {
                 // `0` moves the writer itself into the cgroup.
@@ -278,12 +279,7 @@ impl Entry {
             {
                 return Err(err());
             }
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setresgid(self.uid, self.uid, self.uid) < 0
-                || libc::setresuid(self.uid, self.uid, self.uid) < 0
-            {
-                return Err(err());
-            }
+            super::spawn::drop_to(self.uid, self.uid)?;
             if libc::chdir(self.work_dir.as_ptr()) < 0 {
                 return Err(err());
             }

@@ -7,7 +7,7 @@
 //! deterministic, so a restarted runner finds an adopted attempt's cgroup again.
 //!
 //! The child joins by writing `0` (the writer itself) to `cgroup.procs` files the
-//! runner opened before the fork, so the command and all it starts are charged and
+//! runner opened before the spawn, so the command and all it starts are charged and
 //! limited from their first instruction.
 
 use std::fs::File;
@@ -344,7 +344,7 @@ impl AttemptCgroup {
     }
 }
 
-/// Raw fds of the opened `cgroup.procs` files, for the forked child.
+/// Raw fds of the opened `cgroup.procs` files, for the child.
 pub fn raw_fds(files: &[File]) -> Vec<RawFd> {
     files.iter().map(|f| f.as_raw_fd()).collect()
 }

@@ -1,8 +1,8 @@
 //! The instance's private mount namespace, planned in the runner and set up in the
-//! forked child.
+//! child.
 //!
 //! [`MountPlan::new`] turns "hide these paths, show these few things inside them"
-//! into C strings and open descriptors before the fork; [`MountPlan::apply`] then runs
+//! into C strings and open descriptors before the spawn; [`MountPlan::apply`] then runs
 //! in the child (as root, before it drops to the instance's uid) with raw syscalls
 //! only, allocating nothing:
 //!
@@ -64,7 +64,7 @@ fn fd_path(fd: i32, buf: &mut [u8; 32]) -> *const libc::c_char {
     buf.as_ptr().cast()
 }
 
-/// Everything the child needs, prepared before the fork.
+/// Everything the child needs, prepared before the spawn.
 pub struct MountPlan {
     /// Dirs to cover with an empty tmpfs, none inside another.
     cover_dirs: Vec<CString>,
@@ -75,7 +75,7 @@ pub struct MountPlan {
     touch: Vec<CString>,
     binds: Vec<Bind>,
     /// The child's descriptors of the bind sources, one per bind: filled in the child
-    /// (this is allocated before the fork), since a bind's source must be a mount of
+    /// (this is allocated before the spawn), since a bind's source must be a mount of
     /// the child's own namespace.
     source_fds: Vec<RawFd>,
 }
@@ -192,10 +192,10 @@ impl MountPlan {
         Ok(plan)
     }
 
-    /// Runs in the forked child, as root: async-signal-safe calls only.
+    /// Runs in the child, as root: async-signal-safe calls only.
     pub fn apply(&mut self) -> std::io::Result<()> {
         let err = std::io::Error::last_os_error;
-        // SAFETY: every pointer is a NUL-terminated string prepared before the fork
+        // SAFETY: every pointer is a NUL-terminated string prepared before the spawn
         // (or a static literal); the calls touch no memory of ours otherwise.
         unsafe {
             if libc::unshare(libc::CLONE_NEWNS) < 0 {
