@@ -1,8 +1,8 @@
 //! [`RunAs`]: the unprivileged user a root runner starts instances as (`--run-as`).
 //!
 //! The local executor gives each instance's working dir and log dir (mode 0700) to
-//! that user, then starts the command with its uid and gid; std clears the
-//! supplementary groups when a root parent sets a uid. The runner itself stays root,
+//! that user, then starts the command with its uid and gid and no supplementary
+//! groups ([`super::spawn::drop_to`]). The runner itself stays root,
 //! so it can still signal, adopt and clean up every instance. For the user to reach its
 //! directories, every parent of the runner's data dir must be searchable by it:
 //! [`RunAs::check_reachable`] refuses to start otherwise, with the fix in the message.
