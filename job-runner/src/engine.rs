@@ -230,11 +230,15 @@ pub struct Engine {
     fault: Option<Error>,
     fault_tx: watch::Sender<Option<Error>>,
     /// When the writes pending since the last commit must be committed at the
-    /// latest. Only a turn's leftovers wait: RUNNING (the store's STARTING is
-    /// re-adopted through the launch lock the same way) and ends (re-read from the
-    /// attempt's exit file by `adopt`). Every answer to a command that changes state
-    /// and every start commits first, which takes these along.
+    /// latest. Only a turn's leftovers wait: RUNNING (whose command is held until
+    /// the commit, see `let_run`) and ends (re-read from the attempt's exit file by
+    /// `adopt`). Every answer to a command that changes state and every start
+    /// commits first, which takes these along.
     commit_due: Option<Instant>,
+    /// Attempts whose RUNNING waits in `writes`: once a commit has it, the executor
+    /// lets each command run ([`Executor::let_run`](crate::executor::Executor::let_run)),
+    /// so no command runs that a restart would not find started.
+    let_run: Vec<(InstKey, u32)>,
     /// Where starts run when the executor says they block (`starts_off_engine`).
     lanes: Option<launch::lanes::StartLanes>,
 }
@@ -285,6 +289,7 @@ impl Engine {
             fault: None,
             fault_tx,
             commit_due: None,
+            let_run: Vec::new(),
             lanes,
         };
         let wake = {
@@ -658,6 +663,11 @@ impl Engine {
                 ));
                 self.fault = Some(e.clone());
                 return Err(e);
+            }
+        }
+        for (k, attempt) in std::mem::take(&mut self.let_run) {
+            if let Some(a) = self.attempt_ref(k).filter(|a| a.attempt == attempt) {
+                self.parts.executor.let_run(&a);
             }
         }
         if self.changed {

@@ -201,6 +201,11 @@ pub trait Executor: Send + Sync + 'static {
     fn starts_off_engine(&self) -> bool {
         false
     }
+    /// The attempt's RUNNING (with the pid `start` returned) is in the store, so a
+    /// runner that dies from now on re-adopts it rather than starting it again: its
+    /// command may run. An executor whose commands wait for this (the local one holds
+    /// each at its wrapper until then) lets it go here; the others ignore it.
+    fn let_run(&self, _attempt: &AttemptRef) {}
     fn stop(&self, attempt: &AttemptRef, grace: Duration);
     fn adopt(&self, attempt: &AttemptRef, on_exit: ExitSink) -> Adoption;
     /// Removes an instance's working dir (after success, or failure without keep_failed).

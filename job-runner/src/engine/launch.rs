@@ -51,7 +51,7 @@ impl Engine {
     }
 
     /// The executor's answer to the start of `attempt`: RUNNING (persisted with the
-    /// engine's next batch), or a failed attempt.
+    /// engine's next batch, after which its command is let run), or a failed attempt.
     pub(super) fn launched(&mut self, k: InstKey, attempt: u32, result: Result<Started>) {
         let current = self
             .inst(k)
@@ -87,6 +87,7 @@ impl Engine {
         if !self.change(k, |i| i.mark_running(started, reason)) {
             return;
         }
+        self.let_run.push((k, attempt));
         if let Some(l) = latency {
             metrics::histogram!("shoal_runner_instance_start_latency_seconds", "runner" => self.cfg.name.clone()).record(l);
         }

@@ -3,7 +3,9 @@
 //! The command runs under a tiny `/bin/sh` wrapper, which is the group leader:
 //!
 //! ```sh
-//! trap : TERM INT HUP; echo $$ >&0; "$@" </dev/null; c=$?; echo $c >&0; exit $c
+//! trap : TERM INT HUP; echo $$ >&0
+//! if ! read -r go <&3; then echo -1 >&0; exit 125; fi; exec 3<&-
+//! "$@" </dev/null; c=$?; echo $c >&0; exit $c
 //! ```
 //!
 //! - `"$@"` executes the user's argv as is: it is never re-parsed by the shell.
@@ -25,6 +27,15 @@
 //!   a second time. A free lock with no pid means the spawn never happened (the
 //!   runner's own copy of the lock died with it), so starting the attempt then is its
 //!   only start.
+//! - The command waits for its go (fd 3, a pipe whose other end only the runner
+//!   holds): the runner writes it once the attempt's RUNNING, with its pid, is
+//!   committed to the store ([`Executor::let_run`]). So a command never runs unless
+//!   the store knows its attempt started, and a restart re-adopts it rather than
+//!   starting it a second time, even when the disk loses the control file's unsynced
+//!   pid (a file system that shuts down on an error drops its dirty pages). If the
+//!   runner stops or dies first, the pipe reaches end of file, and the wrapper
+//!   writes `-1` ("never ran") as its exit line and leaves without running anything;
+//!   the next runner starts that attempt as if it had never been spawned.
 //! - One file rather than a pid file, an exit file and a lock (as runners before
 //!   did; their attempts are still read that way, see [`written`]) is two inodes
 //!   fewer per attempt.
@@ -49,6 +60,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -67,8 +79,10 @@ use super::sandbox::{self, Sandbox};
 use super::spawn::Spawn;
 use super::{Adoption, AttemptExit, AttemptFiles, AttemptRef, Executor, ExitSink, Launch, Started};
 
-const WRAPPER: &str =
-    r#"trap : TERM INT HUP; echo $$ >&0; "$@" </dev/null; c=$?; echo $c >&0; exit $c"#;
+const WRAPPER: &str = r#"trap : TERM INT HUP; echo $$ >&0; if ! read -r go <&3; then echo -1 >&0; exit 125; fi; exec 3<&-; "$@" </dev/null; c=$?; echo $c >&0; exit $c"#;
+/// The exit line of a wrapper that never got its go: its command never ran.
+const NEVER_RAN: i64 = -1;
+const NEVER_RAN_WHY: &str = "stopped before the runner let its command run (the command never ran)";
 const ADOPT_POLL: Duration = Duration::from_millis(100);
 /// How long re-adoption waits for the pid of an attempt whose launch lock is held but
 /// whose wrapper has not written its pid yet (it does so first thing after exec).
@@ -88,6 +102,17 @@ const NOT_INHERITED: &[&str] = &[
 struct Live {
     pgid: i32,
     exited: AtomicBool,
+    /// The runner's end of the go pipe, until the go is written ([`Executor::let_run`])
+    /// or the attempt is stopped before it (dropping it tells the wrapper to leave).
+    go: Mutex<Option<std::fs::File>>,
+    /// Whether the go was written: the command may have run.
+    let_run: AtomicBool,
+}
+
+impl Live {
+    fn take_go(&self) -> Option<std::fs::File> {
+        self.go.lock().ok().and_then(|mut g| g.take())
+    }
 }
 
 type AttemptKey = (String, String, u32, u32);
@@ -147,10 +172,14 @@ impl LocalExecutor {
         self
     }
 
-    fn register(&self, key: AttemptKey, pgid: i32) -> Arc<Live> {
+    /// Watches the attempt `key` (process group `pgid`); `go` is the go pipe of an
+    /// attempt this executor started, `None` for an adopted one (which already ran).
+    fn register(&self, key: AttemptKey, pgid: i32, go: Option<std::fs::File>) -> Arc<Live> {
         let live = Arc::new(Live {
             pgid,
             exited: AtomicBool::new(false),
+            let_run: AtomicBool::new(go.is_none()),
+            go: Mutex::new(go),
         });
         if let Ok(mut m) = self.live.lock() {
             m.insert(key, live.clone());
@@ -160,6 +189,7 @@ impl LocalExecutor {
 
     fn finish(live: &Mutex<HashMap<AttemptKey, Arc<Live>>>, key: &AttemptKey, l: &Live) {
         l.exited.store(true, Ordering::SeqCst);
+        drop(l.take_go());
         // The leader is gone; SIGKILL what it left behind in its group. The group id
         // cannot be reused while any member lives, so this never hits a stranger.
         signal_group(l.pgid, libc::SIGKILL);
@@ -353,7 +383,6 @@ impl Executor for LocalExecutor {
         files::runner_dir(log_dir, log_mode)?;
         let input_list = match &l.input_list {
             Some(list) => {
-                use std::io::Write as _;
                 let mut f = files::fresh_file(&list.path, 0o600)?;
                 f.write_all(list.text.as_bytes())
                     .map_err(|e| Error::io(format!("write {}", list.path.display()), e))?;
@@ -419,6 +448,8 @@ impl Executor for LocalExecutor {
         }
         drop(input_list);
         spawn.stdio(lock_file.into(), stdout.into(), stderr.into())?;
+        let (go_rx, go) = go_pipe()?;
+        spawn.fd3(go_rx)?;
         // The child's step: the sandbox's confinement, then the dataset links, made
         // as the instance's user inside its working dir. Both run in the child under
         // the rules of `spawn` (async-signal-safe calls on data prepared here).
@@ -444,7 +475,7 @@ impl Executor for LocalExecutor {
         let pid = process.pid();
         let pid_start = proc_start_time(pid);
         let key = (l.job_id.clone(), l.task.clone(), l.index, l.attempt);
-        let live_entry = self.register(key.clone(), pid as i32);
+        let live_entry = self.register(key.clone(), pid as i32, Some(go));
         let live = self.live.clone();
         let cancel = self.cancel.clone();
         let sandbox = self.sandbox.clone();
@@ -453,6 +484,11 @@ impl Executor for LocalExecutor {
             tokio::select! {
                 status = process.wait() => {
                     let exit = match status {
+                        // Ended (stopped, or killed) before its go: nothing of the
+                        // user's ran, whatever its code says.
+                        Ok(_) if !live_entry.let_run.load(Ordering::SeqCst) => {
+                            AttemptExit::Lost(NEVER_RAN_WHY.into())
+                        }
                         Ok(s) => AttemptExit::Exited(exit_code(s)),
                         Err(e) => AttemptExit::Lost(format!("wait for process: {e}")),
                     };
@@ -470,6 +506,26 @@ impl Executor for LocalExecutor {
         })
     }
 
+    fn let_run(&self, a: &AttemptRef) {
+        let live = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key_of(a)).cloned());
+        let Some(go) = live.as_ref().and_then(|l| l.take_go()) else {
+            return;
+        };
+        if let Some(l) = &live {
+            l.let_run.store(true, Ordering::SeqCst);
+        }
+        // A wrapper that is already gone (killed before its go) makes this fail with
+        // EPIPE; its end is reported by its wait.
+        debug!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt, "let run");
+        if let Err(e) = (&go).write_all(b"\n") {
+            debug!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt, "write the go: {e}");
+        }
+    }
+
     fn stop(&self, a: &AttemptRef, grace: Duration) {
         let live = self
             .live
@@ -479,6 +535,9 @@ impl Executor for LocalExecutor {
         let Some(live) = live else {
             return;
         };
+        // Not let run yet: closing its go pipe makes the wrapper leave at once, and
+        // the command never runs.
+        drop(live.take_go());
         signal_group(live.pgid, libc::SIGTERM);
         let cancel = self.cancel.clone();
         self.rt.spawn(async move {
@@ -530,6 +589,10 @@ impl Executor for LocalExecutor {
             },
         };
         if !alive {
+            if written(&a.files).1 == Some(NEVER_RAN) {
+                // The wrapper left without its go: the command never ran.
+                return Adoption::NeverStarted;
+            }
             let exit = read_exit(&a.files);
             let exit = match &self.sandbox {
                 Some(sb) => {
@@ -550,7 +613,7 @@ impl Executor for LocalExecutor {
             .pid_start
             .or_else(|| pid.and_then(proc_start_time));
         let key = key_of(a);
-        let live_entry = pid.map(|p| self.register(key.clone(), p as i32));
+        let live_entry = pid.map(|p| self.register(key.clone(), p as i32, None));
         let live = self.live.clone();
         let cancel = self.cancel.clone();
         let files = a.files.clone();
@@ -593,6 +656,13 @@ impl Executor for LocalExecutor {
 
     fn shutdown(&self) {
         self.cancel.cancel();
+        // Attempts whose RUNNING was never committed must not run: the next runner
+        // starts them, as attempts that never started.
+        if let Ok(m) = self.live.lock() {
+            for l in m.values() {
+                drop(l.take_go());
+            }
+        }
         if let Some(sb) = &self.sandbox {
             sb.shutdown();
         }
@@ -610,12 +680,35 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
 
 fn read_exit(files: &AttemptFiles) -> AttemptExit {
     match written(files).1 {
+        Some(NEVER_RAN) => AttemptExit::Lost(NEVER_RAN_WHY.into()),
         Some(c) => AttemptExit::Exited(c as i32),
         None => AttemptExit::Lost(
             "the process ended while the runner was down and left no exit status (killed by a signal?)"
                 .into(),
         ),
     }
+}
+
+/// The wrapper's own pipe for its go: the read end for the child's fd 3, and the
+/// runner's end. Both close on exec, so no other child keeps the runner's end open
+/// (the wrapper gets end of file the moment the runner drops it or dies).
+fn go_pipe() -> Result<(std::os::fd::OwnedFd, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io(
+            "create an attempt's go pipe",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fresh descriptors that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.

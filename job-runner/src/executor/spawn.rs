@@ -18,8 +18,8 @@
 //! never glibc's wrappers, which would also act on the runner's threads. A failure is
 //! passed back as an errno in memory both share, and the child exits with 127.
 //!
-//! The child's stdio, in order: stdin, stdout, stderr, each `dup2`ed from the given
-//! descriptor; then uid and gid (with no supplementary groups), the working dir, a
+//! The child's stdio, in order: stdin, stdout, stderr and an optional descriptor 3,
+//! each `dup2`ed from the given descriptor; then uid and gid (with no supplementary groups), the working dir, a
 //! process group of its own, the caller's step, and `execve` with exactly the given
 //! environment.
 
@@ -42,7 +42,8 @@ pub struct Spawn {
     program: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
-    stdio: [Option<OwnedFd>; 3],
+    /// Descriptors 0, 1, 2 and 3 of the child.
+    stdio: [Option<OwnedFd>; 4],
     ids: Option<(u32, u32)>,
     cwd: Option<CString>,
 }
@@ -64,7 +65,7 @@ impl Spawn {
             program,
             argv,
             env: Vec::new(),
-            stdio: [None, None, None],
+            stdio: [None, None, None, None],
             ids: None,
             cwd: None,
         })
@@ -103,11 +104,15 @@ impl Spawn {
     /// The child's stdin, stdout and stderr. The descriptors are closed in the runner
     /// when [`Spawn::start`] returns.
     pub fn stdio(&mut self, stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Result<()> {
-        self.stdio = [
-            Some(above_stdio(stdin)?),
-            Some(above_stdio(stdout)?),
-            Some(above_stdio(stderr)?),
-        ];
+        self.stdio[0] = Some(above_stdio(stdin)?);
+        self.stdio[1] = Some(above_stdio(stdout)?);
+        self.stdio[2] = Some(above_stdio(stderr)?);
+        Ok(())
+    }
+
+    /// The child's descriptor 3, closed in the runner when [`Spawn::start`] returns.
+    pub fn fd3(&mut self, fd: OwnedFd) -> Result<()> {
+        self.stdio[3] = Some(above_stdio(fd)?);
         Ok(())
     }
 
@@ -228,14 +233,15 @@ fn reap(pid: i32) {
     {}
 }
 
-/// A descriptor numbered 3 or more, so `dup2`ing the three in order never overwrites
-/// one still to be used (std does the same by keeping 0-2 open in every Rust process).
+/// A descriptor numbered 4 or more, so `dup2`ing the four in order never overwrites
+/// one still to be used, and none is its own target (`dup2` onto itself would keep
+/// its close-on-exec flag).
 fn above_stdio(fd: OwnedFd) -> Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
+    if fd.as_raw_fd() > 3 {
         return Ok(fd);
     }
     // SAFETY: fcntl(2) F_DUPFD_CLOEXEC on a descriptor we own.
-    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
     if d < 0 {
         return Err(Error::io(
             "duplicate a descriptor",
@@ -428,7 +434,7 @@ mod tests {
             "/bin/sh",
             [
                 "-c",
-                "echo \"$1 $FOO $(pwd) $(cut -d' ' -f5 /proc/$$/stat)\"; exit 7",
+                "echo \"$1 $FOO $(pwd) $(cut -d' ' -f5 /proc/$$/stat)\"; echo three >&3; exit 7",
                 "x",
                 "arg",
             ]
@@ -439,6 +445,8 @@ mod tests {
         s.env([("FOO", "no"), ("FOO", "bar"), ("PATH", "/usr/bin:/bin")])
             .unwrap();
         s.stdio(null(), w, null()).unwrap();
+        let (mut out3, w3) = pipe();
+        s.fd3(w3).unwrap();
         s.current_dir(dir.path()).unwrap();
         let mut stepped = false;
         let p = s
@@ -455,6 +463,9 @@ mod tests {
         out.read_to_string(&mut got).unwrap();
         let want = format!("arg bar {} {pid}", dir.path().display());
         assert_eq!(got.split_whitespace().collect::<Vec<_>>().join(" "), want);
+        let mut three = String::new();
+        out3.read_to_string(&mut three).unwrap();
+        assert_eq!(three, "three\n");
     }
 
     #[test]

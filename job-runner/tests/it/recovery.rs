@@ -380,10 +380,13 @@ fn has_transition_to(writes: &[shoal_job_runner::store::Write], to: S) -> bool {
 
 /// Runs 6 instances (all fit at once) on a runner whose store "crashes" at the first
 /// commit `crash_at` picks, then a second runner on the same data dir; every instance
-/// must run exactly once, as attempt 1.
+/// must run exactly once, as attempt 1. With `lose_unsynced`, the attempts' control
+/// files are emptied between the two runners, once their wrappers are gone: what a
+/// disk that drops unsynced writes (ext4 shut down by an error, a power cut) leaves.
 async fn crash_at_commit_then_restart(
     label: &str,
     crash_at: fn(&[shoal_job_runner::store::Write]) -> bool,
+    lose_unsynced: bool,
 ) {
     use shoal_job_runner::server::Plugins;
     use shoal_job_runner::store::sqlite::SqliteJobStore;
@@ -421,6 +424,27 @@ tasks:
         .expect("the injected crash stops the engine");
     assert!(fault.message().contains("injected crash"), "{fault}");
     runner.shutdown().await;
+    if lose_unsynced {
+        let layout = shoal_job_runner::executor::Layout {
+            data_dir: crate::support::config(dir.path()).data_dir,
+        };
+        for i in 0..6 {
+            let lock = layout.attempt_files(&job.id, "t", i, 1).launch_lock;
+            // Spawned or not, no wrapper of this attempt may still run.
+            shoal_testkit::wait_for(
+                Duration::from_secs(20),
+                &format!("the wrapper of instance {i} to leave"),
+                || {
+                    let lock = lock.clone();
+                    async move { (!launch_lock_held(&lock)).then_some(()) }
+                },
+            )
+            .await;
+            if lock.exists() {
+                std::fs::write(&lock, b"").unwrap();
+            }
+        }
+    }
 
     let runner2 = RunnerServer::start(crate::support::config(dir.path()))
         .await
@@ -440,21 +464,185 @@ tasks:
 }
 
 /// The commit that carries the first RUNNING (group commit defers it to the next
-/// turn's transaction) never happens: the processes exist, the store says STARTING.
-/// The next runner re-adopts them through their launch locks instead of starting
-/// them again.
+/// turn's transaction) never happens: the wrappers exist, the store says STARTING,
+/// and the commands wait for a go that never comes. The wrappers leave saying so, and
+/// the next runner starts each attempt, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_spawn_before_running_is_committed_runs_each_instance_once() {
-    crash_at_commit_then_restart("crash-before-running", |w| has_transition_to(w, S::Running))
-        .await;
+    crash_at_commit_then_restart(
+        "crash-before-running",
+        |w| has_transition_to(w, S::Running),
+        false,
+    )
+    .await;
+}
+
+/// The same crash, and the disk then loses what the wrappers wrote to their control
+/// files (their pids). Had a command run before its RUNNING was committed, nothing
+/// would be left to say so and the next runner would run it a second time; the
+/// commands wait for that commit, so each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_running_is_committed_and_a_disk_losing_the_pids_runs_each_instance_once() {
+    crash_at_commit_then_restart(
+        "crash-lost-pids",
+        |w| has_transition_to(w, S::Running),
+        true,
+    )
+    .await;
 }
 
 /// The commit of STARTING never happens: nothing may have been forked, so the next
 /// runner starts each instance once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_starting_is_committed_starts_nothing_until_the_restart() {
-    crash_at_commit_then_restart("crash-before-starting", |w| {
-        has_transition_to(w, S::Starting)
+    crash_at_commit_then_restart(
+        "crash-before-starting",
+        |w| has_transition_to(w, S::Starting),
+        false,
+    )
+    .await;
+}
+
+/// Whether a wrapper holds the launch lock at `path` (a missing file holds nothing).
+fn launch_lock_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this test owns; closing it releases the lock.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// A launch as the engine makes it, for the executor alone: `sh -c SCRIPT` as
+/// attempt `attempt` of `job-1/t[0]` under `data`.
+fn launch(data: &Path, attempt: u32, script: &str) -> shoal_job_runner::executor::Launch {
+    use shoal_job_runner::executor::{Launch, Layout};
+    let layout = Layout {
+        data_dir: data.to_owned(),
+    };
+    Launch {
+        job_id: "job-1".into(),
+        owner: "team".into(),
+        task: "t".into(),
+        index: 0,
+        count: 1,
+        attempt,
+        node: "node-1".into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: Vec::new(),
+        work_dir: layout.work_dir("job-1", "t", 0),
+        files: layout.attempt_files("job-1", "t", 0, attempt),
+        links: Vec::new(),
+        input_list: None,
+        resources: Default::default(),
+        pod: Default::default(),
+        datasets: Vec::new(),
+    }
+}
+
+fn attempt_of(l: &shoal_job_runner::executor::Launch) -> shoal_job_runner::executor::AttemptRef {
+    shoal_job_runner::executor::AttemptRef {
+        job_id: l.job_id.clone(),
+        task: l.task.clone(),
+        index: l.index,
+        attempt: l.attempt,
+        work_dir: l.work_dir.clone(),
+        files: l.files.clone(),
+        started: Default::default(),
+    }
+}
+
+/// The local executor holds every command until the engine lets it run (after the
+/// commit of its RUNNING). An attempt stopped, or left by a stopping runner, before
+/// that never runs its command, says so in its control file, and the next runner
+/// starts it again as never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_only_once_let_run_and_never_after_a_stop_before_it() {
+    use shoal_job_runner::executor::local::LocalExecutor;
+    use shoal_job_runner::executor::{Adoption, AttemptExit, Executor};
+
+    let dir = shoal_testkit::temp_dir("let-run");
+    let data = dir.path().join("runner");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let ex = LocalExecutor::new(tokio::runtime::Handle::current());
+    let script = |n: u32| format!("touch {}/ran.{n}", out.display());
+    let pid_written = |l: &shoal_job_runner::executor::Launch| {
+        let lock = l.files.launch_lock.clone();
+        async move {
+            shoal_testkit::wait_for(Duration::from_secs(10), "the wrapper's pid", || {
+                let lock = lock.clone();
+                async move {
+                    std::fs::read_to_string(&lock)
+                        .ok()
+                        .filter(|s| s.ends_with('\n'))
+                        .map(|_| ())
+                }
+            })
+            .await
+        }
+    };
+    let control_lines = |l: &shoal_job_runner::executor::Launch| {
+        std::fs::read_to_string(&l.files.launch_lock)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // Let run: the command runs and its exit comes back.
+    let l1 = launch(&data, 1, &script(1));
+    let a1 = attempt_of(&l1);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ex.start(l1.clone(), Box::new(move |e| drop(tx.send(e))))
+        .unwrap();
+    pid_written(&l1).await;
+    assert!(launch_lock_held(&l1.files.launch_lock));
+    assert!(!out.join("ran.1").exists(), "the command ran before its go");
+    ex.let_run(&a1);
+    let exit = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, AttemptExit::Exited(0));
+    assert!(out.join("ran.1").exists());
+
+    // Stopped before its go: the wrapper leaves, nothing ran, and it is reported lost
+    // (a cancel ends it as cancelled, anything else retries it).
+    let l2 = launch(&data, 2, &script(2));
+    let a2 = attempt_of(&l2);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ex.start(l2.clone(), Box::new(move |e| drop(tx.send(e))))
+        .unwrap();
+    pid_written(&l2).await;
+    ex.stop(&a2, Duration::from_secs(5));
+    let exit = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&exit, AttemptExit::Lost(why) if why.contains("never ran")),
+        "{exit:?}"
+    );
+    assert!(!out.join("ran.2").exists(), "a command ran without its go");
+    assert_eq!(control_lines(&l2)[1], "-1");
+    let fresh = LocalExecutor::new(tokio::runtime::Handle::current());
+    assert_eq!(fresh.adopt(&a2, Box::new(|_| {})), Adoption::NeverStarted);
+
+    // Left by a stopping runner before its go: the same, found by the next runner.
+    let l3 = launch(&data, 3, &script(3));
+    let a3 = attempt_of(&l3);
+    ex.start(l3.clone(), Box::new(|_| {})).unwrap();
+    pid_written(&l3).await;
+    ex.shutdown();
+    let lock = l3.files.launch_lock.clone();
+    shoal_testkit::wait_for(Duration::from_secs(10), "the wrapper to leave", || {
+        let lock = lock.clone();
+        async move { (!launch_lock_held(&lock)).then_some(()) }
     })
     .await;
+    assert!(!out.join("ran.3").exists(), "a command ran without its go");
+    assert_eq!(control_lines(&l3)[1], "-1");
+    assert_eq!(fresh.adopt(&a3, Box::new(|_| {})), Adoption::NeverStarted);
+    fresh.shutdown();
 }
