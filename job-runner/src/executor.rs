@@ -63,6 +63,22 @@ pub struct Launch {
     pub datasets: Vec<DatasetView>,
 }
 
+impl Launch {
+    /// The attempt this launch starts, as `let_run`, `stop` and `adopt` name it (not
+    /// yet started: no pid).
+    pub fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef {
+            job_id: self.job_id.clone(),
+            task: self.task.clone(),
+            index: self.index,
+            attempt: self.attempt,
+            work_dir: self.work_dir.clone(),
+            files: self.files.clone(),
+            started: Started::default(),
+        }
+    }
+}
+
 /// One of a job's datasets as its instances see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetView {

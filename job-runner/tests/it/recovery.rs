@@ -540,18 +540,6 @@ fn launch(data: &Path, attempt: u32, script: &str) -> shoal_job_runner::executor
     }
 }
 
-fn attempt_of(l: &shoal_job_runner::executor::Launch) -> shoal_job_runner::executor::AttemptRef {
-    shoal_job_runner::executor::AttemptRef {
-        job_id: l.job_id.clone(),
-        task: l.task.clone(),
-        index: l.index,
-        attempt: l.attempt,
-        work_dir: l.work_dir.clone(),
-        files: l.files.clone(),
-        started: Default::default(),
-    }
-}
-
 /// The local executor holds every command until the engine lets it run (after the
 /// commit of its RUNNING). An attempt stopped, or left by a stopping runner, before
 /// that never runs its command, says so in its control file, and the next runner
@@ -592,7 +580,7 @@ async fn a_command_runs_only_once_let_run_and_never_after_a_stop_before_it() {
 
     // Let run: the command runs and its exit comes back.
     let l1 = launch(&data, 1, &script(1));
-    let a1 = attempt_of(&l1);
+    let a1 = l1.attempt_ref();
     let (tx, rx) = tokio::sync::oneshot::channel();
     ex.start(l1.clone(), Box::new(move |e| drop(tx.send(e))))
         .unwrap();
@@ -610,7 +598,7 @@ async fn a_command_runs_only_once_let_run_and_never_after_a_stop_before_it() {
     // Stopped before its go: the wrapper leaves, nothing ran, and it is reported lost
     // (a cancel ends it as cancelled, anything else retries it).
     let l2 = launch(&data, 2, &script(2));
-    let a2 = attempt_of(&l2);
+    let a2 = l2.attempt_ref();
     let (tx, rx) = tokio::sync::oneshot::channel();
     ex.start(l2.clone(), Box::new(move |e| drop(tx.send(e))))
         .unwrap();
@@ -631,7 +619,7 @@ async fn a_command_runs_only_once_let_run_and_never_after_a_stop_before_it() {
 
     // Left by a stopping runner before its go: the same, found by the next runner.
     let l3 = launch(&data, 3, &script(3));
-    let a3 = attempt_of(&l3);
+    let a3 = l3.attempt_ref();
     ex.start(l3.clone(), Box::new(|_| {})).unwrap();
     pid_written(&l3).await;
     ex.shutdown();

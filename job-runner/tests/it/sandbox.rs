@@ -423,9 +423,7 @@ async fn a_missing_cgroup_controller_refuses_the_start_naming_no_sandbox() {
 async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_the_start() {
     use shoal_job_runner::executor::local::LocalExecutor;
     use shoal_job_runner::executor::sandbox::Sandbox;
-    use shoal_job_runner::executor::{
-        AttemptExit, AttemptRef, DatasetView, Executor, Launch, Layout,
-    };
+    use shoal_job_runner::executor::{AttemptExit, DatasetView, Executor, Launch, Layout};
 
     need_root();
     let dir = shoal_testkit::temp_dir("sandbox-write");
@@ -480,15 +478,7 @@ async fn datasets_are_writable_only_with_a_write_grant_and_a_gone_mount_fails_th
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let l = launch(1, vec![view("rw", true), view("ro", false)]);
-    let attempt = AttemptRef {
-        job_id: l.job_id.clone(),
-        task: l.task.clone(),
-        index: l.index,
-        attempt: l.attempt,
-        work_dir: l.work_dir.clone(),
-        files: l.files.clone(),
-        started: Default::default(),
-    };
+    let attempt = l.attempt_ref();
     let files = l.files.clone();
     ex.start(l, Box::new(move |e| drop(tx.send(e)))).unwrap();
     // What the engine does once RUNNING is committed.

@@ -10,9 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use shoal_job_runner::RunnerServer;
 use shoal_job_runner::executor::kubernetes::{KubernetesConfig, KubernetesExecutor};
-use shoal_job_runner::executor::{
-    Adoption, AttemptExit, AttemptRef, Executor, Launch, Layout, Started,
-};
+use shoal_job_runner::executor::{Adoption, AttemptExit, Executor, Launch, Layout, Started};
 use shoal_job_runner::server::Plugins;
 use shoal_job_runner::spec::Resources;
 use shoal_proto::v1 as pb;
@@ -65,18 +63,6 @@ fn launch(dir: &Path, job: &str, task: &str, index: u32, attempt: u32) -> Launch
         },
         pod: Default::default(),
         datasets: Vec::new(),
-    }
-}
-
-fn attempt_ref(l: &Launch) -> AttemptRef {
-    AttemptRef {
-        job_id: l.job_id.clone(),
-        task: l.task.clone(),
-        index: l.index,
-        attempt: l.attempt,
-        work_dir: l.work_dir.clone(),
-        files: l.files.clone(),
-        started: Started::default(),
     }
 }
 
@@ -179,7 +165,7 @@ async fn stop_deletes_the_pod_with_the_grace_period() {
     exec.start(l.clone(), s).unwrap();
     created(&api, &name).await;
     api.run(&name);
-    exec.stop(&attempt_ref(&l), Duration::from_secs(7));
+    exec.stop(&l.attempt_ref(), Duration::from_secs(7));
     // The kubelet's SIGTERM ends the job container with 143.
     assert_eq!(end(&mut ends).await, AttemptExit::Exited(143));
     assert_eq!(api.deletes(), [(name.clone(), Some(7))]);
@@ -252,7 +238,7 @@ async fn a_new_executor_adopts_running_and_finished_pods_by_name() {
         let second = second.clone();
         async move {
             let (s, rx) = sink();
-            let a = tokio::task::spawn_blocking(move || second.adopt(&attempt_ref(&l), s))
+            let a = tokio::task::spawn_blocking(move || second.adopt(&l.attempt_ref(), s))
                 .await
                 .unwrap();
             (a, rx)
