@@ -512,15 +512,14 @@ impl Executor for LocalExecutor {
             .lock()
             .ok()
             .and_then(|m| m.get(&key_of(a)).cloned());
-        let Some(go) = live.as_ref().and_then(|l| l.take_go()) else {
+        // Gone, adopted, stopped, or already let run: nothing to let go.
+        let Some((l, go)) = live.and_then(|l| l.take_go().map(|go| (l, go))) else {
             return;
         };
-        if let Some(l) = &live {
-            l.let_run.store(true, Ordering::SeqCst);
-        }
+        l.let_run.store(true, Ordering::SeqCst);
+        debug!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt, "let run");
         // A wrapper that is already gone (killed before its go) makes this fail with
         // EPIPE; its end is reported by its wait.
-        debug!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt, "let run");
         if let Err(e) = (&go).write_all(b"\n") {
             debug!(job = %a.job_id, task = %a.task, index = a.index, attempt = a.attempt, "write the go: {e}");
         }
